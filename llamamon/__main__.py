@@ -1,0 +1,3 @@
+from llamamon.cli import main
+
+main()

@@ -1,0 +1,211 @@
+"""THE metric catalog: every built-in metric's name, unit, kind, store group and help, written once.
+
+Collectors emit these names, the store stores them, rules parse against them, the Prometheus exporter
+derives ``llamamon_<name>_<base unit>`` (and ``_total`` for counters) from them and the report labels
+its axes from them. Names a job logs that are not here are still stored and usable; they just have no
+unit. Nothing else in llamamon may spell a metric's unit or help text.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["gauge", "counter", "histogram"]
+Group = Literal["system", "process", "gpu", "training", "inference", "custom", "run"]
+
+GROUPS: tuple[str, ...] = ("system", "process", "gpu", "training", "inference", "custom")
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """A stored unit and how Prometheus wants it: base-unit suffix and the factor to get there."""
+
+    name: str
+    prometheus_suffix: str
+    to_base: float
+    axis_label: str
+
+
+UNITS: dict[str, Unit] = {
+    u.name: u
+    for u in (
+        Unit("ratio", "ratio", 1.0, "ratio (0–1)"),
+        Unit("bytes", "bytes", 1.0, "bytes"),
+        Unit("bytes_per_second", "bytes_per_second", 1.0, "bytes/s"),
+        Unit("seconds", "seconds", 1.0, "s"),
+        Unit("milliseconds", "seconds", 1e-3, "ms"),
+        Unit("celsius", "celsius", 1.0, "°C"),
+        Unit("watts", "watts", 1.0, "W"),
+        Unit("joules", "joules", 1.0, "J"),
+        Unit("megahertz", "hertz", 1e6, "MHz"),
+        Unit("cores", "cores", 1.0, "CPU cores"),
+        Unit("per_second", "per_second", 1.0, "1/s"),
+        Unit("timestamp", "timestamp_seconds", 1.0, "time"),
+        Unit("", "", 1.0, ""),
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    name: str
+    unit: str
+    kind: Kind
+    group: Group
+    help: str
+
+    @property
+    def prometheus_name(self) -> str:
+        return prometheus_name(self.name, self.unit, self.kind)
+
+    @property
+    def axis_label(self) -> str:
+        label = UNITS[self.unit].axis_label
+        return f"{self.name} ({label})" if label else self.name
+
+
+def prometheus_name(name: str, unit: str, kind: str) -> str:
+    """``llamamon_`` + snake name + base-unit suffix (+ ``_total`` for counters), per Prometheus conventions."""
+    base = "llamamon_" + sanitize_name(name)
+    suffix = UNITS[unit].prometheus_suffix if unit in UNITS else ""
+    if suffix and not base.endswith("_" + suffix):
+        base += "_" + suffix
+    if kind == "counter" and not base.endswith("_total"):
+        base += "_total"
+    return base
+
+
+_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def sanitize_name(name: str) -> str:
+    """Any metric name a job logs -> a valid Prometheus/Parquet-friendly snake_case name."""
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name)
+    clean = _INVALID.sub("_", snake).strip("_").lower()
+    clean = re.sub(r"_+", "_", clean)
+    if not clean or clean[0].isdigit():
+        clean = "m_" + clean
+    return clean
+
+
+def _m(name: str, unit: str, kind: Kind, group: Group, help: str) -> Metric:
+    return Metric(name, unit, kind, group, help)
+
+
+METRICS: tuple[Metric, ...] = (
+    # system (psutil), host-wide
+    _m("cpu_usage", "ratio", "gauge", "system", "CPU busy time across all cores, 0..1."),
+    _m("cpu_core_usage", "ratio", "gauge", "system", "CPU busy time of one core (label core), 0..1."),
+    _m("memory_usage", "ratio", "gauge", "system", "Share of physical memory in use, 0..1."),
+    _m("memory_used", "bytes", "gauge", "system", "Physical memory in use."),
+    _m("memory_available", "bytes", "gauge", "system", "Physical memory available to new processes."),
+    _m("swap_usage", "ratio", "gauge", "system", "Share of swap in use, 0..1."),
+    _m("swap_used", "bytes", "gauge", "system", "Swap in use."),
+    _m("disk_usage", "ratio", "gauge", "system", "Share of the metrics folder's filesystem in use, 0..1."),
+    _m("disk_read_throughput", "bytes_per_second", "gauge", "system", "Bytes read from disks per second."),
+    _m("disk_write_throughput", "bytes_per_second", "gauge", "system", "Bytes written to disks per second."),
+    _m("network_throughput", "bytes_per_second", "gauge", "system", "Network bytes received plus sent per second."),
+    _m("network_rx_throughput", "bytes_per_second", "gauge", "system", "Network bytes received per second."),
+    _m("network_tx_throughput", "bytes_per_second", "gauge", "system", "Network bytes sent per second."),
+    _m("load1", "", "gauge", "system", "Load average over 1 minute."),
+    _m("load5", "", "gauge", "system", "Load average over 5 minutes."),
+    _m("load15", "", "gauge", "system", "Load average over 15 minutes."),
+    # process tree of the recorded command
+    _m("process_cpu_usage", "cores", "gauge", "process", "CPU used by the recorded process tree, in cores."),
+    _m("process_memory_rss", "bytes", "gauge", "process", "Resident memory of the recorded process tree."),
+    _m("process_threads", "", "gauge", "process", "Threads in the recorded process tree."),
+    _m("process_tree_size", "", "gauge", "process", "Processes in the recorded process tree."),
+    _m("process_io_read_throughput", "bytes_per_second", "gauge", "process", "Bytes the process tree read per second."),
+    _m("process_io_write_throughput", "bytes_per_second", "gauge", "process", "Bytes the process tree wrote per second."),
+    # GPU (NVML), label gpu
+    _m("gpu_utilization", "ratio", "gauge", "gpu", "Share of time a kernel ran on the GPU, 0..1."),
+    _m("gpu_memory_usage", "ratio", "gauge", "gpu", "Share of GPU memory in use, 0..1."),
+    _m("gpu_memory_used", "bytes", "gauge", "gpu", "GPU memory in use."),
+    _m("gpu_memory_total", "bytes", "gauge", "gpu", "GPU memory installed."),
+    _m("gpu_temperature", "celsius", "gauge", "gpu", "GPU core temperature."),
+    _m("gpu_power", "watts", "gauge", "gpu", "GPU power draw."),
+    _m("gpu_power_limit", "watts", "gauge", "gpu", "GPU power management limit."),
+    _m("gpu_energy", "joules", "counter", "gpu", "GPU energy used since the driver loaded."),
+    _m("gpu_sm_clock", "megahertz", "gauge", "gpu", "GPU SM clock."),
+    _m("gpu_memory_clock", "megahertz", "gauge", "gpu", "GPU memory clock."),
+    _m("gpu_clock_event", "", "gauge", "gpu", "1 while a clock-event (throttle) reason is active (label reason)."),
+    _m("gpu_ecc_errors", "", "counter", "gpu", "ECC errors since the driver loaded (label type: corrected, uncorrected)."),
+    _m("gpu_process_memory_used", "bytes", "gauge", "gpu", "GPU memory used by the recorded process tree."),
+    # training, from the job
+    _m("step", "", "gauge", "training", "Training step of the last logged metrics."),
+    _m("epoch", "", "gauge", "training", "Training epoch (fractional) of the last logged metrics."),
+    _m("loss", "", "gauge", "training", "Training loss."),
+    _m("validation_loss", "", "gauge", "training", "Validation loss."),
+    _m("learning_rate", "", "gauge", "training", "Learning rate."),
+    _m("grad_norm", "", "gauge", "training", "Gradient norm."),
+    _m("steps_per_second", "per_second", "gauge", "training", "Training steps per second."),
+    _m("samples_per_second", "per_second", "gauge", "training", "Training samples per second."),
+    _m("tokens_per_second", "per_second", "gauge", "training", "Training tokens per second."),
+    # inference, from the job or a scraped server
+    _m("inference_latency", "milliseconds", "histogram", "inference", "End-to-end request latency."),
+    _m("time_to_first_token", "milliseconds", "histogram", "inference", "Time to first token."),
+    _m("inter_token_latency", "milliseconds", "gauge", "inference", "Time per output token after the first."),
+    _m("batch_throughput", "per_second", "gauge", "inference", "Requests completed per second."),
+    _m("token_throughput", "per_second", "gauge", "inference", "Output tokens generated per second."),
+    _m("cache_hit_rate", "ratio", "gauge", "inference", "Share of requests (or prefix-cache queries) served from cache, 0..1."),
+    _m("error_rate", "ratio", "gauge", "inference", "Share of requests that failed, 0..1."),
+    _m("timeout_rate", "ratio", "gauge", "inference", "Share of requests over the configured timeout, 0..1."),
+    _m("batch_queue_size", "", "gauge", "inference", "Requests waiting to be served."),
+    _m("requests_running", "", "gauge", "inference", "Requests being served."),
+    _m("kv_cache_usage", "ratio", "gauge", "inference", "Share of the KV cache in use, 0..1."),
+    # about the run and llamamon itself
+    _m("run_active", "", "gauge", "run", "1 while the run is being recorded, 0 once it ended."),
+    _m("last_sample", "timestamp", "gauge", "run", "Unix time of the last sample written."),
+    _m("alerts_firing", "", "gauge", "run", "Alerts firing (label severity)."),
+    _m("notification_failures", "", "counter", "run", "Notifications a channel failed to deliver (label channel)."),
+)
+
+BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
+
+# Names jobs and servers commonly use -> catalog names. Extendable from monitoring.yaml (aliases:).
+ALIASES: dict[str, str] = {
+    "eval_loss": "validation_loss",
+    "val_loss": "validation_loss",
+    "valid_loss": "validation_loss",
+    "validation/loss": "validation_loss",
+    "train_loss": "loss",
+    "train/loss": "loss",
+    "lr": "learning_rate",
+    "learning-rate": "learning_rate",
+    "gradient_norm": "grad_norm",
+    "grad-norm": "grad_norm",
+    "train_steps_per_second": "steps_per_second",
+    "train_samples_per_second": "samples_per_second",
+    "it/s": "steps_per_second",
+    "latency": "inference_latency",
+    "ttft": "time_to_first_token",
+    "queue_size": "batch_queue_size",
+}
+
+
+def get(name: str) -> Metric | None:
+    """The catalog entry for a name (aliases resolved), or None for a job's own metric."""
+    return BY_NAME.get(ALIASES.get(name, name))
+
+
+def canonical(name: str, aliases: dict[str, str] | None = None) -> str:
+    """Resolve an alias (config-given ones first) to the name stored; unknown names pass through."""
+    if aliases and name in aliases:
+        return aliases[name]
+    return ALIASES.get(name, name)
+
+
+def suggest(name: str, known: list[str] | tuple[str, ...] | None = None) -> str | None:
+    """Closest known metric name, for "did you mean" messages."""
+    pool = list(known) if known is not None else [*BY_NAME, *ALIASES]
+    found = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def group_of(name: str) -> str:
+    """Store group for a metric name: its catalog group, else "custom"."""
+    metric = get(name)
+    return metric.group if metric is not None and metric.group != "run" else "custom"

@@ -1,0 +1,69 @@
+"""The ``llamamon`` command line: a thin layer that parses, calls, prints and translates errors.
+
+Only click, the standard library and light llamamon modules are imported here and in the command
+modules' top levels, so ``llamamon --help`` stays fast; heavy work is imported inside each command.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from llamamon import __version__
+from llamamon.errors import LlamamonError
+
+# (module, attribute) of every command; each module stays light at import time.
+COMMANDS: tuple[tuple[str, str], ...] = ()
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"llamamon: {record.getMessage()}"
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Diagnostics go to stderr through logging, configured once for the whole process."""
+    level = logging.ERROR if quiet else logging.DEBUG if verbose > 0 else logging.INFO
+    root = logging.getLogger("llamamon")
+    root.handlers.clear()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="llamamon")
+def cli() -> None:
+    """Record, alert on and report the metrics of ML training and inference jobs."""
+    setup_logging()
+
+
+for _module, _attr in COMMANDS:
+    cli.add_command(getattr(importlib.import_module(_module), _attr))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: the one place where llamamon errors become a line on stderr and an exit code."""
+    try:
+        cli.main(args=argv, prog_name="llamamon", standalone_mode=False)
+    except LlamamonError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        # Why: `llamamon runs | head` closes stdout early; that is not an error worth a traceback.
+        sys.stderr.close()
+        sys.exit(1)
+    sys.exit(0)

@@ -1,0 +1,38 @@
+"""Option decorators shared by several commands, defined once (sqlite-utils style)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_option(fn: F) -> F:
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="monitoring.yaml to use (default: $LLAMAMON_CONFIG, then ./monitoring.yaml, then built-in defaults).",
+    )(fn)
+
+
+def metrics_dir_option(fn: F) -> F:
+    return click.option(
+        "--metrics-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Metrics folder (default: monitoring.metrics_path, .metrics).",
+    )(fn)
+
+
+def verbosity_options(fn: F) -> F:
+    fn = click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")(fn)
+    return click.option("-v", "--verbose", count=True, help="More detail on stderr (repeatable).")(fn)
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")(fn)

@@ -1,0 +1,74 @@
+"""Shared fixtures: a CLI runner, a metrics folder, and access to outside binaries."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRE_INTEGRATION = os.environ.get("LLAMAMON_REQUIRE_INTEGRATION") == "1"
+
+
+def require_binary(name: str, *alternatives: str) -> str:
+    """Path of an outside binary; skip with a reason when absent, or fail where CI requires it."""
+    for candidate in (name, *alternatives):
+        found = shutil.which(candidate)
+        if found:
+            return found
+    message = f"{name} is not installed (Debian package provides it; .ci/run installs it)"
+    if REQUIRE_INTEGRATION:
+        pytest.fail(f"LLAMAMON_REQUIRE_INTEGRATION=1 but {message}")
+    pytest.skip(message)
+
+
+def llamamon_env(**extra: str) -> dict[str, str]:
+    """Environment for a child `python -m llamamon` that imports this checkout, whatever its cwd."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.pop("LLAMAMON_CONFIG", None)
+    env.pop("LLAMAMON_RUN_ID", None)
+    env.pop("LLAMAMON_METRICS_DIR", None)
+    env.update(extra)
+    return env
+
+
+def run_llamamon(
+    *args: str, cwd: Path, timeout: float = 60, env: dict[str, str] | None = None, **kw
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the real CLI in a subprocess (what `record` needs: real fds, ptys and signals)."""
+    return subprocess.run(
+        [sys.executable, "-m", "llamamon", *args],
+        cwd=cwd,
+        env=env or llamamon_env(),
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        **kw,
+    )
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def metrics_dir(tmp_path: Path) -> Path:
+    path = tmp_path / ".metrics"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Why: commands read ./monitoring.yaml and write ./.metrics; tests must never touch the checkout's.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LLAMAMON_CONFIG", raising=False)
+    monkeypatch.delenv("LLAMAMON_RUN_ID", raising=False)
+    monkeypatch.delenv("LLAMAMON_METRICS_DIR", raising=False)
