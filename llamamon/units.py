@@ -38,9 +38,7 @@ _SUFFIXES: dict[str, tuple[str, float]] = {
     "GHz": ("hertz", 1e9),
 }
 
-QUANTITY_RE = re.compile(
-    r"^\s*(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>[A-Za-zµ%]*)\s*$"
-)
+QUANTITY_RE = re.compile(r"^\s*(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>[A-Za-zµ%]*)\s*$")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|ns|s|m|h|d|w)")
 
@@ -84,9 +82,7 @@ def parse_duration(value: object, *, path: str = "duration") -> float:
             try:
                 seconds = float(text)
             except ValueError:
-                raise ConfigError(
-                    f"expected a duration such as 30s or 2m (got {value!r})", path=path
-                ) from None
+                raise ConfigError(f"expected a duration such as 30s or 2m (got {value!r})", path=path) from None
     else:
         raise ConfigError(f"expected a duration such as 30s or 2m (got {value!r})", path=path)
     if not math.isfinite(seconds) or seconds < 0:
@@ -100,7 +96,7 @@ def format_duration(seconds: float) -> str:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 60:
         return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
