@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from llamamon.channels.alertmanager import alertmanager_alerts
 from llamamon.channels.email import parse_server
 from llamamon.channels.masking import mask_secret, mask_url, masked_options, scrub
 from llamamon.channels.registry import build_channel, build_channels
+from llamamon.config.loader import UnsetVariable
 from llamamon.errors import ConfigError
 from llamamon.samples import AlertEvent, make_labels
 
@@ -240,3 +243,19 @@ def test_building_channels_does_not_import_aiosmtplib():
         [sys.executable, "-c", code], env=llamamon_env(), capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "False"
+
+
+def test_unset_environment_variable_gives_a_channel_that_fails_with_the_reason(caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("llamamon"), "propagate", True)
+    options = {"webhook_url": UnsetVariable("${SLACK_HOOK}", "SLACK_HOOK"), "timeout": "bogus"}
+    channel = build_channel("team", "slack", options)
+    event = AlertEvent("r", "firing", "warning", (), (), 1.0, started_at=1000.0)
+    with caplog.at_level(logging.WARNING, logger="llamamon"):
+        first = asyncio.run(channel.send([event]))
+        second = asyncio.run(channel.send([event]))
+    reason = "alerts.channels.team.webhook_url: environment variable SLACK_HOOK is not set"
+    assert (first.ok, first.attempts, first.error) == (False, 0, f"not configured: {reason}")
+    assert not second.ok
+    assert caplog.text.count(reason) == 1
+    nested = build_channel("hook", "webhook", {"url": "http://x", "headers": {"A": UnsetVariable("${T}", "T")}})
+    assert "alerts.channels.hook.headers.A: environment variable T is not set" in repr(nested)

@@ -62,6 +62,12 @@ def mail_channel(port, **options):
     return build_channel("mail", "email", settings)
 
 
+@pytest.fixture(autouse=True)
+def _logs_reach_caplog(monkeypatch):
+    # Why: a CLI run earlier in the session sets propagate=False on the llamamon logger.
+    monkeypatch.setattr(logging.getLogger("llamamon"), "propagate", True)
+
+
 def send(channel, events):
     return asyncio.run(channel.send(events))
 

@@ -41,6 +41,12 @@ def event(rule="gpu_memory_high", state="firing", severity="critical", **kw) -> 
     return AlertEvent(**base)
 
 
+@pytest.fixture(autouse=True)
+def _logs_reach_caplog(monkeypatch):
+    # Why: a CLI run earlier in the session sets propagate=False on the llamamon logger.
+    monkeypatch.setattr(logging.getLogger("llamamon"), "propagate", True)
+
+
 def send(channel, events):
     return asyncio.run(channel.send(events))
 
@@ -235,3 +241,11 @@ def test_no_secret_in_logs_errors_or_reprs(sink, caplog):
     for secret in ("T0SECRET/B0SECRET", "B0SECRET", "xoxbTOPSECRETTOKEN", "pa55word", "s3cr3t"):
         assert secret not in visible
     assert "/services/T0…/***" in caplog.text
+
+
+def test_credentials_in_the_url_become_basic_auth(sink):
+    channel = build_channel("hook", "webhook", {"url": f"http://bot:pa%3Ass@127.0.0.1:{sink.port}/in", **FAST})
+    assert send(channel, [event()]).ok
+    [request] = sink.requests
+    assert request.path == "/in"
+    assert request.headers["authorization"] == "Basic Ym90OnBhOnNz"  # bot:pa:ss

@@ -71,6 +71,10 @@ class Channel(Protocol):
 
     async def send(self, events: Sequence[AlertEvent]) -> Delivery: ...
 
+    def target(self) -> str:
+        """Where deliveries go, masked, for messages."""
+        ...
+
 
 class DeliveryFailed(Exception):
     """One attempt failed; ``retry`` says whether another attempt could succeed (a 500 yes, a 404 no)."""

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from llamamon.channels.base import Channel
+from llamamon.channels.base import Channel, Delivery
 from llamamon.channels.options import OptionReader
+from llamamon.config.loader import UnsetVariable
 from llamamon.errors import ConfigError
+from llamamon.samples import AlertEvent
+
+log = logging.getLogger("llamamon.channels")
 
 # type -> (module, class)
 CHANNEL_TYPES: dict[str, tuple[str, str]] = {
@@ -51,6 +56,10 @@ def build_channel(name: str, type: str | None, options: Mapping[str, Any]) -> Ch
             f"unknown channel type {kind!r}{hint}: name the channel after its type ({known}) or set type:",
             path=OptionReader.path(name),
         )
+    unset = _unset_variable(options)
+    if unset is not None:
+        key, variable = unset
+        return UnsetChannel(name, kind, f"{OptionReader.path(name, key)}: environment variable {variable} is not set")
     module, cls = CHANNEL_TYPES[kind]
     reader = OptionReader(name, options)
     channel = getattr(importlib.import_module(module), cls)(name, reader)
@@ -69,3 +78,47 @@ def build_channels(configs: Mapping[str, ChannelConfigLike], *, source: object =
                 raise
             raise ConfigError(exc.message, file=str(source), line=exc.line or config.line, path=exc.path) from None
     return channels
+
+
+class UnsetChannel:
+    """A channel whose options name an unset ``${VAR}``: recording goes on, every send fails with the reason.
+
+    Why not an error at startup: a shipped monitoring.yaml references SLACK_WEBHOOK_URL; a machine without
+    it must still record, while each alert it could not deliver is still logged and counted.
+    """
+
+    send_resolved = True
+
+    def __init__(self, name: str, type: str, reason: str) -> None:
+        self.name = name
+        self.type = type
+        self.reason = reason
+        self._warned = False
+
+    def target(self) -> str:
+        return "(not configured)"
+
+    def __repr__(self) -> str:
+        return f"<UnsetChannel {self.name!r}: {self.reason}>"
+
+    async def send(self, events: Sequence[AlertEvent]) -> Delivery:
+        if not self._warned:
+            self._warned = True
+            log.warning("%s channel %r cannot send: %s", self.type, self.name, self.reason)
+        return Delivery(self.name, self.type, False, 0, len(events), 0.0, f"not configured: {self.reason}")
+
+
+def _unset_variable(value: Any, key: str = "") -> tuple[str, str] | None:
+    """(option key, VAR) of the first value that came from an unset ``${VAR}``, looking into lists and maps."""
+    if isinstance(value, UnsetVariable):
+        return key, value.variable
+    items: Any = ()
+    if isinstance(value, Mapping):
+        items = ((f"{key}.{k}" if key else str(k), v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{key}[{i}]", v) for i, v in enumerate(value))
+    for sub_key, item in items:
+        found = _unset_variable(item, sub_key)
+        if found is not None:
+            return found
+    return None

@@ -8,12 +8,14 @@ Errors become DeliveryFailed with a masked URL and a retry verdict (5xx, 429, re
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from llamamon import __version__
 from llamamon.channels.base import DeliveryFailed
@@ -33,13 +35,26 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirect)
 
 
+def _split_credentials(url: str) -> tuple[str, str | None]:
+    """``https://user:pw@host/x`` -> (``https://host/x``, Basic auth header value); urllib cannot send these."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, None
+    netloc = parts.netloc.rpartition("@")[2]
+    token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
+    return urlunsplit(parts._replace(netloc=netloc)), f"Basic {token}"
+
+
 def _post(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> tuple[int, str]:
+    where = mask_url(url)
+    url, basic = _split_credentials(url)
     request = urllib.request.Request(url, data=body, method="POST")
+    if basic:
+        request.add_header("Authorization", basic)
     request.add_header("Content-Type", "application/json")
     request.add_header("User-Agent", f"llamamon/{__version__}")
     for name, value in headers.items():
         request.add_header(name, value)
-    where = mask_url(url)
     try:
         with _OPENER.open(request, timeout=timeout) as response:
             return response.status, response.read(64 * 1024).decode("utf-8", "replace")
