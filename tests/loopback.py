@@ -174,7 +174,9 @@ class SmtpServer:
         return "250 Message accepted for delivery"
 
     def close(self) -> None:
-        wait_until(lambda: self.controller.closed >= self.controller.opened, timeout=5)
+        deadline = time.monotonic() + 5
+        while self.controller.closed < self.controller.opened and time.monotonic() < deadline:
+            time.sleep(0.01)
         self.controller.stop()
 
 

@@ -249,3 +249,33 @@ def test_credentials_in_the_url_become_basic_auth(sink):
     [request] = sink.requests
     assert request.path == "/in"
     assert request.headers["authorization"] == "Basic Ym90OnBhOnNz"  # bot:pa:ss
+
+
+def test_background_batches_keep_their_order_per_channel(sink):
+    sink.script.extend([500, 200])
+    channel = build_channel("hook", "webhook", {"url": sink.url(), **FAST})
+    dispatcher = Dispatcher({"hook": channel})
+
+    async def scenario():
+        first = dispatcher.submit([event()])
+        second = dispatcher.submit([event(state="resolved")])
+        assert not first.done()  # the caller goes on while delivery happens
+        assert await dispatcher.drain(timeout=10) == 0
+        return first.result(), second.result()
+
+    (first,), (second,) = asyncio.run(scenario())
+    assert (first.ok, first.attempts, second.ok, second.attempts) == (True, 2, True, 1)
+    assert [r.json()["status"] for r in sink.requests] == ["firing", "firing", "resolved"]
+
+
+def test_drain_cancels_deliveries_that_outlast_it(sink):
+    sink.script.append("hang")
+    channel = build_channel("hook", "webhook", {"url": sink.url(), "timeout": "1s", "attempts": 1})
+    dispatcher = Dispatcher({"hook": channel})
+
+    async def scenario():
+        task = dispatcher.submit([event()])
+        left = await dispatcher.drain(timeout=0.2)
+        return left, task.cancelled()
+
+    assert asyncio.run(scenario()) == (1, True)

@@ -30,6 +30,8 @@ class Dispatcher:
         self.channels = dict(channels)
         self.failures: Counter[str] = Counter({name: 0 for name in self.channels})
         self._warned: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._pending: set[asyncio.Task[list[Delivery]]] = set()
 
     def route(self, events: Sequence[AlertEvent]) -> dict[str, list[AlertEvent]]:
         groups: dict[str, list[AlertEvent]] = {}
@@ -51,12 +53,37 @@ class Dispatcher:
         groups = self.route(events)
         if not groups:
             return []
-        names = list(groups)
-        deliveries = await asyncio.gather(*(self.channels[name].send(groups[name]) for name in names))
-        for delivery in deliveries:
-            if not delivery.ok:
-                self.failures[delivery.channel] += 1
+        deliveries = await asyncio.gather(*(self._send(name, group) for name, group in groups.items()))
         return list(deliveries)
+
+    async def _send(self, name: str, events: list[AlertEvent]) -> Delivery:
+        # Why the lock: batches to one channel go out in order (a resolve never overtakes its firing
+        # while that one is still retrying); different channels still run side by side.
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            delivery = await self.channels[name].send(events)
+        if not delivery.ok:
+            self.failures[name] += 1
+        return delivery
+
+    def submit(self, events: Sequence[AlertEvent]) -> asyncio.Task[list[Delivery]]:
+        """Deliver in the background so the caller's tick loop goes on; ``drain`` waits for it at exit."""
+        task = asyncio.get_running_loop().create_task(self.dispatch(events))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return task
+
+    async def drain(self, timeout: float | None = None) -> int:
+        """Wait up to ``timeout`` seconds for background deliveries; cancel what is left, return how many."""
+        if not self._pending:
+            return 0
+        _, unfinished = await asyncio.wait(set(self._pending), timeout=timeout)
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            await asyncio.wait(unfinished)
+            log.warning("gave up on %d notification batch(es) still being delivered at exit", len(unfinished))
+        return len(unfinished)
 
     def failure_samples(self) -> list[Sample]:
         """Cumulative failed deliveries per channel, zeros included (a counter starts at 0, not absent)."""

@@ -6,6 +6,7 @@ aiosmtplib is imported inside the functions that send, never at module level, so
 
 from __future__ import annotations
 
+import asyncio
 import html
 import ssl
 import time
@@ -106,6 +107,7 @@ class EmailChannel(BaseChannel):
         self.ca_file: str | None = options.text("ca_file", None)
         self.verify: bool = options.flag("verify", True)
         self.subject_prefix: str = options.text("subject_prefix", "[llamamon]")
+        self._context: ssl.SSLContext | None = None
         super().__init__(name, RetryPolicy.from_options(options), send_resolved=options.flag("send_resolved", True))
 
     def target(self) -> str:
@@ -124,7 +126,10 @@ class EmailChannel(BaseChannel):
             context.verify_mode = ssl.CERT_NONE
         return context
 
-    def _connection(self) -> dict[str, Any]:
+    async def _connection(self) -> dict[str, Any]:
+        if self._context is None and self.tls != "none":
+            # Why a thread, once: loading the system CA store takes ~0.2 s and would stall the event loop.
+            self._context = await asyncio.to_thread(self._tls_context)
         return {
             "hostname": self.host,
             "port": self.port,
@@ -133,7 +138,7 @@ class EmailChannel(BaseChannel):
             "use_tls": self.tls == "ssl",
             # None lets aiosmtplib upgrade with STARTTLS exactly when the server offers it.
             "start_tls": {"auto": None, "starttls": True, "ssl": False, "none": False}[self.tls],
-            "tls_context": self._tls_context(),
+            "tls_context": self._context,
             "timeout": self.policy.timeout,
         }
 
@@ -145,7 +150,7 @@ class EmailChannel(BaseChannel):
         )
         where = f"{self.host}:{self.port}"
         try:
-            await aiosmtplib.send(message, sender=self.sender, recipients=self.recipients, **self._connection())
+            await aiosmtplib.send(message, sender=self.sender, recipients=self.recipients, **(await self._connection()))
         except aiosmtplib.SMTPAuthenticationError as exc:
             raise DeliveryFailed(
                 f"SMTP authentication failed for user {self.username!r} at {where}: "
