@@ -20,8 +20,8 @@ def open_store(metrics_dir: str | os.PathLike[str]) -> Path:
     """Create the metrics folder if needed and fold the journals of writers that died; returns the folder.
 
     Every llamamon command that uses the store calls this first, so rows a killed recorder left in its
-    journal reach Parquet the next time anyone looks. pyarrow is only imported when there is something
-    to fold.
+    journal reach Parquet (and a killed compaction is finished) the next time anyone looks. pyarrow is
+    only imported when there is something to fold.
     """
     root = Path(metrics_dir)
     try:
@@ -31,7 +31,9 @@ def open_store(metrics_dir: str | os.PathLike[str]) -> Path:
     if not root.is_dir():
         raise StoreError(f"metrics folder {root} is not a directory")
     from llamamon.store import journal
+    from llamamon.store.compaction import recover
 
+    recover(root)
     if journal.segment_paths(root):
         from llamamon.store.writer import fold_orphans
 
