@@ -108,7 +108,6 @@ def test_normalize_checks_sample_lists_too():
         normalize({"": 1})
 
 
-FORBIDDEN = ("llamamon.store", "llamamon.rules", "llamamon.channels", "llamamon.report", "llamamon.cli")
 HEAVY = ("polars", "pyarrow", "matplotlib")
 
 
@@ -123,9 +122,8 @@ def imported_modules(path: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("path", sorted(COLLECTORS.glob("*.py")), ids=lambda p: p.name)
-def test_collectors_respect_the_import_boundary(path: Path):
-    for name in imported_modules(path):
-        assert not name.startswith(FORBIDDEN), f"{path.name} imports {name}"
-        assert name.split(".")[0] not in HEAVY, f"{path.name} imports {name}"
-        if name.split(".")[0] == "pynvml":
-            assert path.name == "_nvml.py", f"{path.name} imports pynvml; only _nvml.py may"
+def test_collectors_never_import_heavy_libraries_even_inside_functions(path: Path):
+    # test_architecture checks the layer table; ruff TID253 only module-level imports. A recorder that
+    # pulled polars into every tick would cost more than the sampling it does.
+    heavy = {name for name in imported_modules(path) if name.split(".")[0] in HEAVY}
+    assert not heavy, f"{path.name} imports {heavy}"
