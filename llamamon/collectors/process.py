@@ -38,7 +38,6 @@ from llamamon.samples import Sample
 
 @dataclass(slots=True)
 class _Member:
-    proc: psutil.Process
     ppid: int
     cpu: float  # user + system + children_user + children_system, seconds
     io: tuple[int, int] | None  # (read_bytes, write_bytes), None where /proc/<pid>/io is not ours to read
@@ -66,16 +65,22 @@ class ProcessTreeCollector(MetricsCollector):
         self._at: float | None = None
         self._collected = False
         self._proc_children = proc_children_supported()
+        self._threads: dict[int, int] = {}  # thread counts seen by the last discovery
 
     # -- discovery -------------------------------------------------------------------------------
 
     def _children(self, pid: int) -> list[int]:
-        """Direct children of ``pid`` from /proc, every thread included (any thread can fork)."""
+        """Direct children of ``pid`` from /proc, every thread included (any thread can fork).
+
+        The thread count comes free with the listing and is kept for ``process_threads`` (it spares
+        reading /proc/<pid>/status, the largest file psutil would open per process).
+        """
         task_dir = f"/proc/{pid}/task"
         try:
             tids = os.listdir(task_dir)
         except OSError:
             return []
+        self._threads[pid] = len(tids)
         found: list[int] = []
         for tid in tids:
             try:
@@ -129,6 +134,7 @@ class ProcessTreeCollector(MetricsCollector):
 
     def _read(self) -> dict[int, _Member]:
         members: dict[int, _Member] = {}
+        self._threads.clear()
         order, descended = self._discover()
         for pid in order:
             proc = self._process(pid, descended=pid in descended)
@@ -138,7 +144,7 @@ class ProcessTreeCollector(MetricsCollector):
                 with proc.oneshot():
                     times = proc.cpu_times()
                     rss = proc.memory_info().rss
-                    threads = proc.num_threads()
+                    threads = self._threads.get(pid) or proc.num_threads()
                     ppid = proc.ppid()
             except psutil.Error:
                 # Gone (or not ours to read) since discovery: no row rather than a partial one.
@@ -151,7 +157,7 @@ class ProcessTreeCollector(MetricsCollector):
                 io = None  # AccessDenied for a setuid child, zombies, or no per-process I/O on this OS
             cpu = times.user + times.system
             cpu += getattr(times, "children_user", 0.0) + getattr(times, "children_system", 0.0)
-            members[pid] = _Member(proc, ppid, cpu, io, rss, threads)
+            members[pid] = _Member(ppid, cpu, io, rss, threads)
         for pid in set(self._procs) - set(members):
             del self._procs[pid]
         return members
