@@ -146,7 +146,8 @@ def main() -> None:
     tree = subprocess.Popen([sys.executable, "-c", TREE], stdout=subprocess.PIPE, text=True, start_new_session=True)
     sleepers: list[subprocess.Popen[bytes]] = []
     try:
-        assert tree.stdout is not None and tree.stdout.readline().strip() == "ready"
+        if tree.stdout is None or tree.stdout.readline().strip() != "ready":
+            raise SystemExit("the benchmark's process tree did not start")
         print(f"python {sys.version.split()[0]}, psutil {psutil.__version__}, {psutil.cpu_count()} CPUs")
         print(f"recorded tree: {1 + len(psutil.Process(tree.pid).children(recursive=True))} processes, one busy")
         report("as the machine is", measure(tree.pid, metrics_dir, args.ticks, args.rounds))
