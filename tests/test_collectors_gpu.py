@@ -18,6 +18,14 @@ from llamamon.collectors.gpu import GpuCollector, read_nspid
 from llamamon.samples import Sample
 
 
+@pytest.fixture
+def llamamon_log(caplog, monkeypatch):
+    # The CLI (run earlier in the same session) stops "llamamon" records at its own handler; let them reach caplog.
+    monkeypatch.setattr(logging.getLogger("llamamon"), "propagate", True)
+    caplog.set_level(logging.DEBUG, logger="llamamon")
+    return caplog
+
+
 def run(coro):
     return asyncio.run(coro)
 
@@ -125,11 +133,10 @@ def test_two_gpus_give_every_field_with_gpu_labels_in_base_units():
     assert fake.calls["nvmlShutdown"] == 1
 
 
-def test_an_unsupported_field_is_dropped_alone_and_not_queried_again(caplog):
+def test_an_unsupported_field_is_dropped_alone_and_not_queried_again(llamamon_log):
     fake = fake_nvml.gpus(2, unsupported={"nvmlDeviceGetPowerUsage"})
     collector = GpuCollector(nvml=fake)
-    with caplog.at_level(logging.DEBUG, logger="llamamon"):
-        ticks = run(opened(collector, ticks=3))
+    ticks = run(opened(collector, ticks=3))
     for samples in ticks:
         table = by_metric(samples)
         assert "gpu_power" not in table
@@ -138,7 +145,7 @@ def test_an_unsupported_field_is_dropped_alone_and_not_queried_again(caplog):
     # Asked once per GPU, then remembered as unsupported.
     assert fake.calls["nvmlDeviceGetPowerUsage"] == 2
     assert fake.calls["nvmlDeviceGetUtilizationRates"] == 6
-    dropped = [r for r in caplog.records if "power not available" in r.getMessage()]
+    dropped = [r for r in llamamon_log.records if "power not available" in r.getMessage()]
     assert len(dropped) == 2
     assert all(r.levelno == logging.DEBUG for r in dropped)
 
@@ -162,17 +169,16 @@ def test_ecc_unsupported_on_a_consumer_card_drops_both_counts_only():
     assert "gpu_temperature" in table
 
 
-def test_a_lost_gpu_is_skipped_per_tick_and_warned_once(caplog):
+def test_a_lost_gpu_is_skipped_per_tick_and_warned_once(llamamon_log):
     fake = fake_nvml.lost_after(2, gpu_count=2, index=1)
     collector = GpuCollector(nvml=fake)
-    with caplog.at_level(logging.WARNING, logger="llamamon"):
-        ticks = run(opened(collector, ticks=5))
+    ticks = run(opened(collector, ticks=5))
     # describe() at open asks memory once, so GPU 1 answers that and the first tick, then is lost.
     seen = [{dict(s.labels)["gpu"] for s in samples if s.metric == "gpu_utilization"} for samples in ticks]
     assert seen == [{"0", "1"}, {"0"}, {"0"}, {"0"}, {"0"}]
     # No partial rows from a device skipped mid-tick.
     assert not any(dict(s.labels).get("gpu") == "1" for samples in ticks[1:] for s in samples)
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r for r in llamamon_log.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "GPU 1" in warnings[0].getMessage()
     assert "GPU is lost" in warnings[0].getMessage()

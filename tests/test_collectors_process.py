@@ -51,13 +51,15 @@ for line in sys.stdin:
     elif cmd == "reap":
         _, _, usage = os.wait4(children.pop(), 0)
         print("reaped", usage.ru_utime + usage.ru_stime, own_cpu(), flush=True)
-    elif cmd == "tree":  # child and grandchild burning until killed
+    elif cmd == "tree":  # four busy processes, three generations below the root, until killed
         read, write = os.pipe()
         if os.fork() == 0:
             if os.fork() == 0:
-                os.write(write, b"%d\n" % os.getpid())
+                if os.fork() == 0:
+                    os.write(write, b"%d\n" % os.getpid())
                 while True:
                     pass
+            os.fork()
             while True:
                 pass
         print("tree", int(os.read(read, 64)), flush=True)
@@ -156,24 +158,37 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
     pytest.fail(f"timed out waiting for {what}")
 
 
+def cpu_seconds(procs: dict[int, psutil.Process]) -> dict[int, float]:
+    return {pid: sum(proc.cpu_times()[:4]) for pid, proc in procs.items()}
+
+
 def test_busy_tree_with_grandchildren_is_summed(job: Job):
     async def main():
         collector = ProcessTreeCollector(job.pid)
         await collector.open()
-        (grandchild,) = map(int, job.ask("tree", "tree"))
+        (great_grandchild,) = map(int, job.ask("tree", "tree"))
         deadline = time.monotonic() + 20
-        best: dict[str, float] = {}
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.3)
-            best = values(await collector.collect())
-            if best.get("process_tree_size") == 3 and best.get("process_cpu_usage", 0) > 0.5:
-                break
-        assert best["process_tree_size"] == 3  # root, child, grandchild
-        assert best["process_cpu_usage"] > 0.5  # two busy loops; > 0.5 cores even on a shared 2-core box
-        assert best["process_cpu_usage"] <= psutil.cpu_count() + 0.2
-        assert grandchild in collector.pids()
-        assert best["process_threads"] >= 3
-        assert best["process_memory_rss"] > 3 * 1024 * 1024
+        sample: dict[str, float] = {}
+        while time.monotonic() < deadline and sample.get("process_tree_size") != 5:
+            await asyncio.sleep(0.1)
+            sample = values(await collector.collect())
+        assert sample["process_tree_size"] == 5  # root, child, 2 grandchildren, great-grandchild
+        assert great_grandchild in collector.pids()
+        assert sample["process_threads"] >= 5
+        assert sample["process_memory_rss"] > 5 * 1024 * 1024
+
+        # One busy window, measured by the collector and, independently, per process by the test.
+        procs = {pid: psutil.Process(pid) for pid in collector.pids()}
+        before, started = cpu_seconds(procs), time.monotonic()
+        await asyncio.sleep(0.5)
+        sample = values(await collector.collect())
+        after, elapsed = cpu_seconds(procs), time.monotonic() - started
+        per_process = {pid: (after[pid] - before[pid]) / elapsed for pid in procs}
+        tree = sample["process_cpu_usage"]
+        assert tree == pytest.approx(sum(per_process.values()), rel=0.15, abs=0.03)
+        # Four equally busy loops: the sum is several times the busiest single one.
+        assert tree > 2.5 * max(per_process.values())
+        assert tree <= psutil.cpu_count() + 0.2
         await collector.close()
 
     asyncio.run(main())
