@@ -20,6 +20,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("llamamon.cli.init", "init_command"),
     ("llamamon.cli.compact", "compact_command"),
     ("llamamon.cli.gc", "gc_command"),
+    ("llamamon.cli.doctor", "doctor_command"),
 )
 
 
