@@ -29,7 +29,7 @@ def event(rule="gpu_memory_high", state="firing", severity="critical", **kw) -> 
         rule=rule,
         state=state,
         severity=severity,
-        labels=make_labels(gpu="0"),
+        labels=make_labels(alertname=rule, severity=severity, gpu="0", host="box"),
         annotations=make_labels(summary=f"{rule} on gpu 0"),
         value=0.97,
         started_at=1_790_000_000.0,

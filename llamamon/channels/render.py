@@ -12,6 +12,8 @@ from llamamon.samples import AlertEvent
 from llamamon.units import format_duration
 
 TEST_LABEL = "llamamon_test"
+# Labels that already have their own row (the rules engine puts alertname, severity, host, run in labels).
+_SHOWN_LABELS = frozenset({TEST_LABEL, "alertname", "severity", "host", "run"})
 
 # Severity -> colour for chat attachments and HTML mail; resolved is always green.
 COLOURS = {"critical": "#d62728", "warning": "#ff9f1c", "info": "#439fe0"}
@@ -65,7 +67,7 @@ def fields(event: AlertEvent) -> list[tuple[str, str]]:
     description = dict(event.annotations).get("description")
     if description:
         rows.append(("Description", description))
-    labels = [f"{k}={v}" for k, v in event.labels if k != TEST_LABEL]
+    labels = [f"{k}={v}" for k, v in event.labels if k not in _SHOWN_LABELS]
     if labels:
         rows.append(("Labels", ", ".join(labels)))
     return rows
