@@ -12,6 +12,8 @@ import pytest
 from conftest import llamamon_env
 
 from llamamon.channels.alertmanager import alertmanager_alerts
+from llamamon.channels.base import BaseChannel, RetryPolicy
+from llamamon.channels.dispatch import Dispatcher
 from llamamon.channels.email import parse_server
 from llamamon.channels.masking import mask_secret, mask_url, masked_options, scrub
 from llamamon.channels.registry import build_channel, build_channels
@@ -259,3 +261,21 @@ def test_unset_environment_variable_gives_a_channel_that_fails_with_the_reason(c
     assert caplog.text.count(reason) == 1
     nested = build_channel("hook", "webhook", {"url": "http://x", "headers": {"A": UnsetVariable("${T}", "T")}})
     assert "alerts.channels.hook.headers.A: environment variable T is not set" in repr(nested)
+
+
+class _Exploding(BaseChannel):
+    type = "exploding"
+
+    def secrets(self):
+        return ("t0ps3cret",)
+
+    async def _attempt(self, events):
+        raise RuntimeError("library bug while sending with t0ps3cret\nsecond line")
+
+
+def test_an_unexpected_exception_becomes_a_failed_delivery_on_one_line():
+    channel = _Exploding("odd", RetryPolicy(timeout=1, attempts=2, backoff=0))
+    event = AlertEvent("r", "firing", "warning", (), (), 1.0, started_at=1000.0)
+    delivery = asyncio.run(Dispatcher({"odd": channel}).dispatch([event]))[0]
+    assert (delivery.ok, delivery.attempts) == (False, 2)
+    assert delivery.error == "RuntimeError: library bug while sending with *** second line"

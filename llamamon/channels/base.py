@@ -130,7 +130,7 @@ class BaseChannel(ABC):
             else:
                 log.debug("%s: delivered %d event(s) (attempt %d)", self, len(events), attempt)
                 return Delivery(self.name, self.type, True, attempt, len(events), time.monotonic() - started)
-            error = scrub(error, self.secrets())
+            error = " ".join(scrub(error, self.secrets()).split())  # one line, whatever a library wrote
             if not retry or attempt == self.policy.attempts:
                 break
             delay = self.policy.delay(attempt)
