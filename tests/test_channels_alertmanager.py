@@ -10,19 +10,33 @@ import urllib.request
 
 import pytest
 from conftest import require_binary
-from loopback import closed_port, wait_until
+from loopback import HttpSink, closed_port, wait_until
 
 from llamamon.channels.registry import build_channel
+from llamamon.channels.webhook import webhook_payload
 from llamamon.samples import AlertEvent, make_labels
 
 pytestmark = pytest.mark.integration
 
 CONFIG = """\
 route:
-  receiver: "null"
+  receiver: sink
+  group_by: [alertname]
+  group_wait: 0s
+  group_interval: 1s
 receivers:
-  - name: "null"
+  - name: sink
+    webhook_configs:
+      - url: {url}
 """
+
+
+@pytest.fixture(scope="module")
+def am_webhook_sink():
+    # What Alertmanager itself sends to a webhook receiver: the reference for llamamon's webhook channel.
+    server = HttpSink()
+    yield server
+    server.close()
 
 
 def _get(url: str):
@@ -31,10 +45,10 @@ def _get(url: str):
 
 
 @pytest.fixture(scope="module")
-def alertmanager(tmp_path_factory):
+def alertmanager(tmp_path_factory, am_webhook_sink):
     binary = require_binary("prometheus-alertmanager", "alertmanager")
     folder = tmp_path_factory.mktemp("alertmanager")
-    (folder / "alertmanager.yml").write_text(CONFIG)
+    (folder / "alertmanager.yml").write_text(CONFIG.format(url=am_webhook_sink.url("/from-alertmanager")))
     port = closed_port()
     with open(folder / "alertmanager.log", "wb") as log:
         process = subprocess.Popen(
@@ -137,3 +151,32 @@ def test_alert_alertmanager_rejects_is_a_failed_delivery_without_retry(alertmana
     assert delivery.attempts == 1
     assert delivery.error.startswith(f"HTTP 400 Bad Request from {alertmanager}/api/v2")
     assert "bad-name" in delivery.error
+
+
+def test_webhook_payload_has_the_shape_alertmanager_itself_sends(alertmanager, am_webhook_sink):
+    channel = build_channel("am", "alertmanager", {"url": alertmanager, "timeout": "5s"})
+    firing = AlertEvent(
+        **{
+            **{f: getattr(event("firing", time.time()), f) for f in AlertEvent.__dataclass_fields__},
+            "rule": "shape_check",
+            "run": "shape-run",
+        }
+    )
+    assert asyncio.run(channel.send([firing])).ok
+    theirs = wait_until(
+        lambda: next(
+            (r.json() for r in am_webhook_sink.requests if r.json()["commonLabels"].get("alertname") == "shape_check"),
+            None,
+        ),
+        timeout=20,
+    )
+    ours = webhook_payload([firing], receiver="sink")
+    assert set(ours) == set(theirs)
+    assert set(ours["alerts"][0]) == set(theirs["alerts"][0])
+    assert ours["version"] == theirs["version"] == "4"
+    assert ours["status"] == theirs["status"] == "firing"
+    assert ours["alerts"][0]["labels"] == theirs["alerts"][0]["labels"]
+    assert ours["alerts"][0]["annotations"] == theirs["alerts"][0]["annotations"]
+    assert ours["groupLabels"] == theirs["groupLabels"] == {"alertname": "shape_check"}
+    assert ours["commonLabels"] == theirs["commonLabels"]
+    assert ours["groupKey"].endswith(theirs["groupKey"].split(":", 1)[1])
