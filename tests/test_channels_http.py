@@ -79,6 +79,14 @@ def test_slack_message_carries_severity_rule_summary_value_host_run(sink):
     assert {f["title"]: f["value"] for f in resolved["fields"]}["Duration"] == "10m00s"
 
 
+def test_slack_text_is_escaped(sink):
+    channel = build_channel("team", "slack", {"webhook_url": sink.url(), **FAST})
+    tricky = event(annotations=make_labels(summary="loss < 0.5 & <!channel> ping"))
+    assert send(channel, [tricky]).ok
+    attachment = sink.requests[0].json()["attachments"][0]
+    assert attachment["text"] == "loss &lt; 0.5 &amp; &lt;!channel&gt; ping"
+
+
 def test_webhook_posts_alertmanager_payload_with_headers(sink):
     channel = build_channel(
         "ops_hook",

@@ -17,6 +17,11 @@ MAX_ATTACHMENTS = 20
 _SHORT_FIELDS = frozenset({"Severity", "Rule", "Value", "Host", "Run", "Started", "Resolved", "Duration"})
 
 
+def escape(text: str) -> str:
+    """Slack reads ``<…>`` as links or mentions and ``&`` as an entity: ``loss < 0.5`` must stay text."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_payload(
     events: Sequence[AlertEvent],
     *,
@@ -31,17 +36,19 @@ def slack_payload(
         attachments.append(
             {
                 "color": colour(event),
-                "fallback": f"{title(event)}: {event.summary}",
-                "title": title(event),
-                "text": event.summary,
-                "fields": [{"title": n, "value": v, "short": n in _SHORT_FIELDS} for n, v in rows if n != "Summary"],
+                "fallback": escape(f"{title(event)}: {event.summary}"),
+                "title": escape(title(event)),
+                "text": escape(event.summary),
+                "fields": [
+                    {"title": n, "value": escape(v), "short": n in _SHORT_FIELDS} for n, v in rows if n != "Summary"
+                ],
                 "footer": "llamamon",
                 "ts": int(event.ended_at if event.state == "resolved" and event.ended_at else event.started_at),
             }
         )
     if len(events) > MAX_ATTACHMENTS:
         attachments.append({"color": "#999999", "text": f"… and {len(events) - MAX_ATTACHMENTS} more alert events"})
-    payload: dict[str, Any] = {"text": headline(events), "attachments": attachments}
+    payload: dict[str, Any] = {"text": escape(headline(events)), "attachments": attachments}
     if channel:
         payload["channel"] = channel
     if username:
