@@ -3,6 +3,9 @@
 A firing alert is posted with an ``endsAt`` in the future (``expire_after``, longer than llamamon's
 repeat interval) so Alertmanager keeps it active between llamamon's re-notifications, yet lets it
 expire if llamamon stops; a resolve posts the same labels with ``endsAt`` = the resolve time.
+
+Options: ``url`` (required: the Alertmanager base URL, ``/api/v2/alerts`` is added), ``headers``,
+``generator_url``, ``expire_after`` (4h15m), and the common ``timeout``, ``attempts``, ``backoff``.
 """
 
 from __future__ import annotations

@@ -2,6 +2,11 @@
 
 aiosmtplib is imported inside the functions that send, never at module level, so nothing on the
 ``llamamon --help`` or ``import llamamon`` path pays for it.
+
+Options: ``smtp_server`` (required, ``host[:port]``; port 465 for ssl, 587 for starttls, else 25),
+``from_address``, ``to_addresses`` (list or comma-separated), ``tls`` (auto: STARTTLS when offered;
+starttls; ssl; none), ``username`` with ``password`` or ``password_env`` (secret), ``ca_file``, ``verify``
+(true), ``subject_prefix`` ([llamamon]), ``send_resolved``, and the common ``timeout``, ``attempts``, ``backoff``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Slack incoming-webhook channel: one message per batch, one coloured attachment per alert event."""
+"""Slack incoming-webhook channel: one message per batch, one coloured attachment per alert event.
+
+Options: ``webhook_url`` (required, secret), ``channel``, ``username``, ``icon_emoji``, ``send_resolved``
+(true), and the common ``timeout`` (10s), ``attempts`` (3), ``backoff`` (500ms, doubling).
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,10 @@
 
 Anything that already consumes Alertmanager webhooks (chat bridges, incident tools, custom scripts)
 can take llamamon's notifications without new code.
+
+Options: ``url`` (required, secret), ``headers`` (values secret), ``receiver`` (the channel name),
+``external_url``, ``generator_url``, ``max_alerts`` (0: all), ``send_resolved`` (true), and the common
+``timeout``, ``attempts``, ``backoff``. Credentials in the URL (``https://user:pw@host``) become Basic auth.
 """
 
 from __future__ import annotations
