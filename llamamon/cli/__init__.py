@@ -16,7 +16,10 @@ from llamamon import __version__
 from llamamon.errors import LlamamonError
 
 # (module, attribute) of every command; each module stays light at import time.
-COMMANDS: tuple[tuple[str, str], ...] = ()
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("llamamon.cli.record", "record_command"),
+    ("llamamon.cli.runs", "runs_command"),
+)
 
 
 class _Formatter(logging.Formatter):

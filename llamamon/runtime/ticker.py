@@ -49,15 +49,19 @@ async def run_ticks(
     on_tick: Callable[[], Awaitable[None]],
     stop: asyncio.Event,
 ) -> None:
-    """Call ``on_tick`` on schedule until ``stop`` is set; the first call is immediate.
+    """Call ``on_tick`` on schedule until ``stop`` is set; the first call is immediate and always made.
 
     When ``stop`` is set the wait ends at once (no partial interval is slept away); the caller takes the
     final sample itself, so a job shorter than one interval still has a first and a last sample.
     """
-    while not stop.is_set():
+    while True:
         await on_tick()
+        if stop.is_set():
+            return
         ticker.advance()
         delay = ticker.delay()
         if delay > 0:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return
