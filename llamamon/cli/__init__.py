@@ -17,6 +17,7 @@ from llamamon.errors import LlamamonError
 
 # (module, attribute) of every command; each module stays light at import time.
 COMMANDS: tuple[tuple[str, str], ...] = (
+    ("llamamon.cli.init", "init_command"),
     ("llamamon.cli.record", "record_command"),
     ("llamamon.cli.runs", "runs_command"),
 )
