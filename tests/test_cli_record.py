@@ -374,3 +374,44 @@ def test_help_lists_record_and_runs(tmp_path):
     done = run_llamamon("--help", cwd=tmp_path)
     assert b"record" in done.stdout
     assert b"runs" in done.stdout
+
+
+def test_a_failing_collector_is_reported_once_and_recording_goes_on(tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "my_gauges.py").write_text(
+        "from llamamon.collectors.base import MetricsCollector\n"
+        "class Broken(MetricsCollector):\n"
+        "    async def collect(self):\n"
+        "        raise RuntimeError('sensor unplugged')\n"
+        "class QueueDepth(MetricsCollector):\n"
+        "    async def collect(self):\n"
+        "        return {'queue_depth': 7}\n"
+    )
+    config = tmp_path / "monitoring.yaml"
+    config.write_text('collectors:\n  - "my_gauges:Broken"\n  - "my_gauges:QueueDepth"\n')
+    env = llamamon_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(plugins), env["PYTHONPATH"]])
+    done = run_llamamon(
+        "record",
+        "--no-gpu",
+        "--config",
+        str(config),
+        "--interval",
+        "0.1",
+        "--metrics-dir",
+        "m",
+        "--",
+        PY,
+        "-c",
+        "import time; time.sleep(0.6)",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.decode().count("collector Broken failed: sensor unplugged") == 1
+    data = frame(tmp_path / "m")
+    queue = data.filter(metric="queue_depth")
+    assert queue.height >= 3
+    assert set(queue["group"]) == {"custom"}
+    assert data.filter(metric="memory_used").height == queue.height  # same ticks, none lost

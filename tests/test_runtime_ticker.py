@@ -104,3 +104,19 @@ def test_run_ticks_stop_interrupts_a_long_wait():
         return calls
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_run_ticks_takes_one_sample_even_when_stopped_before_starting():
+    async def scenario() -> int:
+        stop = asyncio.Event()
+        stop.set()
+        calls = 0
+
+        async def on_tick() -> None:
+            nonlocal calls
+            calls += 1
+
+        await asyncio.wait_for(run_ticks(Ticker(0.01), on_tick, stop), 10)
+        return calls
+
+    assert asyncio.run(scenario()) == 1

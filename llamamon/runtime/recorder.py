@@ -114,7 +114,10 @@ class Recorder:
         env = dict(os.environ, LLAMAMON_RUN_ID=info.id, LLAMAMON_METRICS_DIR=str(self.metrics_dir))
         with Child(self.options.command, env=env) as child:
             info.pid = child.pid
-            write_run(self.metrics_dir, info)  # listed by `llamamon runs` from the start
+            try:
+                write_run(self.metrics_dir, info)  # listed by `llamamon runs` from the start
+            except OSError as exc:
+                log.warning("cannot write run metadata: %s", exc)  # the job is running: keep recording
             sampler = threading.Thread(target=self._sampler_main, args=(child.pid,), name="llamamon-sampler")
             sampler.start()
             try:
