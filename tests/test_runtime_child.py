@@ -260,3 +260,21 @@ def test_kill_9_of_the_runner_leaves_the_child_running_with_its_output(tmp_path:
         rest = proc.stdout.read()  # EOF only once the child (and the keeper copying for it) are done
     assert rest.splitlines()[-1] == b"after 1999"
     assert done.exists()
+
+
+def test_output_of_a_grandchild_that_outlives_the_child_still_arrives(tmp_path: Path):
+    # The job exits at once, leaving a background process that writes later to the same stdout.
+    release = tmp_path / "release"
+    late = tmp_path / "late.py"
+    late.write_text(
+        "import os, time\n"
+        "deadline = time.monotonic() + 20\n"
+        f"while not os.path.exists({str(release)!r}) and time.monotonic() < deadline: time.sleep(0.01)\n"
+        "print('late')\n"
+    )
+    code = f"import subprocess, sys; subprocess.Popen([sys.executable, {str(late)!r}]); print('early', flush=True)"
+    with subprocess.Popen(runner_argv(PY, "-c", code), env=llamamon_env(), stdout=subprocess.PIPE) as proc:
+        assert read_until(proc.stdout.fileno(), b"early\n") == b"early\n"
+        assert proc.wait(timeout=30) == 0  # the runner does not wait for the grandchild …
+        release.touch()
+        assert proc.stdout.read() == b"late\n"  # … and its output is still delivered (by the keeper)
