@@ -278,3 +278,70 @@ def test_output_of_a_grandchild_that_outlives_the_child_still_arrives(tmp_path: 
         assert proc.wait(timeout=30) == 0  # the runner does not wait for the grandchild …
         release.touch()
         assert proc.stdout.read() == b"late\n"  # … and its output is still delivered (by the keeper)
+
+
+def test_pty_mode_follows_window_size_changes():
+    code = (
+        "import os, signal, sys, time\n"
+        "got = []\n"
+        "signal.signal(signal.SIGWINCH, lambda *a: got.append(os.get_terminal_size()))\n"
+        "print(os.get_terminal_size()); sys.stdout.write('ready'); sys.stdout.flush()\n"
+        "deadline = time.monotonic() + 20\n"
+        "while not got and time.monotonic() < deadline: time.sleep(0.01)\n"
+        "print(got)\n"
+    )
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    try:
+        with subprocess.Popen(
+            runner_argv(PY, "-c", code),
+            env=llamamon_env(),
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+        ) as proc:
+            first = read_until(master, b"ready")
+            assert b"columns=80, lines=24" in first
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 132, 0, 0))
+            proc.send_signal(signal.SIGWINCH)  # what the terminal sends its foreground group on a resize
+            rest = read_all(master, proc)
+            assert b"columns=132, lines=50" in rest
+            assert proc.wait(timeout=30) == 0
+    finally:
+        os.close(slave)
+        os.close(master)
+
+
+def test_output_hook_sees_exactly_the_bytes_passed_through(tmp_path: Path):
+    seen = tmp_path / "seen"
+    runner = (
+        "import sys\n"
+        "from llamamon.runtime.child import run\n"
+        f"log = open({str(seen)!r}, 'wb')\n"
+        "def hook(stream, data):\n"
+        "    log.write(b'%d:%d:' % (stream, len(data)) + data)\n"
+        "    if b'boom' in data: raise ValueError('a broken parser')\n"
+        "code = run(sys.argv[1:], on_output=hook).exit_code\n"
+        "log.close()\n"
+        "sys.exit(code)\n"
+    )
+    child = (
+        "import os; os.write(1, bytes(range(256))); os.write(2, b'err'); os.write(1, b'boom'); os.write(1, b'after')"
+    )
+    done = subprocess.run(
+        [PY, "-c", runner, PY, "-c", child], env=llamamon_env(), capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 0
+    assert done.stdout == bytes(range(256)) + b"boomafter"  # the hook's failure costs no output
+    assert b"err" in done.stderr
+    assert b"output parser failed" in done.stderr  # said, not hidden
+    record = seen.read_bytes()
+    chunks: dict[int, bytes] = {1: b"", 2: b""}
+    while record:
+        stream, size, rest = record.split(b":", 2)
+        chunks[int(stream)] += rest[: int(size)]
+        record = rest[int(size) :]
+    assert chunks[2] == b"err"
+    assert chunks[1].startswith(bytes(range(256)))  # unchanged; after the failure the hook is off
+    assert b"boom" in chunks[1]
