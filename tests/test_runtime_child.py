@@ -313,35 +313,57 @@ def test_pty_mode_follows_window_size_changes():
         os.close(master)
 
 
-def test_output_hook_sees_exactly_the_bytes_passed_through(tmp_path: Path):
-    seen = tmp_path / "seen"
-    runner = (
+def _hook_runner(seen: Path, fail_on: bytes | None) -> str:
+    return (
         "import sys\n"
         "from llamamon.runtime.child import run\n"
         f"log = open({str(seen)!r}, 'wb')\n"
         "def hook(stream, data):\n"
         "    log.write(b'%d:%d:' % (stream, len(data)) + data)\n"
-        "    if b'boom' in data: raise ValueError('a broken parser')\n"
+        f"    if {fail_on!r} and {fail_on!r} in data: raise ValueError('a broken parser')\n"
         "code = run(sys.argv[1:], on_output=hook).exit_code\n"
         "log.close()\n"
         "sys.exit(code)\n"
     )
-    child = (
-        "import os; os.write(1, bytes(range(256))); os.write(2, b'err'); os.write(1, b'boom'); os.write(1, b'after')"
-    )
-    done = subprocess.run(
-        [PY, "-c", runner, PY, "-c", child], env=llamamon_env(), capture_output=True, timeout=60, check=False
-    )
-    assert done.returncode == 0
-    assert done.stdout == bytes(range(256)) + b"boomafter"  # the hook's failure costs no output
-    assert b"err" in done.stderr
-    assert b"output parser failed" in done.stderr  # said, not hidden
+
+
+def _hook_chunks(seen: Path) -> dict[int, bytes]:
     record = seen.read_bytes()
     chunks: dict[int, bytes] = {1: b"", 2: b""}
     while record:
         stream, size, rest = record.split(b":", 2)
         chunks[int(stream)] += rest[: int(size)]
         record = rest[int(size) :]
-    assert chunks[2] == b"err"
-    assert chunks[1].startswith(bytes(range(256)))  # unchanged; after the failure the hook is off
-    assert b"boom" in chunks[1]
+    return chunks
+
+
+def test_output_hook_sees_exactly_the_bytes_passed_through(tmp_path: Path):
+    seen = tmp_path / "seen"
+    child = "import os; os.write(1, bytes(range(256)) * 500); os.write(2, b'err'); os.write(1, b'no newline')"
+    done = subprocess.run(
+        [PY, "-c", _hook_runner(seen, None), PY, "-c", child],
+        env=llamamon_env(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert done.stdout == bytes(range(256)) * 500 + b"no newline"
+    assert done.stderr == b"err"
+    assert _hook_chunks(seen) == {1: done.stdout, 2: b"err"}
+
+
+def test_a_failing_output_hook_costs_no_output(tmp_path: Path):
+    seen = tmp_path / "seen"
+    child = "import os; os.write(1, b'boom'); os.write(1, bytes(range(256)))"
+    done = subprocess.run(
+        [PY, "-c", _hook_runner(seen, b"boom"), PY, "-c", child],
+        env=llamamon_env(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert done.stdout == b"boom" + bytes(range(256))
+    assert b"output parser failed" in done.stderr  # said once, not hidden
+    assert _hook_chunks(seen)[1].startswith(b"boom")
