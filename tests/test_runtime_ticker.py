@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from llamamon.runtime.ticker import Ticker, run_ticks
+from llamamon.runtime.ticker import Stop, Ticker, run_ticks
 
 
 class Clock:
@@ -70,7 +70,7 @@ def test_interval_must_be_positive(bad):
 
 def test_run_ticks_calls_on_schedule_and_stops_promptly():
     async def scenario() -> list[float]:
-        stop = asyncio.Event()
+        stop = Stop()
         loop = asyncio.get_running_loop()
         ticker = Ticker(0.02, clock=loop.time)
         times: list[float] = []
@@ -92,7 +92,7 @@ def test_run_ticks_calls_on_schedule_and_stops_promptly():
 
 def test_run_ticks_stop_interrupts_a_long_wait():
     async def scenario() -> int:
-        stop = asyncio.Event()
+        stop = Stop()
         calls = 0
 
         async def on_tick() -> None:
@@ -108,7 +108,7 @@ def test_run_ticks_stop_interrupts_a_long_wait():
 
 def test_run_ticks_takes_one_sample_even_when_stopped_before_starting():
     async def scenario() -> int:
-        stop = asyncio.Event()
+        stop = Stop()
         stop.set()
         calls = 0
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from llamamon import __version__, catalog
 from llamamon.errors import ConfigError
 from llamamon.runtime.child import Child, ChildResult
-from llamamon.runtime.ticker import Ticker, run_ticks
+from llamamon.runtime.ticker import Stop, Ticker, run_ticks
 from llamamon.samples import Row, RunInfo
 from llamamon.units import format_duration
 
@@ -101,7 +101,7 @@ class Recorder:
         self._stop_lock = threading.Lock()
         self._stop_requested = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
+        self._stop: Stop | None = None
         self._sampler_error: BaseException | None = None
 
     # -- main thread ------------------------------------------------------------------------------
@@ -167,7 +167,7 @@ class Recorder:
     async def _sample(self, pid: int) -> None:
         from llamamon.store.writer import StoreWriter
 
-        stop = asyncio.Event()
+        stop = Stop()
         with self._stop_lock:
             self._loop = asyncio.get_running_loop()
             self._stop = stop

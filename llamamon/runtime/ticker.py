@@ -9,7 +9,6 @@ the user changing the time) do not touch the schedule. The clock is injected so 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -44,10 +43,49 @@ class Ticker:
         return skipped
 
 
+class Stop:
+    """A stop flag the tick loop sleeps on: one future and one timer per wait, no task, no cancellation.
+
+    (``asyncio.wait_for(event.wait(), delay)`` would create a task per tick and cancel it on timeout, which
+    costs about as much again as the wait itself.) ``set()`` must run on the loop's thread; from another
+    thread use ``loop.call_soon_threadsafe(stop.set)``.
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def sleep(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if the flag is set meanwhile."""
+        if self._set:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(delay, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 async def run_ticks(
     ticker: Ticker,
     on_tick: Callable[[], Awaitable[None]],
-    stop: asyncio.Event,
+    stop: Stop,
 ) -> None:
     """Call ``on_tick`` on schedule until ``stop`` is set; the first call is immediate and always made.
 
@@ -61,7 +99,6 @@ async def run_ticks(
         ticker.advance()
         delay = ticker.delay()
         if delay > 0:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+            await stop.sleep(delay)
         if stop.is_set():
             return
