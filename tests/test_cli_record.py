@@ -415,3 +415,20 @@ def test_a_failing_collector_is_reported_once_and_recording_goes_on(tmp_path):
     assert queue.height >= 3
     assert set(queue["group"]) == {"custom"}
     assert data.filter(metric="memory_used").height == queue.height  # same ticks, none lost
+
+
+def test_monitoring_disabled_runs_the_command_without_recording(tmp_path):
+    (tmp_path / "monitoring.yaml").write_text("monitoring:\n  enabled: false\n")
+    done = run_llamamon("record", "--", PY, "-c", "print('job'); raise SystemExit(5)", cwd=tmp_path)
+    assert done.returncode == 5
+    assert done.stdout == b"job\n"
+    assert "without recording" in done.stderr.decode()
+    assert not (tmp_path / ".metrics" / "runs").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_bad_interval_is_a_usage_error(tmp_path, value):
+    done = record(tmp_path, PY, "-c", "raise SystemExit(9)", opts=("--interval", value))
+    assert done.returncode == 2
+    assert "--interval" in done.stderr.decode()
+    assert b"Traceback" not in done.stderr
