@@ -432,3 +432,40 @@ def test_bad_interval_is_a_usage_error(tmp_path, value):
     assert done.returncode == 2
     assert "--interval" in done.stderr.decode()
     assert b"Traceback" not in done.stderr
+
+
+def test_our_own_lines_do_not_staircase_while_the_terminal_is_raw(tmp_path):
+    # A warning printed mid-run, while the real terminal is in raw mode, must still end in "\r\n".
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "broken_gauge.py").write_text(
+        "from llamamon.collectors.base import MetricsCollector\n"
+        "class Broken(MetricsCollector):\n"
+        "    async def collect(self):\n"
+        "        raise RuntimeError('sensor unplugged')\n"
+    )
+    (tmp_path / "monitoring.yaml").write_text('collectors: ["broken_gauge:Broken"]\n')
+    env = llamamon_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(plugins), env["PYTHONPATH"]])
+    master, slave = os.openpty()
+    argv = [PY, "-m", "llamamon", "record", "--no-gpu", "--interval", "0.1", "--metrics-dir", "m", "--"]
+    code = "import sys, time; print('job line'); time.sleep(0.5); sys.stdout.write('ready')"
+    try:
+        with subprocess.Popen(
+            [*argv, PY, "-c", code],
+            cwd=tmp_path,
+            env=env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+        ) as proc:
+            out = read_until(master, b"done in")
+            out += read_until(master, b"-> m/\r\n", deadline_s=10)
+            assert proc.wait(timeout=30) == 0
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert b"collector Broken failed: sensor unplugged (logged once; recording goes on)\r\n" in out
+    assert b"job line\r\n" in out
+    assert out.count(b"\n") == out.count(b"\r\n")

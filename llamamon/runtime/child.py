@@ -21,6 +21,11 @@ The job must not be able to tell it is being recorded, so this module is about f
   takes over copying the child's output to the real stdout/stderr, so the job neither gets SIGPIPE nor a
   pty hang-up. What is lost: at most one chunk llamamon had read but not yet written, and, in pty mode,
   keyboard input (the shell takes the terminal back; bash and zsh restore its modes themselves).
+* **Known limits of pty mode.** Ctrl-Z suspends the job inside its pty but not llamamon, so the shell
+  does not get the terminal back until the job is resumed (``kill -CONT``) or ends; run llamamon itself
+  in the background for jobs you mean to suspend. A job started in the background (``llamamon record …
+  &``) leaves the terminal's modes alone (changing them would stop llamamon with SIGTTOU), so its
+  newlines arrive as "\r\r\n", which looks the same.
 """
 
 from __future__ import annotations
@@ -174,6 +179,11 @@ class Child:
         self._keeper_done = False
         self._hook_failed = False
         self.start()
+
+    @property
+    def raw_terminal(self) -> bool:
+        """True while our terminal is in raw mode (a line we print then needs "\r\n", not "\n")."""
+        return bool(self._saved_modes)
 
     # -- starting -------------------------------------------------------------------------------
 

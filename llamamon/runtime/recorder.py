@@ -19,7 +19,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -112,7 +112,7 @@ class Recorder:
         info = self.info
         log.info("run %s recording to %s (interval %ss)", info.id, _shown(self.metrics_dir), _number(self.interval))
         env = dict(os.environ, LLAMAMON_RUN_ID=info.id, LLAMAMON_METRICS_DIR=str(self.metrics_dir))
-        with Child(self.options.command, env=env) as child:
+        with Child(self.options.command, env=env) as child, _line_endings_for(child):
             info.pid = child.pid
             try:
                 write_run(self.metrics_dir, info)  # listed by `llamamon runs` from the start
@@ -288,6 +288,24 @@ class Recorder:
             write_run(self.metrics_dir, self.info)
         except OSError as exc:
             log.warning("cannot write run metadata: %s", exc)
+
+
+@contextlib.contextmanager
+def _line_endings_for(child: Child) -> Iterator[None]:
+    """While the terminal is raw, end our own stderr lines with "\r\n" so they do not staircase."""
+    handlers = [
+        h
+        for h in logging.getLogger("llamamon").handlers
+        if isinstance(h, logging.StreamHandler) and h.terminator == "\n"
+    ]
+    if child.raw_terminal:
+        for handler in handlers:
+            handler.terminator = "\r\n"
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.terminator = "\n"
 
 
 def _git_state(cwd: str) -> tuple[str | None, bool | None]:
