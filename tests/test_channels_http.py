@@ -287,3 +287,16 @@ def test_drain_cancels_deliveries_that_outlast_it(sink):
         return left, task.cancelled()
 
     assert asyncio.run(scenario()) == (1, True)
+
+
+def test_a_dispatcher_serves_several_event_loops(sink):
+    sink.script.extend([500, 200, 500, 200])
+    dispatcher = Dispatcher({"hook": build_channel("hook", "webhook", {"url": sink.url(), **FAST})})
+
+    async def two_batches():
+        return await asyncio.gather(dispatcher.dispatch([event()]), dispatcher.dispatch([event(state="resolved")]))
+
+    for _ in range(2):  # the second run would hit a lock bound to the first, closed loop
+        results = asyncio.run(two_batches())
+        assert all(d.ok for batch in results for d in batch)
+    assert len(sink.requests) == 6

@@ -31,6 +31,7 @@ class Dispatcher:
         self.failures: Counter[str] = Counter({name: 0 for name in self.channels})
         self._warned: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: set[asyncio.Task[list[Delivery]]] = set()
 
     def route(self, events: Sequence[AlertEvent]) -> dict[str, list[AlertEvent]]:
@@ -59,6 +60,11 @@ class Dispatcher:
     async def _send(self, name: str, events: list[AlertEvent]) -> Delivery:
         # Why the lock: batches to one channel go out in order (a resolve never overtakes its firing
         # while that one is still retrying); different channels still run side by side.
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # Why: an asyncio.Lock belongs to one event loop; a dispatcher may outlive an asyncio.run().
+            self._locks.clear()
+            self._loop = loop
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             delivery = await self.channels[name].send(events)
