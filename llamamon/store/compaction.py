@@ -177,7 +177,7 @@ def _compact_partition(root: Path, folder: Path, files: list[Path], result: Comp
     payload = {"partition": str(folder.relative_to(root)), "file": new_name, "replaces": names}
     atomic_write(intent, json.dumps(payload).encode())
     before = sum(f.stat().st_size for f in files)
-    new_path = parquet.write_table(folder / new_name, table, replaces=names)
+    new_path = parquet.write_table(folder / new_name, table, replaces=names, **parquet.COMPACT_OPTIONS)
     _remove(folder, names)
     intent.unlink(missing_ok=True)
     result.partitions += 1
