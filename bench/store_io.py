@@ -169,7 +169,11 @@ def size_report(seconds: int) -> None:
                 (
                     "llamamon compacted, but dictionary values",
                     srt,
-                    {**compacted, "use_dictionary": ["host", "metric", "labels", "value"], "column_encoding": encodings},
+                    {
+                        **compacted,
+                        "use_dictionary": ["host", "metric", "labels", "value"],
+                        "column_encoding": encodings,
+                    },
                 ),
                 ("llamamon compacted, but zstd 19", srt, {**compacted, "compression_level": 19}),
                 ("llamamon flush-file options (default 20k-row pages)", srt, ours),

@@ -12,8 +12,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from llamamon.samples import Row, make_labels
 from llamamon.store import journal, open_store
 from llamamon.store.reader import scan
@@ -22,12 +20,6 @@ from tests.conftest import llamamon_env
 
 RUN = "20261127T120000Z-testhost-abcd"
 T0 = 1_764_244_800.0
-
-
-@pytest.fixture(autouse=True)
-def _propagate_llamamon_logs(monkeypatch):
-    # Why: the CLI's setup_logging() (run by other tests in this process) stops propagation; caplog listens at the root.
-    monkeypatch.setattr(logging.getLogger("llamamon"), "propagate", True)
 
 
 WRITER_SCRIPT = textwrap.dedent(

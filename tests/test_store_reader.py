@@ -17,12 +17,6 @@ RUN = "20261127T120000Z-testhost-abcd"
 T0 = 1_764_244_800.0
 
 
-@pytest.fixture(autouse=True)
-def _propagate_llamamon_logs(monkeypatch):
-    # Why: the CLI's setup_logging() (run by other tests in this process) stops propagation; caplog listens at the root.
-    monkeypatch.setattr(logging.getLogger("llamamon"), "propagate", True)
-
-
 @pytest.fixture
 def partition(metrics_dir):
     with StoreWriter(metrics_dir, RUN, "h") as writer:

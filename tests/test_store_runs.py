@@ -16,12 +16,6 @@ from llamamon.store.writer import StoreWriter
 NOW = 1_764_244_800.0
 
 
-@pytest.fixture(autouse=True)
-def _propagate_llamamon_logs(monkeypatch):
-    # Why: the CLI's setup_logging() (run by other tests in this process) stops propagation; caplog listens at the root.
-    monkeypatch.setattr(logging.getLogger("llamamon"), "propagate", True)
-
-
 def _run(start: float, name: str | None = None, end: float | None = None, host: str = "h", token: str = "0000"):
     return RunInfo(id=new_run_id(host, start, token=token), host=host, start=start, name=name, end=end)
 
