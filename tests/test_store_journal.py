@@ -12,6 +12,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
+from llamamon.errors import StoreError
 from llamamon.samples import Row, make_labels
 from llamamon.store import journal, open_store
 from llamamon.store.reader import scan
@@ -246,3 +249,41 @@ def test_journal_module_is_stdlib_only():
     code = "import sys, llamamon.store.journal; print(sorted(m for m in ('polars', 'pyarrow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], env=llamamon_env(), capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        Row(float("nan"), "system", "cpu_usage", 1.0),
+        Row(-1.0, "system", "cpu_usage", 1.0),
+        Row(1e12, "system", "cpu_usage", 1.0),
+        Row(T0, "alerts", "cpu_usage", 1.0),
+        Row(T0, "training", "loss", 1.0, step=2**63),
+    ],
+)
+def test_rows_parquet_cannot_hold_are_refused_at_append(metrics_dir, bad):
+    with StoreWriter(metrics_dir, RUN, "h") as writer:
+        with pytest.raises(StoreError):
+            writer.append([Row(T0, "system", "cpu_usage", 1.0), bad])
+        writer.append([Row(T0 + 1, "system", "cpu_usage", 2.0)])
+    assert scan(metrics_dir).collect()["value"].to_list() == [2.0]  # nothing of the refused batch
+
+
+def test_unreadable_journal_lines_are_skipped_on_fold(metrics_dir, caplog):
+    folder = metrics_dir / "_journal" / RUN
+    folder.mkdir(parents=True)
+    header = json.dumps({"llamamon_journal": 1, "run": RUN, "host": "h", "pid": 1})
+    lines = [
+        json.dumps([T0, "system", "cpu_usage", 1.0, "", None]),
+        "not json",
+        json.dumps([T0, "nogroup", "cpu_usage", 1.0, "", None]),
+        json.dumps([T0, "system", "cpu_usage"]),
+        json.dumps([T0 + 1, "system", "cpu_usage", 2.0, '{"core":"1"}', None]),
+    ]
+    (folder / "1-aaaaaa-000001.jsonl").write_text(header + "\n" + "\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING, logger="llamamon.store"):
+        open_store(metrics_dir)
+    assert any("skipped 3 unreadable line(s)" in r.getMessage() for r in caplog.records)
+    df = scan(metrics_dir).collect().sort("time")
+    assert df["value"].to_list() == [1.0, 2.0]
+    assert df["labels"].to_list() == ["", '{"core":"1"}']

@@ -20,6 +20,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import threading
 import weakref
@@ -27,8 +28,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from llamamon.errors import StoreError
 from llamamon.samples import Row, labels_from_str, labels_to_str
-from llamamon.store.layout import JOURNAL_SUFFIX, journal_dir, segment_name, writer_id
+from llamamon.store.layout import JOURNAL_SUFFIX, check_group, journal_dir, segment_name, writer_id
 
 log = logging.getLogger("llamamon.store")
 
@@ -58,6 +60,22 @@ class Segment:
     def release(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+
+_INT64 = 2**63
+_MAX_TIME = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last second a date= folder can name
+
+
+def check_row(row: Row) -> Row:
+    """Refuse a row Parquet could not hold, when it is appended rather than at a flush that would then fail."""
+    check_group(row.group)
+    if not (isinstance(row.time, (int, float)) and math.isfinite(row.time) and 0 <= row.time <= _MAX_TIME):
+        raise StoreError(f"{row.metric}: time {row.time!r} is not a Unix time in seconds")
+    if row.step is not None and not (isinstance(row.step, int) and -_INT64 <= row.step < _INT64):
+        raise StoreError(f"{row.metric}: step {row.step!r} is not a 64-bit integer")
+    if not isinstance(row.value, (int, float)):
+        raise StoreError(f"{row.metric}: value {row.value!r} is not a number")
+    return row
 
 
 def encode_rows(rows: Iterable[Row]) -> bytes:
@@ -113,7 +131,7 @@ class Journal:
 
     def append(self, rows: Iterable[Row]) -> int:
         """Write rows to the current segment (opening one if needed); returns how many were written."""
-        rows = list(rows)
+        rows = [check_row(r) for r in rows]
         if not rows:
             return 0
         data = encode_rows(rows)
@@ -201,8 +219,8 @@ def read_segment(path: Path) -> tuple[dict[str, object], list[Row]]:
     for line in lines[1:]:
         try:
             t, group, metric, value, labels, step = json.loads(line)
-            rows.append(Row(float(t), group, metric, float(value), labels_from_str(labels), step))
-        except (ValueError, TypeError):
+            rows.append(check_row(Row(float(t), group, metric, float(value), labels_from_str(labels), step)))
+        except (ValueError, TypeError, StoreError):
             bad += 1
     if bad:
         log.warning("%s: skipped %d unreadable line(s)", path, bad)

@@ -23,7 +23,7 @@ from pathlib import Path
 from llamamon.errors import StoreError
 from llamamon.samples import Row
 from llamamon.store import journal
-from llamamon.store.layout import check_group, data_file, journal_dir, utc_date
+from llamamon.store.layout import data_file, journal_dir, utc_date
 
 log = logging.getLogger("llamamon.store")
 
@@ -114,11 +114,9 @@ class StoreWriter:
         atexit.register(self.close)
 
     def append(self, rows: Iterable[Row]) -> int:
-        rows = list(rows)
+        rows = [journal.check_row(r) for r in rows]  # refuse here, not at a flush that could never succeed
         if not rows:
             return 0
-        for row in rows:
-            check_group(row.group)  # refuse here, not at a flush that could then never succeed
         with self._lock:
             if self._closed:
                 raise StoreError(f"writer for run {self.run_id} is closed")
