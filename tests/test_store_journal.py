@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -287,3 +288,21 @@ def test_unreadable_journal_lines_are_skipped_on_fold(metrics_dir, caplog):
     df = scan(metrics_dir).collect().sort("time")
     assert df["value"].to_list() == [1.0, 2.0]
     assert df["labels"].to_list() == ["", '{"core":"1"}']
+
+
+def test_a_segment_is_visible_only_once_locked(metrics_dir):
+    j = journal.Journal(metrics_dir, RUN, "h")
+    j.append([Row(T0, "system", "cpu_usage", 1.0)])
+    assert j.path is not None
+    assert journal.segment_paths(metrics_dir) == [j.path]
+    assert journal.is_locked(j.path)
+    # A writer killed between creating and naming its segment leaves a hidden temporary: removed once stale.
+    stale = j.path.parent / ".99-abcdef-000001.jsonl.tmp"
+    stale.write_text('{"llamamon_journal": 1}\n')
+    journal.remove_stale_temporaries(metrics_dir)
+    assert stale.exists()  # could still be a writer between create and rename
+    os.utime(stale, (T0, T0))
+    journal.remove_stale_temporaries(metrics_dir)
+    assert not stale.exists()
+    assert j.path.exists()
+    j.close()

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -160,28 +161,31 @@ class Journal:
         _journals.discard(self)
 
     def _open_segment(self) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
-        while True:
-            self._seq += 1
-            path = self._dir / f"{segment_name(self._writer, self._seq)}{JOURNAL_SUFFIX}"
+        # Why a hidden name first: between creating a file and locking it, a fold in another process
+        # could take the unlocked, empty segment for an orphan and remove it. The segment only gets
+        # its visible name once it is locked and has its header; a rename keeps the inode and the lock.
+        self._seq += 1
+        name = f"{segment_name(self._writer, self._seq)}{JOURNAL_SUFFIX}"
+        path, tmp = self._dir / name, self._dir / f".{name}.tmp"
+        for _attempt in range(3):
             try:
-                fd = os.open(path, _OPEN_FLAGS, 0o644)
-            except FileExistsError:
-                continue
+                fd = os.open(tmp, _OPEN_FLAGS, 0o644)
+                break
             except FileNotFoundError:
-                # Why: a fold in another process removes empty run folders; recreate ours and retry.
+                # A fold in another process removes empty run folders; recreate ours and retry.
                 self._dir.mkdir(parents=True, exist_ok=True)
-                self._seq -= 1
-                continue
-            break
+        else:
+            raise StoreError(f"cannot create a journal segment in {self._dir}")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             header = {"llamamon_journal": FORMAT_VERSION, "run": self.run_id, "host": self.host, "pid": os.getpid()}
             _write_all(fd, (json.dumps(header) + "\n").encode())
+            os.rename(tmp, path)  # the name is ours alone: pid + random token + our own sequence
         except BaseException:
             os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            for leftover in (tmp, path):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
             raise
         self._fd, self._path = fd, path
 
@@ -266,6 +270,20 @@ def is_locked(path: Path) -> bool:
 def live_runs(metrics_dir: Path) -> set[str]:
     """Runs with a writer alive right now (one of their journal segments is locked)."""
     return {p.parent.name for p in segment_paths(metrics_dir) if is_locked(p)}
+
+
+def remove_stale_temporaries(metrics_dir: Path, min_age: float = 60.0) -> None:
+    """Remove segments a writer was killed while creating (hidden, at most a header, no rows).
+
+    A live writer renames its temporary within microseconds; ``min_age`` keeps us from racing one.
+    """
+    root = journal_dir(Path(metrics_dir))
+    cutoff = time.time() - min_age
+    for folder in (p for p in _listdir(root) if p.is_dir()):
+        for tmp in (p for p in _listdir(folder) if p.name.startswith(".") and p.name.endswith(".tmp")):
+            with contextlib.suppress(FileNotFoundError):
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
 
 
 def orphans(metrics_dir: Path) -> Iterator[Segment]:

@@ -72,6 +72,7 @@ def fold_orphans(metrics_dir: str | os.PathLike[str]) -> int:
             continue
         total += count
         log.debug("folded %d row(s) from %s", count, segment.path)
+    journal.remove_stale_temporaries(root)
     _remove_empty_journal_dirs(root)
     return total
 
