@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from llamamon.errors import StoreError
 from llamamon.samples import Row, make_labels
 from llamamon.store import journal, open_store
 from llamamon.store.reader import scan
@@ -262,12 +261,14 @@ def test_journal_module_is_stdlib_only():
         Row(T0, "training", "loss", 1.0, step=2**63),
     ],
 )
-def test_rows_parquet_cannot_hold_are_refused_at_append(metrics_dir, bad):
-    with StoreWriter(metrics_dir, RUN, "h") as writer:
-        with pytest.raises(StoreError):
-            writer.append([Row(T0, "system", "cpu_usage", 1.0), bad])
-        writer.append([Row(T0 + 1, "system", "cpu_usage", 2.0)])
-    assert scan(metrics_dir).collect()["value"].to_list() == [2.0]  # nothing of the refused batch
+def test_rows_parquet_cannot_hold_are_dropped_with_one_warning(metrics_dir, bad, caplog):
+    with caplog.at_level(logging.WARNING, logger="llamamon.store"), StoreWriter(metrics_dir, RUN, "h") as writer:
+        assert writer.append([Row(T0, "system", "cpu_usage", 1.0), bad]) == 1
+        assert writer.append([bad, Row(T0 + 1, "system", "cpu_usage", 2.0)]) == 1
+    assert sorted(scan(metrics_dir).collect()["value"]) == [1.0, 2.0]  # the rest of each tick is kept
+    dropped = [r.getMessage() for r in caplog.records if "dropped a row" in r.getMessage()]
+    assert len(dropped) == 1
+    assert bad.metric in dropped[0]
 
 
 def test_unreadable_journal_lines_are_skipped_on_fold(metrics_dir, caplog):

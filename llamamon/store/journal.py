@@ -29,9 +29,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from llamamon.catalog import GROUPS
 from llamamon.errors import StoreError
 from llamamon.samples import Row, labels_from_str, labels_to_str
-from llamamon.store.layout import JOURNAL_SUFFIX, check_group, journal_dir, segment_name, writer_id
+from llamamon.store.layout import JOURNAL_SUFFIX, journal_dir, segment_name, writer_id
 
 log = logging.getLogger("llamamon.store")
 
@@ -67,15 +68,24 @@ _INT64 = 2**63
 _MAX_TIME = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last second a date= folder can name
 
 
-def check_row(row: Row) -> Row:
-    """Refuse a row Parquet could not hold, when it is appended rather than at a flush that would then fail."""
-    check_group(row.group)
+def row_problem(row: Row) -> tuple[str, str] | None:
+    """(kind, message) of what Parquet could not hold in this row, or None when it is fine."""
+    if row.group not in GROUPS:
+        return "group", f"{row.metric}: unknown metric group {row.group!r} (one of {', '.join(GROUPS)})"
     if not (isinstance(row.time, (int, float)) and math.isfinite(row.time) and 0 <= row.time <= _MAX_TIME):
-        raise StoreError(f"{row.metric}: time {row.time!r} is not a Unix time in seconds")
+        return "time", f"{row.metric}: time {row.time!r} is not a Unix time in seconds"
     if row.step is not None and not (isinstance(row.step, int) and -_INT64 <= row.step < _INT64):
-        raise StoreError(f"{row.metric}: step {row.step!r} is not a 64-bit integer")
+        return "step", f"{row.metric}: step {row.step!r} is not a 64-bit integer"
     if not isinstance(row.value, (int, float)):
-        raise StoreError(f"{row.metric}: value {row.value!r} is not a number")
+        return "value", f"{row.metric}: value {row.value!r} is not a number"
+    return None
+
+
+def check_row(row: Row) -> Row:
+    """The row itself, or StoreError saying what Parquet could not hold."""
+    problem = row_problem(row)
+    if problem is not None:
+        raise StoreError(problem[1])
     return row
 
 
@@ -119,6 +129,7 @@ class Journal:
         self._path: Path | None = None
         self._writer = writer_id(os.getpid())
         self._seq = 0
+        self._warned: set[tuple[str, str]] = set()
         _journals.add(self)
 
     @property
@@ -130,9 +141,29 @@ class Journal:
         """The segment now being appended to (None before the first append after a rotation)."""
         return self._path
 
+    def accept(self, rows: Iterable[Row]) -> list[Row]:
+        """The rows Parquet can hold; the others are dropped with one warning per metric and reason.
+
+        Why not raise: one collector's bad value must not cost the whole tick (or every later tick).
+        """
+        good = []
+        for row in rows:
+            problem = row_problem(row)
+            if problem is None:
+                good.append(row)
+                continue
+            key = (row.metric, problem[0])
+            if key not in self._warned:
+                self._warned.add(key)
+                log.warning("run %s: dropped a row of %s (warned once per metric)", self.run_id, problem[1])
+        return good
+
     def append(self, rows: Iterable[Row]) -> int:
         """Write rows to the current segment (opening one if needed); returns how many were written."""
-        rows = [check_row(r) for r in rows]
+        return self.append_checked(self.accept(rows))
+
+    def append_checked(self, rows: list[Row]) -> int:
+        """``append`` for rows that already went through ``accept``."""
         if not rows:
             return 0
         data = encode_rows(rows)

@@ -115,13 +115,13 @@ class StoreWriter:
         atexit.register(self.close)
 
     def append(self, rows: Iterable[Row]) -> int:
-        rows = [journal.check_row(r) for r in rows]  # refuse here, not at a flush that could never succeed
+        rows = self._journal.accept(rows)  # drop here what a flush could never write
         if not rows:
             return 0
         with self._lock:
             if self._closed:
                 raise StoreError(f"writer for run {self.run_id} is closed")
-            self._journal.append(rows)
+            self._journal.append_checked(rows)
             self._buffer.extend(rows)
             due = self._clock() - self._last_flush >= self.flush_interval
         if due:
