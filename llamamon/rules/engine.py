@@ -1,0 +1,847 @@
+"""Evaluate rules over recorded samples: conditions compiled to polars, then Prometheus' alert state machine.
+
+Two ways in, same answers: ``evaluate(rules, frame, grid)`` computes a whole history vectorised (every
+tick of the grid at once); ``AlertStates.step(...)`` advances the state machine one tick at a time for
+the live ``watch`` loop and serialises to JSON between ticks. No I/O here: frames in, alerts out.
+
+Semantics (PromQL, as Prometheus 2.x evaluates them):
+
+* the grid is ``start + k * step``; an instant selector at tick t sees each series' latest sample at or
+  before t, if it is at most ``lookback`` (5 m) old, and not after a staleness marker. Training metrics
+  (catalog group ``training``: loss, validation_loss, learning_rate ...) are logged by the job when it
+  evaluates, not sampled, so they hold their last value until the next one or the run's end.
+* window functions see the samples in ``[t - window, t]``; ``rate``/``increase``/``delta`` extrapolate
+  like Prometheus.
+* every expression is a set of series (labels) with a value and a truth flag per tick; comparisons set
+  the flag and keep the metric's value (so ``$value`` is the metric's value), ``not`` flips it, ``and``/
+  ``unless``/``or`` combine flags. Series match across a binary operator when they agree on every label
+  both carry (run and host included), so ``gpu_utilization < 0.2 and memory_usage > 0.9`` is per GPU.
+* an alert instance is (rule, labels); inactive -> pending -> firing -> resolved, honouring ``for`` and
+  ``keep_firing_for`` exactly as Prometheus' ``AlertingRule.Eval``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from llamamon import catalog
+from llamamon.rules import template
+from llamamon.rules.lang import COMPARISONS, Binary, Call, Condition, Node, Number, Selector, Unary, top_comparison
+from llamamon.samples import AlertEvent, Labels, labels_from_str, make_labels
+
+if TYPE_CHECKING:
+    import polars as pl
+
+US = 1_000_000
+LOOKBACK = 300.0  # seconds, Prometheus' default lookback delta
+_FAR = 2**62
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One alert rule, from monitoring.yaml or derived from a threshold (``source`` says which)."""
+
+    name: str
+    condition: Condition
+    severity: str = "warning"
+    channels: tuple[str, ...] = ()
+    for_: float = 0.0
+    keep_firing_for: float = 0.0
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Grid:
+    """Evaluation ticks ``start + k * step`` for k in 0..n-1, in microseconds since the Unix epoch."""
+
+    start: int
+    step: int
+    n: int
+
+    @classmethod
+    def covering(cls, first_us: int, last_us: int, step_s: float) -> Grid:
+        step = max(1, round(step_s * US))
+        start = first_us - first_us % step  # align to multiples of step, like a clock
+        return cls(start, step, (last_us - start) // step + 1)
+
+    def time(self, k: int) -> int:
+        return self.start + k * self.step
+
+
+@dataclass(slots=True)
+class Alert:
+    """One episode of one alert instance in a history: when it became active, fired and resolved."""
+
+    rule: str
+    severity: str
+    labels: Labels
+    annotations: Labels
+    active_at: float
+    fired_at: float
+    resolved_at: float | None
+    value: float  # at the tick it fired
+    peak: float  # most extreme value while active (max, or min for "<" conditions)
+    channels: tuple[str, ...] = ()
+
+    @property
+    def run(self) -> str | None:
+        return dict(self.labels).get("run")
+
+    @property
+    def host(self) -> str | None:
+        return dict(self.labels).get("host")
+
+    def events(self) -> list[AlertEvent]:
+        base = dict(
+            rule=self.rule,
+            severity=self.severity,
+            labels=self.labels,
+            annotations=self.annotations,
+            value=self.value,
+            started_at=self.fired_at,
+            channels=self.channels,
+            run=self.run,
+            host=self.host,
+        )
+        out = [AlertEvent(state="firing", **base)]
+        if self.resolved_at is not None:
+            out.append(AlertEvent(state="resolved", ended_at=self.resolved_at, **base))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Samples: the store's long frame -> series table + (sid, t, value) columns
+
+
+@dataclass(slots=True)
+class Samples:
+    """Samples of the metrics some rules need, split into a small series table and long columns."""
+
+    data: pl.DataFrame  # sid u32, t i64 (us), value f64, stale bool; sorted by sid, t
+    metric: list[str]  # per sid, canonical name
+    labels: list[dict[str, str]]  # per sid, including run and host
+    run_last: pl.DataFrame  # sid, run_last (us): the last sample of the sid's run
+
+    @property
+    def names(self) -> set[str]:
+        return set(self.metric)
+
+
+def prepare(
+    frame: pl.LazyFrame | pl.DataFrame, metrics: Iterable[str] | None, aliases: dict[str, str] | None = None
+) -> Samples:
+    """Select the needed metrics from a store frame (time, metric, value, labels[, run, host, stale])."""
+    import polars as pl
+
+    lf = frame.lazy()
+    names = set(lf.collect_schema().names())
+    cols = [pl.col("time").cast(pl.Datetime("us", "UTC")).dt.epoch("us").alias("t"), "metric", "value"]
+    cols.append(pl.col("labels").fill_null("") if "labels" in names else pl.lit("").alias("labels"))
+    for extra in ("run", "host"):
+        cols.append(pl.col(extra).cast(pl.String).fill_null("") if extra in names else pl.lit("").alias(extra))
+    cols.append(pl.col("stale").fill_null(False) if "stale" in names else pl.lit(False).alias("stale"))
+    lf = lf.select(cols)
+    raw_names = lf.select(pl.col("metric").unique()).collect()["metric"].to_list()
+    canon = {n: catalog.canonical(n, aliases) for n in raw_names}
+    wanted = set(metrics) if metrics is not None else set(canon.values())
+    keep = [n for n, c in canon.items() if c in wanted]
+    lf = lf.filter(pl.col("metric").is_in(keep)).with_columns(
+        pl.col("metric").replace_strict(canon, return_dtype=pl.String) if canon else pl.col("metric")
+    )
+    df = lf.collect()
+    keys = df.select("metric", "labels", "run", "host").unique(maintain_order=True)
+    keys = keys.sort("run", "host", "metric", "labels").with_row_index("sid")
+    df = df.join(keys, on=["metric", "labels", "run", "host"], how="left").select(
+        "sid", "t", pl.col("value").cast(pl.Float64), "stale"
+    )
+    df = df.sort("sid", "t")
+    metric_list = keys["metric"].to_list()
+    label_list: list[dict[str, str]] = []
+    for lab, run, host in zip(keys["labels"], keys["run"], keys["host"], strict=True):
+        d = dict(labels_from_str(lab))
+        if run:
+            d["run"] = run
+        if host:
+            d["host"] = host
+        label_list.append(d)
+    run_of = keys.select("sid", "run")
+    last = df.join(run_of, on="sid").group_by("run").agg(pl.col("t").max().alias("run_last"))
+    run_last = run_of.join(last, on="run", how="left").select("sid", "run_last")
+    return Samples(df, metric_list, label_list, run_last)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Vectors: per series and tick a value and a truth flag
+
+
+@dataclass(slots=True)
+class Vec:
+    df: pl.DataFrame  # k i64, sid u32, value f64, ok bool
+    labels: list[dict[str, str]]  # per (local) sid
+
+
+def _matches(m: Any, labels: dict[str, str]) -> bool:
+    have = labels.get(m.label, "")
+    if m.op == "=":
+        return have == m.value
+    if m.op == "!=":
+        return have != m.value
+    hit = re.fullmatch(m.value, have) is not None
+    return hit if m.op == "=~" else not hit
+
+
+class _Compiler:
+    def __init__(self, samples: Samples, grid: Grid, lookback: float) -> None:
+        self.s = samples
+        self.grid = grid
+        self.lookback = round(lookback * US)
+
+    def eval(self, node: Node) -> Vec | float:
+        if isinstance(node, Number):
+            return node.value
+        if isinstance(node, Selector):
+            return self.instant(node)
+        if isinstance(node, Call):
+            return self.call(node)
+        if isinstance(node, Unary):
+            return self.unary(node)
+        return self.binary(node)
+
+    # -- selectors -----------------------------------------------------------------------------------
+
+    def select(self, sel: Selector) -> tuple[pl.DataFrame, list[dict[str, str]]]:
+        """Samples of the series a selector matches, renumbered 0..n-1, and their labels."""
+        import polars as pl
+
+        sids = [
+            i
+            for i, (name, labels) in enumerate(zip(self.s.metric, self.s.labels, strict=True))
+            if name == sel.metric and all(_matches(m, labels) for m in sel.matchers)
+        ]
+        remap = pl.DataFrame(
+            {"sid": pl.Series(sids, dtype=pl.UInt32), "local": pl.Series(range(len(sids)), dtype=pl.UInt32)}
+        )
+        df = self.s.data.join(remap, on="sid", how="inner", maintain_order="left")
+        df = df.join(self.s.run_last, on="sid", how="left", maintain_order="left")
+        df = df.drop("sid").rename({"local": "sid"})
+        return df, [dict(self.s.labels[i]) for i in sids]
+
+    def instant(self, sel: Selector, df: pl.DataFrame | None = None, labels: list | None = None) -> Vec:
+        import polars as pl
+
+        metric = catalog.BY_NAME.get(sel.metric)
+        hold = metric is not None and metric.group == "training"
+        if df is None:
+            df, labels = self.select(sel)
+        else:
+            hold = True
+        g = self.grid
+        nxt = pl.col("t").shift(-1).over("sid").fill_null(_FAR)
+        df = df.with_columns(next_t=nxt).filter(~pl.col("stale"))
+        # Ticks a sample answers for: from its own time until the next sample (or marker) and the lookback.
+        until = pl.max_horizontal("t", "run_last") if hold else pl.col("t")
+        k_from = ((pl.col("t") - g.start + g.step - 1) // g.step).clip(0, g.n)
+        k_next = ((pl.col("next_t") - g.start + g.step - 1) // g.step).clip(0, g.n)
+        k_look = ((until + self.lookback - g.start) // g.step + 1).clip(0, g.n)
+        df = df.select("sid", "value", k_from.alias("k0"), pl.min_horizontal(k_next, k_look).alias("k1")).filter(
+            pl.col("k1") > pl.col("k0")
+        )
+        out = (
+            df.select(pl.int_ranges("k0", "k1", dtype=pl.Int64).alias("k"), "sid", "value")
+            .explode("k")
+            .with_columns(ok=pl.lit(True))
+            .select("k", "sid", "value", "ok")
+        )
+        return Vec(out, labels or [])
+
+    # -- functions -----------------------------------------------------------------------------------
+
+    def call(self, node: Call) -> Vec | float:
+        import polars as pl
+
+        f = node.func
+        if f in ("abs", "isnan", "isinf", "isfinite"):
+            arg = self.eval(node.args[0])
+            if not isinstance(arg, Vec):
+                ok = {"isnan": math.isnan, "isinf": math.isinf, "isfinite": math.isfinite}
+                return abs(arg) if f == "abs" else float(ok[f](arg))
+            if f == "abs":
+                return Vec(arg.df.with_columns(pl.col("value").abs()), arg.labels)
+            test = {
+                "isnan": pl.col("value").is_nan(),
+                "isinf": pl.col("value").is_infinite(),
+                "isfinite": pl.col("value").is_finite(),
+            }[f]
+            return Vec(arg.df.with_columns(ok=pl.col("ok") & test), arg.labels)
+        if f == "last":
+            return self.instant(node.args[0])  # type: ignore[arg-type]
+        if f == "evals_since_best":
+            return self.since_best(node.args[0])  # type: ignore[arg-type]
+        sel = node.args[1] if f == "quantile" else node.args[0]
+        assert isinstance(sel, Selector)
+        return self.window(node, sel)
+
+    def since_best(self, sel: Selector) -> Vec:
+        import polars as pl
+
+        df, labels = self.select(sel)
+        df = df.filter(~pl.col("stale"))
+        idx = pl.int_range(pl.len()).over("sid")
+        prev_best = pl.col("value").cum_min().shift(1).over("sid")
+        new_best = prev_best.is_null() | (pl.col("value") < prev_best)
+        df = df.with_columns(i=idx, nb=new_best)
+        df = df.with_columns(best_i=pl.when("nb").then("i").otherwise(None).forward_fill().over("sid"))
+        df = df.with_columns(value=(pl.col("i") - pl.col("best_i")).cast(pl.Float64), stale=pl.lit(False))
+        # Why hold: evaluations are sparse events; the count stays true until the next evaluation.
+        return self.instant(sel, df.drop("i", "nb", "best_i"), labels)
+
+    def window(self, node: Call, sel: Selector) -> Vec:
+        import polars as pl
+
+        df, labels = self.select(sel)
+        g = self.grid
+        w = round(node.window * US)
+        df = df.filter(~pl.col("stale")).select("sid", "t", "value")
+        n_series = len(labels)
+        if n_series == 0 or g.n == 0:
+            return Vec(_empty(), labels)
+        f = node.func
+        counter = f in ("rate", "increase")
+        df = df.with_columns(i=pl.int_range(pl.len(), dtype=pl.Int64).over("sid"))
+        if f in ("rate", "increase", "delta"):
+            prev = pl.col("value").shift(1).over("sid")
+            reset = pl.when(pl.col("value") < prev).then(prev).otherwise(0.0)
+            df = df.with_columns(c=reset.cum_sum().over("sid"))
+        ticks = pl.DataFrame({"k": pl.int_range(0, g.n, eager=True, dtype=pl.Int64)}).with_columns(
+            t=pl.col("k") * g.step + g.start
+        )
+        grid_rows = pl.DataFrame({"sid": pl.Series(range(n_series), dtype=pl.UInt32)}).join(ticks, how="cross")
+        both = pl.concat(
+            [
+                df.select(
+                    "sid", "t", "value", pl.col("i").cast(pl.Float64).alias("fi"), pl.lit(None, pl.Int64).alias("k")
+                ),
+                grid_rows.select(
+                    "sid", "t", pl.lit(None, pl.Float64).alias("value"), pl.lit(None, pl.Float64).alias("fi"), "k"
+                ),
+            ],
+            how="vertical",
+        ).sort("sid", "t")
+        size = f"{w}i"
+        roll = dict(by="t", window_size=size, closed="both")
+        aggs = {"n": pl.col("fi").is_not_null().cast(pl.Float64).rolling_sum_by(**roll).over("sid")}
+        if f in ("avg", "min", "max", "sum"):
+            fn = {"avg": "rolling_mean_by", "min": "rolling_min_by", "max": "rolling_max_by", "sum": "rolling_sum_by"}[
+                f
+            ]
+            aggs["r"] = getattr(pl.col("value"), fn)(**roll).over("sid")
+        elif f in ("quantile", "p50", "p90", "p95", "p99"):
+            aggs["r"] = pl.col("value").rolling_quantile_by(quantile=node.q, interpolation="linear", **roll).over("sid")
+        elif f in ("rate", "increase", "delta"):
+            aggs["i0"] = pl.col("fi").rolling_min_by(**roll).over("sid")
+            aggs["i1"] = pl.col("fi").rolling_max_by(**roll).over("sid")
+        out = both.with_columns(**aggs).filter(pl.col("k").is_not_null() & (pl.col("n") > 0))
+        if f == "count":
+            out = out.with_columns(r=pl.col("n"))
+        elif f in ("rate", "increase", "delta"):
+            out = self._extrapolate(out, df, w, counter=counter, per_second=f == "rate")
+        res = out.select("k", "sid", pl.col("r").cast(pl.Float64).alias("value"), pl.lit(True).alias("ok"))
+        return Vec(res, labels)
+
+    @staticmethod
+    def _extrapolate(out: pl.DataFrame, df: pl.DataFrame, w: int, *, counter: bool, per_second: bool) -> pl.DataFrame:
+        """Prometheus' extrapolatedRate: the change over the window, stretched to the window's edges."""
+        import polars as pl
+
+        out = out.filter(pl.col("n") >= 2).with_columns(pl.col("i0").cast(pl.Int64), pl.col("i1").cast(pl.Int64))
+        first = df.select(
+            "sid",
+            pl.col("i").alias("i0"),
+            pl.col("t").alias("t0"),
+            pl.col("value").alias("v0"),
+            pl.col("c").alias("c0"),
+        )
+        last = df.select(
+            "sid",
+            pl.col("i").alias("i1"),
+            pl.col("t").alias("t1"),
+            pl.col("value").alias("v1"),
+            pl.col("c").alias("c1"),
+        )
+        out = out.join(first, on=["sid", "i0"], how="left").join(last, on=["sid", "i1"], how="left")
+        result = pl.col("v1") - pl.col("v0")
+        if counter:
+            result = result + pl.col("c1") - pl.col("c0")
+        to_start = (pl.col("t0") - (pl.col("t") - w)) / US
+        to_end = (pl.col("t") - pl.col("t1")) / US
+        sampled = (pl.col("t1") - pl.col("t0")) / US
+        avg_gap = sampled / (pl.col("n") - 1)
+        out = out.with_columns(res=result, to_start=to_start, to_end=to_end, sampled=sampled, avg_gap=avg_gap)
+        if counter:
+            to_zero = pl.col("sampled") * (pl.col("v0") / pl.col("res"))
+            use_zero = (pl.col("res") > 0) & (pl.col("v0") >= 0) & (to_zero < pl.col("to_start"))
+            out = out.with_columns(to_start=pl.when(use_zero).then(to_zero).otherwise("to_start"))
+        thr = pl.col("avg_gap") * 1.1
+        ext = (
+            pl.col("sampled")
+            + pl.when(pl.col("to_start") < thr).then("to_start").otherwise(pl.col("avg_gap") / 2)
+            + pl.when(pl.col("to_end") < thr).then("to_end").otherwise(pl.col("avg_gap") / 2)
+        )
+        factor = ext / pl.col("sampled")
+        if per_second:
+            factor = factor / (w / US)
+        return out.with_columns(r=pl.col("res") * factor)
+
+    # -- operators -----------------------------------------------------------------------------------
+
+    def unary(self, node: Unary) -> Vec | float:
+        import polars as pl
+
+        arg = self.eval(node.operand)
+        if not isinstance(arg, Vec):
+            return -arg if node.op == "-" else float(not arg)
+        if node.op == "-":
+            return Vec(arg.df.with_columns(-pl.col("value")), arg.labels)
+        return Vec(arg.df.with_columns(~pl.col("ok")), arg.labels)
+
+    def binary(self, node: Binary) -> Vec | float:
+        import polars as pl
+
+        left, right = self.eval(node.left), self.eval(node.right)
+        op = node.op
+        if not isinstance(left, Vec) and not isinstance(right, Vec):
+            return _scalar_op(op, left, right)
+        if op in ("and", "or", "unless"):
+            assert isinstance(left, Vec) and isinstance(right, Vec)  # lang rejects numbers beside set operators
+            return _set_op(op, left, right)
+        if isinstance(left, Vec) and isinstance(right, Vec):
+            pairs, labels = _pairs(left.labels, right.labels)
+            r = right.df.rename({"sid": "r_sid", "value": "r_value", "ok": "r_ok"})
+            j = left.df.join(pairs, left_on="sid", right_on="l_sid", how="inner").join(
+                r, on=["k", "r_sid"], how="inner"
+            )
+            lv, rv = pl.col("value"), pl.col("r_value")
+            ok = pl.col("ok") & pl.col("r_ok")
+            keep = lv
+            sid = "o_sid"
+        else:
+            vec = left if isinstance(left, Vec) else right
+            scalar = right if isinstance(left, Vec) else left
+            assert isinstance(vec, Vec) and not isinstance(scalar, Vec)
+            j = vec.df
+            lv = pl.col("value") if isinstance(left, Vec) else pl.lit(scalar, pl.Float64)
+            rv = pl.lit(scalar, pl.Float64) if isinstance(left, Vec) else pl.col("value")
+            ok = pl.col("ok")
+            keep = pl.col("value")
+            labels = vec.labels
+            sid = "sid"
+        if op in COMPARISONS:
+            value, ok = keep, ok & _compare(op, lv, rv)
+        else:
+            value = {"+": lv + rv, "-": lv - rv, "*": lv * rv, "/": lv / rv}[op]
+        res = j.select("k", pl.col(sid).alias("sid"), value.alias("value"), ok.alias("ok"))
+        return Vec(res, labels)
+
+
+def _empty() -> pl.DataFrame:
+    import polars as pl
+
+    return pl.DataFrame(schema={"k": pl.Int64, "sid": pl.UInt32, "value": pl.Float64, "ok": pl.Boolean})
+
+
+def _compare(op: str, a: pl.Expr, b: pl.Expr) -> pl.Expr:
+    # Why explicit NaN handling: polars orders NaN above everything; PromQL follows IEEE (NaN compares false).
+    nan = a.is_nan() | b.is_nan()
+    if op == "!=":
+        return nan | (a != b)
+    cmp = {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b, "==": a == b}[op]
+    return cmp & ~nan
+
+
+def _scalar_op(op: str, a: float, b: float) -> float:
+    if op in COMPARISONS:
+        return float({"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b, "==": a == b, "!=": a != b}[op])
+    if op == "/":
+        return (
+            a / b
+            if b != 0
+            else (math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a) * math.copysign(1, b))
+        )
+    return {"+": a + b, "-": a - b, "*": a * b}[op]
+
+
+def _agree(a: dict[str, str], b: dict[str, str]) -> bool:
+    return all(b[k] == v for k, v in a.items() if k in b)
+
+
+def _pairs(
+    left: list[dict[str, str]], right: list[dict[str, str]], *, exact: bool = False
+) -> tuple[pl.DataFrame, list[dict[str, str]]]:
+    """Series pairs that agree on every shared label (``exact``: identical labels), and merged labels."""
+    import polars as pl
+
+    rows: list[tuple[int, int, int]] = []
+    out: list[dict[str, str]] = []
+    seen: dict[tuple, int] = {}
+    for i, a in enumerate(left):
+        for j, b in enumerate(right):
+            if (a == b) if exact else _agree(a, b):
+                merged = {**b, **a}
+                key = tuple(sorted(merged.items()))
+                if key not in seen:
+                    seen[key] = len(out)
+                    out.append(merged)
+                    rows.append((i, j, seen[key]))
+    pairs = pl.DataFrame(rows, schema={"l_sid": pl.UInt32, "r_sid": pl.UInt32, "o_sid": pl.UInt32}, orient="row")
+    return pairs, out
+
+
+def _set_op(op: str, left: Vec, right: Vec) -> Vec:
+    import polars as pl
+
+    links = pl.DataFrame(
+        [(i, j) for i, a in enumerate(left.labels) for j, b in enumerate(right.labels) if _agree(a, b)],
+        schema={"sid": pl.UInt32, "r_sid": pl.UInt32},
+        orient="row",
+    )
+    r = right.df.rename({"sid": "r_sid", "value": "r_value", "ok": "r_ok"})
+    if op in ("and", "unless"):
+        matched = (
+            left.df.select("k", "sid")
+            .join(links, on="sid", how="inner")
+            .join(r, on=["k", "r_sid"], how="inner")
+            .group_by("k", "sid")
+            .agg(pl.col("r_ok").any().alias("r_any"))
+        )
+        how = "inner" if op == "and" else "left"
+        j = left.df.join(matched, on=["k", "sid"], how=how)
+        if op == "and":
+            ok = pl.col("ok") & pl.col("r_any")
+        else:
+            ok = pl.col("ok") & ~pl.col("r_any").fill_null(False)
+        return Vec(j.select("k", "sid", "value", ok.alias("ok")), left.labels)
+    # or: matched series merge into one output series; unmatched ones pass through.
+    # Why exact for or: "a or b" lists both sides' series; only identical label sets are one alert.
+    pairs, merged = _pairs(left.labels, right.labels, exact=True)
+    out_labels = list(merged)
+    lmap = [(int(a), int(o)) for a, o in zip(pairs["l_sid"], pairs["o_sid"], strict=True)]
+    rmap = [(int(b), int(o)) for b, o in zip(pairs["r_sid"], pairs["o_sid"], strict=True)]
+    for i, lab in enumerate(left.labels):
+        if not any(a == i for a, _ in lmap):
+            lmap.append((i, len(out_labels)))
+            out_labels.append(lab)
+    for j, lab in enumerate(right.labels):
+        if not any(b == j for b, _ in rmap):
+            rmap.append((j, len(out_labels)))
+            out_labels.append(lab)
+    schema = {"sid": pl.UInt32, "o_sid": pl.UInt32}
+    lm = pl.DataFrame(lmap, schema=schema, orient="row")
+    rm = pl.DataFrame(rmap, schema=schema, orient="row")
+    both = pl.concat(
+        [
+            left.df.join(lm, on="sid").with_columns(side=pl.lit(0, pl.Int8)),
+            right.df.join(rm, on="sid").with_columns(side=pl.lit(1, pl.Int8)),
+        ]
+    )
+    both = both.sort("k", "o_sid", pl.col("ok").not_(), "side").unique(
+        ["k", "o_sid"], keep="first", maintain_order=True
+    )
+    merged_ok = both.group_by("k", "o_sid").agg(pl.col("ok").any())
+    res = both.drop("ok").join(merged_ok, on=["k", "o_sid"]).select("k", pl.col("o_sid").alias("sid"), "value", "ok")
+    return Vec(res, out_labels)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def needed_metrics(rules: Iterable[Rule]) -> set[str]:
+    return {m for r in rules for m in r.condition.metrics}
+
+
+def conditions(
+    rules: Sequence[Rule], samples: Samples, grid: Grid, *, lookback: float = LOOKBACK
+) -> dict[str, tuple[pl.DataFrame, list[dict[str, str]]]]:
+    """Per rule: the (k, sid, value) rows where its condition holds, and each sid's labels."""
+    import polars as pl
+
+    comp = _Compiler(samples, grid, lookback)
+    out: dict[str, tuple[pl.DataFrame, list[dict[str, str]]]] = {}
+    for rule in rules:
+        res = comp.eval(rule.condition.tree)
+        if not isinstance(res, Vec):
+            out[rule.name] = (_empty().drop("ok"), [])
+            continue
+        df = res.df.filter(pl.col("ok")).select("k", "sid", "value").unique(["k", "sid"], keep="first").sort("sid", "k")
+        out[rule.name] = (df, res.labels)
+    return out
+
+
+def alert_labels(rule: Rule, series: dict[str, str], value: float) -> dict[str, str]:
+    """Series labels + rule labels (templated) + alertname + severity, as Prometheus builds them."""
+    labels = dict(series)
+    for k, v in rule.labels.items():
+        labels[k] = template.render(v, value, series)
+    labels["severity"] = labels.get("severity", rule.severity) if "severity" in rule.labels else rule.severity
+    labels["alertname"] = rule.name
+    return labels
+
+
+def annotations(rule: Rule, series: dict[str, str], value: float) -> Labels:
+    return make_labels({k: template.render(v, value, series) for k, v in rule.annotations.items()})
+
+
+def evaluate(
+    rules: Sequence[Rule],
+    frame: pl.LazyFrame | pl.DataFrame | Samples,
+    grid: Grid,
+    *,
+    lookback: float = LOOKBACK,
+    aliases: dict[str, str] | None = None,
+) -> list[Alert]:
+    """Every alert episode over the grid (history), vectorised; same answers as stepping AlertStates."""
+    import polars as pl
+
+    rules = [r for r in rules if r.enabled]
+    samples = frame if isinstance(frame, Samples) else prepare(frame, needed_metrics(rules), aliases)
+    results = conditions(rules, samples, grid, lookback=lookback)
+    alerts: list[Alert] = []
+    for rule in rules:
+        df, labels = results[rule.name]
+        if df.height == 0:
+            continue
+        low = top_comparison(rule.condition.tree) in ("<", "<=")
+        seg = df.with_columns(brk=(pl.col("k").diff().over("sid") != 1).fill_null(True)).with_columns(
+            seg=pl.col("brk").cum_sum()
+        )
+        segs = (
+            seg.group_by("sid", "seg", maintain_order=True)
+            .agg(
+                pl.col("k").first().alias("k0"),
+                pl.col("k").last().alias("k1"),
+                (pl.col("value").min() if low else pl.col("value").max()).alias("peak"),
+            )
+            .sort("sid", "k0")
+        )
+        episodes = _episodes(segs, rule, grid, low)
+        if not episodes:
+            continue
+        ep = pl.DataFrame(episodes, schema=["sid", "k_active", "k_fire", "k_resolved", "peak"], orient="row")
+        ep = ep.with_columns(pl.col("sid").cast(pl.UInt32), pl.col("k_fire").cast(pl.Int64))
+        ep = ep.join(df.rename({"k": "k_fire"}), on=["sid", "k_fire"], how="left")
+        for row in ep.iter_rows(named=True):
+            series = labels[row["sid"]]
+            value = row["value"]
+            alerts.append(
+                Alert(
+                    rule=rule.name,
+                    severity=rule.severity,
+                    labels=make_labels(alert_labels(rule, series, value)),
+                    annotations=annotations(rule, series, value),
+                    active_at=grid.time(row["k_active"]) / US,
+                    fired_at=grid.time(row["k_fire"]) / US,
+                    resolved_at=None if row["k_resolved"] is None else grid.time(row["k_resolved"]) / US,
+                    value=value,
+                    peak=row["peak"],
+                    channels=rule.channels,
+                )
+            )
+    alerts.sort(key=lambda a: (a.fired_at, a.rule, a.labels))
+    return alerts
+
+
+def _episodes(segs: pl.DataFrame, rule: Rule, grid: Grid, low: bool) -> list[tuple[int, int, int, int | None, float]]:
+    """Walk a rule's true-runs per series through the for / keep_firing_for state machine."""
+    hold = -(-round(rule.for_ * US) // grid.step)  # ticks until t - activeAt >= for
+    keep = -(-round(rule.keep_firing_for * US) // grid.step)  # absent ticks that still count as firing
+    better = min if low else max
+    out: list[tuple[int, int, int, int | None, float]] = []
+    cur: list[Any] | None = None  # [sid, k_active, k_fire, last_true_k, peak]
+
+    def close(c: list[Any]) -> None:
+        resolved = c[3] + 1 + keep
+        out.append((c[0], c[1], c[2], resolved if resolved < grid.n else None, c[4]))
+
+    for sid, k0, k1, peak in segs.select("sid", "k0", "k1", "peak").iter_rows():
+        if cur is not None and (cur[0] != sid or k0 > cur[3] + keep):
+            close(cur)
+            cur = None
+        if cur is not None:  # still firing (kept) when the condition came back
+            cur[3], cur[4] = k1, better(cur[4], peak)
+            continue
+        fire = k0 + hold
+        if fire <= k1:
+            cur = [sid, k0, fire, k1, peak]
+    if cur is not None:
+        close(cur)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The incremental state machine (watch): one tick at a time, serialisable
+
+
+@dataclass(slots=True)
+class Instance:
+    rule: str
+    labels: dict[str, str]
+    state: str  # pending | firing
+    active_at: float
+    fired_at: float | None = None
+    value: float = math.nan
+    keep_since: float | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+class AlertStates:
+    """Prometheus' per-rule alert bookkeeping, stepped tick by tick; ``to_json``/``from_json`` between runs."""
+
+    def __init__(self) -> None:
+        self.active: dict[str, dict[str, Instance]] = {}
+
+    def step(self, rule: Rule, t: float, elements: dict[Labels, float]) -> list[AlertEvent]:
+        """Advance ``rule`` to time ``t`` (seconds) given its true series -> value; return changes."""
+        events: list[AlertEvent] = []
+        table = self.active.setdefault(rule.name, {})
+        seen: set[str] = set()
+        for series, value in elements.items():
+            sd = dict(series)
+            labels = alert_labels(rule, sd, value)
+            fp = json.dumps(sorted(labels.items()))
+            seen.add(fp)
+            ann = dict(annotations(rule, sd, value))
+            inst = table.get(fp)
+            if inst is None:
+                table[fp] = Instance(rule.name, labels, "pending", t, value=value, annotations=ann)
+            else:
+                inst.value, inst.annotations = value, ann
+        for fp, inst in list(table.items()):
+            if fp not in seen:
+                kept = False
+                if inst.state == "firing" and rule.keep_firing_for > 0:
+                    if inst.keep_since is None:
+                        inst.keep_since = t
+                    kept = t - inst.keep_since < rule.keep_firing_for - 1e-6
+                if kept:
+                    continue
+                del table[fp]
+                if inst.state == "firing":
+                    events.append(self._event(rule, inst, "resolved", t))
+                continue
+            inst.keep_since = None
+            if inst.state == "pending" and t - inst.active_at >= rule.for_ - 1e-6:
+                inst.state, inst.fired_at = "firing", t
+                events.append(self._event(rule, inst, "firing", t))
+        return events
+
+    def firing(self, rule: str) -> list[Instance]:
+        return [i for i in self.active.get(rule, {}).values() if i.state == "firing"]
+
+    @staticmethod
+    def _event(rule: Rule, inst: Instance, state: str, t: float) -> AlertEvent:
+        labels = make_labels(inst.labels)
+        return AlertEvent(
+            rule=rule.name,
+            state=state,  # type: ignore[arg-type]
+            severity=rule.severity,
+            labels=labels,
+            annotations=make_labels(inst.annotations),
+            value=inst.value,
+            started_at=inst.fired_at if inst.fired_at is not None else t,
+            ended_at=t if state == "resolved" else None,
+            channels=rule.channels,
+            run=inst.labels.get("run"),
+            host=inst.labels.get("host"),
+        )
+
+    def to_json(self) -> str:
+        data = {
+            name: [
+                {
+                    "labels": i.labels,
+                    "state": i.state,
+                    "active_at": i.active_at,
+                    "fired_at": i.fired_at,
+                    "value": None if math.isnan(i.value) else i.value,
+                    "keep_since": i.keep_since,
+                    "annotations": i.annotations,
+                }
+                for i in table.values()
+            ]
+            for name, table in self.active.items()
+        }
+        return json.dumps({"version": 1, "rules": data}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> AlertStates:
+        states = cls()
+        data = json.loads(text)
+        for name, items in data.get("rules", {}).items():
+            table = states.active.setdefault(name, {})
+            for d in items:
+                value = math.nan if d.get("value") is None else float(d["value"])
+                inst = Instance(
+                    name,
+                    dict(d["labels"]),
+                    d["state"],
+                    d["active_at"],
+                    d.get("fired_at"),
+                    value,
+                    d.get("keep_since"),
+                    dict(d.get("annotations", {})),
+                )
+                table[json.dumps(sorted(inst.labels.items()))] = inst
+        return states
+
+
+def step_all(
+    states: AlertStates,
+    rules: Sequence[Rule],
+    samples: Samples | pl.LazyFrame | pl.DataFrame,
+    t: float,
+    *,
+    lookback: float = LOOKBACK,
+    aliases: dict[str, str] | None = None,
+) -> list[AlertEvent]:
+    """The watch loop's tick: evaluate every rule at time ``t`` over recent samples and step the states."""
+    rules = [r for r in rules if r.enabled]
+    if not isinstance(samples, Samples):
+        samples = prepare(samples, needed_metrics(rules), aliases)
+    grid = Grid(round(t * US), US, 1)
+    results = conditions(rules, samples, grid, lookback=lookback)
+    events: list[AlertEvent] = []
+    for rule in rules:
+        df, labels = results[rule.name]
+        elements = {make_labels(labels[sid]): value for _, sid, value in df.iter_rows()}
+        events.extend(states.step(rule, t, elements))
+    return events
+
+
+def replay(
+    rules: Sequence[Rule], samples: Samples, grid: Grid, *, lookback: float = LOOKBACK
+) -> Iterable[tuple[int, AlertStates, list[AlertEvent]]]:
+    """Step AlertStates over every tick of a grid (the unit-test runner; slower than ``evaluate``)."""
+    rules = [r for r in rules if r.enabled]
+    results = conditions(rules, samples, grid, lookback=lookback)
+    per_rule: dict[str, dict[int, dict[Labels, float]]] = {}
+    for rule in rules:
+        df, labels = results[rule.name]
+        ticks: dict[int, dict[Labels, float]] = {}
+        for k, sid, value in df.iter_rows():
+            ticks.setdefault(k, {})[make_labels(labels[sid])] = value
+        per_rule[rule.name] = ticks
+    states = AlertStates()
+    for k in range(grid.n):
+        t = grid.time(k) / US
+        events: list[AlertEvent] = []
+        for rule in rules:
+            events.extend(states.step(rule, t, per_rule[rule.name].get(k, {})))
+        yield k, states, events
