@@ -31,7 +31,18 @@ from typing import TYPE_CHECKING, Any
 
 from llamamon import catalog
 from llamamon.rules import template
-from llamamon.rules.lang import COMPARISONS, Binary, Call, Condition, Node, Number, Selector, Unary, top_comparison
+from llamamon.rules.lang import (
+    COMPARISONS,
+    Binary,
+    Call,
+    Condition,
+    Node,
+    Number,
+    Selector,
+    Unary,
+    to_base,
+    top_comparison,
+)
 from llamamon.samples import AlertEvent, Labels, labels_from_str, make_labels
 
 if TYPE_CHECKING:
@@ -420,7 +431,8 @@ class _Compiler:
         if not isinstance(left, Vec) and not isinstance(right, Vec):
             return _scalar_op(op, left, right)
         if op in ("and", "or", "unless"):
-            assert isinstance(left, Vec) and isinstance(right, Vec)  # lang rejects numbers beside set operators
+            if not (isinstance(left, Vec) and isinstance(right, Vec)):
+                raise TypeError("lang.parse rejects set operators without a metric on both sides")
             return _set_op(op, left, right)
         if isinstance(left, Vec) and isinstance(right, Vec):
             pairs, labels = _pairs(left.labels, right.labels)
@@ -435,7 +447,8 @@ class _Compiler:
         else:
             vec = left if isinstance(left, Vec) else right
             scalar = right if isinstance(left, Vec) else left
-            assert isinstance(vec, Vec) and not isinstance(scalar, Vec)
+            if not isinstance(vec, Vec) or isinstance(scalar, Vec):
+                raise TypeError("one side is a vector here")
             j = vec.df
             lv = pl.col("value") if isinstance(left, Vec) else pl.lit(scalar, pl.Float64)
             rv = pl.lit(scalar, pl.Float64) if isinstance(left, Vec) else pl.col("value")
@@ -523,10 +536,7 @@ def _set_op(op: str, left: Vec, right: Vec) -> Vec:
         )
         how = "inner" if op == "and" else "left"
         j = left.df.join(matched, on=["k", "sid"], how=how)
-        if op == "and":
-            ok = pl.col("ok") & pl.col("r_any")
-        else:
-            ok = pl.col("ok") & ~pl.col("r_any").fill_null(False)
+        ok = pl.col("ok") & (pl.col("r_any") if op == "and" else ~pl.col("r_any").fill_null(False))
         return Vec(j.select("k", "sid", "value", ok.alias("ok")), left.labels)
     # or: matched series merge into one output series; unmatched ones pass through.
     # Why exact for or: "a or b" lists both sides' series; only identical label sets are one alert.
@@ -585,18 +595,23 @@ def conditions(
     return out
 
 
+def _base(rule: Rule, value: float) -> float:
+    # Why: templates see $value in base units (seconds, bytes), as Prometheus does on exported series.
+    return value * to_base(rule.condition.tree)
+
+
 def alert_labels(rule: Rule, series: dict[str, str], value: float) -> dict[str, str]:
     """Series labels + rule labels (templated) + alertname + severity, as Prometheus builds them."""
     labels = dict(series)
     for k, v in rule.labels.items():
-        labels[k] = template.render(v, value, series)
-    labels["severity"] = labels.get("severity", rule.severity) if "severity" in rule.labels else rule.severity
+        labels[k] = template.render(v, _base(rule, value), series)
+    labels["severity"] = rule.severity
     labels["alertname"] = rule.name
     return labels
 
 
 def annotations(rule: Rule, series: dict[str, str], value: float) -> Labels:
-    return make_labels({k: template.render(v, value, series) for k, v in rule.annotations.items()})
+    return make_labels({k: template.render(v, _base(rule, value), series) for k, v in rule.annotations.items()})
 
 
 def evaluate(

@@ -416,6 +416,8 @@ def parse(
     """
     place = _Place(text, file, line, path)
     tree = _Parser(text, place).parse()
+    if not selectors(tree):
+        raise place.error(0, "a condition needs at least one metric")
     tree = _strip_units(_resolve(tree, aliases or {}, place))
     return Condition(text, tree, frozenset(metric_names(tree)))
 
@@ -507,6 +509,8 @@ def _resolve(node: Node, aliases: dict[str, str], place: _Place) -> Node:
         args = tuple(_resolve(a, aliases, place) for a in node.args)
         return replace(node, args=args)
     if isinstance(node, Unary):
+        if node.op == "not" and not selectors(node.operand):
+            raise place.error(node.pos, "'not' needs a condition on a metric")
         return replace(node, operand=_resolve(node.operand, aliases, place))
     if isinstance(node, Binary):
         left = _resolve(node.left, aliases, place)
@@ -518,8 +522,9 @@ def _resolve(node: Node, aliases: dict[str, str], place: _Place) -> Node:
                 left = _convert(left, right, place)
         elif node.op in SET_OPS:
             for side in (left, right):
-                if isinstance(side, Number):
-                    raise place.error(side.pos, f"'{node.op}' joins conditions, not numbers")
+                if not selectors(side):
+                    where = side.pos if not isinstance(side, Binary) else node.pos
+                    raise place.error(where, f"'{node.op}' joins conditions on metrics, not numbers")
         return replace(node, left=left, right=right)
     return node
 

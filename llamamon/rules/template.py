@@ -86,12 +86,12 @@ def _apply(name: str, arg: str | None, current: float | str) -> str:
     if number is None:
         return str(current)
     if name == "humanizePercentage":
-        return _humanize(number * 100, 1000, ["", "k", "M", "G", "T"]) + "%"
+        return _g4(number * 100) + "%"
     if name == "humanizeDuration":
         return _duration(number)
     if name == "humanize1024":
-        return _humanize(number, 1024, ["", "ki", "Mi", "Gi", "Ti", "Pi"])
-    return _humanize(number, 1000, ["", "k", "M", "G", "T", "P"])
+        return _humanize1024(number)
+    return _humanize(number)
 
 
 def _to_float(current: float | str) -> float | None:
@@ -103,35 +103,70 @@ def _to_float(current: float | str) -> float | None:
         return None
 
 
-def _humanize(v: float, base: int, prefixes: list[str]) -> str:
+def _g4(v: float) -> str:
+    """Go's %.4g."""
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return f"{v:.4g}"
+
+
+def _small(v: float) -> tuple[float, str]:
+    prefix = ""
+    for p in ("m", "u", "n", "p", "f", "a", "z", "y"):
+        if abs(v) >= 1:
+            break
+        prefix, v = p, v * 1000
+    return v, prefix
+
+
+def _humanize(v: float) -> str:
+    """Prometheus' humanize: 1234 -> 1.234k, 0.0012 -> 1.2m."""
     if v == 0 or not math.isfinite(v):
-        return f"{v:.4g}"
-    if abs(v) >= 1 or base == 1024:
-        i = 0
-        while abs(v) >= base and i < len(prefixes) - 1:
-            v /= base
-            i += 1
-        return f"{v:.4g}{prefixes[i]}"
-    small = ["", "m", "u", "n", "p", "f"]
-    i = 0
-    while abs(v) < 1 and i < len(small) - 1:
-        v *= 1000
-        i += 1
-    return f"{v:.4g}{small[i]}"
+        return _g4(v)
+    if abs(v) >= 1:
+        prefix = ""
+        for p in ("k", "M", "G", "T", "P", "E", "Z", "Y"):
+            if abs(v) < 1000:
+                break
+            prefix, v = p, v / 1000
+        return _g4(v) + prefix
+    v, prefix = _small(v)
+    return _g4(v) + prefix
+
+
+def _humanize1024(v: float) -> str:
+    if abs(v) <= 1 or not math.isfinite(v):
+        return _g4(v)
+    prefix = ""
+    for p in ("ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi"):
+        if abs(v) < 1024:
+            break
+        prefix, v = p, v / 1024
+    return _g4(v) + prefix
 
 
 def _duration(v: float) -> str:
+    """Prometheus' humanizeDuration: 90 -> 1m 30s, 0.25 -> 250ms."""
     if not math.isfinite(v):
-        return f"{v:.4g}"
-    if abs(v) < 1:
-        return _humanize(v, 1000, [""]) + "s"
-    sign = "-" if v < 0 else ""
-    v = abs(v)
-    d, rest = divmod(int(v), 86400)
-    h, rest = divmod(rest, 3600)
-    m, s = divmod(rest, 60)
-    out = "".join(f"{n}{u}" for n, u in ((d, "d "), (h, "h "), (m, "m ")) if n)
-    return f"{sign}{out}{s + (v - int(v)):.4g}s"
+        return _g4(v)
+    if v == 0:
+        return "0s"
+    if abs(v) >= 1:
+        sign = "-" if v < 0 else ""
+        v = abs(v)
+        whole = int(v)
+        seconds, minutes, hours, days = whole % 60, whole // 60 % 60, whole // 3600 % 24, whole // 86400
+        if days:
+            return f"{sign}{days}d {hours}h {minutes}m {seconds}s"
+        if hours:
+            return f"{sign}{hours}h {minutes}m {seconds}s"
+        if minutes:
+            return f"{sign}{minutes}m {seconds}s"
+        return f"{sign}{_g4(v)}s"
+    v, prefix = _small(v)
+    return f"{_g4(v)}{prefix}s"
 
 
 def go_float(v: float) -> str:
