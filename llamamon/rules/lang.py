@@ -574,7 +574,7 @@ def _num(value: float) -> str:
     if value != value:
         return "NaN"
     if value in (float("inf"), float("-inf")):
-        return "+Inf" if value > 0 else "-Inf"
+        return "inf" if value > 0 else "-inf"
     return repr(value) if not float(value).is_integer() or abs(value) >= 1e16 else str(int(value))
 
 
