@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from llamamon.config import load_config
 from llamamon.rules import engine, lang
 from llamamon.rules.builtin import BUILTIN_NAMES, builtin_rules
-from tests.conftest import write_samples
+from conftest import write_samples
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 
@@ -233,7 +233,8 @@ def test_window_functions() -> None:
         states = engine.AlertStates()
         engine.step_all(states, [rule(cond)], f, T0 + 300)
         last = [i.value for t in states.active.values() for i in t.values()]
-        assert alerts and last
+        assert alerts
+        assert last
         return last[0]
 
     assert value_at_end("avg(batch_queue_size, 2m) > -1") == 5.0  # samples at 3m, 4m, 5m (both ends included)
