@@ -132,7 +132,7 @@ def test_export_passes_promtool_and_lists_what_does_not_translate(
     path = tmp_path / "full.yaml"
     path.write_text(FULL, encoding="utf-8")
     target = tmp_path / "rules.yml"
-    code, out, err = run(capsys, "alerts", "export", "--config", str(path), "-o", str(target))
+    code, _, err = run(capsys, "alerts", "export", "--config", str(path), "-o", str(target))
     assert code == 0, err
     text = target.read_text()
     assert 'expr: ((llamamon_gpu_temperature_celsius{gpu=~"[01]"} > 85) and (llamamon_gpu_power_watts > 250))' in text

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import write_samples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llamamon.config import load_config
 from llamamon.rules import engine, lang
 from llamamon.rules.builtin import BUILTIN_NAMES, builtin_rules
-from conftest import write_samples
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 
