@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from conftest import write_samples
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from llamamon.config import load_config
@@ -259,7 +259,8 @@ def test_counter_reset_is_corrected_in_increase() -> None:
 # --- history == stepping; state survives JSON -------------------------------------------------------------
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=150, deadline=None)
+@example([0.95, 0.5, 0.95], 0, 1)  # the condition returns on the first tick keep_firing_for no longer covers
 @given(
     st.lists(st.sampled_from([0.5, 0.95]), min_size=1, max_size=25),
     st.integers(0, 4),

@@ -140,6 +140,7 @@ class Samples:
     metric: list[str]  # per sid, canonical name
     labels: list[dict[str, str]]  # per sid, including run and host
     run_last: pl.DataFrame  # sid, run_last (us): the last sample of the sid's run
+    offsets: list[int]  # rows of sid i are data[offsets[i]:offsets[i + 1]]
 
     @property
     def names(self) -> set[str]:
@@ -167,13 +168,24 @@ def prepare(
     lf = lf.filter(pl.col("metric").is_in(keep)).with_columns(
         pl.col("metric").replace_strict(canon, return_dtype=pl.String) if canon else pl.col("metric")
     )
-    df = lf.collect()
-    keys = df.select("metric", "labels", "run", "host").unique(maintain_order=True)
-    keys = keys.sort("run", "host", "metric", "labels").with_row_index("sid")
-    df = df.join(keys, on=["metric", "labels", "run", "host"], how="left").select(
-        "sid", "t", pl.col("value").cast(pl.Float64), "stale"
+    # Why a hash, a rank and one integer sort: joining or sorting on 4 string columns over millions of rows
+    # costs seconds; a u64 key ranked to a dense series id and a single i64 sort key do not.
+    key = pl.struct("metric", "labels", "run", "host").hash()
+    df = lf.with_columns(sid=(key.rank("dense") - 1).cast(pl.UInt32)).collect()
+    keys = (
+        df.group_by("sid")
+        .agg(pl.col("metric", "labels", "run", "host").first(), pl.col("t").max().alias("last"), pl.len().alias("n"))
+        .sort("sid")
     )
-    df = df.sort("sid", "t")
+    df = df.select("sid", "t", pl.col("value").cast(pl.Float64), "stale")
+    if df.height:
+        tmin, tmax = df["t"].min(), df["t"].max()
+        span = int(tmax) - int(tmin) + 1  # type: ignore[arg-type]
+        if span * (keys.height + 1) < 2**62:
+            order = (pl.col("sid").cast(pl.Int64) * span + (pl.col("t") - tmin)).arg_sort()
+            df = df.select(pl.all().gather(order))
+        else:
+            df = df.sort("sid", "t")
     metric_list = keys["metric"].to_list()
     label_list: list[dict[str, str]] = []
     for lab, run, host in zip(keys["labels"], keys["run"], keys["host"], strict=True):
@@ -183,10 +195,10 @@ def prepare(
         if host:
             d["host"] = host
         label_list.append(d)
-    run_of = keys.select("sid", "run")
-    last = df.join(run_of, on="sid").group_by("run").agg(pl.col("t").max().alias("run_last"))
-    run_last = run_of.join(last, on="run", how="left").select("sid", "run_last")
-    return Samples(df, metric_list, label_list, run_last)
+    run_last = keys.select("sid", "run", "last").with_columns(run_last=pl.col("last").max().over("run"))
+    run_last = run_last.select("sid", "run_last")
+    offsets = [0, *keys["n"].cum_sum().to_list()]
+    return Samples(df, metric_list, label_list, run_last, offsets)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -237,12 +249,18 @@ class _Compiler:
             for i, (name, labels) in enumerate(zip(self.s.metric, self.s.labels, strict=True))
             if name == sel.metric and all(_matches(m, labels) for m in sel.matchers)
         ]
-        remap = pl.DataFrame(
-            {"sid": pl.Series(sids, dtype=pl.UInt32), "local": pl.Series(range(len(sids)), dtype=pl.UInt32)}
-        )
-        df = self.s.data.join(remap, on="sid", how="inner", maintain_order="left")
-        df = df.join(self.s.run_last, on="sid", how="left", maintain_order="left")
-        df = df.drop("sid").rename({"local": "sid"})
+        # Why slices: the data is sorted by series, so each series is a zero-copy slice, not a join.
+        last = self.s.run_last["run_last"]
+        parts = [
+            self.s.data.slice(self.s.offsets[i], self.s.offsets[i + 1] - self.s.offsets[i]).with_columns(
+                sid=pl.lit(local, pl.UInt32), run_last=pl.lit(last[i], pl.Int64)
+            )
+            for local, i in enumerate(sids)
+        ]
+        if parts:
+            df = pl.concat(parts)
+        else:
+            df = self.s.data.clear().with_columns(run_last=pl.lit(None, pl.Int64))
         return df, [dict(self.s.labels[i]) for i in sids]
 
     def instant(self, sel: Selector, df: pl.DataFrame | None = None, labels: list | None = None) -> Vec:
@@ -265,12 +283,15 @@ class _Compiler:
         df = df.select("sid", "value", k_from.alias("k0"), pl.min_horizontal(k_next, k_look).alias("k1")).filter(
             pl.col("k1") > pl.col("k0")
         )
-        out = (
-            df.select(pl.int_ranges("k0", "k1", dtype=pl.Int64).alias("k"), "sid", "value")
-            .explode("k")
-            .with_columns(ok=pl.lit(True))
-            .select("k", "sid", "value", "ok")
-        )
+        if df.height and (df["k1"] - df["k0"]).max() == 1:  # why: grid no finer than the samples, no explode
+            out = df.select(pl.col("k0").cast(pl.Int64).alias("k"), "sid", "value", ok=pl.lit(True))
+        else:
+            out = (
+                df.select(pl.int_ranges("k0", "k1", dtype=pl.Int64).alias("k"), "sid", "value")
+                .explode("k")
+                .with_columns(ok=pl.lit(True))
+                .select("k", "sid", "value", "ok")
+            )
         return Vec(out, labels or [])
 
     # -- functions -----------------------------------------------------------------------------------
@@ -345,7 +366,13 @@ class _Compiler:
                 ),
             ],
             how="vertical",
-        ).sort("sid", "t")
+        )
+        tmin = min(int(both["t"].min()), g.start)  # type: ignore[arg-type]
+        span = max(int(both["t"].max()), g.time(g.n - 1)) - tmin + 1  # type: ignore[arg-type]
+        if span * (n_series + 1) < 2**62:  # why: one i64 sort key is much cheaper than a two-column sort
+            both = both.select(pl.all().gather((pl.col("sid").cast(pl.Int64) * span + (pl.col("t") - tmin)).arg_sort()))
+        else:
+            both = both.sort("sid", "t")
         size = f"{w}i"
         roll = dict(by="t", window_size=size, closed="both")
         aggs = {"n": pl.col("fi").is_not_null().cast(pl.Float64).rolling_sum_by(**roll).over("sid")}
@@ -526,6 +553,15 @@ def _set_op(op: str, left: Vec, right: Vec) -> Vec:
         orient="row",
     )
     r = right.df.rename({"sid": "r_sid", "value": "r_value", "ok": "r_ok"})
+    if op in ("and", "unless") and links["sid"].is_unique().all():
+        # Why: one partner per left series (the usual case) needs a single join, no grouping.
+        how = "inner" if op == "and" else "left"
+        j = left.df.join(links, on="sid", how=how).join(r.drop("r_value"), on=["k", "r_sid"], how=how)
+        if op == "and":
+            ok = pl.col("ok") & pl.col("r_ok")
+        else:
+            ok = pl.col("ok") & ~pl.col("r_ok").fill_null(False)
+        return Vec(j.select("k", "sid", "value", ok.alias("ok")), left.labels)
     if op in ("and", "unless"):
         matched = (
             left.df.select("k", "sid")
@@ -686,7 +722,7 @@ def _episodes(segs: pl.DataFrame, rule: Rule, grid: Grid, low: bool) -> list[tup
         out.append((c[0], c[1], c[2], resolved if resolved < grid.n else None, c[4]))
 
     for sid, k0, k1, peak in segs.select("sid", "k0", "k1", "peak").iter_rows():
-        if cur is not None and (cur[0] != sid or k0 > cur[3] + keep):
+        if cur is not None and (cur[0] != sid or k0 > cur[3] + keep + 1):
             close(cur)
             cur = None
         if cur is not None:  # still firing (kept) when the condition came back
