@@ -106,7 +106,7 @@ def make_store(folder: Path, days: int) -> int:
     return total
 
 
-def frame(folder: Path):  # noqa: ANN201
+def frame(folder: Path):
     import polars as pl
 
     return pl.scan_parquet(str(folder / "group=*" / "*" / "*" / "*.parquet"), hive_partitioning=True).select(

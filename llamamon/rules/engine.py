@@ -257,10 +257,8 @@ class _Compiler:
             )
             for local, i in enumerate(sids)
         ]
-        if parts:
-            df = pl.concat(parts)
-        else:
-            df = self.s.data.clear().with_columns(run_last=pl.lit(None, pl.Int64))
+        empty = self.s.data.clear().with_columns(run_last=pl.lit(None, pl.Int64))
+        df = pl.concat(parts) if parts else empty
         return df, [dict(self.s.labels[i]) for i in sids]
 
     def instant(self, sel: Selector, df: pl.DataFrame | None = None, labels: list | None = None) -> Vec:
@@ -557,10 +555,8 @@ def _set_op(op: str, left: Vec, right: Vec) -> Vec:
         # Why: one partner per left series (the usual case) needs a single join, no grouping.
         how = "inner" if op == "and" else "left"
         j = left.df.join(links, on="sid", how=how).join(r.drop("r_value"), on=["k", "r_sid"], how=how)
-        if op == "and":
-            ok = pl.col("ok") & pl.col("r_ok")
-        else:
-            ok = pl.col("ok") & ~pl.col("r_ok").fill_null(False)
+        partner = pl.col("r_ok") if op == "and" else ~pl.col("r_ok").fill_null(False)
+        ok = pl.col("ok") & partner
         return Vec(j.select("k", "sid", "value", ok.alias("ok")), left.labels)
     if op in ("and", "unless"):
         matched = (
