@@ -165,18 +165,24 @@ def prepare(
     canon = {n: catalog.canonical(n, aliases) for n in raw_names}
     wanted = set(metrics) if metrics is not None else set(canon.values())
     keep = [n for n, c in canon.items() if c in wanted]
-    lf = lf.filter(pl.col("metric").is_in(keep)).with_columns(
-        pl.col("metric").replace_strict(canon, return_dtype=pl.String) if canon else pl.col("metric")
-    )
-    # Why a hash, a rank and one integer sort: joining or sorting on 4 string columns over millions of rows
-    # costs seconds; a u64 key ranked to a dense series id and a single i64 sort key do not.
-    key = pl.struct("metric", "labels", "run", "host").hash()
-    df = lf.with_columns(sid=(key.rank("dense") - 1).cast(pl.UInt32)).collect()
+    # Why conditional: a per-row string filter / mapping costs as much as the scan; skip it when a no-op.
+    if len(keep) < len(raw_names):
+        lf = lf.filter(pl.col("metric").is_in(keep))
+    renamed = {n: c for n, c in canon.items() if n != c and n in keep}
+    if renamed:
+        lf = lf.with_columns(pl.col("metric").replace(renamed))
+    # Why per-column hashes, a small key table and one integer sort: hashing a struct of strings, joining
+    # or sorting on 4 string columns over millions of rows costs seconds; u64 hashes and one i64 key do not.
+    key = pl.col("metric").hash(1) ^ pl.col("labels").hash(2) ^ pl.col("run").hash(3) ^ pl.col("host").hash(4)
+    df = lf.with_columns(key=key).collect()
     keys = (
-        df.group_by("sid")
+        df.group_by("key")
         .agg(pl.col("metric", "labels", "run", "host").first(), pl.col("t").max().alias("last"), pl.len().alias("n"))
-        .sort("sid")
+        .sort("run", "host", "metric", "labels")
+        .with_row_index("sid")
+        .with_columns(pl.col("sid").cast(pl.UInt32))
     )
+    df = df.with_columns(sid=pl.col("key").replace_strict(keys["key"], keys["sid"], return_dtype=pl.UInt32))
     df = df.select("sid", "t", pl.col("value").cast(pl.Float64), "stale")
     if df.height:
         tmin, tmax = df["t"].min(), df["t"].max()
