@@ -286,3 +286,29 @@ def test_recorded_fail_on_threshold(metrics_dir: Path, tmp_path: Path, capsys: p
     code, _, err = run(capsys, *base, "--run", "nope")
     assert code == 2
     assert "Error: " in err
+
+
+def test_unit_replay_of_a_recorded_run(metrics_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("llamamon.store.reader", reason="the store lands on main separately")
+    # the run starts at 12:00; eval_time counts from its first sample
+    start = T0 + 12 * 3600
+    rows = [(start + i * 60, "memory_usage", 0.95 if 2 <= i < 6 else 0.5) for i in range(10)]
+    write_samples(metrics_dir, rows, run="20260101T120000Z-testhost-00aa")
+    (tmp_path / "rules.yaml").write_text(UNIT_RULES)
+    (tmp_path / "t.yaml").write_text(
+        "rule_files: [rules.yaml]\n"
+        "tests:\n"
+        "  - name: replayed\n"
+        f"    replay: {{metrics_dir: {metrics_dir.name}, run: 20260101T120000Z-testhost-00aa}}\n"
+        "    alert_rule_test:\n"
+        "      - {eval_time: 3m, alertname: HostMemoryHigh, exp_alerts: []}\n"
+        "      - eval_time: 4m\n"
+        "        alertname: HostMemoryHigh\n"
+        "        exp_alerts:\n"
+        "          - exp_labels: {severity: critical, host: testhost, run: 20260101T120000Z-testhost-00aa}\n"
+        '            exp_annotations: {summary: "Memory at 0.95"}\n'
+        "      - {eval_time: 6m, alertname: HostMemoryHigh, exp_alerts: []}\n"
+    )
+    code, out, err = run(capsys, "alerts", "test", "--unit", str(tmp_path / "t.yaml"))
+    assert code == 0, out + err
+    assert out.endswith("  SUCCESS\n")
