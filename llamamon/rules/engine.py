@@ -136,11 +136,11 @@ class Alert:
 class Samples:
     """Samples of the metrics some rules need, split into a small series table and long columns."""
 
-    data: pl.DataFrame  # sid u32, t i64 (us), value f64, stale bool; sorted by sid, t
+    data: pl.DataFrame  # empty frame with the sample columns (t i64 us, value f64, stale bool)
     metric: list[str]  # per sid, canonical name
     labels: list[dict[str, str]]  # per sid, including run and host
     run_last: pl.DataFrame  # sid, run_last (us): the last sample of the sid's run
-    offsets: list[int]  # rows of sid i are data[offsets[i]:offsets[i + 1]]
+    parts: list[pl.DataFrame]  # per sid: t, value, stale sorted by t
 
     @property
     def names(self) -> set[str]:
@@ -161,18 +161,22 @@ def prepare(
         cols.append(pl.col(extra).cast(pl.String).fill_null("") if extra in names else pl.lit("").alias(extra))
     cols.append(pl.col("stale").fill_null(False) if "stale" in names else pl.lit(False).alias("stale"))
     lf = lf.select(cols)
-    raw_names = lf.select(pl.col("metric").unique()).collect()["metric"].to_list()
-    canon = {n: catalog.canonical(n, aliases) for n in raw_names}
-    wanted = set(metrics) if metrics is not None else set(canon.values())
-    keep = [n for n, c in canon.items() if c in wanted]
-    # Why conditional: a per-row string filter / mapping costs as much as the scan; skip it when a no-op.
-    if len(keep) < len(raw_names):
-        lf = lf.filter(pl.col("metric").is_in(keep))
-    renamed = {n: c for n, c in canon.items() if n != c and n in keep}
+    if metrics is not None:
+        # Why no pass over the data to list names: the raw names that can mean a wanted metric are known
+        # (itself, catalog aliases, config aliases), so the filter is pushed down into the scan.
+        wanted = set(metrics)
+        table = {**catalog.ALIASES, **(aliases or {})}
+        raw = wanted | {alias for alias, target in table.items() if target in wanted}
+        renamed = {alias: catalog.canonical(alias, aliases) for alias in raw if alias in table}
+        renamed = {a: c for a, c in renamed.items() if a != c}
+        lf = lf.filter(pl.col("metric").is_in(sorted(raw)))
+    else:
+        raw_names = lf.select(pl.col("metric").unique()).collect()["metric"].to_list()
+        renamed = {n: catalog.canonical(n, aliases) for n in raw_names if catalog.canonical(n, aliases) != n}
     if renamed:
         lf = lf.with_columns(pl.col("metric").replace(renamed))
-    # Why per-column hashes, a small key table and one integer sort: hashing a struct of strings, joining
-    # or sorting on 4 string columns over millions of rows costs seconds; u64 hashes and one i64 key do not.
+    # Why per-column hashes and a small key table: hashing a struct of strings, joining
+    # or sorting on 4 string columns over millions of rows costs seconds; u64 hashes do not.
     key = pl.col("metric").hash(1) ^ pl.col("labels").hash(2) ^ pl.col("run").hash(3) ^ pl.col("host").hash(4)
     df = lf.with_columns(key=key).collect()
     keys = (
@@ -184,14 +188,14 @@ def prepare(
     )
     df = df.with_columns(sid=pl.col("key").replace_strict(keys["key"], keys["sid"], return_dtype=pl.UInt32))
     df = df.select("sid", "t", pl.col("value").cast(pl.Float64), "stale")
-    if df.height:
-        tmin, tmax = df["t"].min(), df["t"].max()
-        span = int(tmax) - int(tmin) + 1  # type: ignore[arg-type]
-        if span * (keys.height + 1) < 2**62:
-            order = (pl.col("sid").cast(pl.Int64) * span + (pl.col("t") - tmin)).arg_sort()
-            df = df.select(pl.all().gather(order))
-        else:
-            df = df.sort("sid", "t")
+    # Why row lists per series instead of a global sort: one hash group-by on a u32 plus gathers is far
+    # cheaper than sorting millions of rows; each series is sorted by time only if it is not already.
+    rows = df.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("i"), "sid").group_by("sid").agg("i").sort("sid")
+    body = df.select("t", "value", "stale")
+    parts: list[pl.DataFrame] = []
+    for idx in rows["i"]:
+        part = body[idx]
+        parts.append(part if part["t"].is_sorted() else part.sort("t"))
     metric_list = keys["metric"].to_list()
     label_list: list[dict[str, str]] = []
     for lab, run, host in zip(keys["labels"], keys["run"], keys["host"], strict=True):
@@ -203,8 +207,7 @@ def prepare(
         label_list.append(d)
     run_last = keys.select("sid", "run", "last").with_columns(run_last=pl.col("last").max().over("run"))
     run_last = run_last.select("sid", "run_last")
-    offsets = [0, *keys["n"].cum_sum().to_list()]
-    return Samples(df, metric_list, label_list, run_last, offsets)
+    return Samples(body.clear(), metric_list, label_list, run_last, parts)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -258,12 +261,10 @@ class _Compiler:
         # Why slices: the data is sorted by series, so each series is a zero-copy slice, not a join.
         last = self.s.run_last["run_last"]
         parts = [
-            self.s.data.slice(self.s.offsets[i], self.s.offsets[i + 1] - self.s.offsets[i]).with_columns(
-                sid=pl.lit(local, pl.UInt32), run_last=pl.lit(last[i], pl.Int64)
-            )
+            self.s.parts[i].with_columns(sid=pl.lit(local, pl.UInt32), run_last=pl.lit(last[i], pl.Int64))
             for local, i in enumerate(sids)
         ]
-        empty = self.s.data.clear().with_columns(run_last=pl.lit(None, pl.Int64))
+        empty = self.s.data.with_columns(sid=pl.lit(0, pl.UInt32), run_last=pl.lit(None, pl.Int64)).clear()
         df = pl.concat(parts) if parts else empty
         return df, [dict(self.s.labels[i]) for i in sids]
 
