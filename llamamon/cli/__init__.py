@@ -19,6 +19,9 @@ from llamamon.errors import LlamamonError
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("llamamon.cli.init", "init_command"),
     ("llamamon.cli.alerts", "alerts_command"),
+    ("llamamon.cli.compact", "compact_command"),
+    ("llamamon.cli.gc", "gc_command"),
+    ("llamamon.cli.doctor", "doctor_command"),
 )
 
 
