@@ -107,11 +107,9 @@ def make_store(folder: Path, days: int) -> int:
 
 
 def frame(folder: Path):
-    import polars as pl
+    from llamamon.store.reader import scan
 
-    return pl.scan_parquet(str(folder / "group=*" / "*" / "*" / "*.parquet"), hive_partitioning=True).select(
-        "time", "host", "metric", "value", "labels", "run"
-    )
+    return scan(folder).select("time", "host", "metric", "value", "labels", "run")
 
 
 def child(kind: str, folder: Path, step: float) -> dict:

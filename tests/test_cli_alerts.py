@@ -226,7 +226,6 @@ def _recorded(metrics_dir: Path) -> None:
 def test_recorded_run_table_exit_codes_json_and_junit(
     metrics_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pytest.importorskip("llamamon.store.reader", reason="the store lands on main separately")
     _recorded(metrics_dir)
     cfg = tmp_path / "m.yaml"
     cfg.write_text("alerts:\n  rules: {}\n")
@@ -276,7 +275,6 @@ def test_recorded_run_table_exit_codes_json_and_junit(
 
 
 def test_recorded_fail_on_threshold(metrics_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("llamamon.store.reader", reason="the store lands on main separately")
     write_samples(metrics_dir, [(T0 + i * 10, "gpu_memory_usage", 0.99, {"gpu": "0"}) for i in range(60)])
     cfg = tmp_path / "m.yaml"
     cfg.write_text("alerts:\n  rules: {}\n")
@@ -289,7 +287,6 @@ def test_recorded_fail_on_threshold(metrics_dir: Path, tmp_path: Path, capsys: p
 
 
 def test_unit_replay_of_a_recorded_run(metrics_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("llamamon.store.reader", reason="the store lands on main separately")
     # the run starts at 12:00; eval_time counts from its first sample
     start = T0 + 12 * 3600
     rows = [(start + i * 60, "memory_usage", 0.95 if 2 <= i < 6 else 0.5) for i in range(10)]
