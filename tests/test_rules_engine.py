@@ -306,3 +306,10 @@ def test_evaluate_over_parquet_in_the_store_layout(metrics_dir: Path) -> None:
     assert fired(alerts) == [(30, 60)]
     assert alerts[0].run == "20260101T000000Z-testhost-0001"
     assert alerts[0].host == "testhost"
+
+
+def test_a_nan_only_spoils_the_windows_that_contain_it() -> None:
+    rows = series("loss", [1, 1, math.nan, 1, 1, 1, 1, 1])
+    for cond in ("avg(loss, 30s) > 0", "sum(loss, 30s) > 0"):
+        assert fired(engine.evaluate([rule(cond)], frame(rows), grid(70))) == [(0, 20), (60, None)], cond
+    assert fired(engine.evaluate([rule("count(loss, 30s) >= 4")], frame(rows), grid(70))) == [(30, None)]

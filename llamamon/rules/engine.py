@@ -357,6 +357,12 @@ class _Compiler:
             prev = pl.col("value").shift(1).over("sid")
             reset = pl.when(pl.col("value") < prev).then(prev).otherwise(0.0)
             df = df.with_columns(c=reset.cum_sum().over("sid"))
+        if f in ("count", "sum", "avg", "rate", "increase", "delta"):
+            out = self._by_search(f, df, w)
+            if f in ("rate", "increase", "delta"):
+                out = self._extrapolate(out, df, w, counter=counter, per_second=f == "rate")
+            res = out.select("k", "sid", pl.col("r").cast(pl.Float64).alias("value"), pl.lit(True).alias("ok"))
+            return Vec(res, labels)
         ticks = pl.DataFrame({"k": pl.int_range(0, g.n, eager=True, dtype=pl.Int64)}).with_columns(
             t=pl.col("k") * g.step + g.start
         )
@@ -398,6 +404,66 @@ class _Compiler:
             out = self._extrapolate(out, df, w, counter=counter, per_second=f == "rate")
         res = out.select("k", "sid", pl.col("r").cast(pl.Float64).alias("value"), pl.lit(True).alias("ok"))
         return Vec(res, labels)
+
+    def _by_search(self, f: str, df: pl.DataFrame, w: int) -> pl.DataFrame:
+        """Per tick the sample range [lo, hi) inside [t - w, t] by binary search; sums from prefix sums.
+
+        Why: no sort of samples and ticks together and no rolling window; for count/sum/avg/rate this is
+        exact (non-finite values are counted apart so one NaN does not poison every later window).
+        """
+        import polars as pl
+
+        g = self.grid
+        frames = []
+        for part in df.partition_by("sid", maintain_order=True):
+            t = part["t"]
+            k0 = max(0, -(-(int(t[0]) - g.start) // g.step))
+            k1 = min(g.n - 1, (int(t[-1]) + w - g.start) // g.step)
+            if k1 < k0:
+                continue
+            ks = pl.int_range(k0, k1 + 1, eager=True, dtype=pl.Int64)
+            ticks = ks * g.step + g.start
+            hi = t.search_sorted(ticks, side="right").cast(pl.Int64)
+            lo = t.search_sorted(ticks - w, side="left").cast(pl.Int64)
+            frame = pl.DataFrame({"k": ks, "t": ticks, "hi": hi, "lo": lo}).with_columns(
+                n=pl.col("hi") - pl.col("lo"), sid=pl.lit(part["sid"][0], pl.UInt32)
+            )
+            frame = frame.filter(pl.col("n") > 0)
+            if f in ("count", "sum", "avg"):
+                v = part["value"]
+
+                def prefix(x: pl.Series) -> pl.Series:
+                    # Why concat, not append: Series.append extends in place.
+                    return pl.concat([pl.Series([0.0]), x.cast(pl.Float64).cum_sum()])
+
+                finite = pl.select(pl.when(v.is_finite()).then(v).otherwise(0.0)).to_series()
+                sums = {
+                    "s": prefix(finite),
+                    "nan": prefix(v.is_nan()),
+                    "pinf": prefix(v == float("inf")),
+                    "ninf": prefix(v == float("-inf")),
+                }
+                frame = frame.with_columns(
+                    **{name: cs.gather(frame["hi"]) - cs.gather(frame["lo"]) for name, cs in sums.items()}
+                )
+                total = (
+                    pl.when((pl.col("nan") > 0) | ((pl.col("pinf") > 0) & (pl.col("ninf") > 0)))
+                    .then(float("nan"))
+                    .when(pl.col("pinf") > 0)
+                    .then(float("inf"))
+                    .when(pl.col("ninf") > 0)
+                    .then(float("-inf"))
+                    .otherwise(pl.col("s"))
+                )
+                r = {"count": pl.col("n").cast(pl.Float64), "sum": total, "avg": total / pl.col("n")}[f]
+                frame = frame.with_columns(r=r)
+            else:
+                frame = frame.with_columns(i0=pl.col("lo"), i1=pl.col("hi") - 1)
+            frames.append(frame)
+        if not frames:
+            schema = {"k": pl.Int64, "t": pl.Int64, "sid": pl.UInt32, "n": pl.Int64, "r": pl.Float64}
+            return pl.DataFrame(schema={**schema, "i0": pl.Int64, "i1": pl.Int64})
+        return pl.concat(frames, how="diagonal_relaxed")
 
     @staticmethod
     def _extrapolate(out: pl.DataFrame, df: pl.DataFrame, w: int, *, counter: bool, per_second: bool) -> pl.DataFrame:
