@@ -127,14 +127,10 @@ def child(kind: str, folder: Path, step: float) -> dict:
             for name, (cond, for_) in RULES.items()
         ]
         lf = frame(folder)
-        import polars as pl
-
-        bounds = lf.select(pl.col("time").min().alias("a"), pl.col("time").max().alias("b")).collect()
-        first = round(bounds["a"][0].timestamp() * 1e6)
-        last = round(bounds["b"][0].timestamp() * 1e6)
-        grid = engine.Grid.covering(first, last, step)
         t_prep = time.perf_counter()
         samples = engine.prepare(lf, engine.needed_metrics(rules))
+        first, last = samples.bounds()
+        grid = engine.Grid.covering(first, last, step)
         t_rules = time.perf_counter()
         alerts = engine.evaluate(rules, samples, grid)
         result = {

@@ -49,16 +49,12 @@ def evaluate_recorded(
     frame = scan(root, runs=[r.id for r in runs])
     names = set(frame.select(pl.col("metric").unique()).collect()["metric"].to_list())
     rules = [r for r in rules_from_config(cfg, extra_names=names) if r.enabled]
-    bounds = frame.select(pl.col("time").min().alias("a"), pl.col("time").max().alias("b")).collect()
-    first, last = bounds["a"][0], bounds["b"][0]
-    if first is None:
+    samples = engine.prepare(frame, engine.needed_metrics(rules), cfg.aliases)
+    bounds = samples.bounds()
+    if bounds is None:
         return [], rules
-    grid = engine.Grid.covering(_us(first), _us(last), cfg.update_frequency)
-    return engine.evaluate(rules, frame, grid, aliases=cfg.aliases), rules
-
-
-def _us(when: Any) -> int:
-    return round(when.timestamp() * 1_000_000)
+    grid = engine.Grid.covering(bounds[0], bounds[1], cfg.update_frequency)
+    return engine.evaluate(rules, samples, grid), rules
 
 
 def junit_xml(rules: list[Rule], alerts: list[Alert]) -> bytes:

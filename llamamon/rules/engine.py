@@ -146,6 +146,11 @@ class Samples:
     def names(self) -> set[str]:
         return set(self.metric)
 
+    def bounds(self) -> tuple[int, int] | None:
+        """(first, last) sample time in microseconds, None without samples: the span a grid must cover."""
+        spans = [(int(p["t"][0]), int(p["t"][-1])) for p in self.parts if p.height]
+        return (min(a for a, _ in spans), max(b for _, b in spans)) if spans else None
+
 
 def prepare(
     frame: pl.LazyFrame | pl.DataFrame, metrics: Iterable[str] | None, aliases: dict[str, str] | None = None
@@ -186,16 +191,16 @@ def prepare(
         .with_row_index("sid")
         .with_columns(pl.col("sid").cast(pl.UInt32))
     )
-    df = df.with_columns(sid=pl.col("key").replace_strict(keys["key"], keys["sid"], return_dtype=pl.UInt32))
-    df = df.select("sid", "t", pl.col("value").cast(pl.Float64), "stale")
-    # Why row lists per series instead of a global sort: one hash group-by on a u32 plus gathers is far
-    # cheaper than sorting millions of rows; each series is sorted by time only if it is not already.
-    rows = df.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("i"), "sid").group_by("sid").agg("i").sort("sid")
-    body = df.select("t", "value", "stale")
+    # Why partition on the key: one hash pass hands out each series' rows, no id mapping or global sort;
+    # each series is then sorted by time only if it is not already.
+    by_key = df.select("key", "t", pl.col("value").cast(pl.Float64), "stale").partition_by(
+        "key", as_dict=True, include_key=False
+    )
     parts: list[pl.DataFrame] = []
-    for idx in rows["i"]:
-        part = body[idx]
+    for k in keys["key"]:
+        part = by_key[(k,)]
         parts.append(part if part["t"].is_sorted() else part.sort("t"))
+    body = parts[0].clear() if parts else df.select("t", pl.col("value").cast(pl.Float64), "stale").clear()
     metric_list = keys["metric"].to_list()
     label_list: list[dict[str, str]] = []
     for lab, run, host in zip(keys["labels"], keys["run"], keys["host"], strict=True):
