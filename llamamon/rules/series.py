@@ -280,7 +280,7 @@ class Compiler:
         if f in ("count", "sum", "avg", "rate", "increase", "delta"):
             out = self._by_search(f, df, w)
             if f in ("rate", "increase", "delta"):
-                out = self._extrapolate(out, df, w, counter=counter, per_second=f == "rate")
+                out = self._extrapolate(out, w, counter=counter, per_second=f == "rate")
             res = out.select("k", "sid", pl.col("r").cast(pl.Float64).alias("value"), pl.lit(True).alias("ok"))
             return Vec(res, labels)
         ticks = pl.DataFrame({"k": pl.int_range(0, g.n, eager=True, dtype=pl.Int64)}).with_columns(
@@ -306,22 +306,13 @@ class Compiler:
             both = both.sort("sid", "t")
         size = f"{w}i"
         roll = dict(by="t", window_size=size, closed="both")
+        # Only min, max and quantiles get here (the rest go by binary search above).
         aggs = {"n": pl.col("fi").is_not_null().cast(pl.Float64).rolling_sum_by(**roll).over("sid")}
-        if f in ("avg", "min", "max", "sum"):
-            fn = {"avg": "rolling_mean_by", "min": "rolling_min_by", "max": "rolling_max_by", "sum": "rolling_sum_by"}[
-                f
-            ]
-            aggs["r"] = getattr(pl.col("value"), fn)(**roll).over("sid")
-        elif f in ("quantile", "p50", "p90", "p95", "p99"):
+        if f in ("min", "max"):
+            aggs["r"] = getattr(pl.col("value"), f"rolling_{f}_by")(**roll).over("sid")
+        else:
             aggs["r"] = pl.col("value").rolling_quantile_by(quantile=node.q, interpolation="linear", **roll).over("sid")
-        elif f in ("rate", "increase", "delta"):
-            aggs["i0"] = pl.col("fi").rolling_min_by(**roll).over("sid")
-            aggs["i1"] = pl.col("fi").rolling_max_by(**roll).over("sid")
         out = both.with_columns(**aggs).filter(pl.col("k").is_not_null() & (pl.col("n") > 0))
-        if f == "count":
-            out = out.with_columns(r=pl.col("n"))
-        elif f in ("rate", "increase", "delta"):
-            out = self._extrapolate(out, df, w, counter=counter, per_second=f == "rate")
         res = out.select("k", "sid", pl.col("r").cast(pl.Float64).alias("value"), pl.lit(True).alias("ok"))
         return Vec(res, labels)
 
@@ -378,34 +369,29 @@ class Compiler:
                 r = {"count": pl.col("n").cast(pl.Float64), "sum": total, "avg": total / pl.col("n")}[f]
                 frame = frame.with_columns(r=r)
             else:
-                frame = frame.with_columns(i0=pl.col("lo"), i1=pl.col("hi") - 1)
+                # Why gather: first and last sample of each window by position, no join back onto the samples.
+                frame = frame.filter(pl.col("n") >= 2)
+                first, last = frame["lo"], frame["hi"] - 1
+                frame = frame.with_columns(
+                    t0=part["t"].gather(first),
+                    v0=part["value"].gather(first),
+                    c0=part["c"].gather(first),
+                    t1=part["t"].gather(last),
+                    v1=part["value"].gather(last),
+                    c1=part["c"].gather(last),
+                )
             frames.append(frame)
         if not frames:
             schema = {"k": pl.Int64, "t": pl.Int64, "sid": pl.UInt32, "n": pl.Int64, "r": pl.Float64}
-            return pl.DataFrame(schema={**schema, "i0": pl.Int64, "i1": pl.Int64})
+            edges = {f"{a}{b}": pl.Float64 if a != "t" else pl.Int64 for a in "tvc" for b in "01"}
+            return pl.DataFrame(schema={**schema, **edges})
         return pl.concat(frames, how="diagonal_relaxed")
 
     @staticmethod
-    def _extrapolate(out: pl.DataFrame, df: pl.DataFrame, w: int, *, counter: bool, per_second: bool) -> pl.DataFrame:
+    def _extrapolate(out: pl.DataFrame, w: int, *, counter: bool, per_second: bool) -> pl.DataFrame:
         """Prometheus' extrapolatedRate: the change over the window, stretched to the window's edges."""
         import polars as pl
 
-        out = out.filter(pl.col("n") >= 2).with_columns(pl.col("i0").cast(pl.Int64), pl.col("i1").cast(pl.Int64))
-        first = df.select(
-            "sid",
-            pl.col("i").alias("i0"),
-            pl.col("t").alias("t0"),
-            pl.col("value").alias("v0"),
-            pl.col("c").alias("c0"),
-        )
-        last = df.select(
-            "sid",
-            pl.col("i").alias("i1"),
-            pl.col("t").alias("t1"),
-            pl.col("value").alias("v1"),
-            pl.col("c").alias("c1"),
-        )
-        out = out.join(first, on=["sid", "i0"], how="left").join(last, on=["sid", "i1"], how="left")
         result = pl.col("v1") - pl.col("v0")
         if counter:
             result = result + pl.col("c1") - pl.col("c0")
