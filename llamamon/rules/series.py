@@ -98,13 +98,15 @@ def prepare(
     # Why per-column hashes and a small key table: hashing a struct of strings, joining
     # or sorting on 4 string columns over millions of rows costs seconds; u64 hashes do not.
     key = pl.col("metric").hash(1) ^ pl.col("labels").hash(2) ^ pl.col("run").hash(3) ^ pl.col("host").hash(4)
-    df = lf.with_columns(key=key).collect()
+    lf = lf.with_columns(key=key)
+    # Why collect_all: the scan runs once for both outputs, and the string columns only feed the small
+    # key table instead of being materialised for every row.
+    keys_lf = lf.group_by("key").agg(
+        pl.col("metric", "labels", "run", "host").first(), pl.col("t").max().alias("last"), pl.len().alias("n")
+    )
+    keys, df = pl.collect_all([keys_lf, lf.select("key", "t", "value", "stale")])
     keys = (
-        df.group_by("key")
-        .agg(pl.col("metric", "labels", "run", "host").first(), pl.col("t").max().alias("last"), pl.len().alias("n"))
-        .sort("run", "host", "metric", "labels")
-        .with_row_index("sid")
-        .with_columns(pl.col("sid").cast(pl.UInt32))
+        keys.sort("run", "host", "metric", "labels").with_row_index("sid").with_columns(pl.col("sid").cast(pl.UInt32))
     )
     # Why partition on the key: one hash pass hands out each series' rows, no id mapping or global sort;
     # each series is then sorted by time only if it is not already.
@@ -115,7 +117,7 @@ def prepare(
     for k in keys["key"]:
         part = by_key[(k,)]
         parts.append(part if part["t"].is_sorted() else part.sort("t"))
-    body = parts[0].clear() if parts else df.select("t", pl.col("value").cast(pl.Float64), "stale").clear()
+    body = df.select("t", pl.col("value").cast(pl.Float64), "stale").clear()
     metric_list = keys["metric"].to_list()
     label_list: list[dict[str, str]] = []
     for lab, run, host in zip(keys["labels"], keys["run"], keys["host"], strict=True):
