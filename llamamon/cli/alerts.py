@@ -157,7 +157,6 @@ def _series_labels(labels: Any) -> str:
 
 
 def _alert_row(a: Any) -> tuple[str, ...]:
-    from llamamon.rules.template import go_float
     from llamamon.units import format_duration
 
     end = a.resolved_at
@@ -169,7 +168,7 @@ def _alert_row(a: Any) -> tuple[str, ...]:
         _when(a.fired_at),
         _when(end),
         duration,
-        go_float(a.peak),
+        f"{a.peak:.6g}",
         a.run or "-",
     )
 

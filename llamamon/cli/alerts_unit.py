@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import xml.etree.ElementTree as ET
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +69,8 @@ def junit_xml(rules: list[Rule], alerts: list[Alert]) -> bytes:
         episodes = fired.get(rule.name)
         if episodes:
             lines = [
-                f"{dict(a.labels)} fired at {a.fired_at} resolved at {a.resolved_at} peak {a.peak}" for a in episodes
+                f"{dict(a.labels)} fired at {_iso(a.fired_at)}, resolved at {_iso(a.resolved_at)}, peak {a.peak:.6g}"
+                for a in episodes
             ]
             fail = ET.SubElement(
                 case, "failure", message=f"{rule.name} ({rule.severity}) fired {len(episodes)} time(s)"
@@ -77,6 +79,12 @@ def junit_xml(rules: list[Rule], alerts: list[Alert]) -> bytes:
     root = ET.Element("testsuites")
     root.append(suite)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def _iso(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _load_yaml(path: Path) -> Any:
