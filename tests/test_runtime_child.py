@@ -367,3 +367,44 @@ def test_a_failing_output_hook_costs_no_output(tmp_path: Path):
     assert done.stdout == b"boom" + bytes(range(256))
     assert b"output parser failed" in done.stderr  # said once, not hidden
     assert _hook_chunks(seen)[1].startswith(b"boom")
+
+
+def test_kill_9_of_the_runner_in_pty_mode_keeps_the_job_and_restores_the_terminal(tmp_path: Path):
+    go = tmp_path / "go"
+    done = tmp_path / "done"
+    code = (
+        "import os, sys, time\n"
+        "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
+        "deadline = time.monotonic() + 20\n"
+        f"while not os.path.exists({str(go)!r}) and time.monotonic() < deadline: time.sleep(0.01)\n"
+        "print('after the kill', flush=True)\n"  # no SIGHUP from a closed pty: the keeper holds it open
+        f"open({str(done)!r}, 'w').close()\n"
+    )
+    master, slave = os.openpty()
+    before = termios.tcgetattr(slave)
+    try:
+        with subprocess.Popen(
+            runner_argv(PY, "-c", code),
+            env=llamamon_env(),
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+        ) as proc:
+            assert b"ready" in read_until(master, b"ready")
+            assert termios.tcgetattr(slave) != before  # raw while the runner lives
+            proc.kill()
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+            go.touch()
+            assert b"after the kill" in read_until(master, b"after the kill")
+            deadline = time.monotonic() + 20
+            while termios.tcgetattr(slave) != before and time.monotonic() < deadline:
+                time.sleep(0.02)  # polling with a deadline
+            assert termios.tcgetattr(slave) == before
+        deadline = time.monotonic() + 20
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert done.exists()
+    finally:
+        os.close(slave)
+        os.close(master)

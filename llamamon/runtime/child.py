@@ -19,8 +19,9 @@ The job must not be able to tell it is being recorded, so this module is about f
   *keeper* process (no llamamon import, started in its own session) holds copies of the read ends of the
   child's pipes or pty. It sleeps on a lifeline pipe; if llamamon dies without saying goodbye the keeper
   takes over copying the child's output to the real stdout/stderr, so the job neither gets SIGPIPE nor a
-  pty hang-up. What is lost: at most one chunk llamamon had read but not yet written, and, in pty mode,
-  keyboard input (the shell takes the terminal back; bash and zsh restore its modes themselves).
+  pty hang-up; it also puts the terminal back in the mode llamamon found it in. What is lost: at most one
+  chunk llamamon had read but not yet written, and, in pty mode, keyboard input (the shell takes the
+  terminal back).
 * **Known limits of pty mode.** Ctrl-Z suspends the job inside its pty but not llamamon, so the shell
   does not get the terminal back until the job is resumed (``kill -CONT``) or ends; run llamamon itself
   in the background for jobs you mean to suspend. A job started in the background (``llamamon record …
@@ -90,24 +91,40 @@ def exit_code_of(status: int) -> tuple[int, int | None]:
 
 # The keeper: stdlib only, started with -I -S so it costs a few milliseconds. argv: lifeline fd, then
 # "<letter>:<source fd>:<target fd>" per stream. It sleeps on the lifeline; "q" means all is well, a letter
-# means "the reader of that stream went away, drop it" (so the job gets its SIGPIPE as without llamamon).
-# End of file on the lifeline means llamamon died or left output behind: copy until the sources close.
+# means "the reader of that stream went away, drop it" (so the job gets its SIGPIPE as without llamamon),
+# "r" means "llamamon restored the terminal itself". End of file on the lifeline means llamamon died or
+# left output behind: restore the terminal's saved modes ("t:<fd>:<attrs>") unless told "r", then copy
+# until the sources close.
 _KEEPER = """
 import os, select, sys
 life = int(sys.argv[1])
 streams = {}
+terminals = []
 for spec in sys.argv[2:]:
-    letter, src, dst = spec.split(":")
-    streams[letter] = (int(src), int(dst))
+    letter, fd, rest = spec.split(":", 2)
+    if letter == "t":
+        terminals.append((int(fd), rest))
+    else:
+        streams[letter] = (int(fd), int(rest))
 while True:
     msg = os.read(life, 64)
     if not msg:
         break
     if b"q" in msg:
         sys.exit(0)
+    if b"r" in msg:
+        terminals = []
     for letter in msg.decode("ascii", "replace"):
         if letter in streams:
             os.close(streams.pop(letter)[0])
+if terminals:
+    import ast, termios
+    for fd, attrs in reversed(terminals):
+        try:
+            termios.tcsetattr(fd, termios.TCSADRAIN, ast.literal_eval(attrs))
+        except (termios.error, OSError, ValueError):
+            pass
+        os.close(fd)
 targets = dict(streams.values())
 while targets:
     for src in select.select(list(targets), [], [])[0]:
@@ -291,6 +308,9 @@ class Child:
             actions.append((os.POSIX_SPAWN_DUP2, src, base + 1 + 2 * i))
             actions.append((os.POSIX_SPAWN_DUP2, dst, base + 2 + 2 * i))
             specs.append(f"{letter}:{base + 1 + 2 * i}:{base + 2 + 2 * i}")
+        for j, (fd, attrs) in enumerate(self._saved_modes):
+            actions.append((os.POSIX_SPAWN_DUP2, fd, base + 1 + 2 * len(sources) + j))
+            specs.append(f"t:{base + 1 + 2 * len(sources) + j}:{attrs!r}")
         actions.extend((os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2))
         try:
             self._keeper_pid = os.posix_spawn(
@@ -476,8 +496,7 @@ class Child:
             self._keeper_done = True
         self._restore_terminal()
         if self._lifeline is not None:
-            if not self._keeper_done:
-                self._tell_keeper(b"q")
+            self._tell_keeper(b"q" if not self._keeper_done else b"r")
             os.close(self._lifeline)
             self._lifeline = None
         if self._keeper_pid is not None and not self._keeper_done:
