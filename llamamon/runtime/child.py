@@ -22,11 +22,13 @@ The job must not be able to tell it is being recorded, so this module is about f
   pty hang-up; it also puts the terminal back in the mode llamamon found it in. What is lost: at most one
   chunk llamamon had read but not yet written, and, in pty mode, keyboard input (the shell takes the
   terminal back).
-* **Known limits of pty mode.** Ctrl-Z suspends the job inside its pty but not llamamon, so the shell
-  does not get the terminal back until the job is resumed (``kill -CONT``) or ends; run llamamon itself
-  in the background for jobs you mean to suspend. A job started in the background (``llamamon record …
-  &``) leaves the terminal's modes alone (changing them would stop llamamon with SIGTTOU), so its
-  newlines arrive as "\r\r\n", which looks the same.
+* **Job control in pty mode.** A job alone in its pty's session is an orphaned process group, so the
+  kernel drops the SIGTSTP its terminal makes of Ctrl-Z. llamamon sees the key in the input it forwards
+  (only while the job's terminal has ISIG on; a full-screen program in raw mode gets the byte as usual)
+  and does the shell's part: stops the job and itself, restoring the terminal, so the shell gets it back;
+  on ``fg`` it puts the terminal back in raw mode and continues the job. A job started in the background (``llamamon
+  record … &``) leaves the terminal's modes alone (changing them would stop llamamon with SIGTTOU), so
+  its newlines arrive as "\r\r\n", which looks the same.
 """
 
 from __future__ import annotations
@@ -269,12 +271,17 @@ class Child:
     def _prepare_pty(self, slave: int) -> None:
         """Give the pty the real terminal's settings and size, then make the real terminal transparent."""
         import termios
-        import tty
 
         source = 0 if os.isatty(0) else 1
         with contextlib.suppress(termios.error):
             termios.tcsetattr(slave, termios.TCSANOW, termios.tcgetattr(source))
         self._copy_window_size(slave)
+        self._make_raw()
+
+    def _make_raw(self) -> None:
+        import termios
+        import tty
+
         if _in_background(1):
             # A mode change would stop us with SIGTTOU; output then gets "\r\r\n", which looks the same.
             return
@@ -350,6 +357,36 @@ class Child:
             if self.result is None:  # once reaped, the pid may belong to someone else
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, sig)
+
+    def _suspend_requested(self, data: bytes) -> bool:
+        """Whether typed input holds the job terminal's suspend key (Ctrl-Z) while that terminal has ISIG on.
+
+        The kernel turns it into SIGTSTP for the job, but discards it: a job alone in its own session is an
+        orphaned process group, which the terminal may not stop (nobody could continue it). So llamamon
+        does what the shell would have: stop the job and itself, and continue both on ``fg``.
+        """
+        import termios
+
+        if self._master is None:
+            return False
+        try:
+            attrs = termios.tcgetattr(self._master)
+        except termios.error:
+            return False
+        suspend = attrs[6][termios.VSUSP]
+        return bool(attrs[3] & termios.ISIG) and suspend not in (b"\0", 0) and suspend in data
+
+    def _suspend(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGSTOP)  # the job leads its own session and process group
+        self._restore_terminal()
+        os.kill(os.getpid(), signal.SIGSTOP)  # the shell sees its job stop and takes the terminal back
+        # … continued by `fg` or `bg` (SIGCONT):
+        self._make_raw()
+        if self._master is not None:
+            self._copy_window_size(self._master)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGCONT)
 
     # -- pumping --------------------------------------------------------------------------------
 
@@ -467,6 +504,8 @@ class Child:
             return
         self._pending_input += data
         self._send_input()
+        if self._suspend_requested(data):
+            self._suspend()
 
     def _send_input(self) -> None:
         assert self._master is not None
