@@ -290,7 +290,7 @@ class Child:
             self._saved_modes.append((0, termios.tcgetattr(0)))
             tty.setraw(0, termios.TCSANOW)
             raw_device = os.fstat(0).st_rdev
-        if os.fstat(1).st_rdev != raw_device:
+        if os.isatty(1) and os.fstat(1).st_rdev != raw_device:
             # Output only: the pty already turned "\n" into "\r\n"; the real terminal must not do it again.
             attrs = termios.tcgetattr(1)
             self._saved_modes.append((1, [*attrs]))

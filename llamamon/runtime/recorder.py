@@ -128,7 +128,10 @@ class Recorder:
                 self._request_stop()
                 sampler.join()
             self._finish(result, ended)
-            write_run(self.metrics_dir, info)
+            try:
+                write_run(self.metrics_dir, info)
+            except OSError as exc:
+                log.error("cannot write run metadata: %s", exc)  # the exit code stays the job's
         if self._sampler_error is not None:
             log.error("recording failed: %s (the job ran to completion)", self._sampler_error)
         ended = f"exit {result.exit_code}"
