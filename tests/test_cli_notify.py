@@ -7,7 +7,7 @@ import logging
 import re
 
 import pytest
-from loopback import HttpSink, SmtpServer, closed_port
+from loopback import HttpSink, SmtpServer, closed_port, wait_until
 
 from llamamon.cli.notify import notify_test_command
 from llamamon.errors import ChannelError, ConfigError
@@ -133,3 +133,34 @@ def test_unset_variables_fail_with_the_reason(runner):
         "environment variable SLACK_WEBHOOK_URL is not set" in result.stdout
     )
     assert "environment variable SMTP_SERVER is not set" in result.stdout
+
+
+def test_notify_test_through_the_installed_cli(tmp_path, sink, smtp):
+    """`llamamon alerts notify-test` as a user runs it: a real process, exit code from main()."""
+    from conftest import run_llamamon
+
+    write_config(tmp_path, sink, smtp)
+    result = run_llamamon("alerts", "notify-test", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr.decode()
+    wait_until(lambda: len(sink.requests) >= 2)
+    assert {r.path for r in sink.requests} >= {TOKEN_PATH, "/ops"}
+    assert b"n0tifyS3CRET" not in result.stdout + result.stderr
+
+    refused = write_config(tmp_path, sink, smtp, refused_port=closed_port())
+    failed = run_llamamon("alerts", "notify-test", "--channel", "broken_hook", "--config", str(refused), cwd=tmp_path)
+    assert failed.returncode == 1
+    assert b"Traceback" not in failed.stderr
+
+
+def test_alerts_check_reports_a_bad_channel_option_with_its_line(tmp_path):
+    from conftest import run_llamamon
+
+    (tmp_path / "monitoring.yaml").write_text(
+        "alerts:\n  channels:\n    hook:\n      type: webhook\n      url: http://127.0.0.1:9/x\n      headerz: {}\n"
+    )
+    result = run_llamamon("alerts", "check", cwd=tmp_path)
+    assert result.returncode == 2
+    line = result.stderr.decode().strip()
+    assert line.startswith("Error: monitoring.yaml:6: alerts.channels.hook.headerz: "), line
+    assert 'did you mean "headers"' in line
+    assert "\n" not in line
