@@ -32,6 +32,7 @@ def _interval(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     help="Seconds between samples, e.g. 1, 0.5 or 500ms (default: monitoring.update_frequency).",
 )
 @click.option("--no-gpu", is_flag=True, help="Do not sample GPUs (NVML is not even loaded).")
+@click.option("--no-alerts", is_flag=True, help="Do not evaluate alert rules or send notifications for this run.")
 @config_option
 @metrics_dir_option
 @verbosity_options
@@ -43,6 +44,7 @@ def record_command(
     tags: tuple[str, ...],
     interval: float | None,
     no_gpu: bool,
+    no_alerts: bool,
     config_path: str | None,
     metrics_dir: str | None,
     quiet: bool,
@@ -71,5 +73,6 @@ def record_command(
         config_path=config_path,
         metrics_dir=metrics_dir,
         gpu=not no_gpu,
+        alerts=not no_alerts,
     )
     ctx.exit(record(options))

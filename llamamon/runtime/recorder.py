@@ -34,6 +34,7 @@ from llamamon.units import format_duration
 if TYPE_CHECKING:
     from llamamon.collectors.base import MetricsCollector
     from llamamon.config import Config
+    from llamamon.runtime.live_alerts import RunAlerts
     from llamamon.store.writer import StoreWriter
 
 log = logging.getLogger("llamamon.record")
@@ -51,6 +52,7 @@ class RecordOptions:
     config_path: str | None = None
     metrics_dir: str | None = None
     gpu: bool = True
+    alerts: bool = True
 
 
 def record(options: RecordOptions) -> int:
@@ -104,6 +106,12 @@ class Recorder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: Stop | None = None
         self._sampler_error: BaseException | None = None
+        self.alerts: RunAlerts | None = None
+        if options.alerts:
+            from llamamon.runtime.live_alerts import RunAlerts
+
+            # Built before the job starts: a bad rule or channel is a config error (exit 2), not a surprise later.
+            self.alerts = RunAlerts(config, self.metrics_dir, self.info.id, self.host)
 
     # -- main thread ------------------------------------------------------------------------------
 
@@ -197,6 +205,11 @@ class Recorder:
 
             await run_ticks(ticker, tick_then_describe, stop)
             await tick()  # the last sample, at exit
+            if self.alerts is not None:
+                try:
+                    await self.alerts.finish(time.time())
+                except Exception as exc:  # noqa: BLE001 - the recording itself is complete
+                    log.error("final alert evaluation failed: %s", exc)
             if ticker.skipped:
                 log.debug("%d ticks skipped because sampling overran the interval", ticker.skipped)
         finally:
@@ -283,6 +296,13 @@ class Recorder:
                 log.error("writing samples failed: %s (logged once; the job goes on)", exc)
             return
         self.samples += 1
+        if self.alerts is not None:
+            try:
+                writer.append(await self.alerts.on_tick(rows, now))
+            except Exception as exc:  # noqa: BLE001 - alerting must never stop the recording
+                if "alerts" not in self._failed:
+                    self._failed.add("alerts")
+                    log.error("evaluating alert rules failed: %s (logged once; recording goes on)", exc)
 
     def _describe(self, collectors: Sequence[MetricsCollector]) -> None:
         """Complete the run metadata with what takes a moment to find out, and write it."""

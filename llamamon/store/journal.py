@@ -262,6 +262,41 @@ def read_segment(path: Path) -> tuple[dict[str, object], list[Row]]:
     return header, rows
 
 
+def tail_segment(path: Path, offset: int = 0) -> tuple[dict[str, object] | None, list[Row], int]:
+    """Rows appended to a segment since byte ``offset``: (header when read from 0, rows, next offset).
+
+    For readers that follow a live run (``llamamon watch``): only whole lines are consumed, so a row
+    being written is read on the next call; a vanished segment gives no rows and the same offset.
+    """
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except FileNotFoundError:
+        return None, [], offset
+    end = data.rfind(b"\n")
+    if end < 0:
+        return None, [], offset
+    lines = data[:end].split(b"\n")
+    header: dict[str, object] | None = None
+    if offset == 0:
+        try:
+            first = json.loads(lines[0])
+        except ValueError:
+            first = None
+        if not isinstance(first, dict) or "llamamon_journal" not in first:
+            return None, [], offset + end + 1  # not a journal: never read again
+        header, lines = first, lines[1:]
+    rows: list[Row] = []
+    for line in lines:
+        try:
+            t, group, metric, value, labels, step = json.loads(line)
+            rows.append(check_row(Row(float(t), group, metric, float(value), labels_from_str(labels), step)))
+        except (ValueError, TypeError, StoreError):
+            continue  # read_segment warns about these when the segment is folded
+    return header, rows, offset + end + 1
+
+
 def claim(path: Path) -> Segment | None:
     """Lock a segment whose writer is gone; None while a live writer holds it (or it vanished)."""
     try:

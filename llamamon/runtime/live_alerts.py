@@ -1,0 +1,236 @@
+"""Alert rules evaluated live, tick by tick, for ``llamamon record`` (its own run) and ``llamamon watch``.
+
+Composition: samples go into a trailing window kept in memory (only the metrics some rule needs, so a
+tick costs a small frame, never a store scan); each tick ``engine.step_all`` advances the persistent
+``AlertStates``; the resulting resolves plus every instance still firing go to the shared
+``NotificationLedger`` (once on firing, once on resolve, again every repeat_interval, never twice across
+record and watch); what it lets through goes to ``Dispatcher.submit`` in the background, so delivery never
+holds up a tick. A run that ends gets a staleness marker after its last sample, as Prometheus does for a
+vanished target, so its alerts resolve when it ends rather than a lookback later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llamamon import catalog
+from llamamon.fsutil import atomic_write
+from llamamon.samples import AlertEvent, Row, Sample, labels_to_str
+
+if TYPE_CHECKING:
+    from llamamon.config import Config
+    from llamamon.rules.engine import Rule
+
+log = logging.getLogger("llamamon.alerts")
+
+DRAIN_TIMEOUT_S = 5.0
+MARGIN_S = 5.0
+
+# (time in microseconds as the store rounds it, run, host, metric, value, labels, stale)
+Entry = tuple[int, str, str, str, float, str, bool]
+US = 1_000_000
+
+
+def _windows(node: Any) -> float:
+    """The longest range window in a condition tree (0 without window functions)."""
+    from llamamon.rules.lang import Binary, Call, Unary
+
+    if isinstance(node, Call):
+        return max([node.window, *(_windows(a) for a in node.args)])
+    if isinstance(node, Unary):
+        return _windows(node.operand)
+    if isinstance(node, Binary):
+        return max(_windows(node.left), _windows(node.right))
+    return 0.0
+
+
+def trailing_window(rules: Sequence[Rule]) -> float:
+    """Seconds of history a tick needs: lookback + the longest range window + margin.
+
+    ``for`` and ``keep_firing_for`` need no history: AlertStates carries them from tick to tick.
+    """
+    from llamamon.rules.engine import LOOKBACK
+
+    longest = max((_windows(r.condition.tree) for r in rules), default=0.0)
+    return LOOKBACK + longest + MARGIN_S
+
+
+class LiveAlerts:
+    """Rules stepped over a trailing in-memory window; notifications through the shared ledger.
+
+    ``scope`` names the file the AlertStates are kept in between processes (``alerts/engine-<scope>.json``);
+    None keeps them in memory only (``record``: its run ends with the process).
+    """
+
+    def __init__(self, config: Config, metrics_dir: Path, *, scope: str | None = None) -> None:
+        from llamamon.channels.dispatch import Dispatcher
+        from llamamon.channels.registry import build_channels
+        from llamamon.rules.builtin import rules_from_config
+        from llamamon.rules.engine import AlertStates, needed_metrics
+        from llamamon.runtime.alert_ledger import NotificationLedger
+
+        self.rules = [r for r in rules_from_config(config) if r.enabled]
+        self.by_name = {r.name: r for r in self.rules}
+        self.aliases = dict(getattr(config, "aliases", None) or {})
+        self.window = trailing_window(self.rules)
+        wanted = needed_metrics(self.rules)
+        table = {**catalog.ALIASES, **self.aliases}
+        self.raw_metrics = wanted | {alias for alias, target in table.items() if target in wanted}
+        self.channels = build_channels(config.alerts.channels, source=config.source)
+        self.dispatcher = Dispatcher(self.channels)
+        self.ledger = NotificationLedger(metrics_dir, config.alerts.repeat_interval)
+        self.state_path = Path(metrics_dir) / "alerts" / f"engine-{scope}.json" if scope else None
+        self.states = AlertStates()
+        if self.state_path is not None and self.state_path.exists():
+            try:
+                self.states = AlertStates.from_json(self.state_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                # Why not fatal: a damaged state file costs at most a `for` period re-waited.
+                log.warning("alert engine state %s unreadable (%s); starting afresh", self.state_path, exc)
+        self._entries: list[Entry] = []
+        self._ended: dict[str, int] = {}
+        self.sent = 0
+
+    # -- samples ----------------------------------------------------------------------------------
+
+    def wants(self, metric: str) -> bool:
+        return metric in self.raw_metrics
+
+    def add(self, rows: Iterable[Row], run: str, host: str) -> None:
+        """Rows of one run (``run`` "" for samples not recorded in a run) enter the window."""
+        for row in rows:
+            if row.metric in self.raw_metrics and math.isfinite(row.time):
+                t = round(row.time * US)
+                self._entries.append((t, run, host, row.metric, row.value, labels_to_str(row.labels), False))
+
+    def add_entries(self, entries: Iterable[Entry]) -> None:
+        """Rows already in the window's own shape (a store scan); metrics no rule needs are dropped."""
+        self._entries.extend(e for e in entries if e[3] in self.raw_metrics)
+
+    def end_run(self, run: str, at: float) -> float:
+        """Mark every series of ``run`` stale just after ``at`` and its last sample; returns the marker's time."""
+        last = max((e[0] for e in self._entries if e[1] == run), default=0)
+        t = max(round(at * US), last) + 1
+        self._ended[run] = t
+        seen = {(e[1], e[2], e[3], e[5]) for e in self._entries if e[1] == run}
+        for run_, host, metric, labels in seen:
+            self._entries.append((t, run_, host, metric, math.nan, labels, True))
+        return t / US
+
+    def last_time(self, run: str) -> float | None:
+        """Seconds of the run's latest sample in the window (None when it has none)."""
+        last = max((e[0] for e in self._entries if e[1] == run and not e[6]), default=None)
+        return None if last is None else last / US
+
+    def _frame(self, now: float) -> Any:
+        import polars as pl
+
+        cutoff = round((now - self.window) * US)
+        self._entries = [e for e in self._entries if e[0] >= cutoff]
+        for run in [r for r, t in self._ended.items() if t < cutoff]:
+            del self._ended[run]
+        schema = {
+            "time": pl.Int64,
+            "run": pl.String,
+            "host": pl.String,
+            "metric": pl.String,
+            "value": pl.Float64,
+            "labels": pl.String,
+            "stale": pl.Boolean,
+        }
+        df = pl.DataFrame(self._entries, schema=schema, orient="row")
+        # Why unique: a row may reach us twice (journal tail, then the Parquet file it was folded into).
+        df = df.unique(["time", "run", "host", "metric", "labels", "stale"], keep="first", maintain_order=True)
+        return df.with_columns(pl.col("time").cast(pl.Datetime("us", "UTC")))
+
+    # -- ticks ------------------------------------------------------------------------------------
+
+    def evaluate(self, now: float) -> tuple[list[AlertEvent], list[AlertEvent]]:
+        """Step every rule at ``now``: (state changes, notifications due). Blocking; run off the loop."""
+        from llamamon.rules.engine import step_all
+
+        changes = step_all(self.states, self.rules, self._frame(now), now, aliases=self.aliases)
+        due: list[AlertEvent] = []
+        if self.channels:
+            # Why every firing instance each tick: the ledger decides repeats (repeat_interval) from them.
+            candidates = [e for e in changes if e.state == "resolved"] + self.firing_events(now)
+            due = self.ledger.due(candidates, now)
+        self.save()
+        return changes, due
+
+    async def tick(self, now: float | None = None) -> list[AlertEvent]:
+        """Evaluate off the event loop, hand what is due to the channels in the background; return changes."""
+        now = time.time() if now is None else now
+        changes, due = await asyncio.to_thread(self.evaluate, now)
+        if due:
+            self.sent += len(due)
+            self.dispatcher.submit(due)
+        return changes
+
+    def firing_events(self, now: float) -> list[AlertEvent]:
+        return [
+            self.states._event(rule, inst, "firing", now)  # the engine's own event builder
+            for rule in self.rules
+            for inst in self.states.firing(rule.name)
+        ]
+
+    def worst_firing(self) -> str | None:
+        from llamamon.samples import SEVERITIES
+
+        found = [r.severity for r in self.rules if self.states.firing(r.name) and r.severity in SEVERITIES]
+        return max(found, key=SEVERITIES.index) if found else None
+
+    def failure_samples(self) -> list[Sample]:
+        return self.dispatcher.failure_samples() if self.channels else []
+
+    def save(self) -> None:
+        if self.state_path is not None:
+            atomic_write(self.state_path, self.states.to_json().encode())
+
+    async def close(self, timeout: float = DRAIN_TIMEOUT_S) -> None:
+        """Wait a little for deliveries still under way; state is saved."""
+        self.save()
+        await self.dispatcher.drain(timeout)
+
+
+def describe(event: AlertEvent) -> str:
+    """One log line for a state change: ``FIRING critical rule {labels} value=... run=...``."""
+    shown = ",".join(f"{k}={v}" for k, v in event.labels if k not in ("alertname", "severity", "run", "host"))
+    parts = [event.state.upper(), event.severity, event.rule]
+    if shown:
+        parts.append("{" + shown + "}")
+    if event.value == event.value:
+        parts.append(f"value={event.value:.6g}")
+    if event.run:
+        parts.append(f"run={event.run}")
+    return " ".join(parts)
+
+
+class RunAlerts:
+    """``record``'s hook: its own run's rows in, notifications out; one call per tick, one at exit."""
+
+    def __init__(self, config: Config, metrics_dir: Path, run_id: str, host: str) -> None:
+        self.live = LiveAlerts(config, metrics_dir)
+        self.run_id = run_id
+        self.host = host
+
+    async def on_tick(self, rows: Sequence[Row], now: float) -> list[Row]:
+        """Feed the tick's rows, evaluate; returns the notification_failures rows to store with the tick."""
+        self.live.add(rows, self.run_id, self.host)
+        for event in await self.live.tick(now):
+            log.info("alert %s", describe(event))
+        group = catalog.group_of("notification_failures")
+        return [Row(now, group, s.metric, s.value, s.labels, None) for s in self.live.failure_samples()]
+
+    async def finish(self, ended: float) -> None:
+        """The run is over: its alerts resolve, the last notifications get a short while to go out."""
+        now = max(time.time(), self.live.end_run(self.run_id, ended))
+        for event in await self.live.tick(now):
+            log.info("alert %s", describe(event))
+        await self.live.close()
