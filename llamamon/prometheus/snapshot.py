@@ -123,7 +123,9 @@ def derived_name(name: str) -> str:
     respelled: ``step_time_ms`` -> ``llamamon_step_time_msec``, ``tokens_total`` (a gauge here) ->
     ``llamamon_tokens_totals``, ``loss_histogram`` -> ``llamamon_loss_histograms``.
     """
-    tokens = catalog.sanitize_name(name).split("_")
+    # A leading letter keeps sanitize_name from adding its "m_" digit guard: after "llamamon_" none is needed.
+    clean = catalog.sanitize_name("x" + name)[1:]
+    tokens = [t for t in clean.split("_") if t] or ["unnamed"]
     out = []
     for i, token in enumerate(tokens):
         if token in _ABBREVIATIONS:
