@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -144,8 +145,12 @@ def free_port() -> int:
 
 
 def http_get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return response.read().decode("utf-8")
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode("utf-8")
+    except urllib.error.HTTPError as exc:
+        exc.close()  # an HTTPError holds the open connection (Prometheus answers 503 while starting)
+        raise OSError(f"HTTP {exc.code} from {url}") from None
 
 
 def wait_for(probe: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
@@ -156,7 +161,7 @@ def wait_for(probe: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
         try:
             result = probe()
         except Exception as exc:  # noqa: BLE001 - not up yet; remembered for the failure message
-            last = exc
+            last = repr(exc)
         else:
             if result:
                 return result
