@@ -12,9 +12,6 @@ from llamamon.prometheus.text import parse
 from llamamon.samples import Row, RunInfo, make_labels
 from tests.conftest import require_binary, run_llamamon
 
-# Until the store lands on this branch's main there is nothing to export from.
-pytest.importorskip("llamamon.store.writer", reason="llamamon.store is not merged yet")
-
 HOST = "gpu-box"
 OLD = "20260901T080000Z-gpu-box-0001"
 NEW = "20260901T100000Z-gpu-box-0002"
