@@ -91,3 +91,24 @@ def test_errors_are_one_line_with_exit_2(store, tmp_path):
     assert empty.returncode == 2
     assert "no runs recorded" in empty.stderr.decode()
     assert b"Traceback" not in both.stderr + missing.stderr + empty.stderr
+
+
+def test_a_run_being_recorded_is_active_and_a_killed_one_is_not(metrics_dir, runner):
+    from llamamon.store.runs import write_run
+    from llamamon.store.writer import StoreWriter
+
+    t0 = 1_788_249_600.0
+    live = "20260901T080000Z-gpu-box-0003"
+    write_run(metrics_dir, RunInfo(id=live, host=HOST, start=t0))
+    with StoreWriter(metrics_dir, live, HOST) as writer:
+        writer.append([Row(t0 + 1, "training", "loss", 3.0, step=1)])
+        writer.flush()
+        writer.append([Row(t0 + 2, "training", "loss", 2.0, step=2)])  # still in the journal: not read
+        result = runner.invoke(cli, ["export", "prometheus", "--metrics-dir", str(metrics_dir), "--run", live])
+        assert result.exit_code == 0, result.output
+        fams = _families(result.stdout)
+        assert fams["llamamon_run_active"].points[0].value == 1.0
+        assert fams["llamamon_loss"].points[0].value == 3.0
+    # The writer is gone but the run has no end time (its recorder was killed): not active.
+    result = runner.invoke(cli, ["export", "prometheus", "--metrics-dir", str(metrics_dir), "--run", live])
+    assert _families(result.stdout)["llamamon_run_active"].points[0].value == 0.0
