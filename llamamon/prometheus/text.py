@@ -142,6 +142,12 @@ _TOKEN_AT = re.compile(r"[^ \t]+")
 # Go's strconv.ParseFloat, decimal form (Python's float() also takes "1_0" and non-ASCII digits).
 _FLOAT_RE = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|(?i:inf(?:inity)?|nan))\Z")
 _INT_RE = re.compile(r"[+-]?\d+\Z")
+_PAIR = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"'
+# The shape nearly every line has, matched in one go (the general path below handles the rest).
+_FAST_SAMPLE = re.compile(
+    rf"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{{((?:{_PAIR}(?:,{_PAIR})*,?)?)\}})?[ \t]+([^ \t#]+)(?:[ \t]+([+-]?\d+))?[ \t]*\Z"
+)
+_FAST_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 # Leading blanks after the name are separators; the rest of the line (trailing blanks too) is the text.
 _META = re.compile(r"#[ \t]+(HELP|TYPE)[ \t]+([^ \t]+)(?:[ \t]+(.*))?\Z")
 _ESCAPE = re.compile(r"\\(.)")
@@ -212,6 +218,10 @@ class _Parser:
         fam.type, fam.typed = kind, True
 
     def sample(self, lineno: int, line: str) -> None:
+        fast = _FAST_SAMPLE.match(line)
+        if fast is not None and (fast[4] is None or not self.openmetrics):
+            self.fast_sample(lineno, fast)
+            return
         name, labels, pos = _parse_series(lineno, line)
         start = pos
         pos = _SPACE_AT.match(line, pos).end()
@@ -226,6 +236,23 @@ class _Parser:
         if pos < len(line) and not line.startswith("#", pos):  # "# {...} 1.0" is an OpenMetrics exemplar
             raise ExpositionError(lineno, f"unexpected text after the value of {name}: {line[pos:]!r}")
         self.owner(name).points.append(Point(name, labels, value, timestamp))
+
+    def fast_sample(self, lineno: int, match: re.Match[str]) -> None:
+        """The common shape (classic names, well-formed labels, no exemplar) in one regex; same results."""
+        name, label_text, value_text, stamp = match.groups()
+        pairs: dict[str, str] = {}
+        if label_text:
+            for key, raw in _FAST_LABEL.findall(label_text):
+                if key in pairs:
+                    raise ExpositionError(lineno, f"label {key!r} given twice")
+                pairs[key] = _unescape(raw, _LABEL_ESCAPES)
+        try:
+            value = parse_float(value_text)
+        except ValueError as exc:
+            raise ExpositionError(lineno, f"{exc} for {name}") from None
+        self.owner(name).points.append(
+            Point(name, tuple(sorted(pairs.items())), value, None if stamp is None else int(stamp) / 1000.0)
+        )
 
     def timestamp(self, lineno: int, line: str, pos: int, name: str) -> tuple[float | None, int]:
         token = _TOKEN_AT.match(line, pos)
