@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 from llamamon.prometheus.text import parse
 from llamamon.prometheus.textfile import TextfileWriter, textfile_folder, textfile_name
 from llamamon.samples import Sample, make_labels
+from tests.conftest import llamamon_env
 
 RUN_ID = "20260901T101500Z-gpu-box-3f2a"
 
@@ -84,3 +88,40 @@ def test_readers_never_see_a_partial_file(tmp_path):
     finally:
         stop.set()
         thread.join()
+
+
+WRITER_SCRIPT = """
+import sys
+from llamamon.prometheus.textfile import TextfileWriter
+from llamamon.samples import Sample, make_labels
+writer = TextfileWriter(sys.argv[1], "h", "r")
+n = 0
+while True:
+    n += 1
+    writer.write([Sample("custom_metric", float(n), make_labels(shard=i)) for i in range(2000)])
+    if n == 1:
+        print("first", flush=True)
+"""
+
+
+def test_killing_a_writer_mid_write_leaves_a_whole_file(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, env=llamamon_env()
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"first\n"
+        # Let it get well into later rewrites, then kill it wherever it is.
+        target = tmp_path / "llamamon-h-r.prom"
+        deadline = time.monotonic() + 10
+        while values(target)[("llamamon_custom_metric", (("host", "h"), ("run", "r"), ("shard", "0")))] < 3:
+            assert time.monotonic() < deadline, "the writer did not get to its third rewrite"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+    got = values(target)
+    shards = {v for (name, _), v in got.items() if name == "llamamon_custom_metric"}
+    assert len([n for n, _ in got if n == "llamamon_custom_metric"]) == 2000
+    assert len(shards) == 1  # every series from the same rewrite: never half of one and half of another
+    assert [p.name for p in tmp_path.glob("*.prom")] == [target.name]
