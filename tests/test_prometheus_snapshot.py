@@ -17,6 +17,7 @@ from llamamon.prometheus.snapshot import (
     Histogram,
     RunSnapshot,
     derived_name,
+    family_name,
 )
 from llamamon.prometheus.text import METRIC_NAME_RE, parse
 from llamamon.samples import Sample, make_labels
@@ -217,6 +218,14 @@ def test_derived_names(name, expected):
 )
 def test_derived_names_always_pass_promtool_lint(name):
     assert lint_gauge_name(derived_name(name)) == []
+
+
+def test_family_name_matches_what_a_snapshot_writes():
+    snap = RunSnapshot(RUN)
+    names = ["lr", "ttft", "gpu_energy", "step_time_ms", "tokens_total", "val/acc"]
+    snap.add(Sample(n, 1.0) for n in names)
+    assert {family_name(n) for n in names} <= set(families_of(snap))
+    assert family_name("lr") == "llamamon_learning_rate"
 
 
 def test_derived_names_never_take_a_catalog_name_and_stay_stable():

@@ -140,6 +140,16 @@ def derived_name(name: str) -> str:
     return "llamamon_" + "_".join(out)
 
 
+def family_name(metric: str) -> str:
+    """The family a metric (catalog name, alias or the job's own name) is exported as.
+
+    For rule exporters: a job metric whose derived name collides with another gets a ``_2`` suffix in
+    a snapshot, which this cannot know; such collisions need two names that sanitise alike.
+    """
+    known = catalog.get(metric)
+    return known.prometheus_name if known is not None else derived_name(metric)
+
+
 @dataclass(slots=True)
 class _Series:
     metric: str  # catalog name, or the job's own name
