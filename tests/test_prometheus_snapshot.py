@@ -20,7 +20,7 @@ from llamamon.prometheus.snapshot import (
     family_name,
 )
 from llamamon.prometheus.text import METRIC_NAME_RE, parse
-from llamamon.samples import Sample, make_labels
+from llamamon.samples import Row, Sample, make_labels
 from tests.conftest import REPO
 
 RUN = {"host": "gpu-box", "run": "20260901T101500Z-gpu-box-3f2a"}
@@ -88,6 +88,16 @@ def test_values_are_converted_to_base_units():
     assert fams["llamamon_inter_token_latency_seconds"].points[0].value == 0.025
     assert fams["llamamon_gpu_memory_used_bytes"].points[0].value == 2.0**30
     assert fams["llamamon_gpu_sm_clock_hertz"].points[0].labels == (("gpu", "0"), *sorted(RUN.items()))
+
+
+def test_stored_rows_are_taken_like_samples():
+    snap = RunSnapshot(RUN)
+    snap.add([Row(50.0, "training", "loss", 0.5, (), step=3), Row(51.0, "inference", "ttft", 30.0, ())])
+    fams = families_of(snap)
+    assert fams["llamamon_loss"].points[0].value == 0.5
+    assert fams["llamamon_step"].points[0].value == 3.0
+    assert fams["llamamon_last_sample_timestamp_seconds"].points[0].value == 51.0
+    assert fams["llamamon_time_to_first_token_seconds"].points[-1].value == 1.0
 
 
 def test_latest_value_wins_and_counters_keep_their_type():

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from llamamon import catalog
 from llamamon.prometheus.text import Family, Point, format_value, render
-from llamamon.samples import SEVERITIES, Labels, Sample, make_labels
+from llamamon.samples import SEVERITIES, Labels, Row, Sample, make_labels
 
 # Seconds; spans a fast cached completion to a long generation (inference_latency, time_to_first_token).
 DEFAULT_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -180,10 +180,11 @@ class RunSnapshot:
 
     # -- input ------------------------------------------------------------------------------------------
 
-    def add(self, samples: Iterable[Sample], default_time: float | None = None) -> None:
+    def add(self, samples: Iterable[Sample | Row], default_time: float | None = None) -> None:
         """Take samples in time order: gauges/counters keep the last value, histogram metrics observe each.
 
-        ``default_time`` stands in for a sample's ``time`` of ``None`` (the tick's time).
+        Stored ``Row``s work as well as ``Sample``s (the recorder hands over what it appends to the
+        store). ``default_time`` stands in for a sample's ``time`` of ``None`` (the tick's time).
         """
         for sample in samples:
             metric = catalog.get(sample.metric)

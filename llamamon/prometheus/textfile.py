@@ -15,7 +15,7 @@ from pathlib import Path
 
 from llamamon.fsutil import atomic_write
 from llamamon.prometheus.snapshot import DEFAULT_BUCKETS, RunSnapshot
-from llamamon.samples import Sample
+from llamamon.samples import Row, Sample
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -53,7 +53,7 @@ class TextfileWriter:
 
     def write(
         self,
-        samples: Iterable[Sample] = (),
+        samples: Iterable[Sample | Row] = (),
         *,
         alerts_firing: Mapping[str, int] | None = None,
     ) -> Path:
