@@ -22,7 +22,7 @@ from llamamon import catalog
 from llamamon.prometheus.text import parse
 from llamamon.prometheus.textfile import TextfileWriter
 from llamamon.samples import Sample, make_labels
-from tests.conftest import require_binary
+from tests.conftest import require_binary, run_llamamon
 
 pytestmark = pytest.mark.integration
 
@@ -317,9 +317,6 @@ def test_prometheus_scrapes_llamamon_values_through_node_exporter(node_exporter,
 
 
 def test_exported_rules_go_pending_then_firing_in_prometheus(node_exporter, prometheus, tmp_path):
-    pytest.importorskip("llamamon.prometheus.rules_export", reason="the rules exporter is not merged yet")
-    from tests.conftest import run_llamamon
-
     config = tmp_path / "monitoring.yaml"
     config.write_text(
         "monitoring:\n  update_frequency: 1\n"
