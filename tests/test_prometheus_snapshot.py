@@ -288,9 +288,12 @@ def test_any_samples_render_to_valid_grouped_exposition(samples):
     assert order == names
 
 
-def test_prometheus_package_imports_only_leaf_modules():
+def test_exposition_modules_import_only_leaf_modules():
+    # rules_export.py translates rule trees and so reads llamamon.rules; the formatting modules read
+    # nothing but the leaf modules (tests/test_architecture.py checks the package as a whole).
     allowed = {"llamamon.catalog", "llamamon.samples", "llamamon.units", "llamamon.fsutil", "llamamon.errors"}
-    for path in (REPO / "llamamon" / "prometheus").glob("*.py"):
+    for name in ("__init__", "text", "snapshot", "textfile"):
+        path = REPO / "llamamon" / "prometheus" / f"{name}.py"
         for node in ast.walk(ast.parse(Path(path).read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("llamamon"):
                 modules = {node.module} if node.module != "llamamon" else {f"llamamon.{a.name}" for a in node.names}
