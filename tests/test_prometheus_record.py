@@ -150,3 +150,30 @@ def test_a_recorded_run_passes_promtool(tmp_path):
     with prom.open("rb") as fh:
         check = subprocess.run([promtool, "check", "metrics"], stdin=fh, capture_output=True, text=True, check=False)
     assert (check.returncode, check.stdout + check.stderr) == (0, "")
+
+
+def test_export_of_a_recorded_run_matches_its_textfile(tmp_path):
+    done = run_llamamon(
+        "record",
+        "--no-gpu",
+        "--interval",
+        "0.2",
+        "--metrics-dir",
+        "m",
+        "--",
+        sys.executable,
+        "-c",
+        "import time; time.sleep(0.6)",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    (prom,) = (tmp_path / "m" / "prometheus").glob("*.prom")
+    exported = run_llamamon("export", "prometheus", "--metrics-dir", "m", "--latest", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr.decode()
+
+    def series(text: str) -> dict:
+        return {(p.name, p.labels): p.value for f in parse(text) for p in f.points}
+
+    live, again = series(prom.read_text(encoding="utf-8")), series(exported.stdout.decode())
+    assert set(live) == set(again)
+    assert again == pytest.approx(live, rel=1e-12, abs=1e-5)  # times pass through the store in microseconds
