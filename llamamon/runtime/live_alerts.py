@@ -213,24 +213,40 @@ def describe(event: AlertEvent) -> str:
 
 
 class RunAlerts:
-    """``record``'s hook: its own run's rows in, notifications out; one call per tick, one at exit."""
+    """``record``'s hook: its own run's rows in, notifications out; one call per tick, one at exit.
+
+    Evaluation runs beside the sampler, never inside its tick: a slow evaluation (polars' first import,
+    a long window) skips an evaluation, never a sample; the next one sees every row.
+    """
 
     def __init__(self, config: Config, metrics_dir: Path, run_id: str, host: str) -> None:
         self.live = LiveAlerts(config, metrics_dir)
         self.run_id = run_id
         self.host = host
+        self._task: asyncio.Task[None] | None = None
+        self._failed = False
 
-    async def on_tick(self, rows: Sequence[Row], now: float) -> list[Row]:
-        """Feed the tick's rows, evaluate; returns the notification_failures rows to store with the tick."""
+    def on_tick(self, rows: Sequence[Row], now: float) -> list[Row]:
+        """Feed the tick's rows, start an evaluation unless one is under way; returns the
+        notification_failures rows to store with the tick."""
         self.live.add(rows, self.run_id, self.host)
-        for event in await self.live.tick(now):
-            log.info("alert %s", describe(event))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._evaluate(now))
         group = catalog.group_of("notification_failures")
         return [Row(now, group, s.metric, s.value, s.labels, None) for s in self.live.failure_samples()]
 
+    async def _evaluate(self, now: float) -> None:
+        try:
+            for event in await self.live.tick(now):
+                log.info("alert %s", describe(event))
+        except Exception as exc:  # noqa: BLE001 - alerting must never stop the recording
+            if not self._failed:
+                self._failed = True
+                log.error("evaluating alert rules failed: %s (logged once; recording goes on)", exc)
+
     async def finish(self, ended: float) -> None:
         """The run is over: its alerts resolve, the last notifications get a short while to go out."""
-        now = max(time.time(), self.live.end_run(self.run_id, ended))
-        for event in await self.live.tick(now):
-            log.info("alert %s", describe(event))
+        if self._task is not None:
+            await self._task
+        await self._evaluate(max(time.time(), self.live.end_run(self.run_id, ended)))
         await self.live.close()

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING
 from llamamon.errors import ConfigError, RunNotFound
 from llamamon.runtime.live_alerts import Entry, LiveAlerts
 from llamamon.runtime.ticker import Stop, Ticker, run_ticks
-from llamamon.samples import AlertEvent, Row, labels_to_str
+from llamamon.samples import SEVERITIES, AlertEvent, Row, labels_to_str
 
 if TYPE_CHECKING:
     from llamamon.collectors.base import MetricsCollector
     from llamamon.config import Config
+    from llamamon.prometheus.textfile import TextfileWriter
 
 log = logging.getLogger("llamamon.watch")
 
@@ -228,6 +229,13 @@ class Watcher:
         self.follower.on_rows = self._observe
         self.latest: dict[tuple[str, str, str, str], tuple[float, float]] = {}
         self._failed: set[str] = set()
+        self.textfile: TextfileWriter | None = None
+        if config.monitoring.export_format == "prometheus":
+            from llamamon.prometheus.textfile import TextfileWriter, textfile_folder
+
+            # This host's samples and the alerts firing; the runs' own textfiles come from `record`.
+            folder = textfile_folder(metrics_dir, config.monitoring.textfile_dir)
+            self.textfile = TextfileWriter(folder, self.host, "watch", labels={"host": self.host})
 
     def _observe(self, rows: Iterable[Row], run: str, host: str) -> None:
         rows = list(rows)
@@ -308,13 +316,22 @@ class Watcher:
             log.warning("reading recorded runs failed: %s", exc)
         changes = await self.live.tick(now)
         self._forget(now)
+        firing = self.live.firing_events(now)
+        if self.textfile is not None:
+            counts = {sev: sum(e.severity == sev for e in firing) for sev in SEVERITIES}
+            try:
+                self.textfile.write([*rows, *self.live.failure_samples()], alerts_firing=counts)
+            except (OSError, ValueError) as exc:  # an unwritable textfile folder must not stop watching
+                if "textfile" not in self._failed:
+                    self._failed.add("textfile")
+                    log.warning("writing the Prometheus textfile failed: %s (logged once; watching goes on)", exc)
         self.on_tick(
             Snapshot(
                 time=now,
                 interval=self.interval,
                 metrics_dir=self.metrics_dir,
                 latest={k: v for k, (_t, v) in self.latest.items()},
-                firing=self.live.firing_events(now),
+                firing=firing,
                 changes=changes,
                 runs=self.follower.running(),
             )
