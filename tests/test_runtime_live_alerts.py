@@ -1,0 +1,170 @@
+"""LiveAlerts in process: for / keep_firing_for against flapping, repeats, restarts, run ends; journal tails;
+the live view. Times are explicit (``evaluate(now)``), so nothing waits on a clock."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import llamamon_env
+
+from llamamon.config import load_config
+from llamamon.runtime.live_alerts import LiveAlerts
+from llamamon.samples import Row, make_labels
+from llamamon.store.journal import Journal, tail_segment
+
+T0 = 1_790_000_000.0
+RUN = "20260911T000000Z-box-0001"
+
+
+def config(tmp_path: Path, rule: str, repeat: str = "4h"):
+    path = tmp_path / "monitoring.yaml"
+    path.write_text(
+        f"""alerts:
+  repeat_interval: {repeat}
+  channels:
+    hook:
+      type: webhook
+      url: http://127.0.0.1:9/hook
+  builtin:
+    memory_warning: false
+    memory_critical: false
+    gpu_underutilized: false
+    gpu_memory_high: false
+    loss_not_finite: false
+  rules:
+{rule}
+"""
+    )
+    return load_config(str(path))
+
+
+def hot(t: float, value: float) -> Row:
+    return Row(t, "gpu", "gpu_temperature", value, make_labels(gpu="0"), None)
+
+
+def states(events) -> list[str]:
+    return [e.state for e in events]
+
+
+FLAPPY = """    gpu_hot:
+      condition: gpu_temperature > 85
+      for: 2s
+      keep_firing_for: 3s
+"""
+
+
+def test_flapping_condition_notifies_once_each_way(tmp_path, metrics_dir):
+    live = LiveAlerts(config(tmp_path, FLAPPY), metrics_dir)
+    # True for 1 s (shorter than for), off, then true long enough, then flapping off/on within keep_firing_for.
+    pattern = [90, 90, 70, 90, 90, 90, 90, 70, 90, 70, 70, 90, 70, 70, 70, 70, 70, 70]
+    sent = []
+    for i, value in enumerate(pattern):
+        t = T0 + i
+        live.add([hot(t, value)], RUN, "box")
+        _changes, due = live.evaluate(t)
+        sent.extend((i, e.state) for e in due)
+    # Fires at the 3rd true tick in a row (i=5: active since 3, for 2 s); keeps firing through the flips;
+    # resolves once it has been absent for keep_firing_for (absent from i=12; 3 s later is i=15).
+    assert sent == [(5, "firing"), (15, "resolved")]
+
+
+def test_repeat_interval_and_restart_keep_notifying_once(tmp_path, metrics_dir):
+    rule = """    gpu_hot:
+      condition: gpu_temperature > 85
+"""
+    cfg = config(tmp_path, rule, repeat="10s")
+    live = LiveAlerts(cfg, metrics_dir, scope="t")
+    due = []
+    for i in range(25):
+        live.add([hot(T0 + i, 90)], RUN, "box")
+        due.append(states(live.evaluate(T0 + i)[1]))
+    assert [i for i, d in enumerate(due) if d] == [0, 10, 20]  # firing, then every repeat_interval
+    saved = json.loads((metrics_dir / "alerts" / "engine-t.json").read_text())
+    assert [i["state"] for i in saved["rules"]["gpu_hot"]] == ["firing"]
+    # A restarted process (same scope) knows the alert fires: no new notification, then one resolve.
+    again = LiveAlerts(cfg, metrics_dir, scope="t")
+    again.add([hot(T0 + 25, 90)], RUN, "box")
+    assert again.evaluate(T0 + 25)[1] == []
+    assert again.end_run(RUN, T0 + 25) > T0 + 25
+    changes, due = again.evaluate(T0 + 26)
+    assert states(changes) == states(due) == ["resolved"]
+
+
+def test_a_run_end_resolves_at_once_not_a_lookback_later(tmp_path, metrics_dir):
+    rule = """    running:
+      condition: process_tree_size > 0
+"""
+    live = LiveAlerts(config(tmp_path, rule), metrics_dir)
+    rows = [Row(T0 + i, "process", "process_tree_size", 2.0, (), None) for i in range(3)]
+    live.add(rows, RUN, "box")
+    assert states(live.evaluate(T0 + 2)[1]) == ["firing"]
+    assert live.evaluate(T0 + 30)[1] == []  # within the 5 m lookback the last sample still counts
+    live.end_run(RUN, T0 + 2.5)
+    _changes, due = live.evaluate(T0 + 31)
+    assert states(due) == ["resolved"]
+    assert due[0].run == RUN
+
+
+def test_only_the_metrics_rules_need_enter_the_window(tmp_path, metrics_dir):
+    live = LiveAlerts(config(tmp_path, FLAPPY), metrics_dir)
+    live.add([hot(T0, 90), Row(T0, "system", "cpu_usage", 0.5, (), None)], RUN, "box")
+    assert live.wants("gpu_temperature")
+    assert not live.wants("cpu_usage")
+    assert live.last_time(RUN) == T0
+    assert live._frame(T0)["metric"].to_list() == ["gpu_temperature"]
+
+
+def test_tail_segment_reads_whole_new_lines_only(metrics_dir):
+    journal = Journal(metrics_dir, RUN, "box")
+    journal.append([hot(T0, 90)])
+    path = journal.path
+    header, rows, offset = tail_segment(path)
+    assert header["run"] == RUN
+    assert header["host"] == "box"
+    assert [r.value for r in rows] == [90]
+    with open(path, "ab") as fh:
+        fh.write(b'[1790000001.0, "gpu", "gpu_temperature", 91.0, "{\\"gpu\\":\\"0\\"}", null]\n[17900')
+    header, rows, offset2 = tail_segment(path, offset)
+    assert header is None
+    assert [(r.time, r.value, r.labels) for r in rows] == [(T0 + 1, 91.0, make_labels(gpu="0"))]
+    assert tail_segment(path, offset2) == (None, [], offset2)  # the torn line waits for its end
+    journal.close()
+    assert tail_segment(metrics_dir / "gone.jsonl", 5) == (None, [], 5)
+
+
+def test_watch_on_a_terminal_redraws_a_live_view_in_place(tmp_path):
+    (tmp_path / "monitoring.yaml").write_text(
+        "alerts:\n  rules:\n    always:\n      condition: memory_usage >= 0\n      severity: warning\n"
+    )
+    main, child = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llamamon", "watch", "--no-gpu", "--interval", "0.2", "--metrics-dir", "m"],
+        cwd=tmp_path,
+        env=llamamon_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=child,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(child)
+    seen = b""
+    try:
+        while seen.count(b"\x1b[H\x1b[2J") < 2:
+            ready, _, _ = select.select([main], [], [], 20)
+            assert ready, f"no redraw within 20 s: {seen!r}"
+            seen += os.read(main, 65536)
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+        os.close(main)
+    frame = seen.split(b"\x1b[H\x1b[2J")[-2].decode()
+    assert "llamamon watch" in frame
+    assert "HOST" in frame
+    assert "mem " in frame
+    assert "FIRING (1)" in frame
+    assert "warning always" in frame
