@@ -111,6 +111,22 @@ def test_a_run_end_resolves_at_once_not_a_lookback_later(tmp_path, metrics_dir):
     assert due[0].run == RUN
 
 
+def test_a_training_metric_holds_its_last_value_beyond_the_window_until_the_run_ends(tmp_path, metrics_dir):
+    rule = """    loss_high:
+      condition: loss > 1
+"""
+    live = LiveAlerts(config(tmp_path, rule), metrics_dir)
+    live.add([Row(T0, "training", "loss", 3.0, (), 1)], RUN, "box")
+    assert states(live.evaluate(T0)[1]) == ["firing"]
+    later = T0 + 3 * live.window
+    live.add([Row(later, "system", "cpu_usage", 0.5, (), None)], RUN, "box")  # the run is alive
+    assert live.evaluate(later) == ([], [])  # still firing, long after the only loss sample
+    live.end_run(RUN, later)
+    assert states(live.evaluate(later + 1)[1]) == ["resolved"]
+    live.evaluate(later + 3 * live.window)
+    assert live._entries == []
+
+
 def test_only_the_metrics_rules_need_enter_the_window(tmp_path, metrics_dir):
     live = LiveAlerts(config(tmp_path, FLAPPY), metrics_dir)
     live.add([hot(T0, 90), Row(T0, "system", "cpu_usage", 0.5, (), None)], RUN, "box")

@@ -82,11 +82,15 @@ class LiveAlerts:
         wanted = needed_metrics(self.rules)
         table = {**catalog.ALIASES, **self.aliases}
         self.raw_metrics = wanted | {alias for alias, target in table.items() if target in wanted}
+        self._held_metrics = {
+            m for m in self.raw_metrics if catalog.group_of(catalog.canonical(m, self.aliases)) == "training"
+        }
         self.channels = build_channels(config.alerts.channels, source=config.source)
         self.dispatcher = Dispatcher(self.channels)
         self.ledger = NotificationLedger(metrics_dir, config.alerts.repeat_interval)
         self.state_path = Path(metrics_dir) / "alerts" / f"engine-{scope}.json" if scope else None
         self.states = AlertStates()
+        self._saved = ""
         if self.state_path is not None and self.state_path.exists():
             try:
                 self.states = AlertStates.from_json(self.state_path.read_text(encoding="utf-8"))
@@ -95,6 +99,7 @@ class LiveAlerts:
                 log.warning("alert engine state %s unreadable (%s); starting afresh", self.state_path, exc)
         self._entries: list[Entry] = []
         self._ended: dict[str, int] = {}
+        self._seen: dict[str, int] = {}  # run -> its latest row of any metric (us): the run's last sample
         self.sent = 0
 
     # -- samples ----------------------------------------------------------------------------------
@@ -104,14 +109,22 @@ class LiveAlerts:
 
     def add(self, rows: Iterable[Row], run: str, host: str) -> None:
         """Rows of one run (``run`` "" for samples not recorded in a run) enter the window."""
+        seen = self._seen.get(run, 0)
         for row in rows:
-            if row.metric in self.raw_metrics and math.isfinite(row.time):
+            if not math.isfinite(row.time):
+                continue
+            seen = max(seen, round(row.time * US))
+            if row.metric in self.raw_metrics:
                 t = round(row.time * US)
                 self._entries.append((t, run, host, row.metric, row.value, labels_to_str(row.labels), False))
+        self._seen[run] = seen
 
     def add_entries(self, entries: Iterable[Entry]) -> None:
         """Rows already in the window's own shape (a store scan); metrics no rule needs are dropped."""
-        self._entries.extend(e for e in entries if e[3] in self.raw_metrics)
+        for e in entries:
+            self._seen[e[1]] = max(self._seen.get(e[1], 0), e[0])
+            if e[3] in self.raw_metrics:
+                self._entries.append(e)
 
     def end_run(self, run: str, at: float) -> float:
         """Mark every series of ``run`` stale just after ``at`` and its last sample; returns the marker's time."""
@@ -132,9 +145,20 @@ class LiveAlerts:
         import polars as pl
 
         cutoff = round((now - self.window) * US)
-        self._entries = [e for e in self._entries if e[0] >= cutoff]
+        held: dict[tuple[str, str, str, str], Entry] = {}
+        for e in self._entries:
+            # Why: training metrics (loss ...) hold their last value until the next one or the run's end,
+            # however old; so the newest one of each series stays in the window.
+            if e[0] < cutoff and e[3] in self._held_metrics:
+                key = (e[1], e[2], e[3], e[5])
+                if key not in held or held[key][0] <= e[0]:
+                    held[key] = e
+        kept = (e for e in held.values() if not e[6])  # a staleness marker: the run ended, let it go
+        self._entries = [*kept, *(e for e in self._entries if e[0] >= cutoff)]
         for run in [r for r, t in self._ended.items() if t < cutoff]:
             del self._ended[run]
+        for run in [r for r, t in self._seen.items() if t < cutoff and r not in self._ended]:
+            del self._seen[run]
         schema = {
             "time": pl.Int64,
             "run": pl.String,
@@ -149,13 +173,34 @@ class LiveAlerts:
         df = df.unique(["time", "run", "host", "metric", "labels", "stale"], keep="first", maintain_order=True)
         return df.with_columns(pl.col("time").cast(pl.Datetime("us", "UTC")))
 
+    def _samples(self, now: float) -> Any:
+        """The window prepared for the engine, each run's last sample counting every metric it recorded.
+
+        Why: the engine holds a training metric (loss ...) until its run's last sample; the window keeps
+        only the metrics rules need, so the run's last sample of anything is set from what ``add`` saw.
+        """
+        import polars as pl
+
+        from llamamon.rules.engine import needed_metrics, prepare
+
+        samples = prepare(self._frame(now), needed_metrics(self.rules), self.aliases)
+        if samples.labels:
+            seen = [
+                -1 if (run := lab.get("run", "")) in self._ended else self._seen.get(run, -1) for lab in samples.labels
+            ]
+            by_sid = pl.Series("seen", seen, pl.Int64)
+            samples.run_last = samples.run_last.sort("sid").with_columns(
+                run_last=pl.max_horizontal("run_last", by_sid)  # sorted by sid, 0..n-1: aligned
+            )
+        return samples
+
     # -- ticks ------------------------------------------------------------------------------------
 
     def evaluate(self, now: float) -> tuple[list[AlertEvent], list[AlertEvent]]:
         """Step every rule at ``now``: (state changes, notifications due). Blocking; run off the loop."""
         from llamamon.rules.engine import step_all
 
-        changes = step_all(self.states, self.rules, self._frame(now), now, aliases=self.aliases)
+        changes = step_all(self.states, self.rules, self._samples(now), now, aliases=self.aliases)
         due: list[AlertEvent] = []
         if self.channels:
             # Why every firing instance each tick: the ledger decides repeats (repeat_interval) from them.
@@ -190,8 +235,13 @@ class LiveAlerts:
         return self.dispatcher.failure_samples() if self.channels else []
 
     def save(self) -> None:
-        if self.state_path is not None:
-            atomic_write(self.state_path, self.states.to_json().encode())
+        """Write the AlertStates when they changed (an fsync per tick would be wasted on a quiet host)."""
+        if self.state_path is None:
+            return
+        text = self.states.to_json()
+        if text != self._saved or not self.state_path.exists():
+            atomic_write(self.state_path, text.encode())
+            self._saved = text
 
     async def close(self, timeout: float = DRAIN_TIMEOUT_S) -> None:
         """Wait a little for deliveries still under way; state is saved."""
