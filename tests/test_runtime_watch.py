@@ -196,3 +196,27 @@ def test_watch_once_config_error_exits_2(tmp_path, sink):
     assert done.returncode == 2
     assert "monitoring.yaml" in done.stderr.decode()
     assert "Traceback" not in done.stderr.decode()
+
+
+def test_watch_once_follows_only_the_runs_named(tmp_path, sink):
+    write_config(tmp_path, sink)
+    (tmp_path / "go").touch()
+    first = start_record(tmp_path, "--no-alerts", "--name", "first")
+    assert first.wait(timeout=20) == 0, logs(tmp_path)
+    (tmp_path / "go").unlink()
+    second = start_record(tmp_path, "--no-alerts", "--name", "second")
+    try:
+        wait_until(lambda: list((tmp_path / "m" / "_journal").glob("*/*.jsonl")), timeout=15)
+        missing = run_llamamon("watch", "--once", "--no-gpu", "--run", "nope", cwd=tmp_path, timeout=30)
+        assert missing.returncode == 2
+        assert missing.stderr.decode().startswith("Error: ")
+        # The second run is live and its rule true, but watch follows the first (ended) one only.
+        done = run_llamamon("watch", "--once", "--no-gpu", "--run", "first", cwd=tmp_path, timeout=30)
+        assert done.returncode == 0, done.stderr.decode()
+        assert alerts_sent(sink) == []
+        every = run_llamamon("watch", "--once", "--no-gpu", cwd=tmp_path, timeout=30)
+        assert every.returncode == 1, every.stderr.decode()  # critical, firing in the second run
+        assert [s for s, _ in alerts_sent(sink)] == ["firing"]
+    finally:
+        (tmp_path / "go").touch()
+        assert second.wait(timeout=20) == 0
