@@ -133,7 +133,9 @@ def test_only_the_metrics_rules_need_enter_the_window(tmp_path, metrics_dir):
     assert live.wants("gpu_temperature")
     assert not live.wants("cpu_usage")
     assert live.last_time(RUN) == T0
-    assert live._frame(T0)["metric"].to_list() == ["gpu_temperature"]
+    entries, _ended, seen = live._trim(T0)
+    assert [e[3] for e in entries] == ["gpu_temperature"]
+    assert seen == {RUN: round(T0 * 1_000_000)}
 
 
 def test_tail_segment_reads_whole_new_lines_only(metrics_dir):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -97,6 +98,8 @@ class LiveAlerts:
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 # Why not fatal: a damaged state file costs at most a `for` period re-waited.
                 log.warning("alert engine state %s unreadable (%s); starting afresh", self.state_path, exc)
+        # Why a lock: record's sampler adds rows while an evaluation runs in a worker thread.
+        self._lock = threading.Lock()
         self._entries: list[Entry] = []
         self._ended: dict[str, int] = {}
         self._seen: dict[str, int] = {}  # run -> its latest row of any metric (us): the run's last sample
@@ -109,69 +112,62 @@ class LiveAlerts:
 
     def add(self, rows: Iterable[Row], run: str, host: str) -> None:
         """Rows of one run (``run`` "" for samples not recorded in a run) enter the window."""
-        seen = self._seen.get(run, 0)
-        for row in rows:
-            if not math.isfinite(row.time):
-                continue
-            seen = max(seen, round(row.time * US))
-            if row.metric in self.raw_metrics:
+        rows = list(rows)
+        with self._lock:
+            seen = self._seen.get(run, 0)
+            for row in rows:
+                if not math.isfinite(row.time):
+                    continue
                 t = round(row.time * US)
-                self._entries.append((t, run, host, row.metric, row.value, labels_to_str(row.labels), False))
-        self._seen[run] = seen
+                seen = max(seen, t)
+                if row.metric in self.raw_metrics:
+                    self._entries.append((t, run, host, row.metric, row.value, labels_to_str(row.labels), False))
+            self._seen[run] = seen
 
     def add_entries(self, entries: Iterable[Entry]) -> None:
         """Rows already in the window's own shape (a store scan); metrics no rule needs are dropped."""
-        for e in entries:
-            self._seen[e[1]] = max(self._seen.get(e[1], 0), e[0])
-            if e[3] in self.raw_metrics:
-                self._entries.append(e)
+        with self._lock:
+            for e in entries:
+                self._seen[e[1]] = max(self._seen.get(e[1], 0), e[0])
+                if e[3] in self.raw_metrics:
+                    self._entries.append(e)
 
     def end_run(self, run: str, at: float) -> float:
         """Mark every series of ``run`` stale just after ``at`` and its last sample; returns the marker's time."""
-        last = max((e[0] for e in self._entries if e[1] == run), default=0)
-        t = max(round(at * US), last) + 1
-        self._ended[run] = t
-        seen = {(e[1], e[2], e[3], e[5]) for e in self._entries if e[1] == run}
-        for run_, host, metric, labels in seen:
-            self._entries.append((t, run_, host, metric, math.nan, labels, True))
+        with self._lock:
+            last = max((e[0] for e in self._entries if e[1] == run), default=0)
+            t = max(round(at * US), last) + 1
+            self._ended[run] = t
+            seen = {(e[1], e[2], e[3], e[5]) for e in self._entries if e[1] == run}
+            for run_, host, metric, labels in seen:
+                self._entries.append((t, run_, host, metric, math.nan, labels, True))
         return t / US
 
     def last_time(self, run: str) -> float | None:
         """Seconds of the run's latest sample in the window (None when it has none)."""
-        last = max((e[0] for e in self._entries if e[1] == run and not e[6]), default=None)
+        with self._lock:
+            last = max((e[0] for e in self._entries if e[1] == run and not e[6]), default=None)
         return None if last is None else last / US
 
-    def _frame(self, now: float) -> Any:
-        import polars as pl
-
+    def _trim(self, now: float) -> tuple[list[Entry], set[str], dict[str, int]]:
+        """Drop what fell out of the window; a copy of the entries, ended runs and runs' last samples."""
         cutoff = round((now - self.window) * US)
-        held: dict[tuple[str, str, str, str], Entry] = {}
-        for e in self._entries:
-            # Why: training metrics (loss ...) hold their last value until the next one or the run's end,
-            # however old; so the newest one of each series stays in the window.
-            if e[0] < cutoff and e[3] in self._held_metrics:
-                key = (e[1], e[2], e[3], e[5])
-                if key not in held or held[key][0] <= e[0]:
-                    held[key] = e
-        kept = (e for e in held.values() if not e[6])  # a staleness marker: the run ended, let it go
-        self._entries = [*kept, *(e for e in self._entries if e[0] >= cutoff)]
-        for run in [r for r, t in self._ended.items() if t < cutoff]:
-            del self._ended[run]
-        for run in [r for r, t in self._seen.items() if t < cutoff and r not in self._ended]:
-            del self._seen[run]
-        schema = {
-            "time": pl.Int64,
-            "run": pl.String,
-            "host": pl.String,
-            "metric": pl.String,
-            "value": pl.Float64,
-            "labels": pl.String,
-            "stale": pl.Boolean,
-        }
-        df = pl.DataFrame(self._entries, schema=schema, orient="row")
-        # Why unique: a row may reach us twice (journal tail, then the Parquet file it was folded into).
-        df = df.unique(["time", "run", "host", "metric", "labels", "stale"], keep="first", maintain_order=True)
-        return df.with_columns(pl.col("time").cast(pl.Datetime("us", "UTC")))
+        with self._lock:
+            held: dict[tuple[str, str, str, str], Entry] = {}
+            for e in self._entries:
+                # Why: training metrics (loss ...) hold their last value until the next one or the run's
+                # end, however old; so the newest one of each series stays in the window.
+                if e[0] < cutoff and e[3] in self._held_metrics:
+                    key = (e[1], e[2], e[3], e[5])
+                    if key not in held or held[key][0] <= e[0]:
+                        held[key] = e
+            kept = (e for e in held.values() if not e[6])  # a staleness marker: the run ended, let it go
+            self._entries = [*kept, *(e for e in self._entries if e[0] >= cutoff)]
+            for run in [r for r, t in self._ended.items() if t < cutoff]:
+                del self._ended[run]
+            for run in [r for r, t in self._seen.items() if t < cutoff and r not in self._ended]:
+                del self._seen[run]
+            return list(self._entries), set(self._ended), dict(self._seen)
 
     def _samples(self, now: float) -> Any:
         """The window prepared for the engine, each run's last sample counting every metric it recorded.
@@ -183,11 +179,23 @@ class LiveAlerts:
 
         from llamamon.rules.engine import needed_metrics, prepare
 
-        samples = prepare(self._frame(now), needed_metrics(self.rules), self.aliases)
+        entries, ended, last_seen = self._trim(now)
+        schema = {
+            "time": pl.Int64,
+            "run": pl.String,
+            "host": pl.String,
+            "metric": pl.String,
+            "value": pl.Float64,
+            "labels": pl.String,
+            "stale": pl.Boolean,
+        }
+        df = pl.DataFrame(entries, schema=schema, orient="row")
+        # Why unique: a row may reach us twice (journal tail, then the Parquet file it was folded into).
+        df = df.unique(["time", "run", "host", "metric", "labels", "stale"], keep="first", maintain_order=True)
+        df = df.with_columns(pl.col("time").cast(pl.Datetime("us", "UTC")))
+        samples = prepare(df, needed_metrics(self.rules), self.aliases)
         if samples.labels:
-            seen = [
-                -1 if (run := lab.get("run", "")) in self._ended else self._seen.get(run, -1) for lab in samples.labels
-            ]
+            seen = [-1 if (run := lab.get("run", "")) in ended else last_seen.get(run, -1) for lab in samples.labels]
             by_sid = pl.Series("seen", seen, pl.Int64)
             samples.run_last = samples.run_last.sort("sid").with_columns(
                 run_last=pl.max_horizontal("run_last", by_sid)  # sorted by sid, 0..n-1: aligned
