@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamamon.catalog import canonical, group_of
-from llamamon.samples import NO_LABELS, Labels, Row, RunInfo, make_labels
+from llamamon.samples import NO_LABELS, Labels, Row, RunInfo, labels_to_str, make_labels
 
 if TYPE_CHECKING:
-    from llamamon.store.journal import Journal
+    from llamamon.store.journal import Fields, Journal
 
 __all__ = ["current_run", "flush", "log", "record_rows"]
 
@@ -101,12 +101,14 @@ class _Destination:
         self.metrics_dir: Path | None = None
         self.aliases: dict[str, str] | None = None
         self.labels: Labels = NO_LABELS
+        self.labels_str = ""
         self.rows = 0
 
     def open(self) -> None:
         from llamamon.store.journal import Journal
 
         self.labels = _rank_labels(os.environ)
+        self.labels_str = labels_to_str(self.labels)
         run_id = os.environ.get("LLAMAMON_RUN_ID")
         env_dir = os.environ.get("LLAMAMON_METRICS_DIR")
         config = _load_config()
@@ -151,6 +153,10 @@ class _Destination:
     def write(self, rows: list[Row]) -> None:
         assert self.journal is not None, "open() first"
         self.rows += self.journal.append(rows)
+
+    def write_fields(self, records: list[Fields]) -> None:
+        assert self.journal is not None, "open() first"
+        self.rows += self.journal.append_fields(records)
 
     def close(self) -> None:
         if self.journal is not None:
@@ -211,14 +217,17 @@ class _Converter:
         self.names: dict[str, tuple[str, str]] = {}
         self.bad: set[str] = set()
 
-    def rows(self, entries: list[Entry], labels: Labels, aliases: dict[str, str] | None) -> list[Row]:
+    def fields(self, entries: list[Entry], labels: str, aliases: dict[str, str] | None) -> list[Fields]:
+        """Journal records for a batch of log() calls; ``labels`` is the stored labels string."""
         names = self.names
-        out: list[Row] = []
-        last_step: dict[Any, tuple[float, int]] = {}
+        out: list[Fields] = []
+        append = out.append
+        last: tuple[float, int] | None = None
         for t, step, data in entries:
             if step is None and "step" in data:
                 step = data["step"]
-            step = _as_step(step)
+            if step is not None and not (type(step) is int and step >= 0):
+                step = _as_step(step)
             for key, raw in data.items():
                 resolved = names.get(key)
                 if resolved is None:
@@ -226,17 +235,18 @@ class _Converter:
                 name, group = resolved
                 if not name:
                     continue
-                try:
-                    value = float(raw)
-                except (TypeError, ValueError):
-                    self._warn_bad(name, raw)
-                    continue
-                out.append(Row(t, group, name, value, labels, step))
+                if type(raw) is not float:
+                    try:
+                        raw = float(raw)
+                    except (TypeError, ValueError):
+                        self._warn_bad(name, raw)
+                        continue
+                append((t, group, name, raw, labels, step))
             if step is not None:
-                last_step[labels] = (t, step)
-        for row_labels, (t, step) in last_step.items():
+                last = (t, step)
+        if last is not None:
             # Why: one step row per flush lets rules see progress (stalls) without doubling the rows.
-            out.append(Row(t, "training", "step", float(step), row_labels, step))
+            append((last[0], "training", "step", float(last[1]), labels, last[1]))
         return out
 
     def _resolve(self, key: Any, aliases: dict[str, str] | None) -> tuple[str, str]:
@@ -306,8 +316,7 @@ class _Flusher:
             return
         dest = self.destination
         try:
-            rows = self.converter.rows(batch, dest.labels, dest.aliases)
-            dest.write(rows)
+            dest.write_fields(self.converter.fields(batch, dest.labels_str, dest.aliases))
         except Exception as exc:  # noqa: BLE001 - isolation: a full disk must not crash the training job
             self.broken = True
             logger.warning("llamamon.log: cannot write metrics (%s); further metrics of this process are dropped", exc)

@@ -13,9 +13,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from llamamon.api import _as_step, _Converter, _rank_labels
-from llamamon.samples import Row
-from llamamon.store.journal import read_segment, segment_paths
+from llamamon.samples import Row, labels_to_str, make_labels
+from llamamon.store.journal import encode_fields, encode_rows, read_segment, segment_paths
 from tests.conftest import llamamon_env
 
 
@@ -215,8 +218,8 @@ def test_converter_resolves_aliases_keeps_non_finite_and_skips_non_numbers(caplo
         (1.0, None, {"step": 7, "lr": 1e-3, "loss": float("nan"), "bad": "x", "flag": True}),
         (2.0, 8, {"eval_loss": float("inf"), "bad": object()}),
     ]
-    rows = conv.rows(entries, (), {"flag": "my_flag"})
-    got = {(r.metric, r.step): r.value for r in rows}
+    rows = conv.fields(entries, "", {"flag": "my_flag"})
+    got = {(metric, step): value for _, _, metric, value, _, step in rows}
     assert got[("learning_rate", 7)] == 1e-3
     assert math.isnan(got[("loss", 7)])
     assert got[("my_flag", 7)] == 1.0
@@ -224,7 +227,7 @@ def test_converter_resolves_aliases_keeps_non_finite_and_skips_non_numbers(caplo
     assert got[("step", 8)] == 8.0
     assert ("bad", 7) not in got
     assert sum("bad" in m for m in caplog.messages) == 1  # warned once per name
-    assert {r.group for r in rows if r.metric == "my_flag"} == {"custom"}
+    assert {group for _, group, metric, *_ in rows if metric == "my_flag"} == {"custom"}
 
 
 def test_step_and_rank_helpers():
@@ -235,3 +238,23 @@ def test_step_and_rank_helpers():
     assert _as_step("12") == 12
     assert _rank_labels({}) == ()
     assert _rank_labels({"RANK": "0", "WORLD_SIZE": "2"}) == (("rank", "0"),)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.sampled_from(["training", "custom", "inference"]),
+            st.text(max_size=12),
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.dictionaries(st.text(min_size=1, max_size=5), st.text(min_size=1, max_size=5), max_size=2),
+            st.one_of(st.none(), st.integers(0, 2**62)),
+        ),
+        max_size=20,
+    )
+)
+def test_encode_fields_writes_the_same_bytes_as_encode_rows(records):
+    rows = [Row(t, g, m, v, make_labels(lab), s) for t, g, m, v, lab, s in records]
+    fields = [(t, g, m, v, labels_to_str(make_labels(lab)), s) for t, g, m, v, lab, s in records]
+    assert encode_fields(fields) == encode_rows(rows)
