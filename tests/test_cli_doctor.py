@@ -11,7 +11,13 @@ from conftest import run_llamamon
 from fakes import nvml as fake_nvml
 
 from llamamon.cli import cli
-from llamamon.collectors.describe import describe_gpu, describe_metrics_folder, describe_process, describe_system
+from llamamon.collectors.describe import describe_gpu, describe_process, describe_system
+from llamamon.samples import Row
+from llamamon.store.layout import new_run_id
+from llamamon.store.retention import store_stats
+from llamamon.store.writer import StoreWriter
+
+RUN = new_run_id("h", 1.8e9)
 
 
 def test_describe_system_reports_this_machine(tmp_path: Path):
@@ -44,16 +50,6 @@ def test_describe_gpu_uses_the_collectors_reasons_and_devices():
     assert "--no-gpu" in off["reason"]
 
 
-def test_describe_metrics_folder_sums_its_files(tmp_path: Path):
-    folder = tmp_path / ".metrics"
-    assert describe_metrics_folder(folder)["exists"] is False
-    (folder / "runs").mkdir(parents=True)
-    (folder / "runs" / "a.json").write_bytes(b"x" * 1000)
-    (folder / "b.parquet").write_bytes(b"y" * 24)
-    info = describe_metrics_folder(folder)
-    assert info == {"path": str(folder.absolute()), "exists": True, "size": 1024, "files": 2}
-
-
 def test_describe_process_names_the_discovery_method():
     info = describe_process()
     assert info["discovery"] in ("/proc/<pid>/task/<tid>/children", "psutil scan of every process")
@@ -74,15 +70,18 @@ def test_doctor_prints_every_section_with_defaults(runner, tmp_path: Path):
 
 def test_doctor_json_matches_the_describe_functions(runner, tmp_path: Path):
     (tmp_path / "monitoring.yaml").write_text("monitoring:\n  update_frequency: 2\n  metrics_path: data\n")
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "f").write_bytes(b"z" * 10)
+    with StoreWriter(tmp_path / "data", RUN, "h") as writer:
+        writer.append([Row(1.8e9, "system", "cpu_usage", 0.5), Row(1.8e9, "gpu", "gpu_utilization", 0.9)])
     result = runner.invoke(cli, ["doctor", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["config"]["source"] == "monitoring.yaml"
     assert report["config"]["origin"] == "monitoring.yaml (found in the current folder)"
     assert report["config"]["update_frequency"] == 2.0
-    assert report["metrics_folder"] == {"path": str(tmp_path / "data"), "exists": True, "size": 10, "files": 1}
+    folder = report["metrics_folder"]
+    assert folder["path"] == str(tmp_path / "data")
+    assert (folder["exists"], folder["runs"], folder["data_files"], folder["journal_bytes"]) == (True, 1, 2, 0)
+    assert folder["size"] == store_stats(tmp_path / "data").total_bytes > 0
     # The GPU section is what the GPU collector itself says on this machine (NVML or its reason).
     assert report["gpu"] == describe_gpu()
 

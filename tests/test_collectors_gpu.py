@@ -19,9 +19,7 @@ from llamamon.samples import Sample
 
 
 @pytest.fixture
-def llamamon_log(caplog, monkeypatch):
-    # The CLI (run earlier in the same session) stops "llamamon" records at its own handler; let them reach caplog.
-    monkeypatch.setattr(logging.getLogger("llamamon"), "propagate", True)
+def llamamon_log(caplog):
     caplog.set_level(logging.DEBUG, logger="llamamon")
     return caplog
 

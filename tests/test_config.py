@@ -208,3 +208,10 @@ def test_init_refusal_is_one_line_exit_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.decode().strip() == "Error: monitoring.yaml already exists (use --force to overwrite it)"
     assert b"Traceback" not in result.stderr
+
+
+def test_yaml_tag_the_safe_loader_refuses_is_a_config_error(tmp_path):
+    path = write(tmp_path, "monitoring:\n  enabled: =\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}:2: YAML error:")

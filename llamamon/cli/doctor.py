@@ -90,13 +90,36 @@ def _text(report: dict[str, Any]) -> list[str]:
     lines.append("Metrics folder")
     lines.append(f"  Path           {folder['path']}")
     if folder["exists"]:
-        lines.append(f"  Size           {format_bytes(folder['size'])} in {folder['files']} files")
+        lines.append(
+            f"  Size           {format_bytes(folder['size'])}: {folder['runs']} runs, {folder['data_files']} data files"
+            f" ({folder['uncompacted_files']} not compacted yet), {format_bytes(folder['journal_bytes'])} in journals"
+        )
     else:
         lines.append("  Size           does not exist yet (the first `llamamon record` creates it)")
     fs = system["metrics_filesystem"]
     if fs is not None:
         lines.append(f"  Filesystem     {format_bytes(fs['free'])} free ({_percent(fs['usage'])} used)")
     return lines
+
+
+def _metrics_folder(folder: str) -> dict[str, Any]:
+    """Where the data goes and what is there, as the store counts it (data, journals, run metadata)."""
+    from pathlib import Path
+
+    from llamamon.store.retention import store_stats
+
+    path = Path(folder)
+    info: dict[str, Any] = {"path": str(path.absolute()), "exists": path.is_dir()}
+    if path.is_dir():
+        stats = store_stats(path)
+        info.update(
+            size=stats.total_bytes,
+            data_files=stats.files,
+            uncompacted_files=stats.uncompacted_files,
+            journal_bytes=stats.journal_bytes,
+            runs=len(stats.run_bytes),
+        )
+    return info
 
 
 @click.command("doctor")
@@ -107,7 +130,7 @@ def _text(report: dict[str, Any]) -> list[str]:
 def doctor_command(config_path: str | None, metrics_dir: str | None, no_gpu: bool, as_json: bool) -> None:
     """Show what llamamon can see here: CPUs, memory, disks, GPUs (or why none), config, metrics folder."""
     # Imported here so `llamamon --help` does not pay for psutil, asyncio and the config schema.
-    from llamamon.collectors.describe import describe_gpu, describe_metrics_folder, describe_process, describe_system
+    from llamamon.collectors.describe import describe_gpu, describe_process, describe_system
     from llamamon.config import load_config
 
     config_error: ConfigError | None = None
@@ -136,7 +159,7 @@ def doctor_command(config_path: str | None, metrics_dir: str | None, no_gpu: boo
         "process": describe_process(),
         "gpu": describe_gpu(enabled=not no_gpu),
         "config": config,
-        "metrics_folder": describe_metrics_folder(folder),
+        "metrics_folder": _metrics_folder(folder),
     }
     if as_json:
         click.echo(json.dumps(report, indent=2))

@@ -115,18 +115,3 @@ def describe_gpu(nvml: Any | None = None, enabled: bool = True) -> dict[str, Any
     if not enabled:
         return {"available": False, "reason": "turned off (--no-gpu)", "driver_version": None, "gpus": []}
     return asyncio.run(_describe_gpu(nvml))
-
-
-def describe_metrics_folder(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The metrics folder: where it is, whether it exists, and what it holds on disk."""
-    folder = Path(path)
-    size = files = 0
-    if folder.is_dir():
-        for root, _dirs, names in os.walk(folder):
-            for name in names:
-                try:
-                    size += os.lstat(os.path.join(root, name)).st_size
-                except OSError:
-                    continue  # a journal folded away while we walked
-                files += 1
-    return {"path": str(folder.absolute()), "exists": folder.is_dir(), "size": size, "files": files}

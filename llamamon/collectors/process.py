@@ -94,17 +94,17 @@ class ProcessTreeCollector(MetricsCollector):
 
     def _discover(self) -> tuple[list[int], set[int]]:
         """Pids of the tree now (root, everything below it, earlier members still alive), and which of
-        them were found under a live parent rather than only remembered."""
+        them were found under a live parent in the tree rather than only remembered."""
         if not self._proc_children:
             try:
                 below = [p.pid for p in psutil.Process(self.root_pid).children(recursive=True)]
             except psutil.Error:
                 below = []
-            descended = {self.root_pid, *below}
+            descended = set(below)
             return list(dict.fromkeys([self.root_pid, *below, *self._members])), descended
         order: list[int] = []
         seen: set[int] = set()
-        descended = {self.root_pid}
+        descended: set[int] = set()
         stack = [self.root_pid, *self._members]
         while stack:
             pid = stack.pop()
@@ -126,8 +126,8 @@ class ProcessTreeCollector(MetricsCollector):
                 return None
             self._procs[pid] = proc
         elif not descended and not proc.is_running():
-            # Why only here: a pid found under a live member is in the tree by definition; a remembered
-            # member that no parent lists any more might have ended and its pid been reused.
+            # Why only here: a pid found under a live member is in the tree by definition; the root and
+            # remembered members that no parent lists any more might have ended and their pid been reused.
             del self._procs[pid]
             return None
         return proc

@@ -105,16 +105,20 @@ def _to_python(node: yaml.Node, path: str, lines: dict[str, int], filename: str)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_to_python(item, f"{path}[{i}]", lines, filename) for i, item in enumerate(node.value)]
-    value = _scalar(node)
+    value = _scalar(node, filename)
     if isinstance(value, str):
         return expand_vars(value)
     return value
 
 
-def _scalar(node: yaml.ScalarNode) -> Any:
+def _scalar(node: yaml.ScalarNode, filename: str) -> Any:
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_object(node, deep=True)
+    except yaml.YAMLError as exc:
+        # Why: tags the safe loader refuses (e.g. a bare "=" is YAML's "value" tag) are mistakes too.
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"YAML error: {problem}", file=filename, line=node.start_mark.line + 1) from None
     finally:
         loader.dispose()
 
