@@ -35,7 +35,7 @@ from llamamon.samples import NO_LABELS, Labels, Row, RunInfo, labels_to_str, mak
 if TYPE_CHECKING:
     from llamamon.store.journal import Fields, Journal
 
-__all__ = ["current_run", "flush", "log", "record_rows"]
+__all__ = ["current_run", "flush", "log", "owns_run", "record_rows"]
 
 logger = logging.getLogger("llamamon.api")
 
@@ -81,6 +81,12 @@ def record_rows(rows: Iterable[Row]) -> None:
     _rows.extend(rows)
     if not _started:
         _ensure_started()
+
+
+def owns_run() -> bool:
+    """True when this process started its run (no ``llamamon record`` around it)."""
+    _ensure_started()
+    return _flusher.destination.run is not None
 
 
 def current_run() -> tuple[str, Path] | None:

@@ -11,6 +11,7 @@ when a TrainingMonitor starts.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import contextvars
 import functools
@@ -140,7 +141,11 @@ class TrainingMonitor:
     async def __aenter__(self) -> TrainingMonitor:
         where = api.current_run()
         metrics_dir = where[1] if where is not None else Path(self.config.metrics_path)
-        self._collectors = await self._open_collectors(metrics_dir)
+        if api.owns_run():
+            self._collectors = await self._open_collectors(metrics_dir)
+        else:
+            # Under `llamamon record` the recorder already samples the machine, the job and its GPUs.
+            logger.debug("TrainingMonitor: system and GPU metrics come from the recorder")
         self._task = asyncio.get_running_loop().create_task(self._sample_loop(), name="llamamon-training-monitor")
         return self
 
@@ -356,8 +361,11 @@ class InferenceMonitor:
 
     def _ensure_running(self) -> None:
         if self._thread is None:
+            api.current_run()  # first, so that at exit this monitor's last interval is written before the flush
             with self._lock:
                 if self._thread is None:
+                    atexit.register(self.close)
+                    self._stop = threading.Event()
                     self._interval_start = time.monotonic()
                     self._thread = threading.Thread(target=self._run, name="llamamon-inference", daemon=True)
                     self._thread.start()
@@ -396,12 +404,13 @@ class InferenceMonitor:
         return latency_summary(latencies)
 
     def close(self) -> None:
-        """Stop the interval thread after writing the last interval, and flush to the journal."""
+        """Stop the interval thread after writing the last interval, and flush to the journal (also at exit)."""
         if self._thread is not None:
             self._stop.set()
             self._thread.join(5.0)
             self._thread = None
             self.emit_interval()
+            atexit.unregister(self.close)
         api.flush()
 
     def __enter__(self) -> InferenceMonitor:

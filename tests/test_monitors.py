@@ -147,3 +147,44 @@ def test_training_monitor_records_system_metrics_and_summarises(tmp_path):
     losses = [r for r in rows if r.metric == "loss"]
     assert len(losses) == 40
     assert any(math.isnan(r.value) for r in losses)  # NaN kept: alertable
+
+
+def test_inference_monitor_without_close_writes_its_last_interval_at_exit(tmp_path):
+    run_script(
+        """
+        from llamamon import InferenceMonitor
+        monitor = InferenceMonitor(interval=3600)   # no interval ends while the job runs
+        monitor.set_queue_size(4)
+        for _ in range(5):
+            with monitor.track() as req:
+                req.tokens_out = 2
+        """,
+        tmp_path,
+    )
+    rows = all_rows(tmp_path / ".metrics")
+    assert sum(r.metric == "inference_latency" for r in rows) == 5
+    assert [r.value for r in rows if r.metric == "batch_queue_size"] == [4.0]
+    assert len([r for r in rows if r.metric == "batch_throughput"]) == 1
+
+
+def test_training_monitor_under_record_leaves_system_metrics_to_the_recorder(tmp_path):
+    metrics = tmp_path / "m"
+    run_script(
+        """
+        import asyncio
+        from llamamon import TrainingMonitor
+
+        async def main():
+            async with TrainingMonitor(interval=0.05) as monitor:
+                monitor.log(loss=1.0, step=1)
+                await asyncio.sleep(0.2)
+
+        asyncio.run(main())
+        """,
+        tmp_path,
+        LLAMAMON_RUN_ID="20260101T000000Z-host-abcd",
+        LLAMAMON_METRICS_DIR=str(metrics),
+    )
+    rows = all_rows(metrics)
+    assert {r.group for r in rows} == {"training"}
+    assert any(r.metric == "loss" for r in rows)
