@@ -157,7 +157,7 @@ def test_hanging_collectors_time_out_without_stopping_the_loop(user_module, capl
         assert [s.metric for s in fine] == ["queue_depth"]
         assert elapsed < 5.0  # bounded by the timeout, not by the collectors (generous for a loaded machine)
     assert blocks.calls == 1  # still stuck in its first call: not asked again
-    assert sum("no answer within 0.2s" in m for m in caplog.messages) == 2  # Hangs and Blocks, once each
+    assert sum("gave no answer within 0.2s" in m for m in caplog.messages) == 2  # Hangs and Blocks, once each
 
 
 def test_non_numeric_result_is_reported(user_module, caplog):

@@ -85,7 +85,7 @@ class CollectorGuard:
     def _report(self, kind: str, message: str) -> None:
         if kind not in self._reported:
             self._reported.add(kind)
-            log.warning("collector %s: %s; its samples are skipped while this lasts", self.name, message)
+            log.warning("collector %s %s (logged once; recording goes on)", self.name, message)
 
     def _submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
         """Run ``coro`` as a task on the collector's loop; the future is done only when the task really ended."""
@@ -138,20 +138,20 @@ class CollectorGuard:
             # its loop keeps the collector busy (skipped) until it returns.
             self._loop.call_soon_threadsafe(self._cancel_task)
             self.failures += 1
-            self._report("timeout", f"no answer within {timeout:g}s")
+            self._report("timeout", f"gave no answer within {timeout:g}s")
             return False, None
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - isolation boundary: one user collector's tick
             self.failures += 1
-            self._report(f"error:{type(exc).__name__}", f"failed: {type(exc).__name__}: {exc}")
+            self._report(f"error:{type(exc).__name__}", f"failed: {exc or type(exc).__name__}")
             return False, None
 
     async def open(self, timeout: float) -> bool:
         ok, _ = await self._call(self.collector.open(), timeout)
         self.opened = ok and self.collector.available
         if ok and not self.collector.available:
-            log.warning("collector %s: unavailable: %s", self.name, self.collector.reason or "no reason given")
+            log.warning("collector %s off: %s", self.name, self.collector.reason or "no reason given")
         return self.opened
 
     async def collect(self, timeout: float) -> list[Sample]:
@@ -166,7 +166,7 @@ class CollectorGuard:
             return normalize(result, self.name)
         except TypeError as exc:
             self.failures += 1
-            self._report("bad-result", str(exc))
+            self._report("bad-result", f"failed: {exc}")
             return []
 
     async def close(self, timeout: float) -> None:
