@@ -15,7 +15,6 @@ import contextlib
 import importlib
 import logging
 import threading
-import weakref
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -178,20 +177,21 @@ class CollectorGuard:
             self._loop.close()  # else: a call is stuck in user code; the daemon thread keeps the loop
 
 
-_guards: weakref.WeakKeyDictionary[MetricsCollector, CollectorGuard] = weakref.WeakKeyDictionary()
+# By id: a user's class may define __eq__ without __hash__. close_custom() removes the entry.
+_guards: dict[int, CollectorGuard] = {}
 
 
 async def run_custom(collector: MetricsCollector, timeout: float) -> list[Sample]:
     """One tick of a user collector: its samples, or ``[]`` if it raised, hung past ``timeout`` or is stuck."""
-    guard = _guards.get(collector)
-    if guard is None:
-        guard = _guards[collector] = CollectorGuard(collector)
+    guard = _guards.get(id(collector))
+    if guard is None or guard.collector is not collector:
+        guard = _guards[id(collector)] = CollectorGuard(collector)
         if not await guard.open(timeout):
             return []
     return await guard.collect(timeout)
 
 
 async def close_custom(collector: MetricsCollector, timeout: float) -> None:
-    guard = _guards.pop(collector, None)
+    guard = _guards.pop(id(collector), None)
     if guard is not None:
         await guard.close(timeout)
