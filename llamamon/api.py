@@ -43,7 +43,8 @@ FLUSH_INTERVAL = 1.0  # seconds between background flushes; the journal is the c
 BATCH = 16384  # entries converted and written per journal append
 EXIT_TIMEOUT = 10.0  # longest the interpreter waits at exit for the last flush
 
-Entry = tuple[float, Any, Mapping[str, Any]]
+# (time, step, {name: value}) or, for a single metric, (time, step, name, value)
+Entry = tuple[float, Any, Mapping[str, Any]] | tuple[float, Any, Any, Any]
 
 _queue: deque[Entry] = deque()
 _append = _queue.append
@@ -61,11 +62,17 @@ def log(metrics: Mapping[str, Any] | None = None, /, step: int | None = None, **
     """
     if metrics is None:
         data: Mapping[str, Any] = values
+    elif values:
+        data = {**metrics, **values}
     else:
-        data = dict(metrics)  # the caller may reuse and mutate its dict
-        if values:
-            data.update(values)
-    _append((_time(), step, data))
+        data = metrics
+    if len(data) == 1:
+        # Why a flat entry for one metric: a tuple of numbers and a string is untracked by the cyclic GC after
+        # its first pass, while one holding a dict is traversed by every collection (half the call's cost).
+        ((key, value),) = data.items()
+        _append((_time(), step, key, value))
+    else:
+        _append((_time(), step, dict(data) if data is metrics else data))  # the caller may mutate its dict
     if not _started:
         _ensure_started()
 
@@ -229,12 +236,20 @@ class _Converter:
         out: list[Fields] = []
         append = out.append
         last: tuple[float, int] | None = None
-        for t, step, data in entries:
-            if step is None and "step" in data:
-                step = data["step"]
+        for entry in entries:
+            if len(entry) == 4:
+                t, step, key, raw = entry
+                items: Any = ((key, raw),)
+                if step is None and key == "step":
+                    step = raw
+            else:
+                t, step, data = entry
+                items = data.items()
+                if step is None and "step" in data:
+                    step = data["step"]
             if step is not None and not (type(step) is int and step >= 0):
                 step = _as_step(step)
-            for key, raw in data.items():
+            for key, raw in items:
                 resolved = names.get(key)
                 if resolved is None:
                     resolved = self._resolve(key, aliases)

@@ -217,6 +217,8 @@ def test_converter_resolves_aliases_keeps_non_finite_and_skips_non_numbers(caplo
     entries = [
         (1.0, None, {"step": 7, "lr": 1e-3, "loss": float("nan"), "bad": "x", "flag": True}),
         (2.0, 8, {"eval_loss": float("inf"), "bad": object()}),
+        (3.0, 9, "grad_norm", 2),  # the flat form log() uses for a single metric
+        (4.0, None, "step", 10),
     ]
     rows = conv.fields(entries, "", {"flag": "my_flag"})
     got = {(metric, step): value for _, _, metric, value, _, step in rows}
@@ -224,7 +226,8 @@ def test_converter_resolves_aliases_keeps_non_finite_and_skips_non_numbers(caplo
     assert math.isnan(got[("loss", 7)])
     assert got[("my_flag", 7)] == 1.0
     assert got[("validation_loss", 8)] == math.inf
-    assert got[("step", 8)] == 8.0
+    assert got[("grad_norm", 9)] == 2.0
+    assert got[("step", 10)] == 10.0  # one step row per batch: the last step seen
     assert ("bad", 7) not in got
     assert sum("bad" in m for m in caplog.messages) == 1  # warned once per name
     assert {group for _, group, metric, *_ in rows if metric == "my_flag"} == {"custom"}
