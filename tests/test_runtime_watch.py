@@ -220,3 +220,25 @@ def test_watch_once_follows_only_the_runs_named(tmp_path, sink):
     finally:
         (tmp_path / "go").touch()
         assert second.wait(timeout=20) == 0
+
+
+def test_record_alerts_on_what_the_job_logs_with_the_python_api(tmp_path, sink):
+    write_config(tmp_path, sink, condition="process_tree_size > 1000")  # never true: only the builtin fires
+    job_code = "import llamamon\nllamamon.log(loss=float('nan'), step=1)\n" + WAIT_FOR_FLAG
+    with open(tmp_path / "record.log", "wb") as log:
+        job = subprocess.Popen(
+            [PY, "-m", "llamamon", "record", "--no-gpu", "--interval", INTERVAL, "--", PY, "-c", job_code],
+            cwd=tmp_path,
+            env=llamamon_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: alerts_sent(sink), timeout=15)
+    finally:
+        (tmp_path / "go").touch()
+        assert job.wait(timeout=20) == 0, logs(tmp_path)
+    wait_until(lambda: len(alerts_sent(sink)) >= 2, timeout=10)
+    names = [a["labels"]["alertname"] for r in sink.requests for a in r.json()["alerts"]]
+    assert names == ["loss_not_finite", "loss_not_finite"]
+    assert [s for s, _ in alerts_sent(sink)] == ["firing", "resolved"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -274,13 +275,17 @@ class RunAlerts:
     """``record``'s hook: its own run's rows in, notifications out; one call per tick, one at exit.
 
     Evaluation runs beside the sampler, never inside its tick: a slow evaluation (polars' first import,
-    a long window) skips an evaluation, never a sample; the next one sees every row.
+    a long window) skips an evaluation, never a sample; the next one sees every row. What the job logs
+    itself (``llamamon.log()``, its own journal segments) is followed as ``watch`` follows a run.
     """
 
     def __init__(self, config: Config, metrics_dir: Path, run_id: str, host: str) -> None:
+        from llamamon.runtime.watcher import RunFollower
+
         self.live = LiveAlerts(config, metrics_dir)
         self.run_id = run_id
         self.host = host
+        self.job = RunFollower(Path(metrics_dir), self.live, {run_id}, skip_pid=os.getpid())
         self._task: asyncio.Task[None] | None = None
         self._failed = False
 
@@ -293,8 +298,11 @@ class RunAlerts:
         group = catalog.group_of("notification_failures")
         return [Row(now, group, s.metric, s.value, s.labels, None) for s in self.live.failure_samples()]
 
-    async def _evaluate(self, now: float) -> None:
+    async def _evaluate(self, now: float, *, final_at: float | None = None) -> None:
         try:
+            await asyncio.to_thread(self.job.poll, now)
+            if final_at is not None:
+                now = max(now, self.live.end_run(self.run_id, final_at))
             for event in await self.live.tick(now):
                 log.info("alert %s", describe(event))
         except Exception as exc:  # noqa: BLE001 - alerting must never stop the recording
@@ -306,5 +314,5 @@ class RunAlerts:
         """The run is over: its alerts resolve, the last notifications get a short while to go out."""
         if self._task is not None:
             await self._task
-        await self._evaluate(max(time.time(), self.live.end_run(self.run_id, ended)))
+        await self._evaluate(time.time(), final_at=ended)
         await self.live.close()

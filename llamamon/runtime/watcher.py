@@ -95,10 +95,14 @@ def _resolve(metrics_dir: Path, refs: Iterable[str]) -> set[str]:
 class RunFollower:
     """Follows the runs recorded into a metrics folder, feeding their new rows into ``live``."""
 
-    def __init__(self, metrics_dir: Path, live: LiveAlerts, only: set[str] | None = None) -> None:
+    def __init__(
+        self, metrics_dir: Path, live: LiveAlerts, only: set[str] | None = None, *, skip_pid: int | None = None
+    ) -> None:
         self.metrics_dir = metrics_dir
         self.live = live
         self.only = only
+        self.skip_pid = skip_pid  # segments this process writes itself (record's own samples)
+        self.skipped: set[Path] = set()
         self.offsets: dict[Path, int] = {}
         self.segment_run: dict[Path, tuple[str, str]] = {}
         self.hosts: dict[str, str] = {}  # followed run -> host
@@ -149,11 +153,14 @@ class RunFollower:
         present = set()
         for path in segment_paths(self.metrics_dir):
             run = path.parent.name
-            if not self._wanted(run) or run in self.ended:
+            if not self._wanted(run) or run in self.ended or path in self.skipped:
                 continue
             present.add(path)
             header, rows, offset = tail_segment(path, self.offsets.get(path, 0))
             self.offsets[path] = offset
+            if header is not None and self.skip_pid is not None and header.get("pid") == self.skip_pid:
+                self.skipped.add(path)
+                continue
             if header is not None:
                 host = str(header.get("host") or "")
                 self.segment_run[path] = (str(header.get("run") or run), host)
