@@ -72,3 +72,48 @@ def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LLAMAMON_CONFIG", raising=False)
     monkeypatch.delenv("LLAMAMON_RUN_ID", raising=False)
     monkeypatch.delenv("LLAMAMON_METRICS_DIR", raising=False)
+
+
+def write_samples(metrics_dir: Path, rows, *, run: str, host: str = "testhost", name: str = "part-0") -> list[Path]:
+    """Write `samples.Row`s as the store lays them out (group=/date=/run=/<name>.parquet), without a recorder."""
+    import dataclasses
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from llamamon.samples import labels_to_str
+
+    parts: dict[tuple[str, str], list] = {}
+    for row in rows:
+        when = dt.datetime.fromtimestamp(row.time, tz=dt.timezone.utc)
+        parts.setdefault((row.group, when.strftime("%Y-%m-%d")), []).append(dataclasses.replace(row))
+    written = []
+    for (group, date), chunk in sorted(parts.items()):
+        folder = Path(metrics_dir) / f"group={group}" / f"date={date}" / f"run={run}"
+        folder.mkdir(parents=True, exist_ok=True)
+        table = pa.table(
+            {
+                "time": pa.array([int(r.time * 1_000_000) for r in chunk], pa.timestamp("us", tz="UTC")),
+                "host": pa.array([host] * len(chunk), pa.string()),
+                "metric": pa.array([r.metric for r in chunk], pa.string()),
+                "value": pa.array([float(r.value) for r in chunk], pa.float64()),
+                "labels": pa.array([labels_to_str(r.labels) for r in chunk], pa.string()),
+                "step": pa.array([r.step for r in chunk], pa.int64()),
+            }
+        )
+        path = folder / f"{name}.parquet"
+        pq.write_table(table, path)
+        written.append(path)
+    return written
+
+
+def write_run(metrics_dir: Path, info) -> Path:
+    """runs/<id>.json for a `samples.RunInfo`, as the store keeps run metadata."""
+    import dataclasses
+    import json
+
+    path = Path(metrics_dir) / "runs" / f"{info.id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dataclasses.asdict(info), indent=2), encoding="utf-8")
+    return path

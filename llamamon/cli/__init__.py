@@ -16,7 +16,7 @@ from llamamon import __version__
 from llamamon.errors import LlamamonError
 
 # (module, attribute) of every command; each module stays light at import time.
-COMMANDS: tuple[tuple[str, str], ...] = ()
+COMMANDS: tuple[tuple[str, str], ...] = (("llamamon.cli.report", "report_command"),)
 
 
 class _Formatter(logging.Formatter):

@@ -1,0 +1,42 @@
+"""What the report takes from monitoring.yaml: the metrics folder, the thresholds drawn as lines, alerts."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llamamon.report.data import AlertSpan, Thresholds, thresholds_from_config
+from llamamon.samples import RunInfo
+
+
+@dataclass(slots=True)
+class ReportSettings:
+    metrics_dir: Path
+    thresholds: Thresholds
+    config: Any = None
+    spans: list[AlertSpan] = field(default_factory=list)
+
+    def alerts(self, runs: Sequence[RunInfo]) -> list[AlertSpan]:
+        """Alert spans of these runs. Empty until the rules engine can replay a run's alerts from the store."""
+        wanted = {r.id for r in runs}
+        return [s for s in self.spans if s.run is None or s.run in wanted]
+
+
+def _load_config(path: str | None) -> Any:
+    """The project's config loader where it exists; without it (or a file) the built-in defaults apply."""
+    if importlib.util.find_spec("llamamon.config") is None:
+        return None
+    loader = importlib.import_module("llamamon.config")
+    return loader.load_config(path)
+
+
+def report_settings(config_path: str | None, metrics_dir: str | None) -> ReportSettings:
+    cfg = _load_config(config_path)
+    configured = getattr(getattr(cfg, "monitoring", None), "metrics_path", None)
+    chosen = metrics_dir or os.environ.get("LLAMAMON_METRICS_DIR") or configured or ".metrics"
+    return ReportSettings(Path(chosen), thresholds_from_config(cfg), cfg)
