@@ -336,7 +336,7 @@ def _by_step(lf: pl.LazyFrame, buckets: int) -> pl.LazyFrame:
             v.min().alias("min"),
             v.mean().alias("mean"),
             v.max().alias("max"),
-            pl.col("ema").last().alias("ema"),
+            pl.col("ema").drop_nulls().last().alias("ema"),
             (~pl.col("value").is_finite()).sum().cast(pl.UInt32).alias("nonfinite"),
         )
         .drop("b")

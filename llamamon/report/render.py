@@ -30,11 +30,6 @@ log = logging.getLogger("llamamon.report")
 Format = Literal["html", "markdown"]
 Progress = Callable[[str], None]
 
-CSP = (
-    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; font-src data:; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
-
 
 def environment(template_dir: Path | None = None) -> jinja2.Environment:
     """jinja2 environment: user templates override shipped ones file by file; everything autoescaped."""
@@ -92,7 +87,6 @@ def build_model(
     return {
         "title": title,
         "version": __version__,
-        "csp": CSP,
         "generated": dashboards.format_time(generated.timestamp(), ctx.zone),
         "zone": charts.zone_label(ctx.zone),
         "metrics_dir": str(metrics_dir),
@@ -104,48 +98,53 @@ def build_model(
         "dashboards": boards,
         "custom_table": custom,
         "skipped": data.skipped,
-        "key_figures": key_figures(data, ctx),
+        "key_figures": key_figures(data),
+        "run_labels": [ctx.run_labels.get(r.id, r.id) for r in data.runs],
         "thresholds_note": thresholds_note(data.thresholds),
     }
 
 
-def key_figures(data: ReportData, ctx: dashboards.Context) -> list[tuple[str, str, str]]:
-    """(run, what, value) for the Markdown summary and the page top: the numbers people look for first."""
+KEY_FIGURES: tuple[tuple[str, str, str], ...] = (
+    ("loss", "last", "last loss"),
+    ("validation_loss", "last", "last validation loss"),
+    ("validation_loss", "min", "best validation loss"),
+    ("tokens_per_second", "mean", "mean tokens/s"),
+    ("steps_per_second", "mean", "mean steps/s"),
+    ("cpu_usage", "mean", "mean CPU"),
+    ("memory_usage", "max", "peak memory"),
+    ("gpu_utilization", "mean", "mean GPU utilisation"),
+    ("gpu_memory_usage", "max", "peak GPU memory"),
+    ("process_memory_rss", "max", "peak process RSS"),
+    ("inference_latency", "p95", "p95 latency"),
+    ("batch_throughput", "mean", "mean requests/s"),
+    ("error_rate", "max", "peak error rate"),
+)
+
+
+def key_figures(data: ReportData) -> list[tuple[str, list[str]]]:
+    """(what, value per run) for the page top and the Markdown summary: the numbers people look for first."""
     import polars as pl
 
-    picks = [
-        ("loss", "last", "last loss"),
-        ("validation_loss", "last", "last validation loss"),
-        ("validation_loss", "min", "best validation loss"),
-        ("tokens_per_second", "mean", "mean tokens/s"),
-        ("steps_per_second", "mean", "mean steps/s"),
-        ("cpu_usage", "mean", "mean CPU"),
-        ("memory_usage", "max", "peak memory"),
-        ("gpu_utilization", "mean", "mean GPU utilisation"),
-        ("gpu_memory_usage", "max", "peak GPU memory"),
-        ("process_memory_rss", "max", "peak process RSS"),
-        ("inference_latency", "p95", "p95 latency"),
-        ("batch_throughput", "mean", "mean requests/s"),
-        ("error_rate", "max", "peak error rate"),
-    ]
-    out = []
     s = data.summary
-    for run in data.runs:
-        label = ctx.run_labels.get(run.id, run.id)
-        for metric, stat, what in picks:
+    out = []
+    for metric, stat, what in KEY_FIGURES:
+        cells = []
+        for run in data.runs:
             rows = s.filter((pl.col("run") == run.id) & (pl.col("metric") == metric))
             if not rows.height:
+                cells.append("–")
                 continue
-            if stat in ("max", "p95"):
-                value = rows[stat].max()
-            elif stat == "min":
-                value = rows[stat].min()
-            else:
-                value = rows[stat].mean()
-            out.append((label, what, dashboards.format_value(value, dashboards.unit_of(metric))))  # type: ignore[arg-type]
-        energy = data.energy.filter(pl.col("run") == run.id)
-        if energy.height:
-            out.append((label, "GPU energy", f"{energy['wh'].sum():,.1f} Wh"))
+            col = rows[stat]
+            value = col.max() if stat in ("max", "p95") else col.min() if stat == "min" else col.mean()
+            cells.append(dashboards.format_value(value, dashboards.unit_of(metric)))  # type: ignore[arg-type]
+        if any(c != "–" for c in cells):
+            out.append((what, cells))
+    if data.energy.height:
+        cells = []
+        for run in data.runs:
+            energy = data.energy.filter(pl.col("run") == run.id)
+            cells.append(f"{energy['wh'].sum():,.1f} Wh" if energy.height else "–")
+        out.append(("GPU energy", cells))
     return out
 
 
