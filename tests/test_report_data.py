@@ -176,3 +176,12 @@ def test_thresholds_from_config_reads_nested_attributes_and_keeps_defaults():
 def test_label_text():
     assert label_text('{"gpu":"0","reason":"power"}') == "gpu=0, reason=power"
     assert label_text("") == ""
+
+
+def test_file_damaged_inside_is_found_by_the_thorough_retry(metrics_dir):
+    write_samples(metrics_dir, [Row(T0 + i, "system", "cpu_usage", 0.5) for i in range(10)], run=RUN)
+    folder = next(metrics_dir.glob(f"group=system/date=*/run={RUN}"))
+    (folder / "inside.parquet").write_bytes(b"PAR1" + b"\x00garbage\xff" * 20 + b"PAR1")
+    data = load_report_data(metrics_dir, [_run(metrics_dir)])
+    assert [p.rsplit("/", 1)[-1] for p in data.skipped] == ["inside.parquet"]
+    assert data.summary["n"].to_list() == [10]

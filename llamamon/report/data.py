@@ -7,6 +7,7 @@ still reaches the chart as the max of its column.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from llamamon.samples import AlertEvent, Labels, RunInfo, labels_to_str
 
 if TYPE_CHECKING:
     import polars as pl
+
+log = logging.getLogger("llamamon.report")
 
 DASHBOARDS: tuple[str, ...] = ("system", "training", "inference")
 # Store groups whose metrics each dashboard draws.
@@ -157,12 +160,32 @@ def load_report_data(
     thresholds: Thresholds | None = None,
     buckets: int = BUCKETS,
 ) -> ReportData:
-    """Two passes over the chosen runs' samples: one for per-metric summaries, one for the chart tables."""
+    """Summaries first, then the chart tables; a file damaged past its magic bytes triggers one thorough retry."""
+    import polars as pl
+
+    args = (metrics_dir, runs, tuple(dashboards), list(alerts), thresholds, buckets)
+    try:
+        return _load(*args, thorough=False)
+    except (pl.exceptions.ComputeError, OSError) as exc:
+        log.warning("a store file could not be read (%s); checking every file", str(exc).splitlines()[0])
+        return _load(*args, thorough=True)
+
+
+def _load(
+    metrics_dir: Path,
+    runs: list[RunInfo],
+    dashboards: tuple[str, ...],
+    alerts: list[AlertSpan],
+    thresholds: Thresholds | None,
+    buckets: int,
+    *,
+    thorough: bool,
+) -> ReportData:
     import polars as pl
 
     _init_schemas()
     run_ids = [r.id for r in runs]
-    lf, skipped = scan_samples(metrics_dir, runs=run_ids)
+    lf, skipped = scan_samples(metrics_dir, runs=run_ids, thorough=thorough)
     wanted_groups = {g for d in dashboards for g in DASHBOARD_GROUPS.get(d, ())}
     data = ReportData(
         runs=runs,
@@ -179,26 +202,35 @@ def load_report_data(
     )
     if lf is None:
         return data
-    lf = lf.select("time", "metric", "value", "labels", "step", "group", "run")
-    data.summary = summarize(lf)
-    if not data.summary.height:
-        return data
-
-    bounds = data.summary.group_by("run").agg(
-        pl.col("first_time").min().alias("t0"), pl.col("last_time").max().alias("t1")
+    lf = lf.select("time", "metric", "value", "labels", "step", "group", "run").with_columns(_key())
+    # One read of every sample into 24 bytes a row (key, time, value); summaries and chart columns are computed
+    # from it in memory instead of re-decoding the Parquet files and hashing strings once per statistic.
+    compact, names = pl.collect_all(
+        [
+            lf.select("key", "time", "value"),
+            lf.group_by("key").agg(pl.col("run", "group", "metric", "labels").first()),
+        ],
+        engine="streaming",
     )
+    summary = summarize(compact, names)
+    data.summary = summary.drop("key")
+    if not summary.height:
+        return data
+    data.series = _bucketed(compact, summary, buckets)
+    del compact
+
+    bounds = summary.group_by("run").agg(pl.col("first_time").min().alias("t0"), pl.col("last_time").max().alias("t1"))
     charted = lf.filter(pl.col("group").is_in(sorted(wanted_groups)))
     hist_metrics = [m.name for m in catalog.METRICS if m.kind == "histogram"]
     raw_latency = charted.filter(pl.col("metric").is_in(hist_metrics) & ~pl.col("labels").str.contains('"quantile"'))
     queries = [
-        _bucketed(charted, bounds, buckets),
         _by_step(charted.filter(pl.col("group") == "training"), buckets),
         _latency_quantiles(raw_latency, bounds, max(buckets // 8, 20)),
         _histogram(raw_latency, data.summary),
-        _energy(charted.filter(pl.col("metric") == "gpu_power")),
-        _validation(lf),
+        _energy(charted.filter((pl.col("group") == "gpu") & (pl.col("metric") == "gpu_power"))),
+        _validation(lf.filter(pl.col("group").is_in(["training", "custom"]))),
     ]
-    (data.series, data.steps, data.quantiles, data.histogram, data.energy, validation) = pl.collect_all(queries)
+    (data.steps, data.quantiles, data.histogram, data.energy, validation) = pl.collect_all(queries, engine="streaming")
     data.validation = _pivot_validation(validation)
     return data
 
@@ -263,41 +295,51 @@ def _init_schemas() -> None:
     _HIST_SCHEMA.update(run=pl.String, metric=pl.String, lo=pl.Float64, hi=pl.Float64, count=pl.UInt32)
 
 
-def summarize(lf: pl.LazyFrame) -> pl.DataFrame:
-    """Min, mean, p95, max and last of every (run, metric, label set), over finite values."""
+def _key() -> pl.Expr:
+    """One u64 per (run, metric, label set): grouping by it instead of three strings saves seconds and gigabytes."""
+    import polars as pl
+
+    return (pl.col("run").hash(11) ^ pl.col("metric").hash(23) ^ pl.col("labels").hash(37)).alias("key")
+
+
+def summarize(compact: pl.DataFrame, names: pl.DataFrame) -> pl.DataFrame:
+    """Min, mean, p95, max and last of every (run, metric, label set); statistics over finite values.
+
+    ``compact`` holds (key, time, value) of every sample, ``names`` maps each key to its strings.
+    """
     import polars as pl
 
     _init_schemas()
     v = _finite()
-    out = (
-        lf.group_by("run", "group", "metric", "labels")
-        .agg(
-            pl.len().cast(pl.UInt32).alias("n"),
-            (~pl.col("value").is_finite()).sum().cast(pl.UInt32).alias("nonfinite"),
-            v.min().alias("min"),
-            v.mean().alias("mean"),
-            v.quantile(0.95, interpolation="linear").alias("p95"),
-            v.max().alias("max"),
-            pl.col("value").get(pl.col("time").arg_max()).alias("last"),
-            pl.col("time").min().alias("first_time"),
-            pl.col("time").max().alias("last_time"),
-        )
-        .sort("run", "group", "metric", "labels")
-        .collect()
+    stats = compact.group_by("key").agg(
+        pl.len().cast(pl.UInt32).alias("n"),
+        (~pl.col("value").is_finite()).sum().cast(pl.UInt32).alias("nonfinite"),
+        v.min().alias("min"),
+        v.mean().alias("mean"),
+        v.quantile(0.95, interpolation="linear").alias("p95"),
+        v.max().alias("max"),
+        pl.col("value").get(pl.col("time").arg_max()).alias("last"),
+        pl.col("time").min().alias("first_time"),
+        pl.col("time").max().alias("last_time"),
     )
-    return out.cast(_SUMMARY_SCHEMA)  # type: ignore[arg-type]
+    out = names.join(stats, on="key", how="inner").sort("run", "group", "metric", "labels")
+    return out.select(*_SUMMARY_SCHEMA, "key").cast(_SUMMARY_SCHEMA)  # type: ignore[arg-type]
 
 
-def _bucketed(lf: pl.LazyFrame, bounds: pl.DataFrame, buckets: int) -> pl.LazyFrame:
+def _bucketed(compact: pl.DataFrame, summary: pl.DataFrame, buckets: int) -> pl.DataFrame:
+    """Per series and run-relative time column: min, mean, max, count; grouped by the u64 key, labelled after."""
     import polars as pl
 
+    bounds = summary.group_by("run").agg(pl.col("first_time").min().alias("t0"), pl.col("last_time").max().alias("t1"))
+    per_key = summary.select("key", "run", "metric", "labels").join(bounds, on="run")
     span = (pl.col("t1") - pl.col("t0")).dt.total_microseconds() + 1
     offset = (pl.col("time") - pl.col("t0")).dt.total_microseconds()
     v = _finite()
     return (
-        lf.join(bounds.lazy(), on="run", how="inner")
+        compact.lazy()
+        .join(per_key.select("key", "t0", "t1").lazy(), on="key", how="inner")
         .with_columns((offset * buckets // span).alias("bucket"))
-        .group_by("run", "metric", "labels", "bucket")
+        .group_by("key", "bucket")
         .agg(
             pl.col("time").min().alias("time"),
             v.min().alias("min"),
@@ -306,8 +348,11 @@ def _bucketed(lf: pl.LazyFrame, bounds: pl.DataFrame, buckets: int) -> pl.LazyFr
             pl.len().cast(pl.UInt32).alias("n"),
             (~pl.col("value").is_finite()).sum().cast(pl.UInt32).alias("nonfinite"),
         )
+        .join(per_key.select("key", "run", "metric", "labels").lazy(), on="key", how="inner")
         .sort("run", "metric", "labels", "bucket")
+        .select(list(_SERIES_SCHEMA))
         .cast(_SERIES_SCHEMA)  # type: ignore[arg-type]
+        .collect()
     )
 
 

@@ -89,28 +89,57 @@ def resolve_runs(
     return chosen
 
 
-def scan_samples(
-    metrics_dir: Path, runs: list[str] | None = None, since: float | None = None
-) -> tuple[pl.LazyFrame | None, list[str]]:
-    """Lazy frame of the chosen runs' samples, and the files skipped as unreadable (named in the report)."""
-    import polars as pl
+def _looks_whole(path: Path) -> bool:
+    """Cheap check for the usual damage (a torn or truncated write): Parquet starts and ends with PAR1."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+            fh.seek(-4, 2)
+            return head == b"PAR1" and fh.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
+def _readable(path: Path) -> str | None:
+    """Why a file cannot be read (its footer does not parse), or None."""
     import pyarrow.parquet as pq
 
-    files: list[Path] = []
+    try:
+        pq.read_metadata(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped, by name, never fatal
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def sample_files(
+    metrics_dir: Path, runs: list[str] | None = None, thorough: bool = False
+) -> tuple[list[str], list[str]]:
+    """Parquet files of these runs, and those skipped as unreadable (relative paths, for the report)."""
+    good: list[str] = []
+    skipped: list[str] = []
     for path in sorted(metrics_dir.glob("group=*/date=*/run=*/*.parquet")):
         if runs is not None and path.parent.name.removeprefix("run=") not in runs:
             continue
-        files.append(path)
-    good: list[str] = []
-    skipped: list[str] = []
-    for path in files:
-        try:
-            pq.read_metadata(path)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped, by name, never fatal
-            log.warning("skipping unreadable file %s: %s", path, exc)
+        reason = _readable(path) if thorough else (None if _looks_whole(path) else "not a whole Parquet file")
+        if reason is not None:
+            log.warning("skipping unreadable file %s: %s", path, reason)
             skipped.append(str(path.relative_to(metrics_dir)))
             continue
         good.append(str(path))
+    return good, skipped
+
+
+def scan_samples(
+    metrics_dir: Path, runs: list[str] | None = None, since: float | None = None, thorough: bool = False
+) -> tuple[pl.LazyFrame | None, list[str]]:
+    """Lazy frame of the chosen runs' samples, and the files skipped as unreadable (named in the report).
+
+    The default check only looks at each file's magic bytes; ``thorough`` parses every footer, for the
+    retry after a query hit a file damaged in the middle.
+    """
+    import polars as pl
+
+    good, skipped = sample_files(metrics_dir, runs, thorough)
     if not good:
         return None, skipped
     lf = pl.scan_parquet(
