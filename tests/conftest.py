@@ -74,6 +74,19 @@ def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LLAMAMON_METRICS_DIR", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _reset_llamamon_logging():
+    # Why: the CLI configures the "llamamon" logger (own handler, no propagation) for the process;
+    # after a CliRunner test that would hide later tests' records from caplog.
+    yield
+    import logging
+
+    logger = logging.getLogger("llamamon")
+    logger.handlers.clear()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+
+
 def write_samples(metrics_dir: Path, rows, *, run: str, host: str = "testhost", name: str = "part-0") -> list[Path]:
     """Write `samples.Row`s as the store lays them out (group=/date=/run=/<name>.parquet), without a recorder."""
     import dataclasses

@@ -60,7 +60,7 @@ def test_unknown_run_and_dashboard_exit_2(tmp_path, metrics_dir):
     _store(metrics_dir)
     r = run_llamamon("report", "--metrics-dir", str(metrics_dir), "--run", "nope", cwd=tmp_path)
     assert r.returncode == 2
-    assert "run 'nope' matches no run" in r.stderr.decode()
+    assert 'no run matches "nope"' in r.stderr.decode()
     r = run_llamamon("report", "--metrics-dir", str(metrics_dir), "--dashboard", "system,gpus", cwd=tmp_path)
     assert r.returncode == 2
     assert "unknown dashboard 'gpus'" in r.stderr.decode()

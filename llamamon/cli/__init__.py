@@ -16,7 +16,13 @@ from llamamon import __version__
 from llamamon.errors import LlamamonError
 
 # (module, attribute) of every command; each module stays light at import time.
-COMMANDS: tuple[tuple[str, str], ...] = (("llamamon.cli.report", "report_command"),)
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("llamamon.cli.init", "init_command"),
+    ("llamamon.cli.compact", "compact_command"),
+    ("llamamon.cli.gc", "gc_command"),
+    ("llamamon.cli.doctor", "doctor_command"),
+    ("llamamon.cli.report", "report_command"),
+)
 
 
 class _Formatter(logging.Formatter):

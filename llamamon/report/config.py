@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,16 +25,10 @@ class ReportSettings:
         return [s for s in self.spans if s.run is None or s.run in wanted]
 
 
-def _load_config(path: str | None) -> Any:
-    """The project's config loader where it exists; without it (or a file) the built-in defaults apply."""
-    if importlib.util.find_spec("llamamon.config") is None:
-        return None
-    loader = importlib.import_module("llamamon.config")
-    return loader.load_config(path)
-
-
 def report_settings(config_path: str | None, metrics_dir: str | None) -> ReportSettings:
-    cfg = _load_config(config_path)
-    configured = getattr(getattr(cfg, "monitoring", None), "metrics_path", None)
-    chosen = metrics_dir or os.environ.get("LLAMAMON_METRICS_DIR") or configured or ".metrics"
+    """--config (or $LLAMAMON_CONFIG, ./monitoring.yaml, built-in defaults) and --metrics-dir, resolved once."""
+    from llamamon.config import load_config
+
+    cfg = load_config(config_path)
+    chosen = metrics_dir or os.environ.get("LLAMAMON_METRICS_DIR") or cfg.monitoring.metrics_path
     return ReportSettings(Path(chosen), thresholds_from_config(cfg), cfg)

@@ -160,32 +160,13 @@ def load_report_data(
     thresholds: Thresholds | None = None,
     buckets: int = BUCKETS,
 ) -> ReportData:
-    """Summaries first, then the chart tables; a file damaged past its magic bytes triggers one thorough retry."""
+    """Summaries first (one read of every sample), then the chart tables from pruned partitions."""
     import polars as pl
 
-    args = (metrics_dir, runs, tuple(dashboards), list(alerts), thresholds, buckets)
-    try:
-        return _load(*args, thorough=False)
-    except (pl.exceptions.ComputeError, OSError) as exc:
-        log.warning("a store file could not be read (%s); checking every file", str(exc).splitlines()[0])
-        return _load(*args, thorough=True)
-
-
-def _load(
-    metrics_dir: Path,
-    runs: list[RunInfo],
-    dashboards: tuple[str, ...],
-    alerts: list[AlertSpan],
-    thresholds: Thresholds | None,
-    buckets: int,
-    *,
-    thorough: bool,
-) -> ReportData:
-    import polars as pl
-
+    dashboards = tuple(dashboards)
     _init_schemas()
     run_ids = [r.id for r in runs]
-    lf, skipped = scan_samples(metrics_dir, runs=run_ids, thorough=thorough)
+    lf, skipped = scan_samples(metrics_dir, runs=run_ids)
     wanted_groups = {g for d in dashboards for g in DASHBOARD_GROUPS.get(d, ())}
     data = ReportData(
         runs=runs,

@@ -1,0 +1,223 @@
+"""The recorded command's whole process tree, summed: CPU in cores, RSS, threads, processes, I/O rates.
+
+Cost. ``psutil.Process.children(recursive=True)`` reads the parent of every process on the machine, so
+its cost grows with what else runs there (psrecord: 1.9 → 6.8 ms per second with 70 → 370 processes).
+Here the ``psutil.Process`` objects are kept between samples and descendants are found through
+``/proc/<pid>/task/<tid>/children`` (one small read per thread of a process already in the tree), so a
+tick costs in proportion to the tree, not to the machine. Where the kernel lacks that file (it needs
+CONFIG_PROC_CHILDREN) or there is no /proc, the psutil walk is the fallback.
+
+Processes that start and end between two samples. Linux adds a reaped child's CPU time (and its own
+reaped children's) to the parent's ``children_user``/``children_system``, and its I/O to the parent's
+/proc/<pid>/io. So the tree's cumulative CPU is the sum over live members of
+``user + system + children_user + children_system``: when a member dies and its tracked parent reaps it,
+its total moves into the parent's ``children_*`` and the sum stays continuous. A member that disappears
+is therefore subtracted with its last reading when its parent is still in the tree (the parent now carries
+it), and not otherwise (an orphan reaped by init takes its last interval with it; nothing is counted twice).
+A child the tree never saw — born and reaped between two samples — shows up whole in its parent's
+``children_*`` growth.
+
+Processes the tree once held stay tracked while they live, so a worker that double-forks away from its
+parent (daemonises) is still counted. The root process gone and nothing left: ``collect()`` returns [].
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from llamamon.collectors.base import MetricsCollector, wait_min_window
+from llamamon.samples import Sample
+
+
+@dataclass(slots=True)
+class _Member:
+    ppid: int
+    cpu: float  # user + system + children_user + children_system, seconds
+    io: tuple[int, int] | None  # (read_bytes, write_bytes), None where /proc/<pid>/io is not ours to read
+    rss: int
+    threads: int
+
+
+def proc_children_supported(proc_root: Path = Path("/proc")) -> bool:
+    """Whether this kernel lists a thread's children in /proc (CONFIG_PROC_CHILDREN)."""
+    pid = os.getpid()
+    return sys.platform.startswith("linux") and (proc_root / str(pid) / "task" / str(pid) / "children").exists()
+
+
+class ProcessTreeCollector(MetricsCollector):
+    """Sums over the process tree rooted at ``root_pid`` (group ``process``)."""
+
+    name = "process"
+    group = "process"
+
+    def __init__(self, root_pid: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.root_pid = root_pid
+        self._clock = clock
+        self._procs: dict[int, psutil.Process] = {}
+        self._members: dict[int, _Member] = {}
+        self._at: float | None = None
+        self._collected = False
+        self._proc_children = proc_children_supported()
+        self._threads: dict[int, int] = {}  # thread counts seen by the last discovery
+
+    # -- discovery -------------------------------------------------------------------------------
+
+    def _children(self, pid: int) -> list[int]:
+        """Direct children of ``pid`` from /proc, every thread included (any thread can fork).
+
+        The thread count comes free with the listing and is kept for ``process_threads`` (it spares
+        reading /proc/<pid>/status, the largest file psutil would open per process).
+        """
+        task_dir = f"/proc/{pid}/task"
+        try:
+            tids = os.listdir(task_dir)
+        except OSError:
+            return []
+        self._threads[pid] = len(tids)
+        found: list[int] = []
+        for tid in tids:
+            try:
+                with open(f"{task_dir}/{tid}/children", "rb") as fh:
+                    data = fh.read()
+            except OSError:
+                continue  # the thread ended between listdir and open
+            if data:
+                found.extend(int(child) for child in data.split())
+        return found
+
+    def _discover(self) -> tuple[list[int], set[int]]:
+        """Pids of the tree now (root, everything below it, earlier members still alive), and which of
+        them were found under a live parent in the tree rather than only remembered."""
+        if not self._proc_children:
+            try:
+                below = [p.pid for p in psutil.Process(self.root_pid).children(recursive=True)]
+            except psutil.Error:
+                below = []
+            descended = set(below)
+            return list(dict.fromkeys([self.root_pid, *below, *self._members])), descended
+        order: list[int] = []
+        seen: set[int] = set()
+        descended: set[int] = set()
+        stack = [self.root_pid, *self._members]
+        while stack:
+            pid = stack.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            order.append(pid)
+            children = self._children(pid)
+            descended.update(children)
+            stack.extend(child for child in children if child not in seen)
+        return order, descended
+
+    def _process(self, pid: int, descended: bool) -> psutil.Process | None:
+        proc = self._procs.get(pid)
+        if proc is None:
+            try:
+                proc = psutil.Process(pid)
+            except psutil.Error:
+                return None
+            self._procs[pid] = proc
+        elif not descended and not proc.is_running():
+            # Why only here: a pid found under a live member is in the tree by definition; the root and
+            # remembered members that no parent lists any more might have ended and their pid been reused.
+            del self._procs[pid]
+            return None
+        return proc
+
+    def _read(self) -> dict[int, _Member]:
+        members: dict[int, _Member] = {}
+        self._threads.clear()
+        order, descended = self._discover()
+        for pid in order:
+            proc = self._process(pid, descended=pid in descended)
+            if proc is None:
+                continue
+            try:
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    rss = proc.memory_info().rss
+                    threads = self._threads.get(pid) or proc.num_threads()
+                    ppid = proc.ppid()
+            except psutil.Error:
+                # Gone (or not ours to read) since discovery: no row rather than a partial one.
+                self._procs.pop(pid, None)
+                continue
+            try:
+                counters = proc.io_counters()
+                io: tuple[int, int] | None = (counters.read_bytes, counters.write_bytes)
+            except (psutil.Error, AttributeError, NotImplementedError, OSError):
+                io = None  # AccessDenied for a setuid child, zombies, or no per-process I/O on this OS
+            cpu = times.user + times.system
+            cpu += getattr(times, "children_user", 0.0) + getattr(times, "children_system", 0.0)
+            members[pid] = _Member(ppid, cpu, io, rss, threads)
+        for pid in set(self._procs) - set(members):
+            del self._procs[pid]
+        return members
+
+    # -- collector interface ---------------------------------------------------------------------
+
+    def pids(self) -> set[int]:
+        """Pids in the tree at the last reading (for attributing GPU memory to the job)."""
+        return set(self._members)
+
+    async def open(self) -> None:
+        self._members = self._read()
+        self._at = self._clock()
+        self._collected = False
+
+    async def close(self) -> None:
+        self._procs.clear()
+        self._members.clear()
+
+    async def collect(self) -> list[Sample]:
+        if self._at is None:
+            await self.open()
+        if not self._collected:
+            await wait_min_window(self._clock, self._at)  # type: ignore[arg-type]  # open() set it
+        before, before_at = self._members, self._at
+        now = self._read()
+        at = self._clock()
+        self._members, self._at, self._collected = now, at, True
+        if not now:
+            return []
+
+        cpu = 0.0
+        read = write = 0
+        has_io = False
+        for pid, member in now.items():
+            prev = before.get(pid)
+            cpu += member.cpu - (prev.cpu if prev is not None else 0.0)
+            if member.io is not None:
+                has_io = True
+                prev_io = prev.io if prev is not None and prev.io is not None else (0, 0)
+                read += member.io[0] - prev_io[0]
+                write += member.io[1] - prev_io[1]
+        for pid, gone in before.items():
+            if pid in now or (gone.ppid not in now and gone.ppid not in before):
+                continue
+            # Its parent in the tree reaped it (or will): its total now lives in the parent's children_*.
+            cpu -= gone.cpu
+            if gone.io is not None:
+                read -= gone.io[0]
+                write -= gone.io[1]
+
+        out = [
+            Sample("process_memory_rss", float(sum(m.rss for m in now.values()))),
+            Sample("process_threads", float(sum(m.threads for m in now.values()))),
+            Sample("process_tree_size", float(len(now))),
+        ]
+        elapsed = at - before_at  # type: ignore[operator]
+        if elapsed > 0:
+            out.append(Sample("process_cpu_usage", max(0.0, cpu) / elapsed))
+            if has_io:
+                out.append(Sample("process_io_read_throughput", max(0, read) / elapsed))
+                out.append(Sample("process_io_write_throughput", max(0, write) / elapsed))
+        return out

@@ -1,0 +1,418 @@
+"""What the keys of monitoring.yaml mean: defaults, validation, "did you mean", and the typed Config.
+
+Every mistake becomes one ConfigError naming ``file:line: key.path``. Sections owned by other layers
+(rule conditions, channel options) are checked for shape here and for meaning where they are used,
+through ``Config.error(path, message)`` so the line number is never lost.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llamamon.config.loader import RawConfig, UnsetVariable
+from llamamon.errors import ConfigError
+from llamamon.units import parse_duration
+
+SEVERITIES = ("info", "warning", "critical")
+CHANNEL_TYPES = ("slack", "email", "webhook", "alertmanager")
+EXPORT_FORMATS = ("prometheus", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryThresholds:
+    warning: float
+    critical: float
+
+
+@dataclass(frozen=True, slots=True)
+class GpuThresholds:
+    utilization_min: float
+    memory_max: float
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingThresholds:
+    loss_plateau_patience: int
+    validation_loss_max: float
+    learning_rate_min: float
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceThresholds:
+    latency_max: float  # milliseconds
+    timeout: float  # seconds
+    batch_queue_max: float
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    memory: MemoryThresholds
+    gpu: GpuThresholds
+    training: TrainingThresholds
+    inference: InferenceThresholds
+
+
+@dataclass(frozen=True, slots=True)
+class Monitoring:
+    enabled: bool
+    update_frequency: float
+    metrics_path: Path
+    export_format: str
+    textfile_dir: Path | None
+    retention: float | None
+    thresholds: Thresholds
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelConfig:
+    name: str
+    type: str
+    options: dict[str, Any]
+    line: int | None = None
+
+    def unset_variables(self) -> list[tuple[str, str]]:
+        """(option, VAR) pairs whose value came from an unset environment variable."""
+        return [(k, v.variable) for k, v in self.options.items() if isinstance(v, UnsetVariable)]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    name: str
+    condition: str
+    severity: str
+    channels: tuple[str, ...]
+    for_: float
+    keep_firing_for: float
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    enabled: bool
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ParserConfig:
+    pattern: re.Pattern[str]
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Alerts:
+    channels: dict[str, ChannelConfig]
+    rules: dict[str, RuleConfig]
+    builtin: dict[str, bool]
+    repeat_interval: float
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    monitoring: Monitoring
+    alerts: Alerts
+    parsers: tuple[ParserConfig, ...] = ()
+    aliases: dict[str, str] = field(default_factory=dict)
+    scrape: tuple[str, ...] = ()
+    collectors: tuple[str, ...] = ()
+    source: Path | None = None
+    lines: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def update_frequency(self) -> float:
+        return self.monitoring.update_frequency
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.monitoring.metrics_path
+
+    def line_of(self, path: str) -> int | None:
+        """Line of ``path`` in the file, or of its nearest parent that has one."""
+        probe = path
+        while probe:
+            if probe in self.lines:
+                return self.lines[probe]
+            probe = probe.rsplit(".", 1)[0] if "." in probe else ""
+        return None
+
+    def error(self, path: str, message: str) -> ConfigError:
+        """A ConfigError pointing at ``path`` in this config's file (or "built-in defaults")."""
+        if self.source is None:
+            return ConfigError(message, file="built-in defaults", path=path)
+        return ConfigError(message, file=str(self.source), line=self.line_of(path), path=path)
+
+
+TOP_KEYS = ("monitoring", "alerts", "parsers", "aliases", "scrape", "collectors")
+MONITORING_KEYS = (
+    "enabled",
+    "update_frequency",
+    "metrics_path",
+    "export_format",
+    "textfile_dir",
+    "retention",
+    "thresholds",
+)
+THRESHOLD_KEYS = {
+    "memory": ("warning", "critical"),
+    "gpu": ("utilization_min", "memory_max"),
+    "training": ("loss_plateau_patience", "validation_loss_max", "learning_rate_min"),
+    "inference": ("latency_max", "timeout", "batch_queue_max"),
+}
+ALERTS_KEYS = ("channels", "rules", "builtin", "repeat_interval")
+RULE_KEYS = ("condition", "severity", "channels", "for", "keep_firing_for", "labels", "annotations", "enabled")
+
+
+class _Checker:
+    """Validation helpers bound to one raw config, so each error carries file, line and key path."""
+
+    def __init__(self, raw: RawConfig) -> None:
+        self.raw = raw
+        self.file = str(raw.source) if raw.source else "built-in defaults"
+
+    def fail(self, path: str, message: str) -> ConfigError:
+        line = None
+        probe = path
+        while probe and line is None:
+            line = self.raw.lines.get(probe)
+            probe = probe.rsplit(".", 1)[0] if "." in probe else ""
+        return ConfigError(message, file=self.file, line=line, path=path)
+
+    def mapping(self, value: Any, path: str, allowed: tuple[str, ...] | None = None) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(path, f"expected a mapping (got {_show(value)})")
+        if allowed is not None:
+            for key in value:
+                if key not in allowed:
+                    hint = difflib.get_close_matches(key, allowed, n=1)
+                    extra = f' (did you mean "{hint[0]}"?)' if hint else f" (known: {', '.join(allowed)})"
+                    raise self.fail(f"{path}.{key}" if path else key, f"unknown key{extra}")
+        return value
+
+    def number(self, value: Any, path: str, *, lo: float | None = None, hi: float | None = None) -> float:
+        number = _as_number(value)
+        if number is None:
+            raise self.fail(path, f"expected a number (got {_show(value)})")
+        if not math.isfinite(number):
+            raise self.fail(path, f"must be finite (got {_show(value)})")
+        if lo is not None and number < lo:
+            raise self.fail(path, f"must be at least {lo:g} (got {_show(value)})")
+        if hi is not None and number > hi:
+            raise self.fail(path, f"must be at most {hi:g} (got {_show(value)})")
+        return number
+
+    def ratio(self, value: Any, path: str) -> float:
+        number = self.number(value, path)
+        if not 0.0 <= number <= 1.0:
+            raise self.fail(path, f"ratios are 0..1, e.g. 0.80 for 80 % (got {_show(value)})")
+        return number
+
+    def integer(self, value: Any, path: str, *, lo: int = 0) -> int:
+        number = self.number(value, path, lo=lo)
+        if number != int(number):
+            raise self.fail(path, f"expected a whole number (got {_show(value)})")
+        return int(number)
+
+    def boolean(self, value: Any, path: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, f"expected true or false (got {_show(value)})")
+        return value
+
+    def string(self, value: Any, path: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(path, f"expected a non-empty string (got {_show(value)})")
+        return value
+
+    def duration(self, value: Any, path: str, *, positive: bool = False) -> float:
+        try:
+            seconds = parse_duration(value, path=path)
+        except ConfigError as exc:
+            raise self.fail(path, exc.message) from None
+        if positive and seconds <= 0:
+            raise self.fail(path, f"must be more than 0 (got {_show(value)})")
+        return seconds
+
+    def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str:
+        if value not in choices:
+            hint = difflib.get_close_matches(str(value), choices, n=1)
+            extra = f' (did you mean "{hint[0]}"?)' if hint else ""
+            raise self.fail(path, f"must be one of {', '.join(choices)}{extra} (got {_show(value)})")
+        return value
+
+    def string_list(self, value: Any, path: str) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise self.fail(path, f"expected a list (got {_show(value)})")
+        return tuple(self.string(item, f"{path}[{i}]") for i, item in enumerate(value))
+
+    def string_map(self, value: Any, path: str) -> dict[str, str]:
+        mapping = self.mapping(value, path)
+        out: dict[str, str] = {}
+        for key, item in mapping.items():
+            if isinstance(item, (dict, list)) or item is None:
+                raise self.fail(f"{path}.{key}", f"expected a string (got {_show(item)})")
+            out[str(key)] = str(item)
+        return out
+
+
+def _as_number(value: Any) -> float | None:
+    # Why strings too: YAML 1.1 reads 1e-6 (no dot) as a string.
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def build_config(raw: RawConfig, defaults: RawConfig) -> Config:
+    """Validate ``raw`` (a user's file) over ``defaults`` (the shipped example) into a Config."""
+    check = _Checker(raw)
+    data = check.mapping(raw.data, "", TOP_KEYS)
+    base = defaults.data
+    monitoring = _monitoring(check, _merge(base.get("monitoring", {}), data.get("monitoring")))
+    # Why not merged: a user who writes their own rules or channels wants exactly those.
+    alerts_raw = data["alerts"] if "alerts" in data else base.get("alerts", {})
+    if "alerts" not in data:
+        check = _Checker(defaults)
+    alerts = _alerts(check, alerts_raw)
+    check = _Checker(raw)
+    parsers = _parsers(check, data.get("parsers"))
+    aliases = check.string_map(data.get("aliases"), "aliases")
+    scrape = check.string_list(data.get("scrape"), "scrape")
+    collectors = check.string_list(data.get("collectors"), "collectors")
+    for i, spec in enumerate(collectors):
+        if ":" not in spec:
+            raise check.fail(f"collectors[{i}]", f'expected "package.module:ClassName" (got {spec!r})')
+    lines = dict(raw.lines) if raw.source else dict(defaults.lines)
+    source = raw.source
+    return Config(monitoring, alerts, parsers, aliases, scrape, collectors, source, lines)
+
+
+def _merge(base: Any, override: Any) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = _merge(base.get(key), value)
+        return out
+    return base if override is None else override
+
+
+def _monitoring(check: _Checker, value: Any) -> Monitoring:
+    m = check.mapping(value, "monitoring", MONITORING_KEYS)
+    thresholds = check.mapping(m.get("thresholds"), "monitoring.thresholds", tuple(THRESHOLD_KEYS))
+    for section, keys in THRESHOLD_KEYS.items():
+        check.mapping(thresholds.get(section), f"monitoring.thresholds.{section}", keys)
+    t = "monitoring.thresholds"
+    mem, gpu = thresholds["memory"], thresholds["gpu"]
+    train, inf = thresholds["training"], thresholds["inference"]
+    memory = MemoryThresholds(
+        check.ratio(mem["warning"], f"{t}.memory.warning"), check.ratio(mem["critical"], f"{t}.memory.critical")
+    )
+    if memory.warning > memory.critical:
+        raise check.fail(f"{t}.memory.warning", f"must not exceed memory.critical (got {memory.warning:g})")
+    export_format = check.choice(m["export_format"], "monitoring.export_format", EXPORT_FORMATS)
+    textfile = m.get("textfile_dir")
+    retention = m.get("retention")
+    return Monitoring(
+        enabled=check.boolean(m["enabled"], "monitoring.enabled"),
+        update_frequency=check.duration(m["update_frequency"], "monitoring.update_frequency", positive=True),
+        metrics_path=Path(check.string(m["metrics_path"], "monitoring.metrics_path")),
+        export_format=export_format,
+        textfile_dir=Path(check.string(textfile, "monitoring.textfile_dir")) if textfile is not None else None,
+        retention=check.duration(retention, "monitoring.retention", positive=True) if retention is not None else None,
+        thresholds=Thresholds(
+            memory=memory,
+            gpu=GpuThresholds(
+                check.ratio(gpu["utilization_min"], f"{t}.gpu.utilization_min"),
+                check.ratio(gpu["memory_max"], f"{t}.gpu.memory_max"),
+            ),
+            training=TrainingThresholds(
+                check.integer(train["loss_plateau_patience"], f"{t}.training.loss_plateau_patience", lo=1),
+                check.number(train["validation_loss_max"], f"{t}.training.validation_loss_max"),
+                check.number(train["learning_rate_min"], f"{t}.training.learning_rate_min", lo=0),
+            ),
+            inference=InferenceThresholds(
+                check.number(inf["latency_max"], f"{t}.inference.latency_max", lo=0),
+                check.duration(inf["timeout"], f"{t}.inference.timeout", positive=True),
+                check.number(inf["batch_queue_max"], f"{t}.inference.batch_queue_max", lo=0),
+            ),
+        ),
+    )
+
+
+def _alerts(check: _Checker, value: Any) -> Alerts:
+    a = check.mapping(value, "alerts", ALERTS_KEYS)
+    channels: dict[str, ChannelConfig] = {}
+    for name, options in check.mapping(a.get("channels"), "alerts.channels").items():
+        path = f"alerts.channels.{name}"
+        opts = dict(check.mapping(options, path))
+        kind = opts.pop("type", name)
+        check.choice(kind, f"{path}.type" if "type" in (options or {}) else path, CHANNEL_TYPES)
+        channels[name] = ChannelConfig(name, kind, opts, check.raw.lines.get(path))
+    rules: dict[str, RuleConfig] = {}
+    for name, body in check.mapping(a.get("rules"), "alerts.rules").items():
+        path = f"alerts.rules.{name}"
+        r = check.mapping(body, path, RULE_KEYS)
+        if "condition" not in r:
+            raise check.fail(path, "missing key condition")
+        rule_channels = check.string_list(r.get("channels"), f"{path}.channels")
+        for i, ch in enumerate(rule_channels):
+            if ch not in channels:
+                hint = difflib.get_close_matches(ch, list(channels), n=1)
+                extra = f' (did you mean "{hint[0]}"?)' if hint else ""
+                raise check.fail(f"{path}.channels[{i}]", f"no channel named {ch!r} in alerts.channels{extra}")
+        rules[name] = RuleConfig(
+            name=name,
+            condition=check.string(r["condition"], f"{path}.condition"),
+            severity=check.choice(r.get("severity", "warning"), f"{path}.severity", SEVERITIES),
+            channels=rule_channels,
+            for_=check.duration(r.get("for", 0), f"{path}.for"),
+            keep_firing_for=check.duration(r.get("keep_firing_for", 0), f"{path}.keep_firing_for"),
+            labels=check.string_map(r.get("labels"), f"{path}.labels"),
+            annotations=check.string_map(r.get("annotations"), f"{path}.annotations"),
+            enabled=check.boolean(r.get("enabled", True), f"{path}.enabled"),
+            line=check.raw.lines.get(path),
+        )
+    builtin = {
+        str(k): check.boolean(v, f"alerts.builtin.{k}")
+        for k, v in check.mapping(a.get("builtin"), "alerts.builtin").items()
+    }
+    repeat = check.duration(a.get("repeat_interval", "4h"), "alerts.repeat_interval", positive=True)
+    return Alerts(channels, rules, builtin, repeat)
+
+
+def _parsers(check: _Checker, value: Any) -> tuple[ParserConfig, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise check.fail("parsers", f"expected a list of {{pattern: REGEX}} (got {_show(value)})")
+    out = []
+    for i, item in enumerate(value):
+        path = f"parsers[{i}]"
+        if isinstance(item, str):
+            item = {"pattern": item}
+        body = check.mapping(item, path, ("pattern",))
+        text = check.string(body.get("pattern"), f"{path}.pattern")
+        try:
+            pattern = re.compile(text)
+        except re.error as exc:
+            raise check.fail(f"{path}.pattern", f"invalid regular expression: {exc}") from None
+        if not pattern.groupindex:
+            raise check.fail(f"{path}.pattern", "needs named groups, e.g. (?P<loss>[0-9.e+-]+)")
+        out.append(ParserConfig(pattern, check.raw.lines.get(path)))
+    return tuple(out)

@@ -1,0 +1,188 @@
+"""Compaction: rewrite each finished partition's many flush files into one sorted file, safely at any moment.
+
+Protocol (one compaction at a time, under ``_compact/.lock``):
+
+1. write an *intent* ``_compact/<token>.json`` naming the partition, the new file and the files it replaces;
+2. write ``compact-<token>.parquet`` atomically; its footer also lists the files it replaces;
+3. remove the replaced files; 4. remove the intent.
+
+llamamon's reader leaves out every file named in a valid compacted file's footer, so it never sees a
+row twice or misses one, whether compaction is running or was killed at any step. Plain globbing
+readers (``polars.scan_parquet("**/*.parquet")``, DuckDB) see the replaced files alongside the new one
+only between steps 2 and 3 (or, after a kill there, until the next llamamon command opens the store:
+``recover`` finishes step 3 from the intent without needing pyarrow). A kill before step 2 leaves only
+the untouched sources and, at worst, a hidden temporary that ``recover`` removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from llamamon.errors import StoreError
+from llamamon.fsutil import atomic_write
+from llamamon.store import journal
+from llamamon.store.layout import COMPACT_PREFIX, DATA_SUFFIX, iter_partitions
+
+log = logging.getLogger("llamamon.store")
+
+COMPACT_DIR = "_compact"
+
+
+@dataclass
+class CompactResult:
+    partitions: int = 0
+    files_before: int = 0
+    files_after: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    skipped_live: int = 0
+    skipped_recent: int = 0
+
+
+@contextlib.contextmanager
+def compaction_lock(metrics_dir: Path) -> Iterator[bool]:
+    """Hold the store's compaction lock; yields False (without waiting) when another process has it."""
+    folder = Path(metrics_dir) / COMPACT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def recover(metrics_dir: str | os.PathLike[str]) -> int:
+    """Finish or roll back compactions a kill interrupted (stdlib only); returns the intents resolved."""
+    root = Path(metrics_dir)
+    folder = root / COMPACT_DIR
+    if not folder.is_dir() or not any(p.suffix == ".json" for p in folder.iterdir()):
+        return 0
+    with compaction_lock(root) as held:
+        if not held:
+            return 0  # a compaction is running: its intents are not stale
+        return _resolve_all(root)
+
+
+def _resolve_all(root: Path) -> int:
+    folder = root / COMPACT_DIR
+    for tmp in folder.glob(".*.tmp"):  # an intent whose writing was killed: nothing was started
+        tmp.unlink(missing_ok=True)
+    return sum(_resolve_intent(root, path) for path in sorted(folder.glob("*.json")))
+
+
+def _resolve_intent(root: Path, intent: Path) -> int:
+    try:
+        data = json.loads(intent.read_text(encoding="utf-8"))
+        partition = root / data["partition"]
+        new_file = str(data["file"])
+        replaces = [str(n) for n in data["replaces"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: unreadable compaction intent (%s); removed", intent, exc)
+        intent.unlink(missing_ok=True)
+        return 1
+    if (partition / new_file).exists():
+        _remove(partition, replaces)  # the new file is whole (atomic): finish the job
+    # Killed mid-write, the sources are untouched; either way a temporary may be left.
+    for tmp in partition.glob(f".{new_file}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+    intent.unlink(missing_ok=True)
+    return 1
+
+
+def _remove(partition: Path, names: list[str]) -> None:
+    for name in names:
+        (partition / name).unlink(missing_ok=True)
+    _fsync_dir(partition)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _ended_runs(root: Path) -> set[str]:
+    from llamamon.store.runs import list_runs
+
+    return {r.id for r in list_runs(root) if r.end is not None}
+
+
+def compact(metrics_dir: str | os.PathLike[str], older_than: float = 3600.0, now: float | None = None) -> CompactResult:
+    """Rewrite every finished partition into one file sorted by (metric, labels, time).
+
+    A partition is finished when no live writer holds a journal of its run and either the run has
+    ended (runs/<id>.json) or its newest file is older than ``older_than`` seconds. Partitions of a run
+    still being written are left alone. Running it twice changes nothing the second time.
+    """
+    from llamamon.store import open_store
+    from llamamon.store.reader import partition_files
+
+    root = open_store(metrics_dir)
+    result = CompactResult()
+    now = time.time() if now is None else now
+    with compaction_lock(root) as held:
+        if not held:
+            raise StoreError(f"another compaction is running on {root}")
+        _resolve_all(root)
+        live = journal.live_runs(root)
+        ended = _ended_runs(root)
+        for _group, _date, run, folder in iter_partitions(root):
+            if run in live:
+                result.skipped_live += 1
+                continue
+            for tmp in folder.glob(".*.tmp"):  # left by a writer killed mid-file; no writer is alive now
+                tmp.unlink(missing_ok=True)
+            files = partition_files(folder)
+            if not files or (len(files) == 1 and files[0].name.startswith(COMPACT_PREFIX)):
+                continue
+            if run not in ended and max(f.stat().st_mtime for f in files) > now - older_than:
+                result.skipped_recent += 1
+                continue
+            _compact_partition(root, folder, files, result)
+    return result
+
+
+def _compact_partition(root: Path, folder: Path, files: list[Path], result: CompactResult) -> None:
+    import pyarrow as pa
+
+    from llamamon.store import parquet
+
+    try:
+        tables = [parquet.read_table(f) for f in files]
+    except parquet.CorruptFile as exc:
+        log.warning("%s; partition %s not compacted", exc, folder)
+        return
+    table = parquet.sort_table(pa.concat_tables(tables).replace_schema_metadata(None))
+    token = secrets.token_hex(4)
+    new_name = f"{COMPACT_PREFIX}{token}{DATA_SUFFIX}"
+    names = [f.name for f in files]
+    intent = root / COMPACT_DIR / f"{token}.json"
+    payload = {"partition": str(folder.relative_to(root)), "file": new_name, "replaces": names}
+    atomic_write(intent, json.dumps(payload).encode())
+    before = sum(f.stat().st_size for f in files)
+    new_path = parquet.write_table(folder / new_name, table, replaces=names)
+    _remove(folder, names)
+    intent.unlink(missing_ok=True)
+    result.partitions += 1
+    result.files_before += len(files)
+    result.files_after += 1
+    result.bytes_before += before
+    result.bytes_after += new_path.stat().st_size
+    log.debug("compacted %d file(s) in %s into %s", len(files), folder, new_name)

@@ -1,0 +1,114 @@
+"""Parquet files of the store: the only module that imports pyarrow at top level.
+
+Only ever imported from inside functions (writer flush, journal fold, reader, compaction), never on
+the ``llamamon --help`` or ``import llamamon`` path.
+
+Encodings (measured by ``bench/store_io.py``): rows sorted by (metric, labels, time) make every
+column run-friendly; ``host``/``metric``/``labels`` are dictionary-encoded; ``time`` uses
+DELTA_BINARY_PACKED (a 1 Hz series is a constant delta); ``value`` uses BYTE_STREAM_SPLIT, which lets
+zstd see the slowly-changing exponent and high mantissa bytes; ``step`` is delta-packed too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from llamamon.fsutil import atomic_write
+from llamamon.samples import Row, labels_to_str
+
+SCHEMA = pa.schema(
+    [
+        pa.field("time", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("host", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("labels", pa.string(), nullable=False),
+        pa.field("step", pa.int64(), nullable=True),
+    ]
+)
+SORT_KEYS = [("metric", "ascending"), ("labels", "ascending"), ("time", "ascending")]
+REPLACES_KEY = b"llamamon.replaces"
+ZSTD_LEVEL = 9
+
+WRITE_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "compression_level": ZSTD_LEVEL,
+    "use_dictionary": ["host", "metric", "labels"],
+    "column_encoding": {"time": "DELTA_BINARY_PACKED", "value": "BYTE_STREAM_SPLIT", "step": "DELTA_BINARY_PACKED"},
+    "write_statistics": ["time", "metric"],
+}
+
+
+class CorruptFile(Exception):
+    """A file the readers must skip: not Parquet, truncated, or not in the store's schema."""
+
+
+def rows_to_table(rows: Sequence[Row], host: str) -> pa.Table:
+    """Rows (one partition's) as a table in the store schema, sorted for compression and range reads."""
+    table = pa.table(
+        {
+            "time": pa.array([round(r.time * 1_000_000) for r in rows], pa.int64()).cast(SCHEMA.field("time").type),
+            "host": pa.array([host] * len(rows), pa.string()),
+            "metric": pa.array([r.metric for r in rows], pa.string()),
+            "value": pa.array([r.value for r in rows], pa.float64()),
+            "labels": pa.array([labels_to_str(r.labels) for r in rows], pa.string()),
+            "step": pa.array([r.step for r in rows], pa.int64()),
+        },
+        schema=SCHEMA,
+    )
+    return sort_table(table)
+
+
+def sort_table(table: pa.Table) -> pa.Table:
+    return table.take(pc.sort_indices(table, sort_keys=SORT_KEYS))
+
+
+def write_table(path: Path, table: pa.Table, replaces: Sequence[str] = (), **options: Any) -> Path:
+    """Write a whole file atomically; ``replaces`` lists the sibling files this one supersedes (compaction)."""
+    table = table.cast(SCHEMA)
+    if replaces:
+        table = table.replace_schema_metadata({REPLACES_KEY: json.dumps(sorted(replaces)).encode()})
+    settings = {**WRITE_OPTIONS, **options}
+    return atomic_write(path, lambda fh: pq.write_table(table, fh, **settings))
+
+
+def inspect(path: Path) -> tuple[int, list[str]]:
+    """(row count, files it replaces) from the footer alone; CorruptFile when readers must skip it.
+
+    Reads only the footer (a few KiB), so validating thousands of files stays fast.
+    """
+    try:
+        meta = pq.read_metadata(path)
+        schema = meta.schema.to_arrow_schema()
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise CorruptFile(f"{path}: unreadable Parquet ({_reason(exc)}); skipped") from None
+    for field in SCHEMA:
+        idx = schema.get_field_index(field.name)
+        if idx < 0 or not schema.field(idx).type.equals(field.type):
+            raise CorruptFile(f"{path}: column {field.name!r} missing or not {field.type}; skipped")
+    replaces: list[str] = []
+    raw = (schema.metadata or {}).get(REPLACES_KEY)
+    if raw:
+        try:
+            replaces = [str(name) for name in json.loads(raw)]
+        except ValueError:
+            raise CorruptFile(f"{path}: bad {REPLACES_KEY.decode()} metadata; skipped") from None
+    return meta.num_rows, replaces
+
+
+def read_table(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path, schema=SCHEMA)
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise CorruptFile(f"{path}: unreadable Parquet ({_reason(exc)}); skipped") from None
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

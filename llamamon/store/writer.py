@@ -1,0 +1,168 @@
+"""StoreWriter: rows go to the journal at once and into Parquet at every flush; orphaned journals are folded.
+
+A flush turns one journal segment into at most one Parquet file per (group, date) partition, each
+named after the segment (``<writer>-<seq>.parquet``). That name is what makes folding idempotent and
+crash-safe: whether the writer itself flushed, or died and the next llamamon command folds its
+segment, the same rows land under the same name, a file that already exists is left as it is, and the
+segment is removed only once every file exists. Killed anywhere in between, the next fold finishes the
+job without losing or duplicating a row.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from llamamon.errors import StoreError
+from llamamon.samples import Row
+from llamamon.store import journal
+from llamamon.store.layout import check_group, data_file, journal_dir, utc_date
+
+log = logging.getLogger("llamamon.store")
+
+
+def write_partitions(metrics_dir: Path, run_id: str, host: str, stem: str, rows: Sequence[Row]) -> list[Path]:
+    """Write ``rows`` as ``<stem>.parquet`` in each (group, date) partition they touch; skip files already there."""
+    from llamamon.store import parquet  # heavy: pyarrow only when rows are really written
+
+    by_partition: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    for row in rows:
+        by_partition[(row.group, utc_date(row.time))].append(row)
+    written = []
+    for (group, date), part in sorted(by_partition.items()):
+        path = data_file(metrics_dir, group, date, run_id, stem)
+        if path.exists():
+            continue  # written by an earlier flush or fold of this very segment
+        parquet.write_table(path, parquet.rows_to_table(part, host))
+        written.append(path)
+    return written
+
+
+def fold_segment(metrics_dir: Path, segment: journal.Segment) -> int:
+    """Move one claimed, writer-less segment into Parquet and remove it; returns the rows folded."""
+    try:
+        header, rows = journal.read_segment(segment.path)
+        if rows:
+            host = str(header.get("host") or "")
+            run_id = str(header.get("run") or segment.run_id)
+            write_partitions(metrics_dir, run_id, host, segment.stem, rows)
+        segment.discard()
+        return len(rows)
+    except BaseException:
+        segment.release()
+        raise
+
+
+def fold_orphans(metrics_dir: str | os.PathLike[str]) -> int:
+    """Fold every journal segment whose writer is gone (never a live one); returns the rows folded."""
+    root = Path(metrics_dir)
+    total = 0
+    for segment in journal.orphans(root):
+        try:
+            count = fold_segment(root, segment)
+        except StoreError as exc:
+            log.warning("%s: could not fold journal: %s", segment.path, exc)
+            continue
+        total += count
+        log.debug("folded %d row(s) from %s", count, segment.path)
+    _remove_empty_journal_dirs(root)
+    return total
+
+
+def _remove_empty_journal_dirs(root: Path) -> None:
+    for folder in journal_dir(root).glob("*"):
+        # Not empty (a live writer), or already gone: leave it.
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+class StoreWriter:
+    """Thread-safe writer of one run's rows: journal first (crash safety), Parquet every ``flush_interval`` s.
+
+    ``append`` writes the rows to the journal before returning, so a ``kill -9`` loses at most the
+    rows of the call it interrupts. ``flush`` runs on the appending thread when due, and at ``close``
+    (also called at interpreter exit).
+    """
+
+    def __init__(
+        self,
+        metrics_dir: str | os.PathLike[str],
+        run_id: str,
+        host: str,
+        flush_interval: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.metrics_dir = Path(metrics_dir)
+        self.run_id = run_id
+        self.host = host
+        self.flush_interval = flush_interval
+        self._clock = clock
+        self._journal = journal.Journal(self.metrics_dir, run_id, host)
+        self._buffer: list[Row] = []
+        self._lock = threading.Lock()  # guards the buffer and the segment swap
+        self._flush_lock = threading.Lock()  # one Parquet conversion at a time
+        self._last_flush = clock()
+        self._closed = False
+        self.rows_written = 0
+        atexit.register(self.close)
+
+    def append(self, rows: Iterable[Row]) -> int:
+        rows = list(rows)
+        if not rows:
+            return 0
+        for row in rows:
+            check_group(row.group)  # refuse here, not at a flush that could then never succeed
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"writer for run {self.run_id} is closed")
+            self._journal.append(rows)
+            self._buffer.extend(rows)
+            due = self._clock() - self._last_flush >= self.flush_interval
+        if due:
+            self.flush()
+        return len(rows)
+
+    def flush(self) -> int:
+        """Write buffered rows as Parquet and drop their journal segment; returns the rows written."""
+        with self._flush_lock:
+            with self._lock:
+                rows, self._buffer = self._buffer, []
+                segment = self._journal.rotate()
+                self._last_flush = self._clock()
+            if segment is None:
+                return 0
+            try:
+                write_partitions(self.metrics_dir, self.run_id, self.host, segment.stem, rows)
+            except BaseException:
+                # The rows are safe in the segment; unlocked, the next fold (or open_store) converts it.
+                segment.release()
+                raise
+            segment.discard()
+            self.rows_written += len(rows)
+            return len(rows)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            with self._lock:
+                self._closed = True
+            self._journal.close()
+            atexit.unregister(self.close)
+            with contextlib.suppress(OSError):  # other writers of this run may still use it
+                journal_dir(self.metrics_dir, self.run_id).rmdir()
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

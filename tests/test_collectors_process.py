@@ -1,0 +1,312 @@
+"""ProcessTreeCollector against real process trees (fork, exit, reap, orphan) on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from llamamon.collectors.process import ProcessTreeCollector, proc_children_supported
+from llamamon.samples import Sample
+
+# A small job driven line by line on stdin, answering on stdout, so the test decides what happens
+# between two samples instead of sleeping and hoping.
+JOB = r"""
+import os, sys, time
+
+def burn(seconds):
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+def own_cpu():
+    t = os.times()
+    return t.user + t.system
+
+children = []
+print("ready", own_cpu(), flush=True)
+for line in sys.stdin:
+    cmd, *args = line.split()
+    if cmd == "short":  # a child born, burning and reaped between two samples
+        pid = os.fork()
+        if pid == 0:
+            burn(float(args[0]))
+            os._exit(0)
+        _, _, usage = os.wait4(pid, 0)
+        print("reaped", usage.ru_utime + usage.ru_stime, own_cpu(), flush=True)
+    elif cmd == "spawn":  # a child that burns, then exits and waits to be reaped
+        pid = os.fork()
+        if pid == 0:
+            burn(float(args[0]))
+            os._exit(0)
+        children.append(pid)
+        print("spawned", pid, flush=True)
+    elif cmd == "reap":
+        _, _, usage = os.wait4(children.pop(), 0)
+        print("reaped", usage.ru_utime + usage.ru_stime, own_cpu(), flush=True)
+    elif cmd == "tree":  # four busy processes, three generations below the root, until killed
+        read, write = os.pipe()
+        if os.fork() == 0:
+            if os.fork() == 0:
+                if os.fork() == 0:
+                    os.write(write, b"%d\n" % os.getpid())
+                while True:
+                    pass
+            os.fork()
+            while True:
+                pass
+        print("tree", int(os.read(read, 64)), flush=True)
+    elif cmd == "orphan":  # a grandchild left behind when its parent exits at once
+        read, write = os.pipe()
+        if os.fork() == 0:
+            if os.fork() == 0:
+                os.write(write, b"%d\n" % os.getpid())
+                time.sleep(60)
+                os._exit(0)
+            os._exit(0)
+        grandchild = int(os.read(read, 64))
+        print("orphaned", grandchild, flush=True)
+    elif cmd == "write":  # bytes that reach the disk
+        with open(args[0], "wb") as fh:
+            fh.write(os.urandom(int(args[1])))
+            fh.flush()
+            os.fsync(fh.fileno())
+        print("written", flush=True)
+    elif cmd == "exit":
+        os._exit(0)
+"""
+
+
+class Job:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", JOB],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.ready_cpu = float(self.reply("ready")[0])
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def reply(self, word: str) -> list[str]:
+        line = self.proc.stdout.readline().split()
+        assert line[:1] == [word], f"job said {line!r}, expected {word!r}"
+        return line[1:]
+
+    def ask(self, command: str, answer: str) -> list[str]:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.reply(answer)
+
+    def kill(self) -> None:
+        # The whole session: grandchildren included (orphans keep the session id).
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                if os.getsid(proc.pid) == self.pid:
+                    os.kill(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                pass
+        self.proc.wait(timeout=10)
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def job():
+    job = Job()
+    yield job
+    job.kill()
+
+
+class Clock:
+    """The collector's clock, advanced by the test: rates become "CPU seconds per tick"."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def values(samples: list[Sample]) -> dict[str, float]:
+    return {s.metric: s.value for s in samples}
+
+
+async def tick(collector: ProcessTreeCollector, clock: Clock) -> dict[str, float]:
+    clock.now += 1.0
+    return values(await collector.collect())
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.02)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def cpu_seconds(procs: dict[int, psutil.Process]) -> dict[int, float]:
+    return {pid: sum(proc.cpu_times()[:4]) for pid, proc in procs.items()}
+
+
+def test_busy_tree_with_grandchildren_is_summed(job: Job):
+    async def main():
+        collector = ProcessTreeCollector(job.pid)
+        await collector.open()
+        (great_grandchild,) = map(int, job.ask("tree", "tree"))
+        deadline = time.monotonic() + 20
+        sample: dict[str, float] = {}
+        while time.monotonic() < deadline and sample.get("process_tree_size") != 5:
+            await asyncio.sleep(0.1)
+            sample = values(await collector.collect())
+        assert sample["process_tree_size"] == 5  # root, child, 2 grandchildren, great-grandchild
+        assert great_grandchild in collector.pids()
+        assert sample["process_threads"] >= 5
+        assert sample["process_memory_rss"] > 5 * 1024 * 1024
+
+        # One busy window, measured by the collector and, independently, per process by the test.
+        procs = {pid: psutil.Process(pid) for pid in collector.pids()}
+        before, started = cpu_seconds(procs), time.monotonic()
+        await asyncio.sleep(0.5)
+        sample = values(await collector.collect())
+        after, elapsed = cpu_seconds(procs), time.monotonic() - started
+        per_process = {pid: (after[pid] - before[pid]) / elapsed for pid in procs}
+        tree = sample["process_cpu_usage"]
+        assert tree == pytest.approx(sum(per_process.values()), rel=0.15, abs=0.03)
+        # Four equally busy loops: the sum is several times the busiest single one.
+        assert tree > 2.5 * max(per_process.values())
+        assert tree <= psutil.cpu_count() + 0.2
+        await collector.close()
+
+    asyncio.run(main())
+
+
+def test_a_child_born_and_reaped_between_samples_is_accounted(job: Job):
+    async def main():
+        clock = Clock()
+        collector = ProcessTreeCollector(job.pid, clock=clock)
+        await collector.open()
+        child_cpu, root_cpu = map(float, job.ask("short 0.4", "reaped"))
+        sample = await tick(collector, clock)
+        # The child was never seen; its CPU arrives through the root's children_user/children_system.
+        assert child_cpu >= 0.4
+        assert sample["process_cpu_usage"] == pytest.approx(child_cpu + (root_cpu - job.ready_cpu), abs=0.05)
+        assert sample["process_tree_size"] == 1
+
+    asyncio.run(main())
+
+
+def test_a_child_seen_alive_then_reaped_is_not_counted_twice(job: Job):
+    async def main():
+        clock = Clock()
+        collector = ProcessTreeCollector(job.pid, clock=clock)
+        await collector.open()
+        (child,) = map(int, job.ask("spawn 0.6", "spawned"))
+        child_proc = psutil.Process(child)
+        wait_for(lambda: sum(child_proc.cpu_times()[:2]) >= 0.3, what="child to burn 0.3 s")
+        first = await tick(collector, clock)
+        assert first["process_tree_size"] == 2
+        assert child in collector.pids()
+        wait_for(lambda: child_proc.status() == psutil.STATUS_ZOMBIE, what="child to exit")
+        child_cpu, root_cpu = map(float, job.ask("reap", "reaped"))
+        second = await tick(collector, clock)
+        assert second["process_tree_size"] == 1
+        total = first["process_cpu_usage"] + second["process_cpu_usage"]
+        expected = child_cpu + (root_cpu - job.ready_cpu)
+        # Counted twice, the total would exceed this by the 0.3+ s the child had burned at the first sample.
+        assert total == pytest.approx(expected, abs=0.05)
+
+    asyncio.run(main())
+
+
+def test_remembered_members_are_kept_after_their_parent_exits(job: Job):
+    async def main():
+        clock = Clock()
+        collector = ProcessTreeCollector(job.pid, clock=clock)
+        await collector.open()
+        (child,) = map(int, job.ask("spawn 30", "spawned"))
+        first = await tick(collector, clock)
+        assert child in collector.pids()
+        assert first["process_tree_size"] == 2
+        job.proc.stdin.write("exit\n")
+        job.proc.stdin.flush()
+        job.proc.wait(timeout=10)  # the root is gone and reaped; its child lives on, reparented
+        child_proc = psutil.Process(child)
+        start = sum(child_proc.cpu_times()[:2])
+        wait_for(lambda: sum(child_proc.cpu_times()[:2]) >= start + 0.2, what="orphan to burn 0.2 s")
+        second = await tick(collector, clock)
+        assert collector.pids() == {child}
+        assert second["process_tree_size"] == 1
+        assert second["process_cpu_usage"] >= 0.2  # still burning, and still ours
+
+    asyncio.run(main())
+
+
+def test_root_gone_returns_nothing_and_does_not_raise():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+
+    async def main():
+        collector = ProcessTreeCollector(proc.pid)
+        await collector.open()
+        assert await collector.collect() == []
+        assert collector.pids() == set()
+
+    asyncio.run(main())
+
+
+def test_root_exiting_between_samples_ends_in_empty_samples(job: Job):
+    async def main():
+        clock = Clock()
+        collector = ProcessTreeCollector(job.pid, clock=clock)
+        await collector.open()
+        assert (await tick(collector, clock))["process_tree_size"] == 1
+        job.proc.stdin.write("exit\n")
+        job.proc.stdin.flush()
+        job.proc.wait(timeout=10)
+        assert await tick(collector, clock) == {}
+
+    asyncio.run(main())
+
+
+def test_io_write_rate_comes_from_counter_deltas(job: Job, tmp_path: Path):
+    async def main():
+        clock = Clock()
+        collector = ProcessTreeCollector(job.pid, clock=clock)
+        await collector.open()
+        job.ask(f"write {tmp_path / 'blob'} 8000000", "written")
+        sample = await tick(collector, clock)
+        assert sample["process_io_write_throughput"] >= 8_000_000
+        assert sample["process_io_read_throughput"] >= 0
+        quiet = await tick(collector, clock)
+        assert quiet["process_io_write_throughput"] < 1_000_000
+
+    asyncio.run(main())
+
+
+def test_first_sample_has_a_cpu_rate(job: Job):
+    async def main():
+        collector = ProcessTreeCollector(job.pid)
+        await collector.open()
+        sample = values(await collector.collect())
+        assert 0.0 <= sample["process_cpu_usage"] <= psutil.cpu_count()
+
+    asyncio.run(main())
+
+
+def test_this_kernel_lists_children_in_proc():
+    # The cheap discovery path is the one the benchmark measures; say so if this machine lacks it.
+    assert proc_children_supported() == os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")

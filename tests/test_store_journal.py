@@ -1,0 +1,247 @@
+"""Crash safety: the journal, its fold after a real kill -9, idempotence, and concurrent writers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+from llamamon.samples import Row, make_labels
+from llamamon.store import journal, open_store
+from llamamon.store.reader import scan
+from llamamon.store.writer import StoreWriter, fold_orphans, write_partitions
+from tests.conftest import llamamon_env
+
+RUN = "20261127T120000Z-testhost-abcd"
+T0 = 1_764_244_800.0
+
+WRITER_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from llamamon.samples import Row
+    from llamamon.store.writer import StoreWriter
+
+    root, run, interval, tag, count = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+    writer = StoreWriter(root, run, "host-" + tag, flush_interval=interval)
+    i = 0
+    while count < 0 or i < count:
+        # Two partitions per tick (two groups), so a kill can land between their files too.
+        writer.append([
+            Row(1764244800.0 + i, "system", "cpu_usage", float(i), (("writer", tag),)),
+            Row(1764244800.0 + i, "gpu", "gpu_utilization", float(i), (("writer", tag),)),
+        ])
+        print(i, flush=True)
+        i += 1
+    writer.close()
+    """
+)
+
+
+def _spawn_writer(root: Path, tag: str, interval: float, count: int = -1) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER_SCRIPT, str(root), RUN, str(interval), tag, str(count)],
+        env=llamamon_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_tick(proc: subprocess.Popen[str], tick: int, timeout: float = 60) -> int:
+    """Read the writer's acknowledgements until ``tick``; returns the last acknowledged tick."""
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    last = -1
+    while last < tick:
+        assert time.monotonic() < deadline, "writer did not reach the tick in time"
+        line = proc.stdout.readline()
+        assert line, f"writer exited early with {proc.wait()}"
+        last = int(line)
+    return last
+
+
+def _values(root: Path, tag: str | None = None) -> dict[str, Counter[float]]:
+    df = scan(root).collect()
+    out: dict[str, Counter[float]] = {}
+    for group, value, labels in zip(df["group"], df["value"], df["labels"], strict=True):
+        if tag is None or json.loads(labels)["writer"] == tag:
+            out.setdefault(group, Counter())[value] += 1
+    return out
+
+
+def test_fold_after_kill_9_loses_at_most_the_last_interval(metrics_dir):
+    for round_, target in enumerate((15, 41, 90)):
+        tag = f"k{round_}"
+        with _spawn_writer(metrics_dir, tag, interval=0.01) as proc:
+            acked = _wait_for_tick(proc, target)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            # Ticks acknowledged after `acked` reached the journal too; the one after those may have.
+            assert proc.stdout is not None
+            extra = [int(x) for x in proc.stdout.read().split()]
+        last_possible = (extra[-1] if extra else acked) + 1
+
+        open_store(metrics_dir)
+        values = _values(metrics_dir, tag)
+        for group in ("system", "gpu"):
+            got = values[group]
+            assert max(got.values()) == 1, f"duplicated rows in {group}"
+            acknowledged = {float(i) for i in range(acked + 1)}
+            assert acknowledged <= set(got), f"lost acknowledged rows in {group}"
+            assert set(got) <= {float(i) for i in range(last_possible + 1)}
+        assert not journal.segment_paths(metrics_dir)
+
+        # Folding again changes nothing.
+        before = _values(metrics_dir, tag)
+        assert fold_orphans(metrics_dir) == 0
+        open_store(metrics_dir)
+        assert _values(metrics_dir, tag) == before
+
+
+def test_kill_between_parquet_and_segment_removal_neither_loses_nor_duplicates(metrics_dir):
+    rows = [Row(T0 + i, g, "m", float(i)) for i in range(10) for g in ("system", "gpu")]
+    j = journal.Journal(metrics_dir, RUN, "h")
+    j.append(rows)
+    segment = j.rotate()
+    assert segment is not None
+    # Died after writing only the gpu partition's file (its lock goes with the process).
+    write_partitions(metrics_dir, RUN, "h", segment.stem, [r for r in rows if r.group == "gpu"])
+    segment.release()
+    assert fold_orphans(metrics_dir) == 20
+    assert _values(metrics_dir) == {g: Counter(float(i) for i in range(10)) for g in ("system", "gpu")}
+
+    # Died after all files, before removing the segment: fold skips the existing files, drops the segment.
+    j.append(rows)
+    segment = j.rotate()
+    assert segment is not None
+    write_partitions(metrics_dir, RUN, "h", segment.stem, rows)
+    segment.release()
+    fold_orphans(metrics_dir)
+    assert _values(metrics_dir) == {g: Counter({float(i): 2 for i in range(10)}) for g in ("system", "gpu")}
+    assert not journal.segment_paths(metrics_dir)
+
+
+def test_live_writers_journal_is_never_folded(metrics_dir):
+    writer = StoreWriter(metrics_dir, RUN, "h", flush_interval=3600)
+    writer.append([Row(T0, "system", "cpu_usage", 1.0)])
+    # Another llamamon command (another process) opens the store meanwhile.
+    code = "import sys; from llamamon.store import open_store; open_store(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", code, str(metrics_dir)], env=llamamon_env(), check=True)
+    assert scan(metrics_dir).collect().height == 0
+    assert len(journal.segment_paths(metrics_dir)) == 1
+    assert journal.live_runs(metrics_dir) == {RUN}
+    writer.append([Row(T0 + 1, "system", "cpu_usage", 2.0)])
+    writer.close()
+    assert sorted(scan(metrics_dir).collect()["value"]) == [1.0, 2.0]
+    assert journal.live_runs(metrics_dir) == set()
+    assert not (metrics_dir / "_journal" / RUN).exists()
+
+
+def test_torn_last_line_is_skipped_with_a_warning(metrics_dir, caplog):
+    folder = metrics_dir / "_journal" / RUN
+    folder.mkdir(parents=True)
+    segment = folder / "4242-abcdef-000001.jsonl"
+    header = json.dumps({"llamamon_journal": 1, "run": RUN, "host": "h", "pid": 4242})
+    good = [json.dumps([T0 + i, "training", "loss", v, "", i]) for i, v in enumerate([1.5, float("nan"), -1e300])]
+    segment.write_text(header + "\n" + "\n".join(good) + "\n" + '[1764244803.0, "train')
+    with caplog.at_level(logging.WARNING, logger="llamamon.store"):
+        open_store(metrics_dir)
+    assert any("torn last line" in r.getMessage() and str(segment) in r.getMessage() for r in caplog.records)
+    df = scan(metrics_dir).collect().sort("time")
+    assert df["step"].to_list() == [0, 1, 2]
+    assert df["value"][0] == 1.5
+    assert df["value"].is_nan()[1]
+    assert df["value"][2] == -1e300
+    assert df["host"].to_list() == ["h"] * 3
+    assert not segment.exists()
+
+
+def test_two_writer_processes_in_one_run_never_clobber(metrics_dir):
+    procs = [_spawn_writer(metrics_dir, tag, interval=0.01, count=120) for tag in ("a", "b")]
+    for proc in procs:
+        with proc:
+            assert proc.stdout is not None
+            assert len(proc.stdout.read().split()) == 120
+            assert proc.wait(timeout=120) == 0
+    values = _values(metrics_dir)
+    expected = Counter({float(i): 2 for i in range(120)})  # once per writer
+    assert values == {"system": expected, "gpu": expected}
+    for tag in ("a", "b"):
+        assert _values(metrics_dir, tag)["system"] == Counter(float(i) for i in range(120))
+    hosts = set(scan(metrics_dir).collect()["host"])
+    assert hosts == {"host-a", "host-b"}
+
+
+def test_flush_is_due_by_clock_and_at_close(metrics_dir):
+    now = [0.0]
+    writer = StoreWriter(metrics_dir, RUN, "h", flush_interval=30.0, clock=lambda: now[0])
+    writer.append([Row(T0, "system", "cpu_usage", 1.0)])
+    now[0] = 29.9
+    writer.append([Row(T0 + 1, "system", "cpu_usage", 2.0)])
+    assert scan(metrics_dir).collect().height == 0  # still only in the journal
+    now[0] = 30.0
+    writer.append([Row(T0 + 2, "system", "cpu_usage", 3.0)])
+    assert scan(metrics_dir).collect().height == 3
+    writer.append([Row(T0 + 3, "system", "cpu_usage", 4.0)])
+    writer.close()
+    assert scan(metrics_dir).collect().height == 4
+    assert writer.rows_written == 4
+
+
+def test_threads_appending_at_once(metrics_dir):
+    import threading
+
+    with StoreWriter(metrics_dir, RUN, "h", flush_interval=0.0) as writer:
+
+        def work(k: int) -> None:
+            for i in range(50):
+                writer.append([Row(T0 + i, "system", "cpu_usage", float(k * 1000 + i), make_labels(t=k))])
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    values = sorted(scan(metrics_dir).collect()["value"])
+    assert values == sorted(float(k * 1000 + i) for k in range(4) for i in range(50))
+
+
+def test_forked_child_writes_its_own_segment(metrics_dir):
+    code = textwrap.dedent(
+        """
+        import os, sys
+        from llamamon.samples import Row
+        from llamamon.store import journal
+        j = journal.Journal(sys.argv[1], sys.argv[2], "h")
+        j.append([Row(1764244800.0, "custom", "parent", 1.0)])
+        pid = os.fork()
+        if pid == 0:
+            j.append([Row(1764244801.0, "custom", "child", 2.0)])
+            j.close()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        # The parent still holds its segment's lock after the child is gone.
+        assert journal.is_locked(j.path), "child released the parent's lock"
+        j.append([Row(1764244802.0, "custom", "parent", 3.0)])
+        print(len(journal.segment_paths(sys.argv[1])))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(metrics_dir), RUN], env=llamamon_env(), capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "2"
+    open_store(metrics_dir)
+    df = scan(metrics_dir).collect().sort("time")
+    assert list(zip(df["metric"], df["value"], strict=True)) == [("parent", 1.0), ("child", 2.0), ("parent", 3.0)]
+
+
+def test_journal_module_is_stdlib_only():
+    code = "import sys, llamamon.store.journal; print(sorted(m for m in ('polars', 'pyarrow') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], env=llamamon_env(), capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
