@@ -15,17 +15,21 @@ from llamamon.report.resources import templates_dir
 
 
 def _source_copy(dest: Path) -> Path:
-    """What an sdist holds (pyproject, package, templates, README), so the build writes nothing into the checkout."""
-    dest.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md"):
-        if (REPO / name).is_file():
-            shutil.copy2(REPO / name, dest / name)
+    """The checkout's files as git sees them (tracked or not ignored), so the build writes nothing into it."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
     if not (dest / "README.md").exists():
         # pyproject names README.md as the readme; the packaging of templates is what this test is about.
         (dest / "README.md").write_text("# llamamon\n")
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(REPO / "llamamon", dest / "llamamon", ignore=ignore)
-    shutil.copytree(REPO / "templates", dest / "templates", ignore=ignore)
     return dest
 
 
