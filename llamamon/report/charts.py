@@ -221,15 +221,23 @@ LEGEND_COLUMNS = 4
 
 def _draw(ax: matplotlib.axes.Axes, chart: Chart, zone: tzinfo) -> None:
     ax.set_title(chart.title, color=INK)
+    labelled: set[str] = set()
     for span in chart.spans:
-        ax.axvspan(
-            span.start,  # type: ignore[arg-type]
-            span.end,  # type: ignore[arg-type]
-            color=SEVERITY_COLOURS.get(span.severity, "#999999"),
-            alpha=0.14,
-            linewidth=0,
-            zorder=0,
-        )
+        shade = SEVERITY_COLOURS.get(span.severity, "#999999")
+        ax.axvspan(span.start, span.end, color=shade, alpha=0.14, linewidth=0, zorder=0)  # type: ignore[arg-type]
+        if span.label and span.label not in labelled:
+            labelled.add(span.label)
+            ax.annotate(
+                span.label,
+                xy=(span.start, 1.0),  # type: ignore[arg-type]
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -3),
+                textcoords="offset points",
+                va="top",
+                fontsize=7.5,
+                color=shade,
+                zorder=5,
+            )
     scale_name, scale = "", 1.0
     if chart.axis.unit in {"bytes", "bytes_per_second"} and not chart.axis.log:
         peak = max(
