@@ -18,6 +18,8 @@ from llamamon.errors import LlamamonError
 # (module, attribute) of every command; each module stays light at import time.
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("llamamon.cli.init", "init_command"),
+    ("llamamon.cli.record", "record_command"),
+    ("llamamon.cli.runs", "runs_command"),
     ("llamamon.cli.compact", "compact_command"),
     ("llamamon.cli.gc", "gc_command"),
     ("llamamon.cli.doctor", "doctor_command"),
@@ -56,7 +58,8 @@ for _module, _attr in COMMANDS:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the one place where llamamon errors become a line on stderr and an exit code."""
     try:
-        cli.main(args=argv, prog_name="llamamon", standalone_mode=False)
+        # Why keep the result: with standalone_mode=False click returns ctx.exit(n)'s n instead of exiting.
+        code = cli.main(args=argv, prog_name="llamamon", standalone_mode=False)
     except LlamamonError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -72,4 +75,4 @@ def main(argv: list[str] | None = None) -> None:
         # Why: `llamamon runs | head` closes stdout early; that is not an error worth a traceback.
         sys.stderr.close()
         sys.exit(1)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,75 @@
+"""``llamamon record [OPTIONS] -- CMD [ARGS...]``: run a command untouched while sampling its metrics."""
+
+from __future__ import annotations
+
+import click
+
+from llamamon.cli.options import config_option, metrics_dir_option, verbosity_options
+
+
+def _interval(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    from llamamon.units import parse_duration
+
+    seconds = parse_duration(value, path="--interval")
+    if not seconds > 0:
+        raise click.BadParameter(f"must be more than 0 seconds (got {value})", ctx=ctx, param=param)
+    return seconds
+
+
+@click.command(
+    "record",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.option("--name", default=None, help="A name for the run (shown by `llamamon runs`, usable as a run reference).")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Attach a tag to the run (repeatable).")
+@click.option(
+    "--interval",
+    default=None,
+    metavar="SECONDS",
+    callback=_interval,
+    help="Seconds between samples, e.g. 1, 0.5 or 500ms (default: monitoring.update_frequency).",
+)
+@click.option("--no-gpu", is_flag=True, help="Do not sample GPUs (NVML is not even loaded).")
+@config_option
+@metrics_dir_option
+@verbosity_options
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def record_command(
+    ctx: click.Context,
+    name: str | None,
+    tags: tuple[str, ...],
+    interval: float | None,
+    no_gpu: bool,
+    config_path: str | None,
+    metrics_dir: str | None,
+    quiet: bool,
+    verbose: int,
+    command: tuple[str, ...],
+) -> None:
+    """Run a command untouched while sampling its metrics.
+
+    CMD keeps its stdin, stdout, stderr, terminal, signals and exit code; system, process-tree and GPU
+    metrics are sampled into the metrics folder every --interval seconds, from start to exit.
+
+    \b
+      llamamon record -- python train.py --epochs 3
+      llamamon record --name baseline --tag lr=3e-4 --interval 2 -- ./train.sh
+    """
+    # Deferred: the recorder pulls in asyncio, psutil and the store; `llamamon --help` must not pay for it.
+    from llamamon.cli import setup_logging
+    from llamamon.runtime.recorder import RecordOptions, parse_tags, record
+
+    setup_logging(verbose, quiet)
+    options = RecordOptions(
+        command=list(command),
+        name=name,
+        tags=parse_tags(tags),
+        interval=interval,
+        config_path=config_path,
+        metrics_dir=metrics_dir,
+        gpu=not no_gpu,
+    )
+    ctx.exit(record(options))

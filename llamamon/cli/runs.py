@@ -1,0 +1,103 @@
+"""``llamamon runs``: the recorded runs, newest last (a table on a terminal, JSON with --json)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from llamamon.cli.options import config_option, json_option, metrics_dir_option, verbosity_options
+
+if TYPE_CHECKING:
+    from llamamon.samples import RunInfo
+
+
+@click.command("runs")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the N most recent runs.")
+@json_option
+@config_option
+@metrics_dir_option
+@verbosity_options
+def runs_command(
+    limit: int | None, as_json: bool, config_path: str | None, metrics_dir: str | None, quiet: bool, verbose: int
+) -> None:
+    """List recorded runs.
+
+    Id, name, start, duration, exit status, host, samples and command of each run, oldest first.
+    """
+    # Deferred: the store and config modules are only needed once the command runs.
+    import json
+    import shlex
+    import sys
+    from datetime import datetime
+
+    from llamamon.cli import setup_logging
+    from llamamon.config import load_config
+    from llamamon.store import open_store
+    from llamamon.store.journal import live_runs
+    from llamamon.store.runs import list_runs
+    from llamamon.units import format_duration
+
+    setup_logging(verbose, quiet)
+    folder = open_store(metrics_dir or load_config(config_path).monitoring.metrics_path)
+    runs = list_runs(folder)
+    if limit is not None:
+        runs = runs[-limit:]
+    live = live_runs(folder) if any(run.end is None for run in runs) else set()
+
+    def status(run: RunInfo) -> str:
+        if run.end is not None:
+            return "exit ?" if run.exit_code is None else f"exit {run.exit_code}"
+        return "running" if run.id in live else "unfinished"
+
+    if as_json:
+        out = []
+        for run in runs:
+            out.append(
+                {
+                    "id": run.id,
+                    "name": run.name,
+                    "start": run.start,
+                    "end": run.end,
+                    "duration": run.duration,
+                    "status": status(run),
+                    "exit_code": run.exit_code,
+                    "signal": run.signal,
+                    "host": run.host,
+                    "command": run.command,
+                    "samples": run.samples,
+                    "tags": run.tags,
+                    "source": run.source,
+                }
+            )
+        click.echo(json.dumps(out, indent=2))
+        return
+    if not runs:
+        click.echo(f"no runs in {folder}", err=True)
+        return
+    header = ("ID", "NAME", "START", "DURATION", "STATUS", "HOST", "SAMPLES", "COMMAND")
+    rows = [
+        (
+            run.id,
+            run.name or "-",
+            datetime.fromtimestamp(run.start).astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+            format_duration(run.duration) if run.duration is not None else "-",
+            status(run),
+            run.host,
+            str(run.samples),
+            shlex.join(run.command) if run.command else "-",
+        )
+        for run in runs
+    ]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
+    max_command = None
+    if sys.stdout.isatty():
+        import shutil
+
+        max_command = max(20, shutil.get_terminal_size().columns - sum(widths) - 2 * len(widths))
+    for row in (header, *rows):
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
+        command = row[-1]
+        if max_command is not None and len(command) > max_command:
+            command = command[: max_command - 1] + "…"
+        click.echo("  ".join([*cells, command]).rstrip())

@@ -1,0 +1,371 @@
+"""Composition root of ``llamamon record``: child + ticker + collectors -> store, with run metadata.
+
+Threads: the main thread runs the child (its I/O pass-through and signal forwarding, see child.py) so the
+job's output never waits for a sample; a sampler thread runs an asyncio loop with the collectors on the
+ticker and appends rows to the store writer (which journals them at once and writes Parquet every 30 s,
+on the sampler thread, so pyarrow's import and conversion never stall the job's output either).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import importlib
+import logging
+import os
+import platform
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llamamon import __version__, catalog
+from llamamon.errors import ConfigError
+from llamamon.runtime.child import Child, ChildResult
+from llamamon.runtime.ticker import Stop, Ticker, run_ticks
+from llamamon.samples import Row, RunInfo
+from llamamon.units import format_duration
+
+if TYPE_CHECKING:
+    from llamamon.collectors.base import MetricsCollector
+    from llamamon.config import Config
+    from llamamon.store.writer import StoreWriter
+
+log = logging.getLogger("llamamon.record")
+
+GIT_TIMEOUT_S = 2.0
+FLUSH_INTERVAL_S = 30.0
+
+
+@dataclass
+class RecordOptions:
+    command: list[str]
+    name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    interval: float | None = None
+    config_path: str | None = None
+    metrics_dir: str | None = None
+    gpu: bool = True
+
+
+def record(options: RecordOptions) -> int:
+    """Run the command while recording it; returns the exit code llamamon should exit with."""
+    from llamamon.config import load_config
+
+    config = load_config(options.config_path)
+    if not config.monitoring.enabled:
+        log.info("monitoring.enabled is false in %s: running the command without recording", config.source)
+        with Child(options.command) as child:
+            return child.wait().exit_code
+    interval = options.interval if options.interval is not None else config.monitoring.update_frequency
+    if not interval > 0:
+        raise ConfigError(f"must be more than 0 seconds (got {interval})", path="--interval")
+    metrics_dir = Path(options.metrics_dir or config.monitoring.metrics_path).absolute()
+    return Recorder(options, config, metrics_dir, float(interval)).run()
+
+
+class Recorder:
+    def __init__(self, options: RecordOptions, config: Config, metrics_dir: Path, interval: float) -> None:
+        from llamamon.store import open_store
+        from llamamon.store.layout import sanitize_run_name
+        from llamamon.store.runs import new_run_id
+
+        self.options = options
+        self.config = config
+        self.interval = interval
+        self.metrics_dir = open_store(metrics_dir)
+        self.host = socket.gethostname()
+        start = time.time()
+        self.info = RunInfo(
+            id=new_run_id(self.host, start),
+            host=self.host,
+            start=start,
+            name=sanitize_run_name(options.name) if options.name else None,
+            tags=dict(options.tags),
+            command=list(options.command),
+            cwd=os.getcwd(),
+            user=_user(),
+            python_version=platform.python_version(),
+            llamamon_version=__version__,
+            config_file=str(config.source) if config.source else None,
+            interval=interval,
+            source="record",
+        )
+        self.samples = 0
+        self._failed: set[str] = set()
+        self._stop_lock = threading.Lock()
+        self._stop_requested = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: Stop | None = None
+        self._sampler_error: BaseException | None = None
+
+    # -- main thread ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        from llamamon.store.runs import write_run
+
+        info = self.info
+        log.info("run %s recording to %s (interval %ss)", info.id, _shown(self.metrics_dir), _number(self.interval))
+        env = dict(os.environ, LLAMAMON_RUN_ID=info.id, LLAMAMON_METRICS_DIR=str(self.metrics_dir))
+        with Child(self.options.command, env=env) as child, _line_endings_for(child):
+            info.pid = child.pid
+            try:
+                write_run(self.metrics_dir, info)  # listed by `llamamon runs` from the start
+            except OSError as exc:
+                log.warning("cannot write run metadata: %s", exc)  # the job is running: keep recording
+            sampler = threading.Thread(target=self._sampler_main, args=(child.pid,), name="llamamon-sampler")
+            sampler.start()
+            try:
+                result = child.wait()
+                ended = time.time()
+            finally:
+                self._request_stop()
+                sampler.join()
+            self._finish(result, ended)
+            write_run(self.metrics_dir, info)
+        if self._sampler_error is not None:
+            log.error("recording failed: %s (the job ran to completion)", self._sampler_error)
+        ended = f"exit {result.exit_code}"
+        if result.signal is not None:
+            ended += f" ({_signal_name(result.signal)})"
+        log.info(
+            "run %s done in %s, %d samples, %s -> %s",
+            info.id,
+            format_duration(info.duration or 0.0),
+            self.samples,
+            ended,
+            _shown(self.metrics_dir),
+        )
+        return result.exit_code
+
+    def _finish(self, result: ChildResult, ended: float) -> None:
+        self.info.end = ended
+        self.info.exit_code = result.exit_code
+        self.info.signal = result.signal
+        self.info.samples = self.samples
+
+    def _request_stop(self) -> None:
+        with self._stop_lock:
+            self._stop_requested = True
+            if self._loop is not None and self._stop is not None:
+                self._loop.call_soon_threadsafe(self._stop.set)
+
+    # -- sampler thread ---------------------------------------------------------------------------
+
+    def _sampler_main(self, pid: int) -> None:
+        try:
+            asyncio.run(self._sample(pid))
+        except BaseException as exc:  # recording may fail; the job and its exit code must not
+            self._sampler_error = exc
+            log.debug("sampler thread failed", exc_info=True)
+
+    async def _sample(self, pid: int) -> None:
+        from llamamon.store.writer import StoreWriter
+
+        stop = Stop()
+        with self._stop_lock:
+            self._loop = asyncio.get_running_loop()
+            self._stop = stop
+            if self._stop_requested:
+                stop.set()
+        writer = StoreWriter(self.metrics_dir, self.info.id, self.host, flush_interval=FLUSH_INTERVAL_S)
+        collectors = await self._open_collectors(pid)
+        try:
+            ticker = Ticker(self.interval)
+
+            async def tick() -> None:
+                await self._tick(collectors, writer)
+
+            first = True
+
+            async def tick_then_describe() -> None:
+                nonlocal first
+                await tick()
+                if first:
+                    first = False
+                    # After the first sample, not before: git on a big repository may take a moment.
+                    await asyncio.to_thread(self._describe, collectors)
+
+            await run_ticks(ticker, tick_then_describe, stop)
+            await tick()  # the last sample, at exit
+            if ticker.skipped:
+                log.debug("%d ticks skipped because sampling overran the interval", ticker.skipped)
+        finally:
+            for collector in collectors:
+                try:
+                    await collector.close()
+                except Exception as exc:  # noqa: BLE001 - one collector's cleanup must not block the others
+                    log.debug("closing collector %s failed: %s", collector.name, exc)
+            writer.close()
+
+    async def _open_collectors(self, pid: int) -> list[MetricsCollector]:
+        from llamamon.collectors.process import ProcessTreeCollector
+        from llamamon.collectors.system import SystemCollector
+
+        process = ProcessTreeCollector(pid)
+        wanted: list[MetricsCollector] = [SystemCollector(self.metrics_dir), process]
+        if self.options.gpu:
+            from llamamon.collectors.gpu import GpuCollector
+
+            wanted.append(GpuCollector(pids=process.pids))
+        else:
+            self.info.gpu = {"available": False, "reason": "disabled with --no-gpu"}
+        wanted.extend(self._user_collectors())
+        opened = []
+        for collector in wanted:
+            try:
+                await collector.open()
+            except Exception as exc:  # noqa: BLE001 - a collector that cannot start is reported, not fatal
+                log.warning("collector %s not started: %s", collector.name, exc)
+                continue
+            if not collector.available:
+                if collector.name == "gpu":
+                    log.info("GPU metrics off: %s", collector.reason)
+                else:
+                    log.warning("collector %s off: %s", collector.name, collector.reason)
+                continue
+            opened.append(collector)
+            if collector.name == "gpu":
+                self.info.gpu_names = collector.gpu_names()  # type: ignore[attr-defined]
+        for collector in wanted:
+            if collector.name == "gpu":
+                self.info.gpu = collector.describe()  # type: ignore[attr-defined]
+        return opened
+
+    def _user_collectors(self) -> list[MetricsCollector]:
+        """Instances of the ``collectors:`` classes in monitoring.yaml ("module:Class")."""
+        found = []
+        for spec in getattr(self.config, "collectors", None) or ():
+            module_name, _, class_name = spec.partition(":")
+            try:
+                cls = getattr(importlib.import_module(module_name), class_name)
+                found.append(cls())
+            except Exception as exc:  # noqa: BLE001 - user code: report it and record the rest
+                log.warning("collector %s not loaded: %s", spec, exc)
+        return found
+
+    async def _tick(self, collectors: Sequence[MetricsCollector], writer: StoreWriter) -> None:
+        from llamamon.collectors.base import normalize
+
+        now = time.time()
+        rows: list[Row] = []
+        for collector in collectors:
+            try:
+                samples = normalize(await collector.collect(), collector.name)
+            except Exception as exc:  # noqa: BLE001 - one collector's bad tick must not stop the recording
+                if collector.name not in self._failed:
+                    self._failed.add(collector.name)
+                    log.warning("collector %s failed: %s (logged once; recording goes on)", collector.name, exc)
+                continue
+            for sample in samples:
+                group = catalog.group_of(sample.metric)
+                if group == "custom":
+                    group = collector.group
+                time_ = sample.time if sample.time is not None else now
+                rows.append(Row(time_, group, sample.metric, sample.value, sample.labels, sample.step))
+        try:
+            writer.append(rows)
+        except Exception as exc:  # noqa: BLE001 - a full disk must not kill the job; say so once
+            if "store" not in self._failed:
+                self._failed.add("store")
+                log.error("writing samples failed: %s (logged once; the job goes on)", exc)
+            return
+        self.samples += 1
+
+    def _describe(self, collectors: Sequence[MetricsCollector]) -> None:
+        """Complete the run metadata with what takes a moment to find out, and write it."""
+        from llamamon.collectors.system import cpu_model
+        from llamamon.store.runs import write_run
+
+        self.info.cpu_model = cpu_model()
+        self.info.git_commit, self.info.git_dirty = _git_state(self.info.cwd)
+        try:
+            write_run(self.metrics_dir, self.info)
+        except OSError as exc:
+            log.warning("cannot write run metadata: %s", exc)
+
+
+@contextlib.contextmanager
+def _line_endings_for(child: Child) -> Iterator[None]:
+    """While the terminal is raw, end our own stderr lines with "\r\n" so they do not staircase."""
+    handlers = [
+        h
+        for h in logging.getLogger("llamamon").handlers
+        if isinstance(h, logging.StreamHandler) and h.terminator == "\n"
+    ]
+    if child.raw_terminal:
+        for handler in handlers:
+            handler.terminator = "\r\n"
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.terminator = "\n"
+
+
+def _git_state(cwd: str) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the git checkout holding cwd, or (None, None) outside one or without git."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args],
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+                timeout=GIT_TIMEOUT_S,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None, None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return commit.strip(), (None if status is None else bool(status.strip()))
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def _shown(path: Path) -> str:
+    """The metrics folder as the user would write it: relative below the cwd, absolute elsewhere."""
+    with contextlib.suppress(ValueError):
+        return os.path.join(str(path.relative_to(Path.cwd())), "")
+    return str(path)
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return f"killed by {signal.Signals(number).name}"
+    except ValueError:
+        return f"killed by signal {number}"
+
+
+def parse_tags(pairs: Sequence[str]) -> dict[str, str]:
+    """``["team=nlp", "gpu=a100"]`` -> dict; a pair without ``=`` or with an empty key is a ConfigError."""
+    tags: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"expected KEY=VALUE (got {pair!r})", path="--tag")
+        tags[key.strip()] = value
+    return tags
