@@ -311,9 +311,7 @@ def system_dashboard(ctx: Context) -> Dashboard:
         _metric_panel(ctx, "gpu-throttle", "GPU clock events (throttling)", ["gpu_clock_event"], ylim=(-0.05, 1.05)),
         _metric_panel(ctx, "disk-io", "Disk I/O", ["disk_read_throughput", "disk_write_throughput"]),
         _metric_panel(ctx, "disk-usage", "Disk usage", ["disk_usage"], ylim=(0, 1.02)),
-        _metric_panel(
-            ctx, "network", "Network", ["network_rx_throughput", "network_tx_throughput", "network_throughput"]
-        ),
+        _metric_panel(ctx, "network", "Network", _network_metrics(ctx)),
         _metric_panel(ctx, "proc-cpu", "Process tree CPU", ["process_cpu_usage"]),
         _metric_panel(ctx, "proc-rss", "Process tree memory (RSS)", ["process_memory_rss"]),
         _metric_panel(ctx, "proc-gpu", "Process tree GPU memory", ["gpu_process_memory_used"]),
@@ -330,6 +328,12 @@ def system_dashboard(ctx: Context) -> Dashboard:
         d.tables.append(proc)
     d.tables.append(summary_table(ctx, ("system", "process", "gpu"), "System summary"))
     return d
+
+
+def _network_metrics(ctx: Context) -> list[str]:
+    """Received and sent when recorded apart (their sum would only repeat them), else the total."""
+    split = [m for m in ("network_rx_throughput", "network_tx_throughput") if m in ctx.data.metrics()]
+    return split or ["network_throughput"]
 
 
 def _in_system(metric: str) -> bool:
