@@ -198,6 +198,7 @@ def load_report_data(
     if not summary.height:
         return data
     data.series = _bucketed(compact, summary, buckets)
+    energy = _energy(compact, summary).collect()
     del compact
 
     bounds = summary.group_by("run").agg(pl.col("first_time").min().alias("t0"), pl.col("last_time").max().alias("t1"))
@@ -208,10 +209,10 @@ def load_report_data(
         _by_step(charted.filter(pl.col("group") == "training"), buckets),
         _latency_quantiles(raw_latency, bounds, max(buckets // 8, 20)),
         _histogram(raw_latency, data.summary),
-        _energy(charted.filter((pl.col("group") == "gpu") & (pl.col("metric") == "gpu_power"))),
         _validation(lf.filter(pl.col("group").is_in(["training", "custom"]))),
     ]
-    (data.steps, data.quantiles, data.histogram, data.energy, validation) = pl.collect_all(queries, engine="streaming")
+    (data.steps, data.quantiles, data.histogram, validation) = pl.collect_all(queries, engine="streaming")
+    data.energy = energy
     data.validation = _pivot_validation(validation)
     return data
 
@@ -313,13 +314,19 @@ def _bucketed(compact: pl.DataFrame, summary: pl.DataFrame, buckets: int) -> pl.
 
     bounds = summary.group_by("run").agg(pl.col("first_time").min().alias("t0"), pl.col("last_time").max().alias("t1"))
     per_key = summary.select("key", "run", "metric", "labels").join(bounds, on="run")
-    span = (pl.col("t1") - pl.col("t0")).dt.total_microseconds() + 1
-    offset = (pl.col("time") - pl.col("t0")).dt.total_microseconds()
     v = _finite()
+    frame = compact.lazy()
+    if bounds.height == 1:
+        # One run (the usual case): the bounds are constants, so no per-row join is needed.
+        t0, t1 = bounds.row(0)[1:]
+        span_us = int((t1 - t0).total_seconds() * 1e6) + 1
+        bucket = (pl.col("time") - pl.lit(t0)).dt.total_microseconds() * buckets // span_us
+    else:
+        frame = frame.join(per_key.select("key", "t0", "t1").lazy(), on="key", how="inner")
+        span = (pl.col("t1") - pl.col("t0")).dt.total_microseconds() + 1
+        bucket = (pl.col("time") - pl.col("t0")).dt.total_microseconds() * buckets // span
     return (
-        compact.lazy()
-        .join(per_key.select("key", "t0", "t1").lazy(), on="key", how="inner")
-        .with_columns((offset * buckets // span).alias("bucket"))
+        frame.with_columns(bucket.alias("bucket"))
         .group_by("key", "bucket")
         .agg(
             pl.col("time").min().alias("time"),
@@ -426,18 +433,22 @@ def _histogram(lf: pl.LazyFrame, summary: pl.DataFrame) -> pl.LazyFrame:
 MAX_GAP_S = 60.0
 
 
-def _energy(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Wh per GPU: power integrated over time; gaps longer than a minute (recorder stopped) count as zero."""
+def _energy(compact: pl.DataFrame, summary: pl.DataFrame) -> pl.LazyFrame:
+    """Wh per GPU: power integrated over time (trapezoids); gaps over a minute (recorder stopped) count as zero."""
     import polars as pl
 
-    dt = pl.col("time").diff().dt.total_microseconds().over("run", "labels") / 1e6
+    power = summary.filter(pl.col("metric") == "gpu_power").select("key", "run", "labels")
+    dt = pl.col("time").diff().dt.total_microseconds().over("key") / 1e6
     return (
-        lf.filter(pl.col("value").is_finite())
-        .sort("run", "labels", "time")
-        .with_columns(dt.alias("dt"), pl.col("value").shift(1).over("run", "labels").alias("prev"))
+        compact.lazy()
+        .filter(pl.col("key").is_in(power["key"].implode()) & pl.col("value").is_finite())
+        .sort("key", "time")
+        .with_columns(dt.alias("dt"), pl.col("value").shift(1).over("key").alias("prev"))
         .filter(pl.col("dt").is_not_null() & (pl.col("dt") <= MAX_GAP_S))
-        .group_by("run", "labels")
-        .agg(((pl.col("value") + pl.col("prev")) / 2 * pl.col("dt")).sum().alias("wh") / 3600.0)
+        .group_by("key")
+        .agg((((pl.col("value") + pl.col("prev")) / 2 * pl.col("dt")).sum() / 3600.0).alias("wh"))
+        .join(power.lazy(), on="key")
+        .select("run", "labels", "wh")
         .sort("run", "labels")
     )
 
