@@ -415,10 +415,3 @@ def elapsed_unit(seconds: float) -> tuple[str, float]:
     if seconds >= 3 * 60:
         return "min", 60.0
     return "s", 1.0
-
-
-def nice_round(x: float) -> float:
-    if x == 0 or not math.isfinite(x):
-        return x
-    digits = -math.floor(math.log10(abs(x))) + 2
-    return round(x, digits)

@@ -10,7 +10,7 @@ import shlex
 import signal as _signal
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone, tzinfo
+from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -137,10 +137,6 @@ def run_status(run: RunInfo) -> tuple[str, str]:
     if run.end is None:
         return "running, or stopped without recording its end", "unknown"
     return "ended (no exit code recorded)", "unknown"
-
-
-def short_run(run_id: str) -> str:
-    return run_id
 
 
 # ---------------------------------------------------------------------------------------------- context
@@ -808,7 +804,3 @@ def build_context(
     longest = max((b[1] - b[0] for b in bounds.values()), default=0.0)
     unit, div = charts.elapsed_unit(longest)
     return Context(ctx_data, zone, fmt, emit, labels, multi, bounds, unit, div)
-
-
-def now_utc() -> datetime:
-    return datetime.now(timezone.utc)

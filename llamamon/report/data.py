@@ -7,8 +7,6 @@ still reaches the chart as the max of its column.
 
 from __future__ import annotations
 
-import logging
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from llamamon import catalog
 from llamamon.report.source import scan_samples
-from llamamon.samples import AlertEvent, Labels, RunInfo, labels_to_str
+from llamamon.samples import AlertEvent, Labels, RunInfo
 
 if TYPE_CHECKING:
     import polars as pl
 
-log = logging.getLogger("llamamon.report")
 
 DASHBOARDS: tuple[str, ...] = ("system", "training", "inference")
 # Store groups whose metrics each dashboard draws.
@@ -487,21 +484,3 @@ def label_text(labels: str) -> str:
         return ", ".join(f"{k}={v}" for k, v in json.loads(labels).items())
     except ValueError:
         return labels
-
-
-def finite_or_none(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else x
-
-
-__all__ = [
-    "DASHBOARDS",
-    "AlertSpan",
-    "ReportData",
-    "Thresholds",
-    "alert_spans",
-    "label_text",
-    "labels_to_str",
-    "load_report_data",
-    "summarize",
-    "thresholds_from_config",
-]

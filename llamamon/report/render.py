@@ -6,7 +6,6 @@ for every template and ``StrictUndefined`` so a template naming a missing value 
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone, tzinfo
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
     import jinja2
     from matplotlib.figure import Figure
 
-log = logging.getLogger("llamamon.report")
 
 Format = Literal["html", "markdown"]
 Progress = Callable[[str], None]
