@@ -102,3 +102,13 @@ def test_help_does_not_import_heavy_libraries():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env=llamamon_env(), check=True)
+
+
+def test_times_are_local_with_the_zone_shown(tmp_path, metrics_dir):
+    _store(metrics_dir)
+    env = llamamon_env(TZ="Asia/Kolkata")
+    r = run_llamamon("report", "--metrics-dir", str(metrics_dir), "-o", "r.html", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr.decode()
+    html = (tmp_path / "r.html").read_text()
+    assert "times in IST, UTC+05:30" in html
+    assert "2026-09-21 19:43:20 IST" in html  # the run's start, T0, in India
