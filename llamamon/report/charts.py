@@ -189,18 +189,27 @@ def _breaks(x: np.ndarray, *arrays: np.ndarray | None) -> tuple[np.ndarray, ...]
 LEFT_IN = 0.95
 RIGHT_IN = 0.25
 BOTTOM_IN = 0.62
-TOP_IN = 0.34
+TITLE_IN = 0.36
+LEGEND_ROW_IN = 0.22
 
 
-def _figure(height: float, legend_rows: int = 0) -> tuple[Figure, matplotlib.axes.Axes]:
-    """A figure with fixed margins in inches, so stacked charts share the same plot width and x positions."""
+def _figure(height: float, title: str, legend_rows: int = 0) -> tuple[Figure, matplotlib.axes.Axes]:
+    """A figure with fixed margins in inches, so stacked charts share the same plot width and x positions.
+
+    The title sits in its own row at the top left and the legend, if any, in rows between it and the plot,
+    so neither can cover the other however many series there are.
+    """
+    height += LEGEND_ROW_IN * legend_rows
     fig = Figure(figsize=(WIDTH_IN, height), dpi=DPI)
-    top = TOP_IN + 0.2 * legend_rows
+    top = TITLE_IN + LEGEND_ROW_IN * legend_rows + 0.04
     fig.subplots_adjust(
         left=LEFT_IN / WIDTH_IN,
         right=1 - RIGHT_IN / WIDTH_IN,
         bottom=BOTTOM_IN / height,
         top=1 - top / height,
+    )
+    fig.text(
+        LEFT_IN / WIDTH_IN, 1 - 0.1 / height, title, ha="left", va="top", fontsize=10, fontweight="bold", color=INK
     )
     return fig, fig.add_subplot()
 
@@ -211,7 +220,7 @@ def render_chart(chart: Chart, zone: tzinfo | None = None) -> Figure:
     entries = len(chart.lines) + sum(1 for ln in chart.lines if ln.marks is not None and len(ln.marks))
     rows = 0 if entries <= 1 else math.ceil(entries / LEGEND_COLUMNS)
     with matplotlib.rc_context(RC):
-        fig, ax = _figure(chart.height + 0.2 * rows, rows)
+        fig, ax = _figure(chart.height, chart.title, rows)
         _draw(ax, chart, zone)
     return fig
 
@@ -220,7 +229,6 @@ LEGEND_COLUMNS = 4
 
 
 def _draw(ax: matplotlib.axes.Axes, chart: Chart, zone: tzinfo) -> None:
-    ax.set_title(chart.title, color=INK)
     labelled: set[str] = set()
     for span in chart.spans:
         shade = SEVERITY_COLOURS.get(span.severity, "#999999")
@@ -260,13 +268,12 @@ def _draw(ax: matplotlib.axes.Axes, chart: Chart, zone: tzinfo) -> None:
         if line.marks is not None and len(line.marks):
             ax.plot(
                 line.marks,
-                np.full(len(line.marks), 1.0),
+                np.full(len(line.marks), 0.95),
                 "x",
                 color=SEVERITY_COLOURS["critical"],
                 markersize=7,
                 markeredgewidth=1.8,
                 transform=ax.get_xaxis_transform(),
-                clip_on=False,
                 label=f"{line.label}: NaN/inf",
                 zorder=4,
             )
@@ -314,12 +321,12 @@ def _draw(ax: matplotlib.axes.Axes, chart: Chart, zone: tzinfo) -> None:
     _handles, labels = ax.get_legend_handles_labels()
     if len(labels) > 1:
         ax.legend(
-            loc="lower right",
-            bbox_to_anchor=(1.0, 1.0),
+            loc="lower left",
+            bbox_to_anchor=(0.0, 1.0),
             ncols=min(len(labels), LEGEND_COLUMNS),
-            borderaxespad=0.2,
+            borderaxespad=0.15,
             handlelength=1.6,
-            columnspacing=1.2,
+            columnspacing=1.6,
         )
     ax.margins(x=0.01)
 
@@ -329,8 +336,7 @@ def bar_histogram(
 ) -> Figure:
     """Overlaid step histograms, one per run: (label, bin lows, bin highs, counts)."""
     with matplotlib.rc_context(RC):
-        fig, ax = _figure(HEIGHT_IN, 1 if len(groups) > 1 else 0)
-        ax.set_title(title, color=INK)
+        fig, ax = _figure(HEIGHT_IN, title, math.ceil(len(groups) / LEGEND_COLUMNS) if len(groups) > 1 else 0)
         for i, (label, lo, hi, counts) in enumerate(groups):
             edges = np.append(lo, hi[-1]) if len(lo) else np.array([0.0, 1.0])
             full = np.zeros(len(lo))
@@ -352,7 +358,7 @@ def bar_histogram(
         ax.set_ylabel("requests")
         ax.xaxis.set_major_formatter(FuncFormatter(_si))
         if len(groups) > 1:
-            ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=min(len(groups), LEGEND_COLUMNS))
+            ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=min(len(groups), LEGEND_COLUMNS))
     return fig
 
 
