@@ -311,6 +311,9 @@ def system_dashboard(ctx: Context) -> Dashboard:
         _metric_panel(ctx, "proc-cpu", "Process tree CPU", ["process_cpu_usage"]),
         _metric_panel(ctx, "proc-rss", "Process tree memory (RSS)", ["process_memory_rss"]),
         _metric_panel(ctx, "proc-gpu", "Process tree GPU memory", ["gpu_process_memory_used"]),
+        _metric_panel(
+            ctx, "proc-io", "Process tree disk I/O", ["process_io_read_throughput", "process_io_write_throughput"]
+        ),
         _metric_panel(ctx, "cache", "Cache", sorted(m for m in ctx.data.metrics() if "cache" in m and _in_system(m))),
     ]
     d.panels = [p for p in candidates if p is not None]
@@ -363,7 +366,15 @@ def _energy_table(ctx: Context) -> Table | None:
     return Table("GPU energy used", ["run", "GPU", "energy"], rows, note="Power integrated over time (trapezoids).")
 
 
-PROCESS_METRICS = ["process_cpu_usage", "process_memory_rss", "gpu_process_memory_used", "process_tree_size"]
+PROCESS_METRICS = [
+    "process_cpu_usage",
+    "process_memory_rss",
+    "gpu_process_memory_used",
+    "process_tree_size",
+    "process_threads",
+    "process_io_read_throughput",
+    "process_io_write_throughput",
+]
 
 
 def _process_table(ctx: Context) -> Table | None:
