@@ -119,6 +119,7 @@ class Chart:
     x_mode: XMode = "time"
     x_unit: str = "s"  # for elapsed: "s", "min" or "h"
     height: float = HEIGHT_IN
+    xlim: tuple[object, object] | None = None  # shared by every time chart of a report, so they line up
 
 
 def local_zone() -> tzinfo:
@@ -328,7 +329,10 @@ def _draw(ax: matplotlib.axes.Axes, chart: Chart, zone: tzinfo) -> None:
             handlelength=1.6,
             columnspacing=1.6,
         )
-    ax.margins(x=0.01)
+    if chart.xlim is not None:
+        ax.set_xlim(*chart.xlim)  # type: ignore[arg-type]
+    else:
+        ax.margins(x=0.01)
 
 
 def bar_histogram(

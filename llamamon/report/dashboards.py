@@ -177,7 +177,18 @@ class Context:
     def chart(self, title: str, axis: Axis, **kw: object) -> Chart:
         c = Chart(title=title, axis=axis, x_mode=self.x_mode, **kw)  # type: ignore[arg-type]
         c.x_unit = self.elapsed_unit
+        c.xlim = self.xlim()
         return c
+
+    def xlim(self) -> tuple[object, object] | None:
+        """The report's common time range: first to last sample of the run, or 0 to the longest run."""
+        if not self.bounds:
+            return None
+        if self.multi:
+            return (0.0, max(b[1] - b[0] for b in self.bounds.values()) / self.elapsed_div)
+        t0, t1 = next(iter(self.bounds.values()))
+        pad = max((t1 - t0) * 0.005, 0.5)
+        return (self.x_of_ts(None, t0 - pad), self.x_of_ts(None, t1 + pad))
 
     def spans_for(self, metrics: Iterable[str], extra_rules: Sequence[str] = ()) -> list[Span]:
         """Alert spans that concern these metrics (label metric=, or the rule name mentions them)."""
