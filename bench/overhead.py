@@ -165,6 +165,7 @@ def recorder(interval: float, seconds: float, warmup: float) -> tuple[float, flo
         (t1, c1), (t2, c2) = json.loads(report.read_text())
         sys.path.insert(0, str(REPO))
         import polars as pl
+
         from llamamon.store.reader import scan
 
         times = scan(folder, groups=["system"]).filter(pl.col("metric") == "memory_used").collect()["time"]

@@ -6,11 +6,24 @@ import math
 import random
 from pathlib import Path
 
-from conftest import write_run, write_samples
+from conftest import write_samples
 
 from llamamon.samples import Row, RunInfo, make_labels
 
 T0 = 1_795_000_000.0  # 2026-11-18, a fixed start so reports are reproducible
+
+
+def write_rows(metrics_dir: Path, rows: list[Row], *, run: str, host: str = "testhost") -> None:
+    """conftest.write_samples for `samples.Row`s (their group is the catalog's, as the store files them)."""
+    tuples = [(r.time, r.metric, r.value, dict(r.labels), r.step) for r in rows]
+    write_samples(Path(metrics_dir), tuples, run=run, host=host, write_run=False)
+
+
+def save_run(metrics_dir: Path, info: RunInfo) -> Path:
+    """runs/<id>.json through the store, as a recorder leaves it."""
+    from llamamon.store.runs import write_run
+
+    return write_run(metrics_dir, info)
 
 
 def run_info(run_id: str, start: float, end: float | None, **kw) -> RunInfo:
@@ -122,10 +135,10 @@ def training_store(
     """Two hours of a two-GPU fine-tune sampled every 5 s, with training metrics every 2.5 s."""
     ticks = 1440
     info_obj = run_info(run_id, start, start + ticks * 5.0, **info)
-    write_run(metrics_dir, info_obj)
-    write_samples(metrics_dir, system_rows(start, ticks, 5.0), run=run_id, host=info_obj.host)
+    save_run(metrics_dir, info_obj)
+    write_rows(metrics_dir, system_rows(start, ticks, 5.0), run=run_id, host=info_obj.host)
     rows = training_rows(start, 2800, 2.5, nan_at=2100)
-    write_samples(metrics_dir, rows, run=run_id, name="part-1", host=info_obj.host)
+    write_rows(metrics_dir, rows, run=run_id, host=info_obj.host)
     return info_obj
 
 
@@ -143,7 +156,7 @@ def inference_store(
         cpu_model="Intel Xeon",
         tags={},
     )
-    write_run(metrics_dir, info)
-    write_samples(metrics_dir, system_rows(start, 180, 5.0, gpus=0), run=run_id, host=info.host)
-    write_samples(metrics_dir, inference_rows(start, 900), run=run_id, name="part-1", host=info.host)
+    save_run(metrics_dir, info)
+    write_rows(metrics_dir, system_rows(start, 180, 5.0, gpus=0), run=run_id, host=info.host)
+    write_rows(metrics_dir, inference_rows(start, 900), run=run_id, host=info.host)
     return info

@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import REPO, llamamon_env, run_llamamon, write_run, write_samples
+from conftest import REPO, llamamon_env, run_llamamon
+from report_store import save_run, write_rows
 
 from llamamon.samples import Row, RunInfo
 
@@ -14,7 +15,7 @@ T0 = 1_790_000_000.0
 
 def _store(metrics_dir, run_id="20260923T000000Z-host-0001", start=T0, name=None, groups=("system",)):
     info = RunInfo(id=run_id, host="host", start=start, end=start + 300, exit_code=0, name=name)
-    write_run(metrics_dir, info)
+    save_run(metrics_dir, info)
     rows = []
     for i in range(60):
         t = start + i * 5
@@ -22,7 +23,7 @@ def _store(metrics_dir, run_id="20260923T000000Z-host-0001", start=T0, name=None
             rows.append(Row(t, "system", "cpu_usage", 0.5))
         if "training" in groups:
             rows.append(Row(t, "training", "loss", 1.0 / (i + 1), step=i))
-    write_samples(metrics_dir, rows, run=run_id)
+    write_rows(metrics_dir, rows, run=run_id)
     return info
 
 

@@ -10,8 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, require_binary, write_run, write_samples
-from report_store import T0, inference_rows, run_info, system_rows, training_rows
+from conftest import REPO, require_binary
+from report_store import T0, inference_rows, run_info, save_run, system_rows, training_rows, write_rows
 
 from llamamon.report.data import AlertSpan
 from llamamon.report.render import render_report
@@ -53,10 +53,10 @@ def report(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("browser")
     metrics_dir = root / ".metrics"
     info = run_info(RUN, T0, T0 + 1200, name=EVIL, tags={"note": EVIL}, command=["python", "train.py", EVIL])
-    write_run(metrics_dir, info)
-    write_samples(metrics_dir, system_rows(T0, 240, 5.0), run=RUN)
-    write_samples(metrics_dir, training_rows(T0, 480, 2.5, nan_at=300), run=RUN, name="part-1")
-    write_samples(metrics_dir, inference_rows(T0, 600), run=RUN, name="part-2")
+    save_run(metrics_dir, info)
+    write_rows(metrics_dir, system_rows(T0, 240, 5.0), run=RUN)
+    write_rows(metrics_dir, training_rows(T0, 480, 2.5, nan_at=300), run=RUN)
+    write_rows(metrics_dir, inference_rows(T0, 600), run=RUN)
     alerts = [
         AlertSpan("loss_plateau", "warning", make_labels(metric="loss"), T0 + 600, T0 + 800, RUN, "loss flat"),
         AlertSpan("gpu_underused", "critical", make_labels(gpu="0", metric="gpu_utilization"), T0 + 700, None, RUN),

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import polars as pl
 import pytest
-from conftest import write_run, write_samples
+from report_store import save_run, write_rows
 
 from llamamon.report.data import (
     AlertSpan,
@@ -26,7 +26,7 @@ RUN = "20260923T000000Z-host-0001"
 
 def _run(metrics_dir, run_id=RUN, start=T0, end=T0 + 3600, **kw):
     info = RunInfo(id=run_id, host="host", start=start, end=end, exit_code=0, **kw)
-    write_run(metrics_dir, info)
+    save_run(metrics_dir, info)
     return info
 
 
@@ -36,7 +36,7 @@ def test_summary_matches_numpy_and_ignores_nan(metrics_dir):
     rows = [Row(T0 + i, "system", "cpu_usage", float(v)) for i, v in enumerate(values)]
     rows.append(Row(T0 + 2000, "system", "cpu_usage", float("nan")))
     rows.append(Row(T0 + 1999, "system", "cpu_usage", 7.0))
-    write_samples(metrics_dir, rows, run=RUN)
+    write_rows(metrics_dir, rows, run=RUN)
     data = load_report_data(metrics_dir, [_run(metrics_dir)])
     rec = data.summary.row(0, named=True)
     finite = np.append(values, 7.0)
@@ -53,7 +53,7 @@ def test_series_is_reduced_to_buckets_and_keeps_a_one_sample_spike(metrics_dir):
     n = 50_000
     rows = [Row(T0 + i, "gpu", "gpu_temperature", 60.0, make_labels(gpu="0")) for i in range(n)]
     rows[31_337] = Row(T0 + 31_337, "gpu", "gpu_temperature", 99.0, make_labels(gpu="0"))
-    write_samples(metrics_dir, rows, run=RUN)
+    write_rows(metrics_dir, rows, run=RUN)
     data = load_report_data(metrics_dir, [_run(metrics_dir)], buckets=400)
     series = data.series.filter(pl.col("metric") == "gpu_temperature")
     assert 390 <= series.height <= 401
@@ -65,7 +65,7 @@ def test_series_is_reduced_to_buckets_and_keeps_a_one_sample_spike(metrics_dir):
 def test_training_by_step_has_ema_and_marks_nan(metrics_dir):
     rows = [Row(T0 + s, "training", "loss", 10.0 / s, step=s) for s in range(1, 501)]
     rows[99] = Row(T0 + 100, "training", "loss", float("nan"), step=100)
-    write_samples(metrics_dir, rows, run=RUN)
+    write_rows(metrics_dir, rows, run=RUN)
     data = load_report_data(metrics_dir, [_run(metrics_dir)], buckets=100)
     steps = data.steps.filter(pl.col("metric") == "loss")
     assert steps.height <= 101
@@ -79,7 +79,7 @@ def test_energy_integrates_power_and_ignores_gaps(metrics_dir):
     rows = [Row(T0 + i, "gpu", "gpu_power", 100.0, make_labels(gpu="0")) for i in range(3601)]
     # A second stretch after a 2-hour gap (recorder stopped) must not count the gap.
     rows += [Row(T0 + 3600 + 7200 + i, "gpu", "gpu_power", 100.0, make_labels(gpu="0")) for i in range(1801)]
-    write_samples(metrics_dir, rows, run=RUN)
+    write_rows(metrics_dir, rows, run=RUN)
     data = load_report_data(metrics_dir, [_run(metrics_dir)])
     assert data.energy["wh"].to_list() == [pytest.approx(150.0)]
 
@@ -88,7 +88,7 @@ def test_latency_quantiles_and_histogram_from_raw_samples(metrics_dir):
     rng = np.random.default_rng(2)
     lat = rng.lognormal(np.log(100), 0.3, 5000)
     rows = [Row(T0 + i * 0.1, "inference", "inference_latency", float(v)) for i, v in enumerate(lat)]
-    write_samples(metrics_dir, rows, run=RUN)
+    write_rows(metrics_dir, rows, run=RUN)
     data = load_report_data(metrics_dir, [_run(metrics_dir)])
     q = data.quantiles
     assert q.height > 10
@@ -104,7 +104,7 @@ def test_validation_table_pivots_metrics_by_step(metrics_dir):
     for s in (100, 200, 300):
         rows.append(Row(T0 + s, "training", "validation_loss", 1.0 / s, step=s))
         rows.append(Row(T0 + s, "custom", "validation_accuracy", s / 1000, step=s))
-    write_samples(metrics_dir, rows, run=RUN)
+    write_rows(metrics_dir, rows, run=RUN)
     data = load_report_data(metrics_dir, [_run(metrics_dir)])
     v = data.validation
     assert v["step"].to_list() == [100, 200, 300]
@@ -112,7 +112,7 @@ def test_validation_table_pivots_metrics_by_step(metrics_dir):
 
 
 def test_corrupt_file_is_skipped_by_name(metrics_dir):
-    write_samples(metrics_dir, [Row(T0, "system", "cpu_usage", 0.5)], run=RUN)
+    write_rows(metrics_dir, [Row(T0, "system", "cpu_usage", 0.5)], run=RUN)
     bad = metrics_dir / "group=system" / "date=2026-09-21" / f"run={RUN}" / "broken.parquet"
     bad.parent.mkdir(parents=True, exist_ok=True)
     bad.write_bytes(b"PAR1 this is not parquet")
@@ -177,7 +177,7 @@ def test_label_text():
 
 
 def test_file_damaged_inside_is_skipped_too(metrics_dir):
-    write_samples(metrics_dir, [Row(T0 + i, "system", "cpu_usage", 0.5) for i in range(10)], run=RUN)
+    write_rows(metrics_dir, [Row(T0 + i, "system", "cpu_usage", 0.5) for i in range(10)], run=RUN)
     folder = next(metrics_dir.glob(f"group=system/date=*/run={RUN}"))
     (folder / "inside.parquet").write_bytes(b"PAR1" + b"\x00garbage\xff" * 20 + b"PAR1")
     data = load_report_data(metrics_dir, [_run(metrics_dir)])

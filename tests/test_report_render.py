@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import write_run, write_samples
+from report_store import save_run, write_rows
 
 from llamamon.errors import ConfigError
 from llamamon.report.data import AlertSpan
@@ -33,7 +33,7 @@ def hostile_store(metrics_dir: Path) -> RunInfo:
         git_commit='abc"def',
         cpu_model="<img src=x onerror=alert(1)>",
     )
-    write_run(metrics_dir, info)
+    save_run(metrics_dir, info)
     rows = []
     for i in range(120):
         t = T0 + i * 5
@@ -44,7 +44,7 @@ def hostile_store(metrics_dir: Path) -> RunInfo:
             Row(t, "training", "loss", 3.0 - 0.01 * i, step=i + 1),
             Row(t, "custom", EVIL, float(i), make_labels(note=EVIL)),
         ]
-    write_samples(metrics_dir, rows, run=RUN)
+    write_rows(metrics_dir, rows, run=RUN)
     return info
 
 
@@ -93,7 +93,7 @@ def test_sections_header_and_alerts_render(hostile_html):
 
 def test_every_shipped_template_renders_with_a_minimal_context(tmp_path, metrics_dir):
     info = RunInfo(id=RUN, host="h", start=T0)
-    write_run(metrics_dir, info)
+    save_run(metrics_dir, info)
     for fmt in ("html", "markdown"):
         out = render_report(metrics_dir, [info], tmp_path / f"r.{fmt}", fmt=fmt)
         text = out.read_text()
@@ -107,7 +107,7 @@ def test_every_shipped_template_renders_with_a_minimal_context(tmp_path, metrics
 
 def test_template_dir_overrides_one_file_and_strict_undefined_fails(tmp_path, metrics_dir):
     info = RunInfo(id=RUN, host="h", start=T0)
-    write_run(metrics_dir, info)
+    save_run(metrics_dir, info)
     custom = tmp_path / "tpl"
     (custom / "partials").mkdir(parents=True)
     (custom / "partials" / "overview.html.j2").write_text("<p>MY OVERVIEW {{ runs[0].id }}</p>")
