@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -113,3 +114,19 @@ def test_times_are_local_with_the_zone_shown(tmp_path, metrics_dir):
     html = (tmp_path / "r.html").read_text()
     assert "times in IST, UTC+05:30" in html
     assert "2026-09-21 19:43:20 IST" in html  # the run's start, T0, in India
+
+
+def test_alerts_come_from_the_rules_engine_and_shade_their_charts(tmp_path, metrics_dir):
+    info = RunInfo(id="20260923T000000Z-host-0001", host="host", start=T0, end=T0 + 600, exit_code=0)
+    save_run(metrics_dir, info)
+    rows = [Row(T0 + i * 5, "system", "memory_usage", 0.95 if 40 <= i < 80 else 0.5) for i in range(120)]
+    write_rows(metrics_dir, rows, run=info.id)
+    r = run_llamamon("report", "--metrics-dir", str(metrics_dir), "-o", "r.html", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr.decode()
+    html = (tmp_path / "r.html").read_text()
+    critical = re.search(r'class="badge critical">critical</span> (\d+) firing spans?: ([^<]*)<', html)
+    assert critical is not None
+    assert "memory_critical" in critical.group(2).split(", ")  # the built-in rule from memory.critical
+    assert 'id="panel-alert-timeline"' in html
+    assert "still firing</td>" not in html  # memory fell back to 50%: every span was resolved
+    assert "<td>memory_critical</td>" in html

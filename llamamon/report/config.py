@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,14 @@ class ReportSettings:
     metrics_dir: Path
     thresholds: Thresholds
     config: Any = None
-    spans: list[AlertSpan] = field(default_factory=list)
 
     def alerts(self, runs: Sequence[RunInfo]) -> list[AlertSpan]:
-        """Alert spans of these runs. Empty until the rules engine can replay a run's alerts from the store."""
-        wanted = {r.id for r in runs}
-        return [s for s in self.spans if s.run is None or s.run in wanted]
+        """Alert spans of these runs: the rules engine replayed over their samples."""
+        from llamamon.report.alerts import replay_alerts
+
+        if self.config is None:
+            return []
+        return replay_alerts(self.config, self.metrics_dir, runs)
 
 
 def report_settings(config_path: str | None, metrics_dir: str | None) -> ReportSettings:

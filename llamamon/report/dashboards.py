@@ -196,7 +196,7 @@ class Context:
         out = []
         for a in self.data.alerts:
             rule = a.rule.lower()
-            if a.metric in wanted or any(m in rule for m in wanted) or any(r in rule for r in extra_rules):
+            if any(a.concerns(m) for m in wanted) or any(r in rule for r in extra_rules):
                 runs = [a.run] if a.run else (list(self.bounds) if self.multi else [None])
                 for run in runs:
                     end = a.end if a.end is not None else self.bounds.get(run or "", (a.start, a.start))[1]
@@ -504,7 +504,7 @@ def _step_spans(ctx: Context, metric: str, rules: Sequence[str]) -> list[Span]:
     wanted = {metric}
     for a in ctx.data.alerts:
         rule = a.rule.lower()
-        if not (a.metric in wanted or metric in rule or any(r in rule for r in rules)):
+        if not (any(a.concerns(m) for m in wanted) or any(r in rule for r in rules)):
             continue
         for run, (t, s) in mapping.items():
             if a.run and a.run != run:

@@ -79,10 +79,14 @@ class AlertSpan:
     end: float | None
     run: str | None = None
     summary: str = ""
+    metrics: tuple[str, ...] = ()  # the metrics the rule's condition reads: the charts to shade
 
     @property
     def metric(self) -> str | None:
         return dict(self.labels).get("metric")
+
+    def concerns(self, metric: str) -> bool:
+        return metric in self.metrics or self.metric == metric or metric in self.rule.lower()
 
 
 def alert_spans(events: Iterable[AlertEvent]) -> list[AlertSpan]:
