@@ -366,31 +366,33 @@ def bar_histogram(
     return fig
 
 
+def _days(ts: float) -> float:
+    """Unix seconds -> matplotlib date number (days), for bars that need plain floats."""
+    return float(mdates.date2num(np.datetime64(int(ts * 1e6), "us")))
+
+
 def alert_timeline(
-    rows: Sequence[tuple[str, float, float, str, bool]], start: float, end: float, zone: tzinfo | None = None
+    rows: Sequence[tuple[str, Sequence[tuple[float, float]], str, bool]],
+    start: float,
+    end: float,
+    zone: tzinfo | None = None,
 ) -> Figure:
-    """One row per alert instance: (label, start, end, severity, still firing), on the local time axis."""
+    """One row per alert instance: (label, firing intervals, severity, last one still firing), in local time."""
     zone = zone or local_zone()
     height = max(1.3, 0.32 * len(rows) + 0.9)
+    min_width = max(end - start, 1.0) / 1500 / 86400
     with matplotlib.rc_context(RC):
         fig = Figure(figsize=(WIDTH_IN, height), dpi=DPI, layout="constrained")
         ax = fig.add_subplot()
-        for i, (_label, s, e, severity, open_) in enumerate(rows):
-            s64 = np.datetime64(int(s * 1e6), "us")
-            width = np.timedelta64(max(int((e - s) * 1e6), 1), "us")
-            ax.barh(
-                i,
-                width,
-                left=s64,
-                height=0.6,
-                color=SEVERITY_COLOURS.get(severity, "#999999"),
-                edgecolor=INK if open_ else "none",
-                hatch="//" if open_ else None,
-                linewidth=0.6,
-            )
+        for i, (_label, intervals, severity, open_) in enumerate(rows):
+            shade = SEVERITY_COLOURS.get(severity, "#999999")
+            bars = [(_days(s), max((e - s) / 86400, min_width)) for s, e in intervals]
+            ax.broken_barh(bars, (i - 0.3, 0.6), facecolors=shade, linewidth=0)
+            if open_ and bars:
+                ax.broken_barh([bars[-1]], (i - 0.3, 0.6), facecolors="none", edgecolor=INK, hatch="//", linewidth=0.6)
         ax.set_yticks(range(len(rows)), [r[0] for r in rows])
         ax.invert_yaxis()
-        ax.set_xlim(np.datetime64(int(start * 1e6), "us"), np.datetime64(int(max(end, start + 1) * 1e6), "us"))
+        ax.set_xlim(_days(start), _days(max(end, start + 1)))
         locator = mdates.AutoDateLocator(tz=zone, minticks=4, maxticks=10)
         ax.xaxis.set_major_locator(locator)
         ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=zone, show_offset=True))

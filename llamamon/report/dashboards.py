@@ -18,7 +18,7 @@ import numpy as np
 from llamamon import catalog
 from llamamon.report import charts
 from llamamon.report.charts import Axis, Chart, HLine, Line, Span
-from llamamon.report.data import AlertSpan, ReportData, label_text
+from llamamon.report.data import AlertSpan, ReportData, label_text, merge_intervals
 from llamamon.samples import SEVERITIES, RunInfo
 from llamamon.units import format_bytes, format_duration
 
@@ -191,7 +191,10 @@ class Context:
         return (self.x_of_ts(None, t0 - pad), self.x_of_ts(None, t1 + pad))
 
     def spans_for(self, metrics: Iterable[str], extra_rules: Sequence[str] = ()) -> list[Span]:
-        """Alert spans that concern these metrics (label metric=, or the rule name mentions them)."""
+        """Alert spans that concern these metrics, merged to what the chart can resolve."""
+        return merge_spans(self._spans_for(metrics, extra_rules))
+
+    def _spans_for(self, metrics: Iterable[str], extra_rules: Sequence[str] = ()) -> list[Span]:
         wanted = set(metrics)
         out = []
         for a in self.data.alerts:
@@ -204,6 +207,33 @@ class Context:
                         end = a.end if a.end is not None else max(b[1] for b in self.bounds.values())
                     out.append(Span(self.x_of_ts(run, a.start), self.x_of_ts(run, end), a.severity, a.rule))
         return out
+
+
+def merge_spans(spans: list[Span], columns: int = 1500) -> list[Span]:
+    """Join spans of the same rule and severity closer than one chart column: flapping shows as one band."""
+    if len(spans) < 2:
+        return spans
+
+    def num(x: object) -> float:
+        return float(np.datetime64(x, "us").astype(np.int64)) / 1e6 if isinstance(x, np.datetime64) else float(x)
+
+    lo = min(num(s.start) for s in spans)
+    hi = max(num(s.end) for s in spans)
+    gap = (hi - lo) / columns
+    groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    kinds: dict[tuple[str, str], bool] = {}
+    for s in spans:
+        key = (s.severity, s.label)
+        groups.setdefault(key, []).append((num(s.start), num(s.end)))
+        kinds[key] = isinstance(s.start, np.datetime64)
+    out = []
+    for (severity, label), intervals in groups.items():
+        for a, b in merge_intervals(intervals, gap):
+            if kinds[(severity, label)]:
+                out.append(Span(np.datetime64(int(a * 1e6), "us"), np.datetime64(int(b * 1e6), "us"), severity, label))
+            else:
+                out.append(Span(a, b, severity, label))
+    return out
 
 
 def _series_lines(
@@ -512,7 +542,7 @@ def _step_spans(ctx: Context, metric: str, rules: Sequence[str]) -> list[Span]:
             end = a.end if a.end is not None else t[-1]
             s0, s1 = np.interp([a.start, end], t, s)
             spans.append(Span(float(s0), float(max(s1, s0 + 1e-9)), a.severity, a.rule))
-    return spans
+    return merge_spans(spans)
 
 
 def _loss_panel(ctx: Context) -> Panel | None:
@@ -686,41 +716,71 @@ def _aligned(groups: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> li
 # ---------------------------------------------------------------------------------------------- alerts, summary
 
 
+TIMELINE_ROWS = 40
+ALERT_TABLE_ROWS = 100
+SEVERITY_RANK = {sev: i for i, sev in enumerate(SEVERITIES)}
+
+
 def alerts_section(ctx: Context) -> tuple[Panel | None, Table | None]:
+    """A timeline with one row per alert instance (rule + labels + run) and a table of the same instances."""
     alerts = ctx.data.alerts
     if not alerts:
         return None, None
     bounds = ctx.bounds.values()
     start = min([a.start for a in alerts] + [b[0] for b in bounds])
     end = max([a.end or a.start for a in alerts] + [b[1] for b in bounds])
-    rows = []
+    instances: dict[tuple[str, str, str | None], list[AlertSpan]] = {}
     for a in alerts:
-        label = a.rule + (f" ({label_text(_labels_json(a))})" if a.labels else "")
-        rows.append((label[:60], a.start, a.end if a.end is not None else end, a.severity, a.end is None))
-    fig = charts.alert_timeline(rows, start, end, ctx.zone)
-    panel = Panel(
-        "alert-timeline",
-        "Alert timeline",
-        ctx.emit("alert-timeline", fig),
-        "Alert firing spans over time",
-        "Hatched bars are still firing at the end of the data.",
+        instances.setdefault((a.rule, _labels_json(a), a.run), []).append(a)
+
+    def firing(spans: list[AlertSpan]) -> float:
+        return sum((s.end if s.end is not None else end) - s.start for s in spans)
+
+    ranked = sorted(
+        instances.items(), key=lambda kv: (-SEVERITY_RANK.get(kv[1][0].severity, -1), -firing(kv[1]), kv[0][0])
     )
+    gap = (end - start) / 1500
+    rows = []
+    for (rule, labels, run), spans in ranked[:TIMELINE_ROWS]:
+        label = rule + (f" ({label_text(labels)})" if labels else "")
+        if ctx.multi and run:
+            label += f" · {ctx.run_labels.get(run, run)}"
+        intervals = merge_intervals(((s.start, s.end if s.end is not None else end) for s in spans), gap)
+        rows.append((label[:70], intervals, spans[0].severity, spans[-1].end is None))
+    fig = charts.alert_timeline(rows, start, end, ctx.zone)
+    note = "Hatched bars are still firing at the end of the data."
+    if len(ranked) > TIMELINE_ROWS:
+        note += f" The {TIMELINE_ROWS} most severe and longest-firing of {len(ranked)} alert instances are shown."
+    panel = Panel("alert-timeline", "Alert timeline", ctx.emit("alert-timeline", fig), "Alert firing spans", note)
     table_rows = []
-    for a in alerts:
-        dur = format_duration((a.end if a.end is not None else end) - a.start)
-        table_rows.append(
-            [
-                a.severity,
-                a.rule,
-                label_text(_labels_json(a)),
-                format_time(a.start, ctx.zone),
-                format_time(a.end, ctx.zone) if a.end is not None else "still firing",
-                dur,
-                a.summary,
-            ]
-        )
-    table = Table("Alerts", ["severity", "rule", "labels", "fired", "resolved", "duration", "summary"], table_rows)
-    return panel, table
+    for (rule, labels, run), spans in ranked[:ALERT_TABLE_ROWS]:
+        last = spans[-1]
+        row = [ctx.run_labels.get(run or "", run or "")] if ctx.multi else []
+        row += [
+            last.severity,
+            rule,
+            label_text(labels),
+            f"{len(spans):,}",
+            format_time(spans[0].start, ctx.zone),
+            format_time(last.end, ctx.zone) if last.end is not None else "still firing",
+            format_duration(firing(spans)),
+            last.summary,
+        ]
+        table_rows.append(row)
+    cols = (["run"] if ctx.multi else []) + [
+        "severity",
+        "rule",
+        "labels",
+        "times fired",
+        "first fired",
+        "last resolved",
+        "time firing",
+        "summary (last)",
+    ]
+    table_note = f"{len(alerts):,} firing spans of {len(ranked):,} alert instances."
+    if len(ranked) > ALERT_TABLE_ROWS:
+        table_note += f" The first {ALERT_TABLE_ROWS} by severity and time firing are listed."
+    return panel, Table("Alerts", cols, table_rows, note=table_note)
 
 
 def _labels_json(a: AlertSpan) -> str:

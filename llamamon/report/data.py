@@ -106,6 +106,17 @@ def alert_spans(events: Iterable[AlertEvent]) -> list[AlertSpan]:
     return sorted(spans, key=lambda s: (s.start, s.rule))
 
 
+def merge_intervals(intervals: Iterable[tuple[float, float]], gap: float) -> list[tuple[float, float]]:
+    """Sorted, with intervals closer than ``gap`` joined: what a chart can show at its resolution."""
+    out: list[tuple[float, float]] = []
+    for s, e in sorted(intervals):
+        if out and s - out[-1][1] <= gap:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
 @dataclass(slots=True)
 class ReportData:
     """Everything the dashboards need, already small: at most a few thousand rows per table."""
