@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from llamamon.cli.notify import notify_test_command
 from llamamon.cli.options import config_option, json_option, metrics_dir_option
 from llamamon.samples import SEVERITIES
 
@@ -32,6 +33,7 @@ def check_command(config_path: str | None) -> None:
 
     cfg = load_config(config_path)
     rules = rules_from_config(cfg)
+    _check_channels(cfg)
     rows = [
         (
             r.name + ("" if r.enabled else " (off)"),
@@ -47,6 +49,18 @@ def check_command(config_path: str | None) -> None:
     where = cfg.source or "built-in defaults"
     active = sum(r.enabled for r in rules)
     click.echo(f"{where}: OK, {len(rules)} rules ({active} on)", err=True)
+
+
+def _check_channels(cfg: Any) -> None:
+    """Build every channel once so a bad option is reported by ``check``, not at the first alert."""
+    from llamamon.channels.registry import build_channel
+    from llamamon.errors import ConfigError
+
+    for name, channel in cfg.alerts.channels.items():
+        try:
+            build_channel(name, channel.type, channel.options)
+        except ConfigError as exc:
+            raise cfg.error(exc.path or f"alerts.channels.{name}", exc.message) from None
 
 
 @alerts_command.command("test")
@@ -190,3 +204,6 @@ def _alert_json(a: Any) -> dict[str, Any]:
         "run": a.run,
         "host": a.host,
     }
+
+
+alerts_command.add_command(notify_test_command)
