@@ -26,6 +26,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("llamamon.cli.doctor", "doctor_command"),
     ("llamamon.cli.watch", "watch_command"),
     ("llamamon.cli.export", "export_command"),
+    ("llamamon.cli.report", "report_command"),
 )
 
 
