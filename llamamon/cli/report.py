@@ -76,29 +76,16 @@ def report_command(
     suffix = ".html" if fmt == "html" else ".md"
     out = Path(output) if output else Path("llamamon-report" + suffix)
     stages = len(dashboards) + 2
-    show = sys.stderr.isatty() and not quiet
-    if show:
+    kwargs = {
+        "fmt": fmt,
+        "selected": dashboards,
+        "template_dir": Path(template_dir) if template_dir else None,
+        "thresholds": settings.thresholds,
+        "alerts": settings.alerts(runs),
+    }
+    if sys.stderr.isatty() and not quiet:
         with click.progressbar(length=stages, label="Rendering report", file=sys.stderr) as bar:
-            written = render_report(
-                settings.metrics_dir,
-                runs,
-                out,
-                fmt=fmt,  # type: ignore[arg-type]
-                selected=dashboards,
-                template_dir=Path(template_dir) if template_dir else None,
-                thresholds=settings.thresholds,
-                alerts=settings.alerts(runs),
-                progress=lambda _label: bar.update(1),
-            )
+            written = render_report(settings.metrics_dir, runs, out, progress=lambda _label: bar.update(1), **kwargs)
     else:
-        written = render_report(
-            settings.metrics_dir,
-            runs,
-            out,
-            fmt=fmt,  # type: ignore[arg-type]
-            selected=dashboards,
-            template_dir=Path(template_dir) if template_dir else None,
-            thresholds=settings.thresholds,
-            alerts=settings.alerts(runs),
-        )
+        written = render_report(settings.metrics_dir, runs, out, **kwargs)
     click.echo(str(written))
