@@ -86,7 +86,11 @@ def tree_pids(root: int) -> list[int]:
 
 
 def baseline(interval: float, seconds: float, warmup: float) -> float:
-    """CPU seconds per sample of a bare loop doing the collectors' psutil calls on a busy child."""
+    """CPU seconds per sample of a bare loop doing the collectors' psutil calls on a busy child.
+
+    Like the recorder's figure, it counts the whole steady loop (sleeps' wake-ups included), not only the
+    psutil calls, so the two are measured the same way.
+    """
     child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         metrics_dir = str(REPO)
@@ -112,8 +116,8 @@ def baseline(interval: float, seconds: float, warmup: float) -> float:
 
         start = time.monotonic()
         k = 0
-        used = 0.0
         counted = 0
+        first = None
         while True:
             due = start + k * interval
             now = time.monotonic()
@@ -121,12 +125,13 @@ def baseline(interval: float, seconds: float, warmup: float) -> float:
                 time.sleep(due - now)
             if time.monotonic() - start >= seconds:
                 break
-            before = time.process_time()
+            if first is None and time.monotonic() - start >= warmup:
+                first = time.process_time()  # from here on every sample and every wake-up is counted
             sample()
-            if time.monotonic() - start >= warmup:
-                used += time.process_time() - before
+            if first is not None:
                 counted += 1
             k += 1
+        used = time.process_time() - first
         return used / max(counted, 1)
     finally:
         child.kill()
@@ -165,6 +170,7 @@ def recorder(interval: float, seconds: float, warmup: float) -> tuple[float, flo
         (t1, c1), (t2, c2) = json.loads(report.read_text())
         sys.path.insert(0, str(REPO))
         import polars as pl
+
         from llamamon.store.reader import scan
 
         times = scan(folder, groups=["system"]).filter(pl.col("metric") == "memory_used").collect()["time"]

@@ -85,3 +85,66 @@ def _reset_llamamon_logging():
     logger.handlers.clear()
     logger.propagate = True
     logger.setLevel(logging.NOTSET)
+
+
+def write_samples(
+    metrics_dir: Path,
+    rows: list[tuple],
+    *,
+    run: str = "20260101T000000Z-testhost-0001",
+    host: str = "testhost",
+    write_run: bool = True,
+) -> Path:
+    """Write rows ``(unix_time, metric, value[, labels_dict[, step]])`` straight into the store layout.
+
+    One Parquet file per (group, date) partition of ``run``, plus runs/<run>.json, so rules and report
+    tests need no recorder. Groups come from the catalog (unknown names go to "custom").
+    """
+    import json as _json
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from llamamon.catalog import group_of
+    from llamamon.samples import labels_to_str, make_labels
+
+    schema = pa.schema(
+        [
+            ("time", pa.timestamp("us", tz="UTC")),
+            ("host", pa.string()),
+            ("metric", pa.string()),
+            ("value", pa.float64()),
+            ("labels", pa.string()),
+            ("step", pa.int64()),
+        ]
+    )
+    parts: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        t, metric, value = row[0], row[1], row[2]
+        labels = row[3] if len(row) > 3 else None
+        step = row[4] if len(row) > 4 else None
+        when = datetime.fromtimestamp(t, tz=timezone.utc)
+        key = (group_of(metric), when.strftime("%Y-%m-%d"))
+        parts.setdefault(key, []).append(
+            {
+                "time": when,
+                "host": host,
+                "metric": metric,
+                "value": float(value),
+                "labels": labels_to_str(make_labels(labels)),
+                "step": step,
+            }
+        )
+    for (group, date), items in parts.items():
+        folder = metrics_dir / f"group={group}" / f"date={date}" / f"run={run}"
+        folder.mkdir(parents=True, exist_ok=True)
+        n = len(list(folder.glob("*.parquet")))
+        pq.write_table(pa.Table.from_pylist(items, schema=schema), folder / f"part-{n:04d}.parquet")
+    if write_run and rows:
+        (metrics_dir / "runs").mkdir(parents=True, exist_ok=True)
+        start = min(r[0] for r in rows)
+        end = max(r[0] for r in rows)
+        info = {"id": run, "host": host, "start": start, "end": end, "exit_code": 0, "source": "record"}
+        (metrics_dir / "runs" / f"{run}.json").write_text(_json.dumps(info), encoding="utf-8")
+    return metrics_dir

@@ -61,7 +61,31 @@ def test_gc_keeps_recent_data(runner, tmp_path):
     root = tmp_path / "m"
     with StoreWriter(root, RUN, "h") as writer:
         writer.append([Row(time.time(), "system", "cpu_usage", 1.0)])
-    result = runner.invoke(cli, ["gc", "--metrics-dir", str(root)])
+    result = runner.invoke(cli, ["gc", "--metrics-dir", str(root), "--keep", "30d"])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("freed 0 B")
     assert scan(root).collect().height == 1
+
+
+def test_gc_without_any_retention_deletes_nothing_and_says_why(tmp_path):
+    root = tmp_path / ".metrics"
+    _record(root)
+    out = run_llamamon("gc", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.decode().strip() == (
+        "Error: --keep: no retention set: pass --keep (e.g. --keep 30d) or set monitoring.retention"
+    )
+    assert scan(root).collect().height == 3
+
+
+def test_gc_and_compact_follow_the_config(runner, tmp_path):
+    (tmp_path / "monitoring.yaml").write_text('monitoring:\n  metrics_path: "data"\n  retention: 1d\n')
+    root = tmp_path / "data"
+    _record(root)
+    result = runner.invoke(cli, ["compact"])
+    assert result.output.startswith("compacted 1 partition(s): 3 file(s) -> 1, "), result.output
+    result = runner.invoke(cli, ["gc", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("would free ")
+    assert result.stdout.endswith("(keeping the last 1d00h)\n")
+    assert scan(root).collect().height == 3

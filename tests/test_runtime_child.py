@@ -367,3 +367,105 @@ def test_a_failing_output_hook_costs_no_output(tmp_path: Path):
     assert done.stdout == b"boom" + bytes(range(256))
     assert b"output parser failed" in done.stderr  # said once, not hidden
     assert _hook_chunks(seen)[1].startswith(b"boom")
+
+
+def test_kill_9_of_the_runner_in_pty_mode_keeps_the_job_and_restores_the_terminal(tmp_path: Path):
+    go = tmp_path / "go"
+    done = tmp_path / "done"
+    code = (
+        "import os, sys, time\n"
+        "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
+        "deadline = time.monotonic() + 20\n"
+        f"while not os.path.exists({str(go)!r}) and time.monotonic() < deadline: time.sleep(0.01)\n"
+        "print('after the kill', flush=True)\n"  # no SIGHUP from a closed pty: the keeper holds it open
+        f"open({str(done)!r}, 'w').close()\n"
+    )
+    master, slave = os.openpty()
+    before = termios.tcgetattr(slave)
+    try:
+        with subprocess.Popen(
+            runner_argv(PY, "-c", code),
+            env=llamamon_env(),
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+        ) as proc:
+            assert b"ready" in read_until(master, b"ready")
+            assert termios.tcgetattr(slave) != before  # raw while the runner lives
+            proc.kill()
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+            go.touch()
+            assert b"after the kill" in read_until(master, b"after the kill")
+            deadline = time.monotonic() + 20
+            while termios.tcgetattr(slave) != before and time.monotonic() < deadline:
+                time.sleep(0.02)  # polling with a deadline
+            assert termios.tcgetattr(slave) == before
+        deadline = time.monotonic() + 20
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert done.exists()
+    finally:
+        os.close(slave)
+        os.close(master)
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0]
+
+
+def _job_pid(runner: int) -> int:
+    """The runner's child that runs the job (not the keeper, which runs with -I -S)."""
+    with open(f"/proc/{runner}/task/{runner}/children") as fh:
+        pids = [int(p) for p in fh.read().split()]
+    for pid in pids:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            if b"-I\0-S\0" not in fh.read():
+                return pid
+    raise AssertionError(f"no job among {pids}")
+
+
+def _poll(predicate, deadline_s: float = 20) -> bool:
+    deadline = time.monotonic() + deadline_s
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)  # polling with a deadline
+    return predicate()
+
+
+def test_ctrl_z_in_pty_mode_stops_the_runner_too_and_fg_resumes_both(tmp_path: Path):
+    go = tmp_path / "go"
+    code = (
+        "import os, sys, time\n"
+        "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
+        "deadline = time.monotonic() + 30\n"
+        f"while not os.path.exists({str(go)!r}) and time.monotonic() < deadline: time.sleep(0.01)\n"
+        "print('resumed', flush=True)\n"
+    )
+    master, slave = os.openpty()
+    before = termios.tcgetattr(slave)
+    try:
+        with subprocess.Popen(
+            runner_argv(PY, "-c", code),
+            env=llamamon_env(),
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+        ) as proc:
+            assert b"ready" in read_until(master, b"ready")
+            os.write(master, b"\x1a")  # Ctrl-Z, passed through the raw terminal to the job's own pty
+            assert _poll(lambda: _state(proc.pid) == "T")  # the runner stopped, as a shell job does
+            job = _job_pid(proc.pid)
+            assert _state(job) == "T"  # and the job with it
+            assert termios.tcgetattr(slave) == before  # … handing the terminal back in its own modes
+            proc.send_signal(signal.SIGCONT)  # what `fg` sends
+            assert _poll(lambda: termios.tcgetattr(slave) != before)  # raw again
+            go.touch()
+            assert _poll(lambda: _state(job) != "T")  # the job was continued too
+            assert b"resumed" in read_until(master, b"resumed")
+            assert proc.wait(timeout=30) == 0
+            assert termios.tcgetattr(slave) == before
+    finally:
+        os.close(slave)
+        os.close(master)

@@ -179,12 +179,14 @@ def test_kill_9_at_random_points_never_loses_or_duplicates(metrics_dir):
     assert store_stats(metrics_dir).uncompacted_files == 0
 
 
-def test_only_one_compaction_at_a_time(metrics_dir):
+def test_only_one_compaction_or_gc_at_a_time(metrics_dir):
     _fill(metrics_dir, RUN_A, flushes=2)
     with compaction_lock(metrics_dir) as held:
         assert held
-        with pytest.raises(StoreError, match="another compaction"):
+        with pytest.raises(StoreError, match="another compaction or gc is running"):
             compact(metrics_dir)
+        with pytest.raises(StoreError, match="another compaction or gc is running"):
+            gc(metrics_dir, 0)
 
 
 def test_gc_dry_run_then_real(metrics_dir):
@@ -198,9 +200,12 @@ def test_gc_dry_run_then_real(metrics_dir):
     size_a += (metrics_dir / "runs" / f"{RUN_A}.json").stat().st_size
     old_partitions_b = sum(p.stat().st_size for p in metrics_dir.glob(f"group=*/date=2025-11-27/run={RUN_B}/*"))
 
-    listing = sorted(metrics_dir.rglob("*"))
+    def listing():
+        return sorted(p for p in metrics_dir.rglob("*") if compaction.COMPACT_DIR not in p.parts)
+
+    before = listing()
     assert gc(metrics_dir, keep, dry_run=True, now=now) == size_a + old_partitions_b
-    assert sorted(metrics_dir.rglob("*")) == listing
+    assert listing() == before
 
     assert gc(metrics_dir, keep, now=now) == size_a + old_partitions_b
     assert [r.id for r in list_runs(metrics_dir)] == [RUN_B]

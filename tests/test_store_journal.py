@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import textwrap
 import time
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 from llamamon.samples import Row, make_labels
 from llamamon.store import journal, open_store
@@ -20,6 +23,7 @@ from tests.conftest import llamamon_env
 
 RUN = "20261127T120000Z-testhost-abcd"
 T0 = 1_764_244_800.0
+
 
 WRITER_SCRIPT = textwrap.dedent(
     """
@@ -245,3 +249,61 @@ def test_journal_module_is_stdlib_only():
     code = "import sys, llamamon.store.journal; print(sorted(m for m in ('polars', 'pyarrow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], env=llamamon_env(), capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        Row(float("nan"), "system", "cpu_usage", 1.0),
+        Row(-1.0, "system", "cpu_usage", 1.0),
+        Row(1e12, "system", "cpu_usage", 1.0),
+        Row(T0, "alerts", "cpu_usage", 1.0),
+        Row(T0, "training", "loss", 1.0, step=2**63),
+    ],
+)
+def test_rows_parquet_cannot_hold_are_dropped_with_one_warning(metrics_dir, bad, caplog):
+    with caplog.at_level(logging.WARNING, logger="llamamon.store"), StoreWriter(metrics_dir, RUN, "h") as writer:
+        assert writer.append([Row(T0, "system", "cpu_usage", 1.0), bad]) == 1
+        assert writer.append([bad, Row(T0 + 1, "system", "cpu_usage", 2.0)]) == 1
+    assert sorted(scan(metrics_dir).collect()["value"]) == [1.0, 2.0]  # the rest of each tick is kept
+    dropped = [r.getMessage() for r in caplog.records if "dropped a row" in r.getMessage()]
+    assert len(dropped) == 1
+    assert bad.metric in dropped[0]
+
+
+def test_unreadable_journal_lines_are_skipped_on_fold(metrics_dir, caplog):
+    folder = metrics_dir / "_journal" / RUN
+    folder.mkdir(parents=True)
+    header = json.dumps({"llamamon_journal": 1, "run": RUN, "host": "h", "pid": 1})
+    lines = [
+        json.dumps([T0, "system", "cpu_usage", 1.0, "", None]),
+        "not json",
+        json.dumps([T0, "nogroup", "cpu_usage", 1.0, "", None]),
+        json.dumps([T0, "system", "cpu_usage"]),
+        json.dumps([T0 + 1, "system", "cpu_usage", 2.0, '{"core":"1"}', None]),
+    ]
+    (folder / "1-aaaaaa-000001.jsonl").write_text(header + "\n" + "\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING, logger="llamamon.store"):
+        open_store(metrics_dir)
+    assert any("skipped 3 unreadable line(s)" in r.getMessage() for r in caplog.records)
+    df = scan(metrics_dir).collect().sort("time")
+    assert df["value"].to_list() == [1.0, 2.0]
+    assert df["labels"].to_list() == ["", '{"core":"1"}']
+
+
+def test_a_segment_is_visible_only_once_locked(metrics_dir):
+    j = journal.Journal(metrics_dir, RUN, "h")
+    j.append([Row(T0, "system", "cpu_usage", 1.0)])
+    assert j.path is not None
+    assert journal.segment_paths(metrics_dir) == [j.path]
+    assert journal.is_locked(j.path)
+    # A writer killed between creating and naming its segment leaves a hidden temporary: removed once stale.
+    stale = j.path.parent / ".99-abcdef-000001.jsonl.tmp"
+    stale.write_text('{"llamamon_journal": 1}\n')
+    journal.remove_stale_temporaries(metrics_dir)
+    assert stale.exists()  # could still be a writer between create and rename
+    os.utime(stale, (T0, T0))
+    journal.remove_stale_temporaries(metrics_dir)
+    assert not stale.exists()
+    assert j.path.exists()
+    j.close()

@@ -19,6 +19,11 @@ from llamamon.store import open_store
 from llamamon.store.reader import SCHEMA, scan
 from llamamon.store.writer import StoreWriter
 
+try:
+    import duckdb  # an optional reader, not a llamamon dependency
+except ImportError:
+    duckdb = None
+
 RUN = "20261127T120000Z-testhost-abcd"
 T0 = 1_764_244_800.0  # 2025-11-27T12:00:00Z
 
@@ -81,10 +86,21 @@ def test_round_trip_random_rows(rows, flushes):
         if rows:
             direct = pl.scan_parquet(f"{root}/**/*.parquet", hive_partitioning=True).collect()
             assert _from_frame(direct) == _expected(rows)
+            if duckdb is not None:
+                assert _from_duckdb(duckdb, root) == _expected(rows)
+
+
+def _from_duckdb(duckdb, root):
+    result = duckdb.connect().execute(
+        f'select epoch_us(time), "group", metric, value, labels, step '
+        f"from read_parquet('{root}/**/*.parquet', hive_partitioning=true)"
+    )
+    return Counter(_key(*row) for row in result.fetchall())
 
 
 def test_duckdb_reads_the_store_directly(metrics_dir):
-    duckdb = pytest.importorskip("duckdb", reason="duckdb is an optional reader, not a llamamon dependency")
+    if duckdb is None:
+        pytest.skip("duckdb is not installed (an optional reader, not a llamamon dependency)")
     rows = [Row(T0 + i, "system", "cpu_usage", i / 100, make_labels(core=str(i % 2))) for i in range(50)] + [
         Row(T0 + 3, "training", "loss", float("nan"), make_labels(phase="训练"), step=3),
         Row(T0 + 4, "training", "loss", float("inf"), (), step=4),

@@ -20,6 +20,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("llamamon.cli.init", "init_command"),
     ("llamamon.cli.record", "record_command"),
     ("llamamon.cli.runs", "runs_command"),
+    ("llamamon.cli.alerts", "alerts_command"),
     ("llamamon.cli.compact", "compact_command"),
     ("llamamon.cli.gc", "gc_command"),
     ("llamamon.cli.doctor", "doctor_command"),

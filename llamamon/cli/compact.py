@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from llamamon.cli.options import metrics_dir_option
+from llamamon.cli.options import config_option, metrics_dir_option
 
 
 @click.command("compact")
+@config_option
 @metrics_dir_option
 @click.option(
     "--older-than",
@@ -15,18 +16,20 @@ from llamamon.cli.options import metrics_dir_option
     show_default=True,
     help="Also compact partitions of runs without an end time once their newest file is this old.",
 )
-def compact_command(metrics_dir: str | None, older_than: str) -> None:
+def compact_command(config_path: str | None, metrics_dir: str | None, older_than: str) -> None:
     """Merge finished partitions into one sorted file each.
 
     Safe while recording: partitions still being written are left alone, and readers never see a row
     missing or twice, even if compaction is killed.
     """
     # Imported here, not at module level: pyarrow loads only when the command runs (`llamamon --help` stays fast).
+    from llamamon.config import load_config
     from llamamon.store.compaction import compact
     from llamamon.units import format_bytes, parse_duration
 
     seconds = parse_duration(older_than, path="--older-than")
-    result = compact(metrics_dir or ".metrics", older_than=seconds)
+    folder = metrics_dir or load_config(config_path).monitoring.metrics_path
+    result = compact(folder, older_than=seconds)
     click.echo(
         f"compacted {result.partitions} partition(s): {result.files_before} file(s) -> {result.files_after}, "
         f"{format_bytes(result.bytes_before)} -> {format_bytes(result.bytes_after)}"

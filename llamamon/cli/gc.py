@@ -4,20 +4,36 @@ from __future__ import annotations
 
 import click
 
-from llamamon.cli.options import metrics_dir_option
+from llamamon.cli.options import config_option, metrics_dir_option
+from llamamon.errors import ConfigError
 
 
 @click.command("gc")
+@config_option
 @metrics_dir_option
-@click.option("--keep", default="30d", show_default=True, help="Keep data newer than this (e.g. 7d, 12h).")
+@click.option(
+    "--keep",
+    default=None,
+    help="Keep data newer than this, e.g. 30d or 12h (default: monitoring.retention).",
+)
 @click.option("--dry-run", is_flag=True, help="Only show what would be deleted.")
-def gc_command(metrics_dir: str | None, keep: str, dry_run: bool) -> None:
+def gc_command(config_path: str | None, metrics_dir: str | None, keep: str | None, dry_run: bool) -> None:
     """Delete data older than --keep (never a run being recorded)."""
+    from llamamon.config import load_config
     from llamamon.store import open_store
     from llamamon.store.retention import gc
-    from llamamon.units import format_bytes, parse_duration
+    from llamamon.units import format_bytes, format_duration, parse_duration
 
-    seconds = parse_duration(keep, path="--keep")
-    root = open_store(metrics_dir or ".metrics")
+    cfg = load_config(config_path)
+    if keep is not None:
+        seconds = parse_duration(keep, path="--keep")
+    elif cfg.monitoring.retention is not None:
+        seconds = cfg.monitoring.retention
+    else:
+        # Why: monitoring.yaml's default is to keep everything; deleting data needs an explicit horizon.
+        raise ConfigError("no retention set: pass --keep (e.g. --keep 30d) or set monitoring.retention", path="--keep")
+    root = open_store(metrics_dir or cfg.monitoring.metrics_path)
     freed = gc(root, seconds, dry_run=dry_run)
-    click.echo(f"{'would free' if dry_run else 'freed'} {format_bytes(freed)} (keeping the last {keep})")
+    click.echo(
+        f"{'would free' if dry_run else 'freed'} {format_bytes(freed)} (keeping the last {format_duration(seconds)})"
+    )

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from llamamon.config import example_config_path
 from llamamon.errors import ConfigError
 
 
@@ -22,6 +21,9 @@ from llamamon.errors import ConfigError
 )
 def init_command(force: bool, output: str) -> None:
     """Write a commented example monitoring.yaml (the built-in defaults)."""
+    # Why here: the config module pulls in PyYAML, which `llamamon --help` must not pay for.
+    from llamamon.config import example_config_path
+
     target = Path(output)
     if target.exists() and not force:
         raise ConfigError(f"{target} already exists (use --force to overwrite it)")

@@ -19,13 +19,16 @@ The job must not be able to tell it is being recorded, so this module is about f
   *keeper* process (no llamamon import, started in its own session) holds copies of the read ends of the
   child's pipes or pty. It sleeps on a lifeline pipe; if llamamon dies without saying goodbye the keeper
   takes over copying the child's output to the real stdout/stderr, so the job neither gets SIGPIPE nor a
-  pty hang-up. What is lost: at most one chunk llamamon had read but not yet written, and, in pty mode,
-  keyboard input (the shell takes the terminal back; bash and zsh restore its modes themselves).
-* **Known limits of pty mode.** Ctrl-Z suspends the job inside its pty but not llamamon, so the shell
-  does not get the terminal back until the job is resumed (``kill -CONT``) or ends; run llamamon itself
-  in the background for jobs you mean to suspend. A job started in the background (``llamamon record …
-  &``) leaves the terminal's modes alone (changing them would stop llamamon with SIGTTOU), so its
-  newlines arrive as "\r\r\n", which looks the same.
+  pty hang-up; it also puts the terminal back in the mode llamamon found it in. What is lost: at most one
+  chunk llamamon had read but not yet written, and, in pty mode, keyboard input (the shell takes the
+  terminal back).
+* **Job control in pty mode.** A job alone in its pty's session is an orphaned process group, so the
+  kernel drops the SIGTSTP its terminal makes of Ctrl-Z. llamamon sees the key in the input it forwards
+  (only while the job's terminal has ISIG on; a full-screen program in raw mode gets the byte as usual)
+  and does the shell's part: stops the job and itself, restoring the terminal, so the shell gets it back;
+  on ``fg`` it puts the terminal back in raw mode and continues the job. A job started in the background (``llamamon
+  record … &``) leaves the terminal's modes alone (changing them would stop llamamon with SIGTTOU), so
+  its newlines arrive as "\r\r\n", which looks the same.
 """
 
 from __future__ import annotations
@@ -90,24 +93,40 @@ def exit_code_of(status: int) -> tuple[int, int | None]:
 
 # The keeper: stdlib only, started with -I -S so it costs a few milliseconds. argv: lifeline fd, then
 # "<letter>:<source fd>:<target fd>" per stream. It sleeps on the lifeline; "q" means all is well, a letter
-# means "the reader of that stream went away, drop it" (so the job gets its SIGPIPE as without llamamon).
-# End of file on the lifeline means llamamon died or left output behind: copy until the sources close.
+# means "the reader of that stream went away, drop it" (so the job gets its SIGPIPE as without llamamon),
+# "r" means "llamamon restored the terminal itself". End of file on the lifeline means llamamon died or
+# left output behind: restore the terminal's saved modes ("t:<fd>:<attrs>") unless told "r", then copy
+# until the sources close.
 _KEEPER = """
 import os, select, sys
 life = int(sys.argv[1])
 streams = {}
+terminals = []
 for spec in sys.argv[2:]:
-    letter, src, dst = spec.split(":")
-    streams[letter] = (int(src), int(dst))
+    letter, fd, rest = spec.split(":", 2)
+    if letter == "t":
+        terminals.append((int(fd), rest))
+    else:
+        streams[letter] = (int(fd), int(rest))
 while True:
     msg = os.read(life, 64)
     if not msg:
         break
     if b"q" in msg:
         sys.exit(0)
+    if b"r" in msg:
+        terminals = []
     for letter in msg.decode("ascii", "replace"):
         if letter in streams:
             os.close(streams.pop(letter)[0])
+if terminals:
+    import ast, termios
+    for fd, attrs in reversed(terminals):
+        try:
+            termios.tcsetattr(fd, termios.TCSADRAIN, ast.literal_eval(attrs))
+        except (termios.error, OSError, ValueError):
+            pass
+        os.close(fd)
 targets = dict(streams.values())
 while targets:
     for src in select.select(list(targets), [], [])[0]:
@@ -252,12 +271,17 @@ class Child:
     def _prepare_pty(self, slave: int) -> None:
         """Give the pty the real terminal's settings and size, then make the real terminal transparent."""
         import termios
-        import tty
 
         source = 0 if os.isatty(0) else 1
         with contextlib.suppress(termios.error):
             termios.tcsetattr(slave, termios.TCSANOW, termios.tcgetattr(source))
         self._copy_window_size(slave)
+        self._make_raw()
+
+    def _make_raw(self) -> None:
+        import termios
+        import tty
+
         if _in_background(1):
             # A mode change would stop us with SIGTTOU; output then gets "\r\r\n", which looks the same.
             return
@@ -266,7 +290,7 @@ class Child:
             self._saved_modes.append((0, termios.tcgetattr(0)))
             tty.setraw(0, termios.TCSANOW)
             raw_device = os.fstat(0).st_rdev
-        if os.fstat(1).st_rdev != raw_device:
+        if os.isatty(1) and os.fstat(1).st_rdev != raw_device:
             # Output only: the pty already turned "\n" into "\r\n"; the real terminal must not do it again.
             attrs = termios.tcgetattr(1)
             self._saved_modes.append((1, [*attrs]))
@@ -291,6 +315,9 @@ class Child:
             actions.append((os.POSIX_SPAWN_DUP2, src, base + 1 + 2 * i))
             actions.append((os.POSIX_SPAWN_DUP2, dst, base + 2 + 2 * i))
             specs.append(f"{letter}:{base + 1 + 2 * i}:{base + 2 + 2 * i}")
+        for j, (fd, attrs) in enumerate(self._saved_modes):
+            actions.append((os.POSIX_SPAWN_DUP2, fd, base + 1 + 2 * len(sources) + j))
+            specs.append(f"t:{base + 1 + 2 * len(sources) + j}:{attrs!r}")
         actions.extend((os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2))
         try:
             self._keeper_pid = os.posix_spawn(
@@ -330,6 +357,36 @@ class Child:
             if self.result is None:  # once reaped, the pid may belong to someone else
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, sig)
+
+    def _suspend_requested(self, data: bytes) -> bool:
+        """Whether typed input holds the job terminal's suspend key (Ctrl-Z) while that terminal has ISIG on.
+
+        The kernel turns it into SIGTSTP for the job, but discards it: a job alone in its own session is an
+        orphaned process group, which the terminal may not stop (nobody could continue it). So llamamon
+        does what the shell would have: stop the job and itself, and continue both on ``fg``.
+        """
+        import termios
+
+        if self._master is None:
+            return False
+        try:
+            attrs = termios.tcgetattr(self._master)
+        except termios.error:
+            return False
+        suspend = attrs[6][termios.VSUSP]
+        return bool(attrs[3] & termios.ISIG) and suspend not in (b"\0", 0) and suspend in data
+
+    def _suspend(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGSTOP)  # the job leads its own session and process group
+        self._restore_terminal()
+        os.kill(os.getpid(), signal.SIGSTOP)  # the shell sees its job stop and takes the terminal back
+        # … continued by `fg` or `bg` (SIGCONT):
+        self._make_raw()
+        if self._master is not None:
+            self._copy_window_size(self._master)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGCONT)
 
     # -- pumping --------------------------------------------------------------------------------
 
@@ -447,6 +504,8 @@ class Child:
             return
         self._pending_input += data
         self._send_input()
+        if self._suspend_requested(data):
+            self._suspend()
 
     def _send_input(self) -> None:
         assert self._master is not None
@@ -476,8 +535,7 @@ class Child:
             self._keeper_done = True
         self._restore_terminal()
         if self._lifeline is not None:
-            if not self._keeper_done:
-                self._tell_keeper(b"q")
+            self._tell_keeper(b"q" if not self._keeper_done else b"r")
             os.close(self._lifeline)
             self._lifeline = None
         if self._keeper_pid is not None and not self._keeper_done:

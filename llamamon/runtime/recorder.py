@@ -98,6 +98,7 @@ class Recorder:
         )
         self.samples = 0
         self._failed: set[str] = set()
+        self._groups: dict[str, dict[str, str]] = {}  # collector -> metric -> store group, looked up once
         self._stop_lock = threading.Lock()
         self._stop_requested = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -127,7 +128,10 @@ class Recorder:
                 self._request_stop()
                 sampler.join()
             self._finish(result, ended)
-            write_run(self.metrics_dir, info)
+            try:
+                write_run(self.metrics_dir, info)
+            except OSError as exc:
+                log.error("cannot write run metadata: %s", exc)  # the exit code stays the job's
         if self._sampler_error is not None:
             log.error("recording failed: %s (the job ran to completion)", self._sampler_error)
         ended = f"exit {result.exit_code}"
@@ -262,10 +266,13 @@ class Recorder:
                     self._failed.add(collector.name)
                     log.warning("collector %s failed: %s (logged once; recording goes on)", collector.name, exc)
                 continue
+            groups = self._groups.setdefault(collector.name, {})
             for sample in samples:
-                group = catalog.group_of(sample.metric)
-                if group == "custom":
-                    group = collector.group
+                group = groups.get(sample.metric)
+                if group is None:
+                    # The catalog's group for a known metric, else the collector's (custom collectors).
+                    group = catalog.group_of(sample.metric)
+                    groups[sample.metric] = group = collector.group if group == "custom" else group
                 time_ = sample.time if sample.time is not None else now
                 rows.append(Row(time_, group, sample.metric, sample.value, sample.labels, sample.step))
         try:

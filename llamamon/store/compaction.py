@@ -1,6 +1,6 @@
 """Compaction: rewrite each finished partition's many flush files into one sorted file, safely at any moment.
 
-Protocol (one compaction at a time, under ``_compact/.lock``):
+Protocol (one compaction or gc at a time, under ``_compact/.lock``):
 
 1. write an *intent* ``_compact/<token>.json`` naming the partition, the new file and the files it replaces;
 2. write ``compact-<token>.parquet`` atomically; its footer also lists the files it replaces;
@@ -139,7 +139,7 @@ def compact(metrics_dir: str | os.PathLike[str], older_than: float = 3600.0, now
     now = time.time() if now is None else now
     with compaction_lock(root) as held:
         if not held:
-            raise StoreError(f"another compaction is running on {root}")
+            raise StoreError(f"another compaction or gc is running on {root}; try again when it is done")
         _resolve_all(root)
         live = journal.live_runs(root)
         ended = _ended_runs(root)
@@ -177,7 +177,7 @@ def _compact_partition(root: Path, folder: Path, files: list[Path], result: Comp
     payload = {"partition": str(folder.relative_to(root)), "file": new_name, "replaces": names}
     atomic_write(intent, json.dumps(payload).encode())
     before = sum(f.stat().st_size for f in files)
-    new_path = parquet.write_table(folder / new_name, table, replaces=names)
+    new_path = parquet.write_table(folder / new_name, table, replaces=names, **parquet.COMPACT_OPTIONS)
     _remove(folder, names)
     intent.unlink(missing_ok=True)
     result.partitions += 1

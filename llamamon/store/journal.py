@@ -20,13 +20,17 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from llamamon.catalog import GROUPS
+from llamamon.errors import StoreError
 from llamamon.samples import Row, labels_from_str, labels_to_str
 from llamamon.store.layout import JOURNAL_SUFFIX, journal_dir, segment_name, writer_id
 
@@ -58,6 +62,31 @@ class Segment:
     def release(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+
+_INT64 = 2**63
+_MAX_TIME = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last second a date= folder can name
+
+
+def row_problem(row: Row) -> tuple[str, str] | None:
+    """(kind, message) of what Parquet could not hold in this row, or None when it is fine."""
+    if row.group not in GROUPS:
+        return "group", f"{row.metric}: unknown metric group {row.group!r} (one of {', '.join(GROUPS)})"
+    if not (isinstance(row.time, (int, float)) and math.isfinite(row.time) and 0 <= row.time <= _MAX_TIME):
+        return "time", f"{row.metric}: time {row.time!r} is not a Unix time in seconds"
+    if row.step is not None and not (isinstance(row.step, int) and -_INT64 <= row.step < _INT64):
+        return "step", f"{row.metric}: step {row.step!r} is not a 64-bit integer"
+    if not isinstance(row.value, (int, float)):
+        return "value", f"{row.metric}: value {row.value!r} is not a number"
+    return None
+
+
+def check_row(row: Row) -> Row:
+    """The row itself, or StoreError saying what Parquet could not hold."""
+    problem = row_problem(row)
+    if problem is not None:
+        raise StoreError(problem[1])
+    return row
 
 
 def encode_rows(rows: Iterable[Row]) -> bytes:
@@ -100,6 +129,7 @@ class Journal:
         self._path: Path | None = None
         self._writer = writer_id(os.getpid())
         self._seq = 0
+        self._warned: set[tuple[str, str]] = set()
         _journals.add(self)
 
     @property
@@ -111,9 +141,29 @@ class Journal:
         """The segment now being appended to (None before the first append after a rotation)."""
         return self._path
 
+    def accept(self, rows: Iterable[Row]) -> list[Row]:
+        """The rows Parquet can hold; the others are dropped with one warning per metric and reason.
+
+        Why not raise: one collector's bad value must not cost the whole tick (or every later tick).
+        """
+        good = []
+        for row in rows:
+            problem = row_problem(row)
+            if problem is None:
+                good.append(row)
+                continue
+            key = (row.metric, problem[0])
+            if key not in self._warned:
+                self._warned.add(key)
+                log.warning("run %s: dropped a row of %s (warned once per metric)", self.run_id, problem[1])
+        return good
+
     def append(self, rows: Iterable[Row]) -> int:
         """Write rows to the current segment (opening one if needed); returns how many were written."""
-        rows = list(rows)
+        return self.append_checked(self.accept(rows))
+
+    def append_checked(self, rows: list[Row]) -> int:
+        """``append`` for rows that already went through ``accept``."""
         if not rows:
             return 0
         data = encode_rows(rows)
@@ -142,28 +192,31 @@ class Journal:
         _journals.discard(self)
 
     def _open_segment(self) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
-        while True:
-            self._seq += 1
-            path = self._dir / f"{segment_name(self._writer, self._seq)}{JOURNAL_SUFFIX}"
+        # Why a hidden name first: between creating a file and locking it, a fold in another process
+        # could take the unlocked, empty segment for an orphan and remove it. The segment only gets
+        # its visible name once it is locked and has its header; a rename keeps the inode and the lock.
+        self._seq += 1
+        name = f"{segment_name(self._writer, self._seq)}{JOURNAL_SUFFIX}"
+        path, tmp = self._dir / name, self._dir / f".{name}.tmp"
+        for _attempt in range(3):
             try:
-                fd = os.open(path, _OPEN_FLAGS, 0o644)
-            except FileExistsError:
-                continue
+                fd = os.open(tmp, _OPEN_FLAGS, 0o644)
+                break
             except FileNotFoundError:
-                # Why: a fold in another process removes empty run folders; recreate ours and retry.
+                # A fold in another process removes empty run folders; recreate ours and retry.
                 self._dir.mkdir(parents=True, exist_ok=True)
-                self._seq -= 1
-                continue
-            break
+        else:
+            raise StoreError(f"cannot create a journal segment in {self._dir}")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             header = {"llamamon_journal": FORMAT_VERSION, "run": self.run_id, "host": self.host, "pid": os.getpid()}
             _write_all(fd, (json.dumps(header) + "\n").encode())
+            os.rename(tmp, path)  # the name is ours alone: pid + random token + our own sequence
         except BaseException:
             os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            for leftover in (tmp, path):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
             raise
         self._fd, self._path = fd, path
 
@@ -201,8 +254,8 @@ def read_segment(path: Path) -> tuple[dict[str, object], list[Row]]:
     for line in lines[1:]:
         try:
             t, group, metric, value, labels, step = json.loads(line)
-            rows.append(Row(float(t), group, metric, float(value), labels_from_str(labels), step))
-        except (ValueError, TypeError):
+            rows.append(check_row(Row(float(t), group, metric, float(value), labels_from_str(labels), step)))
+        except (ValueError, TypeError, StoreError):
             bad += 1
     if bad:
         log.warning("%s: skipped %d unreadable line(s)", path, bad)
@@ -248,6 +301,20 @@ def is_locked(path: Path) -> bool:
 def live_runs(metrics_dir: Path) -> set[str]:
     """Runs with a writer alive right now (one of their journal segments is locked)."""
     return {p.parent.name for p in segment_paths(metrics_dir) if is_locked(p)}
+
+
+def remove_stale_temporaries(metrics_dir: Path, min_age: float = 60.0) -> None:
+    """Remove segments a writer was killed while creating (hidden, at most a header, no rows).
+
+    A live writer renames its temporary within microseconds; ``min_age`` keeps us from racing one.
+    """
+    root = journal_dir(Path(metrics_dir))
+    cutoff = time.time() - min_age
+    for folder in (p for p in _listdir(root) if p.is_dir()):
+        for tmp in (p for p in _listdir(folder) if p.name.startswith(".") and p.name.endswith(".tmp")):
+            with contextlib.suppress(FileNotFoundError):
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
 
 
 def orphans(metrics_dir: Path) -> Iterator[Segment]:

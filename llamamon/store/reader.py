@@ -60,6 +60,8 @@ def check_file(path: Path) -> tuple[int, list[str]] | None:
         except parquet.CorruptFile as exc:
             verdict = str(exc)
             log.warning("%s", verdict)
+        if len(_verdicts) > 200_000:  # a long-lived `watch` over a store that gc and compaction keep changing
+            _verdicts.clear()
         _verdicts[key] = (st.st_size, st.st_mtime_ns, verdict)
     return None if isinstance(verdict, str) else verdict
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from llamamon.errors import StoreError
 from llamamon.store import journal
+from llamamon.store.compaction import compaction_lock
 from llamamon.store.layout import COMPACT_PREFIX, is_data_file, iter_partitions, run_file, runs_dir
 
 log = logging.getLogger("llamamon.store")
@@ -101,6 +103,15 @@ def gc(
     logged at info level.
     """
     root = Path(metrics_dir)
+    if not root.is_dir():
+        return 0
+    with compaction_lock(root) as held:
+        if not held:
+            raise StoreError(f"another compaction or gc is running on {root}; try again when it is done")
+        return _gc(root, keep_seconds, dry_run, now)
+
+
+def _gc(root: Path, keep_seconds: float, dry_run: bool, now: float | None) -> int:
     cutoff = (time.time() if now is None else now) - keep_seconds
     recording = _recording(root)
     freed = 0

@@ -23,7 +23,7 @@ from pathlib import Path
 from llamamon.errors import StoreError
 from llamamon.samples import Row
 from llamamon.store import journal
-from llamamon.store.layout import check_group, data_file, journal_dir, utc_date
+from llamamon.store.layout import data_file, journal_dir, utc_date
 
 log = logging.getLogger("llamamon.store")
 
@@ -72,6 +72,7 @@ def fold_orphans(metrics_dir: str | os.PathLike[str]) -> int:
             continue
         total += count
         log.debug("folded %d row(s) from %s", count, segment.path)
+    journal.remove_stale_temporaries(root)
     _remove_empty_journal_dirs(root)
     return total
 
@@ -114,15 +115,13 @@ class StoreWriter:
         atexit.register(self.close)
 
     def append(self, rows: Iterable[Row]) -> int:
-        rows = list(rows)
+        rows = self._journal.accept(rows)  # drop here what a flush could never write
         if not rows:
             return 0
-        for row in rows:
-            check_group(row.group)  # refuse here, not at a flush that could then never succeed
         with self._lock:
             if self._closed:
                 raise StoreError(f"writer for run {self.run_id} is closed")
-            self._journal.append(rows)
+            self._journal.append_checked(rows)
             self._buffer.extend(rows)
             due = self._clock() - self._last_flush >= self.flush_interval
         if due:

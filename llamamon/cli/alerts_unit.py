@@ -1,0 +1,172 @@
+"""The I/O behind ``llamamon alerts test``: read configs, test files and the store, then call the engine.
+
+Imported only inside the ``alerts test`` command (it pulls in polars through the engine).
+"""
+
+from __future__ import annotations
+
+import glob
+import xml.etree.ElementTree as ET
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from llamamon.errors import ConfigError
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from llamamon.rules.engine import Alert, Rule
+
+
+def evaluate_recorded(
+    config_path: str | None,
+    metrics_dir: str | None,
+    run_ids: list[str],
+    latest: bool,
+    all_runs: bool,
+    since: str | None,
+) -> tuple[list[Alert], list[Rule]]:
+    """Every alert episode of every enabled rule over the selected recorded runs."""
+    import polars as pl
+
+    from llamamon.config import load_config
+    from llamamon.rules import engine
+    from llamamon.rules.builtin import rules_from_config
+    from llamamon.store import open_store
+    from llamamon.store.reader import scan
+    from llamamon.store.runs import resolve_runs
+
+    cfg = load_config(config_path)
+    root = open_store(metrics_dir or cfg.metrics_path)
+    if all_runs and (run_ids or latest or since):
+        raise ConfigError("--all cannot be combined with --run, --latest or --since", path="alerts test")
+    runs = resolve_runs(root, run_ids, latest, since)
+    if not runs:
+        click.echo(f"llamamon: no runs recorded in {root}", err=True)
+        return [], rules_from_config(cfg)
+    frame = scan(root, runs=[r.id for r in runs])
+    names = set(frame.select(pl.col("metric").unique()).collect()["metric"].to_list())
+    rules = [r for r in rules_from_config(cfg, extra_names=names) if r.enabled]
+    samples = engine.prepare(frame, engine.needed_metrics(rules), cfg.aliases)
+    bounds = samples.bounds()
+    if bounds is None:
+        return [], rules
+    grid = engine.Grid.covering(bounds[0], bounds[1], cfg.update_frequency)
+    return engine.evaluate(rules, samples, grid), rules
+
+
+def junit_xml(rules: list[Rule], alerts: list[Alert]) -> bytes:
+    """One testcase per rule; failed where the rule fired (with each episode in the failure text)."""
+    fired: dict[str, list[Alert]] = {}
+    for a in alerts:
+        fired.setdefault(a.rule, []).append(a)
+    suite = ET.Element("testsuite", name="llamamon alerts", tests=str(len(rules)), failures=str(len(fired)))
+    for rule in rules:
+        case = ET.SubElement(suite, "testcase", classname="llamamon.alerts", name=rule.name)
+        episodes = fired.get(rule.name)
+        if episodes:
+            lines = [
+                f"{dict(a.labels)} fired at {_iso(a.fired_at)}, resolved at {_iso(a.resolved_at)}, peak {a.peak:.6g}"
+                for a in episodes
+            ]
+            fail = ET.SubElement(
+                case, "failure", message=f"{rule.name} ({rule.severity}) fired {len(episodes)} time(s)"
+            )
+            fail.text = "\n".join(lines)
+    root = ET.Element("testsuites")
+    root.append(suite)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def _iso(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _load_yaml(path: Path) -> Any:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read test file ({exc.strerror or exc})", file=str(path)) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(f"not valid YAML ({getattr(exc, 'problem', exc)})", file=str(path), line=line) from None
+
+
+def _rules_for(test_path: Path, patterns: list[str], names: set[str]) -> list[Rule]:
+    from llamamon.config import load_config
+    from llamamon.rules.builtin import rules_from_config
+
+    rules: list[Rule] = []
+    for pattern in patterns:
+        full = pattern if Path(pattern).is_absolute() else str(test_path.parent / pattern)
+        matches = sorted(glob.glob(full))
+        if not matches:
+            click.echo(f"  WARNING: no file match pattern {pattern}")
+        for match in matches:
+            rules.extend(r for r in rules_from_config(load_config(match), extra_names=names) if r.enabled)
+    return rules
+
+
+def _replay_loader(test_path: Path) -> Any:
+    def load(spec: dict[str, str]) -> pl.DataFrame:
+        import polars as pl
+
+        from llamamon.store.reader import scan
+        from llamamon.store.runs import resolve_run
+
+        root = Path(spec["metrics_dir"])
+        root = root if root.is_absolute() else test_path.parent / root
+        run = resolve_run(root, spec["run"])
+        frame = scan(root, runs=[run.id]).collect()
+        if frame.height == 0:
+            return frame
+        # Why shift: eval_time in a test is relative to the start of the replayed run, as for input_series.
+        start = frame["time"].min()
+        return frame.with_columns(
+            (pl.col("time") - start).dt.total_microseconds().cast(pl.Datetime("us", "UTC")).alias("time")
+        )
+
+    return load
+
+
+def run_unit_files(paths: list[Path]) -> int:
+    """Run promtool-style test files; print promtool's report; 0 when all pass, 1 otherwise."""
+    from llamamon.rules import promtest
+
+    ok = True
+    for path in paths:
+        click.echo(f"Unit Testing:  {path}")
+        spec = promtest.load(_load_yaml(path), str(path))
+        names = {promtest.metric_of(name)[0] for g in spec.groups for name, _, _ in g.series}
+        rules = _rules_for(path, spec.rule_files, names | _replay_names(spec, path))
+        failures: list[str] = []
+        for group in spec.groups:
+            failures.extend(promtest.run_group(group, rules, spec.evaluation_interval, _replay_loader(path)))
+        if failures:
+            ok = False
+            click.echo("  FAILED:")
+            click.echo("\n".join(failures))
+        else:
+            click.echo("  SUCCESS")
+    return 0 if ok else 1
+
+
+def _replay_names(spec: Any, path: Path) -> set[str]:
+    import polars as pl
+
+    names: set[str] = set()
+    loader = _replay_loader(path)
+    for group in spec.groups:
+        if group.replay is not None:
+            names |= set(loader(group.replay).select(pl.col("metric").unique())["metric"].to_list())
+    return names

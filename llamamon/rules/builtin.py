@@ -1,0 +1,228 @@
+"""Rules derived from ``monitoring.thresholds``, and the Rule list a Config stands for.
+
+Every built-in rule is on unless ``alerts.builtin.<name>: false``; a rule of your own with the same
+name replaces it. The conditions below are written in the condition language itself, so ``alerts
+check`` lists them like any other rule and the PromQL export treats them the same way.
+
+=======================  ===================================================================  ========  =====
+name                     condition (thresholds from monitoring.thresholds)                    severity  for
+=======================  ===================================================================  ========  =====
+memory_warning           ``memory_usage > memory.warning``                                    warning   2m
+memory_critical          ``memory_usage > memory.critical``                                   critical  1m
+gpu_underutilized        ``gpu_utilization < gpu.utilization_min and gpu_process_memory_used  warning   10m
+                         > 0`` (only while the recorded job holds memory on that GPU)
+gpu_memory_high          ``gpu_memory_usage > gpu.memory_max``                                warning   2m
+validation_loss_high     ``validation_loss > training.validation_loss_max``                   warning   0s
+learning_rate_low        ``learning_rate < training.learning_rate_min``                       warning   0s
+loss_plateau             ``evals_since_best(validation_loss) >= P or (evals_since_best(loss)  warning   0s
+                         >= P unless validation_loss)``, P = training.loss_plateau_patience
+inference_latency_high   ``p95(inference_latency, 5m) > <inference.latency_max>ms``           warning   2m
+inference_timeouts       ``timeout_rate > 0`` (requests over inference.timeout)               warning   1m
+batch_queue_high         ``batch_queue_size > inference.batch_queue_max``                     warning   2m
+loss_not_finite          ``not isfinite(loss) or not isfinite(validation_loss)``              critical  0s
+=======================  ===================================================================  ========  =====
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from llamamon import catalog
+from llamamon.rules import lang, template
+from llamamon.rules.engine import Rule
+
+if TYPE_CHECKING:
+    from llamamon.config import Config
+
+
+@dataclass(frozen=True, slots=True)
+class Builtin:
+    name: str
+    condition: str  # format string over the thresholds
+    severity: str
+    for_: float
+    uses: tuple[str, ...]  # threshold paths under monitoring.thresholds
+    summary: str
+
+
+BUILTINS: tuple[Builtin, ...] = (
+    Builtin(
+        "memory_warning",
+        "memory_usage > {memory.warning}",
+        "warning",
+        120,
+        ("memory.warning",),
+        "Memory use at {{ $value | humanizePercentage }} on {{ $labels.host }}",
+    ),
+    Builtin(
+        "memory_critical",
+        "memory_usage > {memory.critical}",
+        "critical",
+        60,
+        ("memory.critical",),
+        "Memory use at {{ $value | humanizePercentage }} on {{ $labels.host }}",
+    ),
+    Builtin(
+        "gpu_underutilized",
+        "gpu_utilization < {gpu.utilization_min} and gpu_process_memory_used > 0",
+        "warning",
+        600,
+        ("gpu.utilization_min",),
+        "GPU {{ $labels.gpu }} busy only {{ $value | humanizePercentage }} of the time while the job holds it",
+    ),
+    Builtin(
+        "gpu_memory_high",
+        "gpu_memory_usage > {gpu.memory_max}",
+        "warning",
+        120,
+        ("gpu.memory_max",),
+        "GPU {{ $labels.gpu }} memory at {{ $value | humanizePercentage }}",
+    ),
+    Builtin(
+        "validation_loss_high",
+        "validation_loss > {training.validation_loss_max}",
+        "warning",
+        0,
+        ("training.validation_loss_max",),
+        "Validation loss {{ $value }} above the limit",
+    ),
+    Builtin(
+        "learning_rate_low",
+        "learning_rate < {training.learning_rate_min}",
+        "warning",
+        0,
+        ("training.learning_rate_min",),
+        "Learning rate {{ $value }} below the minimum",
+    ),
+    Builtin(
+        "loss_plateau",
+        "evals_since_best(validation_loss) >= {training.loss_plateau_patience}"
+        " or (evals_since_best(loss) >= {training.loss_plateau_patience} unless validation_loss)",
+        "warning",
+        0,
+        ("training.loss_plateau_patience",),
+        "No new best loss for {{ $value }} evaluations",
+    ),
+    Builtin(
+        "inference_latency_high",
+        "p95(inference_latency, 5m) > {inference.latency_max}ms",
+        "warning",
+        120,
+        ("inference.latency_max",),
+        "p95 latency {{ $value | humanizeDuration }} over 5m",
+    ),
+    Builtin(
+        "inference_timeouts",
+        "timeout_rate > 0",
+        "warning",
+        60,
+        ("inference.timeout",),
+        "{{ $value | humanizePercentage }} of requests over the timeout",
+    ),
+    Builtin(
+        "batch_queue_high",
+        "batch_queue_size > {inference.batch_queue_max}",
+        "warning",
+        120,
+        ("inference.batch_queue_max",),
+        "{{ $value }} requests waiting",
+    ),
+    Builtin(
+        "loss_not_finite",
+        "not isfinite(loss) or not isfinite(validation_loss)",
+        "critical",
+        0,
+        (),
+        "Loss is {{ $value }}",
+    ),
+)
+BUILTIN_NAMES: tuple[str, ...] = tuple(b.name for b in BUILTINS)
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(float(value))
+
+
+def _threshold(cfg: Config, path: str) -> float:
+    section, key = path.split(".")
+    return float(getattr(getattr(cfg.monitoring.thresholds, section), key))
+
+
+def builtin_rules(cfg: Config) -> list[Rule]:
+    """The built-in rules switched on in ``cfg`` with its thresholds filled in."""
+    for name in cfg.alerts.builtin:
+        if name not in BUILTIN_NAMES:
+            hint = difflib.get_close_matches(name, BUILTIN_NAMES, n=1)
+            extra = f' (did you mean "{hint[0]}"?)' if hint else f" (known: {', '.join(BUILTIN_NAMES)})"
+            raise cfg.error(f"alerts.builtin.{name}", f"no built-in rule of that name{extra}")
+    rules: list[Rule] = []
+    for b in BUILTINS:
+        values = {p: _fmt(_threshold(cfg, p)) for p in b.uses if p != "inference.timeout"}
+        text = b.condition
+        for path, value in values.items():
+            text = text.replace("{" + path + "}", value)
+        where = f"thresholds.{b.uses[0]}" if b.uses else "always on"
+        line = cfg.line_of(f"monitoring.thresholds.{b.uses[0]}") if b.uses and cfg.source else None
+        source = f"built-in ({where}"
+        source += f", {cfg.source}:{line})" if line else ")"
+        rules.append(
+            Rule(
+                name=b.name,
+                condition=lang.parse(text, aliases=cfg.aliases, path=f"alerts.builtin.{b.name}"),
+                severity=b.severity,
+                for_=float(b.for_),
+                annotations={"summary": b.summary},
+                # Why every channel: a built-in has no channels key; it should reach whoever is configured.
+                channels=tuple(cfg.alerts.channels),
+                source=source,
+                enabled=cfg.alerts.builtin.get(b.name, True),
+            )
+        )
+    return rules
+
+
+def known_metrics(cfg: Config | None = None) -> set[str]:
+    """Names a condition may use without data: the catalog, its aliases and the config's aliases."""
+    names = set(catalog.BY_NAME) | set(catalog.ALIASES)
+    if cfg is not None:
+        names |= set(cfg.aliases) | set(cfg.aliases.values())
+    return names
+
+
+def rules_from_config(cfg: Config, *, extra_names: set[str] | frozenset[str] = frozenset()) -> list[Rule]:
+    """Every rule ``cfg`` stands for: its own (validated, with file:line errors), then the built-ins.
+
+    ``extra_names``: metric names recorded in the data at hand, which count as known (``alerts test``).
+    """
+    known = known_metrics(cfg) | set(extra_names)
+    file = str(cfg.source) if cfg.source else "built-in defaults"
+    own: list[Rule] = []
+    for name, rc in cfg.alerts.rules.items():
+        path = f"alerts.rules.{name}.condition"
+        line = cfg.line_of(path) or rc.line
+        cond = lang.parse(rc.condition, file=file, line=line, path=path, aliases=cfg.aliases)
+        lang.check_names(cond, known, file=file, line=line, path=path)
+        for kind, mapping in (("labels", rc.labels), ("annotations", rc.annotations)):
+            for key, text in mapping.items():
+                try:
+                    template.check(text)
+                except template.TemplateError as exc:
+                    raise cfg.error(f"alerts.rules.{name}.{kind}.{key}", str(exc)) from None
+        own.append(
+            Rule(
+                name=name,
+                condition=cond,
+                severity=rc.severity,
+                channels=tuple(rc.channels),
+                for_=rc.for_,
+                keep_firing_for=rc.keep_firing_for,
+                labels=dict(rc.labels),
+                annotations=dict(rc.annotations),
+                source=f"{file}:{rc.line}" if rc.line else file,
+                enabled=rc.enabled,
+            )
+        )
+    names = {r.name for r in own}
+    return own + [r for r in builtin_rules(cfg) if r.name not in names]

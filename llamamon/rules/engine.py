@@ -1,0 +1,403 @@
+"""Evaluate rules over recorded samples: conditions (compiled to polars in rules.series), then the alert state machine.
+
+Two ways in, same answers: ``evaluate(rules, frame, grid)`` computes a whole history vectorised (every
+tick of the grid at once); ``AlertStates.step(...)`` advances the state machine one tick at a time for
+the live ``watch`` loop and serialises to JSON between ticks. No I/O here: frames in, alerts out.
+
+Semantics (PromQL, as Prometheus 2.x evaluates them):
+
+* the grid is ``start + k * step``; an instant selector at tick t sees each series' latest sample at or
+  before t, if it is at most ``lookback`` (5 m) old, and not after a staleness marker. Training metrics
+  (catalog group ``training``: loss, validation_loss, learning_rate ...) are logged by the job when it
+  evaluates, not sampled, so they hold their last value until the next one or the run's end.
+* window functions see the samples in ``[t - window, t]``; ``rate``/``increase``/``delta`` extrapolate
+  like Prometheus.
+* every expression is a set of series (labels) with a value and a truth flag per tick; comparisons set
+  the flag and keep the metric's value (so ``$value`` is the metric's value), ``not`` flips it, ``and``/
+  ``unless``/``or`` combine flags. Series match across a binary operator when they agree on every label
+  both carry (run and host included), so ``gpu_utilization < 0.2 and memory_usage > 0.9`` is per GPU.
+* an alert instance is (rule, labels); inactive -> pending -> firing -> resolved, honouring ``for`` and
+  ``keep_firing_for`` exactly as Prometheus' ``AlertingRule.Eval``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from llamamon.rules import template
+from llamamon.rules.lang import Condition, to_base, top_comparison
+from llamamon.rules.series import LOOKBACK, US, Compiler, Grid, Samples, Vec, empty_vec, prepare
+from llamamon.samples import AlertEvent, Labels, make_labels
+
+if TYPE_CHECKING:
+    import polars as pl
+
+__all__ = [
+    "LOOKBACK",
+    "US",
+    "Alert",
+    "AlertStates",
+    "Grid",
+    "Rule",
+    "Samples",
+    "conditions",
+    "evaluate",
+    "needed_metrics",
+    "prepare",
+    "replay",
+    "step_all",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One alert rule, from monitoring.yaml or derived from a threshold (``source`` says which)."""
+
+    name: str
+    condition: Condition
+    severity: str = "warning"
+    channels: tuple[str, ...] = ()
+    for_: float = 0.0
+    keep_firing_for: float = 0.0
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+    enabled: bool = True
+
+
+@dataclass(slots=True)
+class Alert:
+    """One episode of one alert instance in a history: when it became active, fired and resolved."""
+
+    rule: str
+    severity: str
+    labels: Labels
+    annotations: Labels
+    active_at: float
+    fired_at: float
+    resolved_at: float | None
+    value: float  # at the tick it fired
+    peak: float  # most extreme value while active (max, or min for "<" conditions)
+    channels: tuple[str, ...] = ()
+
+    @property
+    def run(self) -> str | None:
+        return dict(self.labels).get("run")
+
+    @property
+    def host(self) -> str | None:
+        return dict(self.labels).get("host")
+
+    def events(self) -> list[AlertEvent]:
+        base = dict(
+            rule=self.rule,
+            severity=self.severity,
+            labels=self.labels,
+            annotations=self.annotations,
+            value=self.value,
+            started_at=self.fired_at,
+            channels=self.channels,
+            run=self.run,
+            host=self.host,
+        )
+        out = [AlertEvent(state="firing", **base)]
+        if self.resolved_at is not None:
+            out.append(AlertEvent(state="resolved", ended_at=self.resolved_at, **base))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def needed_metrics(rules: Iterable[Rule]) -> set[str]:
+    return {m for r in rules for m in r.condition.metrics}
+
+
+def conditions(
+    rules: Sequence[Rule], samples: Samples, grid: Grid, *, lookback: float = LOOKBACK
+) -> dict[str, tuple[pl.DataFrame, list[dict[str, str]]]]:
+    """Per rule: the (k, sid, value) rows where its condition holds, and each sid's labels."""
+    import polars as pl
+
+    comp = Compiler(samples, grid, lookback)
+    out: dict[str, tuple[pl.DataFrame, list[dict[str, str]]]] = {}
+    for rule in rules:
+        res = comp.eval(rule.condition.tree)
+        if not isinstance(res, Vec):
+            out[rule.name] = (empty_vec().drop("ok"), [])
+            continue
+        df = res.df.filter(pl.col("ok")).select("k", "sid", "value").unique(["k", "sid"], keep="first").sort("sid", "k")
+        out[rule.name] = (df, res.labels)
+    return out
+
+
+def _base(rule: Rule, value: float) -> float:
+    # Why: templates see $value in base units (seconds, bytes), as Prometheus does on exported series.
+    return value * to_base(rule.condition.tree)
+
+
+def alert_labels(rule: Rule, series: dict[str, str], value: float) -> dict[str, str]:
+    """Series labels + rule labels (templated) + alertname + severity, as Prometheus builds them."""
+    labels = dict(series)
+    for k, v in rule.labels.items():
+        labels[k] = template.render(v, _base(rule, value), series)
+    labels["severity"] = rule.severity
+    labels["alertname"] = rule.name
+    return labels
+
+
+def annotations(rule: Rule, series: dict[str, str], value: float) -> Labels:
+    return make_labels({k: template.render(v, _base(rule, value), series) for k, v in rule.annotations.items()})
+
+
+def evaluate(
+    rules: Sequence[Rule],
+    frame: pl.LazyFrame | pl.DataFrame | Samples,
+    grid: Grid,
+    *,
+    lookback: float = LOOKBACK,
+    aliases: dict[str, str] | None = None,
+) -> list[Alert]:
+    """Every alert episode over the grid (history), vectorised; same answers as stepping AlertStates."""
+    import polars as pl
+
+    rules = [r for r in rules if r.enabled]
+    samples = frame if isinstance(frame, Samples) else prepare(frame, needed_metrics(rules), aliases)
+    results = conditions(rules, samples, grid, lookback=lookback)
+    alerts: list[Alert] = []
+    for rule in rules:
+        df, labels = results[rule.name]
+        if df.height == 0:
+            continue
+        low = top_comparison(rule.condition.tree) in ("<", "<=")
+        seg = df.with_columns(brk=(pl.col("k").diff().over("sid") != 1).fill_null(True)).with_columns(
+            seg=pl.col("brk").cum_sum()
+        )
+        segs = (
+            seg.group_by("sid", "seg", maintain_order=True)
+            .agg(
+                pl.col("k").first().alias("k0"),
+                pl.col("k").last().alias("k1"),
+                (pl.col("value").min() if low else pl.col("value").max()).alias("peak"),
+            )
+            .sort("sid", "k0")
+        )
+        episodes = _episodes(segs, rule, grid, low)
+        if not episodes:
+            continue
+        ep = pl.DataFrame(episodes, schema=["sid", "k_active", "k_fire", "k_resolved", "peak"], orient="row")
+        ep = ep.with_columns(pl.col("sid").cast(pl.UInt32), pl.col("k_fire").cast(pl.Int64))
+        ep = ep.join(df.rename({"k": "k_fire"}), on=["sid", "k_fire"], how="left")
+        for row in ep.iter_rows(named=True):
+            series = labels[row["sid"]]
+            value = row["value"]
+            alerts.append(
+                Alert(
+                    rule=rule.name,
+                    severity=rule.severity,
+                    labels=make_labels(alert_labels(rule, series, value)),
+                    annotations=annotations(rule, series, value),
+                    active_at=grid.time(row["k_active"]) / US,
+                    fired_at=grid.time(row["k_fire"]) / US,
+                    resolved_at=None if row["k_resolved"] is None else grid.time(row["k_resolved"]) / US,
+                    value=value,
+                    peak=row["peak"],
+                    channels=rule.channels,
+                )
+            )
+    alerts.sort(key=lambda a: (a.fired_at, a.rule, a.labels))
+    return alerts
+
+
+def _episodes(segs: pl.DataFrame, rule: Rule, grid: Grid, low: bool) -> list[tuple[int, int, int, int | None, float]]:
+    """Walk a rule's true-runs per series through the for / keep_firing_for state machine."""
+    hold = -(-round(rule.for_ * US) // grid.step)  # ticks until t - activeAt >= for
+    keep = -(-round(rule.keep_firing_for * US) // grid.step)  # absent ticks that still count as firing
+    better = min if low else max
+    out: list[tuple[int, int, int, int | None, float]] = []
+    cur: list[Any] | None = None  # [sid, k_active, k_fire, last_true_k, peak]
+
+    def close(c: list[Any]) -> None:
+        resolved = c[3] + 1 + keep
+        out.append((c[0], c[1], c[2], resolved if resolved < grid.n else None, c[4]))
+
+    for sid, k0, k1, peak in segs.select("sid", "k0", "k1", "peak").iter_rows():
+        if cur is not None and (cur[0] != sid or k0 > cur[3] + keep + 1):
+            close(cur)
+            cur = None
+        if cur is not None:  # still firing (kept) when the condition came back
+            cur[3], cur[4] = k1, better(cur[4], peak)
+            continue
+        fire = k0 + hold
+        if fire <= k1:
+            cur = [sid, k0, fire, k1, peak]
+    if cur is not None:
+        close(cur)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The incremental state machine (watch): one tick at a time, serialisable
+
+
+@dataclass(slots=True)
+class Instance:
+    rule: str
+    labels: dict[str, str]
+    state: str  # pending | firing
+    active_at: float
+    fired_at: float | None = None
+    value: float = math.nan
+    keep_since: float | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+class AlertStates:
+    """Prometheus' per-rule alert bookkeeping, stepped tick by tick; ``to_json``/``from_json`` between runs."""
+
+    def __init__(self) -> None:
+        self.active: dict[str, dict[str, Instance]] = {}
+
+    def step(self, rule: Rule, t: float, elements: dict[Labels, float]) -> list[AlertEvent]:
+        """Advance ``rule`` to time ``t`` (seconds) given its true series -> value; return changes."""
+        events: list[AlertEvent] = []
+        table = self.active.setdefault(rule.name, {})
+        seen: set[str] = set()
+        for series, value in elements.items():
+            sd = dict(series)
+            labels = alert_labels(rule, sd, value)
+            fp = json.dumps(sorted(labels.items()))
+            seen.add(fp)
+            ann = dict(annotations(rule, sd, value))
+            inst = table.get(fp)
+            if inst is None:
+                table[fp] = Instance(rule.name, labels, "pending", t, value=value, annotations=ann)
+            else:
+                inst.value, inst.annotations = value, ann
+        for fp, inst in list(table.items()):
+            if fp not in seen:
+                kept = False
+                if inst.state == "firing" and rule.keep_firing_for > 0:
+                    if inst.keep_since is None:
+                        inst.keep_since = t
+                    kept = t - inst.keep_since < rule.keep_firing_for - 1e-6
+                if kept:
+                    continue
+                del table[fp]
+                if inst.state == "firing":
+                    events.append(self._event(rule, inst, "resolved", t))
+                continue
+            inst.keep_since = None
+            if inst.state == "pending" and t - inst.active_at >= rule.for_ - 1e-6:
+                inst.state, inst.fired_at = "firing", t
+                events.append(self._event(rule, inst, "firing", t))
+        return events
+
+    def firing(self, rule: str) -> list[Instance]:
+        return [i for i in self.active.get(rule, {}).values() if i.state == "firing"]
+
+    @staticmethod
+    def _event(rule: Rule, inst: Instance, state: str, t: float) -> AlertEvent:
+        labels = make_labels(inst.labels)
+        return AlertEvent(
+            rule=rule.name,
+            state=state,  # type: ignore[arg-type]
+            severity=rule.severity,
+            labels=labels,
+            annotations=make_labels(inst.annotations),
+            value=inst.value,
+            started_at=inst.fired_at if inst.fired_at is not None else t,
+            ended_at=t if state == "resolved" else None,
+            channels=rule.channels,
+            run=inst.labels.get("run"),
+            host=inst.labels.get("host"),
+        )
+
+    def to_json(self) -> str:
+        data = {
+            name: [
+                {
+                    "labels": i.labels,
+                    "state": i.state,
+                    "active_at": i.active_at,
+                    "fired_at": i.fired_at,
+                    "value": None if math.isnan(i.value) else i.value,
+                    "keep_since": i.keep_since,
+                    "annotations": i.annotations,
+                }
+                for i in table.values()
+            ]
+            for name, table in self.active.items()
+        }
+        return json.dumps({"version": 1, "rules": data}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> AlertStates:
+        states = cls()
+        data = json.loads(text)
+        for name, items in data.get("rules", {}).items():
+            table = states.active.setdefault(name, {})
+            for d in items:
+                value = math.nan if d.get("value") is None else float(d["value"])
+                inst = Instance(
+                    name,
+                    dict(d["labels"]),
+                    d["state"],
+                    d["active_at"],
+                    d.get("fired_at"),
+                    value,
+                    d.get("keep_since"),
+                    dict(d.get("annotations", {})),
+                )
+                table[json.dumps(sorted(inst.labels.items()))] = inst
+        return states
+
+
+def step_all(
+    states: AlertStates,
+    rules: Sequence[Rule],
+    samples: Samples | pl.LazyFrame | pl.DataFrame,
+    t: float,
+    *,
+    lookback: float = LOOKBACK,
+    aliases: dict[str, str] | None = None,
+) -> list[AlertEvent]:
+    """The watch loop's tick: evaluate every rule at time ``t`` over recent samples and step the states."""
+    rules = [r for r in rules if r.enabled]
+    if not isinstance(samples, Samples):
+        samples = prepare(samples, needed_metrics(rules), aliases)
+    grid = Grid(round(t * US), US, 1)
+    results = conditions(rules, samples, grid, lookback=lookback)
+    events: list[AlertEvent] = []
+    for rule in rules:
+        df, labels = results[rule.name]
+        elements = {make_labels(labels[sid]): value for _, sid, value in df.iter_rows()}
+        events.extend(states.step(rule, t, elements))
+    return events
+
+
+def replay(
+    rules: Sequence[Rule], samples: Samples, grid: Grid, *, lookback: float = LOOKBACK
+) -> Iterable[tuple[int, AlertStates, list[AlertEvent]]]:
+    """Step AlertStates over every tick of a grid (the unit-test runner; slower than ``evaluate``)."""
+    rules = [r for r in rules if r.enabled]
+    results = conditions(rules, samples, grid, lookback=lookback)
+    per_rule: dict[str, dict[int, dict[Labels, float]]] = {}
+    for rule in rules:
+        df, labels = results[rule.name]
+        ticks: dict[int, dict[Labels, float]] = {}
+        for k, sid, value in df.iter_rows():
+            ticks.setdefault(k, {})[make_labels(labels[sid])] = value
+        per_rule[rule.name] = ticks
+    states = AlertStates()
+    for k in range(grid.n):
+        t = grid.time(k) / US
+        events: list[AlertEvent] = []
+        for rule in rules:
+            events.extend(states.step(rule, t, per_rule[rule.name].get(k, {})))
+        yield k, states, events

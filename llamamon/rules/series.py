@@ -1,0 +1,582 @@
+"""Conditions over samples, vectorised with polars: selectors, windows, operators on a tick grid.
+
+Compiles a ``llamamon.rules.lang`` tree into polars operations that give, per series and tick, a value
+and a truth flag (see ``llamamon.rules.engine`` for the semantics). Pure: frames in, frames out. polars
+is imported inside functions (this module is reached from the CLI's command functions only).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from llamamon import catalog
+from llamamon.rules.lang import COMPARISONS, Binary, Call, Node, Number, Selector, Unary
+from llamamon.samples import labels_from_str
+
+if TYPE_CHECKING:
+    import polars as pl
+
+US = 1_000_000
+LOOKBACK = 300.0  # seconds, Prometheus' default lookback delta
+_FAR = 2**62
+
+
+@dataclass(frozen=True, slots=True)
+class Grid:
+    """Evaluation ticks ``start + k * step`` for k in 0..n-1, in microseconds since the Unix epoch."""
+
+    start: int
+    step: int
+    n: int
+
+    @classmethod
+    def covering(cls, first_us: int, last_us: int, step_s: float) -> Grid:
+        step = max(1, round(step_s * US))
+        start = first_us - first_us % step  # align to multiples of step, like a clock
+        return cls(start, step, (last_us - start) // step + 1)
+
+    def time(self, k: int) -> int:
+        return self.start + k * self.step
+
+
+# ---------------------------------------------------------------------------------------------------
+# Samples: the store's long frame -> series table + (sid, t, value) columns
+
+
+@dataclass(slots=True)
+class Samples:
+    """Samples of the metrics some rules need, split into a small series table and long columns."""
+
+    data: pl.DataFrame  # empty frame with the sample columns (t i64 us, value f64, stale bool)
+    metric: list[str]  # per sid, canonical name
+    labels: list[dict[str, str]]  # per sid, including run and host
+    run_last: pl.DataFrame  # sid, run_last (us): the last sample of the sid's run
+    parts: list[pl.DataFrame]  # per sid: t, value, stale sorted by t
+
+    @property
+    def names(self) -> set[str]:
+        return set(self.metric)
+
+    def bounds(self) -> tuple[int, int] | None:
+        """(first, last) sample time in microseconds, None without samples: the span a grid must cover."""
+        spans = [(int(p["t"][0]), int(p["t"][-1])) for p in self.parts if p.height]
+        return (min(a for a, _ in spans), max(b for _, b in spans)) if spans else None
+
+
+def prepare(
+    frame: pl.LazyFrame | pl.DataFrame, metrics: Iterable[str] | None, aliases: dict[str, str] | None = None
+) -> Samples:
+    """Select the needed metrics from a store frame (time, metric, value, labels[, run, host, stale])."""
+    import polars as pl
+
+    lf = frame.lazy()
+    names = set(lf.collect_schema().names())
+    cols = [pl.col("time").cast(pl.Datetime("us", "UTC")).dt.epoch("us").alias("t"), "metric", "value"]
+    cols.append(pl.col("labels").fill_null("") if "labels" in names else pl.lit("").alias("labels"))
+    for extra in ("run", "host"):
+        cols.append(pl.col(extra).cast(pl.String).fill_null("") if extra in names else pl.lit("").alias(extra))
+    cols.append(pl.col("stale").fill_null(False) if "stale" in names else pl.lit(False).alias("stale"))
+    lf = lf.select(cols)
+    if metrics is not None:
+        # Why no pass over the data to list names: the raw names that can mean a wanted metric are known
+        # (itself, catalog aliases, config aliases), so the filter is pushed down into the scan.
+        wanted = set(metrics)
+        table = {**catalog.ALIASES, **(aliases or {})}
+        raw = wanted | {alias for alias, target in table.items() if target in wanted}
+        renamed = {alias: catalog.canonical(alias, aliases) for alias in raw if alias in table}
+        renamed = {a: c for a, c in renamed.items() if a != c}
+        lf = lf.filter(pl.col("metric").is_in(sorted(raw)))
+    else:
+        raw_names = lf.select(pl.col("metric").unique()).collect()["metric"].to_list()
+        renamed = {n: catalog.canonical(n, aliases) for n in raw_names if catalog.canonical(n, aliases) != n}
+    if renamed:
+        lf = lf.with_columns(pl.col("metric").replace(renamed))
+    # Why per-column hashes and a small key table: hashing a struct of strings, joining
+    # or sorting on 4 string columns over millions of rows costs seconds; u64 hashes do not.
+    key = pl.col("metric").hash(1) ^ pl.col("labels").hash(2) ^ pl.col("run").hash(3) ^ pl.col("host").hash(4)
+    lf = lf.with_columns(key=key)
+    # Why collect_all: the scan runs once for both outputs, and the string columns only feed the small
+    # key table instead of being materialised for every row.
+    keys_lf = lf.group_by("key").agg(
+        pl.col("metric", "labels", "run", "host").first(), pl.col("t").max().alias("last"), pl.len().alias("n")
+    )
+    keys, df = pl.collect_all([keys_lf, lf.select("key", "t", "value", "stale")])
+    keys = (
+        keys.sort("run", "host", "metric", "labels").with_row_index("sid").with_columns(pl.col("sid").cast(pl.UInt32))
+    )
+    # Why partition on the key: one hash pass hands out each series' rows, no id mapping or global sort;
+    # each series is then sorted by time only if it is not already.
+    by_key = df.select("key", "t", pl.col("value").cast(pl.Float64), "stale").partition_by(
+        "key", as_dict=True, include_key=False
+    )
+    parts: list[pl.DataFrame] = []
+    for k in keys["key"]:
+        part = by_key[(k,)]
+        parts.append(part if part["t"].is_sorted() else part.sort("t"))
+    body = df.select("t", pl.col("value").cast(pl.Float64), "stale").clear()
+    metric_list = keys["metric"].to_list()
+    label_list: list[dict[str, str]] = []
+    for lab, run, host in zip(keys["labels"], keys["run"], keys["host"], strict=True):
+        d = dict(labels_from_str(lab))
+        if run:
+            d["run"] = run
+        if host:
+            d["host"] = host
+        label_list.append(d)
+    run_last = keys.select("sid", "run", "last").with_columns(run_last=pl.col("last").max().over("run"))
+    run_last = run_last.select("sid", "run_last")
+    return Samples(body.clear(), metric_list, label_list, run_last, parts)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Vectors: per series and tick a value and a truth flag
+
+
+@dataclass(slots=True)
+class Vec:
+    df: pl.DataFrame  # k i64, sid u32, value f64, ok bool
+    labels: list[dict[str, str]]  # per (local) sid
+
+
+def _matches(m: Any, labels: dict[str, str]) -> bool:
+    have = labels.get(m.label, "")
+    if m.op == "=":
+        return have == m.value
+    if m.op == "!=":
+        return have != m.value
+    hit = re.fullmatch(m.value, have) is not None
+    return hit if m.op == "=~" else not hit
+
+
+class Compiler:
+    def __init__(self, samples: Samples, grid: Grid, lookback: float) -> None:
+        self.s = samples
+        self.grid = grid
+        self.lookback = round(lookback * US)
+
+    def eval(self, node: Node) -> Vec | float:
+        if isinstance(node, Number):
+            return node.value
+        if isinstance(node, Selector):
+            return self.instant(node)
+        if isinstance(node, Call):
+            return self.call(node)
+        if isinstance(node, Unary):
+            return self.unary(node)
+        return self.binary(node)
+
+    # -- selectors -----------------------------------------------------------------------------------
+
+    def select(self, sel: Selector) -> tuple[pl.DataFrame, list[dict[str, str]]]:
+        """Samples of the series a selector matches, renumbered 0..n-1, and their labels."""
+        import polars as pl
+
+        sids = [
+            i
+            for i, (name, labels) in enumerate(zip(self.s.metric, self.s.labels, strict=True))
+            if name == sel.metric and all(_matches(m, labels) for m in sel.matchers)
+        ]
+        # Why slices: the data is sorted by series, so each series is a zero-copy slice, not a join.
+        last = self.s.run_last["run_last"]
+        parts = [
+            self.s.parts[i].with_columns(sid=pl.lit(local, pl.UInt32), run_last=pl.lit(last[i], pl.Int64))
+            for local, i in enumerate(sids)
+        ]
+        empty = self.s.data.with_columns(sid=pl.lit(0, pl.UInt32), run_last=pl.lit(None, pl.Int64)).clear()
+        df = pl.concat(parts) if parts else empty
+        return df, [dict(self.s.labels[i]) for i in sids]
+
+    def instant(self, sel: Selector, df: pl.DataFrame | None = None, labels: list | None = None) -> Vec:
+        import polars as pl
+
+        metric = catalog.BY_NAME.get(sel.metric)
+        hold = metric is not None and metric.group == "training"
+        if df is None:
+            df, labels = self.select(sel)
+        else:
+            hold = True
+        g = self.grid
+        nxt = pl.col("t").shift(-1).over("sid").fill_null(_FAR)
+        df = df.with_columns(next_t=nxt).filter(~pl.col("stale"))
+        # Ticks a sample answers for: from its own time until the next sample (or marker) and the lookback.
+        until = pl.max_horizontal("t", "run_last") if hold else pl.col("t")
+        k_from = ((pl.col("t") - g.start + g.step - 1) // g.step).clip(0, g.n)
+        k_next = ((pl.col("next_t") - g.start + g.step - 1) // g.step).clip(0, g.n)
+        k_look = ((until + self.lookback - g.start) // g.step + 1).clip(0, g.n)
+        df = df.select("sid", "value", k_from.alias("k0"), pl.min_horizontal(k_next, k_look).alias("k1")).filter(
+            pl.col("k1") > pl.col("k0")
+        )
+        if df.height and (df["k1"] - df["k0"]).max() == 1:  # why: grid no finer than the samples, no explode
+            out = df.select(pl.col("k0").cast(pl.Int64).alias("k"), "sid", "value", ok=pl.lit(True))
+        else:
+            out = (
+                df.select(pl.int_ranges("k0", "k1", dtype=pl.Int64).alias("k"), "sid", "value")
+                .explode("k")
+                .with_columns(ok=pl.lit(True))
+                .select("k", "sid", "value", "ok")
+            )
+        return Vec(out, labels or [])
+
+    # -- functions -----------------------------------------------------------------------------------
+
+    def call(self, node: Call) -> Vec | float:
+        import polars as pl
+
+        f = node.func
+        if f in ("abs", "isnan", "isinf", "isfinite"):
+            arg = self.eval(node.args[0])
+            if not isinstance(arg, Vec):
+                ok = {"isnan": math.isnan, "isinf": math.isinf, "isfinite": math.isfinite}
+                return abs(arg) if f == "abs" else float(ok[f](arg))
+            if f == "abs":
+                return Vec(arg.df.with_columns(pl.col("value").abs()), arg.labels)
+            test = {
+                "isnan": pl.col("value").is_nan(),
+                "isinf": pl.col("value").is_infinite(),
+                "isfinite": pl.col("value").is_finite(),
+            }[f]
+            return Vec(arg.df.with_columns(ok=pl.col("ok") & test), arg.labels)
+        if f == "last":
+            return self.instant(node.args[0])  # type: ignore[arg-type]
+        if f == "evals_since_best":
+            return self.since_best(node.args[0])  # type: ignore[arg-type]
+        sel = node.args[1] if f == "quantile" else node.args[0]
+        assert isinstance(sel, Selector)
+        return self.window(node, sel)
+
+    def since_best(self, sel: Selector) -> Vec:
+        import polars as pl
+
+        df, labels = self.select(sel)
+        df = df.filter(~pl.col("stale"))
+        idx = pl.int_range(pl.len()).over("sid")
+        prev_best = pl.col("value").cum_min().shift(1).over("sid")
+        new_best = prev_best.is_null() | (pl.col("value") < prev_best)
+        df = df.with_columns(i=idx, nb=new_best)
+        df = df.with_columns(best_i=pl.when("nb").then("i").otherwise(None).forward_fill().over("sid"))
+        df = df.with_columns(value=(pl.col("i") - pl.col("best_i")).cast(pl.Float64), stale=pl.lit(False))
+        # Why hold: evaluations are sparse events; the count stays true until the next evaluation.
+        return self.instant(sel, df.drop("i", "nb", "best_i"), labels)
+
+    def window(self, node: Call, sel: Selector) -> Vec:
+        import polars as pl
+
+        df, labels = self.select(sel)
+        g = self.grid
+        w = round(node.window * US)
+        df = df.filter(~pl.col("stale")).select("sid", "t", "value")
+        n_series = len(labels)
+        if n_series == 0 or g.n == 0:
+            return Vec(empty_vec(), labels)
+        f = node.func
+        counter = f in ("rate", "increase")
+        df = df.with_columns(i=pl.int_range(pl.len(), dtype=pl.Int64).over("sid"))
+        if f in ("rate", "increase", "delta"):
+            prev = pl.col("value").shift(1).over("sid")
+            reset = pl.when(pl.col("value") < prev).then(prev).otherwise(0.0)
+            df = df.with_columns(c=reset.cum_sum().over("sid"))
+        if f in ("count", "sum", "avg", "rate", "increase", "delta"):
+            out = self._by_search(f, df, w)
+            if f in ("rate", "increase", "delta"):
+                out = self._extrapolate(out, w, counter=counter, per_second=f == "rate")
+            res = out.select("k", "sid", pl.col("r").cast(pl.Float64).alias("value"), pl.lit(True).alias("ok"))
+            return Vec(res, labels)
+        ticks = pl.DataFrame({"k": pl.int_range(0, g.n, eager=True, dtype=pl.Int64)}).with_columns(
+            t=pl.col("k") * g.step + g.start
+        )
+        grid_rows = pl.DataFrame({"sid": pl.Series(range(n_series), dtype=pl.UInt32)}).join(ticks, how="cross")
+        both = pl.concat(
+            [
+                df.select(
+                    "sid", "t", "value", pl.col("i").cast(pl.Float64).alias("fi"), pl.lit(None, pl.Int64).alias("k")
+                ),
+                grid_rows.select(
+                    "sid", "t", pl.lit(None, pl.Float64).alias("value"), pl.lit(None, pl.Float64).alias("fi"), "k"
+                ),
+            ],
+            how="vertical",
+        )
+        tmin = min(int(both["t"].min()), g.start)  # type: ignore[arg-type]
+        span = max(int(both["t"].max()), g.time(g.n - 1)) - tmin + 1  # type: ignore[arg-type]
+        if span * (n_series + 1) < 2**62:  # why: one i64 sort key is much cheaper than a two-column sort
+            both = both.select(pl.all().gather((pl.col("sid").cast(pl.Int64) * span + (pl.col("t") - tmin)).arg_sort()))
+        else:
+            both = both.sort("sid", "t")
+        size = f"{w}i"
+        roll = dict(by="t", window_size=size, closed="both")
+        # Only min, max and quantiles get here (the rest go by binary search above).
+        aggs = {"n": pl.col("fi").is_not_null().cast(pl.Float64).rolling_sum_by(**roll).over("sid")}
+        if f in ("min", "max"):
+            aggs["r"] = getattr(pl.col("value"), f"rolling_{f}_by")(**roll).over("sid")
+        else:
+            aggs["r"] = pl.col("value").rolling_quantile_by(quantile=node.q, interpolation="linear", **roll).over("sid")
+        out = both.with_columns(**aggs).filter(pl.col("k").is_not_null() & (pl.col("n") > 0))
+        res = out.select("k", "sid", pl.col("r").cast(pl.Float64).alias("value"), pl.lit(True).alias("ok"))
+        return Vec(res, labels)
+
+    def _by_search(self, f: str, df: pl.DataFrame, w: int) -> pl.DataFrame:
+        """Per tick the sample range [lo, hi) inside [t - w, t] by binary search; sums from prefix sums.
+
+        Why: no sort of samples and ticks together and no rolling window; for count/sum/avg/rate this is
+        exact (non-finite values are counted apart so one NaN does not poison every later window).
+        """
+        import polars as pl
+
+        g = self.grid
+        frames = []
+        for part in df.partition_by("sid", maintain_order=True):
+            t = part["t"]
+            k0 = max(0, -(-(int(t[0]) - g.start) // g.step))
+            k1 = min(g.n - 1, (int(t[-1]) + w - g.start) // g.step)
+            if k1 < k0:
+                continue
+            ks = pl.int_range(k0, k1 + 1, eager=True, dtype=pl.Int64)
+            ticks = ks * g.step + g.start
+            hi = t.search_sorted(ticks, side="right").cast(pl.Int64)
+            lo = t.search_sorted(ticks - w, side="left").cast(pl.Int64)
+            frame = pl.DataFrame({"k": ks, "t": ticks, "hi": hi, "lo": lo}).with_columns(
+                n=pl.col("hi") - pl.col("lo"), sid=pl.lit(part["sid"][0], pl.UInt32)
+            )
+            frame = frame.filter(pl.col("n") > 0)
+            if f in ("count", "sum", "avg"):
+                v = part["value"]
+
+                def prefix(x: pl.Series) -> pl.Series:
+                    # Why concat, not append: Series.append extends in place.
+                    return pl.concat([pl.Series([0.0]), x.cast(pl.Float64).cum_sum()])
+
+                finite = pl.select(pl.when(v.is_finite()).then(v).otherwise(0.0)).to_series()
+                sums = {
+                    "s": prefix(finite),
+                    "nan": prefix(v.is_nan()),
+                    "pinf": prefix(v == float("inf")),
+                    "ninf": prefix(v == float("-inf")),
+                }
+                frame = frame.with_columns(
+                    **{name: cs.gather(frame["hi"]) - cs.gather(frame["lo"]) for name, cs in sums.items()}
+                )
+                total = (
+                    pl.when((pl.col("nan") > 0) | ((pl.col("pinf") > 0) & (pl.col("ninf") > 0)))
+                    .then(float("nan"))
+                    .when(pl.col("pinf") > 0)
+                    .then(float("inf"))
+                    .when(pl.col("ninf") > 0)
+                    .then(float("-inf"))
+                    .otherwise(pl.col("s"))
+                )
+                r = {"count": pl.col("n").cast(pl.Float64), "sum": total, "avg": total / pl.col("n")}[f]
+                frame = frame.with_columns(r=r)
+            else:
+                # Why gather: first and last sample of each window by position, no join back onto the samples.
+                frame = frame.filter(pl.col("n") >= 2)
+                first, last = frame["lo"], frame["hi"] - 1
+                frame = frame.with_columns(
+                    t0=part["t"].gather(first),
+                    v0=part["value"].gather(first),
+                    c0=part["c"].gather(first),
+                    t1=part["t"].gather(last),
+                    v1=part["value"].gather(last),
+                    c1=part["c"].gather(last),
+                )
+            frames.append(frame)
+        if not frames:
+            schema = {"k": pl.Int64, "t": pl.Int64, "sid": pl.UInt32, "n": pl.Int64, "r": pl.Float64}
+            edges = {f"{a}{b}": pl.Float64 if a != "t" else pl.Int64 for a in "tvc" for b in "01"}
+            return pl.DataFrame(schema={**schema, **edges})
+        return pl.concat(frames, how="diagonal_relaxed")
+
+    @staticmethod
+    def _extrapolate(out: pl.DataFrame, w: int, *, counter: bool, per_second: bool) -> pl.DataFrame:
+        """Prometheus' extrapolatedRate: the change over the window, stretched to the window's edges."""
+        import polars as pl
+
+        result = pl.col("v1") - pl.col("v0")
+        if counter:
+            result = result + pl.col("c1") - pl.col("c0")
+        to_start = (pl.col("t0") - (pl.col("t") - w)) / US
+        to_end = (pl.col("t") - pl.col("t1")) / US
+        sampled = (pl.col("t1") - pl.col("t0")) / US
+        avg_gap = sampled / (pl.col("n") - 1)
+        out = out.with_columns(res=result, to_start=to_start, to_end=to_end, sampled=sampled, avg_gap=avg_gap)
+        if counter:
+            to_zero = pl.col("sampled") * (pl.col("v0") / pl.col("res"))
+            use_zero = (pl.col("res") > 0) & (pl.col("v0") >= 0) & (to_zero < pl.col("to_start"))
+            out = out.with_columns(to_start=pl.when(use_zero).then(to_zero).otherwise("to_start"))
+        thr = pl.col("avg_gap") * 1.1
+        ext = (
+            pl.col("sampled")
+            + pl.when(pl.col("to_start") < thr).then("to_start").otherwise(pl.col("avg_gap") / 2)
+            + pl.when(pl.col("to_end") < thr).then("to_end").otherwise(pl.col("avg_gap") / 2)
+        )
+        factor = ext / pl.col("sampled")
+        if per_second:
+            factor = factor / (w / US)
+        return out.with_columns(r=pl.col("res") * factor)
+
+    # -- operators -----------------------------------------------------------------------------------
+
+    def unary(self, node: Unary) -> Vec | float:
+        import polars as pl
+
+        arg = self.eval(node.operand)
+        if not isinstance(arg, Vec):
+            return -arg if node.op == "-" else float(not arg)
+        if node.op == "-":
+            return Vec(arg.df.with_columns(-pl.col("value")), arg.labels)
+        return Vec(arg.df.with_columns(~pl.col("ok")), arg.labels)
+
+    def binary(self, node: Binary) -> Vec | float:
+        import polars as pl
+
+        left, right = self.eval(node.left), self.eval(node.right)
+        op = node.op
+        if not isinstance(left, Vec) and not isinstance(right, Vec):
+            return _scalar_op(op, left, right)
+        if op in ("and", "or", "unless"):
+            if not (isinstance(left, Vec) and isinstance(right, Vec)):
+                raise TypeError("lang.parse rejects set operators without a metric on both sides")
+            return _set_op(op, left, right)
+        if isinstance(left, Vec) and isinstance(right, Vec):
+            pairs, labels = _pairs(left.labels, right.labels)
+            r = right.df.rename({"sid": "r_sid", "value": "r_value", "ok": "r_ok"})
+            j = left.df.join(pairs, left_on="sid", right_on="l_sid", how="inner").join(
+                r, on=["k", "r_sid"], how="inner"
+            )
+            lv, rv = pl.col("value"), pl.col("r_value")
+            ok = pl.col("ok") & pl.col("r_ok")
+            keep = lv
+            sid = "o_sid"
+        else:
+            vec = left if isinstance(left, Vec) else right
+            scalar = right if isinstance(left, Vec) else left
+            if not isinstance(vec, Vec) or isinstance(scalar, Vec):
+                raise TypeError("one side is a vector here")
+            j = vec.df
+            lv = pl.col("value") if isinstance(left, Vec) else pl.lit(scalar, pl.Float64)
+            rv = pl.lit(scalar, pl.Float64) if isinstance(left, Vec) else pl.col("value")
+            ok = pl.col("ok")
+            keep = pl.col("value")
+            labels = vec.labels
+            sid = "sid"
+        if op in COMPARISONS:
+            value, ok = keep, ok & _compare(op, lv, rv)
+        else:
+            value = {"+": lv + rv, "-": lv - rv, "*": lv * rv, "/": lv / rv}[op]
+        res = j.select("k", pl.col(sid).alias("sid"), value.alias("value"), ok.alias("ok"))
+        return Vec(res, labels)
+
+
+def empty_vec() -> pl.DataFrame:
+    import polars as pl
+
+    return pl.DataFrame(schema={"k": pl.Int64, "sid": pl.UInt32, "value": pl.Float64, "ok": pl.Boolean})
+
+
+def _compare(op: str, a: pl.Expr, b: pl.Expr) -> pl.Expr:
+    # Why explicit NaN handling: polars orders NaN above everything; PromQL follows IEEE (NaN compares false).
+    nan = a.is_nan() | b.is_nan()
+    if op == "!=":
+        return nan | (a != b)
+    cmp = {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b, "==": a == b}[op]
+    return cmp & ~nan
+
+
+def _scalar_op(op: str, a: float, b: float) -> float:
+    if op in COMPARISONS:
+        return float({"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b, "==": a == b, "!=": a != b}[op])
+    if op == "/":
+        return (
+            a / b
+            if b != 0
+            else (math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a) * math.copysign(1, b))
+        )
+    return {"+": a + b, "-": a - b, "*": a * b}[op]
+
+
+def _agree(a: dict[str, str], b: dict[str, str]) -> bool:
+    return all(b[k] == v for k, v in a.items() if k in b)
+
+
+def _pairs(
+    left: list[dict[str, str]], right: list[dict[str, str]], *, exact: bool = False
+) -> tuple[pl.DataFrame, list[dict[str, str]]]:
+    """Series pairs that agree on every shared label (``exact``: identical labels), and merged labels."""
+    import polars as pl
+
+    rows: list[tuple[int, int, int]] = []
+    out: list[dict[str, str]] = []
+    seen: dict[tuple, int] = {}
+    for i, a in enumerate(left):
+        for j, b in enumerate(right):
+            if (a == b) if exact else _agree(a, b):
+                merged = {**b, **a}
+                key = tuple(sorted(merged.items()))
+                if key not in seen:
+                    seen[key] = len(out)
+                    out.append(merged)
+                    rows.append((i, j, seen[key]))
+    pairs = pl.DataFrame(rows, schema={"l_sid": pl.UInt32, "r_sid": pl.UInt32, "o_sid": pl.UInt32}, orient="row")
+    return pairs, out
+
+
+def _set_op(op: str, left: Vec, right: Vec) -> Vec:
+    import polars as pl
+
+    links = pl.DataFrame(
+        [(i, j) for i, a in enumerate(left.labels) for j, b in enumerate(right.labels) if _agree(a, b)],
+        schema={"sid": pl.UInt32, "r_sid": pl.UInt32},
+        orient="row",
+    )
+    r = right.df.rename({"sid": "r_sid", "value": "r_value", "ok": "r_ok"})
+    if op in ("and", "unless") and links["sid"].is_unique().all():
+        # Why: one partner per left series (the usual case) needs a single join, no grouping.
+        how = "inner" if op == "and" else "left"
+        j = left.df.join(links, on="sid", how=how).join(r.drop("r_value"), on=["k", "r_sid"], how=how)
+        partner = pl.col("r_ok") if op == "and" else ~pl.col("r_ok").fill_null(False)
+        ok = pl.col("ok") & partner
+        return Vec(j.select("k", "sid", "value", ok.alias("ok")), left.labels)
+    if op in ("and", "unless"):
+        matched = (
+            left.df.select("k", "sid")
+            .join(links, on="sid", how="inner")
+            .join(r, on=["k", "r_sid"], how="inner")
+            .group_by("k", "sid")
+            .agg(pl.col("r_ok").any().alias("r_any"))
+        )
+        how = "inner" if op == "and" else "left"
+        j = left.df.join(matched, on=["k", "sid"], how=how)
+        ok = pl.col("ok") & (pl.col("r_any") if op == "and" else ~pl.col("r_any").fill_null(False))
+        return Vec(j.select("k", "sid", "value", ok.alias("ok")), left.labels)
+    # or: matched series merge into one output series; unmatched ones pass through.
+    # Why exact for or: "a or b" lists both sides' series; only identical label sets are one alert.
+    pairs, merged = _pairs(left.labels, right.labels, exact=True)
+    out_labels = list(merged)
+    lmap = [(int(a), int(o)) for a, o in zip(pairs["l_sid"], pairs["o_sid"], strict=True)]
+    rmap = [(int(b), int(o)) for b, o in zip(pairs["r_sid"], pairs["o_sid"], strict=True)]
+    for i, lab in enumerate(left.labels):
+        if not any(a == i for a, _ in lmap):
+            lmap.append((i, len(out_labels)))
+            out_labels.append(lab)
+    for j, lab in enumerate(right.labels):
+        if not any(b == j for b, _ in rmap):
+            rmap.append((j, len(out_labels)))
+            out_labels.append(lab)
+    schema = {"sid": pl.UInt32, "o_sid": pl.UInt32}
+    lm = pl.DataFrame(lmap, schema=schema, orient="row")
+    rm = pl.DataFrame(rmap, schema=schema, orient="row")
+    both = pl.concat(
+        [
+            left.df.join(lm, on="sid").with_columns(side=pl.lit(0, pl.Int8)),
+            right.df.join(rm, on="sid").with_columns(side=pl.lit(1, pl.Int8)),
+        ]
+    )
+    both = both.sort("k", "o_sid", pl.col("ok").not_(), "side").unique(
+        ["k", "o_sid"], keep="first", maintain_order=True
+    )
+    merged_ok = both.group_by("k", "o_sid").agg(pl.col("ok").any())
+    res = both.drop("ok").join(merged_ok, on=["k", "o_sid"]).select("k", pl.col("o_sid").alias("sid"), "value", "ok")
+    return Vec(res, out_labels)

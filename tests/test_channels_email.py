@@ -1,0 +1,181 @@
+"""Email channel against a real SMTP server (aiosmtpd) on loopback: plain, STARTTLS, TLS, auth."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import logging
+
+import pytest
+from loopback import SmtpServer, closed_port, self_signed_cert, server_tls_context
+
+from llamamon.channels.registry import build_channel
+from llamamon.samples import AlertEvent, make_labels
+
+PASSWORD = "c0rrect-h0rse"
+FAST = {"timeout": "5s", "attempts": 2, "backoff": "10ms"}
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    return self_signed_cert(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def plain_smtp():
+    server = SmtpServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def starttls_smtp(certificate):
+    server = SmtpServer(users={"alice": PASSWORD}, tls=server_tls_context(*certificate))
+    yield server
+    server.close()
+
+
+def event(rule="gpu_memory_high", state="firing", severity="critical") -> AlertEvent:
+    return AlertEvent(
+        rule=rule,
+        state=state,
+        severity=severity,
+        labels=make_labels(gpu="0"),
+        annotations=make_labels(summary=f"{rule} <b>on</b> gpu 0"),
+        value=0.97,
+        started_at=1_790_000_000.0,
+        ended_at=1_790_000_060.0 if state == "resolved" else None,
+        run="20260901T101500Z-box-3f2a",
+        host="box",
+    )
+
+
+def mail_channel(port, **options):
+    settings = {
+        "smtp_server": f"127.0.0.1:{port}",
+        "from_address": "llamamon@box.example",
+        "to_addresses": ["ops@example.org", "oncall@example.org"],
+        **FAST,
+    }
+    settings.update(options)
+    return build_channel("mail", "email", settings)
+
+
+@pytest.fixture(autouse=True)
+def _logs_reach_caplog(monkeypatch):
+    # Why: a CLI run earlier in the session sets propagate=False on the llamamon logger.
+    monkeypatch.setattr(logging.getLogger("llamamon"), "propagate", True)
+
+
+def send(channel, events):
+    return asyncio.run(channel.send(events))
+
+
+def parts(mail):
+    message = email.message_from_bytes(mail.content, policy=email.policy.default)
+    return message, message.get_body(("plain",)).get_content(), message.get_body(("html",)).get_content()
+
+
+def test_one_mail_per_batch_with_text_and_html_parts(plain_smtp):
+    channel = mail_channel(plain_smtp.port, tls="none")
+    delivery = send(channel, [event(), event("disk_full", "resolved", "warning")])
+
+    assert delivery.ok, delivery.error
+    [mail] = plain_smtp.mails
+    assert mail.mail_from == "llamamon@box.example"
+    assert mail.rcpt_tos == ["ops@example.org", "oncall@example.org"]
+    message, text, html = parts(mail)
+    assert message["Subject"] == "[llamamon] 1 firing, 1 resolved: gpu_memory_high, disk_full on box"
+    assert message["To"] == "ops@example.org, oncall@example.org"
+    assert "[FIRING] critical gpu_memory_high" in text
+    assert "[RESOLVED] warning disk_full" in text
+    assert "Value:       0.97" in text
+    assert "Run:         20260901T101500Z-box-3f2a" in text
+    assert "Duration:    1m00s" in text
+    assert "gpu_memory_high &lt;b&gt;on&lt;/b&gt; gpu 0" in html
+    assert "#d62728" in html
+    assert "#2eb886" in html
+
+
+def test_auto_mode_uses_plain_smtp_when_no_starttls_is_offered(plain_smtp):
+    assert send(mail_channel(plain_smtp.port), [event()]).ok
+    assert plain_smtp.mails[0].tls is False
+
+
+def test_starttls_with_authentication(starttls_smtp, certificate):
+    cert, _ = certificate
+    channel = mail_channel(starttls_smtp.port, tls="starttls", ca_file=str(cert), username="alice", password=PASSWORD)
+    delivery = send(channel, [event()])
+    assert delivery.ok, delivery.error
+    [mail] = starttls_smtp.mails
+    assert mail.tls is True
+    assert mail.login == "alice"
+    assert starttls_smtp.logins == ["alice"]
+
+
+def test_auto_mode_upgrades_when_the_server_offers_starttls(starttls_smtp, certificate, monkeypatch):
+    monkeypatch.setenv("LLAMAMON_TEST_SMTP_PASSWORD", PASSWORD)
+    channel = mail_channel(
+        starttls_smtp.port,
+        ca_file=str(certificate[0]),
+        username="alice",
+        password_env="LLAMAMON_TEST_SMTP_PASSWORD",
+    )
+    delivery = send(channel, [event()])
+    assert delivery.ok, delivery.error
+    assert starttls_smtp.mails[0].tls is True
+
+
+def test_implicit_tls(certificate):
+    server = SmtpServer(users={"alice": PASSWORD}, tls=server_tls_context(*certificate), implicit_tls=True)
+    try:
+        channel = mail_channel(server.port, tls="ssl", ca_file=str(certificate[0]), username="alice", password=PASSWORD)
+        delivery = send(channel, [event()])
+    finally:
+        server.close()
+    assert delivery.ok, delivery.error
+    assert server.mails[0].tls is True
+    assert server.logins == ["alice"]
+
+
+def test_wrong_password_is_one_clear_line_without_the_password(starttls_smtp, certificate, caplog):
+    wrong = "wr0ng-passw0rd"
+    channel = mail_channel(
+        starttls_smtp.port, tls="starttls", ca_file=str(certificate[0]), username="alice", password=wrong
+    )
+    with caplog.at_level(logging.DEBUG, logger="llamamon"):
+        delivery = send(channel, [event()])
+    assert not delivery.ok
+    assert delivery.attempts == 1  # a wrong password does not get better by retrying
+    assert delivery.error.startswith(
+        f"SMTP authentication failed for user 'alice' at 127.0.0.1:{starttls_smtp.port}: 535"
+    )
+    assert "\n" not in delivery.error
+    assert starttls_smtp.mails == []
+    assert wrong not in caplog.text + delivery.error + repr(channel) + str(channel)
+    assert "delivery failed after 1 attempt(s): SMTP authentication failed" in caplog.text
+
+
+def test_untrusted_certificate_is_reported_and_not_retried(starttls_smtp):
+    channel = mail_channel(starttls_smtp.port, tls="starttls", username="alice", password=PASSWORD)
+    delivery = send(channel, [event()])
+    assert not delivery.ok
+    assert delivery.attempts == 1
+    assert "certificate" in delivery.error
+    assert PASSWORD not in delivery.error
+
+
+def test_starttls_required_but_not_offered(plain_smtp):
+    delivery = send(mail_channel(plain_smtp.port, tls="starttls"), [event()])
+    assert not delivery.ok
+    assert delivery.attempts == 1
+    assert "STARTTLS" in delivery.error
+
+
+def test_refused_connection_is_retried_then_reported():
+    port = closed_port()
+    delivery = send(mail_channel(port), [event()])
+    assert not delivery.ok
+    assert delivery.attempts == 2
+    assert delivery.error.startswith(f"cannot reach 127.0.0.1:{port}")

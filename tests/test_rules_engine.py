@@ -1,0 +1,315 @@
+"""The rules engine: built-in thresholds, for / keep_firing_for, per-series alerts, history == stepping."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import write_samples
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from llamamon.config import load_config
+from llamamon.rules import engine, lang
+from llamamon.rules.builtin import BUILTIN_NAMES, builtin_rules
+
+T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
+
+
+def frame(rows: list[tuple], run: str = "r1", host: str = "h1") -> pl.DataFrame:
+    """rows: (seconds after T0, metric, value[, labels dict])."""
+    from llamamon.samples import labels_to_str, make_labels
+
+    return pl.DataFrame(
+        {
+            "time": [datetime.fromtimestamp(T0 + r[0], tz=timezone.utc) for r in rows],
+            "metric": [r[1] for r in rows],
+            "value": [float(r[2]) for r in rows],
+            "labels": [labels_to_str(make_labels(r[3] if len(r) > 3 else None)) for r in rows],
+            "run": [run] * len(rows),
+            "host": [host] * len(rows),
+        },
+        schema={
+            "time": pl.Datetime("us", "UTC"),
+            "metric": pl.String,
+            "value": pl.Float64,
+            "labels": pl.String,
+            "run": pl.String,
+            "host": pl.String,
+        },
+    )
+
+
+def grid(seconds: int, step: int = 10) -> engine.Grid:
+    return engine.Grid(T0 * engine.US, step * engine.US, seconds // step + 1)
+
+
+def rule(condition: str, **kw) -> engine.Rule:
+    kw.setdefault("severity", "warning")
+    return engine.Rule(kw.pop("name", "r"), lang.parse(condition), **kw)
+
+
+def fired(alerts: list[engine.Alert]) -> list[tuple[float, float | None]]:
+    return [(a.fired_at - T0, None if a.resolved_at is None else a.resolved_at - T0) for a in alerts]
+
+
+def series(metric: str, values: list[float], step: int = 10, labels: dict | None = None) -> list[tuple]:
+    return [(i * step, metric, v, labels or {}) for i, v in enumerate(values)]
+
+
+# --- built-in rules: just over fires, just under stays silent -----------------------------------------
+
+GPU = {"gpu": "0"}
+HELD = series("gpu_process_memory_used", [2e9] * 91, labels=GPU)
+CASES = {
+    "memory_warning": (series("memory_usage", [0.81] * 91), series("memory_usage", [0.79] * 91)),
+    "memory_critical": (series("memory_usage", [0.91] * 91), series("memory_usage", [0.90] * 91)),
+    "gpu_underutilized": (
+        series("gpu_utilization", [0.69] * 91, labels=GPU) + HELD,
+        series("gpu_utilization", [0.71] * 91, labels=GPU) + HELD,
+    ),
+    "gpu_memory_high": (series("gpu_memory_usage", [0.96] * 91, labels=GPU), series("gpu_memory_usage", [0.94] * 91)),
+    "validation_loss_high": (series("validation_loss", [2.01], step=60), series("validation_loss", [1.99], step=60)),
+    "learning_rate_low": (series("learning_rate", [0.9e-6]), series("learning_rate", [1.1e-6])),
+    "loss_plateau": (
+        series("validation_loss", [1.0, 0.9, 0.95, 0.92, 0.91]),
+        series("validation_loss", [1.0, 0.9, 0.95, 0.92, 0.89]),
+    ),
+    "inference_latency_high": (series("inference_latency", [1001] * 91), series("inference_latency", [999] * 91)),
+    "inference_timeouts": (series("timeout_rate", [0.01] * 91), series("timeout_rate", [0.0] * 91)),
+    "batch_queue_high": (series("batch_queue_size", [101] * 91), series("batch_queue_size", [100] * 91)),
+    "loss_not_finite": (series("loss", [1.0, math.nan, 0.5]), series("loss", [1.0, 0.9, 0.5])),
+}
+
+
+def test_every_builtin_has_a_case() -> None:
+    assert set(CASES) == set(BUILTIN_NAMES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_builtin_fires_just_over_and_not_just_under(name: str) -> None:
+    rules = [r for r in builtin_rules(load_config()) if r.name == name]
+    over, under = CASES[name]
+    hits = engine.evaluate(rules, frame(over), grid(900))
+    assert [a.rule for a in hits] == [name]
+    assert hits[0].severity == ("critical" if name in ("memory_critical", "loss_not_finite") else "warning")
+    assert engine.evaluate(rules, frame(under), grid(900)) == []
+
+
+def test_builtin_gpu_rule_is_silent_on_an_idle_machine() -> None:
+    rules = [r for r in builtin_rules(load_config()) if r.name == "gpu_underutilized"]
+    idle = series("gpu_utilization", [0.0] * 91, labels=GPU) + series("gpu_process_memory_used", [0] * 91, labels=GPU)
+    assert engine.evaluate(rules, frame(idle), grid(900)) == []
+
+
+def test_builtins_switch_off(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text("alerts:\n  builtin:\n    memory_warning: false\n")
+    rules = {r.name: r for r in builtin_rules(load_config(path))}
+    assert not rules["memory_warning"].enabled
+    assert engine.evaluate([rules["memory_warning"]], frame(CASES["memory_warning"][0]), grid(900)) == []
+    assert "thresholds.memory.warning" in rules["memory_warning"].source
+
+
+# --- for, resolve, keep_firing_for ---------------------------------------------------------------------
+
+
+def test_for_boundary_matches_prometheus_worked_example() -> None:
+    # 0.5@0m, 0.95@1m..5m, then 0.5: pending at 1m and 2m, firing at 3m (2m >= 2m), resolved at 6m.
+    rows = series("memory_usage", [0.5, 0.95, 0.95, 0.95, 0.95, 0.95, 0.5, 0.5], step=60)
+    alerts = engine.evaluate([rule("memory_usage > 0.9", for_=120)], frame(rows), grid(420, 60))
+    assert fired(alerts) == [(180, 360)]
+    assert alerts[0].active_at - T0 == 60
+
+
+def test_for_not_reached_never_fires() -> None:
+    rows = series("memory_usage", [0.5, 0.95, 0.95, 0.5], step=60)
+    assert engine.evaluate([rule("memory_usage > 0.9", for_=121)], frame(rows), grid(240, 60)) == []
+    assert fired(engine.evaluate([rule("memory_usage > 0.9", for_=60)], frame(rows), grid(240, 60))) == [(120, 180)]
+
+
+def test_keep_firing_for_bridges_gaps_and_delays_resolve() -> None:
+    values = [0.95, 0.95, 0.5, 0.5, 0.95, 0.5, 0.5, 0.5, 0.5, 0.5]
+    rows = series("memory_usage", values, step=60)
+    plain = engine.evaluate([rule("memory_usage > 0.9")], frame(rows), grid(540, 60))
+    assert fired(plain) == [(0, 120), (240, 300)]
+    kept = engine.evaluate([rule("memory_usage > 0.9", keep_firing_for=180)], frame(rows), grid(540, 60))
+    # the dip at 2m-3m is bridged; after the last true tick (4m) it keeps firing at 5m, 6m, 7m; resolved at 8m
+    assert fired(kept) == [(0, 480)]
+
+
+def test_still_firing_at_the_end_has_no_resolve() -> None:
+    rows = series("memory_usage", [0.5, 0.95, 0.95], step=60)
+    assert fired(engine.evaluate([rule("memory_usage > 0.9")], frame(rows), grid(120, 60))) == [(60, None)]
+
+
+def test_lookback_ends_a_series_after_five_minutes() -> None:
+    rows = [(0, "memory_usage", 0.95)]
+    assert fired(engine.evaluate([rule("memory_usage > 0.9")], frame(rows), grid(600, 60))) == [(0, 360)]
+
+
+# --- series semantics -------------------------------------------------------------------------------------
+
+
+def test_each_gpu_fires_its_own_alert_with_labels_and_annotations() -> None:
+    rows = (
+        series("gpu_utilization", [0.1] * 10, labels={"gpu": "0"})
+        + series("gpu_utilization", [0.9] * 5 + [0.1] * 5, labels={"gpu": "1"})
+        + series("gpu_process_memory_used", [1e9] * 10, labels={"gpu": "0"})
+        + series("gpu_process_memory_used", [1e9] * 10, labels={"gpu": "1"})
+    )
+    r = rule(
+        "gpu_utilization < 20% and gpu_process_memory_used > 0",
+        name="idle",
+        labels={"team": "ml"},
+        annotations={"summary": "GPU {{ $labels.gpu }} at {{ $value | humanizePercentage }} on {{ $labels.host }}"},
+    )
+    alerts = engine.evaluate([r], frame(rows), grid(90))
+    assert [(dict(a.labels)["gpu"], a.fired_at - T0) for a in alerts] == [("0", 0), ("1", 50)]
+    assert dict(alerts[0].labels) == {
+        "alertname": "idle",
+        "gpu": "0",
+        "host": "h1",
+        "run": "r1",
+        "severity": "warning",
+        "team": "ml",
+    }
+    assert dict(alerts[0].annotations) == {"summary": "GPU 0 at 10% on h1"}
+    assert alerts[0].run == "r1"
+
+
+def test_a_series_with_fewer_labels_is_broadcast() -> None:
+    rows = series("gpu_utilization", [0.1] * 3, labels={"gpu": "0"}) + series(
+        "gpu_utilization", [0.1] * 3, labels={"gpu": "1"}
+    )
+    rows += series("memory_usage", [0.95] * 3)
+    alerts = engine.evaluate([rule("gpu_utilization < 0.2 and memory_usage > 0.9")], frame(rows), grid(20))
+    assert sorted(dict(a.labels)["gpu"] for a in alerts) == ["0", "1"]
+
+
+def test_runs_are_separate_series() -> None:
+    both = pl.concat(
+        [frame(series("memory_usage", [0.95] * 3), run="a"), frame(series("memory_usage", [0.5] * 3), run="b")]
+    )
+    alerts = engine.evaluate([rule("memory_usage > 0.9")], both, grid(20))
+    assert [a.run for a in alerts] == ["a"]
+
+
+def test_nan_compares_false_and_not_isfinite_catches_it() -> None:
+    rows = series("loss", [1.0, math.nan, math.inf, 2.0])
+    assert engine.evaluate([rule("loss > 0")], frame(rows), grid(30))[0].resolved_at - T0 == 10
+    alerts = engine.evaluate([rule("not isfinite(loss)")], frame(rows), grid(30))
+    assert fired(alerts) == [(10, 30)]
+    assert math.isnan(alerts[0].value)
+
+
+def test_plateau_patience_three_then_recovery() -> None:
+    vals = [1.0, 0.9, 0.95, 0.92, 0.91, 0.93, 0.85, 0.86]
+    rows = series("validation_loss", vals, step=60)
+    rules = [r for r in builtin_rules(load_config()) if r.name == "loss_plateau"]
+    alerts = engine.evaluate(rules, frame(rows), grid(7 * 60, 60))
+    # best 0.9 at eval 2; evals 3, 4, 5 bring nothing better -> fires at the 5th (4m); 0.85 at 6m resolves
+    assert fired(alerts) == [(240, 360)]
+    assert alerts[0].value == 3
+
+
+def test_plateau_uses_training_loss_when_no_validation_is_logged() -> None:
+    rows = series("loss", [1.0, 0.9, 0.95, 0.92, 0.91], step=60)
+    rules = [r for r in builtin_rules(load_config()) if r.name == "loss_plateau"]
+    assert fired(engine.evaluate(rules, frame(rows), grid(300, 60))) == [(240, None)]
+    rows += series("validation_loss", [1.0, 0.5, 0.4, 0.3, 0.2], step=60)
+    assert engine.evaluate(rules, frame(rows), grid(300, 60)) == []
+
+
+def test_window_functions() -> None:
+    rows = series("batch_queue_size", [1, 2, 3, 4, 5, 6], step=60)
+    f, g = frame(rows), grid(300, 60)
+
+    def value_at_end(cond: str) -> float:
+        alerts = engine.evaluate([rule(cond)], f, g)
+        states = engine.AlertStates()
+        engine.step_all(states, [rule(cond)], f, T0 + 300)
+        last = [i.value for t in states.active.values() for i in t.values()]
+        assert alerts
+        assert last
+        return last[0]
+
+    assert value_at_end("avg(batch_queue_size, 2m) > -1") == 5.0  # samples at 3m, 4m, 5m (both ends included)
+    assert value_at_end("max(batch_queue_size, 2m) > -1") == 6.0
+    assert value_at_end("min(batch_queue_size, 2m) > -1") == 4.0
+    assert value_at_end("sum(batch_queue_size, 2m) > -1") == 15.0
+    assert value_at_end("count(batch_queue_size, 2m) > -1") == 3.0
+    assert value_at_end("p50(batch_queue_size, 5m) > -1") == 3.5
+    assert value_at_end("delta(batch_queue_size, 2m) > -1") == pytest.approx(2.0)
+    assert value_at_end("rate(batch_queue_size, 2m) > -1") == pytest.approx(2.0 / 120)
+    assert value_at_end("increase(batch_queue_size, 5m) > -1") == pytest.approx(5.0)
+
+
+def test_counter_reset_is_corrected_in_increase() -> None:
+    rows = series("gpu_energy", [10, 20, 30, 5, 15], step=60)
+    states = engine.AlertStates()
+    engine.step_all(states, [rule("increase(gpu_energy, 4m) > 0")], frame(rows), T0 + 240)
+    (inst,) = states.firing("r")
+    assert inst.value == pytest.approx(10 + 10 + 5 + 10)
+
+
+# --- history == stepping; state survives JSON -------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@example([0.95, 0.5, 0.95], 0, 1)  # the condition returns on the first tick keep_firing_for no longer covers
+@given(
+    st.lists(st.sampled_from([0.5, 0.95]), min_size=1, max_size=25),
+    st.integers(0, 4),
+    st.integers(0, 4),
+)
+def test_vectorised_history_equals_stepping(values: list[float], for_ticks: int, keep_ticks: int) -> None:
+    r = rule("memory_usage > 0.9", for_=60.0 * for_ticks, keep_firing_for=60.0 * keep_ticks)
+    f = frame(series("memory_usage", values, step=60))
+    g = grid(60 * (len(values) - 1), 60)
+    history = [(a.fired_at, a.resolved_at) for a in engine.evaluate([r], f, g)]
+    stepped: list[tuple[float, float | None]] = []
+    for _k, _states, events in engine.replay([r], engine.prepare(f, ["memory_usage"]), g):
+        for e in events:
+            if e.state == "firing":
+                stepped.append((e.started_at, None))
+            else:
+                stepped[-1] = (stepped[-1][0], e.ended_at)
+    assert history == stepped
+
+
+def test_states_round_trip_through_json() -> None:
+    r = rule("memory_usage > 0.9", for_=120, keep_firing_for=60, annotations={"summary": "{{ $value }}"})
+    f = frame(series("memory_usage", [0.95, 0.95, 0.95, 0.5, 0.5, 0.5], step=60))
+    straight = engine.AlertStates()
+    resumed = engine.AlertStates()
+    a_events, b_events = [], []
+    for k in range(6):
+        t = T0 + 60 * k
+        a_events += engine.step_all(straight, [r], f, t)
+        b_events += engine.step_all(resumed, [r], f, t)
+        resumed = engine.AlertStates.from_json(resumed.to_json())
+    assert a_events == b_events
+    assert [(e.state, e.started_at - T0, e.ended_at and e.ended_at - T0) for e in a_events] == [
+        ("firing", 120, None),
+        ("resolved", 120, 240),
+    ]
+
+
+def test_evaluate_over_parquet_in_the_store_layout(metrics_dir: Path) -> None:
+    write_samples(metrics_dir, [(T0 + i * 10, "memory_usage", 0.95 if 3 <= i < 6 else 0.5) for i in range(10)])
+    lf = pl.scan_parquet(str(metrics_dir / "group=*" / "*" / "*" / "*.parquet"), hive_partitioning=True)
+    alerts = engine.evaluate([rule("memory_usage > 0.9")], lf, grid(90))
+    assert fired(alerts) == [(30, 60)]
+    assert alerts[0].run == "20260101T000000Z-testhost-0001"
+    assert alerts[0].host == "testhost"
+
+
+def test_a_nan_only_spoils_the_windows_that_contain_it() -> None:
+    rows = series("loss", [1, 1, math.nan, 1, 1, 1, 1, 1])
+    for cond in ("avg(loss, 30s) > 0", "sum(loss, 30s) > 0"):
+        assert fired(engine.evaluate([rule(cond)], frame(rows), grid(70))) == [(0, 20), (60, None)], cond
+    assert fired(engine.evaluate([rule("count(loss, 30s) >= 4")], frame(rows), grid(70))) == [(30, None)]
