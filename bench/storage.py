@@ -2,10 +2,12 @@
 
     python -m bench.storage [--quick]
 
-The day (16 series from bench/synthetic.py, 1,382,400 samples) goes through llamamon's real write
-path: ``StoreWriter.append`` once per tick (journal, then a Parquet flush every 30 s of the fake
-clock), then ``compact()``. Bytes are every data file under the store afterwards (run metadata
-excluded). Baselines from the same rows: CSV in the store's long schema (time, host, metric, value,
+Two days of data (1,382,400 samples each): bench/store_io.py's generator (the store helper's reference
+data: system, process and GPU series) and bench/synthetic.py's (adds training series: a step counter,
+a float32 loss, a learning-rate schedule, tokens/s). Each day is written one file per partition and
+compacted by llamamon's ``compact()``; bytes are every data file afterwards (run metadata excluded).
+The real write path (``StoreWriter.append`` per tick, a flush every 30 s of a fake clock, then
+``compact()``) runs on a slice, to show what flushing adds before compaction and after it. Baselines from the same rows: CSV in the store's long schema (time, host, metric, value,
 labels, step), CSV wide (one row per second, one column per series: what most loggers write),
 psrecord's plain log format (fixed-width ``%12.3f`` columns, one line per second) and Prometheus
 TSDB's 1.37 B/sample (a constant quoted in the issue, not measured here). Target: <= 1.37 B/sample.
@@ -116,21 +118,38 @@ def _replaces(path: Path) -> bytes:
     return (pq.read_schema(path).metadata or {}).get(parquet.REPLACES_KEY, b"")
 
 
-def day(seconds: int) -> dict:
-    """The whole day compacted: one file per partition, then compact() (which rewrites every partition
-    from its rows alone, so the result is the same file the 2,880 flushes of a day would compact into)."""
-    from bench.synthetic import write_store
+def store_io_tables(seconds: int) -> dict:
+    """bench/store_io.py's generator (the store's own reference data: system, process and GPU series,
+    "steady" profile, wall-clock ticks), split into the store's group partitions."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from bench.store_io import make_table
+    from llamamon.catalog import group_of
+
+    table = make_table(seconds, jitter=True, profile="steady")
+    groups = pa.array([group_of(m) for m in table.column("metric").to_pylist()])
+    return {g: table.filter(pc.equal(groups, g)) for g in dict.fromkeys(groups.to_pylist())}
+
+
+def day(tables: dict) -> dict:
+    """The span compacted: one file per partition, then compact() (which rewrites every partition from
+    its rows alone, so the result is the file the span's 30 s flushes compact into, but for the footer's
+    list of replaced files, measured separately by through_writer)."""
+    from bench.synthetic import RUN, START
+    from llamamon.store import parquet
+    from llamamon.store.compaction import compact
+    from llamamon.store.layout import data_file, utc_date
 
     with tempfile.TemporaryDirectory(prefix="llamamon-bench-") as tmp:
         root = Path(tmp) / "m"
-        samples = write_store(root, 1, seconds)
+        for group, table in tables.items():
+            parquet.write_table(data_file(root, group, utc_date(START), RUN, "gen-0000"), parquet.sort_table(table))
+        compact(root, older_than=0.0)
         files = list(root.glob("group=*/date=*/run=*/*.parquet"))
         compacted = sum(p.stat().st_size for p in files)
-    from bench.synthetic import day_tables
-
-    tables = day_tables(0, seconds)
     return {
-        "samples": samples,
+        "samples": sum(t.num_rows for t in tables.values()),
         "files": len(files),
         "llamamon": compacted,
         "csv_long": csv_long(tables),
@@ -141,51 +160,57 @@ def day(seconds: int) -> dict:
 
 def run(quick: bool = False) -> list:
     from bench.results import Figure, load1
+    from bench.synthetic import day_tables
 
     seconds = 3600 if quick else 86_400
-    before = load1()
-    m = day(seconds)
-    w = through_writer(600 if quick else 3600)
-    n = m["samples"]
-    per = {k: m[k] / n for k in ("llamamon", "csv_long", "csv_wide", "psrecord")}
-    peers = {
-        "CSV (store's long schema)": per["csv_long"],
-        "CSV (wide, 1 row/s)": per["csv_wide"],
-        "psrecord log format": per["psrecord"],
-        "Prometheus TSDB (constant from the issue)": PROMETHEUS_B_PER_SAMPLE,
-    }
     span = "one day" if seconds == 86_400 else f"{seconds} s"
-    return [
-        Figure(
-            name=f"Storage after compaction, {span} at 1 Hz x 16 series",
-            unit="B/sample",
-            llamamon=per["llamamon"],
-            peers=peers,
-            ratios={
-                "Prometheus": per["llamamon"] / PROMETHEUS_B_PER_SAMPLE,
-                "CSV wide": per["llamamon"] / per["csv_wide"],
-                "psrecord": per["llamamon"] / per["psrecord"],
-            },
-            target="<= 1.37 B/sample",
-            met=per["llamamon"] <= PROMETHEUS_B_PER_SAMPLE,
-            runs=1,
-            load=(before, load1()),
-            note=(
-                f"{n:,} samples of bench/synthetic.py, compacted by compact() into {m['files']} files, "
-                f"{m['llamamon']:,} B. The real write path on the first {w['seconds']} s "
-                f"(StoreWriter.append per tick, 30 s flushes, compact()): {w['flush_files']} flush files at "
-                f"{w['flush_bytes'] / w['samples']:.2f} B/sample -> {w['compacted_bytes'] / w['samples']:.2f} B/sample "
-                f"compacted; {w['samples'] / w['write_s']:,.0f} samples/s through the writer. "
-                f"The footer's list of replaced flush files cost {w['replaces_metadata_bytes']:,} B of that slice "
-                f"({w['replaces_metadata_bytes'] / w['flush_files']:.0f} B per flush file); the {seconds // 30:,} flushes "
-                f"per partition of the figure's span would add ~"
-                f"{w['replaces_metadata_bytes'] / w['flush_files'] * (seconds // 30) * m['files'] / n:.2f} "
-                "B/sample to the figure above, which compacts one file per partition. "
-                "Sizes are deterministic (fixed seed): one run."
-            ),
-            detail={"day": m, "through_writer": w},
-        )
+    w = through_writer(600 if quick else 3600)
+    sources = [
+        ("bench/store_io.py data: system, process, GPU", lambda: store_io_tables(seconds)),
+        ("bench/synthetic.py data: system, process, GPU, training", lambda: day_tables(0, seconds)),
     ]
+    figures = []
+    for label, make in sources:
+        before = load1()
+        m = day(make())
+        n = m["samples"]
+        per = {k: m[k] / n for k in ("llamamon", "csv_long", "csv_wide", "psrecord")}
+        extra = w["replaces_metadata_bytes"] / w["flush_files"] * (seconds // 30) * m["files"] / n
+        figures.append(
+            Figure(
+                name=f"Storage after compaction, {span} at 1 Hz x 16 series ({label})",
+                unit="B/sample",
+                llamamon=per["llamamon"],
+                peers={
+                    "CSV (store's long schema)": per["csv_long"],
+                    "CSV (wide, 1 row/s)": per["csv_wide"],
+                    "psrecord log format": per["psrecord"],
+                    "Prometheus TSDB (constant from the issue)": PROMETHEUS_B_PER_SAMPLE,
+                },
+                ratios={
+                    "Prometheus": per["llamamon"] / PROMETHEUS_B_PER_SAMPLE,
+                    "CSV wide": per["llamamon"] / per["csv_wide"],
+                    "psrecord": per["llamamon"] / per["psrecord"],
+                },
+                target="<= 1.37 B/sample",
+                met=per["llamamon"] <= PROMETHEUS_B_PER_SAMPLE,
+                runs=1,
+                load=(before, load1()),
+                note=(
+                    f"{n:,} samples compacted by compact() into {m['files']} files, {m['llamamon']:,} B. "
+                    f"The real write path on the first {w['seconds']} s of bench/synthetic.py "
+                    f"(StoreWriter.append per tick, 30 s flushes, compact()): {w['flush_files']} flush files at "
+                    f"{w['flush_bytes'] / w['samples']:.2f} B/sample -> "
+                    f"{w['compacted_bytes'] / w['samples']:.2f} B/sample compacted; "
+                    f"{w['samples'] / w['write_s']:,.0f} samples/s through the writer. The compacted footer lists "
+                    f"the flush files it replaced ({w['replaces_metadata_bytes'] / w['flush_files']:.0f} B each): "
+                    f"the span's {seconds // 30:,} flushes per partition would add ~{extra:.2f} B/sample to this "
+                    "figure. Sizes are deterministic (fixed seeds): one run."
+                ),
+                detail={"compacted": m, "through_writer": w},
+            )
+        )
+    return figures
 
 
 def main() -> None:
