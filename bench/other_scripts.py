@@ -109,9 +109,15 @@ def script_figures(quick: bool) -> list:
     from bench.results import Figure, load1, unavailable
 
     figures = []
+    days = "1" if quick else "7"
     for script, title, args in (
-        ("alerts.py", "Alerts: evaluate the rules over the store", ["--days", "1" if quick else "7"]),
-        ("report.py", "Report: `llamamon report --html` over the store", ["--days", "1" if quick else "7"]),
+        # --keep: the synthetic store is generated once into bench/out/ (gitignored) and reused.
+        (
+            "alerts.py",
+            "Alerts: evaluate the rules over the store",
+            ["--days", days, "--keep", f"bench/out/alerts-{days}d"],
+        ),
+        ("report.py", "Report: `llamamon report --html` over the store", ["--days", days, "--keep"]),
     ):
         before = load1()
         got = _script_json(script, args, timeout=900)
