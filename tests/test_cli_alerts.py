@@ -137,8 +137,12 @@ def test_export_passes_promtool_and_lists_what_does_not_translate(
     text = target.read_text()
     assert 'expr: ((llamamon_gpu_temperature_celsius{gpu=~"[01]"} > 85) and (llamamon_gpu_power_watts > 250))' in text
     # 2s and 800ms are compared with metrics stored in ms but exported in seconds
-    assert "quantile_over_time(0.99, llamamon_inference_latency_seconds[5m]) > 2)" in text
-    assert "avg_over_time(llamamon_time_to_first_token_seconds[1m]) > 0.8)" in text
+    # latency and time to first token are exported as histograms: only their bucket/sum/count series exist
+    assert "(histogram_quantile(0.99, rate(llamamon_inference_latency_seconds_bucket[5m])) > 2)" in text
+    assert (
+        "((rate(llamamon_time_to_first_token_seconds_sum[1m]) / rate(llamamon_time_to_first_token_seconds_count[1m]))"
+        " > 0.8)" in text
+    )
     assert "keep_firing_for: 5m" in text
     assert "- alert: vram" not in text  # disabled
     assert "llamamon: not exported: loss_plateau: evals_since_best()" in err
@@ -309,3 +313,15 @@ def test_unit_replay_of_a_recorded_run(metrics_dir: Path, tmp_path: Path, capsys
     code, out, err = run(capsys, "alerts", "test", "--unit", str(tmp_path / "t.yaml"))
     assert code == 0, out + err
     assert out.endswith("  SUCCESS\n")
+
+
+def test_export_refuses_a_bare_histogram(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "alerts:\n  builtin: {}\n  rules:\n    raw_latency:\n      condition: inference_latency > 500\n",
+        encoding="utf-8",
+    )
+    code, out, err = run(capsys, "alerts", "export", "--config", str(path))
+    assert code == 0, err
+    assert "alert: raw_latency" not in out
+    assert "raw_latency: inference_latency is exported as a histogram" in err

@@ -24,6 +24,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("llamamon.cli.compact", "compact_command"),
     ("llamamon.cli.gc", "gc_command"),
     ("llamamon.cli.doctor", "doctor_command"),
+    ("llamamon.cli.export", "export_command"),
 )
 
 

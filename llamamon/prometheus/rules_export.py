@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from llamamon import catalog
+from llamamon.prometheus.snapshot import family_name
 from llamamon.rules.engine import Rule
 from llamamon.rules.lang import COMPARISONS, Binary, Call, Node, Number, Selector, Unary, duration_text, to_base
 
@@ -46,19 +47,23 @@ def _num(value: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def _name(metric: str) -> str:
-    known = catalog.BY_NAME.get(metric)
-    if known is not None:
-        return known.prometheus_name
-    return catalog.prometheus_name(metric, "", "gauge")
+def _is_histogram(metric: str) -> bool:
+    known = catalog.get(metric)
+    return known is not None and known.kind == "histogram"
 
 
-def _selector(sel: Selector) -> str:
+def _selector(sel: Selector, suffix: str = "") -> str:
+    """The series selector; a histogram metric is only reachable through one of its suffixed series."""
+    if _is_histogram(sel.metric) and not suffix:
+        raise Untranslatable(
+            f"{sel.metric} is exported as a histogram; use it inside p50/p95/p99/quantile, avg or count with a window"
+        )
+
     def esc(v: str) -> str:
         return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
     inner = ", ".join(f'{m.label}{m.op}"{esc(m.value)}"' for m in sel.matchers)
-    return _name(sel.metric) + (f"{{{inner}}}" if inner else "")
+    return family_name(sel.metric) + suffix + (f"{{{inner}}}" if inner else "")
 
 
 def promql(node: Node, scale: float = 1.0) -> str:
@@ -100,10 +105,25 @@ def _call(node: Call) -> str:
             "isfinite": f"(({x} > -Inf) < +Inf)",
         }[f]
     window = duration_text(node.window)
+    arg = node.args[1] if f == "quantile" else node.args[0]
+    if isinstance(arg, Selector) and _is_histogram(arg.metric):
+        return _histogram_call(f, node, arg, window)
     if f in _OVER_TIME:
         return f"{_OVER_TIME[f]}({promql(node.args[0])}[{window}])"
     sel = node.args[1] if f == "quantile" else node.args[0]
     return f"quantile_over_time({_num(node.q)}, {promql(sel)}[{window}])"
+
+
+def _histogram_call(f: str, node: Call, sel: Selector, window: str) -> str:
+    # Why: exported histograms have only _bucket/_sum/_count series; per-interval statistics come from
+    # their rates, per label set (histogram_quantile groups by everything but le).
+    if f == "quantile" or (f.startswith("p") and f[1:].isdigit()):
+        return f"histogram_quantile({_num(node.q)}, rate({_selector(sel, '_bucket')}[{window}]))"
+    if f == "avg":
+        return f"(rate({_selector(sel, '_sum')}[{window}]) / rate({_selector(sel, '_count')}[{window}]))"
+    if f == "count":
+        return f"increase({_selector(sel, '_count')}[{window}])"
+    raise Untranslatable(f"{f}() of the histogram {sel.metric} has no PromQL form (quantiles, avg and count do)")
 
 
 def _negate(node: Node) -> str:

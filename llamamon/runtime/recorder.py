@@ -19,7 +19,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +34,7 @@ from llamamon.units import format_duration
 if TYPE_CHECKING:
     from llamamon.collectors.base import MetricsCollector
     from llamamon.config import Config
+    from llamamon.prometheus.textfile import TextfileWriter
     from llamamon.store.writer import StoreWriter
 
 log = logging.getLogger("llamamon.record")
@@ -104,6 +105,7 @@ class Recorder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: Stop | None = None
         self._sampler_error: BaseException | None = None
+        self._textfile: TextfileWriter | None = None
 
     # -- main thread ------------------------------------------------------------------------------
 
@@ -178,6 +180,7 @@ class Recorder:
             if self._stop_requested:
                 stop.set()
         writer = StoreWriter(self.metrics_dir, self.info.id, self.host, flush_interval=FLUSH_INTERVAL_S)
+        self._textfile = self._open_textfile()
         collectors = await self._open_collectors(pid)
         try:
             ticker = Ticker(self.interval)
@@ -206,6 +209,8 @@ class Recorder:
                 except Exception as exc:  # noqa: BLE001 - one collector's cleanup must not block the others
                     log.debug("closing collector %s failed: %s", collector.name, exc)
             writer.close()
+            if self._textfile is not None:
+                self._export(self._textfile.finish)  # llamamon_run_active 0: the last values stop looking live
 
     async def _open_collectors(self, pid: int) -> list[MetricsCollector]:
         from llamamon.collectors.process import ProcessTreeCollector
@@ -275,6 +280,8 @@ class Recorder:
                     groups[sample.metric] = group = collector.group if group == "custom" else group
                 time_ = sample.time if sample.time is not None else now
                 rows.append(Row(time_, group, sample.metric, sample.value, sample.labels, sample.step))
+        if self._textfile is not None:
+            self._export(lambda: self._textfile.write(rows))
         try:
             writer.append(rows)
         except Exception as exc:  # noqa: BLE001 - a full disk must not kill the job; say so once
@@ -283,6 +290,23 @@ class Recorder:
                 log.error("writing samples failed: %s (logged once; the job goes on)", exc)
             return
         self.samples += 1
+
+    def _open_textfile(self) -> TextfileWriter | None:
+        """The .prom file for node_exporter's textfile collector, unless monitoring.export_format is none."""
+        monitoring = self.config.monitoring
+        if monitoring.export_format != "prometheus":
+            return None
+        from llamamon.prometheus.textfile import TextfileWriter, textfile_folder
+
+        return TextfileWriter(textfile_folder(self.metrics_dir, monitoring.textfile_dir), self.host, self.info.id)
+
+    def _export(self, write: Callable[[], object]) -> None:
+        try:
+            write()
+        except (OSError, ValueError) as exc:  # an unwritable textfile folder must not stop the recording
+            if "textfile" not in self._failed:
+                self._failed.add("textfile")
+                log.warning("writing the Prometheus textfile failed: %s (logged once; recording goes on)", exc)
 
     def _describe(self, collectors: Sequence[MetricsCollector]) -> None:
         """Complete the run metadata with what takes a moment to find out, and write it."""

@@ -1,0 +1,91 @@
+"""``llamamon export prometheus``: a recorded run's latest values in the Prometheus text format, on demand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from llamamon.cli.options import config_option, metrics_dir_option
+from llamamon.errors import ConfigError
+
+if TYPE_CHECKING:
+    from llamamon.prometheus.snapshot import RunSnapshot
+    from llamamon.samples import RunInfo
+
+
+@click.group("export")
+def export_command() -> None:
+    """Write recorded metrics in other tools' formats."""
+
+
+@export_command.command("prometheus")
+@click.option("--run", "run_ref", metavar="ID", default=None, help="Run id, unique id prefix or run name.")
+@click.option("--latest", is_flag=True, help="The most recently started run (the default).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default="-",
+    show_default=True,
+    help="File to write (replaced atomically, e.g. a .prom file in node_exporter's textfile folder); - for stdout.",
+)
+@config_option
+@metrics_dir_option
+def prometheus_command(
+    run_ref: str | None, latest: bool, output: str, config_path: str | None, metrics_dir: str | None
+) -> None:
+    """Write the latest values of a run (gauges, counters, latency histograms) as Prometheus text.
+
+    The same families and names the live .prom files have, with llamamon_run_active 0 for a finished run.
+    """
+    # Imports here, not at the top: `llamamon --help` must not pay for the store (polars) or the config.
+    from llamamon.config import load_config
+    from llamamon.fsutil import atomic_write
+    from llamamon.store import open_store
+    from llamamon.store.journal import live_runs
+    from llamamon.store.runs import resolve_runs
+
+    if run_ref is not None and latest:
+        raise ConfigError("give --run or --latest, not both", path="--latest")
+    folder = open_store(Path(metrics_dir) if metrics_dir else load_config(config_path).monitoring.metrics_path)
+    (run,) = resolve_runs(folder, [run_ref] if run_ref is not None else [], latest=run_ref is None)
+    snapshot = snapshot_from_store(folder, run)
+    # A run without an end time whose recorder is gone (killed) is not active either.
+    snapshot.active = run.end is None and run.id in live_runs(folder)
+    text = snapshot.render()
+    if output == "-":
+        click.echo(text, nl=False)
+    else:
+        atomic_write(output, text.encode("utf-8"))
+
+
+def snapshot_from_store(metrics_dir: Path, run: RunInfo) -> RunSnapshot:
+    """A run's stored rows fed, in time order, to the same RunSnapshot the live textfile writer keeps.
+
+    Gauge and counter series are reduced to their last row in polars first; every row of a histogram
+    metric (one observation each) is kept.
+    """
+    import polars as pl
+
+    from llamamon import catalog
+    from llamamon.prometheus.snapshot import RunSnapshot
+    from llamamon.samples import Sample, labels_from_str
+    from llamamon.store.reader import scan
+
+    histograms = [n for n in (*catalog.BY_NAME, *catalog.ALIASES) if (m := catalog.get(n)) and m.kind == "histogram"]
+    columns = ["t", "metric", "value", "labels", "step"]
+    rows = scan(metrics_dir, runs=[run.id]).select(
+        (pl.col("time").dt.epoch("us") / 1e6).alias("t"), "metric", "value", "labels", "step"
+    )
+    is_histogram = pl.col("metric").is_in(histograms)
+    series = rows.filter(~is_histogram).sort("t").group_by("metric", "labels", maintain_order=True)
+    latest = series.last().select(columns)
+    frame = pl.concat([latest, rows.filter(is_histogram)]).sort("t", maintain_order=True).collect()
+    snapshot = RunSnapshot({"host": run.host, "run": run.id})
+    snapshot.add(
+        Sample(metric, value, labels_from_str(labels), time=t, step=step)
+        for t, metric, value, labels, step in frame.iter_rows()
+    )
+    return snapshot

@@ -1,0 +1,78 @@
+"""``.prom`` files for node_exporter's textfile collector: one file per writer, replaced atomically.
+
+The recorder (``record``) and the watcher (``watch``) own one ``TextfileWriter`` each and call
+``write(samples)`` on every tick with the samples of that tick; ``finish()`` at the end rewrites the
+file with ``llamamon_run_active 0`` so a finished run's last numbers never look live. Files carry no
+timestamps (node_exporter rejects them); freshness is ``llamamon_last_sample_timestamp_seconds``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+from llamamon.fsutil import atomic_write
+from llamamon.prometheus.snapshot import DEFAULT_BUCKETS, RunSnapshot
+from llamamon.samples import Row, Sample
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def textfile_folder(metrics_path: str | Path, textfile_dir: str | Path | None = None) -> Path:
+    """Where .prom files go: ``monitoring.textfile_dir`` if set, else ``<metrics_path>/prometheus``."""
+    return Path(textfile_dir) if textfile_dir is not None else Path(metrics_path) / "prometheus"
+
+
+def textfile_name(host: str, name: str) -> str:
+    """``llamamon-<host>-<run id or "watch">.prom``; anything unsafe in a file name becomes ``_``."""
+    return f"llamamon-{_UNSAFE.sub('_', host)}-{_UNSAFE.sub('_', name)}.prom"
+
+
+class TextfileWriter:
+    """Keeps the latest values of one run and rewrites ``<folder>/llamamon-<host>-<name>.prom``.
+
+    ``labels`` go on every series; by default ``{"host": host, "run": name}``. ``clock`` stamps
+    samples whose ``time`` is ``None`` (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        host: str,
+        name: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(folder) / textfile_name(host, name)
+        self.snapshot = RunSnapshot({"host": host, "run": name} if labels is None else labels, buckets)
+        self._clock = clock
+
+    def write(
+        self,
+        samples: Iterable[Sample | Row] = (),
+        *,
+        alerts_firing: Mapping[str, int] | None = None,
+    ) -> Path:
+        """Add one tick's samples (histogram metrics: each sample is one observation) and rewrite the file.
+
+        ``alerts_firing`` is the number of alerts firing per severity now; once given, the family is
+        written on every later tick (missing severities as 0).
+        """
+        self.snapshot.add(samples, default_time=self._clock())
+        if alerts_firing is not None:
+            self.snapshot.alerts_firing = dict(alerts_firing)
+        return self._flush()
+
+    def finish(self, alerts_firing: Mapping[str, int] | None = None) -> Path:
+        """Mark the run ended (``llamamon_run_active 0``), keeping its last values, and rewrite the file."""
+        self.snapshot.active = False
+        if alerts_firing is not None:
+            self.snapshot.alerts_firing = dict(alerts_firing)
+        return self._flush()
+
+    def _flush(self) -> Path:
+        return atomic_write(self.path, self.snapshot.render().encode("utf-8"))

@@ -1,0 +1,179 @@
+"""`llamamon record` keeps a .prom file for node_exporter: live values every tick, inactive at the end."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llamamon.prometheus.text import parse
+from llamamon.prometheus.textfile import textfile_name
+from tests.conftest import llamamon_env, require_binary, run_llamamon
+
+HOLD = "import pathlib, time\nwhile not pathlib.Path('release').exists(): time.sleep(0.02)\n"
+
+
+def values(path: Path) -> dict[str, float]:
+    """Family -> value of its first series (enough for the run-level and system gauges checked here)."""
+    return {f.name: f.points[0].value for f in parse(path.read_text(encoding="utf-8")) if f.points}
+
+
+def the_run(metrics: Path) -> str:
+    (run,) = [json.loads(p.read_text())["id"] for p in (metrics / "runs").glob("*.json")]
+    return run
+
+
+def test_record_writes_live_values_then_marks_the_run_inactive(tmp_path):
+    metrics = tmp_path / "m"
+    args = ["record", "--no-gpu", "--interval", "0.2", "--metrics-dir", str(metrics), "--", sys.executable, "-c", HOLD]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llamamon", *args],
+        cwd=tmp_path,
+        env=llamamon_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not (metrics / "runs").is_dir() or not list((metrics / "runs").glob("*.json")):
+            assert time.monotonic() < deadline, "no run metadata"
+            time.sleep(0.02)
+        prom = metrics / "prometheus" / textfile_name(socket.gethostname(), the_run(metrics))
+        seen_times = set()
+        while len(seen_times) < 3:  # rewritten on every tick, not only at the end
+            assert time.monotonic() < deadline, f"{prom} not rewritten every tick ({seen_times})"
+            if prom.exists():
+                live = values(prom)
+                assert live["llamamon_run_active"] == 1.0
+                assert live["llamamon_memory_used_bytes"] > 0
+                seen_times.add(live["llamamon_last_sample_timestamp_seconds"])
+            time.sleep(0.02)
+        (tmp_path / "release").touch()
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    final = values(prom)
+    assert final["llamamon_run_active"] == 0.0
+    assert final["llamamon_last_sample_timestamp_seconds"] >= max(seen_times)
+    assert [p.name for p in prom.parent.iterdir()] == [prom.name]
+
+
+def test_textfile_dir_and_export_format_none(tmp_path):
+    (tmp_path / "elsewhere.yaml").write_text("monitoring:\n  textfile_dir: node-exporter-textfiles\n")
+    (tmp_path / "off.yaml").write_text("monitoring:\n  export_format: none\n")
+    done = run_llamamon(
+        "record",
+        "--no-gpu",
+        "--config",
+        "elsewhere.yaml",
+        "--metrics-dir",
+        "a",
+        "--",
+        sys.executable,
+        "-c",
+        "pass",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    (prom,) = (tmp_path / "node-exporter-textfiles").glob("*.prom")
+    assert prom.name == textfile_name(socket.gethostname(), the_run(tmp_path / "a"))
+    assert values(prom)["llamamon_run_active"] == 0.0
+    assert not (tmp_path / "a" / "prometheus").exists()
+    done = run_llamamon(
+        "record",
+        "--no-gpu",
+        "--config",
+        "off.yaml",
+        "--metrics-dir",
+        "b",
+        "--",
+        sys.executable,
+        "-c",
+        "pass",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert not (tmp_path / "b" / "prometheus").exists()
+
+
+def test_unwritable_textfile_folder_warns_once_and_records_anyway(tmp_path):
+    (tmp_path / "blocked").write_text("a file where the folder should be\n")
+    (tmp_path / "m.yaml").write_text("monitoring:\n  textfile_dir: blocked/sub\n")
+    done = run_llamamon(
+        "record",
+        "--no-gpu",
+        "--interval",
+        "0.1",
+        "--config",
+        "m.yaml",
+        "--metrics-dir",
+        "m",
+        "--",
+        sys.executable,
+        "-c",
+        "import time; time.sleep(0.5)",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0
+    warnings = [line for line in done.stderr.decode().splitlines() if "Prometheus textfile" in line]
+    assert len(warnings) == 1, done.stderr.decode()
+    assert "logged once; recording goes on" in warnings[0]
+    assert list((tmp_path / "m" / "runs").glob("*.json"))
+
+
+@pytest.mark.integration
+def test_a_recorded_run_passes_promtool(tmp_path):
+    promtool = require_binary("promtool")
+    done = run_llamamon(
+        "record",
+        "--no-gpu",
+        "--interval",
+        "0.2",
+        "--metrics-dir",
+        "m",
+        "--",
+        sys.executable,
+        "-c",
+        "import time; time.sleep(0.5)",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    (prom,) = (tmp_path / "m" / "prometheus").glob("*.prom")
+    with prom.open("rb") as fh:
+        check = subprocess.run([promtool, "check", "metrics"], stdin=fh, capture_output=True, text=True, check=False)
+    assert (check.returncode, check.stdout + check.stderr) == (0, "")
+
+
+def test_export_of_a_recorded_run_matches_its_textfile(tmp_path):
+    done = run_llamamon(
+        "record",
+        "--no-gpu",
+        "--interval",
+        "0.2",
+        "--metrics-dir",
+        "m",
+        "--",
+        sys.executable,
+        "-c",
+        "import time; time.sleep(0.6)",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    (prom,) = (tmp_path / "m" / "prometheus").glob("*.prom")
+    exported = run_llamamon("export", "prometheus", "--metrics-dir", "m", "--latest", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr.decode()
+
+    def series(text: str) -> dict:
+        return {(p.name, p.labels): p.value for f in parse(text) for p in f.points}
+
+    live, again = series(prom.read_text(encoding="utf-8")), series(exported.stdout.decode())
+    assert set(live) == set(again)
+    assert again == pytest.approx(live, rel=1e-12, abs=1e-5)  # times pass through the store in microseconds

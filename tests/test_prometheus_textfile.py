@@ -1,0 +1,127 @@
+"""TextfileWriter: one .prom file per run or watch, rewritten atomically, marked inactive at the end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from llamamon.prometheus.text import parse
+from llamamon.prometheus.textfile import TextfileWriter, textfile_folder, textfile_name
+from llamamon.samples import Sample, make_labels
+from tests.conftest import llamamon_env
+
+RUN_ID = "20260901T101500Z-gpu-box-3f2a"
+
+
+def values(path: Path) -> dict[tuple[str, tuple], float]:
+    return {(p.name, p.labels): p.value for f in parse(path.read_text(encoding="utf-8")) for p in f.points}
+
+
+def test_folder_and_file_name(tmp_path):
+    assert textfile_folder(tmp_path / ".metrics") == tmp_path / ".metrics" / "prometheus"
+    assert textfile_folder(tmp_path / ".metrics", "/var/lib/node_exporter") == Path("/var/lib/node_exporter")
+    assert textfile_name("gpu-box.lan", RUN_ID) == f"llamamon-gpu-box.lan-{RUN_ID}.prom"
+    assert textfile_name("a/b c", "watch") == "llamamon-a_b_c-watch.prom"
+
+
+def test_write_every_tick_then_finish(tmp_path):
+    clock = iter([100.0, 110.0, 120.0]).__next__
+    writer = TextfileWriter(tmp_path / "prom", "gpu-box", RUN_ID, clock=clock)
+    assert writer.path == tmp_path / "prom" / f"llamamon-gpu-box-{RUN_ID}.prom"
+    labels = (("host", "gpu-box"), ("run", RUN_ID))
+
+    writer.write([Sample("loss", 2.0, step=1), Sample("gpu_utilization", 0.5, make_labels(gpu=0))])
+    first = values(writer.path)
+    assert first[("llamamon_run_active", labels)] == 1.0
+    assert first[("llamamon_loss", labels)] == 2.0
+    assert first[("llamamon_last_sample_timestamp_seconds", labels)] == 100.0
+    assert first[("llamamon_gpu_utilization_ratio", (("gpu", "0"), *labels))] == 0.5
+    assert ("llamamon_alerts_firing", (*labels, ("severity", "warning"))) not in first
+
+    writer.write([Sample("loss", 1.5, time=105.0, step=2)], alerts_firing={"critical": 1})
+    second = values(writer.path)
+    assert second[("llamamon_loss", labels)] == 1.5
+    assert second[("llamamon_step", labels)] == 2.0
+    assert second[("llamamon_gpu_utilization_ratio", (("gpu", "0"), *labels))] == 0.5  # latest value stays
+    assert second[("llamamon_last_sample_timestamp_seconds", labels)] == 105.0
+    assert second[("llamamon_alerts_firing", (*labels, ("severity", "critical")))] == 1.0
+    assert second[("llamamon_alerts_firing", (*labels, ("severity", "warning")))] == 0.0
+
+    writer.finish()
+    final = values(writer.path)
+    assert final[("llamamon_run_active", labels)] == 0.0
+    assert final[("llamamon_loss", labels)] == 1.5
+    assert [p.name for p in (tmp_path / "prom").iterdir()] == [writer.path.name]  # no temp files left
+    text = writer.path.read_text(encoding="utf-8")
+    assert text.endswith("\n")
+    assert all(len(line.split(" ")) == 2 for line in text.splitlines() if not line.startswith("#")), "no timestamps"
+
+
+def test_watch_writer_with_own_labels(tmp_path):
+    writer = TextfileWriter(tmp_path, "gpu-box", "watch", labels={"host": "gpu-box"})
+    writer.write([Sample("cpu_usage", 0.25)])
+    assert values(writer.path)[("llamamon_cpu_usage_ratio", (("host", "gpu-box"),))] == 0.25
+    assert writer.path.name == "llamamon-gpu-box-watch.prom"
+
+
+def test_readers_never_see_a_partial_file(tmp_path):
+    writer = TextfileWriter(tmp_path, "h", "r")
+    many = [Sample("custom_metric", float(i), make_labels(shard=i)) for i in range(300)]
+    writer.write(many)
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            writer.write([Sample("loss", float(n))])
+
+    thread = threading.Thread(target=rewrite)
+    thread.start()
+    try:
+        for _ in range(30):
+            got = values(writer.path)  # parses: a half-written file would not, or would lack shards
+            assert sum(name == "llamamon_custom_metric" for name, _ in got) == 300
+    finally:
+        stop.set()
+        thread.join()
+
+
+WRITER_SCRIPT = """
+import sys
+from llamamon.prometheus.textfile import TextfileWriter
+from llamamon.samples import Sample, make_labels
+writer = TextfileWriter(sys.argv[1], "h", "r")
+n = 0
+while True:
+    n += 1
+    writer.write([Sample("custom_metric", float(n), make_labels(shard=i)) for i in range(2000)])
+    if n == 1:
+        print("first", flush=True)
+"""
+
+
+def test_killing_a_writer_mid_write_leaves_a_whole_file(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, env=llamamon_env()
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"first\n"
+        # Let it get well into later rewrites, then kill it wherever it is.
+        target = tmp_path / "llamamon-h-r.prom"
+        deadline = time.monotonic() + 10
+        while values(target)[("llamamon_custom_metric", (("host", "h"), ("run", "r"), ("shard", "0")))] < 3:
+            assert time.monotonic() < deadline, "the writer did not get to its third rewrite"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+    got = values(target)
+    shards = {v for (name, _), v in got.items() if name == "llamamon_custom_metric"}
+    assert len([n for n, _ in got if n == "llamamon_custom_metric"]) == 2000
+    assert len(shards) == 1  # every series from the same rewrite: never half of one and half of another
+    assert [p.name for p in tmp_path.glob("*.prom")] == [target.name]
