@@ -47,7 +47,11 @@ def logging_cost(quick: bool) -> list:
         one = {}
         for lib in ("list.append", "llamamon.log", *(("tensorboardX",) if has_tb else ())):
             n = tb_points if lib == "tensorboardX" else points
-            wall, _cpu = run_child(lib, 1, n, empty=False)
+            try:
+                wall, _cpu = run_child(lib, 1, n, empty=False)
+            except SystemExit as exc:  # run_child's way of saying the child failed
+                last = str(exc).strip().splitlines()[-1:] or ["?"]
+                return [unavailable(name, f"bench/log_api.py: {lib} failed ({last[0][:200]})", target)]
             one[lib] = wall / n * 1e6
         per_run.append(one)
     us = {lib: median([r[lib] for r in per_run]) for lib in per_run[0]}
