@@ -44,7 +44,9 @@ while True:
         break
 """
 GLANCES_PLUGINS = "cpu,mem,memswap,load,network,diskio,fs,processlist"
-TOOLS = ("llamamon", "psrecord", "glances", "floor")
+TOOLS = ("llamamon", "llamamon-noexport", "psrecord", "glances", "floor")
+# llamamon with monitoring.export_format: none, i.e. without the Prometheus .prom file it writes each tick
+NOEXPORT_CONFIG = "monitoring:\n  export_format: none\n"
 
 
 def env() -> dict[str, str]:
@@ -191,7 +193,9 @@ def measure(tool: str, interval: float, warmup: float, window: float, tmp: Path)
     folder = tmp / "m"
     stop = tmp / "stop"
     busy = None
-    if tool == "llamamon":
+    if tool.startswith("llamamon"):
+        if tool == "llamamon-noexport":
+            (tmp / "monitoring.yaml").write_text(NOEXPORT_CONFIG)
         argv = [sys.executable, "-m", "llamamon", "record", "-q", "--no-gpu", "--interval", str(interval)]
         argv += ["--metrics-dir", str(folder), "--", *busy_argv(stop)]
         log = None
@@ -224,15 +228,15 @@ def measure(tool: str, interval: float, warmup: float, window: float, tmp: Path)
             raise RuntimeError(f"{tool} exited early ({proc.returncode}): {_tail(tmp / f'{tool}.stderr')}")
     finally:
         stop.touch()
-        if tool != "llamamon":
+        if not tool.startswith("llamamon"):
             proc.terminate()
         if busy is not None:
             busy.kill()
             busy.wait()
     proc.wait(timeout=60)
-    if tool == "llamamon":
+    if tool.startswith("llamamon"):
         if proc.returncode != 0:
-            raise RuntimeError(f"llamamon record exited {proc.returncode}: {_tail(tmp / 'llamamon.stderr')}")
+            raise RuntimeError(f"{tool} record exited {proc.returncode}: {_tail(tmp / f'{tool}.stderr')}")
         n1, n2 = 0, _stored_samples(folder, w1, w2)
     return c2 - c1, n2 - n1
 
@@ -287,6 +291,16 @@ def run(quick: bool = False, repeat: int | None = None) -> list:
             f"--interval {interval:g} s: {warmup:g} s warm-up, then a {window:g} s window (~{expected:.0f} samples); "
             f"samples taken per run: " + ", ".join(f"{t} {samples[t]}" for t in TOOLS)
         )
+        pairs = [
+            (run["llamamon-noexport"][0] / run["llamamon-noexport"][1], run["floor"][0] / run["floor"][1])
+            for run in per_run
+            if run["llamamon-noexport"][1] > 0 and run["floor"][1] > 0
+        ]
+        if pairs:
+            note += (
+                f"; llamamon with monitoring.export_format: none (no Prometheus .prom file rendered, written and "
+                f"fsynced every tick) is {median_ratio(pairs):.2f}x the floor"
+            )
         if short:
             note += f"; could not keep up with the interval: {', '.join(short)} (charged per sample really taken)"
         figures.append(
@@ -294,7 +308,12 @@ def run(quick: bool = False, repeat: int | None = None) -> list:
                 name=f"Recorder CPU per sample, --interval {interval:g} s",
                 unit="ms",
                 llamamon=value["llamamon"],
-                peers={"psrecord": value["psrecord"], "glances": value["glances"], "bare psutil loop": value["floor"]},
+                peers={
+                    "llamamon without .prom export": value["llamamon-noexport"],
+                    "psrecord": value["psrecord"],
+                    "glances": value["glances"],
+                    "bare psutil loop": value["floor"],
+                },
                 ratios={"floor" if k == "floor" else k: v for k, v in ratios.items()},
                 target="< every peer; <= 1.5x floor",
                 met=bool(met),
