@@ -32,6 +32,16 @@ def _interval(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     help="Seconds between samples, e.g. 1, 0.5 or 500ms (default: monitoring.update_frequency).",
 )
 @click.option("--no-gpu", is_flag=True, help="Do not sample GPUs (NVML is not even loaded).")
+@click.option(
+    "--no-parse", is_flag=True, help="Do not look for metric lines (loss, learning rate …) in the job's output."
+)
+@click.option(
+    "--scrape",
+    "scrape",
+    multiple=True,
+    metavar="URL",
+    help="Also scrape this Prometheus endpoint every interval, e.g. a vLLM or TGI /metrics (repeatable).",
+)
 @config_option
 @metrics_dir_option
 @verbosity_options
@@ -43,6 +53,8 @@ def record_command(
     tags: tuple[str, ...],
     interval: float | None,
     no_gpu: bool,
+    no_parse: bool,
+    scrape: tuple[str, ...],
     config_path: str | None,
     metrics_dir: str | None,
     quiet: bool,
@@ -52,11 +64,14 @@ def record_command(
     """Run a command untouched while sampling its metrics.
 
     CMD keeps its stdin, stdout, stderr, terminal, signals and exit code; system, process-tree and GPU
-    metrics are sampled into the metrics folder every --interval seconds, from start to exit.
+    metrics are sampled into the metrics folder every --interval seconds, from start to exit. Metric
+    lines in its output (JSON objects, the Hugging Face Trainer's dicts, monitoring.yaml's parsers:) and
+    whatever it logs with llamamon.log() join the run.
 
     \b
       llamamon record -- python train.py --epochs 3
       llamamon record --name baseline --tag lr=3e-4 --interval 2 -- ./train.sh
+      llamamon record --scrape http://127.0.0.1:8000/metrics -- vllm serve my-model
     """
     # Deferred: the recorder pulls in asyncio, psutil and the store; `llamamon --help` must not pay for it.
     from llamamon.cli import setup_logging
@@ -71,5 +86,7 @@ def record_command(
         config_path=config_path,
         metrics_dir=metrics_dir,
         gpu=not no_gpu,
+        parse=not no_parse,
+        scrape=list(scrape),
     )
     ctx.exit(record(options))

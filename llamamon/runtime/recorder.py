@@ -9,9 +9,9 @@ on the sampler thread, so pyarrow's import and conversion never stall the job's 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import getpass
-import importlib
 import logging
 import os
 import platform
@@ -28,11 +28,12 @@ from llamamon import __version__, catalog
 from llamamon.errors import ConfigError
 from llamamon.runtime.child import Child, ChildResult
 from llamamon.runtime.ticker import Stop, Ticker, run_ticks
-from llamamon.samples import Row, RunInfo
+from llamamon.samples import Row, RunInfo, Sample
 from llamamon.units import format_duration
 
 if TYPE_CHECKING:
     from llamamon.collectors.base import MetricsCollector
+    from llamamon.collectors.stdout import OutputParser
     from llamamon.config import Config
     from llamamon.prometheus.textfile import TextfileWriter
     from llamamon.store.writer import StoreWriter
@@ -52,6 +53,8 @@ class RecordOptions:
     config_path: str | None = None
     metrics_dir: str | None = None
     gpu: bool = True
+    parse: bool = True  # recognise metric lines in the job's stdout/stderr
+    scrape: list[str] = field(default_factory=list)  # Prometheus endpoints, besides monitoring.yaml's scrape:
 
 
 def record(options: RecordOptions) -> int:
@@ -97,6 +100,12 @@ class Recorder:
             interval=interval,
             source="record",
         )
+        from llamamon.collectors.custom import load_collectors
+
+        self.user_collectors = load_collectors(config)  # a mistake is a ConfigError before the job starts
+        self.scrapers = _scrapers(config, options.scrape, interval)
+        self.parsers = _output_parsers(config) if options.parse else {}
+        self.parsed: collections.deque[Sample] = collections.deque()
         self.samples = 0
         self._failed: set[str] = set()
         self._groups: dict[str, dict[str, str]] = {}  # collector -> metric -> store group, looked up once
@@ -115,7 +124,10 @@ class Recorder:
         info = self.info
         log.info("run %s recording to %s (interval %ss)", info.id, _shown(self.metrics_dir), _number(self.interval))
         env = dict(os.environ, LLAMAMON_RUN_ID=info.id, LLAMAMON_METRICS_DIR=str(self.metrics_dir))
-        with Child(self.options.command, env=env) as child, _line_endings_for(child):
+        if self.config.source is not None:  # llamamon.log() in the job uses the same aliases
+            env["LLAMAMON_CONFIG"] = str(Path(self.config.source).absolute())
+        on_output = self._on_output if self.parsers else None
+        with Child(self.options.command, env=env, on_output=on_output) as child, _line_endings_for(child):
             info.pid = child.pid
             try:
                 write_run(self.metrics_dir, info)  # listed by `llamamon runs` from the start
@@ -126,9 +138,11 @@ class Recorder:
             try:
                 result = child.wait()
                 ended = time.time()
+                self._close_parsers()
             finally:
                 self._request_stop()
                 sampler.join()
+            self._fold_job_journals()
             self._finish(result, ended)
             try:
                 write_run(self.metrics_dir, info)
@@ -148,6 +162,25 @@ class Recorder:
             _shown(self.metrics_dir),
         )
         return result.exit_code
+
+    def _fold_job_journals(self) -> None:
+        """What the job wrote with llamamon.log() (its own journal segments) into Parquet, now that it ended."""
+        from llamamon.store.writer import fold_orphans
+
+        try:
+            fold_orphans(self.metrics_dir)  # a segment still locked (a job's child lives on) waits for next time
+        except Exception as exc:  # noqa: BLE001 - the rows stay in the journal; the next store open folds them
+            log.warning("folding the job's metrics journal failed: %s (kept for the next llamamon command)", exc)
+
+    def _on_output(self, stream: int, data: bytes) -> None:
+        """Called with each chunk of the job's output before it is passed on (the bytes are not changed)."""
+        parser = self.parsers.get(stream)
+        if parser is not None:
+            self.parsed.extend(parser.feed(data))
+
+    def _close_parsers(self) -> None:
+        for parser in self.parsers.values():
+            self.parsed.extend(parser.close())
 
     def _finish(self, result: ChildResult, ended: float) -> None:
         self.info.end = ended
@@ -208,6 +241,10 @@ class Recorder:
                     await collector.close()
                 except Exception as exc:  # noqa: BLE001 - one collector's cleanup must not block the others
                     log.debug("closing collector %s failed: %s", collector.name, exc)
+            from llamamon.collectors.custom import close_custom
+
+            for collector in self.user_collectors:
+                await close_custom(collector, self.interval)
             writer.close()
             if self._textfile is not None:
                 self._export(self._textfile.finish)  # llamamon_run_active 0: the last values stop looking live
@@ -224,7 +261,7 @@ class Recorder:
             wanted.append(GpuCollector(pids=process.pids))
         else:
             self.info.gpu = {"available": False, "reason": "disabled with --no-gpu"}
-        wanted.extend(self._user_collectors())
+        wanted.extend(self.scrapers)
         opened = []
         for collector in wanted:
             try:
@@ -246,23 +283,20 @@ class Recorder:
                 self.info.gpu = collector.describe()  # type: ignore[attr-defined]
         return opened
 
-    def _user_collectors(self) -> list[MetricsCollector]:
-        """Instances of the ``collectors:`` classes in monitoring.yaml ("module:Class")."""
-        found = []
-        for spec in getattr(self.config, "collectors", None) or ():
-            module_name, _, class_name = spec.partition(":")
-            try:
-                cls = getattr(importlib.import_module(module_name), class_name)
-                found.append(cls())
-            except Exception as exc:  # noqa: BLE001 - user code: report it and record the rest
-                log.warning("collector %s not loaded: %s", spec, exc)
-        return found
-
     async def _tick(self, collectors: Sequence[MetricsCollector], writer: StoreWriter) -> None:
         from llamamon.collectors.base import normalize
+        from llamamon.collectors.custom import run_custom
 
         now = time.time()
         rows: list[Row] = []
+        # User collectors run on their own loops, at most one interval each, all at once: one that raises
+        # or hangs is reported once and skipped (collectors/custom.py).
+        custom = await asyncio.gather(*(run_custom(c, self.interval) for c in self.user_collectors))
+        for collector, samples in zip(self.user_collectors, custom, strict=True):
+            rows.extend(_rows(samples, collector.group, now))
+        while self.parsed:
+            sample = self.parsed.popleft()
+            rows.extend(_rows([sample], "custom", now))
         for collector in collectors:
             try:
                 samples = normalize(await collector.collect(), collector.name)
@@ -319,6 +353,45 @@ class Recorder:
             write_run(self.metrics_dir, self.info)
         except OSError as exc:
             log.warning("cannot write run metadata: %s", exc)
+
+
+def _rows(samples: Sequence[Sample], fallback_group: str, now: float) -> list[Row]:
+    """Samples as stored rows: the catalog's group for known metrics, else the source's group."""
+    rows = []
+    for sample in samples:
+        group = catalog.group_of(sample.metric)
+        if group == "custom":
+            group = fallback_group
+        time_ = sample.time if sample.time is not None else now
+        rows.append(Row(time_, group, sample.metric, sample.value, sample.labels, sample.step))
+    return rows
+
+
+def _scrapers(config: Config, urls: Sequence[str], interval: float) -> list[MetricsCollector]:
+    """One collector per Prometheus endpoint (monitoring.yaml's scrape: and --scrape), each URL checked now."""
+    if not config.scrape and not urls:
+        return []
+    from llamamon.collectors.scrape import ScrapeCollector
+
+    entries = [(url, f"scrape[{i}]", True) for i, url in enumerate(config.scrape)]
+    entries += [(url, "--scrape", False) for url in urls]
+    found: dict[str, MetricsCollector] = {}
+    for url, path, in_config in entries:
+        if url in found:
+            continue
+        try:
+            found[url] = ScrapeCollector(url, timeout=min(interval, 10.0))
+        except ValueError as exc:
+            raise (config.error(path, str(exc)) if in_config else ConfigError(str(exc), path=path)) from None
+    return list(found.values())
+
+
+def _output_parsers(config: Config) -> dict[int, OutputParser]:
+    """One line parser per stream (stdout 1, stderr 2), with monitoring.yaml's parsers and aliases."""
+    from llamamon.collectors.stdout import OutputParser
+
+    patterns = [parser.pattern for parser in config.parsers]
+    return {stream: OutputParser(patterns, config.aliases) for stream in (1, 2)}
 
 
 @contextlib.contextmanager

@@ -97,6 +97,47 @@ def encode_rows(rows: Iterable[Row]) -> bytes:
     )
 
 
+# (time, group, metric, value, labels as labels_to_str, step): a row already flattened for writing.
+Fields = tuple[float, str, str, float, str, "int | None"]
+
+_INF = float("inf")
+_float_repr = float.__repr__  # what json.dumps writes for a finite float (also for float subclasses)
+_json_strings: dict[str, str] = {}
+
+
+def _json_str(text: str) -> str:
+    found = _json_strings.get(text)
+    if found is None:
+        found = json.dumps(text)
+        if len(_json_strings) < 65536:  # names and label sets repeat; a bound keeps odd callers from growing it
+            _json_strings[text] = found
+    return found
+
+
+def _json_float(value: float) -> str:
+    if -_INF < value < _INF:
+        return _float_repr(value)
+    return json.dumps(value)  # NaN, Infinity, -Infinity
+
+
+def encode_fields(records: Iterable[Fields]) -> bytes:
+    """The bytes ``encode_rows`` writes for the same rows at about half the CPU (``llamamon.log``'s path).
+
+    ``time`` and ``value`` must be floats and ``step`` an int or None; names and label strings are
+    JSON-encoded once each and reused.
+    """
+    js, jf = _json_str, _json_float
+    lines = []
+    last_t, last_text = None, ""
+    for t, group, metric, value, labels, step in records:
+        if t is not last_t:  # the metrics of one log() call share one time: format it once
+            last_t, last_text = t, jf(t)
+        lines.append(
+            f"[{last_text}, {js(group)}, {js(metric)}, {jf(value)}, {js(labels)}, {'null' if step is None else step}]\n"
+        )
+    return "".join(lines).encode()
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -166,13 +207,22 @@ class Journal:
         """``append`` for rows that already went through ``accept``."""
         if not rows:
             return 0
-        data = encode_rows(rows)
+        self._write(encode_rows(rows))
+        return len(rows)
+
+    def append_fields(self, records: list[Fields]) -> int:
+        """``append`` for rows already flattened to :data:`Fields` (no Row objects; see encode_fields)."""
+        if not records:
+            return 0
+        self._write(encode_fields(records))
+        return len(records)
+
+    def _write(self, data: bytes) -> None:
         with self._lock:
             if self._fd is None:
                 self._open_segment()
             assert self._fd is not None
             _write_all(self._fd, data)
-        return len(rows)
 
     def rotate(self) -> Segment | None:
         """Close the current segment for further appends and hand it over, still locked, to be converted."""

@@ -1,0 +1,431 @@
+"""``llamamon.log()``: training metrics from inside the job, cheap enough to call every step.
+
+The calling thread only stamps the time and appends ``(time, step, dict)`` to a deque (atomic under
+the GIL, so no lock on the hot path). A daemon thread wakes every ``FLUSH_INTERVAL`` seconds, turns
+the entries into rows (alias resolution, float conversion, rank labels) and appends them to the run's
+journal (``llamamon.store.journal``, stdlib only: polars, pyarrow and psutil are never imported here).
+The journal is folded into Parquet by the recorder or by the next llamamon command that opens the store.
+
+Under ``llamamon record`` the job's metrics join the recorder's run (``LLAMAMON_RUN_ID`` and
+``LLAMAMON_METRICS_DIR`` in the environment); alone, the first flush starts a run of its own
+(``source: "api"``) and exports those two variables so subprocesses join it too.
+
+Fork safety: a forked child (dataloader workers) drops the parent's buffer (the parent flushes it),
+gets fresh locks and starts its own flusher and journal segment on its first ``log()``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llamamon.catalog import canonical, group_of
+from llamamon.samples import NO_LABELS, Labels, Row, RunInfo, labels_to_str, make_labels
+
+if TYPE_CHECKING:
+    from llamamon.store.journal import Fields, Journal
+
+__all__ = ["current_run", "flush", "log", "owns_run", "record_rows"]
+
+logger = logging.getLogger("llamamon.api")
+
+FLUSH_INTERVAL = 1.0  # seconds between background flushes; the journal is the crash-safety net
+BATCH = 16384  # entries converted and written per journal append
+EXIT_TIMEOUT = 10.0  # longest the interpreter waits at exit for the last flush
+
+# (time, step, {name: value}) or, for a single metric, (time, step, name, value)
+Entry = tuple[float, Any, Mapping[str, Any]] | tuple[float, Any, Any, Any]
+
+_queue: deque[Entry] = deque()
+_append = _queue.append
+_rows: deque[Row] = deque()  # ready-made rows from the monitors (system, gpu, inference groups)
+_time = time.time
+_started = False
+
+
+def log(metrics: Mapping[str, Any] | None = None, /, step: int | None = None, **values: Any) -> None:
+    """Record training metrics: ``log({"loss": 0.41, "learning_rate": 3e-4}, step=120)`` or ``log(loss=0.41)``.
+
+    Returns at once: values are converted and written in the background (and at exit). Pass numbers
+    (Python, numpy scalars, ``tensor.item()``); a key ``"step"`` in the dict is the step when ``step``
+    is not given. NaN and infinities are kept, so a diverging loss can raise an alert.
+    """
+    if metrics is None:
+        data: Mapping[str, Any] = values
+    elif values:
+        data = {**metrics, **values}
+    else:
+        data = metrics
+    if len(data) == 1:
+        # Why a flat entry for one metric: a tuple of numbers and a string is untracked by the cyclic GC after
+        # its first pass, while one holding a dict is traversed by every collection (half the call's cost).
+        ((key, value),) = data.items()
+        _append((_time(), step, key, value))
+    else:
+        _append((_time(), step, dict(data) if data is metrics else data))  # the caller may mutate its dict
+    if not _started:
+        _ensure_started()
+
+
+def flush() -> None:
+    """Write everything logged so far to the journal now (e.g. before ``os._exit``)."""
+    if _started:
+        _flusher.drain()
+
+
+def record_rows(rows: Iterable[Row]) -> None:
+    """Rows built elsewhere (TrainingMonitor's collectors, InferenceMonitor) join the same run and journal."""
+    _rows.extend(rows)
+    if not _started:
+        _ensure_started()
+
+
+def owns_run() -> bool:
+    """True when this process started its run (no ``llamamon record`` around it)."""
+    _ensure_started()
+    return _flusher.destination.run is not None
+
+
+def current_run() -> tuple[str, Path] | None:
+    """(run id, metrics folder) this process writes to, starting a run if needed; None if that failed."""
+    _ensure_started()
+    dest = _flusher.destination
+    if dest.journal is None or dest.metrics_dir is None:
+        return None
+    return dest.journal.run_id, dest.metrics_dir
+
+
+class _Destination:
+    """Where this process's rows go: the run's journal, plus the run's metadata when the API owns it."""
+
+    def __init__(self) -> None:
+        self.journal: Journal | None = None
+        self.run: RunInfo | None = None  # set only when this process started the run
+        self.metrics_dir: Path | None = None
+        self.aliases: dict[str, str] | None = None
+        self.labels: Labels = NO_LABELS
+        self.labels_str = ""
+        self.rows = 0
+
+    def open(self) -> None:
+        from llamamon.store.journal import Journal
+
+        self.labels = _rank_labels(os.environ)
+        self.labels_str = labels_to_str(self.labels)
+        run_id = os.environ.get("LLAMAMON_RUN_ID")
+        env_dir = os.environ.get("LLAMAMON_METRICS_DIR")
+        config = _load_config()
+        if config is not None:
+            self.aliases = dict(config.aliases) or None
+        host = socket.gethostname()
+        if run_id and env_dir:
+            self.metrics_dir = Path(env_dir)
+        else:
+            self.metrics_dir = Path(env_dir) if env_dir else _metrics_path(config)
+            self.run = self._start_run(host, config)
+            run_id = self.run.id
+        self.journal = Journal(self.metrics_dir, run_id, host)
+
+    def _start_run(self, host: str, config: Any) -> RunInfo:
+        from llamamon import __version__
+        from llamamon.store.runs import new_run_id, write_run
+
+        start = time.time()
+        tags = {"world_size": os.environ["WORLD_SIZE"]} if os.environ.get("WORLD_SIZE") else {}
+        info = RunInfo(
+            id=new_run_id(host, start),
+            host=host,
+            start=start,
+            tags=tags,
+            command=[sys.executable, *sys.argv],
+            cwd=os.getcwd(),
+            user=_user(),
+            pid=os.getpid(),
+            python_version=sys.version.split()[0],
+            llamamon_version=__version__,
+            config_file=str(config.source) if config is not None and config.source else None,
+            source="api",
+        )
+        self.metrics_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        write_run(self.metrics_dir, info)  # type: ignore[arg-type]
+        # Why: subprocesses this job starts (spawned dataloader workers, eval scripts) join this run.
+        os.environ["LLAMAMON_RUN_ID"] = info.id
+        os.environ["LLAMAMON_METRICS_DIR"] = str(self.metrics_dir)
+        return info
+
+    def write(self, rows: list[Row]) -> None:
+        assert self.journal is not None, "open() first"
+        self.rows += self.journal.append(rows)
+
+    def write_fields(self, records: list[Fields]) -> None:
+        assert self.journal is not None, "open() first"
+        self.rows += self.journal.append_fields(records)
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+        if self.run is not None and self.run.pid == os.getpid() and self.metrics_dir is not None:
+            from llamamon.store.runs import write_run
+
+            self.run.end = time.time()
+            self.run.exit_code = _exit_code()
+            self.run.samples = self.rows
+            write_run(self.metrics_dir, self.run)
+
+
+def _rank_labels(env: Mapping[str, str]) -> Labels:
+    """rank/local_rank labels for distributed jobs; none for a single process (keeps cardinality low)."""
+    if not env.get("RANK") and not env.get("LOCAL_RANK"):
+        return NO_LABELS
+    return make_labels(rank=env.get("RANK"), local_rank=env.get("LOCAL_RANK"))
+
+
+def _merge(labels: Labels, extra: Labels) -> Labels:
+    return tuple(sorted({**dict(labels), **dict(extra)}.items())) if labels else extra
+
+
+def _load_config() -> Any:
+    from llamamon.config import load_config
+    from llamamon.errors import ConfigError
+
+    try:
+        return load_config()
+    except ConfigError as exc:
+        logger.warning("llamamon.log: ignoring the config (%s); using defaults", exc)
+        return None
+
+
+def _metrics_path(config: Any) -> Path:
+    return Path(config.metrics_path) if config is not None else Path(".metrics")
+
+
+def _user() -> str:
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
+def _exit_code() -> int | None:
+    # Why: atexit cannot see the interpreter's exit status; an uncaught exception is the one sure sign (1).
+    return 1 if getattr(sys, "last_value", None) is not None else None
+
+
+class _Converter:
+    """Entries -> rows. Holds the per-name caches, so each distinct name is resolved once."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, tuple[str, str]] = {}
+        self.bad: set[str] = set()
+
+    def fields(self, entries: list[Entry], labels: str, aliases: dict[str, str] | None) -> list[Fields]:
+        """Journal records for a batch of log() calls; ``labels`` is the stored labels string."""
+        names = self.names
+        out: list[Fields] = []
+        append = out.append
+        last: tuple[float, int] | None = None
+        for entry in entries:
+            if len(entry) == 4:
+                t, step, key, raw = entry
+                items: Any = ((key, raw),)
+                if step is None and key == "step":
+                    step = raw
+            else:
+                t, step, data = entry
+                items = data.items()
+                if step is None and "step" in data:
+                    step = data["step"]
+            if step is not None and not (type(step) is int and step >= 0):
+                step = _as_step(step)
+            for key, raw in items:
+                resolved = names.get(key)
+                if resolved is None:
+                    resolved = self._resolve(key, aliases)
+                name, group = resolved
+                if not name:
+                    continue
+                if type(raw) is not float:
+                    try:
+                        raw = float(raw)
+                    except (TypeError, ValueError):
+                        self._warn_bad(name, raw)
+                        continue
+                append((t, group, name, raw, labels, step))
+            if step is not None:
+                last = (t, step)
+        if last is not None:
+            # Why: one step row per flush lets rules see progress (stalls) without doubling the rows.
+            append((last[0], "training", "step", float(last[1]), labels, last[1]))
+        return out
+
+    def _resolve(self, key: Any, aliases: dict[str, str] | None) -> tuple[str, str]:
+        name = str(key) if key != "step" else ""
+        if name:
+            name = canonical(name, aliases)
+            resolved = (name, group_of(name))
+        else:
+            resolved = ("", "")
+        if isinstance(key, str):
+            self.names[key] = resolved
+        return resolved
+
+    def _warn_bad(self, name: str, raw: Any) -> None:
+        if name not in self.bad:
+            self.bad.add(name)
+            logger.warning("llamamon.log: %s=%r is not a number; such values are skipped", name, raw)
+
+
+def _as_step(step: Any) -> int | None:
+    if step is None:
+        return None
+    try:
+        value = int(step)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return value if value >= 0 and (not isinstance(step, float) or math.isfinite(step)) else None
+
+
+class _Flusher:
+    """The background thread that drains the queue into the journal; one per process."""
+
+    def __init__(self) -> None:
+        self.destination = _Destination()
+        self.converter = _Converter()
+        self.lock = threading.Lock()  # one drain at a time (background thread, flush(), exit)
+        self.wake = threading.Event()
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.broken = False
+        self.closed = False
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="llamamon-log-flusher", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.wake.wait(FLUSH_INTERVAL)
+            self.wake.clear()
+            self.drain()
+
+    def drain(self) -> None:
+        with self.lock:
+            if _rows:
+                ready = [_rows.popleft() for _ in range(len(_rows))]
+                self._write_rows(ready)
+            while _queue:
+                batch: list[Entry] = []
+                pop = _queue.popleft
+                for _ in range(min(len(_queue), BATCH)):
+                    batch.append(pop())
+                self._write(batch)
+
+    def _write(self, batch: list[Entry]) -> None:
+        if self.broken:
+            return
+        dest = self.destination
+        try:
+            dest.write_fields(self.converter.fields(batch, dest.labels_str, dest.aliases))
+        except Exception as exc:  # noqa: BLE001 - isolation: a full disk must not crash the training job
+            self.broken = True
+            logger.warning("llamamon.log: cannot write metrics (%s); further metrics of this process are dropped", exc)
+
+    def _write_rows(self, rows: list[Row]) -> None:
+        if self.broken:
+            return
+        labels = self.destination.labels
+        if labels:
+            rows = [Row(r.time, r.group, r.metric, r.value, _merge(r.labels, labels), r.step) for r in rows]
+        try:
+            self.destination.write(rows)
+        except Exception as exc:  # noqa: BLE001 - isolation: a full disk must not crash the job
+            self.broken = True
+            logger.warning("llamamon: cannot write metrics (%s); further metrics of this process are dropped", exc)
+
+    def open(self) -> None:
+        try:
+            self.destination.open()
+        except Exception as exc:  # noqa: BLE001 - isolation: metrics trouble must not stop the training job
+            self.broken = True
+            logger.warning("llamamon.log: cannot start recording metrics (%s); they are dropped", exc)
+
+    def after_fork(self) -> None:
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stop = threading.Event()
+        self.thread = None
+        self.closed = False
+        self.destination.run = None
+        self.destination.rows = 0
+
+    def shutdown(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.stop.set()
+        self.wake.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(EXIT_TIMEOUT)
+        self.drain()
+        try:
+            self.destination.close()
+        except Exception as exc:  # noqa: BLE001 - isolation: exit must not fail because metadata could not be written
+            logger.warning("llamamon.log: cannot finish the run's metadata (%s)", exc)
+
+
+_flusher = _Flusher()
+_start_lock = threading.Lock()
+
+
+def _ensure_started() -> None:
+    global _started
+    with _start_lock:
+        if _started:
+            return
+        # Why synchronously, once: after the first log() returns the run exists and LLAMAMON_RUN_ID is
+        # exported, so workers forked or spawned from here on join it instead of starting runs of their own.
+        _flusher.open()
+        _flusher.start()
+        atexit.register(_at_exit)
+        _register_multiprocessing_finalizer()
+        _started = True
+
+
+def _at_exit() -> None:
+    if _started:
+        _flusher.shutdown()
+
+
+def _register_multiprocessing_finalizer() -> None:
+    # Why: multiprocessing children end with os._exit, which skips atexit; its own exit hook still runs.
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.Finalize(None, _at_exit, exitpriority=10)
+
+
+def _after_fork_in_child() -> None:
+    global _queue, _append, _started, _start_lock
+    # Why: the parent flushes what it buffered; the child must not write it twice. The child keeps the
+    # parent's destination (same run; store.journal gives it a segment of its own) but never finishes the run.
+    _queue = deque()
+    _append = _queue.append
+    _rows.clear()
+    _start_lock = threading.Lock()
+    _flusher.after_fork()
+    _started = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,277 @@
+"""Scrape a Prometheus text endpoint (vLLM, TGI, llama.cpp server, any prometheus_client app) every tick.
+
+Fetching is urllib with a timeout; parsing is ``llamamon.prometheus.text.parse``. Every series is stored
+as it is (name made store-safe, labels kept, plus ``instance``); well-known serving series are also
+mapped onto the catalog: gauges directly, counters as per-second rates, prefix-cache counters as a hit
+ratio, and latency histograms as percentiles of the requests that finished *in the interval* (bucket
+deltas, like ``histogram_quantile(rate(...))``). A counter that goes down means the server restarted:
+its new value is the increase. An endpoint that is down, slow or serves garbage is reported once per
+kind of trouble and the recording goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from llamamon.catalog import sanitize_name
+from llamamon.collectors.base import MetricsCollector
+from llamamon.prometheus.text import ExpositionError, Family, Point, parse
+from llamamon.samples import Labels, Sample
+
+log = logging.getLogger("llamamon.collectors")
+
+MAX_BODY = 32 << 20
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+
+# Wire family name (counters without "_total") -> catalog metric. vLLM renames map to the same name.
+GAUGES: dict[str, tuple[str, float]] = {
+    "vllm:num_requests_waiting": ("batch_queue_size", 1.0),
+    "vllm:num_requests_running": ("requests_running", 1.0),
+    "vllm:kv_cache_usage_perc": ("kv_cache_usage", 1.0),
+    "vllm:gpu_cache_usage_perc": ("kv_cache_usage", 1.0),  # before vllm-project/vllm#18354
+    "vllm:gpu_prefix_cache_hit_rate": ("cache_hit_rate", 1.0),  # V0 gauge, before the counters
+    "tgi_queue_size": ("batch_queue_size", 1.0),
+    "tgi_batch_current_size": ("requests_running", 1.0),
+    "llamacpp:requests_processing": ("requests_running", 1.0),
+    "llamacpp:requests_deferred": ("batch_queue_size", 1.0),
+    "llamacpp:kv_cache_usage_ratio": ("kv_cache_usage", 1.0),
+}
+COUNTER_RATES: dict[str, str] = {
+    "vllm:generation_tokens": "token_throughput",
+    "vllm:request_success": "batch_throughput",
+    "tgi_request_success": "batch_throughput",
+    "llamacpp:tokens_predicted": "token_throughput",
+}
+# Histograms (seconds) -> percentiles in milliseconds per interval, label quantile.
+HISTOGRAM_QUANTILES: dict[str, str] = {
+    "vllm:e2e_request_latency_seconds": "inference_latency",
+    "tgi_request_duration": "inference_latency",
+    "vllm:time_to_first_token_seconds": "time_to_first_token",
+}
+# Histograms (seconds) -> mean in milliseconds per interval (delta sum / delta count).
+HISTOGRAM_MEANS: dict[str, str] = {
+    "vllm:inter_token_latency_seconds": "inter_token_latency",
+    "vllm:time_per_output_token_seconds": "inter_token_latency",  # older vLLM name
+    "tgi_request_mean_time_per_token_duration": "inter_token_latency",
+}
+# Histograms whose _sum counts things -> rate of the sum.
+HISTOGRAM_SUM_RATES: dict[str, str] = {"tgi_request_generated_tokens": "token_throughput"}
+# (hits, queries) counters -> ratio of their increases.
+COUNTER_RATIOS: dict[str, tuple[str, str]] = {
+    "cache_hit_rate": ("vllm:prefix_cache_hits", "vllm:prefix_cache_queries"),
+}
+SUMMED_LABELS = frozenset({"finished_reason"})  # folded together when mapping onto the catalog
+
+
+def _base(name: str) -> str:
+    return name[: -len("_total")] if name.endswith("_total") else name
+
+
+def _without(labels: Labels, drop: Iterable[str]) -> Labels:
+    dropped = set(drop)
+    return tuple((k, v) for k, v in labels if k not in dropped)
+
+
+def _increase(now: float, before: float) -> float:
+    """Counter increase since the last scrape; a lower value means a restart, so all of it is new."""
+    return now - before if now >= before else now
+
+
+@dataclass(slots=True)
+class _Histogram:
+    buckets: dict[float, float]
+    count: float
+    total: float
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """Prometheus' histogram_quantile on cumulative (le, count) pairs sorted by le; None when empty."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    total = buckets[-1][1]
+    rank = q * total
+    lower_le, lower_count = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if math.isinf(le):
+                return lower_le  # in the +Inf bucket: the highest finite bound is all that is known
+            if count == lower_count:
+                return le
+            return lower_le + (le - lower_le) * (rank - lower_count) / (count - lower_count)
+        lower_le, lower_count = le, count
+    return lower_le
+
+
+class ScrapeState:
+    """What one endpoint looked like at the last scrape: counters and histograms, for deltas."""
+
+    def __init__(self) -> None:
+        self.time: float | None = None
+        self.counters: dict[tuple[str, Labels], float] = {}
+        self.histograms: dict[tuple[str, Labels], _Histogram] = {}
+
+    def convert(self, families: list[Family], now: float, extra: Labels = ()) -> list[Sample]:
+        """Raw series plus catalog metrics; updates the state for the next interval."""
+        elapsed = now - self.time if self.time is not None else None
+        counters: dict[tuple[str, Labels], float] = {}
+        histograms: dict[tuple[str, Labels], _Histogram] = {}
+        out: list[Sample] = []
+
+        def label(labels: Labels) -> Labels:
+            return tuple(sorted({**dict(labels), **dict(extra)}.items()))
+
+        for family in families:
+            name = _base(family.name)
+            if family.type == "histogram":
+                self._collect_histogram(name, family.points, histograms)
+            for point in family.points:
+                if point.name.endswith(("_created", "_bucket")):
+                    continue
+                out.append(Sample(sanitize_name(point.name), point.value, label(point.labels), now))
+                if family.type == "counter" or point.name.endswith("_total"):
+                    counters[(_base(point.name), point.labels)] = point.value
+                if family.type in ("gauge", "untyped") and name in GAUGES:
+                    metric, factor = GAUGES[name]
+                    out.append(Sample(metric, point.value * factor, label(point.labels), now))
+
+        if elapsed is not None and elapsed > 0:
+            out.extend(self._rates(counters, elapsed, now, label))
+            out.extend(self._histogram_metrics(histograms, elapsed, now, label))
+        self.time, self.counters, self.histograms = now, counters, histograms
+        return out
+
+    @staticmethod
+    def _collect_histogram(name: str, points: Iterable[Point], into: dict[tuple[str, Labels], _Histogram]) -> None:
+        for point in points:
+            labels = _without(point.labels, ("le",))
+            h = into.setdefault((name, labels), _Histogram({}, 0.0, 0.0))
+            if point.name.endswith("_bucket"):
+                le = dict(point.labels).get("le")
+                if le is not None:
+                    try:
+                        h.buckets[float(le)] = point.value
+                    except ValueError:
+                        continue
+            elif point.name.endswith("_count"):
+                h.count = point.value
+            elif point.name.endswith("_sum"):
+                h.total = point.value
+
+    def _rates(
+        self, counters: dict[tuple[str, Labels], float], elapsed: float, now: float, label: Callable[[Labels], Labels]
+    ) -> list[Sample]:
+        increases: dict[tuple[str, Labels], float] = defaultdict(float)
+        for (name, labels), value in counters.items():
+            # A series new since the last scrape was created in between (labelled counters appear on first
+            # use), so it started from zero.
+            inc = _increase(value, self.counters.get((name, labels), 0.0))
+            increases[(name, _without(labels, SUMMED_LABELS))] += inc
+        out = []
+        for (name, labels), inc in increases.items():
+            if name in COUNTER_RATES:
+                out.append(Sample(COUNTER_RATES[name], inc / elapsed, label(labels), now))
+        for metric, (hits, queries) in COUNTER_RATIOS.items():
+            for (name, labels), asked in increases.items():
+                if name == queries and asked > 0 and (hits, labels) in increases:
+                    out.append(Sample(metric, increases[(hits, labels)] / asked, label(labels), now))
+        return out
+
+    def _histogram_metrics(
+        self,
+        histograms: dict[tuple[str, Labels], _Histogram],
+        elapsed: float,
+        now: float,
+        label: Callable[[Labels], Labels],
+    ) -> list[Sample]:
+        out = []
+        for (name, labels), cur in histograms.items():
+            prev = self.histograms.get((name, labels)) or _Histogram({}, 0.0, 0.0)  # new series: from zero
+            restarted = cur.count < prev.count or any(v < prev.buckets.get(le, 0.0) for le, v in cur.buckets.items())
+            base = _Histogram({}, 0.0, 0.0) if restarted else prev
+            d_count = cur.count - base.count
+            d_sum = cur.total - base.total
+            if name in HISTOGRAM_QUANTILES and d_count > 0:
+                buckets = sorted((le, v - base.buckets.get(le, 0.0)) for le, v in cur.buckets.items())
+                for q in QUANTILES:
+                    value = histogram_quantile(q, buckets)
+                    if value is not None:
+                        tagged = label((*labels, ("quantile", f"{q:g}")))
+                        out.append(Sample(HISTOGRAM_QUANTILES[name], value * 1000.0, tagged, now))
+            if name in HISTOGRAM_MEANS and d_count > 0:
+                out.append(Sample(HISTOGRAM_MEANS[name], d_sum / d_count * 1000.0, label(labels), now))
+            if name in HISTOGRAM_SUM_RATES:
+                out.append(Sample(HISTOGRAM_SUM_RATES[name], d_sum / elapsed, label(labels), now))
+        return out
+
+
+def fetch(url: str, timeout: float) -> str:
+    """The endpoint's text; raises OSError (down, timeout, HTTP error) or ValueError (not text)."""
+    request = urllib.request.Request(url, headers={"Accept": "text/plain;version=0.0.4;q=1,*/*;q=0.1"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        body = response.read(MAX_BODY + 1)
+    if len(body) > MAX_BODY:
+        raise ValueError(f"response larger than {MAX_BODY >> 20} MiB")
+    return body.decode("utf-8")
+
+
+def _trouble(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code}"
+    if isinstance(exc, TimeoutError) or "timed out" in str(exc):
+        return "timed out"
+    if isinstance(exc, urllib.error.URLError):
+        return f"unreachable ({exc.reason})"
+    if isinstance(exc, ExpositionError):
+        return f"not Prometheus text ({exc})"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class ScrapeCollector(MetricsCollector):
+    """One endpoint, scraped once per tick (``record --scrape URL`` / ``scrape:`` in monitoring.yaml)."""
+
+    group = "custom"
+
+    def __init__(self, url: str, timeout: float = 5.0, clock: Callable[[], float] = time.time) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self.url = url
+        self.timeout = timeout
+        self.name = f"scrape {url}"  # type: ignore[misc]  # per instance: warnings name the endpoint
+        self.instance = parts.netloc
+        self.state = ScrapeState()
+        self._clock = clock
+        self._reported: set[str] = set()
+        self._failing = False
+
+    async def collect(self) -> list[Sample]:
+        return await asyncio.to_thread(self.scrape)
+
+    def scrape(self) -> list[Sample]:
+        """One scrape: samples, or [] (and one warning per kind of trouble) when the endpoint fails."""
+        now = self._clock()
+        try:
+            families = parse(fetch(self.url, self.timeout))
+        except (OSError, ValueError) as exc:
+            self._failing = True
+            kind = _trouble(exc)
+            key = kind.split(" (")[0]
+            if key not in self._reported:
+                self._reported.add(key)
+                log.warning("scrape %s: %s; recording goes on and the endpoint is tried every tick", self.url, kind)
+            return []
+        if self._failing:
+            self._failing = False
+            log.info("scrape %s: answering again", self.url)
+        return self.state.convert(families, now, (("instance", self.instance),))

@@ -1,0 +1,263 @@
+"""llamamon.log(): buffered, thread- and fork-safe, written through the journal, joining or starting a run.
+
+Each scenario runs in a fresh interpreter (the API keeps per-process state, a flusher thread and an
+atexit hook), writes into the test's metrics folder and is checked by reading the journal back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llamamon.api import _as_step, _Converter, _rank_labels
+from llamamon.samples import Row, labels_to_str, make_labels
+from llamamon.store.journal import encode_fields, encode_rows, read_segment, segment_paths
+from tests.conftest import llamamon_env
+
+
+def run_script(code: str, cwd: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env=llamamon_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def journal_rows(metrics_dir: Path) -> dict[str, list[Row]]:
+    """Rows per segment file name."""
+    out = {}
+    for path in segment_paths(metrics_dir):
+        header, rows = read_segment(path)
+        assert header["run"] == path.parent.name
+        out[path.name] = rows
+    return out
+
+
+def all_rows(metrics_dir: Path) -> list[Row]:
+    return [row for rows in journal_rows(metrics_dir).values() for row in rows]
+
+
+def test_alone_starts_its_own_run_with_source_api(tmp_path):
+    result = run_script(
+        """
+        import os, llamamon
+        llamamon.log({"loss": 0.41, "learning_rate": 3e-4}, step=120)
+        llamamon.log(loss=0.40, step=121)
+        print(os.environ["LLAMAMON_RUN_ID"])
+        """,
+        tmp_path,
+    )
+    run_id = result.stdout.strip()
+    meta = json.loads((tmp_path / ".metrics" / "runs" / f"{run_id}.json").read_text())
+    assert meta["source"] == "api"
+    assert meta["end"] is not None
+    assert meta["end"] >= meta["start"]
+    assert meta["samples"] == 4  # 3 values + 1 step row
+    rows = all_rows(tmp_path / ".metrics")
+    got = sorted((r.metric, r.value, r.step, r.group) for r in rows)
+    assert got == [
+        ("learning_rate", 3e-4, 120, "training"),
+        ("loss", 0.40, 121, "training"),
+        ("loss", 0.41, 120, "training"),
+        ("step", 121.0, 121, "training"),
+    ]
+
+
+def test_joins_the_recorders_run_from_the_environment(tmp_path):
+    metrics = tmp_path / "elsewhere"
+    run_id = "20260101T000000Z-host-abcd"
+    run_script(
+        """
+        import llamamon
+        llamamon.log(loss=1.5, step=1)
+        """,
+        tmp_path,
+        LLAMAMON_RUN_ID=run_id,
+        LLAMAMON_METRICS_DIR=str(metrics),
+    )
+    assert not (metrics / "runs").exists()  # the recorder owns the run's metadata
+    (path,) = segment_paths(metrics)
+    assert path.parent.name == run_id
+    assert [(r.metric, r.value) for r in read_segment(path)[1] if r.metric != "step"] == [("loss", 1.5)]
+
+
+def test_many_threads_lose_and_duplicate_nothing(tmp_path):
+    run_script(
+        """
+        import threading, llamamon
+        def work(i):
+            for j in range(2000):
+                llamamon.log({f"t{i}": float(j)}, step=j)
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        """,
+        tmp_path,
+    )
+    rows = [r for r in all_rows(tmp_path / ".metrics") if r.metric != "step"]
+    assert len(rows) == 8 * 2000
+    for i in range(8):
+        assert sorted(r.value for r in rows if r.metric == f"t{i}") == [float(j) for j in range(2000)]
+
+
+def test_forked_child_writes_its_own_segment_and_parent_buffer_is_not_duplicated(tmp_path):
+    result = run_script(
+        """
+        import os, llamamon
+        for j in range(100):
+            llamamon.log(loss=float(j), step=j)   # still buffered when we fork
+        pid = os.fork()
+        if pid == 0:
+            for j in range(50):
+                llamamon.log(child_metric=float(j), step=j)
+            raise SystemExit(0)   # normal exit: atexit flushes the child's buffer
+        _, status = os.waitpid(pid, 0)
+        assert status == 0, status
+        llamamon.log(loss=100.0, step=100)
+        print(os.environ["LLAMAMON_RUN_ID"], pid)
+        """,
+        tmp_path,
+    )
+    run_id, child_pid = result.stdout.split()
+    segments = journal_rows(tmp_path / ".metrics")
+    child = {name: rows for name, rows in segments.items() if name.startswith(f"{child_pid}-")}
+    parent = {name: rows for name, rows in segments.items() if not name.startswith(f"{child_pid}-")}
+    assert child
+    assert parent
+    child_rows = [r for rows in child.values() for r in rows if r.metric != "step"]
+    parent_rows = [r for rows in parent.values() for r in rows if r.metric != "step"]
+    assert sorted(r.value for r in child_rows) == [float(j) for j in range(50)]
+    assert {r.metric for r in child_rows} == {"child_metric"}
+    assert sorted(r.value for r in parent_rows) == [float(j) for j in range(101)]
+    meta = json.loads((tmp_path / ".metrics" / "runs" / f"{run_id}.json").read_text())
+    assert meta["pid"] != int(child_pid)
+    assert meta["samples"] == sum(len(rows) for rows in parent.values())
+
+
+def test_multiprocessing_fork_worker_is_flushed_despite_os_exit(tmp_path):
+    run_script(
+        """
+        import multiprocessing as mp, llamamon
+        def worker(n):
+            for j in range(n):
+                llamamon.log(worker_metric=float(j))
+        if __name__ == "__main__":
+            llamamon.log(loss=1.0)
+            p = mp.get_context("fork").Process(target=worker, args=(30,))
+            p.start(); p.join()
+            assert p.exitcode == 0
+        """,
+        tmp_path,
+    )
+    rows = all_rows(tmp_path / ".metrics")
+    assert sorted(r.value for r in rows if r.metric == "worker_metric") == [float(j) for j in range(30)]
+
+
+def test_rank_environment_becomes_labels_and_world_size_a_tag(tmp_path):
+    result = run_script(
+        """
+        import os, llamamon
+        llamamon.log(loss=0.5)
+        print(os.environ["LLAMAMON_RUN_ID"])
+        """,
+        tmp_path,
+        RANK="3",
+        LOCAL_RANK="1",
+        WORLD_SIZE="4",
+    )
+    (row,) = all_rows(tmp_path / ".metrics")
+    assert row.labels == (("local_rank", "1"), ("rank", "3"))
+    meta = json.loads((tmp_path / ".metrics" / "runs" / f"{result.stdout.strip()}.json").read_text())
+    assert meta["tags"] == {"world_size": "4"}
+
+
+def test_config_aliases_and_metrics_path_are_used(tmp_path):
+    (tmp_path / "monitoring.yaml").write_text('monitoring:\n  metrics_path: "m"\naliases:\n  my_loss: loss\n')
+    run_script("import llamamon; llamamon.log(my_loss=2.0, val_loss=1.0)", tmp_path)
+    assert sorted((r.metric, r.value) for r in all_rows(tmp_path / "m")) == [
+        ("loss", 2.0),
+        ("validation_loss", 1.0),
+    ]
+
+
+def test_unwritable_metrics_folder_warns_once_and_never_breaks_the_job(tmp_path):
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    result = run_script(
+        """
+        import llamamon
+        for i in range(1000):
+            llamamon.log(loss=float(i))
+        print("finished")
+        """,
+        tmp_path,
+        LLAMAMON_METRICS_DIR=str(tmp_path / "blocked"),
+    )
+    assert result.stdout.strip() == "finished"
+    assert result.stderr.count("llamamon.log: cannot") == 1
+
+
+# -- conversion (in-process, no I/O) ------------------------------------------------------------------
+
+
+def test_converter_resolves_aliases_keeps_non_finite_and_skips_non_numbers(caplog):
+    conv = _Converter()
+    entries = [
+        (1.0, None, {"step": 7, "lr": 1e-3, "loss": float("nan"), "bad": "x", "flag": True}),
+        (2.0, 8, {"eval_loss": float("inf"), "bad": object()}),
+        (3.0, 9, "grad_norm", 2),  # the flat form log() uses for a single metric
+        (4.0, None, "step", 10),
+    ]
+    rows = conv.fields(entries, "", {"flag": "my_flag"})
+    got = {(metric, step): value for _, _, metric, value, _, step in rows}
+    assert got[("learning_rate", 7)] == 1e-3
+    assert math.isnan(got[("loss", 7)])
+    assert got[("my_flag", 7)] == 1.0
+    assert got[("validation_loss", 8)] == math.inf
+    assert got[("grad_norm", 9)] == 2.0
+    assert got[("step", 10)] == 10.0  # one step row per batch: the last step seen
+    assert ("bad", 7) not in got
+    assert sum("bad" in m for m in caplog.messages) == 1  # warned once per name
+    assert {group for _, group, metric, *_ in rows if metric == "my_flag"} == {"custom"}
+
+
+def test_step_and_rank_helpers():
+    assert _as_step(3) == 3
+    assert _as_step(3.0) == 3
+    assert _as_step(float("nan")) is None
+    assert _as_step(-1) is None
+    assert _as_step("12") == 12
+    assert _rank_labels({}) == ()
+    assert _rank_labels({"RANK": "0", "WORLD_SIZE": "2"}) == (("rank", "0"),)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.sampled_from(["training", "custom", "inference"]),
+            st.text(max_size=12),
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.dictionaries(st.text(min_size=1, max_size=5), st.text(min_size=1, max_size=5), max_size=2),
+            st.one_of(st.none(), st.integers(0, 2**62)),
+        ),
+        max_size=20,
+    )
+)
+def test_encode_fields_writes_the_same_bytes_as_encode_rows(records):
+    rows = [Row(t, g, m, v, make_labels(lab), s) for t, g, m, v, lab, s in records]
+    fields = [(t, g, m, v, labels_to_str(make_labels(lab)), s) for t, g, m, v, lab, s in records]
+    assert encode_fields(fields) == encode_rows(rows)

@@ -1,0 +1,252 @@
+"""Scraping a real prometheus_client HTTP server (in a subprocess) that speaks vLLM's metric names."""
+
+from __future__ import annotations
+
+import http.server
+import logging
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from llamamon.catalog import BY_NAME
+from llamamon.collectors import scrape as scrape_module
+from llamamon.collectors.scrape import ScrapeCollector, histogram_quantile
+
+pytest.importorskip("prometheus_client", reason="prometheus_client is in the test extra")
+
+APP = r"""
+import sys
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+waiting = Gauge("vllm:num_requests_waiting", "queued", ["model_name"])
+cache = Gauge("vllm:gpu_cache_usage_perc", "old name of kv_cache_usage_perc", ["model_name"])
+tokens = Counter("vllm:generation_tokens", "generated tokens", ["model_name"])
+success = Counter("vllm:request_success", "finished", ["model_name", "finished_reason"])
+hits = Counter("vllm:prefix_cache_hits", "hits", ["model_name"])
+queries = Counter("vllm:prefix_cache_queries", "queries", ["model_name"])
+e2e = Histogram("vllm:e2e_request_latency_seconds", "latency", ["model_name"], buckets=(0.1, 0.25, 0.5, 1.0, 2.5))
+itl = Histogram("vllm:time_per_output_token_seconds", "old ITL name", ["model_name"], buckets=(0.01, 0.05, 0.1))
+jobs = Counter("app_jobs", "a plain app counter")
+temp = Gauge("app_temperature_celsius", "a plain app gauge", ["room"])
+m = "tiny-llm"
+server, thread = start_http_server(int(sys.argv[1]), addr="127.0.0.1")
+print(server.server_port, flush=True)
+for line in sys.stdin:
+    cmd, *args = line.split()
+    if cmd == "waiting":
+        waiting.labels(m).set(float(args[0]))
+    elif cmd == "cache":
+        cache.labels(m).set(float(args[0]))
+    elif cmd == "tokens":
+        tokens.labels(m).inc(float(args[0]))
+    elif cmd == "success":
+        success.labels(m, args[0]).inc(float(args[1]))
+    elif cmd == "prefix":
+        hits.labels(m).inc(float(args[0])); queries.labels(m).inc(float(args[1]))
+    elif cmd == "observe":
+        for _ in range(int(args[1])):
+            e2e.labels(m).observe(float(args[0]))
+    elif cmd == "itl":
+        itl.labels(m).observe(float(args[0]))
+    elif cmd == "app":
+        jobs.inc(); temp.labels("lab").set(21.5)
+    print("ok", flush=True)
+"""
+
+
+class PromApp:
+    def __init__(self, tmp_path) -> None:
+        self.script = tmp_path / "prom_app.py"
+        self.script.write_text(APP)
+        self.start(0)
+
+    def start(self, port: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(self.script), str(port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.port = int(self.proc.stdout.readline())
+
+    def send(self, *commands: str) -> None:
+        for command in commands:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+            assert self.proc.stdout.readline().strip() == "ok"
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start(self.port)
+
+
+@pytest.fixture
+def app(tmp_path):
+    started = PromApp(tmp_path)
+    yield started
+    started.stop()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def by_metric(samples):
+    out = {}
+    for s in samples:
+        out.setdefault(s.metric, []).append(s)
+    return out
+
+
+def test_every_mapping_target_is_in_the_catalog():
+    targets = [
+        *(m for m, _ in scrape_module.GAUGES.values()),
+        *scrape_module.COUNTER_RATES.values(),
+        *scrape_module.HISTOGRAM_QUANTILES.values(),
+        *scrape_module.HISTOGRAM_MEANS.values(),
+        *scrape_module.HISTOGRAM_SUM_RATES.values(),
+        *scrape_module.COUNTER_RATIOS,
+    ]
+    assert [t for t in targets if t not in BY_NAME] == []
+
+
+def test_histogram_quantile_matches_prometheus():
+    buckets = [(0.1, 0.0), (0.25, 10.0), (0.5, 10.0), (1.0, 20.0), (float("inf"), 20.0)]
+    assert histogram_quantile(0.5, buckets) == pytest.approx(0.25)
+    assert histogram_quantile(0.25, buckets) == pytest.approx(0.175)
+    assert histogram_quantile(0.99, buckets) == pytest.approx(0.5 + 0.5 * 9.8 / 10)
+    assert histogram_quantile(0.99, [(1.0, 0.0), (float("inf"), 5.0)]) == 1.0
+    assert histogram_quantile(0.5, [(1.0, 0.0), (float("inf"), 0.0)]) is None
+
+
+def test_vllm_series_map_onto_the_catalog_with_restart(tmp_path, app):
+    clock = Clock()
+    collector = ScrapeCollector(f"http://127.0.0.1:{app.port}/metrics", timeout=5, clock=clock)
+    app.send("waiting 3", "cache 0.25", "app")
+    first = by_metric(collector.scrape())
+    assert first["batch_queue_size"][0].value == 3.0
+    assert dict(first["batch_queue_size"][0].labels) == {"instance": f"127.0.0.1:{app.port}", "model_name": "tiny-llm"}
+    assert first["kv_cache_usage"][0].value == 0.25  # renamed gpu_cache_usage_perc -> kv_cache_usage
+    assert first["app_temperature_celsius"][0].labels == (("instance", f"127.0.0.1:{app.port}"), ("room", "lab"))
+    assert first["app_jobs_total"][0].value == 1.0
+    assert "token_throughput" not in first  # a rate needs two scrapes
+
+    app.send(
+        "tokens 500",
+        "success stop 8",
+        "success length 2",
+        "prefix 30 100",
+        "observe 0.2 10",
+        "observe 0.8 10",
+        "itl 0.02",
+        "itl 0.04",
+        "waiting 7",
+    )
+    clock.now += 10
+    second = by_metric(collector.scrape())
+    assert second["token_throughput"][0].value == pytest.approx(50.0)
+    (throughput,) = second["batch_throughput"]  # finished_reason summed
+    assert throughput.value == pytest.approx(1.0)
+    assert second["cache_hit_rate"][0].value == pytest.approx(0.3)
+    assert second["batch_queue_size"][0].value == 7.0
+    quantiles = {dict(s.labels)["quantile"]: s.value for s in second["inference_latency"]}
+    assert set(quantiles) == {"0.5", "0.9", "0.95", "0.99"}
+    assert quantiles["0.5"] == pytest.approx(250.0)  # ms, interpolated like histogram_quantile
+    assert 500.0 < quantiles["0.9"] <= 1000.0
+    assert second["inter_token_latency"][0].value == pytest.approx(30.0)  # mean of 20 ms and 40 ms
+
+    # Next interval: only new observations count.
+    app.send("observe 2.0 4")
+    clock.now += 10
+    third = by_metric(collector.scrape())
+    assert {dict(s.labels)["quantile"]: s.value for s in third["inference_latency"]}["0.5"] > 1000.0
+    assert third["token_throughput"][0].value == 0.0
+
+    # The server restarts on the same port: counters start again from zero.
+    app.restart()
+    app.send("tokens 20", "observe 0.2 5")
+    clock.now += 10
+    fourth = by_metric(collector.scrape())
+    assert fourth["token_throughput"][0].value == pytest.approx(2.0)
+    assert {dict(s.labels)["quantile"]: s.value for s in fourth["inference_latency"]}["0.5"] < 250.0
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    body = b""
+    delay = 0.0
+
+    def do_GET(self):
+        if self.delay:
+            time.sleep(self.delay)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def odd_server():
+    servers = []
+
+    def start(body: bytes, delay: float = 0.0) -> str:
+        handler = type("H", (_Handler,), {"body": body, "delay": delay})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}/metrics"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [("garbage", "not Prometheus text"), ("slow", "timed out"), ("down", "unreachable")],
+)
+def test_bad_endpoints_warn_once_and_recording_goes_on(odd_server, caplog, kind, expected):
+    if kind == "garbage":
+        url = odd_server(b"this {is not prometheus\n")
+    elif kind == "slow":
+        url = odd_server(b"up 1\n", delay=1.0)
+    else:
+        server = http.server.HTTPServer(("127.0.0.1", 0), _Handler)
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        server.server_close()  # nothing listens there now
+    collector = ScrapeCollector(url, timeout=0.3)
+    with caplog.at_level(logging.WARNING, logger="llamamon.collectors"):
+        assert collector.scrape() == []
+        assert collector.scrape() == []
+    warnings = [m for m in caplog.messages if url in m]
+    assert len(warnings) == 1
+    assert expected in warnings[0]
+
+
+def test_endpoint_that_recovers_is_scraped_again(odd_server, caplog):
+    url = odd_server(b"# TYPE up gauge\nup 1\n")
+    collector = ScrapeCollector(url, timeout=2)
+    (sample,) = collector.scrape()
+    assert (sample.metric, sample.value) == ("up", 1.0)
+
+
+def test_rejects_non_http_urls():
+    with pytest.raises(ValueError, match="http"):
+        ScrapeCollector("file:///etc/passwd")
