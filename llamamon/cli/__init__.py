@@ -25,6 +25,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("llamamon.cli.gc", "gc_command"),
     ("llamamon.cli.doctor", "doctor_command"),
     ("llamamon.cli.export", "export_command"),
+    ("llamamon.cli.report", "report_command"),
 )
 
 

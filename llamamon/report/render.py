@@ -1,0 +1,236 @@
+"""Assemble the dashboards and render them through jinja2 into one HTML file or a Markdown summary.
+
+Templates come from ``--template-dir`` first, then the shipped ones (per file), with autoescaping on
+for every template and ``StrictUndefined`` so a template naming a missing value fails loudly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timezone, tzinfo
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from llamamon import __version__
+from llamamon.errors import ConfigError
+from llamamon.fsutil import atomic_write
+from llamamon.report import charts, dashboards
+from llamamon.report.data import DASHBOARDS, AlertSpan, ReportData, Thresholds, load_report_data
+from llamamon.report.resources import templates_dir
+from llamamon.samples import RunInfo
+
+if TYPE_CHECKING:
+    import jinja2
+    from matplotlib.figure import Figure
+
+
+Format = Literal["html", "markdown"]
+Progress = Callable[[str], None]
+
+
+def environment(template_dir: Path | None = None) -> jinja2.Environment:
+    """jinja2 environment: user templates override shipped ones file by file; everything autoescaped."""
+    import jinja2
+
+    search = [str(template_dir)] if template_dir is not None else []
+    search.append(str(templates_dir()))
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(search),
+        autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["md"] = markdown_cell
+    return env
+
+
+def markdown_cell(value: object) -> str:
+    """Text safe inside a Markdown table cell (after HTML escaping): no pipes, backticks or line breaks."""
+    text = str(value)
+    for ch in ("\\", "|", "`", "*", "_", "[", "]"):
+        text = text.replace(ch, "\\" + ch)
+    return " ".join(text.split())
+
+
+def build_model(
+    data: ReportData,
+    *,
+    fmt: Format,
+    emit: Callable[[str, Figure], str],
+    selected: Sequence[str],
+    metrics_dir: Path,
+    zone: tzinfo | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """The template context: run headers, alert summary, one model per dashboard, notes."""
+    tick = progress or (lambda _label: None)
+    ctx = dashboards.build_context(data, "svg" if fmt == "html" else "png", emit, zone)  # type: ignore[arg-type]
+    builders = {
+        "system": dashboards.system_dashboard,
+        "training": dashboards.training_dashboard,
+        "inference": dashboards.inference_dashboard,
+    }
+    boards = []
+    for name in selected:
+        boards.append(builders[name](ctx))
+        tick(name)
+    timeline, alert_table = dashboards.alerts_section(ctx)
+    custom = dashboards.custom_table(ctx)
+    generated = datetime.now(timezone.utc)
+    first = data.runs[0]
+    title = first.name or first.id if len(data.runs) == 1 else f"{len(data.runs)} runs"
+    return {
+        "title": title,
+        "version": __version__,
+        "generated": dashboards.format_time(generated.timestamp(), ctx.zone),
+        "zone": charts.zone_label(ctx.zone),
+        "metrics_dir": str(metrics_dir),
+        "runs": [dashboards.run_header(r, data, ctx.zone) for r in data.runs],
+        "multi": ctx.multi,
+        "alert_counts": dashboards.alert_counts(data.alerts),
+        "alert_timeline": timeline,
+        "alert_table": alert_table,
+        "dashboards": boards,
+        "custom_table": custom,
+        "skipped": data.skipped,
+        "key_figures": key_figures(data),
+        "run_labels": [ctx.run_labels.get(r.id, r.id) for r in data.runs],
+        "thresholds_note": thresholds_note(data.thresholds),
+    }
+
+
+KEY_FIGURES: tuple[tuple[str, str, str], ...] = (
+    ("loss", "last", "last loss"),
+    ("validation_loss", "last", "last validation loss"),
+    ("validation_loss", "min", "best validation loss"),
+    ("tokens_per_second", "mean", "mean tokens/s"),
+    ("steps_per_second", "mean", "mean steps/s"),
+    ("cpu_usage", "mean", "mean CPU"),
+    ("memory_usage", "max", "peak memory"),
+    ("gpu_utilization", "mean", "mean GPU utilisation"),
+    ("gpu_memory_usage", "max", "peak GPU memory"),
+    ("process_memory_rss", "max", "peak process RSS"),
+    ("inference_latency", "p95", "p95 latency"),
+    ("batch_throughput", "mean", "mean requests/s"),
+    ("error_rate", "max", "peak error rate"),
+)
+
+
+def key_figures(data: ReportData) -> list[tuple[str, list[str]]]:
+    """(what, value per run) for the page top and the Markdown summary: the numbers people look for first."""
+    import polars as pl
+
+    s = data.summary
+    out = []
+    for metric, stat, what in KEY_FIGURES:
+        cells = []
+        for run in data.runs:
+            rows = s.filter((pl.col("run") == run.id) & (pl.col("metric") == metric))
+            if not rows.height:
+                cells.append("–")
+                continue
+            col = rows[stat]
+            value = col.max() if stat in ("max", "p95") else col.min() if stat == "min" else col.mean()
+            cells.append(dashboards.format_value(value, dashboards.unit_of(metric)))  # type: ignore[arg-type]
+        if any(c != "–" for c in cells):
+            out.append((what, cells))
+    if data.energy.height:
+        cells = []
+        for run in data.runs:
+            energy = data.energy.filter(pl.col("run") == run.id)
+            cells.append(f"{energy['wh'].sum():,.1f} Wh" if energy.height else "–")
+        out.append(("GPU energy", cells))
+    return out
+
+
+def thresholds_note(th: Thresholds) -> str:
+    parts = []
+    if th.memory_warning is not None:
+        parts.append(f"memory warning {th.memory_warning:.0%}")
+    if th.memory_critical is not None:
+        parts.append(f"memory critical {th.memory_critical:.0%}")
+    return "Thresholds drawn from monitoring.thresholds: " + ", ".join(parts) + "." if parts else ""
+
+
+def render_report(
+    metrics_dir: Path,
+    runs: list[RunInfo],
+    output: Path,
+    *,
+    fmt: Format = "html",
+    selected: Iterable[str] = DASHBOARDS,
+    template_dir: Path | None = None,
+    thresholds: Thresholds | None = None,
+    alerts: Iterable[AlertSpan] = (),
+    zone: tzinfo | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Query, chart and render the chosen runs into ``output`` (written atomically); returns the path."""
+    chosen = [d for d in DASHBOARDS if d in set(selected)]
+    unknown = sorted(set(selected) - set(DASHBOARDS))
+    if unknown:
+        raise ConfigError(f"unknown dashboard {unknown[0]!r} (choose from {', '.join(DASHBOARDS)})", path="--dashboard")
+    if template_dir is not None and not template_dir.is_dir():
+        raise ConfigError(f"not a folder: {template_dir}", path="--template-dir")
+    env = environment(template_dir)
+    data = load_report_data(metrics_dir, runs, chosen, alerts=alerts, thresholds=thresholds)
+    if progress:
+        progress("data")
+    if fmt == "html":
+        emit = _inline_emitter()
+        template = "report.html.j2"
+    else:
+        emit = _file_emitter(output)
+        template = "report.md.j2"
+    model = build_model(
+        data, fmt=fmt, emit=emit, selected=chosen, metrics_dir=metrics_dir, zone=zone, progress=progress
+    )
+    text = _render(env, template, model)
+    atomic_write(output, text.encode("utf-8"))
+    _readable(output)
+    if progress:
+        progress("render")
+    return output
+
+
+def _readable(path: Path) -> None:
+    """A report is for sharing: mode 0666 less the umask, like any new file, not the temp file's 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    path.chmod(0o666 & ~mask)
+
+
+def _render(env: jinja2.Environment, name: str, model: dict[str, Any]) -> str:
+    import jinja2
+
+    try:
+        return env.get_template(name).render(model)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(f"template error: {exc.message}", file=exc.filename or exc.name, line=exc.lineno) from None
+    except jinja2.UndefinedError as exc:
+        raise ConfigError(f"template uses an unknown value: {exc.message}", file=name) from None
+    except jinja2.TemplateNotFound as exc:
+        raise ConfigError(f"template not found: {exc.name}", path="--template-dir") from None
+
+
+def _inline_emitter() -> Callable[[str, Figure], str]:
+    def emit(_pid: str, fig: Figure) -> str:
+        return charts.to_data_uri(fig, "svg")
+
+    return emit
+
+
+def _file_emitter(output: Path) -> Callable[[str, Figure], str]:
+    """PNG files in ``<stem>-charts/`` beside the Markdown file; the Markdown links them relatively."""
+    folder = output.parent / f"{output.stem}-charts"
+
+    def emit(pid: str, fig: Figure) -> str:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{pid}.png"
+        charts.save_png(fig, str(path))
+        return f"{folder.name}/{path.name}"
+
+    return emit

@@ -1,0 +1,185 @@
+"""report.data: the polars reductions the charts and tables are drawn from."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+from report_store import save_run, write_rows
+
+from llamamon.report.data import (
+    AlertSpan,
+    Thresholds,
+    alert_spans,
+    label_text,
+    load_report_data,
+    thresholds_from_config,
+)
+from llamamon.report.source import resolve_runs, scan_samples
+from llamamon.samples import AlertEvent, Row, RunInfo, make_labels
+
+T0 = 1_790_000_000.0
+RUN = "20260923T000000Z-host-0001"
+
+
+def _run(metrics_dir, run_id=RUN, start=T0, end=T0 + 3600, **kw):
+    info = RunInfo(id=run_id, host="host", start=start, end=end, exit_code=0, **kw)
+    save_run(metrics_dir, info)
+    return info
+
+
+def test_summary_matches_numpy_and_ignores_nan(metrics_dir):
+    rng = np.random.default_rng(1)
+    values = rng.normal(50, 10, 1000)
+    rows = [Row(T0 + i, "system", "cpu_usage", float(v)) for i, v in enumerate(values)]
+    rows.append(Row(T0 + 2000, "system", "cpu_usage", float("nan")))
+    rows.append(Row(T0 + 1999, "system", "cpu_usage", 7.0))
+    write_rows(metrics_dir, rows, run=RUN)
+    data = load_report_data(metrics_dir, [_run(metrics_dir)])
+    rec = data.summary.row(0, named=True)
+    finite = np.append(values, 7.0)
+    assert rec["n"] == 1002
+    assert rec["nonfinite"] == 1
+    assert rec["min"] == pytest.approx(finite.min())
+    assert rec["mean"] == pytest.approx(finite.mean())
+    assert rec["p95"] == pytest.approx(np.quantile(finite, 0.95))
+    assert rec["max"] == pytest.approx(finite.max())
+    assert math.isnan(rec["last"])  # the last sample was NaN, and "last" says so
+
+
+def test_series_is_reduced_to_buckets_and_keeps_a_one_sample_spike(metrics_dir):
+    n = 50_000
+    rows = [Row(T0 + i, "gpu", "gpu_temperature", 60.0, make_labels(gpu="0")) for i in range(n)]
+    rows[31_337] = Row(T0 + 31_337, "gpu", "gpu_temperature", 99.0, make_labels(gpu="0"))
+    write_rows(metrics_dir, rows, run=RUN)
+    data = load_report_data(metrics_dir, [_run(metrics_dir)], buckets=400)
+    series = data.series.filter(pl.col("metric") == "gpu_temperature")
+    assert 390 <= series.height <= 401
+    assert series["max"].max() == 99.0
+    assert series["mean"].max() < 61.0
+    assert series["n"].sum() == n
+
+
+def test_training_by_step_has_ema_and_marks_nan(metrics_dir):
+    rows = [Row(T0 + s, "training", "loss", 10.0 / s, step=s) for s in range(1, 501)]
+    rows[99] = Row(T0 + 100, "training", "loss", float("nan"), step=100)
+    write_rows(metrics_dir, rows, run=RUN)
+    data = load_report_data(metrics_dir, [_run(metrics_dir)], buckets=100)
+    steps = data.steps.filter(pl.col("metric") == "loss")
+    assert steps.height <= 101
+    assert steps.filter(pl.col("nonfinite") > 0)["step"].to_list() == [100]
+    ema = steps["ema"].to_numpy()
+    assert np.all(np.isfinite(ema))
+    assert ema[-1] > steps["mean"][-1]  # a decreasing curve's EMA lags above it
+
+
+def test_energy_integrates_power_and_ignores_gaps(metrics_dir):
+    rows = [Row(T0 + i, "gpu", "gpu_power", 100.0, make_labels(gpu="0")) for i in range(3601)]
+    # A second stretch after a 2-hour gap (recorder stopped) must not count the gap.
+    rows += [Row(T0 + 3600 + 7200 + i, "gpu", "gpu_power", 100.0, make_labels(gpu="0")) for i in range(1801)]
+    write_rows(metrics_dir, rows, run=RUN)
+    data = load_report_data(metrics_dir, [_run(metrics_dir)])
+    assert data.energy["wh"].to_list() == [pytest.approx(150.0)]
+
+
+def test_latency_quantiles_and_histogram_from_raw_samples(metrics_dir):
+    rng = np.random.default_rng(2)
+    lat = rng.lognormal(np.log(100), 0.3, 5000)
+    rows = [Row(T0 + i * 0.1, "inference", "inference_latency", float(v)) for i, v in enumerate(lat)]
+    write_rows(metrics_dir, rows, run=RUN)
+    data = load_report_data(metrics_dir, [_run(metrics_dir)])
+    q = data.quantiles
+    assert q.height > 10
+    assert (q["p50"] <= q["p95"]).all()
+    assert (q["p95"] <= q["p99"]).all()
+    h = data.histogram
+    assert h["count"].sum() == 5000
+    assert h.height <= 40
+
+
+def test_validation_table_pivots_metrics_by_step(metrics_dir):
+    rows = []
+    for s in (100, 200, 300):
+        rows.append(Row(T0 + s, "training", "validation_loss", 1.0 / s, step=s))
+        rows.append(Row(T0 + s, "custom", "validation_accuracy", s / 1000, step=s))
+    write_rows(metrics_dir, rows, run=RUN)
+    data = load_report_data(metrics_dir, [_run(metrics_dir)])
+    v = data.validation
+    assert v["step"].to_list() == [100, 200, 300]
+    assert set(v.columns) == {"run", "step", "validation_loss", "validation_accuracy"}
+
+
+def test_corrupt_file_is_skipped_by_name(metrics_dir):
+    write_rows(metrics_dir, [Row(T0, "system", "cpu_usage", 0.5)], run=RUN)
+    bad = metrics_dir / "group=system" / "date=2026-09-21" / f"run={RUN}" / "broken.parquet"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_bytes(b"PAR1 this is not parquet")
+    lf, skipped = scan_samples(metrics_dir, runs=[RUN])
+    assert skipped == [str(bad.relative_to(metrics_dir))]
+    assert lf is not None
+    assert lf.collect().height == 1
+
+
+def test_empty_store_gives_empty_tables(metrics_dir):
+    info = _run(metrics_dir)
+    data = load_report_data(metrics_dir, [info])
+    assert data.summary.height == 0
+    assert not data.has_group("system")
+
+
+def test_resolve_runs_defaults_to_the_latest_and_explains_an_empty_store(metrics_dir):
+    from llamamon.errors import RunNotFound, StoreError
+
+    with pytest.raises(StoreError, match="no runs recorded"):
+        resolve_runs(metrics_dir)
+    a = _run(metrics_dir, "20260101T000000Z-h-aaaa", start=1_767_225_600.0, end=1_767_229_200.0, name="first")
+    b = _run(metrics_dir, "20260102T000000Z-h-bbbb", start=1_767_312_000.0, end=1_767_315_600.0, name="second")
+    assert [r.id for r in resolve_runs(metrics_dir)] == [b.id]
+    assert [r.id for r in resolve_runs(metrics_dir, ("first",))] == [a.id]
+    assert [r.id for r in resolve_runs(metrics_dir, ("first",), latest=True)] == [a.id, b.id]
+    with pytest.raises(RunNotFound, match="nope"):
+        resolve_runs(metrics_dir, ("nope",))
+    with pytest.raises(StoreError, match="no metrics folder"):
+        resolve_runs(metrics_dir / "missing")
+
+
+def test_alert_spans_pair_firing_and_resolved():
+    lab = make_labels(metric="loss")
+    fire = AlertEvent("loss_plateau", "firing", "warning", lab, (), 1.0, started_at=100.0, run="r")
+    done = AlertEvent("loss_plateau", "resolved", "warning", lab, (), 1.0, started_at=100.0, ended_at=160.0, run="r")
+    still = AlertEvent("loss_nan", "firing", "critical", lab, (), float("nan"), started_at=150.0, run="r")
+    spans = alert_spans([still, done, fire])
+    assert spans == [
+        AlertSpan("loss_plateau", "warning", lab, 100.0, 160.0, "r", "loss_plateau is resolved"),
+        AlertSpan("loss_nan", "critical", lab, 150.0, None, "r", "loss_nan is firing"),
+    ]
+    assert spans[0].metric == "loss"
+
+
+def test_thresholds_from_config_reads_nested_attributes_and_keeps_defaults():
+    class NS:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    cfg = NS(monitoring=NS(thresholds=NS(memory=NS(warning=0.7), inference=NS(latency_max=500))))
+    th = thresholds_from_config(cfg)
+    assert th.memory_warning == 0.7
+    assert th.memory_critical == Thresholds().memory_critical
+    assert th.latency_max == 500.0
+    assert thresholds_from_config(None) == Thresholds()
+
+
+def test_label_text():
+    assert label_text('{"gpu":"0","reason":"power"}') == "gpu=0, reason=power"
+    assert label_text("") == ""
+
+
+def test_file_damaged_inside_is_skipped_too(metrics_dir):
+    write_rows(metrics_dir, [Row(T0 + i, "system", "cpu_usage", 0.5) for i in range(10)], run=RUN)
+    folder = next(metrics_dir.glob(f"group=system/date=*/run={RUN}"))
+    (folder / "inside.parquet").write_bytes(b"PAR1" + b"\x00garbage\xff" * 20 + b"PAR1")
+    data = load_report_data(metrics_dir, [_run(metrics_dir)])
+    assert [p.rsplit("/", 1)[-1] for p in data.skipped] == ["inside.parquet"]
+    assert data.summary["n"].to_list() == [10]
