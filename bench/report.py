@@ -107,6 +107,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--days", type=int, default=7)
     ap.add_argument("--keep", action="store_true", help="keep (and reuse) the generated store in bench/out/")
+    ap.add_argument("--json", action="store_true", help="also print the figures as one JSON line (python -m bench)")
     args = ap.parse_args()
     metrics_dir = OUT / f"store-{args.days}d"
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -139,6 +140,31 @@ def main() -> None:
     print(f"ratio report/baseline:         {rep_wall / base_wall:6.1f}x wall  {rep_cpu / base_cpu:6.1f}x CPU")
     ok = rep_wall < 10 and rep_peak < 1.5
     print(f"targets (< 10 s wall, < 1.5 GiB): {'met' if ok else 'NOT met'}")
+    if args.json:
+        what = f"{args.days} d x 16 metrics at 1 Hz"
+        base = "polars scan + group_by of the same store"
+        figures = [
+            {
+                "name": f"Report: `llamamon report --html`, {what} (wall time)",
+                "unit": "s",
+                "llamamon": rep_wall,
+                "peers": {base: base_wall},
+                "ratios": {"scan": rep_wall / base_wall},
+                "target": "< 10 s",
+                "met": rep_wall < 10,
+                "note": f"CPU {rep_cpu:.2f} s (scan {base_cpu:.2f} s); HTML {size_kib:.0f} KiB",
+            },
+            {
+                "name": f"Report: `llamamon report --html`, {what} (peak memory)",
+                "unit": "GiB",
+                "llamamon": rep_peak,
+                "peers": {base: base_peak},
+                "ratios": {"scan": rep_peak / base_peak},
+                "target": "< 1.5 GiB",
+                "met": rep_peak < 1.5,
+            },
+        ]
+        print(json.dumps({"figures": figures}))
     if not args.keep:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 

@@ -1,0 +1,146 @@
+"""Figures owned by the other benchmark scripts, taken into the one results table without redoing them.
+
+* Logging cost: ``bench/log_api.py`` (``run_child``): µs per point of ``llamamon.log`` against
+  tensorboardX ``add_scalar`` and a ``list.append`` floor, each in a fresh interpreter.
+* Alerts: ``bench/alerts.py``; report: ``bench/report.py`` — run as subprocesses; their figures are
+  read from the JSON line they print with ``--json``.
+
+A script that is not there yet (or lacks what is read from it) gives a row saying so, never a guess.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def logging_cost(quick: bool) -> list:
+    from bench.results import Figure, load1, median, median_ratio, unavailable
+
+    name = "Logging cost per point (single-metric calls)"
+    target = "< 1 µs per call in the training thread"
+    if not (REPO / "bench" / "log_api.py").exists():
+        return [unavailable(name, "bench/log_api.py is not on this branch yet", target)]
+    try:
+        log_api = importlib.import_module("bench.log_api")
+        run_child = log_api.run_child
+    except (ImportError, AttributeError) as exc:
+        return [unavailable(name, f"bench/log_api.py has no usable run_child ({exc})", target)]
+    try:
+        import tensorboardX  # noqa: F401
+
+        has_tb = True
+    except ImportError:
+        has_tb = False
+    points = 100_000 if quick else 1_000_000
+    tb_points = 10_000 if quick else 100_000
+    repeat = 1 if quick else 3
+    before = load1()
+    per_run = []
+    for _ in range(repeat):
+        one = {}
+        for lib in ("list.append", "llamamon.log", *(("tensorboardX",) if has_tb else ())):
+            n = tb_points if lib == "tensorboardX" else points
+            try:
+                wall, _cpu = run_child(lib, 1, n, empty=False)
+            except SystemExit as exc:  # run_child's way of saying the child failed
+                last = str(exc).strip().splitlines()[-1:] or ["?"]
+                return [unavailable(name, f"bench/log_api.py: {lib} failed ({last[0][:200]})", target)]
+            one[lib] = wall / n * 1e6
+        per_run.append(one)
+    us = {lib: median([r[lib] for r in per_run]) for lib in per_run[0]}
+    ratios = {"list.append": median_ratio([(r["llamamon.log"], r["list.append"]) for r in per_run])}
+    if has_tb:
+        ratios["tensorboardX"] = median_ratio([(r["llamamon.log"], r["tensorboardX"]) for r in per_run])
+    return [
+        Figure(
+            name=name,
+            unit="µs",
+            llamamon=us["llamamon.log"],
+            peers={k: v for k, v in us.items() if k != "llamamon.log"},
+            ratios=ratios,
+            target=target,
+            met=us["llamamon.log"] < 1.0 and (not has_tb or us["llamamon.log"] < us["tensorboardX"]),
+            runs=repeat,
+            load=(before, load1()),
+            note=(
+                f"bench/log_api.py run_child: wall time of the logging loop per call in a fresh interpreter, "
+                f"{points:,} points ({tb_points:,} for tensorboardX)"
+                + ("" if has_tb else "; tensorboardX not installed (pip install '.[bench]')")
+            ),
+            detail={"per_run_us": per_run},
+        )
+    ]
+
+
+def _script_json(script: str, args: list[str], timeout: float) -> dict | str:
+    """The last JSON object line a script prints with ``--json``, or why there is none."""
+    path = REPO / "bench" / script
+    if not path.exists():
+        return f"bench/{script} is not on this branch yet"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMAMON_")}
+    env["PYTHONPATH"] = str(REPO)
+    try:
+        done = subprocess.run(
+            [sys.executable, str(path), "--json", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"bench/{script} took longer than {timeout:.0f} s"
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                break
+    tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+    return f"bench/{script} printed no JSON line (exit {done.returncode}: {tail[0][:200]})"
+
+
+def script_figures(quick: bool) -> list:
+    """Rows from bench/alerts.py and bench/report.py (their --json line: a list of figure dicts)."""
+    from bench.results import Figure, load1, unavailable
+
+    figures = []
+    days = "1" if quick else "7"
+    for script, title, args in (
+        # --keep: the synthetic store is generated once into bench/out/ (gitignored) and reused.
+        (
+            "alerts.py",
+            "Alerts: evaluate the rules over the store",
+            ["--days", days, "--keep", f"bench/out/alerts-{days}d"],
+        ),
+        ("report.py", "Report: `llamamon report --html` over the store", ["--days", days, "--keep"]),
+    ):
+        before = load1()
+        got = _script_json(script, args, timeout=900)
+        if isinstance(got, str):
+            figures.append(unavailable(title, got))
+            continue
+        for fig in got.get("figures", []):
+            figures.append(
+                Figure(
+                    name=fig.get("name", title),
+                    unit=fig.get("unit", ""),
+                    llamamon=fig.get("llamamon"),
+                    peers=fig.get("peers", {}),
+                    ratios=fig.get("ratios", {}),
+                    target=fig.get("target", ""),
+                    met=fig.get("met"),
+                    runs=fig.get("runs", 1),
+                    load=(before, load1()),
+                    note=f"from bench/{script} {' '.join(args)}" + (f"; {fig['note']}" if fig.get("note") else ""),
+                )
+            )
+    return figures

@@ -1,0 +1,223 @@
+"""Start-up: wall time of ``llamamon --help`` and ``llamamon record -- true`` against bare Python, same run.
+
+    python -m bench.startup [--quick] [--repeat 10]
+
+Rounds interleave the four commands (``python -c pass``, ``python -c "import click"``, ``llamamon --help``,
+``llamamon record -- true``) so a burst of load from neighbours stretches all of them alike; each
+figure is the median over rounds, each ratio the median of per-round ratios. The CPU time of each
+command (user+sys, its whole process tree) is kept next to the wall time: it moves much less with load.
+``llamamon`` runs as ``python -m llamamon`` from this checkout, in an empty folder (default config).
+Targets: ``--help`` < 150 ms, ``record -- true`` < 400 ms. ``--profile`` prints where ``record -- true``
+spends its time: in-process timers around the recorder's phases (imports, store opening, collectors,
+ticks, the final flush) and what is left outside ``main()`` (interpreter start-up and shutdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Runs `llamamon record -q -- true` in-process with timers around the recorder's phases; prints one JSON
+# list of (phase, wall ms, process CPU ms) at each boundary. argv: metrics folder.
+PHASES = r"""
+import json, sys, time
+T0w, T0c = time.perf_counter(), time.process_time()
+marks = []
+def stamp(msg):
+    marks.append((msg, (time.perf_counter() - T0w) * 1e3, (time.process_time() - T0c) * 1e3))
+import llamamon.cli
+stamp("imports: llamamon.cli")
+from llamamon.runtime import recorder
+from llamamon.store import writer
+stamp("imports: runtime.recorder")
+def wrap(owner, name, label, is_async=False):
+    fn = getattr(owner, name)
+    if is_async:
+        async def timed(*a, **k):
+            stamp("> " + label); r = await fn(*a, **k); stamp("< " + label); return r
+    else:
+        def timed(*a, **k):
+            stamp("> " + label); r = fn(*a, **k); stamp("< " + label); return r
+    setattr(owner, name, timed)
+wrap(recorder.Recorder, "__init__", "Recorder(): open_store, run metadata")
+wrap(recorder.Recorder, "_open_collectors", "open collectors (psutil, NVML probe)", True)
+wrap(recorder.Recorder, "_tick", "tick", True)
+wrap(writer.StoreWriter, "flush", "final flush (pyarrow import + Parquet)")
+sys.argv = ["llamamon", "record", "-q", "--metrics-dir", sys.argv[1], "--", "true"]
+try:
+    llamamon.cli.main()
+except SystemExit:
+    pass
+stamp("main() returned")
+print(json.dumps(marks))
+"""
+
+
+def commands(folder: Path) -> dict[str, list[str]]:
+    py = sys.executable
+    return {
+        "python -c pass": [py, "-c", "pass"],
+        "python -c 'import click'": [py, "-c", "import click"],
+        "llamamon --help": [py, "-m", "llamamon", "--help"],
+        "llamamon record -- true": [py, "-m", "llamamon", "record", "--metrics-dir", str(folder / "m"), "--", "true"],
+    }
+
+
+def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the process and everything it waited for)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def measure(repeat: int) -> dict[str, list[tuple[float, float]]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMAMON_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    with tempfile.TemporaryDirectory(prefix="llamamon-bench-") as tmp:
+        cmds = commands(Path(tmp))
+        for argv in cmds.values():  # warm the page cache and __pycache__ once, unmeasured
+            timed(argv, env, Path(tmp))
+        out: dict[str, list[tuple[float, float]]] = {name: [] for name in cmds}
+        names = list(cmds)
+        for r in range(repeat):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                out[name].append(timed(cmds[name], env, Path(tmp)))
+    return out
+
+
+# What happens between two timed phases (read off recorder.py and cli/record.py).
+GAPS = {
+    ("process start", "imports: llamamon.cli"): "import llamamon.cli (click, the command modules)",
+    ("imports: llamamon.cli", "imports: runtime.recorder"): "import runtime.recorder (asyncio, psutil, config + yaml)",
+    ("imports: runtime.recorder", "> Recorder(): open_store, run metadata"): "click parsing, load_config",
+    (
+        "< Recorder(): open_store, run metadata",
+        "> open collectors (psutil, NVML probe)",
+    ): "spawn the job and the keeper, write_run, start the sampler thread",
+    ("< tick", "> tick"): "stop requested (the job is done)",
+    ("< final flush (pyarrow import + Parquet)", "main() returned"): "join the sampler, end the child, write_run",
+}
+
+
+def phases(repeat: int) -> list[tuple[str, float, float]]:
+    """Median (wall ms, CPU ms) spent in each phase of `record -- true`, plus the process around it."""
+    import json
+    import statistics
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMAMON_")}
+    env["PYTHONPATH"] = str(REPO)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="llamamon-bench-") as tmp:
+        for k in range(repeat):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, "-c", PHASES, str(Path(tmp) / f"m{k}")],
+                env=env,
+                cwd=tmp,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            wall = (time.perf_counter() - start) * 1e3
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1e3
+            runs.append((wall, cpu, json.loads(done.stdout.strip().splitlines()[-1])))
+    labels = [m[0] for m in runs[0][2]]
+    runs = [r for r in runs if [m[0] for m in r[2]] == labels]  # same phases (e.g. number of ticks) only
+    out = []
+    for i, label in enumerate(labels):
+        before = labels[i - 1] if i else "process start"
+        if label.startswith("< ") and before == "> " + label[2:]:
+            name = label[2:]
+        else:
+            name = GAPS.get((before, label), f"between '{before.lstrip('<> ')}' and '{label.lstrip('<> ')}'")
+        walls = [r[2][i][1] - (r[2][i - 1][1] if i else 0.0) for r in runs]
+        cpus = [r[2][i][2] - (r[2][i - 1][2] if i else 0.0) for r in runs]
+        out.append((name, statistics.median(walls), statistics.median(cpus)))
+    last = [(r[0] - r[2][-1][1], r[1] - r[2][-1][2]) for r in runs]
+    out.append(
+        (
+            "interpreter start-up and shutdown (outside main)",
+            statistics.median(w for w, _ in last),
+            statistics.median(c for _, c in last),
+        )
+    )
+    return out
+
+
+def run(quick: bool = False, repeat: int | None = None) -> list:
+    from bench.results import Figure, load1, median, median_ratio
+
+    repeat = repeat or (3 if quick else 10)
+    before = load1()
+    data = measure(repeat)
+    load = (before, load1())
+    profile = phases(3 if quick else 5)
+    ms = {name: median([w for w, _ in runs]) * 1e3 for name, runs in data.items()}
+    cpu_ms = {name: median([c for _, c in runs]) * 1e3 for name, runs in data.items()}
+    figures = []
+    for name, limit in (("llamamon --help", 150.0), ("llamamon record -- true", 400.0)):
+        ratios = {
+            base: median_ratio([(a[0], b[0]) for a, b in zip(data[name], data[base], strict=True)])
+            for base in ("python -c pass", "python -c 'import click'")
+        }
+        figures.append(
+            Figure(
+                name=f"Start-up: `{name}` wall time",
+                unit="ms",
+                llamamon=ms[name],
+                peers={
+                    "python -c pass": ms["python -c pass"],
+                    "python -c 'import click'": ms["python -c 'import click'"],
+                },
+                ratios=ratios,
+                target=f"< {limit:.0f} ms",
+                met=ms[name] < limit,
+                runs=repeat,
+                load=load,
+                note=f"CPU time (user+sys, median): {name} {cpu_ms[name]:.0f} ms; "
+                + ", ".join(f"{k} {v:.0f} ms" for k, v in cpu_ms.items() if k.startswith("python"))
+                + (
+                    ". Where `record -- true` spends it (median wall / CPU ms per phase, in-process timers): "
+                    + "; ".join(f"{label} {w:.0f}/{c:.0f}" for label, w, c in profile)
+                    if "record" in name
+                    else ""
+                ),
+                detail={
+                    "wall_ms": {k: [w * 1e3 for w, _ in v] for k, v in data.items()},
+                    "cpu_ms_median": cpu_ms,
+                    **({"phases_wall_cpu_ms": profile} if "record" in name else {}),
+                },
+            )
+        )
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeat", type=int, default=None)
+    parser.add_argument("--profile", action="store_true", help="only the phases of `record -- true`")
+    args = parser.parse_args()
+    if args.profile:
+        for label, wall, cpu in phases(args.repeat or 5):
+            print(f"{label:<70} {wall:7.0f} ms wall {cpu:7.0f} ms CPU")
+        return
+    for fig in run(args.quick, args.repeat):
+        print(f"{fig.name}: {fig.llamamon:.0f} ms; {fig.peers}; ratios {fig.ratios}; met {fig.met}; {fig.note}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Storage: bytes per sample of one day of 1 Hz system + process + GPU + training metrics after compaction.
+
+    python -m bench.storage [--quick]
+
+Two days of data (1,382,400 samples each): bench/store_io.py's generator (the store helper's reference
+data: system, process and GPU series) and bench/synthetic.py's (adds training series: a step counter,
+a float32 loss, a learning-rate schedule, tokens/s). Each day is written one file per partition and
+compacted by llamamon's ``compact()``; bytes are every data file afterwards (run metadata excluded).
+The real write path (``StoreWriter.append`` per tick, a flush every 30 s of a fake clock, then
+``compact()``) runs on a slice, to show what flushing adds before compaction and after it. Baselines from the same rows: CSV in the store's long schema (time, host, metric, value,
+labels, step), CSV wide (one row per second, one column per series: what most loggers write),
+psrecord's plain log format (fixed-width ``%12.3f`` columns, one line per second) and Prometheus
+TSDB's 1.37 B/sample (a constant quoted in the issue, not measured here). Target: <= 1.37 B/sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PROMETHEUS_B_PER_SAMPLE = 1.37
+
+
+def _rows_by_tick(tables: dict) -> list[list]:
+    from llamamon.samples import Row, labels_from_str
+
+    ticks: dict[int, list] = {}
+    for group, table in tables.items():
+        cols = table.to_pydict()
+        labels = {s: labels_from_str(s) for s in set(cols["labels"])}
+        for t, metric, value, lbl, step in zip(
+            cols["time"], cols["metric"], cols["value"], cols["labels"], cols["step"], strict=True
+        ):
+            ts = t.timestamp()
+            ticks.setdefault(int(ts), []).append(Row(ts, group, metric, value, labels[lbl], step))
+    return [ticks[k] for k in sorted(ticks)]
+
+
+def csv_long(tables: dict) -> int:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    buf = io.BytesIO()
+    pacsv.write_csv(pa.concat_tables(tables.values()), buf)
+    return buf.tell()
+
+
+def wide(tables: dict):
+    import polars as pl
+
+    frame = pl.concat([pl.from_arrow(t) for t in tables.values()])
+    frame = frame.with_columns(pl.col("time").dt.truncate("1s").alias("second"))
+    return frame.pivot(on="metric", index="second", values="value", aggregate_function="first").sort("second")
+
+
+def csv_wide(tables: dict) -> int:
+    frame = wide(tables)
+    return len(frame.write_csv().encode())
+
+
+def psrecord_log(tables: dict) -> int:
+    """psrecord's plain log: a header, then one line per sample of fixed-width %12.3f columns."""
+    frame = wide(tables).drop("second")
+    out = io.StringIO()
+    out.write("# Elapsed time".ljust(16) + "".join(c[:12].rjust(13) for c in frame.columns) + "\n")
+    for k, row in enumerate(frame.iter_rows()):
+        out.write(f"{float(k):12.3f}" + "".join(f" {v:12.3f}" for v in row) + "\n")
+    return len(out.getvalue().encode())
+
+
+def through_writer(seconds: int) -> dict:
+    """The real write path on a slice: StoreWriter.append per tick, flushes, close, compact()."""
+    from bench.synthetic import HOST, RUN, day_tables
+    from llamamon.store.compaction import compact
+    from llamamon.store.writer import StoreWriter
+
+    tables = day_tables(0, seconds)
+    samples = sum(t.num_rows for t in tables.values())
+    ticks = _rows_by_tick(tables)
+    with tempfile.TemporaryDirectory(prefix="llamamon-bench-") as tmp:
+        root = Path(tmp) / "m"
+        now = [0.0]
+        writer = StoreWriter(root, RUN, HOST, flush_interval=30.0, clock=lambda: now[0])
+        t0 = time.perf_counter()
+        for k, rows in enumerate(ticks):
+            now[0] = float(k)
+            writer.append(rows)
+        writer.close()
+        write_s = time.perf_counter() - t0
+        flushed = list(root.glob("group=*/date=*/run=*/*.parquet"))
+        flushed_bytes = sum(p.stat().st_size for p in flushed)
+        compact(root, older_than=0.0)
+        compacted_files = list(root.glob("group=*/date=*/run=*/*.parquet"))
+        compacted = sum(p.stat().st_size for p in compacted_files)
+        names_bytes = sum(len(_replaces(p)) for p in compacted_files)
+    return {
+        "seconds": seconds,
+        "samples": samples,
+        "write_s": write_s,
+        "flush_files": len(flushed),
+        "flush_bytes": flushed_bytes,
+        "compacted_bytes": compacted,
+        "replaces_metadata_bytes": names_bytes,
+    }
+
+
+def _replaces(path: Path) -> bytes:
+    """The compacted file's footer list of the flush files it replaced (it grows with the flushes)."""
+    import pyarrow.parquet as pq
+
+    from llamamon.store import parquet
+
+    return (pq.read_schema(path).metadata or {}).get(parquet.REPLACES_KEY, b"")
+
+
+def store_io_tables(seconds: int) -> dict:
+    """bench/store_io.py's generator (the store's own reference data: system, process and GPU series,
+    "steady" profile, wall-clock ticks), split into the store's group partitions."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from bench.store_io import make_table
+    from llamamon.catalog import group_of
+
+    table = make_table(seconds, jitter=True, profile="steady")
+    groups = pa.array([group_of(m) for m in table.column("metric").to_pylist()])
+    return {g: table.filter(pc.equal(groups, g)) for g in dict.fromkeys(groups.to_pylist())}
+
+
+def day(tables: dict) -> dict:
+    """The span compacted: one file per partition, then compact() (which rewrites every partition from
+    its rows alone, so the result is the file the span's 30 s flushes compact into, but for the footer's
+    list of replaced files, measured separately by through_writer)."""
+    from bench.synthetic import RUN, START
+    from llamamon.store import parquet
+    from llamamon.store.compaction import compact
+    from llamamon.store.layout import data_file, utc_date
+
+    with tempfile.TemporaryDirectory(prefix="llamamon-bench-") as tmp:
+        root = Path(tmp) / "m"
+        for group, table in tables.items():
+            parquet.write_table(data_file(root, group, utc_date(START), RUN, "gen-0000"), parquet.sort_table(table))
+        compact(root, older_than=0.0)
+        files = list(root.glob("group=*/date=*/run=*/*.parquet"))
+        compacted = sum(p.stat().st_size for p in files)
+    return {
+        "samples": sum(t.num_rows for t in tables.values()),
+        "files": len(files),
+        "llamamon": compacted,
+        "csv_long": csv_long(tables),
+        "csv_wide": csv_wide(tables),
+        "psrecord": psrecord_log(tables),
+    }
+
+
+def run(quick: bool = False) -> list:
+    from bench.results import Figure, load1
+    from bench.synthetic import day_tables
+
+    seconds = 3600 if quick else 86_400
+    span = "one day" if seconds == 86_400 else f"{seconds} s"
+    w = through_writer(600 if quick else 3600)
+    sources = [
+        ("bench/store_io.py data: system, process, GPU", lambda: store_io_tables(seconds)),
+        ("bench/synthetic.py data: system, process, GPU, training", lambda: day_tables(0, seconds)),
+    ]
+    figures = []
+    for label, make in sources:
+        before = load1()
+        m = day(make())
+        n = m["samples"]
+        per = {k: m[k] / n for k in ("llamamon", "csv_long", "csv_wide", "psrecord")}
+        extra = w["replaces_metadata_bytes"] / w["flush_files"] * (seconds // 30) * m["files"] / n
+        figures.append(
+            Figure(
+                name=f"Storage after compaction, {span} at 1 Hz x 16 series ({label})",
+                unit="B/sample",
+                llamamon=per["llamamon"],
+                peers={
+                    "CSV (store's long schema)": per["csv_long"],
+                    "CSV (wide, 1 row/s)": per["csv_wide"],
+                    "psrecord log format": per["psrecord"],
+                    "Prometheus TSDB (constant from the issue)": PROMETHEUS_B_PER_SAMPLE,
+                },
+                ratios={
+                    "Prometheus": per["llamamon"] / PROMETHEUS_B_PER_SAMPLE,
+                    "CSV wide": per["llamamon"] / per["csv_wide"],
+                    "psrecord": per["llamamon"] / per["psrecord"],
+                },
+                target="<= 1.37 B/sample",
+                met=per["llamamon"] <= PROMETHEUS_B_PER_SAMPLE,
+                runs=1,
+                load=(before, load1()),
+                note=(
+                    f"{n:,} samples compacted by compact() into {m['files']} files, {m['llamamon']:,} B. "
+                    f"The real write path on the first {w['seconds']} s of bench/synthetic.py "
+                    f"(StoreWriter.append per tick, 30 s flushes, compact()): {w['flush_files']} flush files at "
+                    f"{w['flush_bytes'] / w['samples']:.2f} B/sample -> "
+                    f"{w['compacted_bytes'] / w['samples']:.2f} B/sample compacted; "
+                    f"{w['samples'] / w['write_s']:,.0f} samples/s through the writer. The compacted footer lists "
+                    f"the flush files it replaced ({w['replaces_metadata_bytes'] / w['flush_files']:.0f} B each): "
+                    f"the span's {seconds // 30:,} flushes per partition would add ~{extra:.2f} B/sample to this "
+                    "figure. Sizes are deterministic (fixed seeds): one run."
+                ),
+                detail={"compacted": m, "through_writer": w},
+            )
+        )
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    for fig in run(args.quick):
+        print(f"{fig.name}: {fig.llamamon:.3f} B/sample; {fig.peers}; met {fig.met}\n  {fig.note}")
+
+
+if __name__ == "__main__":
+    main()
