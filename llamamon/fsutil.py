@@ -15,8 +15,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes | Callable[[BinaryIO], None]) -> Path:
-    """Write ``data`` (bytes, or a function writing to a binary file) to ``path`` atomically."""
+def atomic_write(
+    path: str | os.PathLike[str], data: bytes | Callable[[BinaryIO], None], *, durable: bool = True
+) -> Path:
+    """Write ``data`` (bytes, or a function writing to a binary file) to ``path`` atomically.
+
+    ``durable=False`` skips the fsyncs: readers still see a whole file (the rename does that), but after a
+    power cut the file may be old or empty. Only for files rewritten every few seconds that hold no
+    history, such as the .prom view of the latest values.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     # The temporary name must not match the readers' glob (*.prom, *.parquet, *.json): a reader
@@ -29,13 +36,15 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | Callable[[BinaryIO]
             else:
                 fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(target.parent)
+    if durable:
+        _fsync_dir(target.parent)
     return target
 
 
