@@ -286,6 +286,11 @@ class RunAlerts:
         self.run_id = run_id
         self.host = host
         self.job = RunFollower(Path(metrics_dir), self.live, {run_id}, skip_pid=os.getpid())
+        # Why not every sample tick: rules are defined on the update_frequency grid (as `alerts test`
+        # evaluates them), and one evaluation costs tens of ms of polars work; `--interval 0.1` must not
+        # turn that into the recorder's main cost.
+        self.period = config.update_frequency
+        self._next_eval = -math.inf
         self._task: asyncio.Task[None] | None = None
         self._failed = False
 
@@ -293,7 +298,8 @@ class RunAlerts:
         """Feed the tick's rows, start an evaluation unless one is under way; returns the
         notification_failures rows to store with the tick."""
         self.live.add(rows, self.run_id, self.host)
-        if self._task is None or self._task.done():
+        if now >= self._next_eval and (self._task is None or self._task.done()):
+            self._next_eval = now + self.period
             self._task = asyncio.get_running_loop().create_task(self._evaluate(now))
         group = catalog.group_of("notification_failures")
         return [Row(now, group, s.metric, s.value, s.labels, None) for s in self.live.failure_samples()]
