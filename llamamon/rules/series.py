@@ -476,6 +476,17 @@ def empty_vec() -> pl.DataFrame:
     return pl.DataFrame(schema={"k": pl.Int64, "sid": pl.UInt32, "value": pl.Float64, "ok": pl.Boolean})
 
 
+def pack(sid: str = "sid") -> pl.Expr:
+    """(sid, k) as one i64 that sorts like the pair; only for frames where ``packable`` holds."""
+    import polars as pl
+
+    return pl.col(sid).cast(pl.Int64) * 2**32 + pl.col("k")
+
+
+def packable(*frames: pl.DataFrame) -> bool:
+    return all(df.height == 0 or (df["k"].min() >= 0 and df["k"].max() < 2**32) for df in frames)  # type: ignore[operator]
+
+
 def _compare(op: str, a: pl.Expr, b: pl.Expr) -> pl.Expr:
     # Why explicit NaN handling: polars orders NaN above everything; PromQL follows IEEE (NaN compares false).
     nan = a.is_nan() | b.is_nan()
@@ -535,7 +546,13 @@ def _set_op(op: str, left: Vec, right: Vec) -> Vec:
     if op in ("and", "unless") and links["sid"].is_unique().all():
         # Why: one partner per left series (the usual case) needs a single join, no grouping.
         how = "inner" if op == "and" else "left"
-        j = left.df.join(links, on="sid", how=how).join(r.drop("r_value"), on=["k", "r_sid"], how=how)
+        j = left.df.join(links, on="sid", how=how)
+        if packable(j, r):
+            # Why one i64 key: joining on (k, sid) hashes two columns per row; a packed key is one.
+            r = r.select(pack("r_sid").alias("key"), "r_ok")
+            j = j.with_columns(key=pack("r_sid")).join(r, on="key", how=how).drop("key")
+        else:
+            j = j.join(r.drop("r_value"), on=["k", "r_sid"], how=how)
         partner = pl.col("r_ok") if op == "and" else ~pl.col("r_ok").fill_null(False)
         ok = pl.col("ok") & partner
         return Vec(j.select("k", "sid", "value", ok.alias("ok")), left.labels)
