@@ -487,6 +487,31 @@ def packable(*frames: pl.DataFrame) -> bool:
     return all(df.height == 0 or (df["k"].min() >= 0 and df["k"].max() < 2**32) for df in frames)  # type: ignore[operator]
 
 
+def _lookup(j: pl.DataFrame, r: pl.DataFrame, how: str) -> pl.DataFrame | None:
+    """``j.join(r, on=[k, r_sid], how=how)`` for the r_ok column by binary search, None if r has duplicates.
+
+    Why: vectors come out ordered by (sid, k) with one row per pair; a search into the sorted packed
+    keys is several times cheaper than hashing millions of rows for a join.
+    """
+    import polars as pl
+
+    rkey = r.select(pack("r_sid")).to_series()
+    if not (rkey.diff() > 0).all():
+        return None
+    lkey = j.select(pack("r_sid")).to_series()
+    if rkey.len() == 0:
+        pos = pl.Series([0] * 0, dtype=pl.Int64)
+        hit = pl.Series([False] * lkey.len(), dtype=pl.Boolean)
+    else:
+        pos = rkey.search_sorted(lkey, side="left").cast(pl.Int64).clip(0, rkey.len() - 1)
+        hit = rkey.gather(pos) == lkey
+    if how == "inner":
+        return j.filter(hit).with_columns(r_ok=r["r_ok"].gather(pos.filter(hit)))
+    if rkey.len() == 0:
+        return j.with_columns(r_ok=pl.lit(None, pl.Boolean))
+    return j.with_columns(r_ok=pl.when(hit).then(r["r_ok"].gather(pos)).otherwise(None))
+
+
 def _compare(op: str, a: pl.Expr, b: pl.Expr) -> pl.Expr:
     # Why explicit NaN handling: polars orders NaN above everything; PromQL follows IEEE (NaN compares false).
     nan = a.is_nan() | b.is_nan()
@@ -547,12 +572,8 @@ def _set_op(op: str, left: Vec, right: Vec) -> Vec:
         # Why: one partner per left series (the usual case) needs a single join, no grouping.
         how = "inner" if op == "and" else "left"
         j = left.df.join(links, on="sid", how=how)
-        if packable(j, r):
-            # Why one i64 key: joining on (k, sid) hashes two columns per row; a packed key is one.
-            r = r.select(pack("r_sid").alias("key"), "r_ok")
-            j = j.with_columns(key=pack("r_sid")).join(r, on="key", how=how).drop("key")
-        else:
-            j = j.join(r.drop("r_value"), on=["k", "r_sid"], how=how)
+        found = _lookup(j, r, how) if packable(j, r) else None
+        j = found if found is not None else j.join(r.drop("r_value"), on=["k", "r_sid"], how=how)
         partner = pl.col("r_ok") if op == "and" else ~pl.col("r_ok").fill_null(False)
         ok = pl.col("ok") & partner
         return Vec(j.select("k", "sid", "value", ok.alias("ok")), left.labels)
