@@ -93,31 +93,40 @@ def prepare(
     else:
         raw_names = lf.select(pl.col("metric").unique()).collect()["metric"].to_list()
         renamed = {n: catalog.canonical(n, aliases) for n in raw_names if catalog.canonical(n, aliases) != n}
-    if renamed:
-        lf = lf.with_columns(pl.col("metric").replace(renamed))
-    # Why per-column hashes and a small key table: hashing a struct of strings, joining
-    # or sorting on 4 string columns over millions of rows costs seconds; u64 hashes do not.
+    # Why per-column hashes: hashing a struct of strings, joining or sorting on 4 string columns over
+    # millions of rows costs seconds; u64 hashes do not.
     key = pl.col("metric").hash(1) ^ pl.col("labels").hash(2) ^ pl.col("run").hash(3) ^ pl.col("host").hash(4)
-    lf = lf.with_columns(key=key)
-    # Why collect_all: the scan runs once for both outputs, and the string columns only feed the small
-    # key table instead of being materialised for every row.
-    keys_lf = lf.group_by("key").agg(
-        pl.col("metric", "labels", "run", "host").first(), pl.col("t").max().alias("last"), pl.len().alias("n")
+    df = lf.select("t", pl.col("value").cast(pl.Float64), "stale", "metric", "labels", "run", "host", key=key).collect()
+    # Why runs of equal keys, not a group_by or partition_by: the store writes each series' samples
+    # together, so a series is a few contiguous slices; finding where the key changes is one cheap pass,
+    # the strings are read at those few places only, and each series is zero-copy slices of one frame.
+    starts = (df["key"] != df["key"].shift(1)).fill_null(True).arg_true()
+    ends = starts.slice(1).append(pl.Series([df.height], dtype=starts.dtype))
+    runs = df.select("key", "metric", "labels", "run", "host")[starts].with_columns(
+        offset=starts.cast(pl.Int64), length=(ends - starts).cast(pl.Int64)
     )
-    keys, df = pl.collect_all([keys_lf, lf.select("key", "t", "value", "stale")])
+    if renamed:
+        # Why rename here: replacing strings costs seconds over millions of rows, and nothing over the
+        # few runs; the key is then recomputed so an alias and its canonical name are one series.
+        runs = runs.with_columns(pl.col("metric").replace(renamed)).with_columns(key=key)
+    body = df.select("t", "value", "stale")
+    del df
+    slices: dict[int, list[pl.DataFrame]] = {}
+    for k, offset, length in runs.select("key", "offset", "length").iter_rows():
+        slices.setdefault(k, []).append(body.slice(offset, length))
+    keys = runs.unique("key", keep="first", maintain_order=True).select("key", "metric", "labels", "run", "host")
     keys = (
         keys.sort("run", "host", "metric", "labels").with_row_index("sid").with_columns(pl.col("sid").cast(pl.UInt32))
     )
-    # Why partition on the key: one hash pass hands out each series' rows, no id mapping or global sort;
-    # each series is then sorted by time only if it is not already.
-    by_key = df.select("key", "t", pl.col("value").cast(pl.Float64), "stale").partition_by(
-        "key", as_dict=True, include_key=False
-    )
     parts: list[pl.DataFrame] = []
+    last: list[int] = []
     for k in keys["key"]:
-        part = by_key[(k,)]
-        parts.append(part if part["t"].is_sorted() else part.sort("t"))
-    body = df.select("t", pl.col("value").cast(pl.Float64), "stale").clear()
+        chunks = slices[k]
+        part = chunks[0] if len(chunks) == 1 else pl.concat(chunks, rechunk=False)
+        part = part if part["t"].is_sorted() else part.sort("t")
+        parts.append(part)
+        last.append(int(part["t"][-1]))
+    keys = keys.with_columns(last=pl.Series(last, dtype=pl.Int64))
     metric_list = keys["metric"].to_list()
     label_list: list[dict[str, str]] = []
     for lab, run, host in zip(keys["labels"], keys["run"], keys["host"], strict=True):
