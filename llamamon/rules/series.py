@@ -298,31 +298,42 @@ class Compiler:
             t=pl.col("k") * g.step + g.start
         )
         grid_rows = pl.DataFrame({"sid": pl.Series(range(n_series), dtype=pl.UInt32)}).join(ticks, how="cross")
-        both = pl.concat(
-            [
-                df.select(
-                    "sid", "t", "value", pl.col("i").cast(pl.Float64).alias("fi"), pl.lit(None, pl.Int64).alias("k")
-                ),
-                grid_rows.select(
-                    "sid", "t", pl.lit(None, pl.Float64).alias("value"), pl.lit(None, pl.Float64).alias("fi"), "k"
-                ),
-            ],
-            how="vertical",
+        both_parts = (
+            df.select("sid", "t", "value", pl.col("i").cast(pl.Float64).alias("fi"), pl.lit(None, pl.Int64).alias("k")),
+            grid_rows.select(
+                "sid", "t", pl.lit(None, pl.Float64).alias("value"), pl.lit(None, pl.Float64).alias("fi"), "k"
+            ),
         )
-        tmin = min(int(both["t"].min()), g.start)  # type: ignore[arg-type]
-        span = max(int(both["t"].max()), g.time(g.n - 1)) - tmin + 1  # type: ignore[arg-type]
-        if span * (n_series + 1) < 2**62:  # why: one i64 sort key is much cheaper than a two-column sort
-            both = both.select(pl.all().gather((pl.col("sid").cast(pl.Int64) * span + (pl.col("t") - tmin)).arg_sort()))
+        tmin = min(int(df["t"].min()), g.start) if df.height else g.start  # type: ignore[arg-type]
+        span = max(int(df["t"].max()) if df.height else g.start, g.time(g.n - 1)) - tmin + 1  # type: ignore[arg-type]
+        # Why a gap of w between series: windows over one i64 key then never reach the previous series,
+        # so a single rolling pass replaces one per series (.over), and the key needs no second column.
+        span += w + 1
+        if span * (n_series + 1) < 2**62:
+            key = (pl.col("sid").cast(pl.Int64) * span + (pl.col("t") - tmin)).alias("key")
+            samples, ticks_rows = (part.with_columns(key) for part in both_parts)
+            if samples["key"].is_sorted() and ticks_rows["key"].is_sorted():
+                # Why merge: both sides are already ordered (series by series, by time); merging them
+                # is linear where sorting the union is not.
+                both = samples.merge_sorted(ticks_rows, key="key")
+            else:
+                both = pl.concat([samples, ticks_rows]).sort("key")
+            roll = dict(by="key", window_size=f"{w}i", closed="both")
+            over: tuple[str, ...] = ()
         else:
-            both = both.sort("sid", "t")
-        size = f"{w}i"
-        roll = dict(by="t", window_size=size, closed="both")
+            both = pl.concat(both_parts, how="vertical").sort("sid", "t")
+            roll = dict(by="t", window_size=f"{w}i", closed="both")
+            over = ("sid",)
+
+        def per_series(e: pl.Expr) -> pl.Expr:
+            return e.over(*over) if over else e
+
         # Only min, max and quantiles get here (the rest go by binary search above).
-        aggs = {"n": pl.col("fi").is_not_null().cast(pl.Float64).rolling_sum_by(**roll).over("sid")}
+        aggs = {"n": per_series(pl.col("fi").is_not_null().cast(pl.Float64).rolling_sum_by(**roll))}
         if f in ("min", "max"):
-            aggs["r"] = getattr(pl.col("value"), f"rolling_{f}_by")(**roll).over("sid")
+            aggs["r"] = per_series(getattr(pl.col("value"), f"rolling_{f}_by")(**roll))
         else:
-            aggs["r"] = pl.col("value").rolling_quantile_by(quantile=node.q, interpolation="linear", **roll).over("sid")
+            aggs["r"] = per_series(pl.col("value").rolling_quantile_by(quantile=node.q, interpolation="linear", **roll))
         out = both.with_columns(**aggs).filter(pl.col("k").is_not_null() & (pl.col("n") > 0))
         res = out.select("k", "sid", pl.col("r").cast(pl.Float64).alias("value"), pl.lit(True).alias("ok"))
         return Vec(res, labels)
