@@ -283,7 +283,6 @@ class Compiler:
             return Vec(empty_vec(), labels)
         f = node.func
         counter = f in ("rate", "increase")
-        df = df.with_columns(i=pl.int_range(pl.len(), dtype=pl.Int64).over("sid"))
         if f in ("rate", "increase", "delta"):
             prev = pl.col("value").shift(1).over("sid")
             reset = pl.when(pl.col("value") < prev).then(prev).otherwise(0.0)
@@ -299,7 +298,7 @@ class Compiler:
         )
         grid_rows = pl.DataFrame({"sid": pl.Series(range(n_series), dtype=pl.UInt32)}).join(ticks, how="cross")
         both_parts = (
-            df.select("sid", "t", "value", pl.col("i").cast(pl.Float64).alias("fi"), pl.lit(None, pl.Int64).alias("k")),
+            df.select("sid", "t", "value", pl.lit(1.0).alias("fi"), pl.lit(None, pl.Int64).alias("k")),
             grid_rows.select(
                 "sid", "t", pl.lit(None, pl.Float64).alias("value"), pl.lit(None, pl.Float64).alias("fi"), "k"
             ),
