@@ -30,7 +30,18 @@ from typing import TYPE_CHECKING, Any
 
 from llamamon.rules import template
 from llamamon.rules.lang import Condition, to_base, top_comparison
-from llamamon.rules.series import LOOKBACK, US, Compiler, Grid, Samples, Vec, empty_vec, prepare
+from llamamon.rules.series import (
+    LOOKBACK,
+    US,
+    Compiler,
+    Grid,
+    Samples,
+    Vec,
+    empty_vec,
+    pack,
+    packable,
+    prepare,
+)
 from llamamon.samples import AlertEvent, Labels, make_labels
 
 if TYPE_CHECKING:
@@ -131,7 +142,16 @@ def conditions(
         if not isinstance(res, Vec):
             out[rule.name] = (empty_vec().drop("ok"), [])
             continue
-        df = res.df.filter(pl.col("ok")).select("k", "sid", "value").unique(["k", "sid"], keep="first").sort("sid", "k")
+        df = res.df.filter(pl.col("ok")).select("k", "sid", "value")
+        if packable(df):
+            # Why: most conditions come out ordered by (sid, k) already; one i64 check then skips the
+            # unique + two-column sort, and otherwise a stable sort of one key keeps the first duplicate.
+            key = df.select(pack()).to_series()
+            if not (key.diff() > 0).all():
+                first = (pl.col("key") != pl.col("key").shift(1)).fill_null(True)
+                df = df.with_columns(key=key).sort("key", maintain_order=True).filter(first).drop("key")
+        else:
+            df = df.unique(["k", "sid"], keep="first").sort("sid", "k")
         out[rule.name] = (df, res.labels)
     return out
 

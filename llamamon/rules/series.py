@@ -93,31 +93,40 @@ def prepare(
     else:
         raw_names = lf.select(pl.col("metric").unique()).collect()["metric"].to_list()
         renamed = {n: catalog.canonical(n, aliases) for n in raw_names if catalog.canonical(n, aliases) != n}
-    if renamed:
-        lf = lf.with_columns(pl.col("metric").replace(renamed))
-    # Why per-column hashes and a small key table: hashing a struct of strings, joining
-    # or sorting on 4 string columns over millions of rows costs seconds; u64 hashes do not.
+    # Why per-column hashes: hashing a struct of strings, joining or sorting on 4 string columns over
+    # millions of rows costs seconds; u64 hashes do not.
     key = pl.col("metric").hash(1) ^ pl.col("labels").hash(2) ^ pl.col("run").hash(3) ^ pl.col("host").hash(4)
-    lf = lf.with_columns(key=key)
-    # Why collect_all: the scan runs once for both outputs, and the string columns only feed the small
-    # key table instead of being materialised for every row.
-    keys_lf = lf.group_by("key").agg(
-        pl.col("metric", "labels", "run", "host").first(), pl.col("t").max().alias("last"), pl.len().alias("n")
+    df = lf.select("t", pl.col("value").cast(pl.Float64), "stale", "metric", "labels", "run", "host", key=key).collect()
+    # Why runs of equal keys, not a group_by or partition_by: the store writes each series' samples
+    # together, so a series is a few contiguous slices; finding where the key changes is one cheap pass,
+    # the strings are read at those few places only, and each series is zero-copy slices of one frame.
+    starts = (df["key"] != df["key"].shift(1)).fill_null(True).arg_true()
+    ends = starts.slice(1).append(pl.Series([df.height], dtype=starts.dtype))
+    runs = df.select("key", "metric", "labels", "run", "host")[starts].with_columns(
+        offset=starts.cast(pl.Int64), length=(ends - starts).cast(pl.Int64)
     )
-    keys, df = pl.collect_all([keys_lf, lf.select("key", "t", "value", "stale")])
+    if renamed:
+        # Why rename here: replacing strings costs seconds over millions of rows, and nothing over the
+        # few runs; the key is then recomputed so an alias and its canonical name are one series.
+        runs = runs.with_columns(pl.col("metric").replace(renamed)).with_columns(key=key)
+    body = df.select("t", "value", "stale")
+    del df
+    slices: dict[int, list[pl.DataFrame]] = {}
+    for k, offset, length in runs.select("key", "offset", "length").iter_rows():
+        slices.setdefault(k, []).append(body.slice(offset, length))
+    keys = runs.unique("key", keep="first", maintain_order=True).select("key", "metric", "labels", "run", "host")
     keys = (
         keys.sort("run", "host", "metric", "labels").with_row_index("sid").with_columns(pl.col("sid").cast(pl.UInt32))
     )
-    # Why partition on the key: one hash pass hands out each series' rows, no id mapping or global sort;
-    # each series is then sorted by time only if it is not already.
-    by_key = df.select("key", "t", pl.col("value").cast(pl.Float64), "stale").partition_by(
-        "key", as_dict=True, include_key=False
-    )
     parts: list[pl.DataFrame] = []
+    last: list[int] = []
     for k in keys["key"]:
-        part = by_key[(k,)]
-        parts.append(part if part["t"].is_sorted() else part.sort("t"))
-    body = df.select("t", pl.col("value").cast(pl.Float64), "stale").clear()
+        chunks = slices[k]
+        part = chunks[0] if len(chunks) == 1 else pl.concat(chunks, rechunk=False)
+        part = part if part["t"].is_sorted() else part.sort("t")
+        parts.append(part)
+        last.append(int(part["t"][-1]))
+    keys = keys.with_columns(last=pl.Series(last, dtype=pl.Int64))
     metric_list = keys["metric"].to_list()
     label_list: list[dict[str, str]] = []
     for lab, run, host in zip(keys["labels"], keys["run"], keys["host"], strict=True):
@@ -274,7 +283,6 @@ class Compiler:
             return Vec(empty_vec(), labels)
         f = node.func
         counter = f in ("rate", "increase")
-        df = df.with_columns(i=pl.int_range(pl.len(), dtype=pl.Int64).over("sid"))
         if f in ("rate", "increase", "delta"):
             prev = pl.col("value").shift(1).over("sid")
             reset = pl.when(pl.col("value") < prev).then(prev).otherwise(0.0)
@@ -289,31 +297,42 @@ class Compiler:
             t=pl.col("k") * g.step + g.start
         )
         grid_rows = pl.DataFrame({"sid": pl.Series(range(n_series), dtype=pl.UInt32)}).join(ticks, how="cross")
-        both = pl.concat(
-            [
-                df.select(
-                    "sid", "t", "value", pl.col("i").cast(pl.Float64).alias("fi"), pl.lit(None, pl.Int64).alias("k")
-                ),
-                grid_rows.select(
-                    "sid", "t", pl.lit(None, pl.Float64).alias("value"), pl.lit(None, pl.Float64).alias("fi"), "k"
-                ),
-            ],
-            how="vertical",
+        both_parts = (
+            df.select("sid", "t", "value", pl.lit(1.0).alias("fi"), pl.lit(None, pl.Int64).alias("k")),
+            grid_rows.select(
+                "sid", "t", pl.lit(None, pl.Float64).alias("value"), pl.lit(None, pl.Float64).alias("fi"), "k"
+            ),
         )
-        tmin = min(int(both["t"].min()), g.start)  # type: ignore[arg-type]
-        span = max(int(both["t"].max()), g.time(g.n - 1)) - tmin + 1  # type: ignore[arg-type]
-        if span * (n_series + 1) < 2**62:  # why: one i64 sort key is much cheaper than a two-column sort
-            both = both.select(pl.all().gather((pl.col("sid").cast(pl.Int64) * span + (pl.col("t") - tmin)).arg_sort()))
+        tmin = min(int(df["t"].min()), g.start) if df.height else g.start  # type: ignore[arg-type]
+        span = max(int(df["t"].max()) if df.height else g.start, g.time(g.n - 1)) - tmin + 1  # type: ignore[arg-type]
+        # Why a gap of w between series: windows over one i64 key then never reach the previous series,
+        # so a single rolling pass replaces one per series (.over), and the key needs no second column.
+        span += w + 1
+        if span * (n_series + 1) < 2**62:
+            key = (pl.col("sid").cast(pl.Int64) * span + (pl.col("t") - tmin)).alias("key")
+            samples, ticks_rows = (part.with_columns(key) for part in both_parts)
+            if samples["key"].is_sorted() and ticks_rows["key"].is_sorted():
+                # Why merge: both sides are already ordered (series by series, by time); merging them
+                # is linear where sorting the union is not.
+                both = samples.merge_sorted(ticks_rows, key="key")
+            else:
+                both = pl.concat([samples, ticks_rows]).sort("key")
+            roll = dict(by="key", window_size=f"{w}i", closed="both")
+            over: tuple[str, ...] = ()
         else:
-            both = both.sort("sid", "t")
-        size = f"{w}i"
-        roll = dict(by="t", window_size=size, closed="both")
+            both = pl.concat(both_parts, how="vertical").sort("sid", "t")
+            roll = dict(by="t", window_size=f"{w}i", closed="both")
+            over = ("sid",)
+
+        def per_series(e: pl.Expr) -> pl.Expr:
+            return e.over(*over) if over else e
+
         # Only min, max and quantiles get here (the rest go by binary search above).
-        aggs = {"n": pl.col("fi").is_not_null().cast(pl.Float64).rolling_sum_by(**roll).over("sid")}
+        aggs = {"n": per_series(pl.col("fi").is_not_null().cast(pl.Float64).rolling_sum_by(**roll))}
         if f in ("min", "max"):
-            aggs["r"] = getattr(pl.col("value"), f"rolling_{f}_by")(**roll).over("sid")
+            aggs["r"] = per_series(getattr(pl.col("value"), f"rolling_{f}_by")(**roll))
         else:
-            aggs["r"] = pl.col("value").rolling_quantile_by(quantile=node.q, interpolation="linear", **roll).over("sid")
+            aggs["r"] = per_series(pl.col("value").rolling_quantile_by(quantile=node.q, interpolation="linear", **roll))
         out = both.with_columns(**aggs).filter(pl.col("k").is_not_null() & (pl.col("n") > 0))
         res = out.select("k", "sid", pl.col("r").cast(pl.Float64).alias("value"), pl.lit(True).alias("ok"))
         return Vec(res, labels)
@@ -476,6 +495,42 @@ def empty_vec() -> pl.DataFrame:
     return pl.DataFrame(schema={"k": pl.Int64, "sid": pl.UInt32, "value": pl.Float64, "ok": pl.Boolean})
 
 
+def pack(sid: str = "sid") -> pl.Expr:
+    """(sid, k) as one i64 that sorts like the pair; only for frames where ``packable`` holds."""
+    import polars as pl
+
+    return pl.col(sid).cast(pl.Int64) * 2**32 + pl.col("k")
+
+
+def packable(*frames: pl.DataFrame) -> bool:
+    return all(df.height == 0 or (df["k"].min() >= 0 and df["k"].max() < 2**32) for df in frames)  # type: ignore[operator]
+
+
+def _lookup(j: pl.DataFrame, r: pl.DataFrame, how: str) -> pl.DataFrame | None:
+    """``j.join(r, on=[k, r_sid], how=how)`` for the r_ok column by binary search, None if r has duplicates.
+
+    Why: vectors come out ordered by (sid, k) with one row per pair; a search into the sorted packed
+    keys is several times cheaper than hashing millions of rows for a join.
+    """
+    import polars as pl
+
+    rkey = r.select(pack("r_sid")).to_series()
+    if not (rkey.diff() > 0).all():
+        return None
+    lkey = j.select(pack("r_sid")).to_series()
+    if rkey.len() == 0:
+        pos = pl.Series([0] * 0, dtype=pl.Int64)
+        hit = pl.Series([False] * lkey.len(), dtype=pl.Boolean)
+    else:
+        pos = rkey.search_sorted(lkey, side="left").cast(pl.Int64).clip(0, rkey.len() - 1)
+        hit = rkey.gather(pos) == lkey
+    if how == "inner":
+        return j.filter(hit).with_columns(r_ok=r["r_ok"].gather(pos.filter(hit)))
+    if rkey.len() == 0:
+        return j.with_columns(r_ok=pl.lit(None, pl.Boolean))
+    return j.with_columns(r_ok=pl.when(hit).then(r["r_ok"].gather(pos)).otherwise(None))
+
+
 def _compare(op: str, a: pl.Expr, b: pl.Expr) -> pl.Expr:
     # Why explicit NaN handling: polars orders NaN above everything; PromQL follows IEEE (NaN compares false).
     nan = a.is_nan() | b.is_nan()
@@ -535,7 +590,9 @@ def _set_op(op: str, left: Vec, right: Vec) -> Vec:
     if op in ("and", "unless") and links["sid"].is_unique().all():
         # Why: one partner per left series (the usual case) needs a single join, no grouping.
         how = "inner" if op == "and" else "left"
-        j = left.df.join(links, on="sid", how=how).join(r.drop("r_value"), on=["k", "r_sid"], how=how)
+        j = left.df.join(links, on="sid", how=how)
+        found = _lookup(j, r, how) if packable(j, r) else None
+        j = found if found is not None else j.join(r.drop("r_value"), on=["k", "r_sid"], how=how)
         partner = pl.col("r_ok") if op == "and" else ~pl.col("r_ok").fill_null(False)
         ok = pl.col("ok") & partner
         return Vec(j.select("k", "sid", "value", ok.alias("ok")), left.labels)
