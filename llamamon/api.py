@@ -255,7 +255,7 @@ class _Converter:
         float_repr = float.__repr__
         lines: list[str] = []
         add = lines.append
-        last_t = last_step = None
+        last_t = last_step = last_key = template = None
         for entry in entries:
             if len(entry) == 4:
                 t, step, key, raw = entry
@@ -269,7 +269,9 @@ class _Converter:
                         continue  # the step row is written once per flush
                 elif not (type(step) is int and step >= 0):
                     step = _as_step(step)
-                template = templates[key] if key in templates else self._template(key, labels, aliases)
+                if key is not last_key:  # a loop logging one metric per call repeats the same key object
+                    last_key = key
+                    template = templates[key] if key in templates else self._template(key, labels, aliases)
                 if template is not None:
                     if type(raw) is not float:
                         raw = self._float(template[2], raw)
@@ -287,6 +289,7 @@ class _Converter:
             if step is not None and not (type(step) is int and step >= 0):
                 step = _as_step(step)
             time_text = float_repr(t)  # the metrics of one call share its time: format it once
+            last_key = None
             for key, raw in data.items():
                 template = templates[key] if key in templates else self._template(key, labels, aliases)
                 if template is None:
