@@ -33,7 +33,7 @@ from llamamon.catalog import canonical, group_of
 from llamamon.samples import NO_LABELS, Labels, Row, RunInfo, labels_to_str, make_labels
 
 if TYPE_CHECKING:
-    from llamamon.store.journal import Fields, Journal
+    from llamamon.store.journal import Journal
 
 __all__ = ["current_run", "flush", "log", "owns_run", "record_rows"]
 
@@ -61,14 +61,20 @@ def log(metrics: Mapping[str, Any] | None = None, /, step: int | None = None, **
     is not given. NaN and infinities are kept, so a diverging loss can raise an alert.
     """
     if metrics is None:
+        if len(values) == 1:
+            # Why a flat entry for one metric: a tuple of numbers and a string is untracked by the cyclic GC
+            # after its first pass, while one holding a dict is traversed by every collection.
+            ((key, value),) = values.items()
+            _append((_time(), step, key, value))
+            if not _started:
+                _ensure_started()
+            return
         data: Mapping[str, Any] = values
     elif values:
         data = {**metrics, **values}
     else:
         data = metrics
     if len(data) == 1:
-        # Why a flat entry for one metric: a tuple of numbers and a string is untracked by the cyclic GC after
-        # its first pass, while one holding a dict is traversed by every collection (half the call's cost).
         ((key, value),) = data.items()
         _append((_time(), step, key, value))
     else:
@@ -167,9 +173,9 @@ class _Destination:
         assert self.journal is not None, "open() first"
         self.rows += self.journal.append(rows)
 
-    def write_fields(self, records: list[Fields]) -> None:
+    def write_lines(self, data: bytes, count: int) -> None:
         assert self.journal is not None, "open() first"
-        self.rows += self.journal.append_fields(records)
+        self.rows += self.journal.append_lines(data, count)
 
     def close(self) -> None:
         if self.journal is not None:
@@ -224,67 +230,115 @@ def _exit_code() -> int | None:
 
 
 class _Converter:
-    """Entries -> rows. Holds the per-name caches, so each distinct name is resolved once."""
+    """Entries -> journal lines. Holds the per-name caches, so each distinct name is resolved once."""
 
     def __init__(self) -> None:
-        self.names: dict[str, tuple[str, str]] = {}
+        # key -> (line template with a step, without one, metric, group, the two templates again for a time
+        # formatted in advance), or None for a key that is not stored
+        self.templates: dict[Any, tuple[str, ...] | None] = {}
+        self.labels: str | None = None
         self.bad: set[str] = set()
 
-    def fields(self, entries: list[Entry], labels: str, aliases: dict[str, str] | None) -> list[Fields]:
-        """Journal records for a batch of log() calls; ``labels`` is the stored labels string."""
-        names = self.names
-        out: list[Fields] = []
-        append = out.append
-        last: tuple[float, int] | None = None
+    def encode(self, entries: list[Entry], labels: str, aliases: dict[str, str] | None) -> tuple[bytes, int]:
+        """(journal bytes, rows) for a batch of log() calls; ``labels`` is the stored labels string.
+
+        Why templates: a line per value formatted from a template cached per name (time and value by
+        ``%r``, the float repr JSON uses) is most of the flush's CPU saved; NaN and infinities, which JSON
+        spells differently, take ``encode_fields``.
+        """
+        from llamamon.store.journal import encode_fields
+
+        if labels != self.labels:  # templates embed the labels string
+            self.templates.clear()
+            self.labels = labels
+        templates = self.templates
+        float_repr = float.__repr__
+        lines: list[str] = []
+        add = lines.append
+        last_t = last_step = last_key = template = None
         for entry in entries:
             if len(entry) == 4:
                 t, step, key, raw = entry
-                items: Any = ((key, raw),)
-                if step is None and key == "step":
-                    step = raw
-            else:
-                t, step, data = entry
-                items = data.items()
-                if step is None and "step" in data:
-                    step = data["step"]
+                if step is None:
+                    if key == "step":
+                        step = raw
+                        if not (type(step) is int and step >= 0):
+                            step = _as_step(step)
+                        if step is not None:
+                            last_t, last_step = t, step
+                        continue  # the step row is written once per flush
+                elif not (type(step) is int and step >= 0):
+                    step = _as_step(step)
+                if key is not last_key:  # a loop logging one metric per call repeats the same key object
+                    last_key = key
+                    template = templates[key] if key in templates else self._template(key, labels, aliases)
+                if template is not None:
+                    if type(raw) is not float:
+                        raw = self._float(template[2], raw)
+                    if raw is not None:
+                        if raw - raw == 0.0:  # finite
+                            add(template[1] % (t, raw) if step is None else template[0] % (t, raw, step))
+                        else:
+                            add(self._fields_line(t, template, raw, labels, step))
+                if step is not None:
+                    last_t, last_step = t, step
+                continue
+            t, step, data = entry
+            if step is None and "step" in data:
+                step = data["step"]
             if step is not None and not (type(step) is int and step >= 0):
                 step = _as_step(step)
-            for key, raw in items:
-                resolved = names.get(key)
-                if resolved is None:
-                    resolved = self._resolve(key, aliases)
-                name, group = resolved
-                if not name:
+            time_text = float_repr(t)  # the metrics of one call share its time: format it once
+            last_key = None
+            for key, raw in data.items():
+                template = templates[key] if key in templates else self._template(key, labels, aliases)
+                if template is None:
                     continue
                 if type(raw) is not float:
-                    try:
-                        raw = float(raw)
-                    except (TypeError, ValueError):
-                        self._warn_bad(name, raw)
+                    raw = self._float(template[2], raw)
+                    if raw is None:
                         continue
-                append((t, group, name, raw, labels, step))
+                if raw - raw == 0.0:
+                    add(template[5] % (time_text, raw) if step is None else template[4] % (time_text, raw, step))
+                else:
+                    add(self._fields_line(t, template, raw, labels, step))
             if step is not None:
-                last = (t, step)
-        if last is not None:
+                last_t, last_step = t, step
+        count = len(lines)
+        data_bytes = "".join(lines).encode()
+        if last_step is not None:
             # Why: one step row per flush lets rules see progress (stalls) without doubling the rows.
-            append((last[0], "training", "step", float(last[1]), labels, last[1]))
-        return out
+            data_bytes += encode_fields([(last_t, "training", "step", float(last_step), labels, last_step)])
+            count += 1
+        return data_bytes, count
 
-    def _resolve(self, key: Any, aliases: dict[str, str] | None) -> tuple[str, str]:
+    def _template(self, key: Any, labels: str, aliases: dict[str, str] | None) -> tuple[str, ...] | None:
+        from llamamon.store.journal import line_templates
+
         name = str(key) if key != "step" else ""
+        template = None
         if name:
             name = canonical(name, aliases)
-            resolved = (name, group_of(name))
-        else:
-            resolved = ("", "")
+            group = group_of(name)
+            template = (*line_templates(group, name, labels), name, group, *line_templates(group, name, labels, "%s"))
         if isinstance(key, str):
-            self.names[key] = resolved
-        return resolved
+            self.templates[key] = template
+        return template
 
-    def _warn_bad(self, name: str, raw: Any) -> None:
-        if name not in self.bad:
-            self.bad.add(name)
-            logger.warning("llamamon.log: %s=%r is not a number; such values are skipped", name, raw)
+    @staticmethod
+    def _fields_line(t: float, template: tuple[str, ...], value: float, labels: str, step: Any) -> str:
+        from llamamon.store.journal import encode_fields
+
+        return encode_fields([(t, template[3], template[2], value, labels, step)]).decode()
+
+    def _float(self, name: str, raw: Any) -> float | None:
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            if name not in self.bad:
+                self.bad.add(name)
+                logger.warning("llamamon.log: %s=%r is not a number; such values are skipped", name, raw)
+            return None
 
 
 def _as_step(step: Any) -> int | None:
@@ -326,10 +380,8 @@ class _Flusher:
                 ready = [_rows.popleft() for _ in range(len(_rows))]
                 self._write_rows(ready)
             while _queue:
-                batch: list[Entry] = []
                 pop = _queue.popleft
-                for _ in range(min(len(_queue), BATCH)):
-                    batch.append(pop())
+                batch: list[Entry] = [pop() for _ in range(min(len(_queue), BATCH))]
                 self._write(batch)
 
     def _write(self, batch: list[Entry]) -> None:
@@ -337,7 +389,7 @@ class _Flusher:
             return
         dest = self.destination
         try:
-            dest.write_fields(self.converter.fields(batch, dest.labels_str, dest.aliases))
+            dest.write_lines(*self.converter.encode(batch, dest.labels_str, dest.aliases))
         except Exception as exc:  # noqa: BLE001 - isolation: a full disk must not crash the training job
             self.broken = True
             logger.warning("llamamon.log: cannot write metrics (%s); further metrics of this process are dropped", exc)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from llamamon.api import _as_step, _Converter, _rank_labels
 from llamamon.samples import Row, labels_to_str, make_labels
-from llamamon.store.journal import encode_fields, encode_rows, read_segment, segment_paths
+from llamamon.store.journal import encode_fields, encode_rows, line_templates, read_segment, segment_paths
 from tests.conftest import llamamon_env
 
 
@@ -220,7 +220,9 @@ def test_converter_resolves_aliases_keeps_non_finite_and_skips_non_numbers(caplo
         (3.0, 9, "grad_norm", 2),  # the flat form log() uses for a single metric
         (4.0, None, "step", 10),
     ]
-    rows = conv.fields(entries, "", {"flag": "my_flag"})
+    data, count = conv.encode(entries, "", {"flag": "my_flag"})
+    rows = [json.loads(line) for line in data.decode().splitlines()]  # what the journal's readers parse
+    assert count == len(rows)
     got = {(metric, step): value for _, _, metric, value, _, step in rows}
     assert got[("learning_rate", 7)] == 1e-3
     assert math.isnan(got[("loss", 7)])
@@ -261,3 +263,26 @@ def test_encode_fields_writes_the_same_bytes_as_encode_rows(records):
     rows = [Row(t, g, m, v, make_labels(lab), s) for t, g, m, v, lab, s in records]
     fields = [(t, g, m, v, labels_to_str(make_labels(lab)), s) for t, g, m, v, lab, s in records]
     assert encode_fields(fields) == encode_rows(rows)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(allow_nan=False, allow_infinity=False),
+            st.sampled_from(["training", "custom", "inference"]),
+            st.text(max_size=12),
+            st.floats(allow_nan=False, allow_infinity=False),
+            st.text(max_size=12),
+            st.one_of(st.none(), st.integers(0, 2**62)),
+        ),
+        max_size=20,
+    )
+)
+def test_line_templates_write_the_same_bytes_as_encode_fields(records):
+    # names and labels may hold "%" (and "%r"): the templates must escape them, not format into them
+    lines = []
+    for t, group, metric, value, labels, step in records:
+        with_step, without = line_templates(group, metric, labels)
+        lines.append(without % (t, value) if step is None else with_step % (t, value, step))
+    assert "".join(lines).encode() == encode_fields(records)

@@ -138,6 +138,19 @@ def encode_fields(records: Iterable[Fields]) -> bytes:
     return "".join(lines).encode()
 
 
+def line_templates(group: str, metric: str, labels: str, time: str = "%r") -> tuple[str, str]:
+    """``%``-templates of one row's line as ``encode_fields`` writes it: (with a step, without one).
+
+    Fill the first with ``% (time, value, step)`` and the second with ``% (time, value)``; ``time`` and
+    ``value`` must be finite floats (``%r`` is ``float.__repr__``) and ``step`` an int. With ``time="%s"``
+    the time is passed already formatted (``float.__repr__``), for rows that share one. Why: formatting a
+    line from a template cached per metric costs a third of building it field by field.
+    """
+    group, metric, labels = (_json_str(text).replace("%", "%%") for text in (group, metric, labels))
+    middle = f"{group}, {metric}, %r, {labels}"
+    return f"[{time}, {middle}, %d]\n", f"[{time}, {middle}, null]\n"
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -216,6 +229,12 @@ class Journal:
             return 0
         self._write(encode_fields(records))
         return len(records)
+
+    def append_lines(self, data: bytes, count: int) -> int:
+        """``append`` for ``count`` rows already encoded (``line_templates``, ``encode_fields``); returns ``count``."""
+        if data:
+            self._write(data)
+        return count
 
     def _write(self, data: bytes) -> None:
         with self._lock:
