@@ -223,13 +223,6 @@ class Journal:
         self._write(encode_rows(rows))
         return len(rows)
 
-    def append_fields(self, records: list[Fields]) -> int:
-        """``append`` for rows already flattened to :data:`Fields` (no Row objects; see encode_fields)."""
-        if not records:
-            return 0
-        self._write(encode_fields(records))
-        return len(records)
-
     def append_lines(self, data: bytes, count: int) -> int:
         """``append`` for ``count`` rows already encoded (``line_templates``, ``encode_fields``); returns ``count``."""
         if data:
