@@ -177,3 +177,47 @@ def test_export_of_a_recorded_run_matches_its_textfile(tmp_path):
     live, again = series(prom.read_text(encoding="utf-8")), series(exported.stdout.decode())
     assert set(live) == set(again)
     assert again == pytest.approx(live, rel=1e-12, abs=1e-5)  # times pass through the store in microseconds
+
+
+JOB_LOGS = (
+    "import pathlib, time, llamamon\n"
+    "llamamon.log({'loss': 0.25, 'validation_loss': 0.5}, step=7)\n"
+    "while not pathlib.Path('release').exists(): time.sleep(0.02)\n"
+)
+
+
+def test_what_the_job_logs_reaches_the_live_textfile(tmp_path):
+    """step, loss and validation loss from llamamon.log() appear in the .prom file while the job runs."""
+    metrics = tmp_path / "m"
+    args = ["record", "--no-gpu", "--no-alerts", "--interval", "0.2", "--metrics-dir", str(metrics), "--"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llamamon", *args, sys.executable, "-c", JOB_LOGS],
+        cwd=tmp_path,
+        env=llamamon_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        live: dict[str, float] = {}
+        while live.get("llamamon_loss") != 0.25:
+            assert time.monotonic() < deadline, f"the job's loss never reached the textfile: {live}"
+            runs = list((metrics / "runs").glob("*.json")) if (metrics / "runs").is_dir() else []
+            if runs:
+                prom = metrics / "prometheus" / textfile_name(socket.gethostname(), the_run(metrics))
+                if prom.exists():
+                    live = values(prom)
+            time.sleep(0.05)
+        assert live["llamamon_run_active"] == 1.0
+        assert live["llamamon_step"] == 7.0
+        assert live["llamamon_validation_loss"] == 0.5
+        (tmp_path / "release").touch()
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    final = values(prom)
+    assert final["llamamon_run_active"] == 0.0
+    assert final["llamamon_loss"] == 0.25

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from llamamon import __version__, catalog
 from llamamon.errors import ConfigError
 from llamamon.runtime.child import Child, ChildResult
+from llamamon.runtime.job_rows import JobJournalTail
 from llamamon.runtime.ticker import Stop, Ticker, run_ticks
 from llamamon.samples import Row, RunInfo, Sample
 from llamamon.units import format_duration
@@ -123,6 +124,7 @@ class Recorder:
             # Built before the job starts: a bad rule or channel is a config error (exit 2), not a surprise later.
             self.alerts = RunAlerts(config, self.metrics_dir, self.info.id, self.host)
         self._textfile: TextfileWriter | None = None
+        self._job_rows: JobJournalTail | None = None
 
     # -- main thread ------------------------------------------------------------------------------
 
@@ -222,6 +224,9 @@ class Recorder:
                 stop.set()
         writer = StoreWriter(self.metrics_dir, self.info.id, self.host, flush_interval=FLUSH_INTERVAL_S)
         self._textfile = self._open_textfile()
+        if self._textfile is not None:
+            # What the job logs itself (step, loss ...) belongs in the live .prom file too.
+            self._job_rows = JobJournalTail(self.metrics_dir, self.info.id, os.getpid())
         collectors = await self._open_collectors(pid)
         try:
             ticker = Ticker(self.interval)
@@ -330,7 +335,8 @@ class Recorder:
         if self.alerts is not None:
             rows.extend(self.alerts.on_tick(rows, now))  # evaluates beside the sampler, never inside its tick
         if self._textfile is not None:
-            self._export(lambda: self._textfile.write(rows))
+            job_rows = self._job_rows.poll() if self._job_rows is not None else []
+            self._export(lambda: self._textfile.write([*rows, *job_rows]))
         try:
             writer.append(rows)
         except Exception as exc:  # noqa: BLE001 - a full disk must not kill the job; say so once
