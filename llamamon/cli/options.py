@@ -36,3 +36,15 @@ def verbosity_options(fn: F) -> F:
 
 def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")(fn)
+
+
+def interval_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """``--interval`` as seconds: a number or a duration such as 500ms, 2s; more than 0."""
+    if value is None:
+        return None
+    from llamamon.units import parse_duration
+
+    seconds = parse_duration(value, path="--interval")
+    if not seconds > 0:
+        raise click.BadParameter(f"must be more than 0 seconds (got {value})", ctx=ctx, param=param)
+    return seconds

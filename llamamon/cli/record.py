@@ -4,18 +4,7 @@ from __future__ import annotations
 
 import click
 
-from llamamon.cli.options import config_option, metrics_dir_option, verbosity_options
-
-
-def _interval(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    if value is None:
-        return None
-    from llamamon.units import parse_duration
-
-    seconds = parse_duration(value, path="--interval")
-    if not seconds > 0:
-        raise click.BadParameter(f"must be more than 0 seconds (got {value})", ctx=ctx, param=param)
-    return seconds
+from llamamon.cli.options import config_option, interval_callback, metrics_dir_option, verbosity_options
 
 
 @click.command(
@@ -28,7 +17,7 @@ def _interval(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     "--interval",
     default=None,
     metavar="SECONDS",
-    callback=_interval,
+    callback=interval_callback,
     help="Seconds between samples, e.g. 1, 0.5 or 500ms (default: monitoring.update_frequency).",
 )
 @click.option("--no-gpu", is_flag=True, help="Do not sample GPUs (NVML is not even loaded).")

@@ -8,23 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from llamamon.cli.options import config_option, metrics_dir_option, verbosity_options
+from llamamon.cli.options import config_option, interval_callback, metrics_dir_option, verbosity_options
 
 if TYPE_CHECKING:
     from llamamon.runtime.watcher import Snapshot
 
 CLEAR = "\x1b[H\x1b[2J"  # cursor home + clear screen: redraw in place without curses
-
-
-def _interval(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    if value is None:
-        return None
-    from llamamon.units import parse_duration
-
-    seconds = parse_duration(value, path="--interval")
-    if not seconds > 0:
-        raise click.BadParameter(f"must be more than 0 seconds (got {value})", ctx=ctx, param=param)
-    return seconds
 
 
 @click.command("watch")
@@ -34,7 +23,7 @@ def _interval(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     "--interval",
     default=None,
     metavar="SECONDS",
-    callback=_interval,
+    callback=interval_callback,
     help="Seconds between evaluations (default: monitoring.update_frequency).",
 )
 @click.option("--once", is_flag=True, help="Evaluate one tick and exit (for cron): exit 1 if a critical alert fires.")
