@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,26 @@ def values(path: Path) -> dict[str, float]:
     return {f.name: f.points[0].value for f in parse(path.read_text(encoding="utf-8")) if f.points}
 
 
+@contextlib.contextmanager
+def recording(tmp_path: Path, metrics: Path, job: str, *options: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `llamamon record` of a Python job at 0.2 s, killed and reaped however the test ends."""
+    args = ["record", "--no-gpu", *options, "--interval", "0.2", "--metrics-dir", str(metrics), "--"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llamamon", *args, sys.executable, "-c", job],
+        cwd=tmp_path,
+        env=llamamon_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
 def the_run(metrics: Path) -> str:
     (run,) = [json.loads(p.read_text())["id"] for p in (metrics / "runs").glob("*.json")]
     return run
@@ -30,15 +52,7 @@ def the_run(metrics: Path) -> str:
 
 def test_record_writes_live_values_then_marks_the_run_inactive(tmp_path):
     metrics = tmp_path / "m"
-    args = ["record", "--no-gpu", "--interval", "0.2", "--metrics-dir", str(metrics), "--", sys.executable, "-c", HOLD]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llamamon", *args],
-        cwd=tmp_path,
-        env=llamamon_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
+    with recording(tmp_path, metrics, HOLD) as proc:
         deadline = time.monotonic() + 20
         while not (metrics / "runs").is_dir() or not list((metrics / "runs").glob("*.json")):
             assert time.monotonic() < deadline, "no run metadata"
@@ -55,11 +69,6 @@ def test_record_writes_live_values_then_marks_the_run_inactive(tmp_path):
             time.sleep(0.02)
         (tmp_path / "release").touch()
         assert proc.wait(timeout=20) == 0
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
     final = values(prom)
     assert final["llamamon_run_active"] == 0.0
     assert final["llamamon_last_sample_timestamp_seconds"] >= max(seen_times)
@@ -189,15 +198,7 @@ JOB_LOGS = (
 def test_what_the_job_logs_reaches_the_live_textfile(tmp_path):
     """step, loss and validation loss from llamamon.log() appear in the .prom file while the job runs."""
     metrics = tmp_path / "m"
-    args = ["record", "--no-gpu", "--no-alerts", "--interval", "0.2", "--metrics-dir", str(metrics), "--"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llamamon", *args, sys.executable, "-c", JOB_LOGS],
-        cwd=tmp_path,
-        env=llamamon_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
+    with recording(tmp_path, metrics, JOB_LOGS, "--no-alerts") as proc:
         deadline = time.monotonic() + 20
         live: dict[str, float] = {}
         while live.get("llamamon_loss") != 0.25:
@@ -213,11 +214,6 @@ def test_what_the_job_logs_reaches_the_live_textfile(tmp_path):
         assert live["llamamon_validation_loss"] == 0.5
         (tmp_path / "release").touch()
         assert proc.wait(timeout=20) == 0
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
     final = values(prom)
     assert final["llamamon_run_active"] == 0.0
     assert final["llamamon_loss"] == 0.25
