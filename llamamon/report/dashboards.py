@@ -313,6 +313,17 @@ def _pct(x: float) -> str:
     return f"{x * 100:.0f}%"
 
 
+def _ms(value: float) -> str:
+    return f"{value:g} ms"
+
+
+def _hline(
+    value: float | None, name: str, fmt: Callable[[float], str] = "{:g}".format, severity: str = "warning"
+) -> list[HLine]:
+    """The threshold line for a configured value, or none when the threshold is unset."""
+    return [] if value is None else [HLine(value, f"{name} {fmt(value)}", severity)]
+
+
 # ---------------------------------------------------------------------------------------------- system
 
 
@@ -322,21 +333,9 @@ def system_dashboard(ctx: Context) -> Dashboard:
         d.empty = HOW_TO_RECORD["system"]
         return d
     th = ctx.data.thresholds
-    mem_lines = []
-    if th.memory_warning is not None:
-        mem_lines.append(HLine(th.memory_warning, f"warning {_pct(th.memory_warning)}", "warning"))
-    if th.memory_critical is not None:
-        mem_lines.append(HLine(th.memory_critical, f"critical {_pct(th.memory_critical)}", "critical"))
-    gpu_util = (
-        [HLine(th.gpu_utilization_min, f"utilization_min {_pct(th.gpu_utilization_min)}", "warning")]
-        if (th.gpu_utilization_min is not None)
-        else []
-    )
-    gpu_mem = (
-        [HLine(th.gpu_memory_max, f"memory_max {_pct(th.gpu_memory_max)}", "warning")]
-        if (th.gpu_memory_max is not None)
-        else []
-    )
+    mem_lines = _hline(th.memory_warning, "warning", _pct) + _hline(th.memory_critical, "critical", _pct, "critical")
+    gpu_util = _hline(th.gpu_utilization_min, "utilization_min", _pct)
+    gpu_mem = _hline(th.gpu_memory_max, "memory_max", _pct)
     candidates = [
         _metric_panel(ctx, "cpu", "CPU", ["cpu_usage"], ylim=(0, 1.02)),
         _metric_panel(ctx, "memory", "Memory", ["memory_usage", "swap_usage"], thresholds=mem_lines, ylim=(0, 1.02)),
@@ -455,11 +454,7 @@ def training_dashboard(ctx: Context) -> Dashboard:
     th = ctx.data.thresholds
     panels: list[Panel | None] = []
     panels.append(_loss_panel(ctx))
-    lr_th = (
-        [HLine(th.learning_rate_min, f"learning_rate_min {th.learning_rate_min:g}", "warning")]
-        if (th.learning_rate_min is not None)
-        else []
-    )
+    lr_th = _hline(th.learning_rate_min, "learning_rate_min")
     panels.append(_step_panel(ctx, "lr", "Learning rate", "learning_rate", log=True, thresholds=lr_th))
     panels.append(_step_panel(ctx, "grad-norm", "Gradient norm", "grad_norm"))
     tp = ["steps_per_second", "samples_per_second", "tokens_per_second"]
@@ -471,9 +466,7 @@ def training_dashboard(ctx: Context) -> Dashboard:
         "GPU utilisation (same time axis as throughput)",
         ["gpu_utilization"],
         ylim=(0, 1.02),
-        thresholds=[HLine(th.gpu_utilization_min, f"utilization_min {_pct(th.gpu_utilization_min)}")]
-        if th.gpu_utilization_min is not None
-        else [],
+        thresholds=_hline(th.gpu_utilization_min, "utilization_min", _pct),
     )
     panels.append(util)
     d.panels = [p for p in panels if p is not None]
@@ -559,9 +552,7 @@ def _loss_panel(ctx: Context) -> Panel | None:
             "loss",
             "Loss",
             ["loss", "validation_loss"],
-            thresholds=[HLine(th.validation_loss_max, f"validation_loss_max {th.validation_loss_max:g}")]
-            if th.validation_loss_max is not None
-            else [],
+            thresholds=_hline(th.validation_loss_max, "validation_loss_max"),
             note="No step numbers were recorded, so loss is drawn against time.",
         )
     lines, _ = _step_lines(ctx, "loss", smooth=True)
@@ -573,8 +564,7 @@ def _loss_panel(ctx: Context) -> Panel | None:
         v.width = 1.3
     chart = Chart("Loss by step", Axis("loss"), x_mode="step")
     chart.lines = lines + val
-    if th.validation_loss_max is not None:
-        chart.thresholds = [HLine(th.validation_loss_max, f"validation_loss_max {th.validation_loss_max:g}")]
+    chart.thresholds = _hline(th.validation_loss_max, "validation_loss_max")
     chart.spans = _step_spans(ctx, "loss", ("plateau", "nan")) + _step_spans(ctx, "validation_loss", ())
     chart.height = 3.4
     note = "Raw loss per step (band: min–max per column) and its exponential moving average (α = 0.1)."
@@ -635,9 +625,7 @@ def inference_dashboard(ctx: Context) -> Dashboard:
             "queue",
             "Batch queue",
             ["batch_queue_size", "requests_running"],
-            thresholds=[HLine(th.batch_queue_max, f"batch_queue_max {th.batch_queue_max:g}")]
-            if th.batch_queue_max is not None
-            else [],
+            thresholds=_hline(th.batch_queue_max, "batch_queue_max"),
         ),
     ]
     d.panels = [p for p in panels if p is not None]
@@ -649,11 +637,7 @@ def _latency_panel(ctx: Context, pid: str, metric: str, title: str) -> Panel | N
     import polars as pl
 
     th = ctx.data.thresholds
-    thresholds = (
-        [HLine(th.latency_max, f"latency_max {th.latency_max:g} ms", "warning")]
-        if th.latency_max is not None and metric == "inference_latency"
-        else []
-    )
+    thresholds = _hline(th.latency_max, "latency_max", _ms) if metric == "inference_latency" else []
     q = ctx.data.quantiles.filter(pl.col("metric") == metric)
     if not q.height:
         labelled = ctx.data.series.filter((pl.col("metric") == metric) & pl.col("labels").str.contains('"quantile"'))
