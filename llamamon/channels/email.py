@@ -155,7 +155,16 @@ class EmailChannel(BaseChannel):
         )
         where = f"{self.host}:{self.port}"
         try:
-            await aiosmtplib.send(message, sender=self.sender, recipients=self.recipients, **(await self._connection()))
+            client = aiosmtplib.SMTP(**(await self._connection()))
+            try:
+                async with client:
+                    await client.send_message(message, sender=self.sender, recipients=self.recipients)
+            finally:
+                # Why: aiosmtplib.send leaves the socket open when STARTTLS fails (an untrusted certificate);
+                # close() is a no-op on a client that already quit. The sleep lets the loop finish closing the
+                # transport before asyncio.run() tears the loop down.
+                client.close()
+                await asyncio.sleep(0)
         except aiosmtplib.SMTPAuthenticationError as exc:
             raise DeliveryFailed(
                 f"SMTP authentication failed for user {self.username!r} at {where}: "
