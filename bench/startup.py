@@ -6,7 +6,10 @@ Rounds interleave the four commands (``python -c pass``, ``python -c "import cli
 ``llamamon record -- true``) so a burst of load from neighbours stretches all of them alike; each
 figure is the median over rounds, each ratio the median of per-round ratios. The CPU time of each
 command (user+sys, its whole process tree) is kept next to the wall time: it moves much less with load.
-``llamamon`` runs as ``python -m llamamon`` from this checkout, in an empty folder (default config).
+``llamamon`` runs as ``python -m llamamon`` from this checkout, in an empty folder (default config),
+with its bytecode cached as after ``pip install`` (which compiles every module): this environment sets
+PYTHONDONTWRITEBYTECODE, which would charge every run for compiling llamamon from source, so the children
+run without it and with PYTHONPYCACHEPREFIX in a temporary folder (the checkout stays clean).
 Targets: ``--help`` < 150 ms, ``record -- true`` < 400 ms. ``--profile`` prints where ``record -- true``
 spends its time: in-process timers around the recorder's phases (imports, store opening, collectors,
 ticks, the final flush) and what is left outside ``main()`` (interpreter start-up and shutdown).
@@ -81,10 +84,17 @@ def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def measure(repeat: int) -> dict[str, list[tuple[float, float]]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMAMON_")}
+def child_env(tmp: str) -> dict[str, str]:
+    """The environment of a timed child: this checkout first on the path, bytecode cached under ``tmp``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMAMON_") and k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
+    return env
+
+
+def measure(repeat: int) -> dict[str, list[tuple[float, float]]]:
     with tempfile.TemporaryDirectory(prefix="llamamon-bench-") as tmp:
+        env = child_env(tmp)
         cmds = commands(Path(tmp))
         for argv in cmds.values():  # warm the page cache and __pycache__ once, unmeasured
             timed(argv, env, Path(tmp))
@@ -115,10 +125,10 @@ def phases(repeat: int) -> list[tuple[str, float, float]]:
     import json
     import statistics
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMAMON_")}
-    env["PYTHONPATH"] = str(REPO)
     runs = []
     with tempfile.TemporaryDirectory(prefix="llamamon-bench-") as tmp:
+        env = child_env(tmp)
+        subprocess.run([sys.executable, "-c", PHASES, str(Path(tmp) / "warm")], env=env, cwd=tmp, capture_output=True)
         for k in range(repeat):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
