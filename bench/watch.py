@@ -88,7 +88,9 @@ def main() -> None:
         states = AlertStates()
         rescan = timed(lambda t: step_all(states, live.rules, scan(folder / "m", runs=[RUN]), t))
         print(f"store: {n * len(SERIES):,} samples ({args.hours:g} h x {len(SERIES)} series at 1 Hz)")
-        print(f"window kept by the tick: {live.window:.0f} s, {len(live._entries):,} rows")
+        print(
+            f"window kept by the tick: {live.window:.0f} s, {sum(len(b.times) for b in live._series.values()):,} rows"
+        )
         print(f"live tick (LiveAlerts.evaluate), median of {args.ticks}: {tick * 1000:.1f} ms")
         print(f"baseline: rescan the run + step_all, median of {args.ticks}: {rescan * 1000:.1f} ms")
         print(f"ratio: {rescan / tick:.1f}x cheaper per tick")

@@ -124,7 +124,7 @@ def test_a_training_metric_holds_its_last_value_beyond_the_window_until_the_run_
     live.end_run(RUN, later)
     assert states(live.evaluate(later + 1)[1]) == ["resolved"]
     live.evaluate(later + 3 * live.window)
-    assert live._entries == []
+    assert live._series == {}
 
 
 def test_only_the_metrics_rules_need_enter_the_window(tmp_path, metrics_dir):
@@ -133,9 +133,9 @@ def test_only_the_metrics_rules_need_enter_the_window(tmp_path, metrics_dir):
     assert live.wants("gpu_temperature")
     assert not live.wants("cpu_usage")
     assert live.last_time(RUN) == T0
-    entries, _ended, seen = live._trim(T0)
-    assert [e[3] for e in entries] == ["gpu_temperature"]
-    assert seen == {RUN: round(T0 * 1_000_000)}
+    live._trim(T0)
+    assert [metric for _run, _host, metric, _labels in live._series] == ["gpu_temperature"]
+    assert live._seen == {RUN: round(T0 * 1_000_000)}
 
 
 def test_tail_segment_reads_whole_new_lines_only(metrics_dir):

@@ -1,7 +1,9 @@
 """Alert rules evaluated live, tick by tick, for ``llamamon record`` (its own run) and ``llamamon watch``.
 
-Composition: samples go into a trailing window kept in memory (only the metrics some rule needs, so a
-tick costs a small frame, never a store scan); each tick ``engine.step_all`` advances the persistent
+Composition: samples go into a trailing window kept in memory, one time-sorted buffer per series (only
+the metrics some rule needs, trimmed as the window moves, never a store scan); each tick
+``rules.instant.step_all`` evaluates the rules at that instant in plain Python (the same answers as
+``engine.step_all``, without polars' import and per-call overhead) and advances the persistent
 ``AlertStates``; the resulting resolves plus every instance still firing go to the shared
 ``NotificationLedger`` (once on firing, once on resolve, again every repeat_interval, never twice across
 record and watch); what it lets through goes to ``Dispatcher.submit`` in the background, so delivery never
@@ -17,13 +19,17 @@ import math
 import os
 import threading
 import time
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamamon import catalog
 from llamamon.fsutil import atomic_write
-from llamamon.samples import AlertEvent, Row, Sample, labels_to_str
+from llamamon.rules.instant import Series, step_all
+from llamamon.rules.series import US
+from llamamon.samples import AlertEvent, Row, Sample, labels_from_str, labels_to_str
 
 if TYPE_CHECKING:
     from llamamon.config import Config
@@ -36,7 +42,27 @@ MARGIN_S = 5.0
 
 # (time in microseconds as the store rounds it, run, host, metric, value, labels, stale)
 Entry = tuple[int, str, str, str, float, str, bool]
-US = 1_000_000
+# A stored series: (run, host, metric as recorded, labels)
+Key = tuple[str, str, str, str]
+
+
+@dataclass(slots=True)
+class _Buffer:
+    """One stored series' rows in the window, sorted by time (stale: a run's end)."""
+
+    times: list[int]
+    values: list[float]
+    stale: list[bool]
+
+    def last_sample(self) -> int:
+        for k in range(len(self.times) - 1, -1, -1):
+            if not self.stale[k]:
+                return self.times[k]
+        return -1
+
+
+def _time(row: tuple[int, float, bool]) -> int:
+    return row[0]
 
 
 def _windows(node: Any) -> float:
@@ -101,7 +127,11 @@ class LiveAlerts:
                 log.warning("alert engine state %s unreadable (%s); starting afresh", self.state_path, exc)
         # Why a lock: record's sampler adds rows while an evaluation runs in a worker thread.
         self._lock = threading.Lock()
-        self._entries: list[Entry] = []
+        self._series: dict[Key, _Buffer] = {}
+        self._by_run: dict[str, set[Key]] = {}
+        self._layout: list[tuple[tuple[str, str, str, str], list[Key]]] | None = None  # None: series changed
+        self._names: dict[str, str] = {}
+        self._label_cache: dict[tuple[str, str, str], dict[str, str]] = {}
         self._ended: dict[str, int] = {}
         self._seen: dict[str, int] = {}  # run -> its latest row of any metric (us): the run's last sample
         self.sent = 0
@@ -110,6 +140,28 @@ class LiveAlerts:
 
     def wants(self, metric: str) -> bool:
         return metric in self.raw_metrics
+
+    def _insert(self, key: Key, t: int, value: float, stale: bool) -> None:
+        """One row into its series, kept sorted by time; a row seen before (same time and kind) is dropped.
+
+        Why dedup: a row may reach us twice (journal tail, then the Parquet file it was folded into).
+        """
+        buf = self._series.get(key)
+        if buf is None:
+            buf = self._series[key] = _Buffer([], [], [])
+            self._by_run.setdefault(key[0], set()).add(key)
+            self._layout = None
+        times = buf.times
+        if not times or t > times[-1]:
+            k = len(times)
+        else:
+            k = bisect_right(times, t)
+            for j in range(bisect_left(times, t), k):
+                if buf.stale[j] == stale:
+                    return
+        times.insert(k, t)
+        buf.values.insert(k, value)
+        buf.stale.insert(k, stale)
 
     def add(self, rows: Iterable[Row], run: str, host: str) -> None:
         """Rows of one run (``run`` "" for samples not recorded in a run) enter the window."""
@@ -122,94 +174,111 @@ class LiveAlerts:
                 t = round(row.time * US)
                 seen = max(seen, t)
                 if row.metric in self.raw_metrics:
-                    self._entries.append((t, run, host, row.metric, row.value, labels_to_str(row.labels), False))
+                    self._insert((run, host, row.metric, labels_to_str(row.labels)), t, row.value, False)
             self._seen[run] = seen
 
     def add_entries(self, entries: Iterable[Entry]) -> None:
         """Rows already in the window's own shape (a store scan); metrics no rule needs are dropped."""
         with self._lock:
-            for e in entries:
-                self._seen[e[1]] = max(self._seen.get(e[1], 0), e[0])
-                if e[3] in self.raw_metrics:
-                    self._entries.append(e)
+            for t, run, host, metric, value, labels, stale in entries:
+                self._seen[run] = max(self._seen.get(run, 0), t)
+                if metric in self.raw_metrics:
+                    self._insert((run, host, metric, labels), t, value, stale)
 
     def end_run(self, run: str, at: float) -> float:
         """Mark every series of ``run`` stale just after ``at`` and its last sample; returns the marker's time."""
         with self._lock:
-            last = max((e[0] for e in self._entries if e[1] == run), default=0)
+            keys = sorted(self._by_run.get(run, ()))
+            last = max((self._series[k].times[-1] for k in keys), default=0)
             t = max(round(at * US), last) + 1
             self._ended[run] = t
-            seen = {(e[1], e[2], e[3], e[5]) for e in self._entries if e[1] == run}
-            for run_, host, metric, labels in seen:
-                self._entries.append((t, run_, host, metric, math.nan, labels, True))
+            for key in keys:
+                self._insert(key, t, math.nan, True)
         return t / US
 
     def last_time(self, run: str) -> float | None:
         """Seconds of the run's latest sample in the window (None when it has none)."""
         with self._lock:
-            last = max((e[0] for e in self._entries if e[1] == run and not e[6]), default=None)
-        return None if last is None else last / US
+            last = max((self._series[k].last_sample() for k in self._by_run.get(run, ())), default=-1)
+        return None if last < 0 else last / US
 
-    def _trim(self, now: float) -> tuple[list[Entry], set[str], dict[str, int]]:
-        """Drop what fell out of the window; a copy of the entries, ended runs and runs' last samples."""
+    def _trim(self, now: float) -> None:
+        """Drop what fell out of the window (under the lock)."""
         cutoff = round((now - self.window) * US)
-        with self._lock:
-            held: dict[tuple[str, str, str, str], Entry] = {}
-            for e in self._entries:
-                # Why: training metrics (loss ...) hold their last value until the next one or the run's
-                # end, however old; so the newest one of each series stays in the window.
-                if e[0] < cutoff and e[3] in self._held_metrics:
-                    key = (e[1], e[2], e[3], e[5])
-                    if key not in held or held[key][0] <= e[0]:
-                        held[key] = e
-            kept = (e for e in held.values() if not e[6])  # a staleness marker: the run ended, let it go
-            self._entries = [*kept, *(e for e in self._entries if e[0] >= cutoff)]
-            for run in [r for r, t in self._ended.items() if t < cutoff]:
-                del self._ended[run]
-            for run in [r for r, t in self._seen.items() if t < cutoff and r not in self._ended]:
-                del self._seen[run]
-            return list(self._entries), set(self._ended), dict(self._seen)
+        for key, buf in list(self._series.items()):
+            k = bisect_left(buf.times, cutoff)
+            # Why: training metrics (loss ...) hold their last value until the next one or the run's
+            # end, however old; so the newest row of each series stays, unless it is a staleness marker.
+            if k and key[2] in self._held_metrics and not buf.stale[k - 1]:
+                k -= 1
+            if not k:
+                continue
+            del buf.times[:k], buf.values[:k], buf.stale[:k]
+            if not buf.times:
+                del self._series[key]
+                self._by_run[key[0]].discard(key)
+                if not self._by_run[key[0]]:
+                    del self._by_run[key[0]]
+                self._layout = None
+        for run in [r for r, t in self._ended.items() if t < cutoff]:
+            del self._ended[run]
+        for run in [r for r, t in self._seen.items() if t < cutoff and r not in self._ended]:
+            del self._seen[run]
 
-    def _samples(self, now: float) -> Any:
-        """The window prepared for the engine, each run's last sample counting every metric it recorded.
+    def _view(self, now: float) -> list[Series]:
+        """The window as the engine sees it (under the lock): series by canonical name, each run's last sample
+        counting every metric it recorded.
 
-        Why: the engine holds a training metric (loss ...) until its run's last sample; the window keeps
-        only the metrics rules need, so the run's last sample of anything is set from what ``add`` saw.
+        Why the run's last sample from ``add``: a training metric (loss ...) holds until its run's last
+        sample, and the window keeps only the metrics rules need.
         """
-        import polars as pl
+        self._trim(now)
+        if self._layout is None:
+            groups: dict[tuple[str, str, str, str], list[Key]] = {}
+            for key in self._series:
+                run, host, metric, labels = key
+                groups.setdefault((run, host, self._canonical(metric), labels), []).append(key)
+            self._layout = sorted(groups.items())  # the engine's series order: run, host, metric, labels
+        series: list[Series] = []
+        run_last: dict[str, int] = {}
+        for (run, host, metric, labels), keys in self._layout:
+            bufs = [self._series[k] for k in keys]
+            if len(bufs) == 1:
+                times, values, stale = bufs[0].times, bufs[0].values, bufs[0].stale
+            else:  # an alias and its canonical name are one series
+                rows = sorted((r for b in bufs for r in zip(b.times, b.values, b.stale, strict=True)), key=_time)
+                times, values, stale = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+            series.append(Series(metric, self._labels(labels, run, host), times, values, stale, -1))
+            run_last[run] = max(run_last.get(run, -1), times[-1])
+        for s, ((run, *_), _keys) in zip(series, self._layout, strict=True):
+            seen = -1 if run in self._ended else self._seen.get(run, -1)
+            s.run_last = max(run_last[run], seen)
+        return series
 
-        from llamamon.rules.engine import needed_metrics, prepare
+    def _canonical(self, metric: str) -> str:
+        name = self._names.get(metric)
+        if name is None:
+            name = self._names[metric] = catalog.canonical(metric, self.aliases)
+        return name
 
-        entries, ended, last_seen = self._trim(now)
-        schema = {
-            "time": pl.Int64,
-            "run": pl.String,
-            "host": pl.String,
-            "metric": pl.String,
-            "value": pl.Float64,
-            "labels": pl.String,
-            "stale": pl.Boolean,
-        }
-        df = pl.DataFrame(entries, schema=schema, orient="row")
-        # Why unique: a row may reach us twice (journal tail, then the Parquet file it was folded into).
-        df = df.unique(["time", "run", "host", "metric", "labels", "stale"], keep="first", maintain_order=True)
-        df = df.with_columns(pl.col("time").cast(pl.Datetime("us", "UTC")))
-        samples = prepare(df, needed_metrics(self.rules), self.aliases)
-        if samples.labels:
-            seen = [-1 if (run := lab.get("run", "")) in ended else last_seen.get(run, -1) for lab in samples.labels]
-            by_sid = pl.Series("seen", seen, pl.Int64)
-            samples.run_last = samples.run_last.sort("sid").with_columns(
-                run_last=pl.max_horizontal("run_last", by_sid)  # sorted by sid, 0..n-1: aligned
-            )
-        return samples
+    def _labels(self, text: str, run: str, host: str) -> dict[str, str]:
+        found = self._label_cache.get((text, run, host))
+        if found is None:
+            found = dict(labels_from_str(text))
+            if run:
+                found["run"] = run
+            if host:
+                found["host"] = host
+            self._label_cache[(text, run, host)] = found
+        return found
 
     # -- ticks ------------------------------------------------------------------------------------
 
     def evaluate(self, now: float) -> tuple[list[AlertEvent], list[AlertEvent]]:
         """Step every rule at ``now``: (state changes, notifications due). Blocking; run off the loop."""
-        from llamamon.rules.engine import step_all
-
-        changes = step_all(self.states, self.rules, self._samples(now), now, aliases=self.aliases)
+        with self._lock:
+            # Why under the lock: the series are the live buffers, not copies (record adds from its loop).
+            changes = step_all(self.states, self.rules, self._view(now), now)
         due: list[AlertEvent] = []
         if self.channels:
             # Why every firing instance each tick: the ledger decides repeats (repeat_interval) from them.
@@ -274,8 +343,8 @@ def describe(event: AlertEvent) -> str:
 class RunAlerts:
     """``record``'s hook: its own run's rows in, notifications out; one call per tick, one at exit.
 
-    Evaluation runs beside the sampler, never inside its tick: a slow evaluation (polars' first import,
-    a long window) skips an evaluation, never a sample; the next one sees every row. What the job logs
+    Evaluation runs beside the sampler, never inside its tick: a slow evaluation (a long window, a
+    store catch-up of the job's rows) skips an evaluation, never a sample; the next one sees every row. What the job logs
     itself (``llamamon.log()``, its own journal segments) is followed as ``watch`` follows a run.
     """
 
@@ -286,9 +355,11 @@ class RunAlerts:
         self.run_id = run_id
         self.host = host
         self.job = RunFollower(Path(metrics_dir), self.live, {run_id}, skip_pid=os.getpid())
+        # Why: the run's file appearing is no news to its own recorder (its rows come from on_tick and the
+        # job's journal tails); catching the run up from the store would re-read our own rows through polars.
+        self.job.known_files.add(f"{run_id}.json")
         # Why not every sample tick: rules are defined on the update_frequency grid (as `alerts test`
-        # evaluates them), and one evaluation costs tens of ms of polars work; `--interval 0.1` must not
-        # turn that into the recorder's main cost.
+        # evaluates them), so `--interval 0.1` gives the same alerts as `alerts test` replays.
         self.period = config.update_frequency
         self._next_eval = -math.inf
         self._task: asyncio.Task[None] | None = None

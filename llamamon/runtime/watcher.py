@@ -157,10 +157,12 @@ class RunFollower:
                 continue
             present.add(path)
             header, rows, offset = tail_segment(path, self.offsets.get(path, 0))
-            self.offsets[path] = offset
             if header is not None and self.skip_pid is not None and header.get("pid") == self.skip_pid:
+                # Why before the offset is kept: a tracked segment that vanishes is caught up from the
+                # store, and record's own segments vanish into Parquet every flush.
                 self.skipped.add(path)
                 continue
+            self.offsets[path] = offset
             if header is not None:
                 host = str(header.get("host") or "")
                 self.segment_run[path] = (str(header.get("run") or run), host)

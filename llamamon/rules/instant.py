@@ -1,0 +1,412 @@
+"""Conditions evaluated at one instant over in-memory series, in plain Python: the live loop's evaluator.
+
+Why not ``rules.series`` here: it compiles a condition into polars operations over a grid of ticks, the
+right tool for a history; for one tick over a trailing window it costs hundreds of tiny polars calls
+(tens of ms) plus polars' import, which ``record`` would pay every evaluation and at exit. Here each
+selector is a binary search into sorted per-series lists and each window a slice of them.
+
+Same answers as ``engine.step_all`` (``tests/test_rules_instant.py`` checks it differentially), including
+where the vectorised code leans on polars' ordering of NaN above every number (``_lt``: counter resets,
+``evals_since_best``, rate extrapolation, quantiles) and its NaN-propagating rolling min/max. Pure: no
+I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from llamamon import catalog
+from llamamon.rules.lang import COMPARISONS, Binary, Call, Node, Number, Selector, Unary
+from llamamon.rules.series import LOOKBACK, US, _agree, _matches, _scalar_op
+from llamamon.samples import AlertEvent, Labels, make_labels
+
+if TYPE_CHECKING:
+    from llamamon.rules.engine import AlertStates, Rule
+
+
+@dataclass(slots=True)
+class Series:
+    """One series as ``rules.series.prepare`` would make it: samples sorted by time (stale = a run's end)."""
+
+    metric: str  # canonical name
+    labels: dict[str, str]  # including run and host where set
+    times: Sequence[int]  # microseconds, ascending
+    values: Sequence[float]
+    stale: Sequence[bool]
+    run_last: int  # the last sample of the series' run (us); training metrics hold until it
+
+
+@dataclass(slots=True)
+class Vec:
+    """An expression's series at the instant: labels per sid, and (value, truth) for the sids with a sample."""
+
+    labels: list[dict[str, str]]  # shared with the Series and other Vecs: never mutated
+    rows: dict[int, tuple[float, bool]]
+
+
+def _lt(a: float, b: float) -> bool:
+    """``a < b`` as polars orders floats (NaN above everything, equal to itself)."""
+    if a != a:
+        return False
+    return b != b or a < b
+
+
+def _div(a: float, b: float) -> float:
+    """IEEE division, as polars divides (x/0 is ±inf, 0/0 NaN)."""
+    if b != 0:
+        return a / b
+    if a == 0 or a != a:
+        return math.nan
+    return math.copysign(math.inf, a) * math.copysign(1.0, b)
+
+
+def _arith(op: str, a: float, b: float) -> float:
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    return _div(a, b)
+
+
+def _compare(op: str, a: float, b: float) -> bool:
+    # Python's float comparisons are IEEE already: NaN compares false, != true (as rules.series._compare).
+    if op == "<":
+        return a < b
+    if op == "<=":
+        return a <= b
+    if op == ">":
+        return a > b
+    if op == ">=":
+        return a >= b
+    if op == "==":
+        return a == b
+    return a != b
+
+
+def _nan_last(v: float) -> tuple[bool, float]:
+    return (v != v, v if v == v else 0.0)
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """polars' linear-interpolated quantile: NaN sorts last, ``lo + (hi - lo) * frac``."""
+    vals = sorted(values, key=_nan_last)
+    pos = (len(vals) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    if lo == hi:
+        return vals[lo]
+    return vals[lo] + (vals[hi] - vals[lo]) * (pos - lo)
+
+
+def _finite_sum(values: list[float]) -> float:
+    """Sum with polars' treatment in rules.series: any NaN or both infinities is NaN, else the infinity."""
+    nan = pinf = ninf = False
+    total = 0.0
+    for v in values:
+        if v != v:
+            nan = True
+        elif v == math.inf:
+            pinf = True
+        elif v == -math.inf:
+            ninf = True
+        else:
+            total += v
+    if nan or (pinf and ninf):
+        return math.nan
+    if pinf:
+        return math.inf
+    if ninf:
+        return -math.inf
+    return total
+
+
+class Instant:
+    """Evaluates condition trees at time ``t`` (us) over ``series``, as ``rules.series.Compiler`` does on a
+    one-tick grid."""
+
+    def __init__(self, series: Sequence[Series], t: int, lookback: float = LOOKBACK) -> None:
+        self.series = series
+        self.t = t
+        self.lookback = round(lookback * US)
+        self._selected: dict[Selector, list[int]] = {}
+
+    def elements(self, node: Node) -> dict[Labels, float]:
+        """The series where the condition holds -> value, in series order (what AlertStates.step takes)."""
+        res = self.eval(node)
+        if not isinstance(res, Vec):
+            return {}
+        return {make_labels(res.labels[sid]): value for sid, (value, ok) in sorted(res.rows.items()) if ok}
+
+    def eval(self, node: Node) -> Vec | float:
+        if isinstance(node, Number):
+            return node.value
+        if isinstance(node, Selector):
+            return self.instant(node)
+        if isinstance(node, Call):
+            return self.call(node)
+        if isinstance(node, Unary):
+            return self.unary(node)
+        return self.binary(node)
+
+    # -- selectors -----------------------------------------------------------------------------------
+
+    def select(self, sel: Selector) -> list[int]:
+        found = self._selected.get(sel)
+        if found is None:
+            found = [
+                i
+                for i, s in enumerate(self.series)
+                if s.metric == sel.metric and all(_matches(m, s.labels) for m in sel.matchers)
+            ]
+            self._selected[sel] = found
+        return found
+
+    def _answers(self, time: int, run_last: int, hold: bool) -> bool:
+        """A sample at ``time`` still answers at t: within the lookback (of the run's end, held)."""
+        until = max(time, run_last) if hold else time
+        return self.t - until <= self.lookback
+
+    def instant(self, sel: Selector) -> Vec:
+        metric = catalog.BY_NAME.get(sel.metric)
+        hold = metric is not None and metric.group == "training"
+        sids = self.select(sel)
+        rows: dict[int, tuple[float, bool]] = {}
+        for local, i in enumerate(sids):
+            s = self.series[i]
+            # The latest row at or before t, a staleness marker included: after one, nothing answers.
+            k = bisect_right(s.times, self.t) - 1
+            if k >= 0 and not s.stale[k] and self._answers(s.times[k], s.run_last, hold):
+                rows[local] = (s.values[k], True)
+        return Vec([self.series[i].labels for i in sids], rows)
+
+    def _live(self, s: Series) -> tuple[list[int], list[float]]:
+        """The series without its staleness markers (windows and evals_since_best ignore them)."""
+        if not any(s.stale):
+            return list(s.times), list(s.values)
+        keep = [k for k, st in enumerate(s.stale) if not st]
+        return [s.times[k] for k in keep], [s.values[k] for k in keep]
+
+    # -- functions -----------------------------------------------------------------------------------
+
+    def call(self, node: Call) -> Vec | float:
+        f = node.func
+        if f in ("abs", "isnan", "isinf", "isfinite"):
+            arg = self.eval(node.args[0])
+            test = {"isnan": math.isnan, "isinf": math.isinf, "isfinite": math.isfinite}.get(f)
+            if not isinstance(arg, Vec):
+                return abs(arg) if test is None else float(test(arg))
+            if test is None:
+                return Vec(arg.labels, {sid: (abs(v), ok) for sid, (v, ok) in arg.rows.items()})
+            return Vec(arg.labels, {sid: (v, ok and test(v)) for sid, (v, ok) in arg.rows.items()})
+        if f == "last":
+            return self.instant(node.args[0])  # type: ignore[arg-type]
+        if f == "evals_since_best":
+            return self.since_best(node.args[0])  # type: ignore[arg-type]
+        sel = node.args[1] if f == "quantile" else node.args[0]
+        assert isinstance(sel, Selector)
+        return self.window(node, sel)
+
+    def since_best(self, sel: Selector) -> Vec:
+        """Evaluations since the series' last new minimum, held like a training metric (stale markers ignored)."""
+        sids = self.select(sel)
+        rows: dict[int, tuple[float, bool]] = {}
+        for local, i in enumerate(sids):
+            s = self.series[i]
+            times, values = self._live(s)
+            k = bisect_right(times, self.t) - 1
+            if k < 0 or not self._answers(times[k], s.run_last, True):
+                continue
+            best = values[0]  # running minimum in polars' order (cum_min skips NaN unless all are NaN)
+            best_i = 0
+            for j in range(1, k + 1):
+                v = values[j]
+                if _lt(v, best):
+                    best_i = j
+                    best = v
+            rows[local] = (float(k - best_i), True)
+        return Vec([self.series[i].labels for i in sids], rows)
+
+    def window(self, node: Call, sel: Selector) -> Vec:
+        """``f(x, w)`` over the samples in ``[t - w, t]``, as rules.series.Compiler.window."""
+        sids = self.select(sel)
+        w = round(node.window * US)
+        f = node.func
+        rows: dict[int, tuple[float, bool]] = {}
+        for local, i in enumerate(sids):
+            times, values = self._live(self.series[i])
+            hi = bisect_right(times, self.t)
+            lo = bisect_left(times, self.t - w)
+            n = hi - lo
+            if n <= 0:
+                continue
+            if f in ("rate", "increase", "delta"):
+                if n < 2:
+                    continue
+                value = self._extrapolated(f, times, values, lo, hi, w)
+            elif f == "count":
+                value = float(n)
+            elif f in ("sum", "avg"):
+                total = _finite_sum(values[lo:hi])
+                value = total if f == "sum" else total / n
+            elif f in ("min", "max"):
+                inside = values[lo:hi]
+                # Why NaN wins: polars' rolling min/max propagate a NaN anywhere in the window.
+                value = math.nan if any(v != v for v in inside) else (min if f == "min" else max)(inside)
+            else:
+                value = _quantile(values[lo:hi], node.q)
+            rows[local] = (value, True)
+        return Vec([self.series[i].labels for i in sids], rows)
+
+    def _extrapolated(self, f: str, times: list[int], values: list[float], lo: int, hi: int, w: int) -> float:
+        """Prometheus' extrapolatedRate, step for step as rules.series.Compiler._extrapolate computes it."""
+        counter = f != "delta"
+        first, last = lo, hi - 1
+        t0, v0, t1, v1 = times[first], values[first], times[last], values[last]
+        result = v1 - v0
+        if counter:
+            # Counter resets as a running sum from the series' start (c1 - c0), as the vectorised code has it.
+            c = c0 = 0.0
+            for j in range(1, last + 1):
+                prev = values[j - 1]
+                c += prev if _lt(values[j], prev) else 0.0
+                if j == first:
+                    c0 = c
+            result = result + c - c0
+        t = self.t
+        to_start = (t0 - (t - w)) / US
+        to_end = (t - t1) / US
+        sampled = (t1 - t0) / US
+        avg_gap = _div(sampled, hi - lo - 1)
+        if counter and _lt(0.0, result) and not _lt(v0, 0.0):
+            to_zero = sampled * _div(v0, result)
+            if _lt(to_zero, to_start):
+                to_start = to_zero
+        thr = avg_gap * 1.1
+        ext = sampled + (to_start if _lt(to_start, thr) else avg_gap / 2)
+        ext = ext + (to_end if _lt(to_end, thr) else avg_gap / 2)
+        factor = _div(ext, sampled)
+        if f == "rate":
+            factor = factor / (w / US)
+        return result * factor
+
+    # -- operators -----------------------------------------------------------------------------------
+
+    def unary(self, node: Unary) -> Vec | float:
+        arg = self.eval(node.operand)
+        if not isinstance(arg, Vec):
+            return -arg if node.op == "-" else float(not arg)
+        if node.op == "-":
+            return Vec(arg.labels, {sid: (-v, ok) for sid, (v, ok) in arg.rows.items()})
+        return Vec(arg.labels, {sid: (v, not ok) for sid, (v, ok) in arg.rows.items()})
+
+    def binary(self, node: Binary) -> Vec | float:
+        left, right = self.eval(node.left), self.eval(node.right)
+        op = node.op
+        if not isinstance(left, Vec) and not isinstance(right, Vec):
+            return _scalar_op(op, left, right)
+        if op in ("and", "or", "unless"):
+            if not (isinstance(left, Vec) and isinstance(right, Vec)):
+                raise TypeError("lang.parse rejects set operators without a metric on both sides")
+            return _or(left, right) if op == "or" else _and_unless(op, left, right)
+        if isinstance(left, Vec) and isinstance(right, Vec):
+            return _vector_op(op, left, right)
+        vec, scalar = (left, right) if isinstance(left, Vec) else (right, left)
+        assert isinstance(vec, Vec)
+        assert not isinstance(scalar, Vec)
+        vec_left = vec is left
+        rows: dict[int, tuple[float, bool]] = {}
+        for sid, (v, ok) in vec.rows.items():
+            a, b = (v, scalar) if vec_left else (scalar, v)
+            if op in COMPARISONS:
+                rows[sid] = (v, ok and _compare(op, a, b))
+            else:
+                rows[sid] = (_arith(op, a, b), ok)
+        return Vec(vec.labels, rows)
+
+
+def _vector_op(op: str, left: Vec, right: Vec) -> Vec:
+    """Series that agree on every shared label pair up; the first pair of each merged label set counts."""
+    labels: list[dict[str, str]] = []
+    seen: set[tuple[tuple[str, str], ...]] = set()
+    rows: dict[int, tuple[float, bool]] = {}
+    for i, a in enumerate(left.labels):
+        for j, b in enumerate(right.labels):
+            if not _agree(a, b):
+                continue
+            merged = {**b, **a}
+            key = tuple(sorted(merged.items()))
+            if key in seen:
+                continue
+            seen.add(key)
+            out = len(labels)
+            labels.append(merged)
+            lrow, rrow = left.rows.get(i), right.rows.get(j)
+            if lrow is None or rrow is None:
+                continue
+            (lv, lok), (rv, rok) = lrow, rrow
+            if op in COMPARISONS:
+                rows[out] = (lv, lok and rok and _compare(op, lv, rv))
+            else:
+                rows[out] = (_arith(op, lv, rv), lok and rok)
+    return Vec(labels, rows)
+
+
+def _and_unless(op: str, left: Vec, right: Vec) -> Vec:
+    """``and`` keeps left series with a partner sample (true if any partner is), ``unless`` flips the partner."""
+    rows: dict[int, tuple[float, bool]] = {}
+    for sid, (v, ok) in left.rows.items():
+        a = left.labels[sid]
+        partners = [right.rows[j][1] for j, b in enumerate(right.labels) if j in right.rows and _agree(a, b)]
+        if op == "and":
+            if partners:
+                rows[sid] = (v, ok and any(partners))
+        else:
+            rows[sid] = (v, ok and not any(partners))
+    return Vec(left.labels, rows)
+
+
+def _or(left: Vec, right: Vec) -> Vec:
+    """Both sides' series; identical label sets merge (true if either is; the true side's value, left first)."""
+    out: list[dict[str, str]] = []
+    lmap: dict[int, int] = {}
+    rmap: dict[int, int] = {}
+    for i, a in enumerate(left.labels):
+        for j, b in enumerate(right.labels):
+            if a == b and j not in rmap and i not in lmap:
+                lmap[i] = rmap[j] = len(out)
+                out.append({**b, **a})
+    for i, a in enumerate(left.labels):
+        if i not in lmap:
+            lmap[i] = len(out)
+            out.append(a)
+    for j, b in enumerate(right.labels):
+        if j not in rmap:
+            rmap[j] = len(out)
+            out.append(b)
+    rows: dict[int, tuple[float, bool]] = {}
+    for vec, where in ((left, lmap), (right, rmap)):  # left first: it wins ties
+        for sid, (v, ok) in vec.rows.items():
+            o = where[sid]
+            have = rows.get(o)
+            if have is None:
+                rows[o] = (v, ok)
+            elif ok and not have[1]:
+                rows[o] = (v, True)  # the true side's value
+    return Vec(out, rows)
+
+
+def step_all(
+    states: AlertStates, rules: Sequence[Rule], series: Sequence[Series], t: float, *, lookback: float = LOOKBACK
+) -> list[AlertEvent]:
+    """engine.step_all's tick over in-memory series: evaluate every enabled rule at ``t`` and step the states."""
+    instant = Instant(series, round(t * US), lookback)
+    events: list[AlertEvent] = []
+    for rule in rules:
+        if rule.enabled:
+            events.extend(states.step(rule, t, instant.elements(rule.condition.tree)))
+    return events
