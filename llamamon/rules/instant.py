@@ -184,10 +184,10 @@ class Instant:
                 rows[local] = (s.values[k], True)
         return Vec([self.series[i].labels for i in sids], rows)
 
-    def _live(self, s: Series) -> tuple[list[int], list[float]]:
+    def _live(self, s: Series) -> tuple[Sequence[int], Sequence[float]]:
         """The series without its staleness markers (windows and evals_since_best ignore them)."""
         if not any(s.stale):
-            return list(s.times), list(s.values)
+            return s.times, s.values  # read only: no copy
         keep = [k for k, st in enumerate(s.stale) if not st]
         return [s.times[k] for k in keep], [s.values[k] for k in keep]
 
@@ -262,7 +262,7 @@ class Instant:
             rows[local] = (value, True)
         return Vec([self.series[i].labels for i in sids], rows)
 
-    def _extrapolated(self, f: str, times: list[int], values: list[float], lo: int, hi: int, w: int) -> float:
+    def _extrapolated(self, f: str, times: Sequence[int], values: Sequence[float], lo: int, hi: int, w: int) -> float:
         """Prometheus' extrapolatedRate, step for step as rules.series.Compiler._extrapolate computes it."""
         counter = f != "delta"
         first, last = lo, hi - 1
