@@ -293,114 +293,119 @@ class Compiler:
                 out = self._extrapolate(out, w, counter=counter, per_second=f == "rate")
             res = out.select("k", "sid", pl.col("r").cast(pl.Float64).alias("value"), pl.lit(True).alias("ok"))
             return Vec(res, labels)
-        ticks = pl.DataFrame({"k": pl.int_range(0, g.n, eager=True, dtype=pl.Int64)}).with_columns(
-            t=pl.col("k") * g.step + g.start
-        )
-        grid_rows = pl.DataFrame({"sid": pl.Series(range(n_series), dtype=pl.UInt32)}).join(ticks, how="cross")
-        both_parts = (
-            df.select("sid", "t", "value", pl.lit(1.0).alias("fi"), pl.lit(None, pl.Int64).alias("k")),
-            grid_rows.select(
-                "sid", "t", pl.lit(None, pl.Float64).alias("value"), pl.lit(None, pl.Float64).alias("fi"), "k"
-            ),
-        )
-        tmin = min(int(df["t"].min()), g.start) if df.height else g.start  # type: ignore[arg-type]
-        span = max(int(df["t"].max()) if df.height else g.start, g.time(g.n - 1)) - tmin + 1  # type: ignore[arg-type]
-        # Why a gap of w between series: windows over one i64 key then never reach the previous series,
-        # so a single rolling pass replaces one per series (.over), and the key needs no second column.
-        span += w + 1
-        if span * (n_series + 1) < 2**62:
-            key = (pl.col("sid").cast(pl.Int64) * span + (pl.col("t") - tmin)).alias("key")
-            samples, ticks_rows = (part.with_columns(key) for part in both_parts)
-            if samples["key"].is_sorted() and ticks_rows["key"].is_sorted():
-                # Why merge: both sides are already ordered (series by series, by time); merging them
-                # is linear where sorting the union is not.
-                both = samples.merge_sorted(ticks_rows, key="key")
-            else:
-                both = pl.concat([samples, ticks_rows]).sort("key")
-            roll = dict(by="key", window_size=f"{w}i", closed="both")
-            over: tuple[str, ...] = ()
-        else:
-            both = pl.concat(both_parts, how="vertical").sort("sid", "t")
-            roll = dict(by="t", window_size=f"{w}i", closed="both")
-            over = ("sid",)
-
-        def per_series(e: pl.Expr) -> pl.Expr:
-            return e.over(*over) if over else e
-
         # Only min, max and quantiles get here (the rest go by binary search above).
-        aggs = {"n": per_series(pl.col("fi").is_not_null().cast(pl.Float64).rolling_sum_by(**roll))}
-        if f in ("min", "max"):
-            aggs["r"] = per_series(getattr(pl.col("value"), f"rolling_{f}_by")(**roll))
+        return Vec(self._rolling(node, df, w), labels)
+
+    def _rolling(self, node: Call, df: pl.DataFrame, w: int) -> pl.DataFrame:
+        """min/max/quantile over [t - w, t] per tick, mostly read off each sample's own trailing window.
+
+        Why: where a tick's window holds exactly the samples of the window ending at its last sample
+        (ticks on sample times, as when the grid steps at the sampling rate), one rolling pass over the
+        samples alone answers it. Other ticks (between irregular samples, after a series ends) roll over
+        their samples merged with those ticks, as Prometheus sees them; only their span is merged.
+        """
+        import numpy as np
+        import polars as pl
+
+        g = self.grid
+        roll = dict(by="t", window_size=f"{w}i", closed="both")
+        if node.func in ("min", "max"):
+            expr = getattr(pl.col("value"), f"rolling_{node.func}_by")(**roll)
         else:
-            aggs["r"] = per_series(pl.col("value").rolling_quantile_by(quantile=node.q, interpolation="linear", **roll))
-        out = both.with_columns(**aggs).filter(pl.col("k").is_not_null() & (pl.col("n") > 0))
-        res = out.select("k", "sid", pl.col("r").cast(pl.Float64).alias("value"), pl.lit(True).alias("ok"))
-        return Vec(res, labels)
+            expr = pl.col("value").rolling_quantile_by(quantile=node.q, interpolation="linear", **roll)
+        expr = expr.cast(pl.Float64).alias("value")
+        frames = []
+        for part in df.partition_by("sid", maintain_order=True):
+            t = part["t"].to_numpy()
+            k0 = max(0, -(-(int(t[0]) - g.start) // g.step))
+            k1 = min(g.n - 1, (int(t[-1]) + w - g.start) // g.step)
+            if k1 < k0:
+                continue
+            ks = np.arange(k0, k1 + 1, dtype=np.int64)
+            ticks = ks * g.step + g.start
+            hi = np.searchsorted(t, ticks, side="right")
+            lo = np.searchsorted(t, ticks - w, side="left")
+            keep = hi > lo
+            ks, ticks, hi, lo = ks[keep], ticks[keep], hi[keep], lo[keep]
+            good = np.searchsorted(t, t[hi - 1] - w, side="left") == lo
+            pieces = []
+            if good.any():
+                rolled = part.select(expr).to_series()
+                pieces.append(pl.DataFrame({"k": ks[good], "value": rolled.gather(hi[good] - 1)}))
+            if not good.all():
+                bad = ~good
+                first, end = int(lo[bad].min()), int(hi[bad].max())
+                # Samples before ticks at equal times (merge keeps the left side first): a tick sees them.
+                both = (
+                    part.slice(first, end - first)
+                    .select("t", "value", k=pl.lit(None, pl.Int64))
+                    .merge_sorted(
+                        pl.DataFrame({"t": ticks[bad], "value": None, "k": ks[bad]}).cast({"value": pl.Float64}),
+                        key="t",
+                    )
+                )
+                pieces.append(both.select("k", expr).filter(pl.col("k").is_not_null()))
+            out = pieces[0] if len(pieces) == 1 else pl.concat(pieces).sort("k")
+            frames.append(out.select("k", sid=pl.lit(part["sid"][0], pl.UInt32), value="value", ok=pl.lit(True)))
+        return pl.concat(frames) if frames else empty_vec()
 
     def _by_search(self, f: str, df: pl.DataFrame, w: int) -> pl.DataFrame:
         """Per tick the sample range [lo, hi) inside [t - w, t] by binary search; sums from prefix sums.
 
         Why: no sort of samples and ticks together and no rolling window; for count/sum/avg/rate this is
-        exact (non-finite values are counted apart so one NaN does not poison every later window).
+        exact (non-finite values are counted apart so one NaN does not poison every later window). Why
+        numpy: its searchsorted and fancy indexing on plain arrays cost a fraction of polars' Series
+        calls, and the prefix sums add in the same order (so the same floats) as polars' cum_sum.
         """
+        import numpy as np
         import polars as pl
 
         g = self.grid
         frames = []
         for part in df.partition_by("sid", maintain_order=True):
-            t = part["t"]
+            t = part["t"].to_numpy()
             k0 = max(0, -(-(int(t[0]) - g.start) // g.step))
             k1 = min(g.n - 1, (int(t[-1]) + w - g.start) // g.step)
             if k1 < k0:
                 continue
-            ks = pl.int_range(k0, k1 + 1, eager=True, dtype=pl.Int64)
+            ks = np.arange(k0, k1 + 1, dtype=np.int64)
             ticks = ks * g.step + g.start
-            hi = t.search_sorted(ticks, side="right").cast(pl.Int64)
-            lo = t.search_sorted(ticks - w, side="left").cast(pl.Int64)
-            frame = pl.DataFrame({"k": ks, "t": ticks, "hi": hi, "lo": lo}).with_columns(
-                n=pl.col("hi") - pl.col("lo"), sid=pl.lit(part["sid"][0], pl.UInt32)
-            )
-            frame = frame.filter(pl.col("n") > 0)
+            hi = np.searchsorted(t, ticks, side="right").astype(np.int64)
+            lo = np.searchsorted(t, ticks - w, side="left").astype(np.int64)
+            n = hi - lo
+            keep = n >= 2 if f in ("rate", "increase", "delta") else n > 0
+            ks, ticks, hi, lo, n = ks[keep], ticks[keep], hi[keep], lo[keep], n[keep]
+            cols: dict[str, Any] = {"k": ks, "t": ticks, "hi": hi, "lo": lo, "n": n}
             if f in ("count", "sum", "avg"):
-                v = part["value"]
-
-                def prefix(x: pl.Series) -> pl.Series:
-                    # Why concat, not append: Series.append extends in place.
-                    return pl.concat([pl.Series([0.0]), x.cast(pl.Float64).cum_sum()])
-
-                finite = pl.select(pl.when(v.is_finite()).then(v).otherwise(0.0)).to_series()
-                sums = {
-                    "s": prefix(finite),
-                    "nan": prefix(v.is_nan()),
-                    "pinf": prefix(v == float("inf")),
-                    "ninf": prefix(v == float("-inf")),
-                }
-                frame = frame.with_columns(
-                    **{name: cs.gather(frame["hi"]) - cs.gather(frame["lo"]) for name, cs in sums.items()}
-                )
-                total = (
-                    pl.when((pl.col("nan") > 0) | ((pl.col("pinf") > 0) & (pl.col("ninf") > 0)))
-                    .then(float("nan"))
-                    .when(pl.col("pinf") > 0)
-                    .then(float("inf"))
-                    .when(pl.col("ninf") > 0)
-                    .then(float("-inf"))
-                    .otherwise(pl.col("s"))
-                )
-                r = {"count": pl.col("n").cast(pl.Float64), "sum": total, "avg": total / pl.col("n")}[f]
-                frame = frame.with_columns(r=r)
+                v = part["value"].to_numpy()
+                finite = np.isfinite(v)
+                s = _prefix(v if finite.all() else np.where(finite, v, 0.0))
+                total = s[hi] - s[lo]
+                if not finite.all():
+                    null = part["value"].is_null().to_numpy()
+                    flags = (np.isnan(v) & ~null, v == np.inf, v == -np.inf)
+                    nan, pinf, ninf = (_prefix(x.astype(np.float64)) for x in flags)
+                    # Why: a null value (never in the store, possible in a hand-made frame) leaves polars'
+                    # cumulative counts null there, and a null flag never marks a window non-finite.
+                    clear = np.ones(len(v) + 1, dtype=bool)
+                    clear[1:] = ~null
+                    clear = clear[hi] & clear[lo]
+                    has_nan = ((nan[hi] - nan[lo]) > 0) & clear
+                    has_pinf, has_ninf = ((pinf[hi] - pinf[lo]) > 0) & clear, ((ninf[hi] - ninf[lo]) > 0) & clear
+                    total = np.where(
+                        has_nan | (has_pinf & has_ninf),
+                        np.nan,
+                        np.where(has_pinf, np.inf, np.where(has_ninf, -np.inf, total)),
+                    )
+                cols["r"] = {"count": n.astype(np.float64), "sum": total, "avg": total / n}[f]
             else:
                 # Why gather: first and last sample of each window by position, no join back onto the samples.
-                frame = frame.filter(pl.col("n") >= 2)
-                first, last = frame["lo"], frame["hi"] - 1
-                frame = frame.with_columns(
-                    t0=part["t"].gather(first),
-                    v0=part["value"].gather(first),
-                    c0=part["c"].gather(first),
-                    t1=part["t"].gather(last),
-                    v1=part["value"].gather(last),
-                    c1=part["c"].gather(last),
+                # (polars' gather, not numpy's: it keeps a null value null.)
+                v, c, last = part["value"], part["c"], hi - 1
+                cols.update(
+                    t0=t[lo], v0=v.gather(lo), c0=c.gather(lo), t1=t[last], v1=v.gather(last), c1=c.gather(last)
                 )
+            frame = pl.DataFrame(cols).with_columns(sid=pl.lit(part["sid"][0], pl.UInt32))
             frames.append(frame)
         if not frames:
             schema = {"k": pl.Int64, "t": pl.Int64, "sid": pl.UInt32, "n": pl.Int64, "r": pl.Float64}
@@ -487,6 +492,16 @@ class Compiler:
             value = {"+": lv + rv, "-": lv - rv, "*": lv * rv, "/": lv / rv}[op]
         res = j.select("k", pl.col(sid).alias("sid"), value.alias("value"), ok.alias("ok"))
         return Vec(res, labels)
+
+
+def _prefix(x: Any) -> Any:
+    """Prefix sums with a leading 0: the sum of x[lo:hi] is p[hi] - p[lo]."""
+    import numpy as np
+
+    out = np.empty(len(x) + 1, dtype=np.float64)
+    out[0] = 0.0
+    np.cumsum(x, out=out[1:])
+    return out
 
 
 def empty_vec() -> pl.DataFrame:
