@@ -314,6 +314,15 @@ class Compiler:
         else:
             expr = pl.col("value").rolling_quantile_by(quantile=node.q, interpolation="linear", **roll)
         expr = expr.cast(pl.Float64).alias("value")
+
+        def fixed(size: int) -> pl.Expr:
+            col = pl.col("value")
+            if node.func in ("min", "max"):
+                e = getattr(col, f"rolling_{node.func}")(window_size=size, min_samples=1)
+            else:
+                e = col.rolling_quantile(window_size=size, quantile=node.q, interpolation="linear", min_samples=1)
+            return e.cast(pl.Float64).alias("value")
+
         frames = []
         for part in df.partition_by("sid", maintain_order=True):
             t = part["t"].to_numpy()
@@ -330,7 +339,13 @@ class Compiler:
             good = np.searchsorted(t, t[hi - 1] - w, side="left") == lo
             pieces = []
             if good.any():
-                rolled = part.select(expr).to_series()
+                gaps = np.diff(t)
+                if gaps.size and gaps[0] > 0 and (gaps == gaps[0]).all():
+                    # Why: at a constant interval d a time window is the last w // d + 1 samples, and polars'
+                    # fixed-size rolling is several times cheaper than by time (same values, same order).
+                    rolled = part.select(fixed(int(w // gaps[0]) + 1)).to_series()
+                else:
+                    rolled = part.select(expr).to_series()
                 pieces.append(pl.DataFrame({"k": ks[good], "value": rolled.gather(hi[good] - 1)}))
             if not good.all():
                 bad = ~good
