@@ -540,25 +540,25 @@ def _lookup(j: pl.DataFrame, r: pl.DataFrame, how: str) -> pl.DataFrame | None:
     """``j.join(r, on=[k, r_sid], how=how)`` for the r_ok column by binary search, None if r has duplicates.
 
     Why: vectors come out ordered by (sid, k) with one row per pair; a search into the sorted packed
-    keys is several times cheaper than hashing millions of rows for a join.
+    keys (numpy's, on plain arrays) is several times cheaper than hashing millions of rows for a join.
     """
+    import numpy as np
     import polars as pl
 
-    rkey = r.select(pack("r_sid")).to_series()
-    if not (rkey.diff() > 0).all():
+    rkey = r.select(pack("r_sid")).to_series().to_numpy()
+    if not (np.diff(rkey) > 0).all():
         return None
-    lkey = j.select(pack("r_sid")).to_series()
-    if rkey.len() == 0:
-        pos = pl.Series([0] * 0, dtype=pl.Int64)
-        hit = pl.Series([False] * lkey.len(), dtype=pl.Boolean)
-    else:
-        pos = rkey.search_sorted(lkey, side="left").cast(pl.Int64).clip(0, rkey.len() - 1)
-        hit = rkey.gather(pos) == lkey
-    if how == "inner":
-        return j.filter(hit).with_columns(r_ok=r["r_ok"].gather(pos.filter(hit)))
-    if rkey.len() == 0:
+    lkey = j.select(pack("r_sid").fill_null(-1)).to_series().to_numpy()  # -1: no partner, no match
+    if rkey.size == 0:
+        if how == "inner":
+            return j.clear().with_columns(r_ok=pl.lit(None, pl.Boolean))
         return j.with_columns(r_ok=pl.lit(None, pl.Boolean))
-    return j.with_columns(r_ok=pl.when(hit).then(r["r_ok"].gather(pos)).otherwise(None))
+    pos = np.searchsorted(rkey, lkey, side="left").clip(0, rkey.size - 1)
+    hit = rkey[pos] == lkey
+    if how == "inner":
+        return j.filter(pl.Series(hit)).with_columns(r_ok=r["r_ok"].gather(pos[hit]))
+    r_ok = r["r_ok"].gather(pos)
+    return j.with_columns(r_ok=pl.when(pl.Series(hit)).then(r_ok).otherwise(None))
 
 
 def _compare(op: str, a: pl.Expr, b: pl.Expr) -> pl.Expr:
@@ -620,7 +620,13 @@ def _set_op(op: str, left: Vec, right: Vec) -> Vec:
     if op in ("and", "unless") and links["sid"].is_unique().all():
         # Why: one partner per left series (the usual case) needs a single join, no grouping.
         how = "inner" if op == "and" else "left"
-        j = left.df.join(links, on="sid", how=how)
+        # Why a gather, not a join: the partner of each left series is one small lookup table.
+        partner_of = [None] * len(left.labels)
+        for i, k in links.iter_rows():
+            partner_of[i] = k
+        j = left.df.with_columns(r_sid=pl.Series(partner_of, dtype=pl.UInt32).gather(left.df["sid"]))
+        if how == "inner":
+            j = j.filter(pl.col("r_sid").is_not_null())
         found = _lookup(j, r, how) if packable(j, r) else None
         j = found if found is not None else j.join(r.drop("r_value"), on=["k", "r_sid"], how=how)
         partner = pl.col("r_ok") if op == "and" else ~pl.col("r_ok").fill_null(False)
