@@ -96,21 +96,22 @@ def prepare(
     # Why per-column hashes: hashing a struct of strings, joining or sorting on 4 string columns over
     # millions of rows costs seconds; u64 hashes do not.
     key = pl.col("metric").hash(1) ^ pl.col("labels").hash(2) ^ pl.col("run").hash(3) ^ pl.col("host").hash(4)
-    df = lf.select("t", pl.col("value").cast(pl.Float64), "stale", "metric", "labels", "run", "host", key=key).collect()
     # Why runs of equal keys, not a group_by or partition_by: the store writes each series' samples
     # together, so a series is a few contiguous slices; finding where the key changes is one cheap pass,
-    # the strings are read at those few places only, and each series is zero-copy slices of one frame.
-    starts = (df["key"] != df["key"].shift(1)).fill_null(True).arg_true()
-    ends = starts.slice(1).append(pl.Series([df.height], dtype=starts.dtype))
-    runs = df.select("key", "metric", "labels", "run", "host")[starts].with_columns(
-        offset=starts.cast(pl.Int64), length=(ends - starts).cast(pl.Int64)
+    # and each series is zero-copy slices of one frame. Why two outputs of one scan (collect_all shares
+    # it): the strings are only wanted where a run starts, so they never come back for every row.
+    base = lf.select("t", pl.col("value").cast(pl.Float64), "stale", "metric", "labels", "run", "host", key=key)
+    starts_lf = (
+        base.with_row_index("offset")
+        .filter(pl.col("key").ne_missing(pl.col("key").shift(1)))
+        .select("key", "metric", "labels", "run", "host", pl.col("offset").cast(pl.Int64))
     )
+    body, runs = pl.collect_all([base.select("t", "value", "stale"), starts_lf])
+    runs = runs.with_columns(length=pl.col("offset").shift(-1).fill_null(body.height) - pl.col("offset"))
     if renamed:
         # Why rename here: replacing strings costs seconds over millions of rows, and nothing over the
         # few runs; the key is then recomputed so an alias and its canonical name are one series.
         runs = runs.with_columns(pl.col("metric").replace(renamed)).with_columns(key=key)
-    body = df.select("t", "value", "stale")
-    del df
     slices: dict[int, list[pl.DataFrame]] = {}
     for k, offset, length in runs.select("key", "offset", "length").iter_rows():
         slices.setdefault(k, []).append(body.slice(offset, length))
