@@ -135,7 +135,7 @@ def conditions(
     """Per rule: the (k, sid, value) rows where its condition holds, and each sid's labels."""
     import polars as pl
 
-    comp = Compiler(samples, grid, lookback)
+    comp = Compiler(samples, grid, lookback, [rule.condition.tree for rule in rules])
     out: dict[str, tuple[pl.DataFrame, list[dict[str, str]]]] = {}
     for rule in rules:
         res = comp.eval(rule.condition.tree)

@@ -162,13 +162,65 @@ def _matches(m: Any, labels: dict[str, str]) -> bool:
     return hit if m.op == "=~" else not hit
 
 
+def shape(node: Node) -> tuple:
+    """A node's meaning without its position or spelling: equal shapes evaluate to equal results."""
+    if isinstance(node, Number):
+        return ("number", node.value)
+    if isinstance(node, Selector):
+        return ("selector", node.metric, node.matchers)
+    if isinstance(node, Call):
+        return ("call", node.func, tuple(shape(a) for a in node.args), node.window, node.q)
+    if isinstance(node, Unary):
+        return ("unary", node.op, shape(node.operand))
+    return ("binary", node.op, shape(node.left), shape(node.right))
+
+
+def _subtrees(node: Node) -> Iterable[Node]:
+    yield node
+    if isinstance(node, Call):
+        for arg in node.args:
+            yield from _subtrees(arg)
+    elif isinstance(node, Unary):
+        yield from _subtrees(node.operand)
+    elif isinstance(node, Binary):
+        yield from _subtrees(node.left)
+        yield from _subtrees(node.right)
+
+
 class Compiler:
-    def __init__(self, samples: Samples, grid: Grid, lookback: float) -> None:
+    """Evaluates trees on a grid; ``trees`` (all that will be evaluated) lets repeated parts run once.
+
+    Why: rules share selectors and windows (memory warning and critical read the same series); a part
+    that occurs more than once among ``trees`` is kept until its last use, then dropped, so sharing
+    does not hold every intermediate frame for the whole run.
+    """
+
+    def __init__(self, samples: Samples, grid: Grid, lookback: float, trees: Iterable[Node] = ()) -> None:
         self.s = samples
         self.grid = grid
         self.lookback = round(lookback * US)
+        self._uses: dict[tuple, int] = {}
+        for tree in trees:
+            for sub in _subtrees(tree):
+                if not isinstance(sub, Number):
+                    key = shape(sub)
+                    self._uses[key] = self._uses.get(key, 0) + 1
+        self._memo: dict[tuple, Vec | float] = {}
 
     def eval(self, node: Node) -> Vec | float:
+        if isinstance(node, Number) or not self._uses:
+            return self._eval(node)
+        key = shape(node)
+        uses = self._uses.get(key, 0)
+        if uses <= 1 and key not in self._memo:
+            return self._eval(node)
+        result = self._memo.pop(key) if key in self._memo else self._eval(node)
+        self._uses[key] = uses - 1
+        if uses > 1:
+            self._memo[key] = result
+        return result
+
+    def _eval(self, node: Node) -> Vec | float:
         if isinstance(node, Number):
             return node.value
         if isinstance(node, Selector):
