@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,8 +77,13 @@ class LiveAlerts:
         from llamamon.rules.builtin import rules_from_config
         from llamamon.rules.engine import AlertStates, needed_metrics
         from llamamon.runtime.alert_ledger import NotificationLedger
+        from llamamon.store.reader import metric_names
 
-        self.rules = [r for r in rules_from_config(config) if r.enabled]
+        # Names the job logged in earlier runs count as known (declare new ones under `metrics:`).
+        recorded = partial(metric_names, metrics_dir)
+        self.rules = [
+            r for r in rules_from_config(config, recorded=recorded, recorded_where=str(metrics_dir)) if r.enabled
+        ]
         self.by_name = {r.name: r for r in self.rules}
         self.aliases = dict(getattr(config, "aliases", None) or {})
         self.window = trailing_window(self.rules)
