@@ -33,13 +33,14 @@ def check_command(config_path: str | None, metrics_dir: str | None) -> None:
     from llamamon.config import load_config
     from llamamon.rules.builtin import known_metrics, rules_from_config
     from llamamon.rules.lang import duration_text
-    from llamamon.store.reader import metric_names
 
     cfg = load_config(config_path)
     root = Path(metrics_dir) if metrics_dir else cfg.metrics_path
     asked: set[str] = set()
 
     def recorded(names: set[str] | None) -> set[str]:
+        from llamamon.store.reader import metric_names  # polars: only when a name needs the store
+
         found = metric_names(root, names)
         if names is not None:
             asked.update(found)

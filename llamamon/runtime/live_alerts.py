@@ -18,7 +18,6 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,10 +76,14 @@ class LiveAlerts:
         from llamamon.rules.builtin import rules_from_config
         from llamamon.rules.engine import AlertStates, needed_metrics
         from llamamon.runtime.alert_ledger import NotificationLedger
-        from llamamon.store.reader import metric_names
 
-        # Names the job logged in earlier runs count as known (declare new ones under `metrics:`).
-        recorded = partial(metric_names, metrics_dir)
+        def recorded(names: set[str] | None) -> set[str]:
+            # Names the job logged in earlier runs count as known (new ones are declared under `metrics:`);
+            # polars is imported only when a rule names something nothing else knows.
+            from llamamon.store.reader import metric_names
+
+            return metric_names(metrics_dir, names)
+
         self.rules = [
             r for r in rules_from_config(config, recorded=recorded, recorded_where=str(metrics_dir)) if r.enabled
         ]
