@@ -253,6 +253,7 @@ class Compiler:
         return df, [dict(self.s.labels[i]) for i in sids]
 
     def instant(self, sel: Selector, df: pl.DataFrame | None = None, labels: list | None = None) -> Vec:
+        import numpy as np
         import polars as pl
 
         metric = catalog.BY_NAME.get(sel.metric)
@@ -262,25 +263,36 @@ class Compiler:
         else:
             hold = True
         g = self.grid
-        nxt = pl.col("t").shift(-1).over("sid").fill_null(_FAR)
-        df = df.with_columns(next_t=nxt).filter(~pl.col("stale"))
+        if df.height == 0:
+            return Vec(empty_vec(), labels or [])
+        # Why numpy: a handful of integer array operations, where polars spent most of the time on
+        # a per-series shift and on materialising each intermediate column of the same arithmetic.
+        t, sid = df["t"].to_numpy(), df["sid"].to_numpy()
+        nxt = np.empty_like(t)
+        nxt[:-1], nxt[-1] = t[1:], _FAR
+        nxt[:-1][sid[1:] != sid[:-1]] = _FAR  # the next sample (or staleness marker) of the same series
+        live = ~df["stale"].to_numpy()
         # Ticks a sample answers for: from its own time until the next sample (or marker) and the lookback.
-        until = pl.max_horizontal("t", "run_last") if hold else pl.col("t")
-        k_from = ((pl.col("t") - g.start + g.step - 1) // g.step).clip(0, g.n)
-        k_next = ((pl.col("next_t") - g.start + g.step - 1) // g.step).clip(0, g.n)
+        until = np.maximum(t, df["run_last"].to_numpy()) if hold else t
+        k0 = ((t - g.start + g.step - 1) // g.step).clip(0, g.n)
+        k_next = ((nxt - g.start + g.step - 1) // g.step).clip(0, g.n)
         k_look = ((until + self.lookback - g.start) // g.step + 1).clip(0, g.n)
-        df = df.select("sid", "value", k_from.alias("k0"), pl.min_horizontal(k_next, k_look).alias("k1")).filter(
-            pl.col("k1") > pl.col("k0")
+        k1 = np.minimum(k_next, k_look)
+        keep = np.flatnonzero(live & (k1 > k0))
+        k0, k1 = k0[keep], k1[keep]
+        span = k1 - k0
+        if span.size and span.max() > 1:
+            # Each sample repeated for every tick it answers (a grid finer than the samples).
+            keep = np.repeat(keep, span)
+            k0 = np.arange(keep.size, dtype=np.int64) - np.repeat(np.cumsum(span) - span - k0, span)
+        out = pl.DataFrame(
+            {
+                "k": k0.astype(np.int64),
+                "sid": sid[keep],
+                "value": df["value"].gather(keep),
+                "ok": np.ones(keep.size, bool),
+            }
         )
-        if df.height and (df["k1"] - df["k0"]).max() == 1:  # why: grid no finer than the samples, no explode
-            out = df.select(pl.col("k0").cast(pl.Int64).alias("k"), "sid", "value", ok=pl.lit(True))
-        else:
-            out = (
-                df.select(pl.int_ranges("k0", "k1", dtype=pl.Int64).alias("k"), "sid", "value")
-                .explode("k")
-                .with_columns(ok=pl.lit(True))
-                .select("k", "sid", "value", "ok")
-            )
         return Vec(out, labels or [])
 
     # -- functions -----------------------------------------------------------------------------------
