@@ -385,3 +385,12 @@ def test_rules_sharing_parts_give_the_alerts_they_give_alone() -> None:
     alone = [(a.rule, a.fired_at, a.resolved_at, a.value, a.peak) for r in rules for a in engine.evaluate([r], f, g)]
     assert sorted(together) == sorted(alone)
     assert {r for r, *_ in together} == {"a", "b", "c", "d", "e"}
+
+
+def test_and_with_no_partner_rows_at_the_tick_is_empty_not_an_error() -> None:
+    # memory_usage's only sample is older than the lookback at the tick: the right side has no rows.
+    rows = [(0, "memory_usage", 0.9), *series("gpu_utilization", [0.9] * 40, labels=GPU)]
+    states = engine.AlertStates()
+    cond = "avg(gpu_utilization, 1m) > 0.5 and memory_usage > 0.5"
+    assert engine.step_all(states, [rule(cond)], frame(rows), T0 + 390) == []
+    assert engine.step_all(states, [rule(cond)], frame(rows), T0 + 120) != []
