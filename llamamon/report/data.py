@@ -152,10 +152,29 @@ class ReportData:
         }
 
 
-def _finite() -> pl.Expr:
+def _with_finite(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Add ``fv`` (the value, null where NaN/inf) and ``bad`` (NaN/inf): statistics then skip nulls.
+
+    Why columns and not ``value.filter(is_finite)`` inside each aggregation: a filter inside ``agg``
+    sends polars down its slow per-group path, three times slower on millions of rows than plain
+    ``min``/``mean``/``max`` of a column, which null-skipping gives the same answers.
+    """
     import polars as pl
 
-    return pl.col("value").filter(pl.col("value").is_finite())
+    finite = pl.col("value").is_finite()
+    return frame.with_columns(pl.when(finite).then(pl.col("value")).alias("fv"), (~finite).alias("bad"))
+
+
+def _fv() -> pl.Expr:
+    import polars as pl
+
+    return pl.col("fv")
+
+
+def _nonfinite() -> pl.Expr:
+    import polars as pl
+
+    return pl.col("bad").sum().cast(pl.UInt32).alias("nonfinite")
 
 
 def _empty(schema: dict[str, Any]) -> pl.DataFrame:
@@ -304,19 +323,23 @@ def summarize(compact: pl.DataFrame, names: pl.DataFrame) -> pl.DataFrame:
     import polars as pl
 
     _init_schemas()
-    v = _finite()
-    stats = compact.group_by("key").agg(
-        pl.len().cast(pl.UInt32).alias("n"),
-        (~pl.col("value").is_finite()).sum().cast(pl.UInt32).alias("nonfinite"),
-        v.min().alias("min"),
-        v.mean().alias("mean"),
-        v.quantile(0.95, interpolation="linear").alias("p95"),
-        v.max().alias("max"),
-        pl.col("value").get(pl.col("time").arg_max()).alias("last"),
-        pl.col("time").min().alias("first_time"),
-        pl.col("time").max().alias("last_time"),
+    v = _fv()
+    stats = (
+        _with_finite(compact.lazy())
+        .group_by("key")
+        .agg(
+            pl.len().cast(pl.UInt32).alias("n"),
+            _nonfinite(),
+            v.min().alias("min"),
+            v.mean().alias("mean"),
+            v.quantile(0.95, interpolation="linear").alias("p95"),
+            v.max().alias("max"),
+            pl.col("value").get(pl.col("time").arg_max()).alias("last"),
+            pl.col("time").min().alias("first_time"),
+            pl.col("time").max().alias("last_time"),
+        )
     )
-    out = names.join(stats, on="key", how="inner").sort("run", "group", "metric", "labels")
+    out = names.join(stats.collect(), on="key", how="inner").sort("run", "group", "metric", "labels")
     return out.select(*_SUMMARY_SCHEMA, "key").cast(_SUMMARY_SCHEMA)  # type: ignore[arg-type]
 
 
@@ -326,8 +349,8 @@ def _bucketed(compact: pl.DataFrame, summary: pl.DataFrame, buckets: int) -> pl.
 
     bounds = summary.group_by("run").agg(pl.col("first_time").min().alias("t0"), pl.col("last_time").max().alias("t1"))
     per_key = summary.select("key", "run", "metric", "labels").join(bounds, on="run")
-    v = _finite()
-    frame = compact.lazy()
+    v = _fv()
+    frame = _with_finite(compact.lazy())
     if bounds.height == 1:
         # One run (the usual case): the bounds are constants, so no per-row join is needed.
         t0, t1 = bounds.row(0)[1:]
@@ -346,7 +369,7 @@ def _bucketed(compact: pl.DataFrame, summary: pl.DataFrame, buckets: int) -> pl.
             v.mean().alias("mean"),
             v.max().alias("max"),
             pl.len().cast(pl.UInt32).alias("n"),
-            (~pl.col("value").is_finite()).sum().cast(pl.UInt32).alias("nonfinite"),
+            _nonfinite(),
         )
         .join(per_key.select("key", "run", "metric", "labels").lazy(), on="key", how="inner")
         .sort("run", "metric", "labels", "bucket")
@@ -372,9 +395,10 @@ def _by_step(lf: pl.LazyFrame, buckets: int) -> pl.LazyFrame:
         )
         .with_columns(((pl.col("step") - pl.col("s0")) * buckets // (pl.col("s1") - pl.col("s0") + 1)).alias("b"))
     )
-    v = _finite()
+    v = _fv()
     return (
-        ranged.group_by(*keys, "b")
+        _with_finite(ranged)
+        .group_by(*keys, "b")
         .agg(
             pl.col("step").max().alias("step"),
             pl.col("time").max().alias("time"),
@@ -382,7 +406,7 @@ def _by_step(lf: pl.LazyFrame, buckets: int) -> pl.LazyFrame:
             v.mean().alias("mean"),
             v.max().alias("max"),
             pl.col("ema").drop_nulls().last().alias("ema"),
-            (~pl.col("value").is_finite()).sum().cast(pl.UInt32).alias("nonfinite"),
+            _nonfinite(),
         )
         .drop("b")
         .sort(*keys, "step")
@@ -396,9 +420,9 @@ def _latency_quantiles(lf: pl.LazyFrame, bounds: pl.DataFrame, buckets: int) -> 
 
     span = (pl.col("t1") - pl.col("t0")).dt.total_microseconds() + 1
     offset = (pl.col("time") - pl.col("t0")).dt.total_microseconds()
-    v = _finite()
+    v = _fv()
     return (
-        lf.join(bounds.lazy(), on="run", how="inner")
+        _with_finite(lf.join(bounds.lazy(), on="run", how="inner"))
         .with_columns((offset * buckets // span).alias("bucket"))
         .group_by("run", "metric", "bucket")
         .agg(
@@ -485,7 +509,9 @@ def _pivot_validation(df: pl.DataFrame) -> pl.DataFrame:
 
     if not df.height:
         return pl.DataFrame(schema={"run": pl.String, "step": pl.Int64})
-    wide = df.pivot(on="metric", index=["run", "step"], values="value").sort("run", "step")
+    # Sorted first so the columns come in name order, not in whatever order the group_by finished.
+    wide = df.sort("metric", "run", "step").pivot(on="metric", index=["run", "step"], values="value")
+    wide = wide.sort("run", "step")
     return wide.group_by("run", maintain_order=True).tail(VALIDATION_ROWS)
 
 
