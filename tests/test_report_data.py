@@ -183,3 +183,43 @@ def test_file_damaged_inside_is_skipped_too(metrics_dir):
     data = load_report_data(metrics_dir, [_run(metrics_dir)])
     assert [p.rsplit("/", 1)[-1] for p in data.skipped] == ["inside.parquet"]
     assert data.summary["n"].to_list() == [10]
+
+
+def test_alerts_replayed_from_the_samples_in_memory_equal_a_replay_over_the_store(metrics_dir):
+    """The report replays the rules over the samples it has already read; it must not gain or lose a span."""
+    from report_store import inference_store, training_store
+
+    from llamamon.config import load_config
+    from llamamon.report.alerts import alert_replay, replay_alerts
+    from llamamon.store.reader import scan
+
+    runs = [training_store(metrics_dir), inference_store(metrics_dir)]
+    cfg = load_config(None)
+    data = load_report_data(metrics_dir, runs, alerts=alert_replay(cfg))
+    stored = replay_alerts(cfg, scan(metrics_dir, runs=[r.id for r in runs]))
+    assert len({s.rule for s in stored}) >= 5  # memory, GPU, loss, learning rate, timeouts ...
+    assert data.alerts == stored
+
+
+def test_since_keeps_the_samples_from_then_on_and_alerts_still_firing_then(metrics_dir):
+    from llamamon.config import load_config
+    from llamamon.report.alerts import alert_replay
+
+    info = _run(metrics_dir)
+    # Memory over 90% from minute 10 to 20 and from 40 to 50; the window starts at minute 15.
+    rows = [
+        Row(T0 + i, "system", "memory_usage", 0.95 if 600 <= i < 1200 or 2400 <= i < 3000 else 0.5) for i in range(3600)
+    ]
+    write_rows(metrics_dir, rows, run=RUN)
+    cfg = load_config(None)
+    whole = load_report_data(metrics_dir, [info], alerts=alert_replay(cfg))
+    since = T0 + 900
+    part = load_report_data(metrics_dir, [info], alerts=alert_replay(cfg), since=since)
+    assert part.summary["n"].to_list() == [2700]
+    assert part.series["time"].min().timestamp() >= since
+    assert part.run_bounds[RUN][0] == since
+    # Both episodes are kept: the first fired before the window (at its true time) and was still firing in it.
+    assert part.alerts == whole.alerts
+    assert {round(s.start) for s in part.alerts if s.rule == "memory_critical"} == {T0 + 660, T0 + 2460}
+    late = load_report_data(metrics_dir, [info], alerts=alert_replay(cfg), since=T0 + 1800)
+    assert {round(s.start) for s in late.alerts if s.rule == "memory_critical"} == {T0 + 2460}

@@ -155,6 +155,7 @@ class Context:
     bounds: dict[str, tuple[float, float]]
     elapsed_unit: str = "s"
     elapsed_div: float = 1.0
+    since: float | None = None  # --since: the data starts here, not at the runs' starts
     _alert_rows: AlertRows | None = None
 
     @property
@@ -178,6 +179,8 @@ class Context:
     def chart(self, title: str, axis: Axis, **kw: object) -> Chart:
         c = Chart(title=title, axis=axis, x_mode=self.x_mode, **kw)  # type: ignore[arg-type]
         c.x_unit = self.elapsed_unit
+        if self.since is not None:
+            c.x_origin = "run start, or window start for runs begun before it"
         c.xlim = self.xlim()
         return c
 
@@ -948,7 +951,11 @@ def alert_counts(alerts: Sequence[AlertSpan]) -> list[tuple[str, int, list[str]]
 
 
 def build_context(
-    ctx_data: ReportData, fmt: ImageFormat, emit: Callable[[str, object], str], zone: tzinfo | None = None
+    ctx_data: ReportData,
+    fmt: ImageFormat,
+    emit: Callable[[str, object], str],
+    zone: tzinfo | None = None,
+    since: float | None = None,
 ) -> Context:
     zone = zone or charts.local_zone()
     bounds = ctx_data.run_bounds
@@ -958,4 +965,4 @@ def build_context(
         labels = {r.id: r.id for r in ctx_data.runs}
     longest = max((b[1] - b[0] for b in bounds.values()), default=0.0)
     unit, div = charts.elapsed_unit(longest)
-    return Context(ctx_data, zone, fmt, emit, labels, multi, bounds, unit, div)
+    return Context(ctx_data, zone, fmt, emit, labels, multi, bounds, unit, div, since)

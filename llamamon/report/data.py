@@ -7,7 +7,7 @@ still reaches the chart as the max of its column.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,6 +87,10 @@ class AlertSpan:
 
     def concerns(self, metric: str) -> bool:
         return metric in self.metrics or self.metric == metric or metric in self.rule.lower()
+
+
+# The rules engine run over the report's samples (store columns), given the metric names when known.
+AlertReplay = Callable[["pl.LazyFrame", "set[str] | None"], list[AlertSpan]]
 
 
 def alert_spans(events: Iterable[AlertEvent]) -> list[AlertSpan]:
@@ -187,17 +191,24 @@ def load_report_data(
     metrics_dir: Path,
     runs: list[RunInfo],
     dashboards: Iterable[str] = DASHBOARDS,
-    alerts: Iterable[AlertSpan] = (),
+    alerts: Iterable[AlertSpan] | AlertReplay | None = (),
     thresholds: Thresholds | None = None,
     buckets: int = BUCKETS,
+    since: float | None = None,
 ) -> ReportData:
-    """Summaries first (one read of every sample), then the chart tables from pruned partitions."""
+    """Summaries first (one read of every sample), then the chart tables from pruned partitions.
+
+    ``alerts``: spans, or a replay to run over the runs' samples (read once, for both). ``since``
+    (Unix seconds): only samples from then on are charted and summarised; alerts are still replayed
+    over the whole runs, so a ``for:`` or a plateau begun earlier counts, and those still firing
+    inside the window are kept.
+    """
     import polars as pl
 
     dashboards = tuple(dashboards)
     _init_schemas()
     run_ids = [r.id for r in runs]
-    lf, skipped = scan_samples(metrics_dir, runs=run_ids)
+    lf, skipped = scan_samples(metrics_dir, runs=run_ids, since=since)
     wanted_groups = {g for d in dashboards for g in DASHBOARD_GROUPS.get(d, ())}
     data = ReportData(
         runs=runs,
@@ -209,23 +220,34 @@ def load_report_data(
         histogram=_empty(_HIST_SCHEMA),
         energy=_empty({"run": pl.String, "labels": pl.String, "wh": pl.Float64}),
         validation=_empty({"run": pl.String, "step": pl.Int64}),
-        alerts=sorted(alerts, key=lambda s: (s.start, s.rule)),
+        alerts=[] if alerts is None or callable(alerts) else _in_window(alerts, since),
         thresholds=thresholds or Thresholds(),
     )
+    replay = alerts if callable(alerts) else None
     if lf is None:
+        if replay is not None and since is not None:
+            data.alerts = _replay_stored(replay, metrics_dir, run_ids, since)
         return data
-    lf = lf.select("time", "metric", "value", "labels", "step", "group", "run").with_columns(_key())
+    lf = lf.select("time", "metric", "value", "labels", "step", "group", "run", "host").with_columns(_key())
     # One read of every sample into 24 bytes a row (key, time, value); summaries and chart columns are computed
     # from it in memory instead of re-decoding the Parquet files and hashing strings once per statistic.
     compact, names = pl.collect_all(
         [
             lf.select("key", "time", "value"),
-            lf.group_by("key").agg(pl.col("run", "group", "metric", "labels").first()),
+            # Why host by key (the key leaves it out): a run is recorded on one host.
+            lf.group_by("key").agg(pl.col("run", "group", "metric", "labels", "host").first()),
         ],
         engine="streaming",
     )
     summary = summarize(compact, names)
     data.summary = summary.drop("key")
+    if replay is not None:
+        if since is None:
+            # The alert rules read the same samples: from memory, joined back to their names.
+            frame = compact.lazy().join(names.lazy(), on="key", how="inner", maintain_order="left")
+            data.alerts = _sorted(replay(frame, set(summary["metric"].to_list())))
+        else:
+            data.alerts = _replay_stored(replay, metrics_dir, run_ids, since)
     if not summary.height:
         return data
     data.series = _bucketed(compact, summary, buckets)
@@ -246,6 +268,21 @@ def load_report_data(
     data.energy = energy
     data.validation = _pivot_validation(validation)
     return data
+
+
+def _sorted(spans: Iterable[AlertSpan]) -> list[AlertSpan]:
+    return sorted(spans, key=lambda s: (s.start, s.rule))
+
+
+def _in_window(spans: Iterable[AlertSpan], since: float | None) -> list[AlertSpan]:
+    """Spans still firing at or after ``since`` (all of them without a window)."""
+    return _sorted(s for s in spans if since is None or s.end is None or s.end >= since)
+
+
+def _replay_stored(replay: AlertReplay, metrics_dir: Path, run_ids: list[str], since: float) -> list[AlertSpan]:
+    """Alerts of a windowed report: replayed over the runs' whole samples (a second read), kept if in the window."""
+    lf, _skipped = scan_samples(metrics_dir, runs=run_ids)
+    return [] if lf is None else _in_window(replay(lf, None), since)
 
 
 _SUMMARY_SCHEMA: dict[str, Any] = {}

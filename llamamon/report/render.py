@@ -16,7 +16,7 @@ from llamamon import __version__
 from llamamon.errors import ConfigError
 from llamamon.fsutil import atomic_write
 from llamamon.report import charts, dashboards
-from llamamon.report.data import DASHBOARDS, AlertSpan, ReportData, Thresholds, load_report_data
+from llamamon.report.data import DASHBOARDS, AlertReplay, AlertSpan, ReportData, Thresholds, load_report_data
 from llamamon.report.resources import templates_dir
 from llamamon.samples import RunInfo
 
@@ -64,10 +64,11 @@ def build_model(
     metrics_dir: Path,
     zone: tzinfo | None = None,
     progress: Progress | None = None,
+    since: float | None = None,
 ) -> dict[str, Any]:
     """The template context: run headers, alert summary, one model per dashboard, notes."""
     tick = progress or (lambda _label: None)
-    ctx = dashboards.build_context(data, "svg" if fmt == "html" else "png", emit, zone)  # type: ignore[arg-type]
+    ctx = dashboards.build_context(data, "svg" if fmt == "html" else "png", emit, zone, since)  # type: ignore[arg-type]
     builders = {
         "system": dashboards.system_dashboard,
         "training": dashboards.training_dashboard,
@@ -99,6 +100,7 @@ def build_model(
         "key_figures": key_figures(data),
         "run_labels": [ctx.run_labels.get(r.id, r.id) for r in data.runs],
         "thresholds_note": thresholds_note(data.thresholds),
+        "window": "" if since is None else f"data from {dashboards.format_time(since, ctx.zone)} on",
     }
 
 
@@ -164,11 +166,16 @@ def render_report(
     selected: Iterable[str] = DASHBOARDS,
     template_dir: Path | None = None,
     thresholds: Thresholds | None = None,
-    alerts: Iterable[AlertSpan] = (),
+    alerts: Iterable[AlertSpan] | AlertReplay | None = (),
     zone: tzinfo | None = None,
     progress: Progress | None = None,
+    since: float | None = None,
 ) -> Path:
-    """Query, chart and render the chosen runs into ``output`` (written atomically); returns the path."""
+    """Query, chart and render the chosen runs into ``output`` (written atomically); returns the path.
+
+    ``alerts``: spans, or the rules engine replay to run over the runs' samples. ``since`` (Unix
+    seconds): show only the samples from then on.
+    """
     chosen = [d for d in DASHBOARDS if d in set(selected)]
     unknown = sorted(set(selected) - set(DASHBOARDS))
     if unknown:
@@ -176,7 +183,7 @@ def render_report(
     if template_dir is not None and not template_dir.is_dir():
         raise ConfigError(f"not a folder: {template_dir}", path="--template-dir")
     env = environment(template_dir)
-    data = load_report_data(metrics_dir, runs, chosen, alerts=alerts, thresholds=thresholds)
+    data = load_report_data(metrics_dir, runs, chosen, alerts=alerts, thresholds=thresholds, since=since)
     if progress:
         progress("data")
     if fmt == "html":
@@ -186,7 +193,7 @@ def render_report(
         emit = _file_emitter(output)
         template = "report.md.j2"
     model = build_model(
-        data, fmt=fmt, emit=emit, selected=chosen, metrics_dir=metrics_dir, zone=zone, progress=progress
+        data, fmt=fmt, emit=emit, selected=chosen, metrics_dir=metrics_dir, zone=zone, progress=progress, since=since
     )
     text = _render(env, template, model)
     atomic_write(output, text.encode("utf-8"))
