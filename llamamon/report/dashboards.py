@@ -804,10 +804,16 @@ def alerts_section(ctx: Context) -> tuple[Panel | None, Table | None]:
         return None, None
     bounds = ctx.bounds.values()
     start = min([a.start for a in alerts] + [b[0] for b in bounds])
+    if ctx.since is not None and bounds:
+        start = min(b[0] for b in bounds)  # alerts begun before the window are drawn from its start
     end = max([a.end or a.start for a in alerts] + [b[1] for b in bounds])
     instances: dict[tuple[str, str, str | None], list[AlertSpan]] = {}
+    as_json: dict[tuple[tuple[str, str], ...], str] = {}  # a flapping alert repeats its label set thousands of times
     for a in alerts:
-        instances.setdefault((a.rule, _labels_json(a), a.run), []).append(a)
+        text = as_json.get(a.labels)
+        if text is None:
+            text = as_json[a.labels] = _labels_json(a)
+        instances.setdefault((a.rule, text, a.run), []).append(a)
 
     def firing(spans: list[AlertSpan]) -> float:
         return sum((s.end if s.end is not None else end) - s.start for s in spans)

@@ -234,23 +234,27 @@ def load_report_data(
     compact, names = pl.collect_all(
         [
             lf.select("key", "time", "value"),
-            # Why host by key (the key leaves it out): a run is recorded on one host.
-            lf.group_by("key").agg(pl.col("run", "group", "metric", "labels", "host").first()),
+            _names(lf),
         ],
         engine="streaming",
     )
-    summary = summarize(compact, names)
+    summary, series = summarize(compact, names, buckets)
     data.summary = summary.drop("key")
     if replay is not None:
         if since is None:
             # The alert rules read the same samples: from memory, joined back to their names.
-            frame = compact.lazy().join(names.lazy(), on="key", how="inner", maintain_order="left")
+            frame = compact.lazy().join(
+                names.select("key", "run", "metric", "labels", "host").lazy(),
+                on="key",
+                how="inner",
+                maintain_order="left",
+            )
             data.alerts = _sorted(replay(frame, set(summary["metric"].to_list())))
         else:
             data.alerts = _replay_stored(replay, metrics_dir, run_ids, since)
     if not summary.height:
         return data
-    data.series = _bucketed(compact, summary, buckets)
+    data.series = series
     energy = _energy(compact, summary).collect()
     del compact
 
@@ -352,67 +356,110 @@ def _key() -> pl.Expr:
     return (pl.col("run").hash(11) ^ pl.col("metric").hash(23) ^ pl.col("labels").hash(37)).alias("key")
 
 
-def summarize(compact: pl.DataFrame, names: pl.DataFrame) -> pl.DataFrame:
-    """Min, mean, p95, max and last of every (run, metric, label set); statistics over finite values.
+def _names(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """The strings of every key: run, group, metric, labels and host (a run is recorded on one host).
 
-    ``compact`` holds (key, time, value) of every sample, ``names`` maps each key to its strings.
+    Why from the rows where the key changes: the store writes each series' samples together, so those
+    are a few thousand of millions, and every key's first row is one of them; grouping all rows by key
+    to pick strings cost more than reading the samples.
+    """
+    import polars as pl
+
+    changed = pl.col("key") != pl.col("key").shift(1).fill_null(0)
+    return lf.select("key", "run", "group", "metric", "labels", "host").filter(changed).unique("key", keep="any")
+
+
+def summarize(compact: pl.DataFrame, names: pl.DataFrame, buckets: int = BUCKETS) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The summary (min, mean, p95, max and last of every run, metric and label set, over finite values)
+    and the chart columns (min, mean, max per run-relative time column), from one grouping of the samples.
+
+    ``compact`` holds (key, time, value) of every sample, ``names`` maps each key to its strings. Why one
+    grouping: the per-column statistics add up to the per-series ones, so only p95 and the last value
+    need another (cheap) look at the samples.
     """
     import polars as pl
 
     _init_schemas()
-    v = _fv()
-    stats = (
-        _with_finite(compact.lazy())
+    cols = _columns(compact, names, buckets).collect()
+    spans = cols.group_by("key").agg(
+        pl.col("time").min().alias("first_time"), pl.col("time_max").max().alias("last_time")
+    )
+    names = names.join(spans, on="key", how="inner")
+    v = pl.col("value")
+    p95 = (
+        compact.lazy().filter(v.is_finite()).group_by("key").agg(v.quantile(0.95, interpolation="linear").alias("p95"))
+    )
+    # The last value is the one at each series' last time (the first such row, if several share it):
+    # a filter on those few times, then a match on (key, time), instead of a sort per series.
+    ends = names.select("key", pl.col("last_time").alias("time"))
+    last = (
+        compact.lazy()
+        .filter(pl.col("time").is_in(ends["time"].unique().implode()))
+        .join(ends.lazy(), on=["key", "time"], how="inner", maintain_order="left")
+        .group_by("key")
+        .agg(v.first().alias("last"))
+    )
+    per_key = (
+        cols.lazy()
         .group_by("key")
         .agg(
-            pl.len().cast(pl.UInt32).alias("n"),
-            _nonfinite(),
-            v.min().alias("min"),
-            v.mean().alias("mean"),
-            v.quantile(0.95, interpolation="linear").alias("p95"),
-            v.max().alias("max"),
-            pl.col("value").get(pl.col("time").arg_max()).alias("last"),
-            pl.col("time").min().alias("first_time"),
-            pl.col("time").max().alias("last_time"),
+            pl.col("n").sum().alias("n"),
+            pl.col("nonfinite").sum().alias("nonfinite"),
+            pl.col("min").min().alias("min"),
+            (pl.col("sum").sum() / pl.col("count").sum()).alias("mean"),
+            pl.col("max").max().alias("max"),
         )
     )
-    out = names.join(stats.collect(), on="key", how="inner").sort("run", "group", "metric", "labels")
-    return out.select(*_SUMMARY_SCHEMA, "key").cast(_SUMMARY_SCHEMA)  # type: ignore[arg-type]
+    stats, p95, last = pl.collect_all([per_key, p95, last])
+    summary = (
+        names.join(stats, on="key", how="inner")
+        .join(p95, on="key", how="left")
+        .join(last, on="key", how="left")
+        .sort("run", "group", "metric", "labels")
+        .select(*_SUMMARY_SCHEMA, "key")
+        .cast(_SUMMARY_SCHEMA)  # type: ignore[arg-type]
+    )
+    series = (
+        cols.with_columns((pl.col("sum") / pl.col("count")).alias("mean"))
+        .join(names.select("key", "run", "metric", "labels"), on="key", how="inner")
+        .sort("run", "metric", "labels", "bucket")
+        .select(list(_SERIES_SCHEMA))
+        .cast(_SERIES_SCHEMA)  # type: ignore[arg-type]
+    )
+    return summary, series
 
 
-def _bucketed(compact: pl.DataFrame, summary: pl.DataFrame, buckets: int) -> pl.DataFrame:
-    """Per series and run-relative time column: min, mean, max, count; grouped by the u64 key, labelled after."""
+def _columns(compact: pl.DataFrame, names: pl.DataFrame, buckets: int) -> pl.LazyFrame:
+    """Per series and run-relative time column: first and last time, min, sum, count and max of finite values."""
     import polars as pl
 
-    bounds = summary.group_by("run").agg(pl.col("first_time").min().alias("t0"), pl.col("last_time").max().alias("t1"))
-    per_key = summary.select("key", "run", "metric", "labels").join(bounds, on="run")
-    v = _fv()
     frame = _with_finite(compact.lazy())
-    if bounds.height == 1:
-        # One run (the usual case): the bounds are constants, so no per-row join is needed.
-        t0, t1 = bounds.row(0)[1:]
-        span_us = int((t1 - t0).total_seconds() * 1e6) + 1
+    if names["run"].n_unique() == 1:
+        # One run (the usual case): its bounds are the first and last time of all samples, constants.
+        t0, t1 = compact["time"].min(), compact["time"].max()
+        span_us = int((t1 - t0).total_seconds() * 1e6) + 1  # type: ignore[operator, union-attr]
         bucket = (pl.col("time") - pl.lit(t0)).dt.total_microseconds() * buckets // span_us
     else:
+        per_key = compact.group_by("key").agg(pl.col("time").min().alias("t0"), pl.col("time").max().alias("t1"))
+        per_key = per_key.join(names.select("key", "run"), on="key")
+        per_key = per_key.with_columns(pl.col("t0").min().over("run"), pl.col("t1").max().over("run"))
         frame = frame.join(per_key.select("key", "t0", "t1").lazy(), on="key", how="inner")
         span = (pl.col("t1") - pl.col("t0")).dt.total_microseconds() + 1
         bucket = (pl.col("time") - pl.col("t0")).dt.total_microseconds() * buckets // span
+    v = _fv()
     return (
         frame.with_columns(bucket.alias("bucket"))
         .group_by("key", "bucket")
         .agg(
             pl.col("time").min().alias("time"),
+            pl.col("time").max().alias("time_max"),
             v.min().alias("min"),
-            v.mean().alias("mean"),
+            v.sum().alias("sum"),
+            v.count().alias("count"),
             v.max().alias("max"),
             pl.len().cast(pl.UInt32).alias("n"),
             _nonfinite(),
         )
-        .join(per_key.select("key", "run", "metric", "labels").lazy(), on="key", how="inner")
-        .sort("run", "metric", "labels", "bucket")
-        .select(list(_SERIES_SCHEMA))
-        .cast(_SERIES_SCHEMA)  # type: ignore[arg-type]
-        .collect()
     )
 
 
