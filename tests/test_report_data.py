@@ -194,10 +194,14 @@ def test_alerts_replayed_from_the_samples_in_memory_equal_a_replay_over_the_stor
     from llamamon.store.reader import scan
 
     runs = [training_store(metrics_dir), inference_store(metrics_dir)]
+    # Stored under an alias (as a HF-style log line gives it): the rules must still see it as validation_loss.
+    aliased = [Row(T0 + s, "custom", "eval_loss", 5.0, step=s) for s in range(100, 400, 100)]
+    write_rows(metrics_dir, aliased, run=runs[1].id)
     cfg = load_config(None)
     data = load_report_data(metrics_dir, runs, alerts=alert_replay(cfg))
     stored = replay_alerts(cfg, scan(metrics_dir, runs=[r.id for r in runs]))
     assert len({s.rule for s in stored}) >= 5  # memory, GPU, loss, learning rate, timeouts ...
+    assert any(s.rule == "validation_loss_high" and s.run == runs[1].id for s in stored)  # from eval_loss
     assert data.alerts == stored
 
 
