@@ -227,3 +227,20 @@ def test_since_keeps_the_samples_from_then_on_and_alerts_still_firing_then(metri
     assert {round(s.start) for s in part.alerts if s.rule == "memory_critical"} == {T0 + 660, T0 + 2460}
     late = load_report_data(metrics_dir, [info], alerts=alert_replay(cfg), since=T0 + 1800)
     assert {round(s.start) for s in late.alerts if s.rule == "memory_critical"} == {T0 + 2460}
+
+
+def test_a_series_of_only_nan_has_no_statistics_but_counts_them(metrics_dir):
+    rows = [Row(T0 + i, "training", "loss", float("nan"), step=i) for i in range(50)]
+    rows += [Row(T0 + i, "system", "cpu_usage", 0.5 if i < 25 else math.inf) for i in range(50)]
+    write_rows(metrics_dir, rows, run=RUN)
+    data = load_report_data(metrics_dir, [_run(metrics_dir)], buckets=10)
+    loss = data.summary.filter(pl.col("metric") == "loss").row(0, named=True)
+    assert (loss["n"], loss["nonfinite"]) == (50, 50)
+    assert loss["min"] is None
+    assert loss["mean"] is None
+    assert loss["p95"] is None
+    assert math.isnan(loss["last"])
+    cpu = data.summary.filter(pl.col("metric") == "cpu_usage").row(0, named=True)
+    assert (cpu["mean"], cpu["max"], cpu["nonfinite"], cpu["last"]) == (0.5, 0.5, 25, math.inf)
+    late = data.series.filter((pl.col("metric") == "loss") & (pl.col("bucket") == 9)).row(0, named=True)
+    assert (late["mean"], late["n"], late["nonfinite"]) == (None, 5, 5)

@@ -423,7 +423,7 @@ def summarize(compact: pl.DataFrame, names: pl.DataFrame, buckets: int = BUCKETS
             pl.col("n").sum().alias("n"),
             pl.col("nonfinite").sum().alias("nonfinite"),
             pl.col("min").min().alias("min"),
-            (pl.col("sum").sum() / pl.col("count").sum()).alias("mean"),
+            _mean(pl.col("sum").sum(), pl.col("count").sum()),
             pl.col("max").max().alias("max"),
         )
     )
@@ -437,13 +437,20 @@ def summarize(compact: pl.DataFrame, names: pl.DataFrame, buckets: int = BUCKETS
         .cast(_SUMMARY_SCHEMA)  # type: ignore[arg-type]
     )
     series = (
-        cols.with_columns((pl.col("sum") / pl.col("count")).alias("mean"))
+        cols.with_columns(_mean(pl.col("sum"), pl.col("count")))
         .join(names.select("key", "run", "metric", "labels"), on="key", how="inner")
         .sort("run", "metric", "labels", "bucket")
         .select(list(_SERIES_SCHEMA))
         .cast(_SERIES_SCHEMA)  # type: ignore[arg-type]
     )
     return summary, series
+
+
+def _mean(total: pl.Expr, count: pl.Expr) -> pl.Expr:
+    """Mean of the finite values: null, not 0/0, where there were none (as ``mean`` of only nulls)."""
+    import polars as pl
+
+    return pl.when(count > 0).then(total / count).alias("mean")
 
 
 def _columns(compact: pl.DataFrame, names: pl.DataFrame, buckets: int) -> pl.LazyFrame:
