@@ -203,6 +203,9 @@ def test_alerts_replayed_from_the_samples_in_memory_equal_a_replay_over_the_stor
     assert len({s.rule for s in stored}) >= 5  # memory, GPU, loss, learning rate, timeouts ...
     assert any(s.rule == "validation_loss_high" and s.run == runs[1].id for s in stored)  # from eval_loss
     assert data.alerts == stored
+    # The stores write one row per metric per tick (series interleaved): every series is still summarised.
+    series = scan(metrics_dir).select("run", "metric", "labels").unique().sort("run", "metric", "labels").collect()
+    assert data.summary.select("run", "metric", "labels").sort("run", "metric", "labels").equals(series)
 
 
 def test_since_keeps_the_samples_from_then_on_and_alerts_still_firing_then(metrics_dir):

@@ -382,7 +382,7 @@ def _names(lf: pl.LazyFrame) -> pl.LazyFrame:
     """
     import polars as pl
 
-    changed = pl.col("key") != pl.col("key").shift(1).fill_null(0)
+    changed = (pl.col("key") != pl.col("key").shift(1)).fill_null(True)
     return lf.select("key", "run", "group", "metric", "labels", "host").filter(changed).unique("key", keep="any")
 
 
