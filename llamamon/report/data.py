@@ -617,8 +617,10 @@ def _pivot_validation(df: pl.DataFrame) -> pl.DataFrame:
 
     if not df.height:
         return pl.DataFrame(schema={"run": pl.String, "step": pl.Int64})
-    # Sorted first so the columns come in name order, not in whatever order the group_by finished.
-    wide = df.sort("metric", "run", "step").pivot(on="metric", index=["run", "step"], values="value")
+    # Sorted first so the columns come in a fixed order (validation loss, then the others by name), not in
+    # whatever order the group_by finished.
+    order = [pl.col("metric") != "validation_loss", "metric", "run", "step"]
+    wide = df.sort(order).pivot(on="metric", index=["run", "step"], values="value")
     wide = wide.sort("run", "step")
     return wide.group_by("run", maintain_order=True).tail(VALIDATION_ROWS)
 
