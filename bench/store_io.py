@@ -8,8 +8,8 @@ pyarrow's default Parquet, and encoding variants, so the choice in store/parquet
 Values are made the way the collectors make them: what the source reports (continuous CPU shares,
 NVML integer percents / degrees / milliwatts, page-sized byte counts, whole bytes over a jittered
 interval for rates), then rounded by ``catalog.quantize`` at the catalog's resolution, the function
-the built-in collectors call; timestamps are wall-clock ticks with scheduling jitter (the realistic
-case) or exact grid ticks.
+the built-in collectors call; timestamps are wall-clock ticks with scheduling jitter stamped by the
+recorder's TickStamps (the realistic case) or exact grid ticks.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llamamon.catalog import quantize, resolution_of
+from llamamon.runtime.ticker import TickStamps
 from llamamon.samples import Row, labels_to_str, make_labels
 from llamamon.store import parquet
 from llamamon.store.compaction import compact
@@ -104,9 +105,11 @@ def collected(metric: str, value: float) -> float:
 
 
 def tick_times(n: int, rng: random.Random, jitter: bool) -> list[float]:
+    """Exact grid ticks, or wall-clock wake-ups (a little after each second) stamped as the recorder does."""
     if not jitter:
         return [START + k for k in range(n)]
-    return [START + k + abs(rng.gauss(0.0008, 0.0004)) for k in range(n)]
+    stamps = TickStamps(1.0)
+    return [stamps(START + k + abs(rng.gauss(0.0008, 0.0004))) for k in range(n)]
 
 
 def make_table(seconds: int, jitter: bool, profile: str, seed: int = 7) -> pa.Table:
@@ -186,7 +189,7 @@ def size_report(seconds: int) -> None:
                 ("llamamon flush-file options (default 20k-row pages)", srt, ours),
                 (f"llamamon compacted (sorted, DELTA time, zstd {parquet.ZSTD_LEVEL}, 1 page)", srt, compacted),
             ]
-            stamps = "wall-clock ticks with jitter" if jitter else "exact 1 s grid ticks"
+            stamps = "wall-clock wake-ups with jitter, stamped by TickStamps" if jitter else "exact 1 s grid ticks"
             print(f"-- profile {profile}, {stamps}")
             base = None
             for label, tbl, options in variants:

@@ -100,6 +100,15 @@ def series_values(seconds: np.ndarray, rng: np.random.Generator) -> dict[str, np
     return {metric: on_collector_grid(metric, values) for metric, values in source.items()}
 
 
+def tick_stamps_us(seconds: np.ndarray, late_us: np.ndarray) -> np.ndarray:
+    """Tick times as ``llamamon record`` stores them: each wake-up (``late_us`` after the second, as a real
+    scheduler wakes) passed through the recorder's own TickStamps (snapped to the grid within 2 ms)."""
+    from llamamon.runtime.ticker import TickStamps
+
+    stamps = TickStamps(1.0)
+    return np.array([round(stamps(float(t) + late / 1e6) * 1e6) for t, late in zip(seconds, late_us, strict=True)])
+
+
 def day_tables(day: int, seconds: int = 86_400, seed: int = 7) -> dict[str, object]:
     """pyarrow tables (store schema, one per group) for ``seconds`` of day ``day`` after START."""
     import pyarrow as pa
@@ -108,9 +117,10 @@ def day_tables(day: int, seconds: int = 86_400, seed: int = 7) -> dict[str, obje
 
     rng = np.random.default_rng(seed + day)
     offs = np.arange(day * 86_400, day * 86_400 + seconds, dtype=np.int64)
-    # Wall-clock ticks: each a little after the second, as a real scheduler wakes.
-    time_us = (START + offs) * 1_000_000 + np.abs(rng.normal(800, 400, len(offs))).astype(np.int64)
+    time_us = tick_stamps_us(START + offs, np.abs(rng.normal(800, 400, len(offs))).astype(np.int64))
     values = series_values(offs, rng)
+    # The job stamps what it logs itself (llamamon.log: the time of the call), never snapped to a grid.
+    job_us = (START + offs) * 1_000_000 + 300_000 + rng.normal(0, 10_000, len(offs)).astype(np.int64)
     step = np.floor(offs * STEPS_PER_S).astype(np.int64)
     tables = {}
     for group in dict.fromkeys(g for g, _, _ in SERIES):
@@ -118,7 +128,9 @@ def day_tables(day: int, seconds: int = 86_400, seed: int = 7) -> dict[str, obje
         n = len(offs) * len(members)
         tables[group] = pa.table(
             {
-                "time": pa.array(np.tile(time_us, len(members)), pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+                "time": pa.array(np.tile(job_us if group == "training" else time_us, len(members)), pa.int64()).cast(
+                    pa.timestamp("us", tz="UTC")
+                ),
                 "host": pa.array([HOST] * n, pa.string()),
                 "metric": pa.array(np.repeat([m for m, _ in members], len(offs)), pa.string()),
                 "value": pa.array(np.concatenate([values[m] for m, _ in members]), pa.float64()),
