@@ -4,8 +4,11 @@
 
 Two days of data (1,382,400 samples each): bench/store_io.py's generator (the store helper's reference
 data: system, process and GPU series) and bench/synthetic.py's (adds training series: a step counter,
-a float32 loss, a learning-rate schedule, tokens/s). Each day is written one file per partition and
-compacted by llamamon's ``compact()``; bytes are every data file afterwards (run metadata excluded).
+a float32 loss, a float64 learning-rate schedule, tokens/s as a float64). Collector values are rounded
+by ``catalog.quantize`` at the catalog's resolutions and tick times stamped by the recorder's
+TickStamps, as ``llamamon record`` stores them; training values and times are kept as the job logs
+them. Each day is written one file per partition and compacted by llamamon's ``compact()``; bytes are
+every data file afterwards (run metadata excluded), also split into collector and job partitions.
 The real write path (``StoreWriter.append`` per tick, a flush every 30 s of a fake clock, then
 ``compact()``) runs on a slice, to show what flushing adds before compaction and after it. Baselines from the same rows: CSV in the store's long schema (time, host, metric, value,
 labels, step), CSV wide (one row per second, one column per series: what most loggers write),
@@ -189,7 +192,12 @@ def day(tables: dict) -> dict:
         files = list(root.glob("group=*/date=*/run=*/*.parquet"))
         compacted = sum(p.stat().st_size for p in files)
         columns = column_bytes(files)
+        by_group = {
+            group: (sum(p.stat().st_size for p in files if f"group={group}" in p.parts), table.num_rows)
+            for group, table in tables.items()
+        }
     return {
+        "by_group": by_group,
         "samples": sum(t.num_rows for t in tables.values()),
         "files": len(files),
         "llamamon": compacted,
@@ -220,6 +228,16 @@ def run(quick: bool = False) -> list:
         per = {k: m[k] / n for k in ("llamamon", "csv_long", "csv_wide", "psrecord")}
         extra = w["replaces_metadata_bytes"] / w["flush_files"] * (seconds // 30) * m["files"] / n
         by_column = ", ".join(f"{k} {v / n:.3f}" for k, v in m["columns"].items() if v / n >= 0.0005)
+        job = [g for g in m["by_group"] if g in ("training", "inference", "custom")]
+        split = (
+            "".join(
+                f"{label} {sum(b for g, (b, _) in m['by_group'].items() if (g in job) == is_job) / rows:.2f} B/sample; "
+                for label, is_job in (("collector partitions alone", False), ("job partitions alone", True))
+                if (rows := sum(r for g, (_, r) in m["by_group"].items() if (g in job) == is_job))
+            )
+            if job
+            else ""
+        )
         by_series = ", ".join(f"{k} {v:.2f}" for k, v in sorted(m["series_value"].items(), key=lambda kv: -kv[1]))
         figures.append(
             Figure(
@@ -243,7 +261,7 @@ def run(quick: bool = False) -> list:
                 load=(before, load1()),
                 note=(
                     f"{n:,} samples compacted by compact() into {m['files']} files, {m['llamamon']:,} B. "
-                    f"B/sample by column: {by_column} (the rest ~0). Value bytes per sample of each series "
+                    f"{split}B/sample by column: {by_column} (the rest ~0). Value bytes per sample of each series "
                     f"alone: {by_series}. "
                     f"The real write path on the first {w['seconds']} s of bench/synthetic.py "
                     f"(StoreWriter.append per tick, 30 s flushes, compact()): {w['flush_files']} flush files at "
