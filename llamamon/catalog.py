@@ -104,13 +104,17 @@ def _m(name: str, unit: str, kind: Kind, group: Group, help: str, resolution: fl
 # float64 are zero, which is what lets BYTE_STREAM_SPLIT + zstd store them in ~1-2 bytes instead of 7.
 # Decimal rounding (0.123) keeps a full noisy mantissa and would save nothing (bench/storage.py).
 PERMILLE = 2.0**-10  # 0.000977 <= psutil's 0.1 %, NVML's 1 % and 1 mW / 1 mJ (as W / J)
+# The host-wide CPU share is busy / total CPU-time ticks (1/100 s each) over all cores, so its real step
+# shrinks with the core count: 2**-14 (0.006 %) is one tick of a 160-core machine over 1 s. One core's
+# share and the process tree's cores are one tick over the interval: 2**-10 holds it up to 10 s intervals.
+CPU_TICK = 2.0**-14
 HUNDREDTH = 2.0**-7  # 0.0078 <= /proc/loadavg's two decimals
 WHOLE = 1.0  # bytes and byte rates, whole degrees, MHz, counts
 
 
 METRICS: tuple[Metric, ...] = (
     # system (psutil), host-wide
-    _m("cpu_usage", "ratio", "gauge", "system", "CPU busy time across all cores, 0..1.", PERMILLE),
+    _m("cpu_usage", "ratio", "gauge", "system", "CPU busy time across all cores, 0..1.", CPU_TICK),
     _m("cpu_core_usage", "ratio", "gauge", "system", "CPU busy time of one core (label core), 0..1.", PERMILLE),
     _m("memory_usage", "ratio", "gauge", "system", "Share of physical memory in use, 0..1.", PERMILLE),
     _m("memory_used", "bytes", "gauge", "system", "Physical memory in use.", WHOLE),
