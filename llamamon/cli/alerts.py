@@ -6,8 +6,6 @@ are imported inside the commands so ``llamamon --help`` stays fast.
 
 from __future__ import annotations
 
-import json
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ import click
 
 from llamamon.cli.notify import notify_test_command
 from llamamon.cli.options import config_option, json_option, metrics_dir_option
-from llamamon.samples import SEVERITIES
+from llamamon.severity import SEVERITIES
 
 
 @click.group("alerts")
@@ -111,6 +109,8 @@ def test_command(
 
     alerts, rules = evaluate_recorded(config_path, metrics_dir, list(run_ids), latest, all_runs, since)
     if as_json:
+        import json
+
         click.echo(json.dumps([_alert_json(a) for a in alerts], indent=2))
     elif alerts:
         _table(
@@ -162,6 +162,8 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
+    from datetime import datetime, timezone
+
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from llamamon.config.loader import RawConfig, UnsetVariable
 from llamamon.errors import ConfigError
+from llamamon.severity import SEVERITIES
 from llamamon.units import parse_duration
 
-SEVERITIES = ("info", "warning", "critical")
 CHANNEL_TYPES = ("slack", "email", "webhook", "alertmanager")
 EXPORT_FORMATS = ("prometheus", "none")
 

@@ -19,7 +19,8 @@ from llamamon import catalog
 from llamamon.report import charts
 from llamamon.report.charts import Axis, Chart, HLine, Line, Span
 from llamamon.report.data import AlertSpan, ReportData, label_text, merge_intervals
-from llamamon.samples import SEVERITIES, RunInfo
+from llamamon.samples import RunInfo
+from llamamon.severity import SEVERITIES
 from llamamon.units import format_bytes, format_duration
 
 if TYPE_CHECKING:

@@ -235,7 +235,7 @@ class LiveAlerts:
         ]
 
     def worst_firing(self) -> str | None:
-        from llamamon.samples import SEVERITIES
+        from llamamon.severity import SEVERITIES
 
         found = [r.severity for r in self.rules if self.states.firing(r.name) and r.severity in SEVERITIES]
         return max(found, key=SEVERITIES.index) if found else None
