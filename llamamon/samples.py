@@ -98,7 +98,6 @@ class RunInfo:
 
 
 Severity = Literal["info", "warning", "critical"]
-SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
 
 
 @dataclass(frozen=True, slots=True)

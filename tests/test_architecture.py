@@ -9,7 +9,14 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "llamamon"
 
-LEAF = ("llamamon.errors", "llamamon.units", "llamamon.catalog", "llamamon.samples", "llamamon.fsutil")
+LEAF = (
+    "llamamon.errors",
+    "llamamon.units",
+    "llamamon.catalog",
+    "llamamon.samples",
+    "llamamon.severity",
+    "llamamon.fsutil",
+)
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     **{leaf: ("llamamon.",) for leaf in LEAF},
     "llamamon.config": (

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import REPO, require_binary, write_samples
+from conftest import REPO, require_binary, run_llamamon, write_samples
 
 from llamamon.cli import main
 from llamamon.rules.builtin import BUILTIN_NAMES
@@ -325,3 +326,86 @@ def test_export_refuses_a_bare_histogram(tmp_path: Path, capsys: pytest.CaptureF
     assert code == 0, err
     assert "alert: raw_latency" not in out
     assert "raw_latency: inference_latency is exported as a histogram" in err
+
+
+# --- metric names the job records -------------------------------------------------------------------
+
+
+# Why the pauses: rules are evaluated on a grid of update_frequency (100ms here), and the low rewards
+# must be the latest sample at some tick.
+TRAIN = """\
+import time
+import llamamon
+for step, reward in enumerate([0.9, 0.8, 0.2, 0.1, 0.15]):
+    llamamon.log(reward_mean=reward, step=step)
+    time.sleep(0.15)
+"""
+
+
+def _rule_config(path: Path, condition: str, extra: str = "") -> Path:
+    path.write_text(
+        f"monitoring:\n  metrics_path: m\n  update_frequency: 100ms\n{extra}alerts:\n  rules:\n    reward_collapse:\n"
+        f'      condition: "{condition}"\n      severity: critical\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_a_metric_the_job_logs_is_known_once_recorded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "train.py").write_text(TRAIN, encoding="utf-8")
+    rules = _rule_config(tmp_path / "rules.yaml", "reward_mean < 0.5")
+    code, out, err = run(capsys, "alerts", "check", "--config", str(rules))
+    assert (code, out) == (2, "")
+    assert err.splitlines()[0] == (
+        f"Error: {rules}:7: alerts.rules.reward_collapse.condition: unknown metric 'reward_mean' (not in the "
+        "catalog, not recorded in m, not declared under `metrics:` in the config) at column 1"
+    )
+
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("monitoring:\n  metrics_path: m\n", encoding="utf-8")
+    proc = run_llamamon("record", "--no-gpu", "--config", str(plain), "--", sys.executable, "train.py", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+
+    code, out, err = run(capsys, "alerts", "check", "--config", str(rules))
+    assert code == 0, err
+    assert "reward_mean < 0.5" in out
+    assert "metrics the job recorded in m: reward_mean" in err
+
+    typo = _rule_config(tmp_path / "typo.yaml", "reward_maen < 0.5")
+    code, _, err = run(capsys, "alerts", "check", "--config", str(typo))
+    assert code == 2
+    assert "unknown metric 'reward_maen' (did you mean \"reward_mean\"?) at column 1" in err.splitlines()[0]
+
+    code, out, err = run(capsys, "alerts", "test", "--config", str(rules), "--latest")
+    assert code == 1, err  # critical fired
+    (row,) = [line for line in out.splitlines() if line.startswith("reward_collapse")]
+    assert "critical" in row
+
+
+def test_a_declared_metric_is_known_before_any_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "train.py").write_text(TRAIN, encoding="utf-8")
+    rules = _rule_config(tmp_path / "rules.yaml", "reward_mean < 0.5", "metrics: [reward_mean]\n")
+    code, _, err = run(capsys, "alerts", "check", "--config", str(rules))
+    assert code == 0, err
+    assert "metrics the config declares: reward_mean" in err
+    # record accepts the rule too (its live alerts check names the same way), and the rule fires
+    proc = run_llamamon("record", "--no-gpu", "--config", str(rules), "--", sys.executable, "train.py", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    code, out, err = run(capsys, "alerts", "test", "--config", str(rules), "--latest", "--json")
+    assert code == 1, err
+    assert [a["rule"] for a in json.loads(out)] == ["reward_collapse"]
+
+
+def test_a_parser_group_is_a_known_metric(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = _rule_config(tmp_path / "rules.yaml", "kl_div > 0.2", "parsers:\n  - 'kl=(?P<kl_div>[0-9.]+)'\n")
+    code, _, err = run(capsys, "alerts", "check", "--config", str(rules))
+    assert code == 0, err
+
+
+def test_a_declared_name_must_be_a_metric_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = _rule_config(tmp_path / "rules.yaml", "memory_usage > 0.5", "metrics: [reward-mean]\n")
+    code, _, err = run(capsys, "alerts", "check", "--config", str(rules))
+    assert code == 2
+    assert err.splitlines()[0] == (
+        f"Error: {rules}:4: metrics[0]: expected a metric name like tokens_per_second (got 'reward-mean')"
+    )

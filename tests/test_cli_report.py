@@ -130,3 +130,42 @@ def test_alerts_come_from_the_rules_engine_and_shade_their_charts(tmp_path, metr
     assert 'id="panel-alert-timeline"' in html
     assert "still firing</td>" not in html  # memory fell back to 50%: every span was resolved
     assert "<td>memory_critical</td>" in html
+
+
+def test_since_shows_that_period_of_the_runs_and_the_alerts_firing_in_it(tmp_path, metrics_dir):
+    import time
+
+    now = time.time()
+    h = 3600.0
+    start = now - 72 * h
+    info = RunInfo(id="20260923T000000Z-host-0001", host="host", start=start, end=now - h, exit_code=0, name="week")
+    save_run(metrics_dir, info)
+    # Memory high three times: long before the window, across its start, inside it. CPU 20% before, 70% inside.
+    high = [(now - 60 * h, now - 58 * h), (now - 26 * h, now - 22 * h), (now - 10 * h, now - 8 * h)]
+    rows = []
+    for i in range(int(71 * h // 300)):
+        t = start + i * 300
+        rows.append(Row(t, "system", "cpu_usage", 0.2 if t < now - 24 * h else 0.7))
+        rows.append(Row(t, "system", "memory_usage", 0.95 if any(a <= t < b for a, b in high) else 0.5))
+    write_rows(metrics_dir, rows, run=info.id)
+
+    def critical_spans(html: str) -> int:
+        found = re.search(r'class="badge critical">critical</span> (\d+) firing spans?', html)
+        assert found is not None
+        return int(found.group(1))
+
+    r = run_llamamon("report", "--metrics-dir", str(metrics_dir), "-o", "all.html", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr.decode()
+    whole = (tmp_path / "all.html").read_text()
+    r = run_llamamon("report", "--metrics-dir", str(metrics_dir), "--since", "24h", "-o", "day.html", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr.decode()
+    day = (tmp_path / "day.html").read_text()
+    assert "20.0%" in whole  # CPU's minimum over the whole run
+    assert "20.0%" not in day  # ... is before the window: the summary covers the last 24 h only
+    assert "70.0%" in day
+    assert "data from " in day
+    assert "data from " not in whole
+    # Two critical rules (memory_critical, memory_usage) fire per episode; the first episode ended before the
+    # window, the second was still firing when it began (replayed over the whole run, so it is not lost).
+    assert critical_spans(whole) == 6
+    assert critical_spans(day) == 4

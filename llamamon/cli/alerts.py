@@ -6,8 +6,6 @@ are imported inside the commands so ``llamamon --help`` stays fast.
 
 from __future__ import annotations
 
-import json
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ import click
 
 from llamamon.cli.notify import notify_test_command
 from llamamon.cli.options import config_option, json_option, metrics_dir_option
-from llamamon.samples import SEVERITIES
+from llamamon.severity import SEVERITIES
 
 
 @click.group("alerts")
@@ -25,14 +23,30 @@ def alerts_command() -> None:
 
 @alerts_command.command("check")
 @config_option
-def check_command(config_path: str | None) -> None:
-    """Validate the config and list every rule: condition, severity, for, channels, where it came from."""
+@metrics_dir_option
+def check_command(config_path: str | None, metrics_dir: str | None) -> None:
+    """Validate the config and list every rule: condition, severity, for, channels, where it came from.
+
+    Metric names may be catalog names, aliases, names declared under ``metrics:`` or matched by a
+    ``parsers`` pattern, or names the job recorded in the metrics folder.
+    """
     from llamamon.config import load_config
-    from llamamon.rules.builtin import rules_from_config
+    from llamamon.rules.builtin import known_metrics, rules_from_config
     from llamamon.rules.lang import duration_text
 
     cfg = load_config(config_path)
-    rules = rules_from_config(cfg)
+    root = Path(metrics_dir) if metrics_dir else cfg.metrics_path
+    asked: set[str] = set()
+
+    def recorded(names: set[str] | None) -> set[str]:
+        from llamamon.store.reader import metric_names  # polars: only when a name needs the store
+
+        found = metric_names(root, names)
+        if names is not None:
+            asked.update(found)
+        return found
+
+    rules = rules_from_config(cfg, recorded=recorded, recorded_where=str(root))
     _check_channels(cfg)
     rows = [
         (
@@ -48,6 +62,11 @@ def check_command(config_path: str | None) -> None:
     _table(("RULE", "SEVERITY", "FOR", "CHANNELS", "SOURCE", "CONDITION"), rows)
     where = cfg.source or "built-in defaults"
     active = sum(r.enabled for r in rules)
+    declared = sorted({m for r in rules for m in r.condition.metrics} - known_metrics() - asked)
+    if declared:
+        click.echo(f"metrics the config declares: {', '.join(declared)}", err=True)
+    if asked:
+        click.echo(f"metrics the job recorded in {root}: {', '.join(sorted(asked))}", err=True)
     click.echo(f"{where}: OK, {len(rules)} rules ({active} on)", err=True)
 
 
@@ -111,6 +130,8 @@ def test_command(
 
     alerts, rules = evaluate_recorded(config_path, metrics_dir, list(run_ids), latest, all_runs, since)
     if as_json:
+        import json
+
         click.echo(json.dumps([_alert_json(a) for a in alerts], indent=2))
     elif alerts:
         _table(
@@ -162,6 +183,8 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
+    from datetime import datetime, timezone
+
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 

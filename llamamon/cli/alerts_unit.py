@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,13 +31,12 @@ def evaluate_recorded(
     since: str | None,
 ) -> tuple[list[Alert], list[Rule]]:
     """Every alert episode of every enabled rule over the selected recorded runs."""
-    import polars as pl
 
     from llamamon.config import load_config
     from llamamon.rules import engine
     from llamamon.rules.builtin import rules_from_config
     from llamamon.store import open_store
-    from llamamon.store.reader import scan
+    from llamamon.store.reader import metric_names, scan
     from llamamon.store.runs import resolve_runs
 
     cfg = load_config(config_path)
@@ -47,9 +47,10 @@ def evaluate_recorded(
     if not runs:
         click.echo(f"llamamon: no runs recorded in {root}", err=True)
         return [], rules_from_config(cfg)
-    frame = scan(root, runs=[r.id for r in runs])
-    names = set(frame.select(pl.col("metric").unique()).collect()["metric"].to_list())
-    rules = [r for r in rules_from_config(cfg, extra_names=names) if r.enabled]
+    ids = [r.id for r in runs]
+    frame = scan(root, runs=ids)
+    recorded = partial(metric_names, root, runs=ids)
+    rules = [r for r in rules_from_config(cfg, recorded=recorded, recorded_where=str(root)) if r.enabled]
     samples = engine.prepare(frame, engine.needed_metrics(rules), cfg.aliases)
     bounds = samples.bounds()
     if bounds is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -162,6 +161,8 @@ def doctor_command(config_path: str | None, metrics_dir: str | None, no_gpu: boo
         "metrics_folder": _metrics_folder(folder),
     }
     if as_json:
+        import json
+
         click.echo(json.dumps(report, indent=2))
     else:
         click.echo("\n".join(_text(report)))

@@ -5,9 +5,6 @@ Attach to the ``alerts`` group with ``alerts.add_command(notify_test_command)``.
 
 from __future__ import annotations
 
-import difflib
-import json
-
 import click
 
 from llamamon.cli.options import config_option, json_option, verbosity_options
@@ -34,6 +31,8 @@ def notify_test_command(
     """
     # Why here: the channel modules (and asyncio) stay off the `llamamon --help` path.
     import asyncio
+    import difflib
+    import json
 
     from llamamon.channels.dispatch import Dispatcher, make_test_notification
     from llamamon.channels.registry import build_channels

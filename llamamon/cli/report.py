@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -81,7 +82,9 @@ def report_command(
         "selected": dashboards,
         "template_dir": Path(template_dir) if template_dir else None,
         "thresholds": settings.thresholds,
-        "alerts": settings.alerts(runs),
+        "alerts": settings.alerts(),
+        # --since picks the runs active in that period and shows that period of them, not their whole history.
+        "since": time.time() - since_s if since_s is not None else None,
     }
     if sys.stderr.isatty() and not quiet:
         with click.progressbar(length=stages, label="Rendering report", file=sys.stderr) as bar:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -73,6 +72,8 @@ def watch_command(
 
 
 def _when(t: float) -> str:
+    from datetime import datetime, timezone
+
     return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -73,7 +73,8 @@ def read_config(path: Path | None) -> RawConfig:
 
 def parse_config_text(text: str, filename: str, source: Path | None = None) -> RawConfig:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        # Why the C loader where PyYAML has libyaml: composing the default config takes 2.6 ms instead of 18.
+        node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -85,13 +86,15 @@ def parse_config_text(text: str, filename: str, source: Path | None = None) -> R
     lines: dict[str, int] = {}
     if node is None:
         return RawConfig({}, lines, source)
-    data = _to_python(node, "", lines, filename)
+    data = _to_python(node, "", lines, filename, yaml.constructor.SafeConstructor())
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping of sections", file=filename, line=node.start_mark.line + 1)
     return RawConfig(data, lines, source)
 
 
-def _to_python(node: yaml.Node, path: str, lines: dict[str, int], filename: str) -> Any:
+def _to_python(
+    node: yaml.Node, path: str, lines: dict[str, int], filename: str, constructor: yaml.constructor.SafeConstructor
+) -> Any:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
@@ -101,26 +104,23 @@ def _to_python(node: yaml.Node, path: str, lines: dict[str, int], filename: str)
             if key in out:
                 raise ConfigError("duplicate key", file=filename, line=key_node.start_mark.line + 1, path=child)
             lines[child] = key_node.start_mark.line + 1
-            out[str(key)] = _to_python(value_node, child, lines, filename)
+            out[str(key)] = _to_python(value_node, child, lines, filename, constructor)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(item, f"{path}[{i}]", lines, filename) for i, item in enumerate(node.value)]
-    value = _scalar(node, filename)
+        return [_to_python(item, f"{path}[{i}]", lines, filename, constructor) for i, item in enumerate(node.value)]
+    value = _scalar(node, filename, constructor)
     if isinstance(value, str):
         return expand_vars(value)
     return value
 
 
-def _scalar(node: yaml.ScalarNode, filename: str) -> Any:
-    loader = yaml.SafeLoader("")
+def _scalar(node: yaml.ScalarNode, filename: str, constructor: yaml.constructor.SafeConstructor) -> Any:
     try:
-        return loader.construct_object(node, deep=True)
+        return constructor.construct_object(node, deep=True)
     except yaml.YAMLError as exc:
         # Why: tags the safe loader refuses (e.g. a bare "=" is YAML's "value" tag) are mistakes too.
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"YAML error: {problem}", file=filename, line=node.start_mark.line + 1) from None
-    finally:
-        loader.dispose()
 
 
 def expand_vars(text: str, environ: dict[str, str] | None = None) -> str:

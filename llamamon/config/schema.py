@@ -16,9 +16,9 @@ from typing import Any
 
 from llamamon.config.loader import RawConfig, UnsetVariable
 from llamamon.errors import ConfigError
+from llamamon.severity import SEVERITIES
 from llamamon.units import parse_duration
 
-SEVERITIES = ("info", "warning", "critical")
 CHANNEL_TYPES = ("slack", "email", "webhook", "alertmanager")
 EXPORT_FORMATS = ("prometheus", "none")
 
@@ -118,6 +118,7 @@ class Config:
     collectors: tuple[str, ...] = ()
     source: Path | None = None
     lines: dict[str, int] = field(default_factory=dict)
+    metrics: tuple[str, ...] = ()  # names the job logs, declared so rules may use them before any run
 
     @property
     def update_frequency(self) -> float:
@@ -143,7 +144,7 @@ class Config:
         return ConfigError(message, file=str(self.source), line=self.line_of(path), path=path)
 
 
-TOP_KEYS = ("monitoring", "alerts", "parsers", "aliases", "scrape", "collectors")
+TOP_KEYS = ("monitoring", "alerts", "parsers", "aliases", "scrape", "collectors", "metrics")
 MONITORING_KEYS = (
     "enabled",
     "update_frequency",
@@ -298,9 +299,16 @@ def build_config(raw: RawConfig, defaults: RawConfig) -> Config:
     for i, spec in enumerate(collectors):
         if ":" not in spec:
             raise check.fail(f"collectors[{i}]", f'expected "package.module:ClassName" (got {spec!r})')
+    metrics = check.string_list(data.get("metrics"), "metrics")
+    for i, name in enumerate(metrics):
+        if not _METRIC_NAME.fullmatch(name):
+            raise check.fail(f"metrics[{i}]", f"expected a metric name like tokens_per_second (got {name!r})")
     lines = dict(raw.lines) if raw.source else dict(defaults.lines)
     source = raw.source
-    return Config(monitoring, alerts, parsers, aliases, scrape, collectors, source, lines)
+    return Config(monitoring, alerts, parsers, aliases, scrape, collectors, source, lines, tuple(metrics))
+
+
+_METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_:]*")  # as a condition spells a metric
 
 
 def _merge(base: Any, override: Any) -> Any:

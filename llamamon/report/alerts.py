@@ -1,45 +1,72 @@
 """The alerts a report shows: the rules engine replayed over the chosen runs, as firing spans.
 
 The same rules and thresholds as ``llamamon alerts test`` and ``watch`` (monitoring.yaml plus the
-built-in ones), so the report, CI and live alerting never disagree about what fired.
+built-in ones), so the report, CI and live alerting never disagree about what fired. Replayed, not
+read back from what ``record`` notified: the notification ledger keeps only recent episodes and
+reflects the rules in force while recording, so it could miss or disagree with spans.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
-from llamamon.report.data import AlertSpan
-from llamamon.samples import RunInfo, make_labels
+from llamamon.report.data import AlertReplay, AlertSpan
+from llamamon.samples import Labels, make_labels
+
+if TYPE_CHECKING:
+    import polars as pl
 
 # Labels every alert carries that the report already shows elsewhere (rule, severity, run, host).
 HIDDEN_LABELS = frozenset({"alertname", "severity", "run", "host"})
 
 
-def replay_alerts(cfg: Any, metrics_dir: Path, runs: Sequence[RunInfo]) -> list[AlertSpan]:
-    """Every alert episode of every enabled rule over these runs' samples, as spans."""
+def alert_replay(cfg: Any) -> AlertReplay:
+    """``replay_alerts`` bound to a config: what ``load_report_data`` calls with the samples it has read."""
+    return partial(replay_alerts, cfg)
+
+
+def replay_alerts(
+    cfg: Any, samples: pl.LazyFrame | Callable[[set[str] | None], pl.LazyFrame], names: set[str] | None = None
+) -> list[AlertSpan]:
+    """Every alert episode of every enabled rule over these samples (store columns), as spans.
+
+    ``samples``: a frame, or a function giving the samples of some metric names (all for None), a
+    cheaper frame when only a few metrics are needed. ``names``: the metric names in them, when known.
+    """
     import polars as pl
 
+    from llamamon import catalog
     from llamamon.rules import engine
     from llamamon.rules.builtin import rules_from_config
-    from llamamon.store.reader import scan
 
-    frame = scan(metrics_dir, runs=[r.id for r in runs])
-    names = set(frame.select(pl.col("metric").unique()).collect()["metric"].to_list())
+    def frame(metrics: set[str] | None) -> pl.LazyFrame:
+        if callable(samples):
+            return samples(metrics)
+        return samples if metrics is None else samples.filter(pl.col("metric").is_in(sorted(metrics)))
+
+    if names is None:
+        names = set(frame(None).select(pl.col("metric").unique()).collect()["metric"].to_list())
     if not names:
         return []
     rules = [r for r in rules_from_config(cfg, extra_names=names) if r.enabled]
-    by_name = {r.name: r for r in rules}
-    samples = engine.prepare(frame, engine.needed_metrics(rules), cfg.aliases)
-    bounds = samples.bounds()
+    needed = engine.needed_metrics(rules)
+    # The stored names that can mean a needed metric: itself and its aliases (prepare renames them).
+    aliases = {**catalog.ALIASES, **(cfg.aliases or {})}
+    stored = needed | {alias for alias, target in aliases.items() if target in needed}
+    prepared = engine.prepare(frame(stored), needed, cfg.aliases)
+    bounds = prepared.bounds()
     if bounds is None:
         return []
     grid = engine.Grid.covering(bounds[0], bounds[1], cfg.update_frequency)
+    shown_labels: dict[Labels, Labels] = {}
+    metrics = {r.name: tuple(sorted(r.condition.metrics)) for r in rules}
     spans = []
-    for alert in engine.evaluate(rules, samples, grid):
-        rule = by_name.get(alert.rule)
-        shown = make_labels({k: v for k, v in alert.labels if k not in HIDDEN_LABELS})
+    for alert in engine.evaluate(rules, prepared, grid):
+        shown = shown_labels.get(alert.labels)
+        if shown is None:  # why cached: a flapping alert repeats the same label set thousands of times
+            shown = shown_labels[alert.labels] = make_labels({k: v for k, v in alert.labels if k not in HIDDEN_LABELS})
         spans.append(
             AlertSpan(
                 rule=alert.rule,
@@ -49,7 +76,7 @@ def replay_alerts(cfg: Any, metrics_dir: Path, runs: Sequence[RunInfo]) -> list[
                 end=alert.resolved_at,
                 run=alert.run,
                 summary=dict(alert.annotations).get("summary", ""),
-                metrics=tuple(sorted(rule.condition.metrics)) if rule is not None else (),
+                metrics=metrics.get(alert.rule, ()),
             )
         )
     return sorted(spans, key=lambda s: (s.start, s.rule))

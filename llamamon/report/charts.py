@@ -118,6 +118,7 @@ class Chart:
     spans: list[Span] = field(default_factory=list)
     x_mode: XMode = "time"
     x_unit: str = "s"  # for elapsed: "s", "min" or "h"
+    x_origin: str = "run start"  # for elapsed: what x = 0 is
     height: float = HEIGHT_IN
     xlim: tuple[object, object] | None = None  # shared by every time chart of a report, so they line up
 
@@ -315,7 +316,7 @@ def _draw(ax: matplotlib.axes.Axes, chart: Chart, zone: tzinfo) -> None:
         ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=zone, show_offset=True))
         ax.set_xlabel(f"local time ({zone_label(zone)})")
     elif chart.x_mode == "elapsed":
-        ax.set_xlabel(f"time since run start ({chart.x_unit})")
+        ax.set_xlabel(f"time since {chart.x_origin} ({chart.x_unit})")
     else:
         ax.set_xlabel("step")
         ax.xaxis.set_major_formatter(FuncFormatter(_si))

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llamamon.report.data import AlertSpan, Thresholds, thresholds_from_config
-from llamamon.samples import RunInfo
+from llamamon.report.data import AlertReplay, Thresholds, thresholds_from_config
 
 
 @dataclass(slots=True)
@@ -18,13 +16,11 @@ class ReportSettings:
     thresholds: Thresholds
     config: Any = None
 
-    def alerts(self, runs: Sequence[RunInfo]) -> list[AlertSpan]:
-        """Alert spans of these runs: the rules engine replayed over their samples."""
-        from llamamon.report.alerts import replay_alerts
+    def alerts(self) -> AlertReplay | None:
+        """The rules engine replay that gives the alert spans, run over the samples the report reads."""
+        from llamamon.report.alerts import alert_replay
 
-        if self.config is None:
-            return []
-        return replay_alerts(self.config, self.metrics_dir, runs)
+        return None if self.config is None else alert_replay(self.config)
 
 
 def report_settings(config_path: str | None, metrics_dir: str | None) -> ReportSettings:

@@ -19,7 +19,8 @@ from llamamon import catalog
 from llamamon.report import charts
 from llamamon.report.charts import Axis, Chart, HLine, Line, Span
 from llamamon.report.data import AlertSpan, ReportData, label_text, merge_intervals
-from llamamon.samples import SEVERITIES, RunInfo
+from llamamon.samples import RunInfo
+from llamamon.severity import SEVERITIES
 from llamamon.units import format_bytes, format_duration
 
 if TYPE_CHECKING:
@@ -155,6 +156,8 @@ class Context:
     bounds: dict[str, tuple[float, float]]
     elapsed_unit: str = "s"
     elapsed_div: float = 1.0
+    since: float | None = None  # --since: the data starts here, not at the runs' starts
+    _alert_rows: AlertRows | None = None
 
     @property
     def x_mode(self) -> Literal["time", "elapsed"]:
@@ -177,6 +180,8 @@ class Context:
     def chart(self, title: str, axis: Axis, **kw: object) -> Chart:
         c = Chart(title=title, axis=axis, x_mode=self.x_mode, **kw)  # type: ignore[arg-type]
         c.x_unit = self.elapsed_unit
+        if self.since is not None:
+            c.x_origin = "run start, or window start for runs begun before it"
         c.xlim = self.xlim()
         return c
 
@@ -192,48 +197,129 @@ class Context:
 
     def spans_for(self, metrics: Iterable[str], extra_rules: Sequence[str] = ()) -> list[Span]:
         """Alert spans that concern these metrics, merged to what the chart can resolve."""
-        return merge_spans(self._spans_for(metrics, extra_rules))
+        rows = self.alert_rows()
+        sel = rows.select(metrics, extra_rules)
+        if not sel.any():
+            return []
+        start, end = rows.start[sel], rows.end[sel]
+        if self.multi:
+            first = min(b[0] for b in self.bounds.values())
+            t0 = np.array([self.bounds.get(r or "", (first, 0.0))[0] for r in rows.run[sel].tolist()])
+            return merge_span_arrays(
+                (start - t0) / self.elapsed_div, (end - t0) / self.elapsed_div, rows.label[sel], rows.severity[sel]
+            )
+        if len(start) < 2:
+            return [Span(_datetime64(a), _datetime64(b), sv, lb) for a, b, sv, lb in _rows(rows, sel, start, end)]
+        # Why truncated to whole microseconds: the spans sit at datetime64[us] positions on the chart.
+        x0, x1 = np.trunc(start * 1e6) / 1e6, np.trunc(end * 1e6) / 1e6
+        merged = merge_span_arrays(x0, x1, rows.label[sel], rows.severity[sel])
+        return [Span(_datetime64(sp.start), _datetime64(sp.end), sp.severity, sp.label) for sp in merged]
 
-    def _spans_for(self, metrics: Iterable[str], extra_rules: Sequence[str] = ()) -> list[Span]:
+    def alert_rows(self) -> AlertRows:
+        """The alerts as arrays, built once per report: every chart asks which of them concern it."""
+        if self._alert_rows is None:
+            self._alert_rows = AlertRows(self.data.alerts, self.bounds, self.multi)
+        return self._alert_rows
+
+
+def _datetime64(seconds: float) -> np.datetime64:
+    return np.datetime64(int(seconds * 1e6), "us")
+
+
+def _rows(rows: AlertRows, sel: np.ndarray, start: np.ndarray, end: np.ndarray) -> list[tuple[float, float, str, str]]:
+    return list(zip(start.tolist(), end.tolist(), rows.severity[sel].tolist(), rows.label[sel].tolist(), strict=True))
+
+
+class AlertRows:
+    """Alert spans as numpy arrays, one row per (span, run it is drawn for), with open ends closed.
+
+    Why: a week of flapping data gives tens of thousands of spans and every time chart asks which
+    concern it; testing each span per chart in Python cost seconds. Whether a span concerns a metric
+    depends only on its rule, severity, metrics and ``metric`` label, so that is decided once per
+    such group and broadcast to the rows.
+    """
+
+    def __init__(self, alerts: Sequence[AlertSpan], bounds: dict[str, tuple[float, float]], multi: bool) -> None:
+        groups: dict[tuple[str, str, tuple[str, ...], str | None], int] = {}
+        self.examples: list[AlertSpan] = []
+        gid: list[int] = []
+        runs: list[str | None] = []
+        start: list[float] = []
+        end: list[float] = []
+        still: list[bool] = []
+        last_end = max((b[1] for b in bounds.values()), default=None)
+        for a in alerts:
+            key = (a.rule, a.severity, a.metrics, a.metric)
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = len(self.examples)
+                self.examples.append(a)
+            for run in [a.run] if a.run else (list(bounds) if multi else [None]):
+                if a.end is not None:
+                    stop = a.end
+                elif run is None:
+                    stop = last_end if last_end is not None else a.start
+                else:
+                    stop = bounds.get(run, (a.start, a.start))[1]
+                gid.append(g)
+                runs.append(run)
+                start.append(a.start)
+                end.append(stop)
+                still.append(a.end is None)
+        self.gid = np.asarray(gid, dtype=np.int64)
+        self.run = np.asarray(runs, dtype=object)
+        self.start = np.asarray(start, dtype=float)
+        self.end = np.asarray(end, dtype=float)
+        self.open = np.asarray(still, dtype=bool)
+        self.label = np.asarray([self.examples[g].rule for g in gid], dtype=object)
+        self.severity = np.asarray([self.examples[g].severity for g in gid], dtype=object)
+
+    def select(self, metrics: Iterable[str], extra_rules: Sequence[str] = ()) -> np.ndarray:
+        """Rows whose span concerns one of ``metrics`` or whose rule name contains one of ``extra_rules``."""
         wanted = set(metrics)
-        out = []
-        for a in self.data.alerts:
-            rule = a.rule.lower()
-            if any(a.concerns(m) for m in wanted) or any(r in rule for r in extra_rules):
-                runs = [a.run] if a.run else (list(self.bounds) if self.multi else [None])
-                for run in runs:
-                    end = a.end if a.end is not None else self.bounds.get(run or "", (a.start, a.start))[1]
-                    if run is None and self.bounds:
-                        end = a.end if a.end is not None else max(b[1] for b in self.bounds.values())
-                    out.append(Span(self.x_of_ts(run, a.start), self.x_of_ts(run, end), a.severity, a.rule))
-        return out
+        hit = np.asarray(
+            [
+                any(a.concerns(m) for m in wanted) or any(r in a.rule.lower() for r in extra_rules)
+                for a in self.examples
+            ],
+            dtype=bool,
+        )
+        return hit[self.gid] if len(self.gid) else np.zeros(0, dtype=bool)
 
 
-def merge_spans(spans: list[Span], columns: int = 1500) -> list[Span]:
-    """Join spans of the same rule and severity closer than one chart column: flapping shows as one band."""
-    if len(spans) < 2:
-        return spans
+def merge_span_arrays(
+    x0: np.ndarray, x1: np.ndarray, labels: np.ndarray, severities: np.ndarray, columns: int = 1500
+) -> list[Span]:
+    """Join spans of the same rule and severity closer than one chart column: flapping shows as one band.
 
-    def num(x: object) -> float:
-        return float(np.datetime64(x, "us").astype(np.int64)) / 1e6 if isinstance(x, np.datetime64) else float(x)
-
-    lo = min(num(s.start) for s in spans)
-    hi = max(num(s.end) for s in spans)
-    gap = (hi - lo) / columns
-    groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    kinds: dict[tuple[str, str], bool] = {}
-    for s in spans:
-        key = (s.severity, s.label)
-        groups.setdefault(key, []).append((num(s.start), num(s.end)))
-        kinds[key] = isinstance(s.start, np.datetime64)
-    out = []
-    for (severity, label), intervals in groups.items():
-        for a, b in merge_intervals(intervals, gap):
-            if kinds[(severity, label)]:
-                out.append(Span(np.datetime64(int(a * 1e6), "us"), np.datetime64(int(b * 1e6), "us"), severity, label))
-            else:
-                out.append(Span(a, b, severity, label))
+    Groups come out in the order of their first span, each group's bands in x order.
+    """
+    if len(x0) < 2:
+        return [
+            Span(float(a), float(b), str(s), str(lbl)) for a, b, s, lbl in zip(x0, x1, severities, labels, strict=True)
+        ]
+    gap = (float(x1.max()) - float(x0.min())) / columns
+    out: list[Span] = []
+    keys = list(zip(severities.tolist(), labels.tolist(), strict=True))
+    for severity, label in dict.fromkeys(keys):
+        mask = (severities == severity) & (labels == label)
+        for a, b in merge_interval_arrays(x0[mask], x1[mask], gap):
+            out.append(Span(a, b, severity, label))
     return out
+
+
+def merge_interval_arrays(starts: np.ndarray, ends: np.ndarray, gap: float) -> list[tuple[float, float]]:
+    """``data.merge_intervals`` on arrays: sorted, intervals closer than ``gap`` joined."""
+    if not len(starts):
+        return []
+    order = np.lexsort((ends, starts))
+    s, e = starts[order], ends[order]
+    reach = np.maximum.accumulate(e)
+    new = np.ones(len(s), dtype=bool)
+    new[1:] = s[1:] - reach[:-1] > gap
+    first = np.flatnonzero(new)
+    last = np.append(first[1:] - 1, len(s) - 1)
+    return list(zip(s[first].tolist(), reach[last].tolist(), strict=True))
 
 
 def _series_lines(
@@ -522,20 +608,27 @@ def _time_to_step(ctx: Context, metric: str) -> dict[str, tuple[np.ndarray, np.n
 
 def _step_spans(ctx: Context, metric: str, rules: Sequence[str]) -> list[Span]:
     """Alert spans mapped from time onto the step axis, through the metric's own step/time pairs."""
-    mapping = _time_to_step(ctx, metric)
-    spans = []
-    wanted = {metric}
-    for a in ctx.data.alerts:
-        rule = a.rule.lower()
-        if not (any(a.concerns(m) for m in wanted) or any(r in rule for r in rules)):
-            continue
-        for run, (t, s) in mapping.items():
-            if a.run and a.run != run:
-                continue
-            end = a.end if a.end is not None else t[-1]
-            s0, s1 = np.interp([a.start, end], t, s)
-            spans.append(Span(float(s0), float(max(s1, s0 + 1e-9)), a.severity, a.rule))
-    return merge_spans(spans)
+    rows = ctx.alert_rows()
+    sel = rows.select({metric}, rules)
+    if not sel.any():
+        return []
+    picked: list[np.ndarray] = []
+    x0: list[np.ndarray] = []
+    x1: list[np.ndarray] = []
+    for run, (t, s) in _time_to_step(ctx, metric).items():
+        # This run's spans and those of no run; a span still open ends at the metric's last step.
+        idx = np.flatnonzero(sel & np.asarray([r is None or r == run for r in rows.run.tolist()], dtype=bool))
+        ends = np.where(rows.open[idx], t[-1], rows.end[idx])
+        s0 = np.interp(rows.start[idx], t, s)
+        picked.append(idx)
+        x0.append(s0)
+        x1.append(np.maximum(np.interp(ends, t, s), s0 + 1e-9))
+    if not picked:
+        return []
+    idx = np.concatenate(picked)
+    order = np.argsort(idx, kind="stable")  # span order, as the alerts came
+    idx = idx[order]
+    return merge_span_arrays(np.concatenate(x0)[order], np.concatenate(x1)[order], rows.label[idx], rows.severity[idx])
 
 
 def _loss_panel(ctx: Context) -> Panel | None:
@@ -712,10 +805,16 @@ def alerts_section(ctx: Context) -> tuple[Panel | None, Table | None]:
         return None, None
     bounds = ctx.bounds.values()
     start = min([a.start for a in alerts] + [b[0] for b in bounds])
+    if ctx.since is not None and bounds:
+        start = min(b[0] for b in bounds)  # alerts begun before the window are drawn from its start
     end = max([a.end or a.start for a in alerts] + [b[1] for b in bounds])
     instances: dict[tuple[str, str, str | None], list[AlertSpan]] = {}
+    as_json: dict[tuple[tuple[str, str], ...], str] = {}  # a flapping alert repeats its label set thousands of times
     for a in alerts:
-        instances.setdefault((a.rule, _labels_json(a), a.run), []).append(a)
+        text = as_json.get(a.labels)
+        if text is None:
+            text = as_json[a.labels] = _labels_json(a)
+        instances.setdefault((a.rule, text, a.run), []).append(a)
 
     def firing(spans: list[AlertSpan]) -> float:
         return sum((s.end if s.end is not None else end) - s.start for s in spans)
@@ -859,7 +958,11 @@ def alert_counts(alerts: Sequence[AlertSpan]) -> list[tuple[str, int, list[str]]
 
 
 def build_context(
-    ctx_data: ReportData, fmt: ImageFormat, emit: Callable[[str, object], str], zone: tzinfo | None = None
+    ctx_data: ReportData,
+    fmt: ImageFormat,
+    emit: Callable[[str, object], str],
+    zone: tzinfo | None = None,
+    since: float | None = None,
 ) -> Context:
     zone = zone or charts.local_zone()
     bounds = ctx_data.run_bounds
@@ -869,4 +972,4 @@ def build_context(
         labels = {r.id: r.id for r in ctx_data.runs}
     longest = max((b[1] - b[0] for b in bounds.values()), default=0.0)
     unit, div = charts.elapsed_unit(longest)
-    return Context(ctx_data, zone, fmt, emit, labels, multi, bounds, unit, div)
+    return Context(ctx_data, zone, fmt, emit, labels, multi, bounds, unit, div, since)

@@ -7,8 +7,9 @@ still reaches the chart as the max of its column.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +90,11 @@ class AlertSpan:
         return metric in self.metrics or self.metric == metric or metric in self.rule.lower()
 
 
+# The rules engine run over the report's samples (store columns): given a function that returns the
+# samples of some metric names, and the names of the metrics recorded when known.
+AlertReplay = Callable[[Callable[["set[str] | None"], "pl.LazyFrame"], "set[str] | None"], list[AlertSpan]]
+
+
 def alert_spans(events: Iterable[AlertEvent]) -> list[AlertSpan]:
     """Pair firing and resolved events (by fingerprint and run) into spans; still-firing ones stay open."""
     open_spans: dict[tuple[str, str | None], AlertSpan] = {}
@@ -152,10 +158,29 @@ class ReportData:
         }
 
 
-def _finite() -> pl.Expr:
+def _with_finite(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Add ``fv`` (the value, null where NaN/inf) and ``bad`` (NaN/inf): statistics then skip nulls.
+
+    Why columns and not ``value.filter(is_finite)`` inside each aggregation: a filter inside ``agg``
+    sends polars down its slow per-group path, three times slower on millions of rows than plain
+    ``min``/``mean``/``max`` of a column, which null-skipping gives the same answers.
+    """
     import polars as pl
 
-    return pl.col("value").filter(pl.col("value").is_finite())
+    finite = pl.col("value").is_finite()
+    return frame.with_columns(pl.when(finite).then(pl.col("value")).alias("fv"), (~finite).alias("bad"))
+
+
+def _fv() -> pl.Expr:
+    import polars as pl
+
+    return pl.col("fv")
+
+
+def _nonfinite() -> pl.Expr:
+    import polars as pl
+
+    return pl.col("bad").sum().cast(pl.UInt32).alias("nonfinite")
 
 
 def _empty(schema: dict[str, Any]) -> pl.DataFrame:
@@ -168,17 +193,24 @@ def load_report_data(
     metrics_dir: Path,
     runs: list[RunInfo],
     dashboards: Iterable[str] = DASHBOARDS,
-    alerts: Iterable[AlertSpan] = (),
+    alerts: Iterable[AlertSpan] | AlertReplay | None = (),
     thresholds: Thresholds | None = None,
     buckets: int = BUCKETS,
+    since: float | None = None,
 ) -> ReportData:
-    """Summaries first (one read of every sample), then the chart tables from pruned partitions."""
+    """Summaries first (one read of every sample), then the chart tables from pruned partitions.
+
+    ``alerts``: spans, or a replay to run over the runs' samples (read once, for both). ``since``
+    (Unix seconds): only samples from then on are charted and summarised; alerts are still replayed
+    over the whole runs, so a ``for:`` or a plateau begun earlier counts, and those still firing
+    inside the window are kept.
+    """
     import polars as pl
 
     dashboards = tuple(dashboards)
     _init_schemas()
     run_ids = [r.id for r in runs]
-    lf, skipped = scan_samples(metrics_dir, runs=run_ids)
+    lf, skipped = scan_samples(metrics_dir, runs=run_ids, since=since)
     wanted_groups = {g for d in dashboards for g in DASHBOARD_GROUPS.get(d, ())}
     data = ReportData(
         runs=runs,
@@ -190,26 +222,35 @@ def load_report_data(
         histogram=_empty(_HIST_SCHEMA),
         energy=_empty({"run": pl.String, "labels": pl.String, "wh": pl.Float64}),
         validation=_empty({"run": pl.String, "step": pl.Int64}),
-        alerts=sorted(alerts, key=lambda s: (s.start, s.rule)),
+        alerts=[] if alerts is None or callable(alerts) else _in_window(alerts, since),
         thresholds=thresholds or Thresholds(),
     )
+    replay = alerts if callable(alerts) else None
     if lf is None:
+        if replay is not None and since is not None:
+            data.alerts = _replay_stored(replay, metrics_dir, run_ids, since)
         return data
-    lf = lf.select("time", "metric", "value", "labels", "step", "group", "run").with_columns(_key())
+    lf = lf.select("time", "metric", "value", "labels", "step", "group", "run", "host").with_columns(_key())
     # One read of every sample into 24 bytes a row (key, time, value); summaries and chart columns are computed
     # from it in memory instead of re-decoding the Parquet files and hashing strings once per statistic.
     compact, names = pl.collect_all(
         [
             lf.select("key", "time", "value"),
-            lf.group_by("key").agg(pl.col("run", "group", "metric", "labels").first()),
+            _names(lf),
         ],
         engine="streaming",
     )
-    summary = summarize(compact, names)
+    summary, series = summarize(compact, names, buckets)
     data.summary = summary.drop("key")
+    if replay is not None:
+        if since is None:
+            # The alert rules read the same samples: from memory, joined back to their names.
+            data.alerts = _sorted(replay(partial(_samples_of, compact, names), set(summary["metric"].to_list())))
+        else:
+            data.alerts = _replay_stored(replay, metrics_dir, run_ids, since)
     if not summary.height:
         return data
-    data.series = _bucketed(compact, summary, buckets)
+    data.series = series
     energy = _energy(compact, summary).collect()
     del compact
 
@@ -227,6 +268,42 @@ def load_report_data(
     data.energy = energy
     data.validation = _pivot_validation(validation)
     return data
+
+
+def _samples_of(compact: pl.DataFrame, names: pl.DataFrame, metrics: set[str] | None) -> pl.LazyFrame:
+    """The in-memory samples of these metrics (all without) with their names (store columns), for the rules."""
+    import polars as pl
+
+    named = names.select("key", "run", "metric", "labels", "host")
+    if metrics is None:
+        return compact.lazy().join(named.lazy(), on="key", how="inner", maintain_order="left")
+    named = named.filter(pl.col("metric").is_in(sorted(metrics)))
+    # Why filter by key before the join: the rules need a few series of many; joining every sample costs double.
+    picked = compact.lazy().filter(pl.col("key").is_in(named["key"].implode()))
+    return picked.join(named.lazy(), on="key", how="inner", maintain_order="left")
+
+
+def _sorted(spans: Iterable[AlertSpan]) -> list[AlertSpan]:
+    return sorted(spans, key=lambda s: (s.start, s.rule))
+
+
+def _in_window(spans: Iterable[AlertSpan], since: float | None) -> list[AlertSpan]:
+    """Spans still firing at or after ``since`` (all of them without a window)."""
+    return _sorted(s for s in spans if since is None or s.end is None or s.end >= since)
+
+
+def _replay_stored(replay: AlertReplay, metrics_dir: Path, run_ids: list[str], since: float) -> list[AlertSpan]:
+    """Alerts of a windowed report: replayed over the runs' whole samples (a second read), kept if in the window."""
+    import polars as pl
+
+    lf, _skipped = scan_samples(metrics_dir, runs=run_ids)
+    if lf is None:
+        return []
+
+    def samples(metrics: set[str] | None) -> pl.LazyFrame:
+        return lf if metrics is None else lf.filter(pl.col("metric").is_in(sorted(metrics)))
+
+    return _in_window(replay(samples, None), since)
 
 
 _SUMMARY_SCHEMA: dict[str, Any] = {}
@@ -296,63 +373,117 @@ def _key() -> pl.Expr:
     return (pl.col("run").hash(11) ^ pl.col("metric").hash(23) ^ pl.col("labels").hash(37)).alias("key")
 
 
-def summarize(compact: pl.DataFrame, names: pl.DataFrame) -> pl.DataFrame:
-    """Min, mean, p95, max and last of every (run, metric, label set); statistics over finite values.
+def _names(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """The strings of every key: run, group, metric, labels and host (a run is recorded on one host).
 
-    ``compact`` holds (key, time, value) of every sample, ``names`` maps each key to its strings.
+    Why from the rows where the key changes: the store writes each series' samples together, so those
+    are a few thousand of millions, and every key's first row is one of them; grouping all rows by key
+    to pick strings cost more than reading the samples.
+    """
+    import polars as pl
+
+    changed = (pl.col("key") != pl.col("key").shift(1)).fill_null(True)
+    return lf.select("key", "run", "group", "metric", "labels", "host").filter(changed).unique("key", keep="any")
+
+
+def summarize(compact: pl.DataFrame, names: pl.DataFrame, buckets: int = BUCKETS) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The summary (min, mean, p95, max and last of every run, metric and label set, over finite values)
+    and the chart columns (min, mean, max per run-relative time column), from one grouping of the samples.
+
+    ``compact`` holds (key, time, value) of every sample, ``names`` maps each key to its strings. Why one
+    grouping: the per-column statistics add up to the per-series ones, so only p95 and the last value
+    need another (cheap) look at the samples.
     """
     import polars as pl
 
     _init_schemas()
-    v = _finite()
-    stats = compact.group_by("key").agg(
-        pl.len().cast(pl.UInt32).alias("n"),
-        (~pl.col("value").is_finite()).sum().cast(pl.UInt32).alias("nonfinite"),
-        v.min().alias("min"),
-        v.mean().alias("mean"),
-        v.quantile(0.95, interpolation="linear").alias("p95"),
-        v.max().alias("max"),
-        pl.col("value").get(pl.col("time").arg_max()).alias("last"),
-        pl.col("time").min().alias("first_time"),
-        pl.col("time").max().alias("last_time"),
+    cols = _columns(compact, names, buckets).collect()
+    spans = cols.group_by("key").agg(
+        pl.col("time").min().alias("first_time"), pl.col("time_max").max().alias("last_time")
     )
-    out = names.join(stats, on="key", how="inner").sort("run", "group", "metric", "labels")
-    return out.select(*_SUMMARY_SCHEMA, "key").cast(_SUMMARY_SCHEMA)  # type: ignore[arg-type]
+    names = names.join(spans, on="key", how="inner")
+    v = pl.col("value")
+    p95 = (
+        compact.lazy().filter(v.is_finite()).group_by("key").agg(v.quantile(0.95, interpolation="linear").alias("p95"))
+    )
+    # The last value is the one at each series' last time (the first such row, if several share it):
+    # a filter on those few times, then a match on (key, time), instead of a sort per series.
+    ends = names.select("key", pl.col("last_time").alias("time"))
+    last = (
+        compact.lazy()
+        .filter(pl.col("time").is_in(ends["time"].unique().implode()))
+        .join(ends.lazy(), on=["key", "time"], how="inner", maintain_order="left")
+        .group_by("key")
+        .agg(v.first().alias("last"))
+    )
+    per_key = (
+        cols.lazy()
+        .group_by("key")
+        .agg(
+            pl.col("n").sum().alias("n"),
+            pl.col("nonfinite").sum().alias("nonfinite"),
+            pl.col("min").min().alias("min"),
+            _mean(pl.col("sum").sum(), pl.col("count").sum()),
+            pl.col("max").max().alias("max"),
+        )
+    )
+    stats, p95, last = pl.collect_all([per_key, p95, last])
+    summary = (
+        names.join(stats, on="key", how="inner")
+        .join(p95, on="key", how="left")
+        .join(last, on="key", how="left")
+        .sort("run", "group", "metric", "labels")
+        .select(*_SUMMARY_SCHEMA, "key")
+        .cast(_SUMMARY_SCHEMA)  # type: ignore[arg-type]
+    )
+    series = (
+        cols.with_columns(_mean(pl.col("sum"), pl.col("count")))
+        .join(names.select("key", "run", "metric", "labels"), on="key", how="inner")
+        .sort("run", "metric", "labels", "bucket")
+        .select(list(_SERIES_SCHEMA))
+        .cast(_SERIES_SCHEMA)  # type: ignore[arg-type]
+    )
+    return summary, series
 
 
-def _bucketed(compact: pl.DataFrame, summary: pl.DataFrame, buckets: int) -> pl.DataFrame:
-    """Per series and run-relative time column: min, mean, max, count; grouped by the u64 key, labelled after."""
+def _mean(total: pl.Expr, count: pl.Expr) -> pl.Expr:
+    """Mean of the finite values: null, not 0/0, where there were none (as ``mean`` of only nulls)."""
     import polars as pl
 
-    bounds = summary.group_by("run").agg(pl.col("first_time").min().alias("t0"), pl.col("last_time").max().alias("t1"))
-    per_key = summary.select("key", "run", "metric", "labels").join(bounds, on="run")
-    v = _finite()
-    frame = compact.lazy()
-    if bounds.height == 1:
-        # One run (the usual case): the bounds are constants, so no per-row join is needed.
-        t0, t1 = bounds.row(0)[1:]
-        span_us = int((t1 - t0).total_seconds() * 1e6) + 1
+    return pl.when(count > 0).then(total / count).alias("mean")
+
+
+def _columns(compact: pl.DataFrame, names: pl.DataFrame, buckets: int) -> pl.LazyFrame:
+    """Per series and run-relative time column: first and last time, min, sum, count and max of finite values."""
+    import polars as pl
+
+    frame = _with_finite(compact.lazy())
+    if names["run"].n_unique() == 1:
+        # One run (the usual case): its bounds are the first and last time of all samples, constants.
+        t0, t1 = compact["time"].min(), compact["time"].max()
+        span_us = int((t1 - t0).total_seconds() * 1e6) + 1  # type: ignore[operator, union-attr]
         bucket = (pl.col("time") - pl.lit(t0)).dt.total_microseconds() * buckets // span_us
     else:
+        per_key = compact.group_by("key").agg(pl.col("time").min().alias("t0"), pl.col("time").max().alias("t1"))
+        per_key = per_key.join(names.select("key", "run"), on="key")
+        per_key = per_key.with_columns(pl.col("t0").min().over("run"), pl.col("t1").max().over("run"))
         frame = frame.join(per_key.select("key", "t0", "t1").lazy(), on="key", how="inner")
         span = (pl.col("t1") - pl.col("t0")).dt.total_microseconds() + 1
         bucket = (pl.col("time") - pl.col("t0")).dt.total_microseconds() * buckets // span
+    v = _fv()
     return (
         frame.with_columns(bucket.alias("bucket"))
         .group_by("key", "bucket")
         .agg(
             pl.col("time").min().alias("time"),
+            pl.col("time").max().alias("time_max"),
             v.min().alias("min"),
-            v.mean().alias("mean"),
+            v.sum().alias("sum"),
+            v.count().alias("count"),
             v.max().alias("max"),
             pl.len().cast(pl.UInt32).alias("n"),
-            (~pl.col("value").is_finite()).sum().cast(pl.UInt32).alias("nonfinite"),
+            _nonfinite(),
         )
-        .join(per_key.select("key", "run", "metric", "labels").lazy(), on="key", how="inner")
-        .sort("run", "metric", "labels", "bucket")
-        .select(list(_SERIES_SCHEMA))
-        .cast(_SERIES_SCHEMA)  # type: ignore[arg-type]
-        .collect()
     )
 
 
@@ -372,9 +503,10 @@ def _by_step(lf: pl.LazyFrame, buckets: int) -> pl.LazyFrame:
         )
         .with_columns(((pl.col("step") - pl.col("s0")) * buckets // (pl.col("s1") - pl.col("s0") + 1)).alias("b"))
     )
-    v = _finite()
+    v = _fv()
     return (
-        ranged.group_by(*keys, "b")
+        _with_finite(ranged)
+        .group_by(*keys, "b")
         .agg(
             pl.col("step").max().alias("step"),
             pl.col("time").max().alias("time"),
@@ -382,7 +514,7 @@ def _by_step(lf: pl.LazyFrame, buckets: int) -> pl.LazyFrame:
             v.mean().alias("mean"),
             v.max().alias("max"),
             pl.col("ema").drop_nulls().last().alias("ema"),
-            (~pl.col("value").is_finite()).sum().cast(pl.UInt32).alias("nonfinite"),
+            _nonfinite(),
         )
         .drop("b")
         .sort(*keys, "step")
@@ -396,9 +528,9 @@ def _latency_quantiles(lf: pl.LazyFrame, bounds: pl.DataFrame, buckets: int) -> 
 
     span = (pl.col("t1") - pl.col("t0")).dt.total_microseconds() + 1
     offset = (pl.col("time") - pl.col("t0")).dt.total_microseconds()
-    v = _finite()
+    v = _fv()
     return (
-        lf.join(bounds.lazy(), on="run", how="inner")
+        _with_finite(lf.join(bounds.lazy(), on="run", how="inner"))
         .with_columns((offset * buckets // span).alias("bucket"))
         .group_by("run", "metric", "bucket")
         .agg(
@@ -485,7 +617,11 @@ def _pivot_validation(df: pl.DataFrame) -> pl.DataFrame:
 
     if not df.height:
         return pl.DataFrame(schema={"run": pl.String, "step": pl.Int64})
-    wide = df.pivot(on="metric", index=["run", "step"], values="value").sort("run", "step")
+    # Sorted first so the columns come in a fixed order (validation loss, then the others by name), not in
+    # whatever order the group_by finished.
+    order = [pl.col("metric") != "validation_loss", "metric", "run", "step"]
+    wide = df.sort(order).pivot(on="metric", index=["run", "step"], values="value")
+    wide = wide.sort("run", "step")
     return wide.group_by("run", maintain_order=True).tail(VALIDATION_ROWS)
 
 

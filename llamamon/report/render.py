@@ -6,7 +6,9 @@ for every template and ``StrictUndefined`` so a template naming a missing value 
 
 from __future__ import annotations
 
+import importlib
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
@@ -15,8 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from llamamon import __version__
 from llamamon.errors import ConfigError
 from llamamon.fsutil import atomic_write
-from llamamon.report import charts, dashboards
-from llamamon.report.data import DASHBOARDS, AlertSpan, ReportData, Thresholds, load_report_data
+from llamamon.report.data import DASHBOARDS, AlertReplay, AlertSpan, ReportData, Thresholds, load_report_data
 from llamamon.report.resources import templates_dir
 from llamamon.samples import RunInfo
 
@@ -64,10 +65,13 @@ def build_model(
     metrics_dir: Path,
     zone: tzinfo | None = None,
     progress: Progress | None = None,
+    since: float | None = None,
 ) -> dict[str, Any]:
     """The template context: run headers, alert summary, one model per dashboard, notes."""
+    from llamamon.report import charts, dashboards
+
     tick = progress or (lambda _label: None)
-    ctx = dashboards.build_context(data, "svg" if fmt == "html" else "png", emit, zone)  # type: ignore[arg-type]
+    ctx = dashboards.build_context(data, "svg" if fmt == "html" else "png", emit, zone, since)  # type: ignore[arg-type]
     builders = {
         "system": dashboards.system_dashboard,
         "training": dashboards.training_dashboard,
@@ -99,6 +103,7 @@ def build_model(
         "key_figures": key_figures(data),
         "run_labels": [ctx.run_labels.get(r.id, r.id) for r in data.runs],
         "thresholds_note": thresholds_note(data.thresholds),
+        "window": "" if since is None else f"data from {dashboards.format_time(since, ctx.zone)} on",
     }
 
 
@@ -122,6 +127,8 @@ KEY_FIGURES: tuple[tuple[str, str, str], ...] = (
 def key_figures(data: ReportData) -> list[tuple[str, list[str]]]:
     """(what, value per run) for the page top and the Markdown summary: the numbers people look for first."""
     import polars as pl
+
+    from llamamon.report import dashboards
 
     s = data.summary
     out = []
@@ -164,11 +171,16 @@ def render_report(
     selected: Iterable[str] = DASHBOARDS,
     template_dir: Path | None = None,
     thresholds: Thresholds | None = None,
-    alerts: Iterable[AlertSpan] = (),
+    alerts: Iterable[AlertSpan] | AlertReplay | None = (),
     zone: tzinfo | None = None,
     progress: Progress | None = None,
+    since: float | None = None,
 ) -> Path:
-    """Query, chart and render the chosen runs into ``output`` (written atomically); returns the path."""
+    """Query, chart and render the chosen runs into ``output`` (written atomically); returns the path.
+
+    ``alerts``: spans, or the rules engine replay to run over the runs' samples. ``since`` (Unix
+    seconds): show only the samples from then on.
+    """
     chosen = [d for d in DASHBOARDS if d in set(selected)]
     unknown = sorted(set(selected) - set(DASHBOARDS))
     if unknown:
@@ -176,7 +188,9 @@ def render_report(
     if template_dir is not None and not template_dir.is_dir():
         raise ConfigError(f"not a folder: {template_dir}", path="--template-dir")
     env = environment(template_dir)
-    data = load_report_data(metrics_dir, runs, chosen, alerts=alerts, thresholds=thresholds)
+    warm = _warm_up(CHART_MODULES)
+    data = load_report_data(metrics_dir, runs, chosen, alerts=alerts, thresholds=thresholds, since=since)
+    warm.join()
     if progress:
         progress("data")
     if fmt == "html":
@@ -186,7 +200,7 @@ def render_report(
         emit = _file_emitter(output)
         template = "report.md.j2"
     model = build_model(
-        data, fmt=fmt, emit=emit, selected=chosen, metrics_dir=metrics_dir, zone=zone, progress=progress
+        data, fmt=fmt, emit=emit, selected=chosen, metrics_dir=metrics_dir, zone=zone, progress=progress, since=since
     )
     text = _render(env, template, model)
     atomic_write(output, text.encode("utf-8"))
@@ -194,6 +208,29 @@ def render_report(
     if progress:
         progress("render")
     return output
+
+
+# What drawing the charts imports (matplotlib, about a second): loaded while polars reads the samples.
+CHART_MODULES = ("llamamon.report.dashboards",)
+
+
+def _warm_up(modules: Sequence[str]) -> threading.Thread:
+    """Import ``modules`` on a background thread; join it before using them.
+
+    Why: importing matplotlib is a second of Python on one core, and polars releases the GIL while it
+    reads and groups the samples, so the import mostly fits into time the data loading waits anyway.
+    """
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the main thread imports it again and reports the error itself
+                return
+
+    thread = threading.Thread(target=run, name="llamamon-report-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def _readable(path: Path) -> None:
@@ -217,6 +254,8 @@ def _render(env: jinja2.Environment, name: str, model: dict[str, Any]) -> str:
 
 
 def _inline_emitter() -> Callable[[str, Figure], str]:
+    from llamamon.report import charts
+
     def emit(_pid: str, fig: Figure) -> str:
         return charts.to_data_uri(fig, "svg")
 
@@ -225,6 +264,8 @@ def _inline_emitter() -> Callable[[str, Figure], str]:
 
 def _file_emitter(output: Path) -> Callable[[str, Figure], str]:
     """PNG files in ``<stem>-charts/`` beside the Markdown file; the Markdown links them relatively."""
+    from llamamon.report import charts
+
     folder = output.parent / f"{output.stem}-charts"
 
     def emit(pid: str, fig: Figure) -> str:

@@ -32,24 +32,32 @@ def resolve_runs(
     return chosen
 
 
-def skipped_files(metrics_dir: Path, runs: list[str] | None = None) -> list[str]:
+def skipped_files(metrics_dir: Path, runs: list[str] | None = None, since: float | None = None) -> list[str]:
     """Data files of these runs the store reader skips as unreadable (relative paths, named in the report)."""
-    from llamamon.store.layout import is_data_file, iter_partitions
+    from llamamon.store.layout import is_data_file, iter_partitions, utc_date
     from llamamon.store.reader import check_file
 
     skipped = []
-    for _group, _date, _run, folder in iter_partitions(metrics_dir, runs=set(runs) if runs is not None else None):
+    partitions = iter_partitions(
+        metrics_dir,
+        runs=set(runs) if runs is not None else None,
+        min_date=utc_date(since) if since is not None else None,
+    )
+    for _group, _date, _run, folder in partitions:
         for path in sorted(folder.iterdir()):
             if is_data_file(path.name) and check_file(path) is None:
                 skipped.append(str(path.relative_to(metrics_dir)))
     return skipped
 
 
-def scan_samples(metrics_dir: Path, runs: list[str] | None = None) -> tuple[pl.LazyFrame | None, list[str]]:
-    """Lazy frame of the chosen runs' samples (None when there are none), and the files skipped as unreadable."""
+def scan_samples(
+    metrics_dir: Path, runs: list[str] | None = None, since: float | None = None
+) -> tuple[pl.LazyFrame | None, list[str]]:
+    """Lazy frame of the chosen runs' samples (from ``since`` on; None when there are none), and the files
+    skipped as unreadable."""
     from llamamon.store.reader import data_files, scan
 
-    skipped = skipped_files(metrics_dir, runs)
-    if not data_files(metrics_dir, runs=runs):
+    skipped = skipped_files(metrics_dir, runs, since)
+    if not data_files(metrics_dir, runs=runs, since=since):
         return None, skipped
-    return scan(metrics_dir, runs=runs), skipped
+    return scan(metrics_dir, runs=runs, since=since), skipped

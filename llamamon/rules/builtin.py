@@ -26,10 +26,12 @@ loss_not_finite          ``not isfinite(loss) or not isfinite(validation_loss)``
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from llamamon import catalog
+from llamamon.errors import RuleError
 from llamamon.rules import lang, template
 from llamamon.rules.engine import Rule
 
@@ -184,26 +186,60 @@ def builtin_rules(cfg: Config) -> list[Rule]:
 
 
 def known_metrics(cfg: Config | None = None) -> set[str]:
-    """Names a condition may use without data: the catalog, its aliases and the config's aliases."""
+    """Names a condition may use without data: the catalog and its aliases, and from the config its
+    aliases, its declared ``metrics`` and the named groups of its stdout ``parsers`` (what the job prints)."""
     names = set(catalog.BY_NAME) | set(catalog.ALIASES)
     if cfg is not None:
-        names |= set(cfg.aliases) | set(cfg.aliases.values())
+        names |= set(cfg.aliases) | set(cfg.aliases.values()) | set(cfg.metrics)
+        for parser in cfg.parsers:
+            names |= {catalog.canonical(group, cfg.aliases) for group in parser.pattern.groupindex}
     return names
 
 
-def rules_from_config(cfg: Config, *, extra_names: set[str] | frozenset[str] = frozenset()) -> list[Rule]:
+def rules_from_config(
+    cfg: Config,
+    *,
+    extra_names: set[str] | frozenset[str] = frozenset(),
+    recorded: Callable[[set[str] | None], set[str]] | None = None,
+    recorded_where: str = "",
+) -> list[Rule]:
     """Every rule ``cfg`` stands for: its own (validated, with file:line errors), then the built-ins.
 
     ``extra_names``: metric names recorded in the data at hand, which count as known (``alerts test``).
+    ``recorded(names)``: which of ``names`` (None: all) the job recorded in the store (``recorded_where``,
+    for messages); asked only about names nothing else knows, so a config of catalog names reads no data.
     """
     known = known_metrics(cfg) | set(extra_names)
     file = str(cfg.source) if cfg.source else "built-in defaults"
-    own: list[Rule] = []
+    parsed = []
     for name, rc in cfg.alerts.rules.items():
         path = f"alerts.rules.{name}.condition"
         line = cfg.line_of(path) or rc.line
         cond = lang.parse(rc.condition, file=file, line=line, path=path, aliases=cfg.aliases)
-        lang.check_names(cond, known, file=file, line=line, path=path)
+        parsed.append((name, rc, cond, path, line))
+    unknown = {
+        n for _, _, cond, _, _ in parsed for sel in lang.selectors(cond.tree) for n in (sel.name, sel.metric)
+    } - known
+    if unknown and recorded is not None:
+        known |= recorded(unknown)
+    own: list[Rule] = []
+    for name, rc, cond, path, line in parsed:
+        try:
+            lang.check_names(cond, known, file=file, line=line, path=path)
+        except RuleError:
+            # Why a second look: the suggestion may be a name the job recorded (a typo of tokens_per_second),
+            # and the message says where names come from; only this error path lists every stored name.
+            everything = known | (recorded(None) if recorded is not None else set())
+            where = f"not recorded in {recorded_where}, " if recorded_where else ""
+            lang.check_names(
+                cond,
+                everything,
+                file=file,
+                line=line,
+                path=path,
+                unknown_hint=f"not in the catalog, {where}not declared under `metrics:` in the config",
+            )
+            raise
         for kind, mapping in (("labels", rc.labels), ("annotations", rc.annotations)):
             for key, text in mapping.items():
                 try:

@@ -135,7 +135,7 @@ def conditions(
     """Per rule: the (k, sid, value) rows where its condition holds, and each sid's labels."""
     import polars as pl
 
-    comp = Compiler(samples, grid, lookback)
+    comp = Compiler(samples, grid, lookback, [rule.condition.tree for rule in rules])
     out: dict[str, tuple[pl.DataFrame, list[dict[str, str]]]] = {}
     for rule in rules:
         res = comp.eval(rule.condition.tree)
@@ -195,19 +195,7 @@ def evaluate(
         if df.height == 0:
             continue
         low = top_comparison(rule.condition.tree) in ("<", "<=")
-        seg = df.with_columns(brk=(pl.col("k").diff().over("sid") != 1).fill_null(True)).with_columns(
-            seg=pl.col("brk").cum_sum()
-        )
-        segs = (
-            seg.group_by("sid", "seg", maintain_order=True)
-            .agg(
-                pl.col("k").first().alias("k0"),
-                pl.col("k").last().alias("k1"),
-                (pl.col("value").min() if low else pl.col("value").max()).alias("peak"),
-            )
-            .sort("sid", "k0")
-        )
-        episodes = _episodes(segs, rule, grid, low)
+        episodes = _episodes(_segments(df, low), rule, grid, low)
         if not episodes:
             continue
         ep = pl.DataFrame(episodes, schema=["sid", "k_active", "k_fire", "k_resolved", "peak"], orient="row")
@@ -234,8 +222,41 @@ def evaluate(
     return alerts
 
 
+def _segments(df: pl.DataFrame, low: bool) -> pl.DataFrame:
+    """Runs of consecutive ticks per series in rows ordered by (sid, k): sid, k0, k1 and the peak value.
+
+    Why numpy: the breaks are two array comparisons and the peaks one ``reduceat`` (fmax/fmin skip NaN
+    as polars' max/min do), where a diff over sid and a group_by cost several times more.
+    """
+    import numpy as np
+    import polars as pl
+
+    if df["value"].null_count():  # (null values, never from the store: polars' max skips them)
+        seg = df.with_columns(brk=(pl.col("k").diff().over("sid") != 1).fill_null(True)).with_columns(
+            seg=pl.col("brk").cum_sum()
+        )
+        return (
+            seg.group_by("sid", "seg", maintain_order=True)
+            .agg(
+                pl.col("k").first().alias("k0"),
+                pl.col("k").last().alias("k1"),
+                (pl.col("value").min() if low else pl.col("value").max()).alias("peak"),
+            )
+            .sort("sid", "k0")
+        )
+    k, sid, value = (df[c].to_numpy() for c in ("k", "sid", "value"))
+    brk = np.ones(k.size, dtype=bool)
+    brk[1:] = (np.diff(k) != 1) | (sid[1:] != sid[:-1])
+    starts = np.flatnonzero(brk)
+    ends = np.append(starts[1:], k.size) - 1
+    peak = (np.fmin if low else np.fmax).reduceat(value, starts) if starts.size else value[:0]
+    return pl.DataFrame({"sid": sid[starts], "k0": k[starts], "k1": k[ends], "peak": peak})
+
+
 def _episodes(segs: pl.DataFrame, rule: Rule, grid: Grid, low: bool) -> list[tuple[int, int, int, int | None, float]]:
     """Walk a rule's true-runs per series through the for / keep_firing_for state machine."""
+    import polars as pl
+
     hold = -(-round(rule.for_ * US) // grid.step)  # ticks until t - activeAt >= for
     keep = -(-round(rule.keep_firing_for * US) // grid.step)  # absent ticks that still count as firing
     better = min if low else max
@@ -246,6 +267,9 @@ def _episodes(segs: pl.DataFrame, rule: Rule, grid: Grid, low: bool) -> list[tup
         resolved = c[3] + 1 + keep
         out.append((c[0], c[1], c[2], resolved if resolved < grid.n else None, c[4]))
 
+    if keep == 0:
+        # Why: without keep_firing_for every run stands alone, and a run shorter than ``for`` never fires.
+        segs = segs.filter(pl.col("k1") - pl.col("k0") >= hold)
     for sid, k0, k1, peak in segs.select("sid", "k0", "k1", "peak").iter_rows():
         if cur is not None and (cur[0] != sid or k0 > cur[3] + keep + 1):
             close(cur)

@@ -429,13 +429,15 @@ def check_names(
     file: str | None = None,
     line: int | None = None,
     path: str | None = None,
+    unknown_hint: str = "",
 ) -> None:
-    """Unknown metric name -> RuleError with a "did you mean" (``known``: stored names that count)."""
+    """Unknown metric name -> RuleError with a "did you mean" (``known``: stored names that count), else
+    ``unknown_hint`` (where names may come from)."""
     place = _Place(cond.text, file, line, path)
     for sel in selectors(cond.tree):
         if sel.metric not in known and sel.name not in known:
             hint = catalog.suggest(sel.name, sorted(known))
-            extra = f' (did you mean "{hint}"?)' if hint else ""
+            extra = f' (did you mean "{hint}"?)' if hint else (f" ({unknown_hint})" if unknown_hint else "")
             raise place.error(sel.pos, f"unknown metric {sel.name!r}{extra}")
 
 

@@ -96,21 +96,22 @@ def prepare(
     # Why per-column hashes: hashing a struct of strings, joining or sorting on 4 string columns over
     # millions of rows costs seconds; u64 hashes do not.
     key = pl.col("metric").hash(1) ^ pl.col("labels").hash(2) ^ pl.col("run").hash(3) ^ pl.col("host").hash(4)
-    df = lf.select("t", pl.col("value").cast(pl.Float64), "stale", "metric", "labels", "run", "host", key=key).collect()
     # Why runs of equal keys, not a group_by or partition_by: the store writes each series' samples
     # together, so a series is a few contiguous slices; finding where the key changes is one cheap pass,
-    # the strings are read at those few places only, and each series is zero-copy slices of one frame.
-    starts = (df["key"] != df["key"].shift(1)).fill_null(True).arg_true()
-    ends = starts.slice(1).append(pl.Series([df.height], dtype=starts.dtype))
-    runs = df.select("key", "metric", "labels", "run", "host")[starts].with_columns(
-        offset=starts.cast(pl.Int64), length=(ends - starts).cast(pl.Int64)
+    # and each series is zero-copy slices of one frame. Why two outputs of one scan (collect_all shares
+    # it): the strings are only wanted where a run starts, so they never come back for every row.
+    base = lf.select("t", pl.col("value").cast(pl.Float64), "stale", "metric", "labels", "run", "host", key=key)
+    starts_lf = (
+        base.with_row_index("offset")
+        .filter(pl.col("key").ne_missing(pl.col("key").shift(1)))
+        .select("key", "metric", "labels", "run", "host", pl.col("offset").cast(pl.Int64))
     )
+    body, runs = pl.collect_all([base.select("t", "value", "stale"), starts_lf])
+    runs = runs.with_columns(length=pl.col("offset").shift(-1).fill_null(body.height) - pl.col("offset"))
     if renamed:
         # Why rename here: replacing strings costs seconds over millions of rows, and nothing over the
         # few runs; the key is then recomputed so an alias and its canonical name are one series.
         runs = runs.with_columns(pl.col("metric").replace(renamed)).with_columns(key=key)
-    body = df.select("t", "value", "stale")
-    del df
     slices: dict[int, list[pl.DataFrame]] = {}
     for k, offset, length in runs.select("key", "offset", "length").iter_rows():
         slices.setdefault(k, []).append(body.slice(offset, length))
@@ -161,13 +162,65 @@ def _matches(m: Any, labels: dict[str, str]) -> bool:
     return hit if m.op == "=~" else not hit
 
 
+def shape(node: Node) -> tuple:
+    """A node's meaning without its position or spelling: equal shapes evaluate to equal results."""
+    if isinstance(node, Number):
+        return ("number", node.value)
+    if isinstance(node, Selector):
+        return ("selector", node.metric, node.matchers)
+    if isinstance(node, Call):
+        return ("call", node.func, tuple(shape(a) for a in node.args), node.window, node.q)
+    if isinstance(node, Unary):
+        return ("unary", node.op, shape(node.operand))
+    return ("binary", node.op, shape(node.left), shape(node.right))
+
+
+def _subtrees(node: Node) -> Iterable[Node]:
+    yield node
+    if isinstance(node, Call):
+        for arg in node.args:
+            yield from _subtrees(arg)
+    elif isinstance(node, Unary):
+        yield from _subtrees(node.operand)
+    elif isinstance(node, Binary):
+        yield from _subtrees(node.left)
+        yield from _subtrees(node.right)
+
+
 class Compiler:
-    def __init__(self, samples: Samples, grid: Grid, lookback: float) -> None:
+    """Evaluates trees on a grid; ``trees`` (all that will be evaluated) lets repeated parts run once.
+
+    Why: rules share selectors and windows (memory warning and critical read the same series); a part
+    that occurs more than once among ``trees`` is kept until its last use, then dropped, so sharing
+    does not hold every intermediate frame for the whole run.
+    """
+
+    def __init__(self, samples: Samples, grid: Grid, lookback: float, trees: Iterable[Node] = ()) -> None:
         self.s = samples
         self.grid = grid
         self.lookback = round(lookback * US)
+        self._uses: dict[tuple, int] = {}
+        for tree in trees:
+            for sub in _subtrees(tree):
+                if not isinstance(sub, Number):
+                    key = shape(sub)
+                    self._uses[key] = self._uses.get(key, 0) + 1
+        self._memo: dict[tuple, Vec | float] = {}
 
     def eval(self, node: Node) -> Vec | float:
+        if isinstance(node, Number) or not self._uses:
+            return self._eval(node)
+        key = shape(node)
+        uses = self._uses.get(key, 0)
+        if uses <= 1 and key not in self._memo:
+            return self._eval(node)
+        result = self._memo.pop(key) if key in self._memo else self._eval(node)
+        self._uses[key] = uses - 1
+        if uses > 1:
+            self._memo[key] = result
+        return result
+
+    def _eval(self, node: Node) -> Vec | float:
         if isinstance(node, Number):
             return node.value
         if isinstance(node, Selector):
@@ -200,6 +253,7 @@ class Compiler:
         return df, [dict(self.s.labels[i]) for i in sids]
 
     def instant(self, sel: Selector, df: pl.DataFrame | None = None, labels: list | None = None) -> Vec:
+        import numpy as np
         import polars as pl
 
         metric = catalog.BY_NAME.get(sel.metric)
@@ -209,25 +263,36 @@ class Compiler:
         else:
             hold = True
         g = self.grid
-        nxt = pl.col("t").shift(-1).over("sid").fill_null(_FAR)
-        df = df.with_columns(next_t=nxt).filter(~pl.col("stale"))
+        if df.height == 0:
+            return Vec(empty_vec(), labels or [])
+        # Why numpy: a handful of integer array operations, where polars spent most of the time on
+        # a per-series shift and on materialising each intermediate column of the same arithmetic.
+        t, sid = df["t"].to_numpy(), df["sid"].to_numpy()
+        nxt = np.empty_like(t)
+        nxt[:-1], nxt[-1] = t[1:], _FAR
+        nxt[:-1][sid[1:] != sid[:-1]] = _FAR  # the next sample (or staleness marker) of the same series
+        live = ~df["stale"].to_numpy()
         # Ticks a sample answers for: from its own time until the next sample (or marker) and the lookback.
-        until = pl.max_horizontal("t", "run_last") if hold else pl.col("t")
-        k_from = ((pl.col("t") - g.start + g.step - 1) // g.step).clip(0, g.n)
-        k_next = ((pl.col("next_t") - g.start + g.step - 1) // g.step).clip(0, g.n)
+        until = np.maximum(t, df["run_last"].to_numpy()) if hold else t
+        k0 = ((t - g.start + g.step - 1) // g.step).clip(0, g.n)
+        k_next = ((nxt - g.start + g.step - 1) // g.step).clip(0, g.n)
         k_look = ((until + self.lookback - g.start) // g.step + 1).clip(0, g.n)
-        df = df.select("sid", "value", k_from.alias("k0"), pl.min_horizontal(k_next, k_look).alias("k1")).filter(
-            pl.col("k1") > pl.col("k0")
+        k1 = np.minimum(k_next, k_look)
+        keep = np.flatnonzero(live & (k1 > k0))
+        k0, k1 = k0[keep], k1[keep]
+        span = k1 - k0
+        if span.size and span.max() > 1:
+            # Each sample repeated for every tick it answers (a grid finer than the samples).
+            keep = np.repeat(keep, span)
+            k0 = np.arange(keep.size, dtype=np.int64) - np.repeat(np.cumsum(span) - span - k0, span)
+        out = pl.DataFrame(
+            {
+                "k": k0.astype(np.int64),
+                "sid": sid[keep],
+                "value": df["value"].gather(keep),
+                "ok": np.ones(keep.size, bool),
+            }
         )
-        if df.height and (df["k1"] - df["k0"]).max() == 1:  # why: grid no finer than the samples, no explode
-            out = df.select(pl.col("k0").cast(pl.Int64).alias("k"), "sid", "value", ok=pl.lit(True))
-        else:
-            out = (
-                df.select(pl.int_ranges("k0", "k1", dtype=pl.Int64).alias("k"), "sid", "value")
-                .explode("k")
-                .with_columns(ok=pl.lit(True))
-                .select("k", "sid", "value", "ok")
-            )
         return Vec(out, labels or [])
 
     # -- functions -----------------------------------------------------------------------------------
@@ -293,114 +358,134 @@ class Compiler:
                 out = self._extrapolate(out, w, counter=counter, per_second=f == "rate")
             res = out.select("k", "sid", pl.col("r").cast(pl.Float64).alias("value"), pl.lit(True).alias("ok"))
             return Vec(res, labels)
-        ticks = pl.DataFrame({"k": pl.int_range(0, g.n, eager=True, dtype=pl.Int64)}).with_columns(
-            t=pl.col("k") * g.step + g.start
-        )
-        grid_rows = pl.DataFrame({"sid": pl.Series(range(n_series), dtype=pl.UInt32)}).join(ticks, how="cross")
-        both_parts = (
-            df.select("sid", "t", "value", pl.lit(1.0).alias("fi"), pl.lit(None, pl.Int64).alias("k")),
-            grid_rows.select(
-                "sid", "t", pl.lit(None, pl.Float64).alias("value"), pl.lit(None, pl.Float64).alias("fi"), "k"
-            ),
-        )
-        tmin = min(int(df["t"].min()), g.start) if df.height else g.start  # type: ignore[arg-type]
-        span = max(int(df["t"].max()) if df.height else g.start, g.time(g.n - 1)) - tmin + 1  # type: ignore[arg-type]
-        # Why a gap of w between series: windows over one i64 key then never reach the previous series,
-        # so a single rolling pass replaces one per series (.over), and the key needs no second column.
-        span += w + 1
-        if span * (n_series + 1) < 2**62:
-            key = (pl.col("sid").cast(pl.Int64) * span + (pl.col("t") - tmin)).alias("key")
-            samples, ticks_rows = (part.with_columns(key) for part in both_parts)
-            if samples["key"].is_sorted() and ticks_rows["key"].is_sorted():
-                # Why merge: both sides are already ordered (series by series, by time); merging them
-                # is linear where sorting the union is not.
-                both = samples.merge_sorted(ticks_rows, key="key")
-            else:
-                both = pl.concat([samples, ticks_rows]).sort("key")
-            roll = dict(by="key", window_size=f"{w}i", closed="both")
-            over: tuple[str, ...] = ()
-        else:
-            both = pl.concat(both_parts, how="vertical").sort("sid", "t")
-            roll = dict(by="t", window_size=f"{w}i", closed="both")
-            over = ("sid",)
-
-        def per_series(e: pl.Expr) -> pl.Expr:
-            return e.over(*over) if over else e
-
         # Only min, max and quantiles get here (the rest go by binary search above).
-        aggs = {"n": per_series(pl.col("fi").is_not_null().cast(pl.Float64).rolling_sum_by(**roll))}
-        if f in ("min", "max"):
-            aggs["r"] = per_series(getattr(pl.col("value"), f"rolling_{f}_by")(**roll))
+        return Vec(self._rolling(node, df, w), labels)
+
+    def _rolling(self, node: Call, df: pl.DataFrame, w: int) -> pl.DataFrame:
+        """min/max/quantile over [t - w, t] per tick, mostly read off each sample's own trailing window.
+
+        Why: where a tick's window holds exactly the samples of the window ending at its last sample
+        (ticks on sample times, as when the grid steps at the sampling rate), one rolling pass over the
+        samples alone answers it. Other ticks (between irregular samples, after a series ends) roll over
+        their samples merged with those ticks, as Prometheus sees them; only their span is merged.
+        """
+        import numpy as np
+        import polars as pl
+
+        g = self.grid
+        roll = dict(by="t", window_size=f"{w}i", closed="both")
+        if node.func in ("min", "max"):
+            expr = getattr(pl.col("value"), f"rolling_{node.func}_by")(**roll)
         else:
-            aggs["r"] = per_series(pl.col("value").rolling_quantile_by(quantile=node.q, interpolation="linear", **roll))
-        out = both.with_columns(**aggs).filter(pl.col("k").is_not_null() & (pl.col("n") > 0))
-        res = out.select("k", "sid", pl.col("r").cast(pl.Float64).alias("value"), pl.lit(True).alias("ok"))
-        return Vec(res, labels)
+            expr = pl.col("value").rolling_quantile_by(quantile=node.q, interpolation="linear", **roll)
+        expr = expr.cast(pl.Float64).alias("value")
+
+        def fixed(size: int) -> pl.Expr:
+            col = pl.col("value")
+            if node.func in ("min", "max"):
+                e = getattr(col, f"rolling_{node.func}")(window_size=size, min_samples=1)
+            else:
+                e = col.rolling_quantile(window_size=size, quantile=node.q, interpolation="linear", min_samples=1)
+            return e.cast(pl.Float64).alias("value")
+
+        frames = []
+        for part in df.partition_by("sid", maintain_order=True):
+            t = part["t"].to_numpy()
+            k0 = max(0, -(-(int(t[0]) - g.start) // g.step))
+            k1 = min(g.n - 1, (int(t[-1]) + w - g.start) // g.step)
+            if k1 < k0:
+                continue
+            ks = np.arange(k0, k1 + 1, dtype=np.int64)
+            ticks = ks * g.step + g.start
+            hi = np.searchsorted(t, ticks, side="right")
+            lo = np.searchsorted(t, ticks - w, side="left")
+            keep = hi > lo
+            ks, ticks, hi, lo = ks[keep], ticks[keep], hi[keep], lo[keep]
+            good = np.searchsorted(t, t[hi - 1] - w, side="left") == lo
+            pieces = []
+            if good.any():
+                gaps = np.diff(t)
+                if gaps.size and gaps[0] > 0 and (gaps == gaps[0]).all():
+                    # Why: at a constant interval d a time window is the last w // d + 1 samples, and polars'
+                    # fixed-size rolling is several times cheaper than by time (same values, same order).
+                    rolled = part.select(fixed(int(w // gaps[0]) + 1)).to_series()
+                else:
+                    rolled = part.select(expr).to_series()
+                pieces.append(pl.DataFrame({"k": ks[good], "value": rolled.gather(hi[good] - 1)}))
+            if not good.all():
+                bad = ~good
+                first, end = int(lo[bad].min()), int(hi[bad].max())
+                # Samples before ticks at equal times (merge keeps the left side first): a tick sees them.
+                both = (
+                    part.slice(first, end - first)
+                    .select("t", "value", k=pl.lit(None, pl.Int64))
+                    .merge_sorted(
+                        pl.DataFrame({"t": ticks[bad], "value": None, "k": ks[bad]}).cast({"value": pl.Float64}),
+                        key="t",
+                    )
+                )
+                pieces.append(both.select("k", expr).filter(pl.col("k").is_not_null()))
+            out = pieces[0] if len(pieces) == 1 else pl.concat(pieces).sort("k")
+            frames.append(out.select("k", sid=pl.lit(part["sid"][0], pl.UInt32), value="value", ok=pl.lit(True)))
+        return pl.concat(frames) if frames else empty_vec()
 
     def _by_search(self, f: str, df: pl.DataFrame, w: int) -> pl.DataFrame:
         """Per tick the sample range [lo, hi) inside [t - w, t] by binary search; sums from prefix sums.
 
         Why: no sort of samples and ticks together and no rolling window; for count/sum/avg/rate this is
-        exact (non-finite values are counted apart so one NaN does not poison every later window).
+        exact (non-finite values are counted apart so one NaN does not poison every later window). Why
+        numpy: its searchsorted and fancy indexing on plain arrays cost a fraction of polars' Series
+        calls, and the prefix sums add in the same order (so the same floats) as polars' cum_sum.
         """
+        import numpy as np
         import polars as pl
 
         g = self.grid
         frames = []
         for part in df.partition_by("sid", maintain_order=True):
-            t = part["t"]
+            t = part["t"].to_numpy()
             k0 = max(0, -(-(int(t[0]) - g.start) // g.step))
             k1 = min(g.n - 1, (int(t[-1]) + w - g.start) // g.step)
             if k1 < k0:
                 continue
-            ks = pl.int_range(k0, k1 + 1, eager=True, dtype=pl.Int64)
+            ks = np.arange(k0, k1 + 1, dtype=np.int64)
             ticks = ks * g.step + g.start
-            hi = t.search_sorted(ticks, side="right").cast(pl.Int64)
-            lo = t.search_sorted(ticks - w, side="left").cast(pl.Int64)
-            frame = pl.DataFrame({"k": ks, "t": ticks, "hi": hi, "lo": lo}).with_columns(
-                n=pl.col("hi") - pl.col("lo"), sid=pl.lit(part["sid"][0], pl.UInt32)
-            )
-            frame = frame.filter(pl.col("n") > 0)
+            hi = np.searchsorted(t, ticks, side="right").astype(np.int64)
+            lo = np.searchsorted(t, ticks - w, side="left").astype(np.int64)
+            n = hi - lo
+            keep = n >= 2 if f in ("rate", "increase", "delta") else n > 0
+            ks, ticks, hi, lo, n = ks[keep], ticks[keep], hi[keep], lo[keep], n[keep]
+            cols: dict[str, Any] = {"k": ks, "t": ticks, "hi": hi, "lo": lo, "n": n}
             if f in ("count", "sum", "avg"):
-                v = part["value"]
-
-                def prefix(x: pl.Series) -> pl.Series:
-                    # Why concat, not append: Series.append extends in place.
-                    return pl.concat([pl.Series([0.0]), x.cast(pl.Float64).cum_sum()])
-
-                finite = pl.select(pl.when(v.is_finite()).then(v).otherwise(0.0)).to_series()
-                sums = {
-                    "s": prefix(finite),
-                    "nan": prefix(v.is_nan()),
-                    "pinf": prefix(v == float("inf")),
-                    "ninf": prefix(v == float("-inf")),
-                }
-                frame = frame.with_columns(
-                    **{name: cs.gather(frame["hi"]) - cs.gather(frame["lo"]) for name, cs in sums.items()}
-                )
-                total = (
-                    pl.when((pl.col("nan") > 0) | ((pl.col("pinf") > 0) & (pl.col("ninf") > 0)))
-                    .then(float("nan"))
-                    .when(pl.col("pinf") > 0)
-                    .then(float("inf"))
-                    .when(pl.col("ninf") > 0)
-                    .then(float("-inf"))
-                    .otherwise(pl.col("s"))
-                )
-                r = {"count": pl.col("n").cast(pl.Float64), "sum": total, "avg": total / pl.col("n")}[f]
-                frame = frame.with_columns(r=r)
+                v = part["value"].to_numpy()
+                finite = np.isfinite(v)
+                s = _prefix(v if finite.all() else np.where(finite, v, 0.0))
+                total = s[hi] - s[lo]
+                if not finite.all():
+                    null = part["value"].is_null().to_numpy()
+                    flags = (np.isnan(v) & ~null, v == np.inf, v == -np.inf)
+                    nan, pinf, ninf = (_prefix(x.astype(np.float64)) for x in flags)
+                    # Why: a null value (never in the store, possible in a hand-made frame) leaves polars'
+                    # cumulative counts null there, and a null flag never marks a window non-finite.
+                    clear = np.ones(len(v) + 1, dtype=bool)
+                    clear[1:] = ~null
+                    clear = clear[hi] & clear[lo]
+                    has_nan = ((nan[hi] - nan[lo]) > 0) & clear
+                    has_pinf, has_ninf = ((pinf[hi] - pinf[lo]) > 0) & clear, ((ninf[hi] - ninf[lo]) > 0) & clear
+                    total = np.where(
+                        has_nan | (has_pinf & has_ninf),
+                        np.nan,
+                        np.where(has_pinf, np.inf, np.where(has_ninf, -np.inf, total)),
+                    )
+                cols["r"] = {"count": n.astype(np.float64), "sum": total, "avg": total / n}[f]
             else:
                 # Why gather: first and last sample of each window by position, no join back onto the samples.
-                frame = frame.filter(pl.col("n") >= 2)
-                first, last = frame["lo"], frame["hi"] - 1
-                frame = frame.with_columns(
-                    t0=part["t"].gather(first),
-                    v0=part["value"].gather(first),
-                    c0=part["c"].gather(first),
-                    t1=part["t"].gather(last),
-                    v1=part["value"].gather(last),
-                    c1=part["c"].gather(last),
+                # (polars' gather, not numpy's: it keeps a null value null.)
+                v, c, last = part["value"], part["c"], hi - 1
+                cols.update(
+                    t0=t[lo], v0=v.gather(lo), c0=c.gather(lo), t1=t[last], v1=v.gather(last), c1=c.gather(last)
                 )
+            frame = pl.DataFrame(cols).with_columns(sid=pl.lit(part["sid"][0], pl.UInt32))
             frames.append(frame)
         if not frames:
             schema = {"k": pl.Int64, "t": pl.Int64, "sid": pl.UInt32, "n": pl.Int64, "r": pl.Float64}
@@ -489,6 +574,16 @@ class Compiler:
         return Vec(res, labels)
 
 
+def _prefix(x: Any) -> Any:
+    """Prefix sums with a leading 0: the sum of x[lo:hi] is p[hi] - p[lo]."""
+    import numpy as np
+
+    out = np.empty(len(x) + 1, dtype=np.float64)
+    out[0] = 0.0
+    np.cumsum(x, out=out[1:])
+    return out
+
+
 def empty_vec() -> pl.DataFrame:
     import polars as pl
 
@@ -510,25 +605,25 @@ def _lookup(j: pl.DataFrame, r: pl.DataFrame, how: str) -> pl.DataFrame | None:
     """``j.join(r, on=[k, r_sid], how=how)`` for the r_ok column by binary search, None if r has duplicates.
 
     Why: vectors come out ordered by (sid, k) with one row per pair; a search into the sorted packed
-    keys is several times cheaper than hashing millions of rows for a join.
+    keys (numpy's, on plain arrays) is several times cheaper than hashing millions of rows for a join.
     """
+    import numpy as np
     import polars as pl
 
-    rkey = r.select(pack("r_sid")).to_series()
-    if not (rkey.diff() > 0).all():
+    rkey = r.select(pack("r_sid")).to_series().to_numpy()
+    if not (np.diff(rkey) > 0).all():
         return None
-    lkey = j.select(pack("r_sid")).to_series()
-    if rkey.len() == 0:
-        pos = pl.Series([0] * 0, dtype=pl.Int64)
-        hit = pl.Series([False] * lkey.len(), dtype=pl.Boolean)
-    else:
-        pos = rkey.search_sorted(lkey, side="left").cast(pl.Int64).clip(0, rkey.len() - 1)
-        hit = rkey.gather(pos) == lkey
-    if how == "inner":
-        return j.filter(hit).with_columns(r_ok=r["r_ok"].gather(pos.filter(hit)))
-    if rkey.len() == 0:
+    lkey = j.select(pack("r_sid").fill_null(-1)).to_series().to_numpy()  # -1: no partner, no match
+    if rkey.size == 0:
+        if how == "inner":
+            return j.clear().with_columns(r_ok=pl.lit(None, pl.Boolean))
         return j.with_columns(r_ok=pl.lit(None, pl.Boolean))
-    return j.with_columns(r_ok=pl.when(hit).then(r["r_ok"].gather(pos)).otherwise(None))
+    pos = np.searchsorted(rkey, lkey, side="left").clip(0, rkey.size - 1)
+    hit = rkey[pos] == lkey
+    if how == "inner":
+        return j.filter(pl.Series(hit)).with_columns(r_ok=r["r_ok"].gather(pos[hit]))
+    r_ok = r["r_ok"].gather(pos)
+    return j.with_columns(r_ok=pl.when(pl.Series(hit)).then(r_ok).otherwise(None))
 
 
 def _compare(op: str, a: pl.Expr, b: pl.Expr) -> pl.Expr:
@@ -590,7 +685,13 @@ def _set_op(op: str, left: Vec, right: Vec) -> Vec:
     if op in ("and", "unless") and links["sid"].is_unique().all():
         # Why: one partner per left series (the usual case) needs a single join, no grouping.
         how = "inner" if op == "and" else "left"
-        j = left.df.join(links, on="sid", how=how)
+        # Why a gather, not a join: the partner of each left series is one small lookup table.
+        partner_of = [None] * len(left.labels)
+        for i, k in links.iter_rows():
+            partner_of[i] = k
+        j = left.df.with_columns(r_sid=pl.Series(partner_of, dtype=pl.UInt32).gather(left.df["sid"]))
+        if how == "inner":
+            j = j.filter(pl.col("r_sid").is_not_null())
         found = _lookup(j, r, how) if packable(j, r) else None
         j = found if found is not None else j.join(r.drop("r_value"), on=["k", "r_sid"], how=how)
         partner = pl.col("r_ok") if op == "and" else ~pl.col("r_ok").fill_null(False)

@@ -103,7 +103,16 @@ class LiveAlerts:
         from llamamon.rules.engine import AlertStates, needed_metrics
         from llamamon.runtime.alert_ledger import NotificationLedger
 
-        self.rules = [r for r in rules_from_config(config) if r.enabled]
+        def recorded(names: set[str] | None) -> set[str]:
+            # Names the job logged in earlier runs count as known (new ones are declared under `metrics:`);
+            # polars is imported only when a rule names something nothing else knows.
+            from llamamon.store.reader import metric_names
+
+            return metric_names(metrics_dir, names)
+
+        self.rules = [
+            r for r in rules_from_config(config, recorded=recorded, recorded_where=str(metrics_dir)) if r.enabled
+        ]
         self.by_name = {r.name: r for r in self.rules}
         self.aliases = dict(getattr(config, "aliases", None) or {})
         self.window = trailing_window(self.rules)
@@ -304,7 +313,7 @@ class LiveAlerts:
         ]
 
     def worst_firing(self) -> str | None:
-        from llamamon.samples import SEVERITIES
+        from llamamon.severity import SEVERITIES
 
         found = [r.severity for r in self.rules if self.states.firing(r.name) and r.severity in SEVERITIES]
         return max(found, key=SEVERITIES.index) if found else None

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 from llamamon.errors import ConfigError, RunNotFound
 from llamamon.runtime.live_alerts import Entry, LiveAlerts
 from llamamon.runtime.ticker import Stop, Ticker, run_ticks
-from llamamon.samples import SEVERITIES, AlertEvent, Row, labels_to_str
+from llamamon.samples import AlertEvent, Row, labels_to_str
+from llamamon.severity import SEVERITIES
 
 if TYPE_CHECKING:
     from llamamon.collectors.base import MetricsCollector

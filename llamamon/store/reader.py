@@ -131,3 +131,17 @@ def scan(
     if since_ts is not None:
         frame = frame.filter(pl.col("time") >= datetime.fromtimestamp(since_ts, tz=timezone.utc))
     return frame
+
+
+def metric_names(
+    metrics_dir: str | os.PathLike[str], names: set[str] | None = None, runs: list[str] | set[str] | None = None
+) -> set[str]:
+    """Which of ``names`` (None: every name) the store holds, in any run or only ``runs``.
+
+    Why a question about given names: checking a rule's metrics against a large store then reads one
+    filtered column (Parquet's statistics skip row groups that cannot hold the names), not every name.
+    """
+    frame = scan(metrics_dir, runs=runs).select("metric")
+    if names is not None:
+        frame = frame.filter(pl.col("metric").is_in(sorted(names)))
+    return set(frame.unique().collect()["metric"].to_list())

@@ -1,18 +1,13 @@
-"""TrainingMonitor and InferenceMonitor: metrics recorded from inside a Python job.
+"""InferenceMonitor: requests measured in a serving process (latency, tokens, cache hits, errors, timeouts).
 
-Both write through ``llamamon.api`` (the same run and journal as ``llamamon.log``). TrainingMonitor adds
-host, process and GPU samples for the duration of an ``async with`` block and keeps a small summary of
-what was logged. InferenceMonitor measures requests (latency, tokens, cache hits, errors, timeouts),
-stores every request's latency (so any percentile can be computed later) and, once per update interval,
-the derived rates. Neither imports polars, pyarrow or matplotlib; psutil and pynvml are imported only
-when a TrainingMonitor starts.
+Every request's latency is stored (so any percentile can be computed later) and, once per update
+interval, the derived rates, through ``llamamon.api`` (the same run and journal as ``llamamon.log``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import contextvars
 import functools
 import inspect
@@ -22,204 +17,20 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from llamamon import api
-from llamamon.catalog import canonical
-from llamamon.samples import Row, Sample
+from llamamon.monitors._config import monitor_config
+from llamamon.samples import Row
 from llamamon.units import parse_duration
 
 if TYPE_CHECKING:
-    from llamamon.collectors.base import MetricsCollector
     from llamamon.config import Config
-
-__all__ = ["InferenceMonitor", "Request", "TrainingMonitor"]
 
 logger = logging.getLogger("llamamon.monitors")
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _config(config: Any) -> Config:
-    from llamamon.config import Config, load_config
-
-    return config if isinstance(config, Config) else load_config(config)
-
-
-def _rows(samples: list[Sample], group: str, now: float) -> list[Row]:
-    return [Row(s.time if s.time is not None else now, group, s.metric, s.value, s.labels, s.step) for s in samples]
-
-
-# -- training -----------------------------------------------------------------------------------------
-
-
-class _Best:
-    __slots__ = ("best", "best_step", "latest", "latest_step")
-
-    def __init__(self) -> None:
-        self.latest: float | None = None
-        self.latest_step: int | None = None
-        self.best: float | None = None
-        self.best_step: int | None = None
-
-    def update(self, value: float, step: int | None) -> None:
-        self.latest, self.latest_step = value, step
-        if not math.isnan(value) and (self.best is None or value < self.best):
-            self.best, self.best_step = value, step
-
-    def summary(self) -> dict[str, Any]:
-        return {"latest": self.latest, "best": self.best, "best_step": self.best_step, "step": self.latest_step}
-
-
-class TrainingMonitor:
-    """``async with TrainingMonitor() as monitor:`` records system and GPU metrics while the block runs.
-
-    ``monitor.log(...)`` is ``llamamon.log`` plus a running summary for ``get_training_metrics()``.
-    """
-
-    def __init__(self, config: Config | str | os.PathLike[str] | None = None, interval: float | None = None) -> None:
-        self.config = _config(config)
-        self.interval = float(interval) if interval is not None else self.config.update_frequency
-        self._aliases = dict(self.config.aliases) or None
-        self._lock = threading.Lock()
-        self._loss = _Best()
-        self._val = _Best()
-        self._lr: float | None = None
-        self._steps: deque[tuple[float, int]] = deque(maxlen=64)  # (monotonic time, step) for steps/s
-        self._collectors: list[tuple[str, MetricsCollector]] = []
-        self._task: asyncio.Task[None] | None = None
-        self._reported: set[str] = set()
-
-    def log(self, metrics: Mapping[str, Any] | None = None, /, step: int | None = None, **values: Any) -> None:
-        """Same as :func:`llamamon.log`; also feeds the summary (latest/best loss, learning rate, steps/s)."""
-        api.log(metrics, step=step, **values)
-        data = dict(metrics or {})
-        data.update(values)
-        if step is None:
-            step = data.get("step")
-        step_int = int(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else None
-        with self._lock:
-            if step_int is not None and (not self._steps or self._steps[-1][1] != step_int):
-                self._steps.append((time.monotonic(), step_int))
-            for key, raw in data.items():
-                name = canonical(str(key), self._aliases)
-                if name not in ("loss", "validation_loss", "learning_rate"):
-                    continue
-                try:
-                    value = float(raw)
-                except (TypeError, ValueError):
-                    continue
-                if name == "loss":
-                    self._loss.update(value, step_int)
-                elif name == "validation_loss":
-                    self._val.update(value, step_int)
-                else:
-                    self._lr = value
-
-    def steps_per_second(self) -> float | None:
-        """Over the last 64 distinct logged steps."""
-        with self._lock:
-            if len(self._steps) < 2:
-                return None
-            (t0, s0), (t1, s1) = self._steps[0], self._steps[-1]
-        return (s1 - s0) / (t1 - t0) if t1 > t0 else None
-
-    async def get_training_metrics(self) -> dict[str, Any]:
-        """Latest, best and step of best for loss and validation loss; learning rate; steps per second."""
-        with self._lock:
-            summary = {
-                "loss": self._loss.summary(),
-                "validation_loss": self._val.summary(),
-                "learning_rate": self._lr,
-                "step": self._steps[-1][1] if self._steps else None,
-            }
-        summary["steps_per_second"] = self.steps_per_second()
-        return summary
-
-    async def __aenter__(self) -> TrainingMonitor:
-        where = api.current_run()
-        metrics_dir = where[1] if where is not None else Path(self.config.metrics_path)
-        if api.owns_run():
-            self._collectors = await self._open_collectors(metrics_dir)
-        else:
-            # Under `llamamon record` the recorder already samples the machine, the job and its GPUs.
-            logger.debug("TrainingMonitor: system and GPU metrics come from the recorder")
-        self._task = asyncio.get_running_loop().create_task(self._sample_loop(), name="llamamon-training-monitor")
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self._tick()  # one last sample at the end of the block
-        for _, collector in self._collectors:
-            try:
-                await collector.close()
-            except Exception as exc:  # noqa: BLE001 - isolation: closing one collector must not hide the job's error
-                logger.warning("collector %s: close failed: %s", collector.name, exc)
-        self._collectors = []
-        api.flush()
-
-    async def _open_collectors(self, metrics_dir: Path) -> list[tuple[str, MetricsCollector]]:
-        # Why imported here: psutil and pynvml are only needed once a monitor really starts.
-        from llamamon.collectors.gpu import GpuCollector
-        from llamamon.collectors.process import ProcessTreeCollector
-        from llamamon.collectors.system import SystemCollector
-
-        process = ProcessTreeCollector(os.getpid())
-        candidates: list[MetricsCollector] = [
-            SystemCollector(metrics_dir),
-            process,
-            GpuCollector(pids=process.pids),
-        ]
-        opened = []
-        for collector in candidates:
-            try:
-                await collector.open()
-            except Exception as exc:  # noqa: BLE001 - isolation: a collector that cannot start is skipped
-                logger.warning("collector %s: cannot start: %s", collector.name, exc)
-                continue
-            if not collector.available:
-                logger.info("%s metrics off: %s", collector.name, collector.reason)
-                continue
-            opened.append((collector.group, collector))
-        return opened
-
-    async def _sample_loop(self) -> None:
-        next_at = time.monotonic() + self.interval
-        while True:
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            next_at += self.interval
-            if next_at < time.monotonic():  # fell behind (a blocked loop): skip missed ticks, no burst
-                next_at = time.monotonic() + self.interval
-            await self._tick()
-
-    async def _tick(self) -> None:
-        from llamamon.collectors.base import normalize
-
-        now = time.time()
-        rows: list[Row] = []
-        for group, collector in self._collectors:
-            try:
-                samples = normalize(await asyncio.wait_for(collector.collect(), self.interval), collector.name)
-            except Exception as exc:  # noqa: BLE001 - isolation: one collector's tick
-                if collector.name not in self._reported:
-                    self._reported.add(collector.name)
-                    logger.warning("collector %s failed: %s; its samples are skipped", collector.name, exc)
-                continue
-            rows.extend(_rows(samples, group, now))
-        sps = self.steps_per_second()
-        if sps is not None:
-            rows.append(Row(now, "training", "steps_per_second", sps))
-        if rows:
-            api.record_rows(rows)
-
-
-# -- inference ----------------------------------------------------------------------------------------
 
 
 class Request:
@@ -291,7 +102,7 @@ class InferenceMonitor:
         interval: float | None = None,
         history: float = 3600.0,
     ) -> None:
-        self.config = _config(config)
+        self.config = monitor_config(config)
         self.interval = float(interval) if interval is not None else self.config.update_frequency
         self.timeout_ms = self.config.monitoring.thresholds.inference.timeout * 1000.0
         self.history = history  # seconds of per-request latencies kept in memory for get_latency_metrics
