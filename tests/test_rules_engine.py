@@ -181,6 +181,56 @@ def test_each_gpu_fires_its_own_alert_with_labels_and_annotations() -> None:
     assert alerts[0].run == "r1"
 
 
+def test_flapping_alerts_render_their_own_value_and_share_the_rest() -> None:
+    # Labels and annotations that do not read $value are rendered once per series and reused; the
+    # ones that do must still show each episode's own value, and series keep their own labels.
+    values = [0.95, 0.5, 0.97, 0.5, 0.99, 0.5]
+    rows = series("gpu_memory_usage", values, labels={"gpu": "0"}) + series(
+        "gpu_memory_usage", [v - 0.01 for v in values], labels={"gpu": "1"}
+    )
+    fixed = rule(
+        "gpu_memory_usage > 0.9",
+        name="fixed",
+        labels={"gpu_name": "card {{ $labels.gpu }}"},
+        annotations={"summary": "GPU {{ $labels.gpu }} is full", "all": "{{ $labels }}"},
+    )
+    valued = rule(
+        "gpu_memory_usage > 0.9",
+        name="valued",
+        labels={"level": "{{ $value | humanizePercentage }}"},
+        annotations={"summary": "GPU {{ $labels.gpu }} at {{ $value }}"},
+    )
+    alerts = engine.evaluate([fixed, valued], frame(rows), grid(50))
+    got = [(a.rule, dict(a.labels)["gpu"], a.fired_at - T0, a.value) for a in alerts]
+    assert got == [
+        (r, gpu, t, pytest.approx(v - (gpu == "1") * 0.01))
+        for t, v in ((0, 0.95), (20, 0.97), (40, 0.99))
+        for r in ("fixed", "valued")
+        for gpu in ("0", "1")
+    ]
+    for a in alerts:
+        labels, ann = dict(a.labels), dict(a.annotations)
+        gpu = labels["gpu"]
+        if a.rule == "fixed":
+            assert labels["gpu_name"] == f"card {gpu}"
+            assert ann["summary"] == f"GPU {gpu} is full"
+            assert ann["all"].startswith("map[")
+            assert f"gpu:{gpu}" in ann["all"]
+        else:
+            assert labels["level"] == f"{a.value * 100:.4g}%"
+            assert ann == {"summary": f"GPU {gpu} at {a.value!r}"}
+    # Stepping the state machine tick by tick (no caching there) gives the same texts.
+    stepped = [
+        (e.rule, e.labels, e.annotations)
+        for _k, _states, events in engine.replay(
+            [fixed, valued], engine.prepare(frame(rows), ["gpu_memory_usage"]), grid(50)
+        )
+        for e in events
+        if e.state == "firing"
+    ]
+    assert sorted(stepped) == sorted((a.rule, a.labels, a.annotations) for a in alerts)
+
+
 def test_a_series_with_fewer_labels_is_broadcast() -> None:
     rows = series("gpu_utilization", [0.1] * 3, labels={"gpu": "0"}) + series(
         "gpu_utilization", [0.1] * 3, labels={"gpu": "1"}

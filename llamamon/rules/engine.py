@@ -184,8 +184,6 @@ def evaluate(
     aliases: dict[str, str] | None = None,
 ) -> list[Alert]:
     """Every alert episode over the grid (history), vectorised; same answers as stepping AlertStates."""
-    import polars as pl
-
     rules = [r for r in rules if r.enabled]
     samples = frame if isinstance(frame, Samples) else prepare(frame, needed_metrics(rules), aliases)
     results = conditions(rules, samples, grid, lookback=lookback)
@@ -198,23 +196,22 @@ def evaluate(
         episodes = _episodes(_segments(df, low), rule, grid, low)
         if not episodes:
             continue
-        ep = pl.DataFrame(episodes, schema=["sid", "k_active", "k_fire", "k_resolved", "peak"], orient="row")
-        ep = ep.with_columns(pl.col("sid").cast(pl.UInt32), pl.col("k_fire").cast(pl.Int64))
-        ep = ep.join(df.rename({"k": "k_fire"}), on=["sid", "k_fire"], how="left")
-        for row in ep.iter_rows(named=True):
-            series = labels[row["sid"]]
-            value = row["value"]
+        # Why by row: the tick an episode fired is a row of ``df`` (its first run, ``for`` ticks in).
+        values = df["value"].gather([e[5] for e in episodes]).to_list()
+        texts = _Texts(rule, labels)
+        for (sid, k_active, k_fire, k_resolved, peak, _), value in zip(episodes, values, strict=True):
+            alert_labels_, alert_annotations = texts.get(sid, value)
             alerts.append(
                 Alert(
                     rule=rule.name,
                     severity=rule.severity,
-                    labels=make_labels(alert_labels(rule, series, value)),
-                    annotations=annotations(rule, series, value),
-                    active_at=grid.time(row["k_active"]) / US,
-                    fired_at=grid.time(row["k_fire"]) / US,
-                    resolved_at=None if row["k_resolved"] is None else grid.time(row["k_resolved"]) / US,
+                    labels=alert_labels_,
+                    annotations=alert_annotations,
+                    active_at=grid.time(k_active) / US,
+                    fired_at=grid.time(k_fire) / US,
+                    resolved_at=None if k_resolved is None else grid.time(k_resolved) / US,
                     value=value,
-                    peak=row["peak"],
+                    peak=peak,
                     channels=rule.channels,
                 )
             )
@@ -222,8 +219,45 @@ def evaluate(
     return alerts
 
 
+class _Texts:
+    """One rule's alert labels and annotations per series and value, rendered once per series where
+    no template reads ``$value``.
+
+    Why: a flapping condition gives thousands of episodes of the same few series; rendering the same
+    templates and sorting the same labels for each one cost more than finding the episodes.
+    """
+
+    def __init__(self, rule: Rule, series: list[dict[str, str]]) -> None:
+        self.rule = rule
+        self.series = series
+        self.fixed_labels = not any(_reads_value(v) for v in rule.labels.values())
+        self.fixed_annotations = not any(_reads_value(v) for v in rule.annotations.values())
+        self.labels: dict[int, Labels] = {}
+        self.annotations: dict[int, Labels] = {}
+
+    def get(self, sid: int, value: float) -> tuple[Labels, Labels]:
+        series = self.series[sid]
+        labels = self.labels.get(sid) if self.fixed_labels else None
+        if labels is None:
+            labels = make_labels(alert_labels(self.rule, series, value))
+            if self.fixed_labels:
+                self.labels[sid] = labels
+        ann = self.annotations.get(sid) if self.fixed_annotations else None
+        if ann is None:
+            ann = annotations(self.rule, series, value)
+            if self.fixed_annotations:
+                self.annotations[sid] = ann
+        return labels, ann
+
+
+def _reads_value(text: str) -> bool:
+    # Why a substring test is enough: the template grammar's only way to the value is the term $value.
+    return "$value" in text
+
+
 def _segments(df: pl.DataFrame, low: bool) -> pl.DataFrame:
-    """Runs of consecutive ticks per series in rows ordered by (sid, k): sid, k0, k1 and the peak value.
+    """Runs of consecutive ticks per series in rows ordered by (sid, k): sid, k0, k1, peak and row0 (the
+    run's first row in ``df``).
 
     Why numpy: the breaks are two array comparisons and the peaks one ``reduceat`` (fmax/fmin skip NaN
     as polars' max/min do), where a diff over sid and a group_by cost several times more.
@@ -232,8 +266,10 @@ def _segments(df: pl.DataFrame, low: bool) -> pl.DataFrame:
     import polars as pl
 
     if df["value"].null_count():  # (null values, never from the store: polars' max skips them)
-        seg = df.with_columns(brk=(pl.col("k").diff().over("sid") != 1).fill_null(True)).with_columns(
-            seg=pl.col("brk").cum_sum()
+        seg = (
+            df.with_row_index("row")
+            .with_columns(brk=(pl.col("k").diff().over("sid") != 1).fill_null(True))
+            .with_columns(seg=pl.col("brk").cum_sum())
         )
         return (
             seg.group_by("sid", "seg", maintain_order=True)
@@ -241,6 +277,7 @@ def _segments(df: pl.DataFrame, low: bool) -> pl.DataFrame:
                 pl.col("k").first().alias("k0"),
                 pl.col("k").last().alias("k1"),
                 (pl.col("value").min() if low else pl.col("value").max()).alias("peak"),
+                pl.col("row").first().cast(pl.Int64).alias("row0"),
             )
             .sort("sid", "k0")
         )
@@ -250,27 +287,33 @@ def _segments(df: pl.DataFrame, low: bool) -> pl.DataFrame:
     starts = np.flatnonzero(brk)
     ends = np.append(starts[1:], k.size) - 1
     peak = (np.fmin if low else np.fmax).reduceat(value, starts) if starts.size else value[:0]
-    return pl.DataFrame({"sid": sid[starts], "k0": k[starts], "k1": k[ends], "peak": peak})
+    return pl.DataFrame({"sid": sid[starts], "k0": k[starts], "k1": k[ends], "peak": peak, "row0": starts})
 
 
-def _episodes(segs: pl.DataFrame, rule: Rule, grid: Grid, low: bool) -> list[tuple[int, int, int, int | None, float]]:
-    """Walk a rule's true-runs per series through the for / keep_firing_for state machine."""
+def _episodes(
+    segs: pl.DataFrame, rule: Rule, grid: Grid, low: bool
+) -> list[tuple[int, int, int, int | None, float, int]]:
+    """Walk a rule's true-runs per series through the for / keep_firing_for state machine.
+
+    Each episode: sid, k_active, k_fire, k_resolved (None while still firing), peak, and the row of
+    ``df`` at k_fire (a run's ticks are consecutive rows, so it is ``hold`` rows after the run's first).
+    """
     import polars as pl
 
     hold = -(-round(rule.for_ * US) // grid.step)  # ticks until t - activeAt >= for
     keep = -(-round(rule.keep_firing_for * US) // grid.step)  # absent ticks that still count as firing
     better = min if low else max
-    out: list[tuple[int, int, int, int | None, float]] = []
-    cur: list[Any] | None = None  # [sid, k_active, k_fire, last_true_k, peak]
+    out: list[tuple[int, int, int, int | None, float, int]] = []
+    cur: list[Any] | None = None  # [sid, k_active, k_fire, last_true_k, peak, row of k_fire]
 
     def close(c: list[Any]) -> None:
         resolved = c[3] + 1 + keep
-        out.append((c[0], c[1], c[2], resolved if resolved < grid.n else None, c[4]))
+        out.append((c[0], c[1], c[2], resolved if resolved < grid.n else None, c[4], c[5]))
 
     if keep == 0:
         # Why: without keep_firing_for every run stands alone, and a run shorter than ``for`` never fires.
         segs = segs.filter(pl.col("k1") - pl.col("k0") >= hold)
-    for sid, k0, k1, peak in segs.select("sid", "k0", "k1", "peak").iter_rows():
+    for sid, k0, k1, peak, row0 in segs.select("sid", "k0", "k1", "peak", "row0").iter_rows():
         if cur is not None and (cur[0] != sid or k0 > cur[3] + keep + 1):
             close(cur)
             cur = None
@@ -279,7 +322,7 @@ def _episodes(segs: pl.DataFrame, rule: Rule, grid: Grid, low: bool) -> list[tup
             continue
         fire = k0 + hold
         if fire <= k1:
-            cur = [sid, k0, fire, k1, peak]
+            cur = [sid, k0, fire, k1, peak, row0 + hold]
     if cur is not None:
         close(cur)
     return out
