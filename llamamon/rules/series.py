@@ -267,29 +267,43 @@ class Compiler:
             return Vec(empty_vec(), labels or [])
         # Why numpy: a handful of integer array operations, where polars spent most of the time on
         # a per-series shift and on materialising each intermediate column of the same arithmetic.
+        # (In place where possible: each temporary is a fresh array as long as the samples.)
         t, sid = df["t"].to_numpy(), df["sid"].to_numpy()
-        nxt = np.empty_like(t)
-        nxt[:-1], nxt[-1] = t[1:], _FAR
-        nxt[:-1][sid[1:] != sid[:-1]] = _FAR  # the next sample (or staleness marker) of the same series
-        live = ~df["stale"].to_numpy()
         # Ticks a sample answers for: from its own time until the next sample (or marker) and the lookback.
-        until = np.maximum(t, df["run_last"].to_numpy()) if hold else t
-        k0 = ((t - g.start + g.step - 1) // g.step).clip(0, g.n)
-        k_next = ((nxt - g.start + g.step - 1) // g.step).clip(0, g.n)
-        k_look = ((until + self.lookback - g.start) // g.step + 1).clip(0, g.n)
-        k1 = np.minimum(k_next, k_look)
-        keep = np.flatnonzero(live & (k1 > k0))
-        k0, k1 = k0[keep], k1[keep]
+        k0 = t - g.start
+        k0 += g.step - 1
+        k0 //= g.step
+        np.clip(k0, 0, g.n, out=k0)
+        # The next sample's (or staleness marker's) first tick is the next row's k0, within a series.
+        k1 = np.empty_like(k0)
+        k1[:-1], k1[-1] = k0[1:], g.n
+        k1[:-1][sid[1:] != sid[:-1]] = g.n
+        k_look = np.maximum(t, df["run_last"].to_numpy()) if hold else t.copy()
+        k_look += self.lookback - g.start
+        k_look //= g.step
+        k_look += 1
+        np.clip(k_look, 0, g.n, out=k_look)
+        np.minimum(k1, k_look, out=k1)
+        answers = k1 > k0
+        stale = df["stale"]
+        if stale.any():
+            answers &= ~stale.to_numpy()
+        keep = np.flatnonzero(answers)
+        every = keep.size == t.size  # (every sample answers some tick: no gathers needed)
+        if not every:
+            k0, k1 = k0[keep], k1[keep]
         span = k1 - k0
+        value = df["value"]
         if span.size and span.max() > 1:
             # Each sample repeated for every tick it answers (a grid finer than the samples).
             keep = np.repeat(keep, span)
             k0 = np.arange(keep.size, dtype=np.int64) - np.repeat(np.cumsum(span) - span - k0, span)
+            every = False
         out = pl.DataFrame(
             {
-                "k": k0.astype(np.int64),
-                "sid": sid[keep],
-                "value": df["value"].gather(keep),
+                "k": k0,
+                "sid": sid if every else sid[keep],
+                "value": value if every else value.gather(keep),
                 "ok": np.ones(keep.size, bool),
             }
         )
