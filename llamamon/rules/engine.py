@@ -194,25 +194,30 @@ def evaluate(
             continue
         low = top_comparison(rule.condition.tree) in ("<", "<=")
         episodes = _episodes(_segments(df, low), rule, grid, low)
-        if not episodes:
+        if not episodes.height:
             continue
         # Why by row: the tick an episode fired is a row of ``df`` (its first run, ``for`` ticks in).
-        values = df["value"].gather([e[5] for e in episodes]).to_list()
+        values = df["value"].gather(episodes["row"]).to_list()
+        sids, k_active, k_fire, k_resolved, peaks = (
+            episodes[c].to_list() for c in ("sid", "k_active", "k_fire", "k_resolved", "peak")
+        )
         texts = _Texts(rule, labels)
-        for (sid, k_active, k_fire, k_resolved, peak, _), value in zip(episodes, values, strict=True):
-            alert_labels_, alert_annotations = texts.get(sid, value)
+        start, step = grid.start, grid.step
+        for i, value in enumerate(values):
+            alert_labels_, alert_annotations = texts.get(sids[i], value)
+            resolved = k_resolved[i]
             alerts.append(
                 Alert(
-                    rule=rule.name,
-                    severity=rule.severity,
-                    labels=alert_labels_,
-                    annotations=alert_annotations,
-                    active_at=grid.time(k_active) / US,
-                    fired_at=grid.time(k_fire) / US,
-                    resolved_at=None if k_resolved is None else grid.time(k_resolved) / US,
-                    value=value,
-                    peak=peak,
-                    channels=rule.channels,
+                    rule.name,
+                    rule.severity,
+                    alert_labels_,
+                    alert_annotations,
+                    (start + k_active[i] * step) / US,  # (= grid.time(k) / US, without a call per alert)
+                    (start + k_fire[i] * step) / US,
+                    None if resolved is None else (start + resolved * step) / US,
+                    value,
+                    peaks[i],
+                    rule.channels,
                 )
             )
     alerts.sort(key=lambda a: (a.fired_at, a.rule, a.labels))
@@ -290,18 +295,28 @@ def _segments(df: pl.DataFrame, low: bool) -> pl.DataFrame:
     return pl.DataFrame({"sid": sid[starts], "k0": k[starts], "k1": k[ends], "peak": peak, "row0": starts})
 
 
-def _episodes(
-    segs: pl.DataFrame, rule: Rule, grid: Grid, low: bool
-) -> list[tuple[int, int, int, int | None, float, int]]:
+def _episodes(segs: pl.DataFrame, rule: Rule, grid: Grid, low: bool) -> pl.DataFrame:
     """Walk a rule's true-runs per series through the for / keep_firing_for state machine.
 
-    Each episode: sid, k_active, k_fire, k_resolved (None while still firing), peak, and the row of
+    Each episode: sid, k_active, k_fire, k_resolved (null while still firing), peak, and the row of
     ``df`` at k_fire (a run's ticks are consecutive rows, so it is ``hold`` rows after the run's first).
     """
     import polars as pl
 
     hold = -(-round(rule.for_ * US) // grid.step)  # ticks until t - activeAt >= for
     keep = -(-round(rule.keep_firing_for * US) // grid.step)  # absent ticks that still count as firing
+    if keep == 0:
+        # Why no walk: without keep_firing_for every run stands alone (runs are maximal, so two never
+        # touch); a run of at least ``for`` fires ``hold`` ticks in and resolves the tick after it ends.
+        resolved = pl.col("k1") + 1
+        return segs.filter(pl.col("k1") - pl.col("k0") >= hold).select(
+            "sid",
+            k_active="k0",
+            k_fire=pl.col("k0") + hold,
+            k_resolved=pl.when(resolved < grid.n).then(resolved),
+            peak="peak",
+            row=pl.col("row0") + hold,
+        )
     better = min if low else max
     out: list[tuple[int, int, int, int | None, float, int]] = []
     cur: list[Any] | None = None  # [sid, k_active, k_fire, last_true_k, peak, row of k_fire]
@@ -310,9 +325,6 @@ def _episodes(
         resolved = c[3] + 1 + keep
         out.append((c[0], c[1], c[2], resolved if resolved < grid.n else None, c[4], c[5]))
 
-    if keep == 0:
-        # Why: without keep_firing_for every run stands alone, and a run shorter than ``for`` never fires.
-        segs = segs.filter(pl.col("k1") - pl.col("k0") >= hold)
     for sid, k0, k1, peak, row0 in segs.select("sid", "k0", "k1", "peak", "row0").iter_rows():
         if cur is not None and (cur[0] != sid or k0 > cur[3] + keep + 1):
             close(cur)
@@ -325,7 +337,15 @@ def _episodes(
             cur = [sid, k0, fire, k1, peak, row0 + hold]
     if cur is not None:
         close(cur)
-    return out
+    schema = {
+        "sid": pl.UInt32,
+        "k_active": pl.Int64,
+        "k_fire": pl.Int64,
+        "k_resolved": pl.Int64,
+        "peak": pl.Float64,
+        "row": pl.Int64,
+    }
+    return pl.DataFrame(out, schema=schema, orient="row")
 
 
 # ---------------------------------------------------------------------------------------------------
