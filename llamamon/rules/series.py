@@ -519,8 +519,8 @@ class Compiler:
         """Prometheus' extrapolatedRate: the change over the window, stretched to the window's edges."""
         import polars as pl
 
-        # Why one expression, not a column per step: the same arithmetic, without materialising five
-        # intermediate columns as long as the ticks.
+        # Why one lazy expression, not a column per step: the same arithmetic without materialising five
+        # intermediate columns as long as the ticks; lazily, so the repeated parts are computed once.
         res = pl.col("v1") - pl.col("v0")
         if counter:
             res = res + pl.col("c1") - pl.col("c0")
@@ -541,7 +541,7 @@ class Compiler:
         factor = ext / sampled
         if per_second:
             factor = factor / (w / US)
-        return out.with_columns(r=res * factor)
+        return out.lazy().with_columns(r=res * factor).collect()
 
     # -- operators -----------------------------------------------------------------------------------
 
