@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 US = 1_000_000
 LOOKBACK = 300.0  # seconds, Prometheus' default lookback delta
-_FAR = 2**62
 
 
 @dataclass(frozen=True, slots=True)
