@@ -4,8 +4,11 @@
 
 Two days of data (1,382,400 samples each): bench/store_io.py's generator (the store helper's reference
 data: system, process and GPU series) and bench/synthetic.py's (adds training series: a step counter,
-a float32 loss, a learning-rate schedule, tokens/s). Each day is written one file per partition and
-compacted by llamamon's ``compact()``; bytes are every data file afterwards (run metadata excluded).
+a float32 loss, a float64 learning-rate schedule, tokens/s as a float64). Collector values are rounded
+by ``catalog.quantize`` at the catalog's resolutions and tick times stamped by the recorder's
+TickStamps, as ``llamamon record`` stores them; training values and times are kept as the job logs
+them. Each day is written one file per partition and compacted by llamamon's ``compact()``; bytes are
+every data file afterwards (run metadata excluded), also split into collector and job partitions.
 The real write path (``StoreWriter.append`` per tick, a flush every 30 s of a fake clock, then
 ``compact()``) runs on a slice, to show what flushing adds before compaction and after it. Baselines from the same rows: CSV in the store's long schema (time, host, metric, value,
 labels, step), CSV wide (one row per second, one column per series: what most loggers write),
@@ -115,7 +118,47 @@ def _replaces(path: Path) -> bytes:
 
     from llamamon.store import parquet
 
-    return (pq.read_schema(path).metadata or {}).get(parquet.REPLACES_KEY, b"")
+    footer = pq.read_metadata(path).metadata or {}
+    return footer.get(parquet.REPLACES_Z_KEY, b"") + footer.get(parquet.REPLACES_KEY, b"")
+
+
+def column_bytes(files: list[Path]) -> dict[str, int]:
+    """Compressed bytes per column over ``files`` (column chunks), plus ``footer+`` for the rest."""
+    import pyarrow.parquet as pq
+
+    out: dict[str, int] = {}
+    for path in files:
+        meta = pq.read_metadata(path)
+        chunks = 0
+        for rg in range(meta.num_row_groups):
+            group = meta.row_group(rg)
+            for c in range(group.num_columns):
+                col = group.column(c)
+                out[col.path_in_schema] = out.get(col.path_in_schema, 0) + col.total_compressed_size
+                chunks += col.total_compressed_size
+        out["footer+"] = out.get("footer+", 0) + path.stat().st_size - chunks
+    return out
+
+
+def series_value_bytes(tables: dict) -> dict[str, float]:
+    """Bytes per sample of each series' values alone, written as the compacted file writes ``value``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from llamamon.store import parquet
+
+    options = {k: v for k, v in parquet.COMPACT_OPTIONS.items() if k not in ("use_dictionary", "write_statistics")}
+    out = {}
+    for table in tables.values():
+        keys = pc.binary_join_element_wise(table.column("metric"), table.column("labels"), "")
+        for key in sorted(set(keys.to_pylist())):
+            values = table.filter(pc.equal(keys, key)).column("value")
+            buf = io.BytesIO()
+            pq.write_table(pa.table({"value": values}), buf, **options, use_dictionary=False, write_statistics=False)
+            size = pq.read_metadata(io.BytesIO(buf.getvalue())).row_group(0).column(0).total_compressed_size
+            out[key] = size / len(values)
+    return out
 
 
 def store_io_tables(seconds: int) -> dict:
@@ -148,10 +191,18 @@ def day(tables: dict) -> dict:
         compact(root, older_than=0.0)
         files = list(root.glob("group=*/date=*/run=*/*.parquet"))
         compacted = sum(p.stat().st_size for p in files)
+        columns = column_bytes(files)
+        by_group = {
+            group: (sum(p.stat().st_size for p in files if f"group={group}" in p.parts), table.num_rows)
+            for group, table in tables.items()
+        }
     return {
+        "by_group": by_group,
         "samples": sum(t.num_rows for t in tables.values()),
         "files": len(files),
         "llamamon": compacted,
+        "columns": columns,
+        "series_value": series_value_bytes(tables),
         "csv_long": csv_long(tables),
         "csv_wide": csv_wide(tables),
         "psrecord": psrecord_log(tables),
@@ -176,6 +227,18 @@ def run(quick: bool = False) -> list:
         n = m["samples"]
         per = {k: m[k] / n for k in ("llamamon", "csv_long", "csv_wide", "psrecord")}
         extra = w["replaces_metadata_bytes"] / w["flush_files"] * (seconds // 30) * m["files"] / n
+        by_column = ", ".join(f"{k} {v / n:.3f}" for k, v in m["columns"].items() if v / n >= 0.0005)
+        job = [g for g in m["by_group"] if g in ("training", "inference", "custom")]
+        split = (
+            "".join(
+                f"{label} {sum(b for g, (b, _) in m['by_group'].items() if (g in job) == is_job) / rows:.2f} B/sample; "
+                for label, is_job in (("collector partitions alone", False), ("job partitions alone", True))
+                if (rows := sum(r for g, (_, r) in m["by_group"].items() if (g in job) == is_job))
+            )
+            if job
+            else ""
+        )
+        by_series = ", ".join(f"{k} {v:.2f}" for k, v in sorted(m["series_value"].items(), key=lambda kv: -kv[1]))
         figures.append(
             Figure(
                 name=f"Storage after compaction, {span} at 1 Hz x 16 series ({label})",
@@ -198,6 +261,8 @@ def run(quick: bool = False) -> list:
                 load=(before, load1()),
                 note=(
                     f"{n:,} samples compacted by compact() into {m['files']} files, {m['llamamon']:,} B. "
+                    f"{split}B/sample by column: {by_column} (the rest ~0). Value bytes per sample of each series "
+                    f"alone: {by_series}. "
                     f"The real write path on the first {w['seconds']} s of bench/synthetic.py "
                     f"(StoreWriter.append per tick, 30 s flushes, compact()): {w['flush_files']} flush files at "
                     f"{w['flush_bytes'] / w['samples']:.2f} B/sample -> "

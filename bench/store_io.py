@@ -5,10 +5,11 @@
 
 Figures printed, with the baselines measured in the same run: CSV of the same rows (long schema),
 pyarrow's default Parquet, and encoding variants, so the choice in store/parquet.py can be checked.
-Values are quantised the way the collectors produce them (psutil percents with one decimal, NVML
-integer percents / degrees / milliwatts, page-sized byte counts), plus two computed rates that are
-full-precision floats; timestamps are wall-clock ticks with scheduling jitter (the realistic case)
-or exact grid ticks.
+Values are made the way the collectors make them: what the source reports (continuous CPU shares,
+NVML integer percents / degrees / milliwatts, page-sized byte counts, whole bytes over a jittered
+interval for rates), then rounded by ``catalog.quantize`` at the catalog's resolution, the function
+the built-in collectors call; timestamps are wall-clock ticks with scheduling jitter stamped by the
+recorder's TickStamps (the realistic case) or exact grid ticks.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from llamamon.catalog import quantize, resolution_of
+from llamamon.runtime.ticker import TickStamps
 from llamamon.samples import Row, labels_to_str, make_labels
 from llamamon.store import parquet
 from llamamon.store.compaction import compact
@@ -61,14 +64,14 @@ def series_generators(rng: random.Random, profile: str = "noisy"):
 
         return nxt
 
-    pct1 = lambda x: round(x, 1) / 100  # noqa: E731  psutil percent, one decimal -> ratio
+    pct1 = lambda x: x / 100  # noqa: E731  a share from CPU-time deltas, on the collector's grid below
     pages = lambda x: float(int(x) // 4096 * 4096)  # noqa: E731
     mib = lambda x: float(int(x) // 2**20 * 2**20)  # noqa: E731
 
     def rate(mean):
         def nxt():
-            # bytes counted over a jittered interval: a full-precision float, the worst case for compression
-            return max(0.0, rng.gauss(mean, mean / 5)) / rng.uniform(0.998, 1.002)
+            # whole bytes counted over a jittered interval: a full-precision float until the collector rounds it
+            return float(int(max(0.0, rng.gauss(mean, mean / 5)))) / rng.uniform(0.998, 1.002)
 
         return nxt
 
@@ -89,17 +92,24 @@ def series_generators(rng: random.Random, profile: str = "noisy"):
             walk(30, 90, 0.3, lambda x: float(round(x)), 65, p_steady=0.1),
         ),
         ("gpu", "gpu_power", make_labels(gpu="0"), walk(50, 700, 8, lambda x: round(x * 1000) / 1000, 400)),
-        ("process", "process_cpu_usage", make_labels(), walk(0, 16, 0.2, lambda x: round(x * 100, 1) / 100, 2)),
+        ("process", "process_cpu_usage", make_labels(), walk(0, 16, 0.2, float, 2)),
         ("process", "process_memory_rss", make_labels(), walk(GIB, 30 * GIB, 2**20, pages, 8 * GIB, p_steady=0.2)),
     ]
     assert len(out) == 16
     return out
 
 
+def collected(metric: str, value: float) -> float:
+    """A source reading as the built-in collector stores it (its catalog resolution)."""
+    return quantize(value, resolution_of(metric))
+
+
 def tick_times(n: int, rng: random.Random, jitter: bool) -> list[float]:
+    """Exact grid ticks, or wall-clock wake-ups (a little after each second) stamped as the recorder does."""
     if not jitter:
         return [START + k for k in range(n)]
-    return [START + k + abs(rng.gauss(0.0008, 0.0004)) for k in range(n)]
+    stamps = TickStamps(1.0)
+    return [stamps(START + k + abs(rng.gauss(0.0008, 0.0004))) for k in range(n)]
 
 
 def make_table(seconds: int, jitter: bool, profile: str, seed: int = 7) -> pa.Table:
@@ -113,7 +123,7 @@ def make_table(seconds: int, jitter: bool, profile: str, seed: int = 7) -> pa.Ta
             cols["time"].append(us)
             cols["host"].append("gpu-box01")
             cols["metric"].append(metric)
-            cols["value"].append(nxt())
+            cols["value"].append(collected(metric, nxt()))
             cols["labels"].append(labels_to_str(labels))
             cols["step"].append(None)
     return pa.table(
@@ -162,9 +172,9 @@ def size_report(seconds: int) -> None:
                 ("zstd 9 + dictionary everywhere, sorted", srt, {"compression": "zstd", "compression_level": 9}),
                 ("llamamon compacted, but tick order (unsorted)", table, compacted),
                 (
-                    "llamamon compacted, but BYTE_STREAM_SPLIT values",
+                    "llamamon compacted, but PLAIN values",
                     srt,
-                    {**compacted, "column_encoding": {**encodings, "value": "BYTE_STREAM_SPLIT"}},
+                    {**compacted, "column_encoding": {**encodings, "value": "PLAIN"}},
                 ),
                 (
                     "llamamon compacted, but dictionary values",
@@ -175,11 +185,15 @@ def size_report(seconds: int) -> None:
                         "column_encoding": encodings,
                     },
                 ),
-                ("llamamon compacted, but zstd 19", srt, {**compacted, "compression_level": 19}),
+                ("llamamon compacted, but zstd 9", srt, {**compacted, "compression_level": 9}),
                 ("llamamon flush-file options (default 20k-row pages)", srt, ours),
-                (f"llamamon compacted (sorted, DELTA time, zstd {parquet.ZSTD_LEVEL}, 1 page)", srt, compacted),
+                (
+                    f"llamamon compacted (sorted, DELTA time, BSS value, zstd {parquet.COMPACT_ZSTD_LEVEL}, 1 page)",
+                    srt,
+                    compacted,
+                ),
             ]
-            stamps = "wall-clock ticks with jitter" if jitter else "exact 1 s grid ticks"
+            stamps = "wall-clock wake-ups with jitter, stamped by TickStamps" if jitter else "exact 1 s grid ticks"
             print(f"-- profile {profile}, {stamps}")
             base = None
             for label, tbl, options in variants:
@@ -194,7 +208,7 @@ def write_report(seconds: int) -> None:
     rng = random.Random(11)
     gens = series_generators(rng, "steady")
     ticks = [
-        [Row(t, group, metric, nxt(), labels) for group, metric, labels, nxt in gens]
+        [Row(t, group, metric, collected(metric, nxt()), labels) for group, metric, labels, nxt in gens]
         for t in tick_times(seconds, rng, True)
     ]
     run = "20251127T000000Z-gpu-box01-beef"

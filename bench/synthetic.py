@@ -1,11 +1,14 @@
 """Synthetic 1 Hz metrics that look like a real training box: 16 series in the system, process, GPU and
 training groups, vectorised with numpy so a week (~9.7 million points) takes seconds.
 
-Values are shaped and quantised like the real sources: psutil percents with one decimal, page-sized
-byte counts, NVML integer percents and degrees and milliwatts, bursty I/O rates as full-precision
-floats, a step counter that moves every few seconds, a float32 loss decaying with noise, a cosine
-learning-rate schedule. Smooth series are interpolated between random knots (a minute to an hour
-apart) plus small noise, the way load drifts rather than jumps.
+Values are made the way the real sources and collectors make them: what the source reports (continuous
+CPU shares, page-sized byte counts, /proc/loadavg's two decimals, NVML integer percents, degrees and
+milliwatts, whole bytes over a jittered monotonic interval for I/O rates), then rounded by the same
+function the built-in collectors call (``catalog.quantize`` at the catalog's resolution). Training
+series are what a job logs, never rounded: a step counter, a float32 loss (``loss.item()``: a float64
+holding a float32), a float64 cosine learning-rate schedule (PyTorch schedulers compute in Python
+floats) and tokens/s as tokens / elapsed seconds (a full float64). Smooth series are interpolated
+between random knots (a minute to an hour apart) plus small noise, the way load drifts rather than jumps.
 """
 
 from __future__ import annotations
@@ -46,15 +49,29 @@ def _smooth(rng: np.random.Generator, t: np.ndarray, every: int, lo: float, hi: 
     return np.interp(t, knots, rng.uniform(lo, hi, len(knots)))
 
 
+def on_collector_grid(metric: str, values: np.ndarray) -> np.ndarray:
+    """``values`` as the built-in collectors store them: through ``catalog.quantize`` itself, value by value
+    (the very function they call), so the benchmark measures the real rounding, not a numpy look-alike."""
+    from llamamon.catalog import quantize, resolution_of
+
+    resolution = resolution_of(metric)
+    if resolution is None:
+        return values
+    return np.fromiter((quantize(v, resolution) for v in values.tolist()), np.float64, len(values))
+
+
 def series_values(seconds: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Values of every series at the given seconds since START (one float64 array per metric)."""
     t = seconds.astype(np.float64)
     n = len(t)
     noise = rng.normal
     step = np.floor(t * STEPS_PER_S)
+    # Rates are whole bytes counted over the collector's monotonic interval, which wobbles around 1 s.
+    elapsed = 1.0 + rng.normal(0, 0.0004, n)
     cpu = np.clip(_smooth(rng, t, 60, 0.35, 0.9) + noise(0, 0.03, n), 0, 1)
     mem = np.clip(_smooth(rng, t, 1800, 0.4, 0.7) + noise(0, 0.0005, n), 0, 1)
     burst = rng.random(n) < 0.05
+    disk = np.floor(np.where(burst, rng.exponential(5e7, n), rng.exponential(2e4, n)) / 512) * 512  # sectors
     rss = 8 * GIB + np.floor(t / 600) * 16 * 2**20 + np.where(rng.random(n) < 0.2, 4096 * rng.integers(0, 64, n), 0)
     util = np.where(rng.random(n) < 0.02, rng.uniform(0.0, 0.4, n), np.clip(noise(0.93, 0.04, n), 0, 1))
     gpu_mem = 60 * GIB + np.floor(_smooth(rng, t, 3600, 0, 4)) * 2**28
@@ -62,24 +79,34 @@ def series_values(seconds: np.ndarray, rng: np.random.Generator) -> dict[str, np
     warm = np.minimum(1.0, step / 2000)
     lr = 3e-4 * warm * 0.5 * (1 + np.cos(np.pi * np.minimum(step / max(total_steps, 1), 1)))
     loss = (0.3 + 2.5 * np.exp(-step / 150_000) + np.abs(noise(0, 0.05, n))).astype(np.float32).astype(np.float64)
-    return {
-        "cpu_usage": np.round(cpu * 1000) / 1000,
-        "memory_usage": np.round(mem * 1000) / 1000,
+    source = {
+        "cpu_usage": cpu,
+        "memory_usage": np.floor(mem * 64 * GIB / 4096) * 4096 / (64 * GIB),
         "memory_used": np.floor(mem * 64 * GIB / 4096) * 4096,
-        "load1": np.round(_smooth(rng, t, 300, 1.5, 3.5) + noise(0, 0.05, n), 2),
-        "disk_read_throughput": np.where(burst, rng.exponential(5e7, n), rng.exponential(2e4, n)),
-        "network_rx_throughput": np.abs(noise(2e6, 4e5, n)) / rng.uniform(0.998, 1.002, n),
-        "process_cpu_usage": np.round(np.clip(noise(1.0, 0.05, n), 0, 2) * 1000) / 1000,
+        "load1": np.round(np.abs(_smooth(rng, t, 300, 1.5, 3.5) + noise(0, 0.05, n)), 2),
+        "disk_read_throughput": disk / elapsed,
+        "network_rx_throughput": np.floor(np.abs(noise(2e6, 4e5, n))) / elapsed,
+        "process_cpu_usage": np.clip(noise(1.0, 0.05, n), 0, 2),
         "process_memory_rss": rss,
-        "gpu_utilization": np.round(util * 100) / 100,
+        "gpu_utilization": np.round(util * 100) / 100,  # NVML: whole percent
         "gpu_memory_used": gpu_mem,
-        "gpu_temperature": np.round(_smooth(rng, t, 120, 62, 78)),
-        "gpu_power": np.round(noise(380, 25, n) * 1000) / 1000,
+        "gpu_temperature": np.round(_smooth(rng, t, 120, 62, 78)),  # NVML: whole degrees
+        "gpu_power": np.round(noise(380, 25, n) * 1000) / 1000,  # NVML: milliwatts
         "step": step,
         "loss": loss,
         "learning_rate": lr,
-        "tokens_per_second": np.abs(noise(52_000, 1_500, n)),
+        "tokens_per_second": np.round(np.abs(noise(52_000, 1_500, n))) / elapsed,
     }
+    return {metric: on_collector_grid(metric, values) for metric, values in source.items()}
+
+
+def tick_stamps_us(seconds: np.ndarray, late_us: np.ndarray) -> np.ndarray:
+    """Tick times as ``llamamon record`` stores them: each wake-up (``late_us`` after the second, as a real
+    scheduler wakes) passed through the recorder's own TickStamps (snapped to the grid within 2 ms)."""
+    from llamamon.runtime.ticker import TickStamps
+
+    stamps = TickStamps(1.0)
+    return np.array([round(stamps(float(t) + late / 1e6) * 1e6) for t, late in zip(seconds, late_us, strict=True)])
 
 
 def day_tables(day: int, seconds: int = 86_400, seed: int = 7) -> dict[str, object]:
@@ -90,9 +117,10 @@ def day_tables(day: int, seconds: int = 86_400, seed: int = 7) -> dict[str, obje
 
     rng = np.random.default_rng(seed + day)
     offs = np.arange(day * 86_400, day * 86_400 + seconds, dtype=np.int64)
-    # Wall-clock ticks: each a little after the second, as a real scheduler wakes.
-    time_us = (START + offs) * 1_000_000 + np.abs(rng.normal(800, 400, len(offs))).astype(np.int64)
+    time_us = tick_stamps_us(START + offs, np.abs(rng.normal(800, 400, len(offs))).astype(np.int64))
     values = series_values(offs, rng)
+    # The job stamps what it logs itself (llamamon.log: the time of the call), never snapped to a grid.
+    job_us = (START + offs) * 1_000_000 + 300_000 + rng.normal(0, 10_000, len(offs)).astype(np.int64)
     step = np.floor(offs * STEPS_PER_S).astype(np.int64)
     tables = {}
     for group in dict.fromkeys(g for g, _, _ in SERIES):
@@ -100,7 +128,9 @@ def day_tables(day: int, seconds: int = 86_400, seed: int = 7) -> dict[str, obje
         n = len(offs) * len(members)
         tables[group] = pa.table(
             {
-                "time": pa.array(np.tile(time_us, len(members)), pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+                "time": pa.array(np.tile(job_us if group == "training" else time_us, len(members)), pa.int64()).cast(
+                    pa.timestamp("us", tz="UTC")
+                ),
                 "host": pa.array([HOST] * n, pa.string()),
                 "metric": pa.array(np.repeat([m for m, _ in members], len(offs)), pa.string()),
                 "value": pa.array(np.concatenate([values[m] for m, _ in members]), pa.float64()),

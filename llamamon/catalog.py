@@ -9,6 +9,7 @@ unit. Nothing else in llamamon may spell a metric's unit or help text.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -56,6 +57,7 @@ class Metric:
     kind: Kind
     group: Group
     help: str
+    resolution: float | None = None  # step the built-in collector rounds to (see quantize); None: exact
 
     @property
     def prometheus_name(self) -> str:
@@ -91,61 +93,99 @@ def sanitize_name(name: str) -> str:
     return clean
 
 
-def _m(name: str, unit: str, kind: Kind, group: Group, help: str) -> Metric:
-    return Metric(name, unit, kind, group, help)
+def _m(name: str, unit: str, kind: Kind, group: Group, help: str, resolution: float | None = None) -> Metric:
+    return Metric(name, unit, kind, group, help, resolution)
+
+
+# Resolutions: what each built-in collector's source really measures, as the largest power of two not
+# coarser than it, so that (a) no two readings the source can tell apart ever collapse, (b) a value shown
+# with the source's own decimals (90 % from NVML, 0.1 % from psutil, 3.26 from /proc/loadavg, 399.488 W)
+# still reads exactly that, off by at most half a step, and (c) the low mantissa bits of every stored
+# float64 are zero, which is what lets BYTE_STREAM_SPLIT + zstd store them in ~1-2 bytes instead of 7.
+# Decimal rounding (0.123) keeps a full noisy mantissa and would save nothing (bench/storage.py).
+PERMILLE = 2.0**-10  # 0.000977 <= psutil's 0.1 %, NVML's 1 % and 1 mW / 1 mJ (as W / J)
+# The host-wide CPU share is busy / total CPU-time ticks (1/100 s each) over all cores, so its real step
+# shrinks with the core count: 2**-14 (0.006 %) is one tick of a 160-core machine over 1 s. One core's
+# share and the process tree's cores are one tick over the interval: 2**-10 holds it up to 10 s intervals.
+CPU_TICK = 2.0**-14
+HUNDREDTH = 2.0**-7  # 0.0078 <= /proc/loadavg's two decimals
+WHOLE = 1.0  # bytes and byte rates, whole degrees, MHz, counts
 
 
 METRICS: tuple[Metric, ...] = (
     # system (psutil), host-wide
-    _m("cpu_usage", "ratio", "gauge", "system", "CPU busy time across all cores, 0..1."),
-    _m("cpu_core_usage", "ratio", "gauge", "system", "CPU busy time of one core (label core), 0..1."),
-    _m("memory_usage", "ratio", "gauge", "system", "Share of physical memory in use, 0..1."),
-    _m("memory_used", "bytes", "gauge", "system", "Physical memory in use."),
-    _m("memory_available", "bytes", "gauge", "system", "Physical memory available to new processes."),
-    _m("swap_usage", "ratio", "gauge", "system", "Share of swap in use, 0..1."),
-    _m("swap_used", "bytes", "gauge", "system", "Swap in use."),
-    _m("disk_usage", "ratio", "gauge", "system", "Share of the metrics folder's filesystem in use, 0..1."),
-    _m("disk_read_throughput", "bytes_per_second", "gauge", "system", "Bytes read from disks per second."),
-    _m("disk_write_throughput", "bytes_per_second", "gauge", "system", "Bytes written to disks per second."),
-    _m("network_throughput", "bytes_per_second", "gauge", "system", "Network bytes received plus sent per second."),
-    _m("network_rx_throughput", "bytes_per_second", "gauge", "system", "Network bytes received per second."),
-    _m("network_tx_throughput", "bytes_per_second", "gauge", "system", "Network bytes sent per second."),
-    _m("load1", "", "gauge", "system", "Load average over 1 minute."),
-    _m("load5", "", "gauge", "system", "Load average over 5 minutes."),
-    _m("load15", "", "gauge", "system", "Load average over 15 minutes."),
+    _m("cpu_usage", "ratio", "gauge", "system", "CPU busy time across all cores, 0..1.", CPU_TICK),
+    _m("cpu_core_usage", "ratio", "gauge", "system", "CPU busy time of one core (label core), 0..1.", PERMILLE),
+    _m("memory_usage", "ratio", "gauge", "system", "Share of physical memory in use, 0..1.", PERMILLE),
+    _m("memory_used", "bytes", "gauge", "system", "Physical memory in use.", WHOLE),
+    _m("memory_available", "bytes", "gauge", "system", "Physical memory available to new processes.", WHOLE),
+    _m("swap_usage", "ratio", "gauge", "system", "Share of swap in use, 0..1.", PERMILLE),
+    _m("swap_used", "bytes", "gauge", "system", "Swap in use.", WHOLE),
+    _m("disk_usage", "ratio", "gauge", "system", "Share of the metrics folder's filesystem in use, 0..1.", PERMILLE),
+    _m("disk_read_throughput", "bytes_per_second", "gauge", "system", "Bytes read from disks per second.", WHOLE),
+    _m("disk_write_throughput", "bytes_per_second", "gauge", "system", "Bytes written to disks per second.", WHOLE),
+    _m(
+        "network_throughput",
+        "bytes_per_second",
+        "gauge",
+        "system",
+        "Network bytes received plus sent per second.",
+        WHOLE,
+    ),
+    _m("network_rx_throughput", "bytes_per_second", "gauge", "system", "Network bytes received per second.", WHOLE),
+    _m("network_tx_throughput", "bytes_per_second", "gauge", "system", "Network bytes sent per second.", WHOLE),
+    _m("load1", "", "gauge", "system", "Load average over 1 minute.", HUNDREDTH),
+    _m("load5", "", "gauge", "system", "Load average over 5 minutes.", HUNDREDTH),
+    _m("load15", "", "gauge", "system", "Load average over 15 minutes.", HUNDREDTH),
     # process tree of the recorded command
-    _m("process_cpu_usage", "cores", "gauge", "process", "CPU used by the recorded process tree, in cores."),
-    _m("process_memory_rss", "bytes", "gauge", "process", "Resident memory of the recorded process tree."),
-    _m("process_threads", "", "gauge", "process", "Threads in the recorded process tree."),
-    _m("process_tree_size", "", "gauge", "process", "Processes in the recorded process tree."),
-    _m("process_io_read_throughput", "bytes_per_second", "gauge", "process", "Bytes the process tree read per second."),
+    _m("process_cpu_usage", "cores", "gauge", "process", "CPU used by the recorded process tree, in cores.", PERMILLE),
+    _m("process_memory_rss", "bytes", "gauge", "process", "Resident memory of the recorded process tree.", WHOLE),
+    _m("process_threads", "", "gauge", "process", "Threads in the recorded process tree.", WHOLE),
+    _m("process_tree_size", "", "gauge", "process", "Processes in the recorded process tree.", WHOLE),
+    _m(
+        "process_io_read_throughput",
+        "bytes_per_second",
+        "gauge",
+        "process",
+        "Bytes the process tree read per second.",
+        WHOLE,
+    ),
     _m(
         "process_io_write_throughput",
         "bytes_per_second",
         "gauge",
         "process",
         "Bytes the process tree wrote per second.",
+        WHOLE,
     ),
     # GPU (NVML), label gpu
-    _m("gpu_utilization", "ratio", "gauge", "gpu", "Share of time a kernel ran on the GPU, 0..1."),
-    _m("gpu_memory_usage", "ratio", "gauge", "gpu", "Share of GPU memory in use, 0..1."),
-    _m("gpu_memory_used", "bytes", "gauge", "gpu", "GPU memory in use."),
-    _m("gpu_memory_total", "bytes", "gauge", "gpu", "GPU memory installed."),
-    _m("gpu_temperature", "celsius", "gauge", "gpu", "GPU core temperature."),
-    _m("gpu_power", "watts", "gauge", "gpu", "GPU power draw."),
-    _m("gpu_power_limit", "watts", "gauge", "gpu", "GPU power management limit."),
-    _m("gpu_energy", "joules", "counter", "gpu", "GPU energy used since the driver loaded."),
-    _m("gpu_sm_clock", "megahertz", "gauge", "gpu", "GPU SM clock."),
-    _m("gpu_memory_clock", "megahertz", "gauge", "gpu", "GPU memory clock."),
-    _m("gpu_clock_event", "", "gauge", "gpu", "1 while a clock-event (throttle) reason is active (label reason)."),
+    _m("gpu_utilization", "ratio", "gauge", "gpu", "Share of time a kernel ran on the GPU, 0..1.", PERMILLE),
+    _m("gpu_memory_usage", "ratio", "gauge", "gpu", "Share of GPU memory in use, 0..1.", PERMILLE),
+    _m("gpu_memory_used", "bytes", "gauge", "gpu", "GPU memory in use.", WHOLE),
+    _m("gpu_memory_total", "bytes", "gauge", "gpu", "GPU memory installed.", WHOLE),
+    _m("gpu_temperature", "celsius", "gauge", "gpu", "GPU core temperature.", WHOLE),
+    _m("gpu_power", "watts", "gauge", "gpu", "GPU power draw.", PERMILLE),
+    _m("gpu_power_limit", "watts", "gauge", "gpu", "GPU power management limit.", PERMILLE),
+    _m("gpu_energy", "joules", "counter", "gpu", "GPU energy used since the driver loaded.", PERMILLE),
+    _m("gpu_sm_clock", "megahertz", "gauge", "gpu", "GPU SM clock.", WHOLE),
+    _m("gpu_memory_clock", "megahertz", "gauge", "gpu", "GPU memory clock.", WHOLE),
+    _m(
+        "gpu_clock_event",
+        "",
+        "gauge",
+        "gpu",
+        "1 while a clock-event (throttle) reason is active (label reason).",
+        WHOLE,
+    ),
     _m(
         "gpu_ecc_errors",
         "",
         "counter",
         "gpu",
         "ECC errors since the driver loaded (label type: corrected, uncorrected).",
+        WHOLE,
     ),
-    _m("gpu_process_memory_used", "bytes", "gauge", "gpu", "GPU memory used by the recorded process tree."),
+    _m("gpu_process_memory_used", "bytes", "gauge", "gpu", "GPU memory used by the recorded process tree.", WHOLE),
     # training, from the job
     _m("step", "", "gauge", "training", "Training step of the last logged metrics."),
     _m("epoch", "", "gauge", "training", "Training epoch (fractional) of the last logged metrics."),
@@ -202,6 +242,22 @@ ALIASES: dict[str, str] = {
     "ttft": "time_to_first_token",
     "queue_size": "batch_queue_size",
 }
+
+
+def quantize(value: float, resolution: float | None) -> float:
+    """``value`` on the grid of ``resolution`` (nearest multiple, ties to even); unchanged for None or NaN/inf.
+
+    With a power-of-two resolution the result is exact in float64 and quantize(quantize(x)) == quantize(x).
+    """
+    if resolution is None or not math.isfinite(value):
+        return value
+    return round(value / resolution) * resolution
+
+
+def resolution_of(name: str) -> float | None:
+    """The step a built-in collector stores ``name`` with; None (kept exactly) for everything else."""
+    metric = BY_NAME.get(name)
+    return metric.resolution if metric is not None else None
 
 
 def get(name: str) -> Metric | None:

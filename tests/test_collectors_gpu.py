@@ -104,7 +104,9 @@ def test_two_gpus_give_every_field_with_gpu_labels_in_base_units():
     table = by_metric(samples)
     gpu0, gpu1 = (("gpu", "0"),), (("gpu", "1"),)
 
-    assert table["gpu_utilization"] == {gpu0: 0.87, gpu1: 0.12}
+    # Stored on the catalog's 2**-10 grid: NVML's whole percent is still exactly recoverable.
+    assert table["gpu_utilization"] == {gpu0: pytest.approx(0.87, abs=2**-11), gpu1: pytest.approx(0.12, abs=2**-11)}
+    assert {g: round(v * 100) for g, v in table["gpu_utilization"].items()} == {gpu0: 87, gpu1: 12}
     assert table["gpu_memory_usage"][gpu0] == pytest.approx(0.25)
     assert table["gpu_memory_used"][gpu0] == 20 * 1024**3
     assert table["gpu_memory_total"][gpu1] == 80 * 1024**3

@@ -6,6 +6,7 @@ signals and owns fds 0-2, which must not happen inside pytest itself.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import select
@@ -453,19 +454,27 @@ def test_ctrl_z_in_pty_mode_stops_the_runner_too_and_fg_resumes_both(tmp_path: P
             stderr=slave,
             start_new_session=True,
         ) as proc:
-            assert b"ready" in read_until(master, b"ready")
-            os.write(master, b"\x1a")  # Ctrl-Z, passed through the raw terminal to the job's own pty
-            assert _poll(lambda: _state(proc.pid) == "T")  # the runner stopped, as a shell job does
-            job = _job_pid(proc.pid)
-            assert _state(job) == "T"  # and the job with it
-            assert termios.tcgetattr(slave) == before  # … handing the terminal back in its own modes
-            proc.send_signal(signal.SIGCONT)  # what `fg` sends
-            assert _poll(lambda: termios.tcgetattr(slave) != before)  # raw again
-            go.touch()
-            assert _poll(lambda: _state(job) != "T")  # the job was continued too
-            assert b"resumed" in read_until(master, b"resumed")
-            assert proc.wait(timeout=30) == 0
-            assert termios.tcgetattr(slave) == before
+            job = None
+            try:
+                assert b"ready" in read_until(master, b"ready")
+                job = _job_pid(proc.pid)
+                os.write(master, b"\x1a")  # Ctrl-Z, passed through the raw terminal to the job's own pty
+                assert _poll(lambda: _state(proc.pid) == "T")  # the runner stopped, as a shell job does
+                # and the job with it (SIGSTOP takes effect when the job is next scheduled: poll)
+                assert _poll(lambda: _state(job) == "T")
+                assert termios.tcgetattr(slave) == before  # … handing the terminal back in its own modes
+                proc.send_signal(signal.SIGCONT)  # what `fg` sends
+                assert _poll(lambda: termios.tcgetattr(slave) != before)  # raw again
+                go.touch()
+                assert _poll(lambda: _state(job) != "T")  # the job was continued too
+                assert b"resumed" in read_until(master, b"resumed")
+                assert proc.wait(timeout=30) == 0
+                assert termios.tcgetattr(slave) == before
+            finally:  # a failed check must not leave a stopped runner for Popen's exit to wait on forever
+                for pid in (job, proc.pid):
+                    if pid is not None and proc.poll() is None:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
     finally:
         os.close(slave)
         os.close(master)

@@ -22,6 +22,7 @@ import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
+from llamamon.catalog import quantize, resolution_of
 from llamamon.samples import Sample, make_labels
 
 # Shortest window a collector's first rate is computed over after open(): 10 kernel ticks at USER_HZ=100.
@@ -76,6 +77,23 @@ async def wait_min_window(clock: Callable[[], float], since: float) -> None:
     wait = MIN_WINDOW - (clock() - since)
     if wait > 0:
         await asyncio.sleep(min(wait, MIN_WINDOW))
+
+
+def on_grid(samples: list[Sample]) -> list[Sample]:
+    """Built-in collectors' samples rounded to the resolution their source really measures (the catalog's).
+
+    Why: a rate computed as bytes / elapsed, or a share as busy / total, carries a full 52-bit mantissa
+    of which only the top bits were measured; the rest is noise that costs ~6 bytes a sample on disk.
+    Only the built-in collectors call this: a user's collector or a job's metric is stored as given.
+    """
+    out = samples
+    for index, sample in enumerate(samples):
+        value = quantize(sample.value, resolution_of(sample.metric))
+        if value != sample.value:
+            if out is samples:
+                out = list(samples)
+            out[index] = Sample(sample.metric, value, sample.labels, sample.time, sample.step)
+    return out
 
 
 def _number(value: object, metric: str, source: str) -> float:

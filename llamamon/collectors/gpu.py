@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from llamamon.collectors._nvml import DeviceSkipped, Nvml, NvmlUnavailable
-from llamamon.collectors.base import MetricsCollector
+from llamamon.collectors.base import MetricsCollector, on_grid
 from llamamon.samples import Sample, make_labels
 
 # Clock-event ("throttle") reason bits, from nvml.h (nvmlClocksEventReason*; stable ABI, and older pynvml
@@ -222,4 +222,4 @@ class GpuCollector(MetricsCollector):
                 # usedGpuMemory is None where the driver cannot tell (MIG without privileges, WDDM).
                 used = sum(p.usedGpuMemory or 0 for p in processes if p.pid in outer_pids)
                 add("gpu_process_memory_used", used)
-        return out
+        return on_grid(out)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import psutil
 
-from llamamon.collectors.base import MetricsCollector, wait_min_window
+from llamamon.collectors.base import MetricsCollector, on_grid, wait_min_window
 from llamamon.samples import Sample
 
 
@@ -220,4 +220,4 @@ class ProcessTreeCollector(MetricsCollector):
             if has_io:
                 out.append(Sample("process_io_read_throughput", max(0, read) / elapsed))
                 out.append(Sample("process_io_write_throughput", max(0, write) / elapsed))
-        return out
+        return on_grid(out)

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import psutil
 
-from llamamon.collectors.base import MetricsCollector, wait_min_window
+from llamamon.collectors.base import MetricsCollector, on_grid, wait_min_window
 from llamamon.samples import Sample, make_labels
 
 # Why loopback is left out: traffic a job sends to itself (a local dataloader server, NCCL on one host)
@@ -174,4 +174,4 @@ class SystemCollector(MetricsCollector):
             pass
         else:
             out += [Sample("load1", load1), Sample("load5", load5), Sample("load15", load15)]
-        return out
+        return on_grid(out)

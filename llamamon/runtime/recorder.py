@@ -28,7 +28,7 @@ from llamamon import __version__, catalog
 from llamamon.errors import ConfigError
 from llamamon.runtime.child import Child, ChildResult
 from llamamon.runtime.job_rows import JobJournalTail
-from llamamon.runtime.ticker import Stop, Ticker, run_ticks
+from llamamon.runtime.ticker import Stop, Ticker, TickStamps, run_ticks
 from llamamon.samples import Row, RunInfo, Sample
 from llamamon.units import format_duration
 
@@ -85,6 +85,7 @@ class Recorder:
         self.options = options
         self.config = config
         self.interval = interval
+        self._stamps = TickStamps(interval)  # tick times on the grid, within 2 ms (ticker.py)
         self.metrics_dir = open_store(metrics_dir)
         self.host = socket.gethostname()
         start = time.time()
@@ -305,7 +306,7 @@ class Recorder:
         from llamamon.collectors.base import normalize
         from llamamon.collectors.custom import run_custom
 
-        now = time.time()
+        now = self._stamps(time.time())
         rows: list[Row] = []
         # User collectors run on their own loops, at most one interval each, all at once: one that raises
         # or hangs is reported once and skipped (collectors/custom.py).

@@ -3,17 +3,28 @@
 Only ever imported from inside functions (writer flush, journal fold, reader, compaction), never on
 the ``llamamon --help`` or ``import llamamon`` path.
 
-Encodings (measured by ``bench/store_io.py``): rows sorted by (metric, labels, time) make every
-column run-friendly; ``host``/``metric``/``labels`` are dictionary-encoded; ``time`` and ``step`` use
-DELTA_BINARY_PACKED (a 1 Hz series is a near-constant delta); ``value`` stays PLAIN under zstd, which
-beat both BYTE_STREAM_SPLIT (60-80% larger: collector values are quantised decimals, not smooth floats) and
-dictionary encoding (5-8% larger) on the benchmark's data.
+Encodings (measured by ``bench/storage.py``; figures are bytes per sample of one day of 16 series):
+rows sorted by (metric, labels, time) make every column run-friendly; ``host``/``metric``/``labels`` are
+dictionary-encoded (~0 B); ``time`` and ``step`` use DELTA_BINARY_PACKED (a 1 Hz series is a
+near-constant delta); ``value`` uses BYTE_STREAM_SPLIT, because the built-in collectors store values
+on power-of-two grids (catalog resolutions), so a value's low mantissa bytes are zero and its byte
+streams compress (1.46 -> 1.16 B for the value column; with decimal-rounded values it was the other
+way round: PLAIN 1.6, BYTE_STREAM_SPLIT 3.3). Dictionary-encoded values were larger still (1.9).
+BYTE_STREAM_SPLIT on the int64 ``time`` column would save another ~0.1-0.15 B, but readers only
+learned it in 2024 (DuckDB only in 2026), so the store keeps DELTA there: any DuckDB, polars or
+pandas reads it. Compacted files use zstd level 19 (~3 s of CPU per day of data, once, against 9's
+0.5 s; -0.08 B) and a single page per column (see COMPACT_OPTIONS).
+
+No ``ARROW:schema`` footer entry is written: it repeats the schema (and every metadata key, base64'd)
+in ~0.6 KiB per file, and the Parquet types alone read back as the same Arrow schema.
 """
 
 from __future__ import annotations
 
+import base64
 import inspect
 import json
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,14 +46,18 @@ SCHEMA = pa.schema(
     ]
 )
 SORT_KEYS = [("metric", "ascending"), ("labels", "ascending"), ("time", "ascending")]
-REPLACES_KEY = b"llamamon.replaces"
+REPLACES_KEY = b"llamamon.replaces"  # plain JSON list: files written before the compressed form
+# The files a compacted file supersedes, as base64(zlib(JSON list)). A day of 30 s flushes is 2,880
+# names per partition: 27 B each as JSON (63 B with the ARROW:schema copy), ~3.3 B each compressed.
+REPLACES_Z_KEY = b"llamamon.replaces.z"
 ZSTD_LEVEL = 9
+COMPACT_ZSTD_LEVEL = 19
 
 WRITE_OPTIONS: dict[str, Any] = {
     "compression": "zstd",
     "compression_level": ZSTD_LEVEL,
     "use_dictionary": ["host", "metric", "labels"],
-    "column_encoding": {"time": "DELTA_BINARY_PACKED", "value": "PLAIN", "step": "DELTA_BINARY_PACKED"},
+    "column_encoding": {"time": "DELTA_BINARY_PACKED", "value": "BYTE_STREAM_SPLIT", "step": "DELTA_BINARY_PACKED"},
     "write_statistics": ["time", "metric"],
 }
 
@@ -50,7 +65,12 @@ WRITE_OPTIONS: dict[str, Any] = {
 # day's time column so zstd never sees that every series repeats the same (jittered) timestamps; one
 # page lets it, which takes `time` from ~1.5 to ~0.2 bytes/sample (bench/store_io.py). Reads here are
 # whole-partition scans, so page-level skipping is not lost.
-COMPACT_OPTIONS: dict[str, Any] = {**WRITE_OPTIONS, "data_page_size": 256 << 20, "row_group_size": 1 << 26}
+COMPACT_OPTIONS: dict[str, Any] = {
+    **WRITE_OPTIONS,
+    "compression_level": COMPACT_ZSTD_LEVEL,
+    "data_page_size": 256 << 20,
+    "row_group_size": 1 << 26,
+}
 if "max_rows_per_page" in inspect.signature(pq.ParquetWriter.__init__).parameters:
     COMPACT_OPTIONS["max_rows_per_page"] = 1 << 26
 
@@ -94,10 +114,32 @@ def write_table(path: Path, table: pa.Table, replaces: Sequence[str] = (), **opt
     """Write a whole file atomically; ``replaces`` lists the sibling files this one supersedes (compaction)."""
     if not table.schema.equals(SCHEMA):  # Table.cast imports pyarrow.compute even when there is nothing to do
         table = table.cast(SCHEMA)
-    if replaces:
-        table = table.replace_schema_metadata({REPLACES_KEY: json.dumps(sorted(replaces)).encode()})
+    table = table.replace_schema_metadata(None)
     settings = {**WRITE_OPTIONS, **options}
-    return atomic_write(path, lambda fh: pq.write_table(table, fh, **settings))
+    row_group_size = settings.pop("row_group_size", None)
+
+    def write(fh: Any) -> None:
+        with pq.ParquetWriter(fh, SCHEMA, store_schema=False, **settings) as writer:
+            writer.write_table(table, row_group_size=row_group_size)
+            if replaces:
+                writer.add_key_value_metadata({REPLACES_Z_KEY: encode_names(replaces)})
+
+    return atomic_write(path, write)
+
+
+def encode_names(names: Sequence[str]) -> bytes:
+    return base64.b64encode(zlib.compress(json.dumps(sorted(names)).encode(), 9))
+
+
+def decode_names(raw: bytes, compressed: bool) -> list[str]:
+    """The replaced-file list of a footer; ValueError when it is not one."""
+    try:
+        data = json.loads(zlib.decompress(base64.b64decode(raw, validate=True)) if compressed else raw)
+    except (zlib.error, TypeError) as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(data, list):
+        raise ValueError("not a list")
+    return [str(name) for name in data]
 
 
 def inspect(path: Path) -> tuple[int, list[str]]:
@@ -115,12 +157,14 @@ def inspect(path: Path) -> tuple[int, list[str]]:
         if idx < 0 or not schema.field(idx).type.equals(field.type):
             raise CorruptFile(f"{path}: column {field.name!r} missing or not {field.type}; skipped")
     replaces: list[str] = []
-    raw = (schema.metadata or {}).get(REPLACES_KEY)
-    if raw:
-        try:
-            replaces = [str(name) for name in json.loads(raw)]
-        except ValueError:
-            raise CorruptFile(f"{path}: bad {REPLACES_KEY.decode()} metadata; skipped") from None
+    footer = meta.metadata or {}
+    for key, compressed in ((REPLACES_Z_KEY, True), (REPLACES_KEY, False)):
+        raw = footer.get(key)
+        if raw:
+            try:
+                replaces += decode_names(raw, compressed)
+            except ValueError:
+                raise CorruptFile(f"{path}: bad {key.decode()} metadata; skipped") from None
     return meta.num_rows, replaces
 
 
