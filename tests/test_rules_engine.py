@@ -181,6 +181,56 @@ def test_each_gpu_fires_its_own_alert_with_labels_and_annotations() -> None:
     assert alerts[0].run == "r1"
 
 
+def test_flapping_alerts_render_their_own_value_and_share_the_rest() -> None:
+    # Labels and annotations that do not read $value are rendered once per series and reused; the
+    # ones that do must still show each episode's own value, and series keep their own labels.
+    values = [0.95, 0.5, 0.97, 0.5, 0.99, 0.5]
+    rows = series("gpu_memory_usage", values, labels={"gpu": "0"}) + series(
+        "gpu_memory_usage", [v - 0.01 for v in values], labels={"gpu": "1"}
+    )
+    fixed = rule(
+        "gpu_memory_usage > 0.9",
+        name="fixed",
+        labels={"gpu_name": "card {{ $labels.gpu }}"},
+        annotations={"summary": "GPU {{ $labels.gpu }} is full", "all": "{{ $labels }}"},
+    )
+    valued = rule(
+        "gpu_memory_usage > 0.9",
+        name="valued",
+        labels={"level": "{{ $value | humanizePercentage }}"},
+        annotations={"summary": "GPU {{ $labels.gpu }} at {{ $value }}"},
+    )
+    alerts = engine.evaluate([fixed, valued], frame(rows), grid(50))
+    got = [(a.rule, dict(a.labels)["gpu"], a.fired_at - T0, a.value) for a in alerts]
+    assert got == [
+        (r, gpu, t, pytest.approx(v - (gpu == "1") * 0.01))
+        for t, v in ((0, 0.95), (20, 0.97), (40, 0.99))
+        for r in ("fixed", "valued")
+        for gpu in ("0", "1")
+    ]
+    for a in alerts:
+        labels, ann = dict(a.labels), dict(a.annotations)
+        gpu = labels["gpu"]
+        if a.rule == "fixed":
+            assert labels["gpu_name"] == f"card {gpu}"
+            assert ann["summary"] == f"GPU {gpu} is full"
+            assert ann["all"].startswith("map[")
+            assert f"gpu:{gpu}" in ann["all"]
+        else:
+            assert labels["level"] == f"{a.value * 100:.4g}%"
+            assert ann == {"summary": f"GPU {gpu} at {a.value!r}"}
+    # Stepping the state machine tick by tick (no caching there) gives the same texts.
+    stepped = [
+        (e.rule, e.labels, e.annotations)
+        for _k, _states, events in engine.replay(
+            [fixed, valued], engine.prepare(frame(rows), ["gpu_memory_usage"]), grid(50)
+        )
+        for e in events
+        if e.state == "firing"
+    ]
+    assert sorted(stepped) == sorted((a.rule, a.labels, a.annotations) for a in alerts)
+
+
 def test_a_series_with_fewer_labels_is_broadcast() -> None:
     rows = series("gpu_utilization", [0.1] * 3, labels={"gpu": "0"}) + series(
         "gpu_utilization", [0.1] * 3, labels={"gpu": "1"}
@@ -394,3 +444,48 @@ def test_and_with_no_partner_rows_at_the_tick_is_empty_not_an_error() -> None:
     cond = "avg(gpu_utilization, 1m) > 0.5 and memory_usage > 0.5"
     assert engine.step_all(states, [rule(cond)], frame(rows), T0 + 390) == []
     assert engine.step_all(states, [rule(cond)], frame(rows), T0 + 120) != []
+
+
+# --- the numpy shortcuts give what the polars and binary-search formulations give -------------------------
+
+
+@settings(max_examples=80, deadline=None)
+@given(values=st.lists(st.sampled_from([0.0, 1.0, 2.5, -3.0, 7.0, math.nan, math.inf, -math.inf]), max_size=30))
+def test_counter_resets_order_nan_as_polars_does(values: list[float]) -> None:
+    from llamamon.rules.series import _resets
+
+    df = pl.DataFrame({"value": values}, schema={"value": pl.Float64})
+    prev = pl.col("value").shift(1)
+    want = df.select(pl.when(pl.col("value") < prev).then(prev).otherwise(0.0).cum_sum())["value"].to_list()
+    got = _resets(df["value"].to_numpy()).tolist()
+    assert [repr(x) for x in got] == [repr(x) for x in want]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    series_ticks=st.lists(
+        st.one_of(
+            st.tuples(st.integers(0, 30), st.integers(1, 20)).map(lambda a: list(range(a[0], a[0] + a[1]))),
+            st.lists(st.integers(0, 40), min_size=1, max_size=15, unique=True).map(sorted),
+            st.just([]),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    wanted=st.lists(st.tuples(st.integers(-1, 6), st.integers(0, 45)), max_size=30),
+)
+def test_partner_positions_agree_with_a_binary_search(series_ticks: list[list[int]], wanted: list[tuple]) -> None:
+    import numpy as np
+
+    from llamamon.rules.series import _positions
+
+    rkey = np.array([sid * 2**32 + k for sid, ks in enumerate(series_ticks) for k in ks], dtype=np.int64)
+    if rkey.size == 0:
+        return
+    lkey = np.array([-1 if sid < 0 else sid * 2**32 + k for sid, k in wanted] + [int(rkey[0])], dtype=np.int64)
+    pos = _positions(rkey, lkey)
+    assert ((pos >= 0) & (pos < rkey.size)).all()
+    ref = np.searchsorted(rkey, lkey).clip(0, rkey.size - 1)
+    hit = rkey[ref] == lkey
+    assert (rkey[pos] == lkey).tolist() == hit.tolist()
+    assert pos[hit].tolist() == ref[hit].tolist()

@@ -184,8 +184,6 @@ def evaluate(
     aliases: dict[str, str] | None = None,
 ) -> list[Alert]:
     """Every alert episode over the grid (history), vectorised; same answers as stepping AlertStates."""
-    import polars as pl
-
     rules = [r for r in rules if r.enabled]
     samples = frame if isinstance(frame, Samples) else prepare(frame, needed_metrics(rules), aliases)
     results = conditions(rules, samples, grid, lookback=lookback)
@@ -196,34 +194,75 @@ def evaluate(
             continue
         low = top_comparison(rule.condition.tree) in ("<", "<=")
         episodes = _episodes(_segments(df, low), rule, grid, low)
-        if not episodes:
+        if not episodes.height:
             continue
-        ep = pl.DataFrame(episodes, schema=["sid", "k_active", "k_fire", "k_resolved", "peak"], orient="row")
-        ep = ep.with_columns(pl.col("sid").cast(pl.UInt32), pl.col("k_fire").cast(pl.Int64))
-        ep = ep.join(df.rename({"k": "k_fire"}), on=["sid", "k_fire"], how="left")
-        for row in ep.iter_rows(named=True):
-            series = labels[row["sid"]]
-            value = row["value"]
+        # Why by row: the tick an episode fired is a row of ``df`` (its first run, ``for`` ticks in).
+        values = df["value"].gather(episodes["row"]).to_list()
+        sids, k_active, k_fire, k_resolved, peaks = (
+            episodes[c].to_list() for c in ("sid", "k_active", "k_fire", "k_resolved", "peak")
+        )
+        texts = _Texts(rule, labels)
+        start, step = grid.start, grid.step
+        for i, value in enumerate(values):
+            alert_labels_, alert_annotations = texts.get(sids[i], value)
+            resolved = k_resolved[i]
             alerts.append(
                 Alert(
-                    rule=rule.name,
-                    severity=rule.severity,
-                    labels=make_labels(alert_labels(rule, series, value)),
-                    annotations=annotations(rule, series, value),
-                    active_at=grid.time(row["k_active"]) / US,
-                    fired_at=grid.time(row["k_fire"]) / US,
-                    resolved_at=None if row["k_resolved"] is None else grid.time(row["k_resolved"]) / US,
-                    value=value,
-                    peak=row["peak"],
-                    channels=rule.channels,
+                    rule.name,
+                    rule.severity,
+                    alert_labels_,
+                    alert_annotations,
+                    (start + k_active[i] * step) / US,  # (= grid.time(k) / US, without a call per alert)
+                    (start + k_fire[i] * step) / US,
+                    None if resolved is None else (start + resolved * step) / US,
+                    value,
+                    peaks[i],
+                    rule.channels,
                 )
             )
     alerts.sort(key=lambda a: (a.fired_at, a.rule, a.labels))
     return alerts
 
 
+class _Texts:
+    """One rule's alert labels and annotations per series and value, rendered once per series where
+    no template reads ``$value``.
+
+    Why: a flapping condition gives thousands of episodes of the same few series; rendering the same
+    templates and sorting the same labels for each one cost more than finding the episodes.
+    """
+
+    def __init__(self, rule: Rule, series: list[dict[str, str]]) -> None:
+        self.rule = rule
+        self.series = series
+        self.fixed_labels = not any(_reads_value(v) for v in rule.labels.values())
+        self.fixed_annotations = not any(_reads_value(v) for v in rule.annotations.values())
+        self.labels: dict[int, Labels] = {}
+        self.annotations: dict[int, Labels] = {}
+
+    def get(self, sid: int, value: float) -> tuple[Labels, Labels]:
+        series = self.series[sid]
+        labels = self.labels.get(sid) if self.fixed_labels else None
+        if labels is None:
+            labels = make_labels(alert_labels(self.rule, series, value))
+            if self.fixed_labels:
+                self.labels[sid] = labels
+        ann = self.annotations.get(sid) if self.fixed_annotations else None
+        if ann is None:
+            ann = annotations(self.rule, series, value)
+            if self.fixed_annotations:
+                self.annotations[sid] = ann
+        return labels, ann
+
+
+def _reads_value(text: str) -> bool:
+    # Why a substring test is enough: the template grammar's only way to the value is the term $value.
+    return "$value" in text
+
+
 def _segments(df: pl.DataFrame, low: bool) -> pl.DataFrame:
-    """Runs of consecutive ticks per series in rows ordered by (sid, k): sid, k0, k1 and the peak value.
+    """Runs of consecutive ticks per series in rows ordered by (sid, k): sid, k0, k1, peak and row0 (the
+    run's first row in ``df``).
 
     Why numpy: the breaks are two array comparisons and the peaks one ``reduceat`` (fmax/fmin skip NaN
     as polars' max/min do), where a diff over sid and a group_by cost several times more.
@@ -232,8 +271,10 @@ def _segments(df: pl.DataFrame, low: bool) -> pl.DataFrame:
     import polars as pl
 
     if df["value"].null_count():  # (null values, never from the store: polars' max skips them)
-        seg = df.with_columns(brk=(pl.col("k").diff().over("sid") != 1).fill_null(True)).with_columns(
-            seg=pl.col("brk").cum_sum()
+        seg = (
+            df.with_row_index("row")
+            .with_columns(brk=(pl.col("k").diff().over("sid") != 1).fill_null(True))
+            .with_columns(seg=pl.col("brk").cum_sum())
         )
         return (
             seg.group_by("sid", "seg", maintain_order=True)
@@ -241,6 +282,7 @@ def _segments(df: pl.DataFrame, low: bool) -> pl.DataFrame:
                 pl.col("k").first().alias("k0"),
                 pl.col("k").last().alias("k1"),
                 (pl.col("value").min() if low else pl.col("value").max()).alias("peak"),
+                pl.col("row").first().cast(pl.Int64).alias("row0"),
             )
             .sort("sid", "k0")
         )
@@ -250,27 +292,40 @@ def _segments(df: pl.DataFrame, low: bool) -> pl.DataFrame:
     starts = np.flatnonzero(brk)
     ends = np.append(starts[1:], k.size) - 1
     peak = (np.fmin if low else np.fmax).reduceat(value, starts) if starts.size else value[:0]
-    return pl.DataFrame({"sid": sid[starts], "k0": k[starts], "k1": k[ends], "peak": peak})
+    return pl.DataFrame({"sid": sid[starts], "k0": k[starts], "k1": k[ends], "peak": peak, "row0": starts})
 
 
-def _episodes(segs: pl.DataFrame, rule: Rule, grid: Grid, low: bool) -> list[tuple[int, int, int, int | None, float]]:
-    """Walk a rule's true-runs per series through the for / keep_firing_for state machine."""
+def _episodes(segs: pl.DataFrame, rule: Rule, grid: Grid, low: bool) -> pl.DataFrame:
+    """Walk a rule's true-runs per series through the for / keep_firing_for state machine.
+
+    Each episode: sid, k_active, k_fire, k_resolved (null while still firing), peak, and the row of
+    ``df`` at k_fire (a run's ticks are consecutive rows, so it is ``hold`` rows after the run's first).
+    """
     import polars as pl
 
     hold = -(-round(rule.for_ * US) // grid.step)  # ticks until t - activeAt >= for
     keep = -(-round(rule.keep_firing_for * US) // grid.step)  # absent ticks that still count as firing
+    if keep == 0:
+        # Why no walk: without keep_firing_for every run stands alone (runs are maximal, so two never
+        # touch); a run of at least ``for`` fires ``hold`` ticks in and resolves the tick after it ends.
+        resolved = pl.col("k1") + 1
+        return segs.filter(pl.col("k1") - pl.col("k0") >= hold).select(
+            "sid",
+            k_active="k0",
+            k_fire=pl.col("k0") + hold,
+            k_resolved=pl.when(resolved < grid.n).then(resolved),
+            peak="peak",
+            row=pl.col("row0") + hold,
+        )
     better = min if low else max
-    out: list[tuple[int, int, int, int | None, float]] = []
-    cur: list[Any] | None = None  # [sid, k_active, k_fire, last_true_k, peak]
+    out: list[tuple[int, int, int, int | None, float, int]] = []
+    cur: list[Any] | None = None  # [sid, k_active, k_fire, last_true_k, peak, row of k_fire]
 
     def close(c: list[Any]) -> None:
         resolved = c[3] + 1 + keep
-        out.append((c[0], c[1], c[2], resolved if resolved < grid.n else None, c[4]))
+        out.append((c[0], c[1], c[2], resolved if resolved < grid.n else None, c[4], c[5]))
 
-    if keep == 0:
-        # Why: without keep_firing_for every run stands alone, and a run shorter than ``for`` never fires.
-        segs = segs.filter(pl.col("k1") - pl.col("k0") >= hold)
-    for sid, k0, k1, peak in segs.select("sid", "k0", "k1", "peak").iter_rows():
+    for sid, k0, k1, peak, row0 in segs.select("sid", "k0", "k1", "peak", "row0").iter_rows():
         if cur is not None and (cur[0] != sid or k0 > cur[3] + keep + 1):
             close(cur)
             cur = None
@@ -279,10 +334,18 @@ def _episodes(segs: pl.DataFrame, rule: Rule, grid: Grid, low: bool) -> list[tup
             continue
         fire = k0 + hold
         if fire <= k1:
-            cur = [sid, k0, fire, k1, peak]
+            cur = [sid, k0, fire, k1, peak, row0 + hold]
     if cur is not None:
         close(cur)
-    return out
+    schema = {
+        "sid": pl.UInt32,
+        "k_active": pl.Int64,
+        "k_fire": pl.Int64,
+        "k_resolved": pl.Int64,
+        "peak": pl.Float64,
+        "row": pl.Int64,
+    }
+    return pl.DataFrame(out, schema=schema, orient="row")
 
 
 # ---------------------------------------------------------------------------------------------------

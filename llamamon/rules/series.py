@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 US = 1_000_000
 LOOKBACK = 300.0  # seconds, Prometheus' default lookback delta
-_FAR = 2**62
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,29 +266,43 @@ class Compiler:
             return Vec(empty_vec(), labels or [])
         # Why numpy: a handful of integer array operations, where polars spent most of the time on
         # a per-series shift and on materialising each intermediate column of the same arithmetic.
+        # (In place where possible: each temporary is a fresh array as long as the samples.)
         t, sid = df["t"].to_numpy(), df["sid"].to_numpy()
-        nxt = np.empty_like(t)
-        nxt[:-1], nxt[-1] = t[1:], _FAR
-        nxt[:-1][sid[1:] != sid[:-1]] = _FAR  # the next sample (or staleness marker) of the same series
-        live = ~df["stale"].to_numpy()
         # Ticks a sample answers for: from its own time until the next sample (or marker) and the lookback.
-        until = np.maximum(t, df["run_last"].to_numpy()) if hold else t
-        k0 = ((t - g.start + g.step - 1) // g.step).clip(0, g.n)
-        k_next = ((nxt - g.start + g.step - 1) // g.step).clip(0, g.n)
-        k_look = ((until + self.lookback - g.start) // g.step + 1).clip(0, g.n)
-        k1 = np.minimum(k_next, k_look)
-        keep = np.flatnonzero(live & (k1 > k0))
-        k0, k1 = k0[keep], k1[keep]
+        k0 = t - g.start
+        k0 += g.step - 1
+        k0 //= g.step
+        np.clip(k0, 0, g.n, out=k0)
+        # The next sample's (or staleness marker's) first tick is the next row's k0, within a series.
+        k1 = np.empty_like(k0)
+        k1[:-1], k1[-1] = k0[1:], g.n
+        k1[:-1][sid[1:] != sid[:-1]] = g.n
+        k_look = np.maximum(t, df["run_last"].to_numpy()) if hold else t.copy()
+        k_look += self.lookback - g.start
+        k_look //= g.step
+        k_look += 1
+        np.clip(k_look, 0, g.n, out=k_look)
+        np.minimum(k1, k_look, out=k1)
+        answers = k1 > k0
+        stale = df["stale"]
+        if stale.any():
+            answers &= ~stale.to_numpy()
+        keep = np.flatnonzero(answers)
+        every = keep.size == t.size  # (every sample answers some tick: no gathers needed)
+        if not every:
+            k0, k1 = k0[keep], k1[keep]
         span = k1 - k0
+        value = df["value"]
         if span.size and span.max() > 1:
             # Each sample repeated for every tick it answers (a grid finer than the samples).
             keep = np.repeat(keep, span)
             k0 = np.arange(keep.size, dtype=np.int64) - np.repeat(np.cumsum(span) - span - k0, span)
+            every = False
         out = pl.DataFrame(
             {
-                "k": k0.astype(np.int64),
-                "sid": sid[keep],
-                "value": df["value"].gather(keep),
+                "k": k0,
+                "sid": sid if every else sid[keep],
+                "value": value if every else value.gather(keep),
                 "ok": np.ones(keep.size, bool),
             }
         )
@@ -348,7 +361,8 @@ class Compiler:
             return Vec(empty_vec(), labels)
         f = node.func
         counter = f in ("rate", "increase")
-        if f in ("rate", "increase", "delta"):
+        if counter and df["value"].null_count():
+            # (null values, never from the store; the numpy reset sums in _by_search assume none)
             prev = pl.col("value").shift(1).over("sid")
             reset = pl.when(pl.col("value") < prev).then(prev).otherwise(0.0)
             df = df.with_columns(c=reset.cum_sum().over("sid"))
@@ -397,15 +411,20 @@ class Compiler:
                 continue
             ks = np.arange(k0, k1 + 1, dtype=np.int64)
             ticks = ks * g.step + g.start
-            hi = np.searchsorted(t, ticks, side="right")
-            lo = np.searchsorted(t, ticks - w, side="left")
+            hi, lo = _window_bounds(t, g, k0, ks.size, w)
             keep = hi > lo
-            ks, ticks, hi, lo = ks[keep], ticks[keep], hi[keep], lo[keep]
-            good = np.searchsorted(t, t[hi - 1] - w, side="left") == lo
+            if not keep.all():
+                ks, ticks, hi, lo = ks[keep], ticks[keep], hi[keep], lo[keep]
+            gaps = np.diff(t)
+            regular = bool(gaps.size and gaps[0] > 0 and (gaps == gaps[0]).all())
+            if regular:
+                # Samples d apart: [t_j - w, t_j] starts at sample j - w // d (the same as a search).
+                good = np.maximum(hi - 1 - w // int(gaps[0]), 0) == lo
+            else:
+                good = np.searchsorted(t, t[hi - 1] - w, side="left") == lo
             pieces = []
             if good.any():
-                gaps = np.diff(t)
-                if gaps.size and gaps[0] > 0 and (gaps == gaps[0]).all():
+                if regular:
                     # Why: at a constant interval d a time window is the last w // d + 1 samples, and polars'
                     # fixed-size rolling is several times cheaper than by time (same values, same order).
                     rolled = part.select(fixed(int(w // gaps[0]) + 1)).to_series()
@@ -450,11 +469,11 @@ class Compiler:
                 continue
             ks = np.arange(k0, k1 + 1, dtype=np.int64)
             ticks = ks * g.step + g.start
-            hi = np.searchsorted(t, ticks, side="right").astype(np.int64)
-            lo = np.searchsorted(t, ticks - w, side="left").astype(np.int64)
+            hi, lo = _window_bounds(t, g, k0, ks.size, w)
             n = hi - lo
             keep = n >= 2 if f in ("rate", "increase", "delta") else n > 0
-            ks, ticks, hi, lo, n = ks[keep], ticks[keep], hi[keep], lo[keep], n[keep]
+            if not keep.all():
+                ks, ticks, hi, lo, n = ks[keep], ticks[keep], hi[keep], lo[keep], n[keep]
             cols: dict[str, Any] = {"k": ks, "t": ticks, "hi": hi, "lo": lo, "n": n}
             if f in ("count", "sum", "avg"):
                 v = part["value"].to_numpy()
@@ -481,10 +500,11 @@ class Compiler:
             else:
                 # Why gather: first and last sample of each window by position, no join back onto the samples.
                 # (polars' gather, not numpy's: it keeps a null value null.)
-                v, c, last = part["value"], part["c"], hi - 1
-                cols.update(
-                    t0=t[lo], v0=v.gather(lo), c0=c.gather(lo), t1=t[last], v1=v.gather(last), c1=c.gather(last)
-                )
+                v, last = part["value"], hi - 1
+                cols.update(t0=t[lo], v0=v.gather(lo), t1=t[last], v1=v.gather(last))
+                if f in ("rate", "increase"):
+                    c = part["c"] if "c" in part.columns else pl.Series(_resets(v.to_numpy()))
+                    cols.update(c0=c.gather(lo), c1=c.gather(last))
             frame = pl.DataFrame(cols).with_columns(sid=pl.lit(part["sid"][0], pl.UInt32))
             frames.append(frame)
         if not frames:
@@ -498,28 +518,29 @@ class Compiler:
         """Prometheus' extrapolatedRate: the change over the window, stretched to the window's edges."""
         import polars as pl
 
-        result = pl.col("v1") - pl.col("v0")
+        # Why one lazy expression, not a column per step: the same arithmetic without materialising five
+        # intermediate columns as long as the ticks; lazily, so the repeated parts are computed once.
+        res = pl.col("v1") - pl.col("v0")
         if counter:
-            result = result + pl.col("c1") - pl.col("c0")
+            res = res + pl.col("c1") - pl.col("c0")
         to_start = (pl.col("t0") - (pl.col("t") - w)) / US
         to_end = (pl.col("t") - pl.col("t1")) / US
         sampled = (pl.col("t1") - pl.col("t0")) / US
         avg_gap = sampled / (pl.col("n") - 1)
-        out = out.with_columns(res=result, to_start=to_start, to_end=to_end, sampled=sampled, avg_gap=avg_gap)
         if counter:
-            to_zero = pl.col("sampled") * (pl.col("v0") / pl.col("res"))
-            use_zero = (pl.col("res") > 0) & (pl.col("v0") >= 0) & (to_zero < pl.col("to_start"))
-            out = out.with_columns(to_start=pl.when(use_zero).then(to_zero).otherwise("to_start"))
-        thr = pl.col("avg_gap") * 1.1
+            to_zero = sampled * (pl.col("v0") / res)
+            use_zero = (res > 0) & (pl.col("v0") >= 0) & (to_zero < to_start)
+            to_start = pl.when(use_zero).then(to_zero).otherwise(to_start)
+        thr = avg_gap * 1.1
         ext = (
-            pl.col("sampled")
-            + pl.when(pl.col("to_start") < thr).then("to_start").otherwise(pl.col("avg_gap") / 2)
-            + pl.when(pl.col("to_end") < thr).then("to_end").otherwise(pl.col("avg_gap") / 2)
+            sampled
+            + pl.when(to_start < thr).then(to_start).otherwise(avg_gap / 2)
+            + pl.when(to_end < thr).then(to_end).otherwise(avg_gap / 2)
         )
-        factor = ext / pl.col("sampled")
+        factor = ext / sampled
         if per_second:
             factor = factor / (w / US)
-        return out.with_columns(r=pl.col("res") * factor)
+        return out.lazy().with_columns(r=res * factor).collect()
 
     # -- operators -----------------------------------------------------------------------------------
 
@@ -574,6 +595,44 @@ class Compiler:
         return Vec(res, labels)
 
 
+def _window_bounds(t: Any, g: Grid, k0: int, m: int, w: int) -> tuple[Any, Any]:
+    """For ticks k0 .. k0+m-1: the first sample inside [tick - w, tick] and the one past it (searchsorted's
+    ``lo`` and ``hi`` on the sorted times ``t``), counted off the grid in one pass.
+
+    Why: the ticks are evenly spaced, so the first tick at or after each sample (and after each sample's
+    time + w) is a division, and the counts per tick are a bincount and a running sum: a few linear
+    passes instead of two binary searches per tick.
+    """
+    import numpy as np
+
+    first = t - g.start
+    first += g.step - 1
+    first //= g.step  # first tick at or after the sample: it is inside that tick's window from then on
+    first -= k0
+    np.clip(first, 0, m, out=first)
+    gone = t + (w - g.start)
+    gone //= g.step  # last tick whose window still reaches back to the sample
+    gone += 1 - k0
+    np.clip(gone, 0, m, out=gone)
+    hi = np.cumsum(np.bincount(first, minlength=m + 1)[:m])
+    lo = np.cumsum(np.bincount(gone, minlength=m + 1)[:m])
+    return hi, lo
+
+
+def _resets(v: Any) -> Any:
+    """Counter-reset corrections of one series' values: the running sum of each drop's previous value.
+
+    As polars orders floats (NaN above every number), so a number after a NaN counts as a drop.
+    """
+    import numpy as np
+
+    reset = np.zeros(v.size, dtype=np.float64)
+    prev, cur = v[:-1], v[1:]
+    drop = (cur < prev) | (np.isnan(prev) & ~np.isnan(cur))
+    reset[1:] = np.where(drop, prev, 0.0)
+    return np.cumsum(reset)  # from the first element's 0.0, in order, as polars' cum_sum adds
+
+
 def _prefix(x: Any) -> Any:
     """Prefix sums with a leading 0: the sum of x[lo:hi] is p[hi] - p[lo]."""
     import numpy as np
@@ -618,12 +677,34 @@ def _lookup(j: pl.DataFrame, r: pl.DataFrame, how: str) -> pl.DataFrame | None:
         if how == "inner":
             return j.clear().with_columns(r_ok=pl.lit(None, pl.Boolean))
         return j.with_columns(r_ok=pl.lit(None, pl.Boolean))
-    pos = np.searchsorted(rkey, lkey, side="left").clip(0, rkey.size - 1)
+    pos = _positions(rkey, lkey)
     hit = rkey[pos] == lkey
     if how == "inner":
         return j.filter(pl.Series(hit)).with_columns(r_ok=r["r_ok"].gather(pos[hit]))
     r_ok = r["r_ok"].gather(pos)
     return j.with_columns(r_ok=pl.when(pl.Series(hit)).then(r_ok).otherwise(None))
+
+
+def _positions(rkey: Any, lkey: Any) -> Any:
+    """Where each of ``lkey`` is in the strictly increasing packed keys ``rkey`` (any in-range index where absent).
+
+    Why not always a binary search: a series usually holds every tick of its span, so a key's place is
+    its series' first row plus its tick's distance from the series' first tick; one gather per key.
+    """
+    import numpy as np
+
+    r_sid, r_k = rkey >> 32, rkey & 0xFFFFFFFF
+    starts = np.flatnonzero(np.diff(r_sid, prepend=-1))
+    ends = np.append(starts[1:], rkey.size)
+    sids = r_sid[starts]
+    if not (r_k[ends - 1] - r_k[starts] == ends - starts - 1).all() or sids[-1] > 2**20:
+        return np.searchsorted(rkey, lkey, side="left").clip(0, rkey.size - 1)
+    first_row = np.zeros(sids[-1] + 2, dtype=np.int64)
+    first_k = np.zeros(sids[-1] + 2, dtype=np.int64)
+    first_row[sids], first_k[sids] = starts, r_k[starts]
+    l_sid = np.clip(lkey >> 32, -1, sids[-1] + 1)  # (-1: no partner; the checks against rkey miss it)
+    pos = first_row[l_sid] + (lkey & 0xFFFFFFFF) - first_k[l_sid]
+    return np.clip(pos, 0, rkey.size - 1, out=pos)
 
 
 def _compare(op: str, a: pl.Expr, b: pl.Expr) -> pl.Expr:
