@@ -9,6 +9,7 @@ unit. Nothing else in llamamon may spell a metric's unit or help text.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ class Metric:
         return f"{self.name} ({label})" if label else self.name
 
 
+@functools.lru_cache(maxsize=4096)  # Why: the .prom export asks for every series' name on every tick
 def prometheus_name(name: str, unit: str, kind: str) -> str:
     """``llamamon_`` + snake name + base-unit suffix (+ ``_total`` for counters), per Prometheus conventions."""
     base = "llamamon_" + sanitize_name(name)
@@ -83,6 +85,7 @@ def prometheus_name(name: str, unit: str, kind: str) -> str:
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
 
+@functools.lru_cache(maxsize=4096)
 def sanitize_name(name: str) -> str:
     """Any metric name a job logs -> a valid Prometheus/Parquet-friendly snake_case name."""
     snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name)
