@@ -126,8 +126,9 @@ def cases(draw: st.DrawFn) -> tuple[list[str], dict]:
     series = {}
     for key in chosen:
         steps = draw(st.lists(st.integers(0, 160), min_size=3, max_size=40, unique=True))
-        if not draw(st.integers(0, 3)):  # a series that stops early: only the lookback (or holding) answers
-            steps = [s for s in steps if s < 40]
+        early = [s for s in steps if s < 40]
+        if early and not draw(st.integers(0, 3)):  # a series that stops early: only the lookback (or holding) answers
+            steps = early
         shift = 0.25 if key[2] in ALIASED else 0.0
         series[key] = [(T0 + s * STEP + shift, draw(st.sampled_from(VALUES))) for s in sorted(steps)]
     runs = sorted({k[0] for k in chosen} - {""})
