@@ -405,13 +405,10 @@ class Compiler:
         frames = []
         for part in df.partition_by("sid", maintain_order=True):
             t = part["t"].to_numpy()
-            k0 = max(0, -(-(int(t[0]) - g.start) // g.step))
-            k1 = min(g.n - 1, (int(t[-1]) + w - g.start) // g.step)
-            if k1 < k0:
+            span = _tick_span(t, g, w)
+            if span is None:
                 continue
-            ks = np.arange(k0, k1 + 1, dtype=np.int64)
-            ticks = ks * g.step + g.start
-            hi, lo = _window_bounds(t, g, k0, ks.size, w)
+            ks, ticks, hi, lo = span
             keep = hi > lo
             if not keep.all():
                 ks, ticks, hi, lo = ks[keep], ticks[keep], hi[keep], lo[keep]
@@ -463,13 +460,10 @@ class Compiler:
         frames = []
         for part in df.partition_by("sid", maintain_order=True):
             t = part["t"].to_numpy()
-            k0 = max(0, -(-(int(t[0]) - g.start) // g.step))
-            k1 = min(g.n - 1, (int(t[-1]) + w - g.start) // g.step)
-            if k1 < k0:
+            span = _tick_span(t, g, w)
+            if span is None:
                 continue
-            ks = np.arange(k0, k1 + 1, dtype=np.int64)
-            ticks = ks * g.step + g.start
-            hi, lo = _window_bounds(t, g, k0, ks.size, w)
+            ks, ticks, hi, lo = span
             n = hi - lo
             keep = n >= 2 if f in ("rate", "increase", "delta") else n > 0
             if not keep.all():
@@ -593,6 +587,21 @@ class Compiler:
             value = {"+": lv + rv, "-": lv - rv, "*": lv * rv, "/": lv / rv}[op]
         res = j.select("k", pl.col(sid).alias("sid"), value.alias("value"), ok.alias("ok"))
         return Vec(res, labels)
+
+
+def _tick_span(t: Any, g: Grid, w: int) -> tuple[Any, Any, Any, Any] | None:
+    """(tick indices, tick times, hi, lo) of the ticks whose window [tick - w, tick] can hold one of the
+    sorted sample times ``t`` (None when no tick can); ``lo``/``hi`` as ``_window_bounds`` gives them.
+    """
+    import numpy as np
+
+    k0 = max(0, -(-(int(t[0]) - g.start) // g.step))
+    k1 = min(g.n - 1, (int(t[-1]) + w - g.start) // g.step)
+    if k1 < k0:
+        return None
+    ks = np.arange(k0, k1 + 1, dtype=np.int64)
+    hi, lo = _window_bounds(t, g, k0, ks.size, w)
+    return ks, ks * g.step + g.start, hi, lo
 
 
 def _window_bounds(t: Any, g: Grid, k0: int, m: int, w: int) -> tuple[Any, Any]:
