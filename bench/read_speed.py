@@ -16,7 +16,6 @@ of DuckDB.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -142,13 +141,10 @@ def run(quick: bool = False, repeat: int | None = None) -> list:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeat", type=int, default=None)
-    args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    for fig in run(args.quick, args.repeat):
-        print(f"{fig.name}: llamamon {fig.llamamon:.0f} ms; {fig.peers}; ratios {fig.ratios}; met {fig.met}")
+    from bench.results import standalone
+
+    standalone(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ ratios are per run.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -330,14 +329,10 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--floor":
         floor_loop(int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5])
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeat", type=int, default=None)
-    args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    for fig in run(args.quick, args.repeat):
-        print(f"{fig.name}: llamamon {fig.llamamon} ms; peers {fig.peers}; ratios {fig.ratios}; met {fig.met}")
-        print(f"  {fig.note}")
+    from bench.results import standalone
+
+    standalone(run, __doc__)
 
 
 if __name__ == "__main__":

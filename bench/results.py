@@ -13,6 +13,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,30 @@ class Figure:
     load: tuple[float, float] | None = None  # 1-minute load average before and after measuring
     note: str = ""
     detail: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """Two lines for a benchmark run alone: the figure with its peers and ratios, then the note."""
+        ratios = ", ".join(f"{k} {v:.2f}x" for k, v in self.ratios.items())
+        head = (
+            f"{self.name}: {self.llamamon:.4g} {self.unit}; peers {self.peers}; ratios {ratios or '-'}; met {self.met}"
+        )
+        return f"{head}\n  {self.note}" if self.note else head
+
+
+def standalone(run: Callable[..., list[Figure]], doc: str, *, repeat: bool = True) -> None:
+    """``python -m bench.<name> [--quick] [--repeat N]``: one benchmark alone, its figures printed.
+
+    ``python -m bench`` runs them all and writes the table; this is for working on one of them.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    if repeat:
+        parser.add_argument("--repeat", type=int, default=None)
+    args = parser.parse_args()
+    for fig in run(args.quick, args.repeat) if repeat else run(args.quick):
+        print(fig.summary())
 
 
 def median(values: list[float]) -> float:

@@ -18,7 +18,6 @@ TSDB's 1.37 B/sample (a constant quoted in the issue, not measured here). Target
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 import tempfile
@@ -279,12 +278,10 @@ def run(quick: bool = False) -> list:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    for fig in run(args.quick):
-        print(f"{fig.name}: {fig.llamamon:.3f} B/sample; {fig.peers}; met {fig.met}\n  {fig.note}")
+    from bench.results import standalone
+
+    standalone(run, __doc__, repeat=False)
 
 
 if __name__ == "__main__":
