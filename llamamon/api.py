@@ -50,9 +50,6 @@ _queue: deque[Entry] = deque()
 _append = _queue.append
 _rows: deque[Row] = deque()  # ready-made rows from the monitors (system, gpu, inference groups)
 _time = time.time
-# Why not %r: the store keeps microseconds, and a fixed 6 decimals formats in half the time of the
-# shortest float repr (0.75 against 1.3 us), a quarter of a point's flush.
-TIME_FORMAT = "%.6f"
 _started = False
 
 
@@ -246,8 +243,8 @@ class _Converter:
     def encode(self, entries: list[Entry], labels: str, aliases: dict[str, str] | None) -> tuple[bytes, int]:
         """(journal bytes, rows) for a batch of log() calls; ``labels`` is the stored labels string.
 
-        Why templates: a line per value formatted from a template cached per name (time by TIME_FORMAT,
-        value by ``%r``, the float repr JSON uses) is most of the flush's CPU saved; NaN and infinities, which JSON
+        Why templates: a line per value formatted from a template cached per name (time and value by
+        ``%r``, the float repr JSON uses) is most of the flush's CPU saved; NaN and infinities, which JSON
         spells differently, take ``encode_fields``.
         """
         from llamamon.store.journal import encode_fields
@@ -256,6 +253,7 @@ class _Converter:
             self.templates.clear()
             self.labels = labels
         templates = self.templates
+        float_repr = float.__repr__
         lines: list[str] = []
         add = lines.append
         last_t = last_step = last_key = template = None
@@ -291,7 +289,7 @@ class _Converter:
                 step = data["step"]
             if step is not None and not (type(step) is int and step >= 0):
                 step = _as_step(step)
-            time_text = TIME_FORMAT % t  # the metrics of one call share its time: format it once
+            time_text = float_repr(t)  # the metrics of one call share its time: format it once
             last_key = None
             for key, raw in data.items():
                 template = templates[key] if key in templates else self._template(key, labels, aliases)
@@ -323,12 +321,7 @@ class _Converter:
         if name:
             name = canonical(name, aliases)
             group = group_of(name)
-            template = (
-                *line_templates(group, name, labels, TIME_FORMAT),
-                name,
-                group,
-                *line_templates(group, name, labels, "%s"),
-            )
+            template = (*line_templates(group, name, labels), name, group, *line_templates(group, name, labels, "%s"))
         if isinstance(key, str):
             self.templates[key] = template
         return template

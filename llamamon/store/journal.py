@@ -142,9 +142,8 @@ def line_templates(group: str, metric: str, labels: str, time: str = "%r") -> tu
     """``%``-templates of one row's line as ``encode_fields`` writes it: (with a step, without one).
 
     Fill the first with ``% (time, value, step)`` and the second with ``% (time, value)``; ``time`` and
-    ``value`` must be finite floats (``%r`` is ``float.__repr__``; ``time`` may be any float format, such
-    as ``%.6f``, the store's precision) and ``step`` an int. With ``time="%s"`` the time is passed already
-    formatted, for rows that share one. Why: formatting a
+    ``value`` must be finite floats (``%r`` is ``float.__repr__``) and ``step`` an int. With ``time="%s"``
+    the time is passed already formatted (``float.__repr__``), for rows that share one. Why: formatting a
     line from a template cached per metric costs a third of building it field by field.
     """
     group, metric, labels = (_json_str(text).replace("%", "%%") for text in (group, metric, labels))
