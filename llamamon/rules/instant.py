@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from llamamon import catalog
 from llamamon.rules.lang import COMPARISONS, Binary, Call, Node, Number, Selector, Unary
-from llamamon.rules.series import LOOKBACK, US, _agree, _matches, _scalar_op
+from llamamon.rules.series import LOOKBACK, US, _agree, _matches, _scalar_op, arith, divide, holds
 from llamamon.samples import AlertEvent, Labels, make_labels
 
 if TYPE_CHECKING:
@@ -53,40 +53,6 @@ def _lt(a: float, b: float) -> bool:
     if a != a:
         return False
     return b != b or a < b
-
-
-def _div(a: float, b: float) -> float:
-    """IEEE division, as polars divides (x/0 is ±inf, 0/0 NaN)."""
-    if b != 0:
-        return a / b
-    if a == 0 or a != a:
-        return math.nan
-    return math.copysign(math.inf, a) * math.copysign(1.0, b)
-
-
-def _arith(op: str, a: float, b: float) -> float:
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    if op == "*":
-        return a * b
-    return _div(a, b)
-
-
-def _compare(op: str, a: float, b: float) -> bool:
-    # Python's float comparisons are IEEE already: NaN compares false, != true (as rules.series._compare).
-    if op == "<":
-        return a < b
-    if op == "<=":
-        return a <= b
-    if op == ">":
-        return a > b
-    if op == ">=":
-        return a >= b
-    if op == "==":
-        return a == b
-    return a != b
 
 
 def _nan_last(v: float) -> tuple[bool, float]:
@@ -281,15 +247,15 @@ class Instant:
         to_start = (t0 - (t - w)) / US
         to_end = (t - t1) / US
         sampled = (t1 - t0) / US
-        avg_gap = _div(sampled, hi - lo - 1)
+        avg_gap = divide(sampled, hi - lo - 1)
         if counter and _lt(0.0, result) and not _lt(v0, 0.0):
-            to_zero = sampled * _div(v0, result)
+            to_zero = sampled * divide(v0, result)
             if _lt(to_zero, to_start):
                 to_start = to_zero
         thr = avg_gap * 1.1
         ext = sampled + (to_start if _lt(to_start, thr) else avg_gap / 2)
         ext = ext + (to_end if _lt(to_end, thr) else avg_gap / 2)
-        factor = _div(ext, sampled)
+        factor = divide(ext, sampled)
         if f == "rate":
             factor = factor / (w / US)
         return result * factor
@@ -323,9 +289,9 @@ class Instant:
         for sid, (v, ok) in vec.rows.items():
             a, b = (v, scalar) if vec_left else (scalar, v)
             if op in COMPARISONS:
-                rows[sid] = (v, ok and _compare(op, a, b))
+                rows[sid] = (v, ok and holds(op, a, b))
             else:
-                rows[sid] = (_arith(op, a, b), ok)
+                rows[sid] = (arith(op, a, b), ok)
         return Vec(vec.labels, rows)
 
 
@@ -350,9 +316,9 @@ def _vector_op(op: str, left: Vec, right: Vec) -> Vec:
                 continue
             (lv, lok), (rv, rok) = lrow, rrow
             if op in COMPARISONS:
-                rows[out] = (lv, lok and rok and _compare(op, lv, rv))
+                rows[out] = (lv, lok and rok and holds(op, lv, rv))
             else:
-                rows[out] = (_arith(op, lv, rv), lok and rok)
+                rows[out] = (arith(op, lv, rv), lok and rok)
     return Vec(labels, rows)
 
 

@@ -726,15 +726,41 @@ def _compare(op: str, a: pl.Expr, b: pl.Expr) -> pl.Expr:
 
 
 def _scalar_op(op: str, a: float, b: float) -> float:
-    if op in COMPARISONS:
-        return float({"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b, "==": a == b, "!=": a != b}[op])
-    if op == "/":
-        return (
-            a / b
-            if b != 0
-            else (math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a) * math.copysign(1, b))
-        )
-    return {"+": a + b, "-": a - b, "*": a * b}[op]
+    return float(holds(op, a, b)) if op in COMPARISONS else arith(op, a, b)
+
+
+def divide(a: float, b: float) -> float:
+    """IEEE division, as polars divides (x/0 is ±inf, 0/0 NaN); shared with the live evaluator."""
+    if b != 0:
+        return a / b
+    if a == 0 or a != a:
+        return math.nan
+    return math.copysign(math.inf, a) * math.copysign(1.0, b)
+
+
+def arith(op: str, a: float, b: float) -> float:
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    return divide(a, b)
+
+
+def holds(op: str, a: float, b: float) -> bool:
+    """A comparison on two numbers; Python's float comparisons are IEEE already (NaN false, != true)."""
+    if op == "<":
+        return a < b
+    if op == "<=":
+        return a <= b
+    if op == ">":
+        return a > b
+    if op == ">=":
+        return a >= b
+    if op == "==":
+        return a == b
+    return a != b
 
 
 def _agree(a: dict[str, str], b: dict[str, str]) -> bool:
