@@ -66,6 +66,16 @@ class Samples:
         return (min(a for a, _ in spans), max(b for _, b in spans)) if spans else None
 
 
+def series_labels(labels: str, run: str, host: str) -> dict[str, str]:
+    """A stored series' label set as rules match it: its labels plus ``run`` and ``host`` where known."""
+    found = dict(labels_from_str(labels))
+    if run:
+        found["run"] = run
+    if host:
+        found["host"] = host
+    return found
+
+
 def prepare(
     frame: pl.LazyFrame | pl.DataFrame, metrics: Iterable[str] | None, aliases: dict[str, str] | None = None
 ) -> Samples:
@@ -130,12 +140,7 @@ def prepare(
     metric_list = keys["metric"].to_list()
     label_list: list[dict[str, str]] = []
     for lab, run, host in zip(keys["labels"], keys["run"], keys["host"], strict=True):
-        d = dict(labels_from_str(lab))
-        if run:
-            d["run"] = run
-        if host:
-            d["host"] = host
-        label_list.append(d)
+        label_list.append(series_labels(lab, run, host))
     run_last = keys.select("sid", "run", "last").with_columns(run_last=pl.col("last").max().over("run"))
     run_last = run_last.select("sid", "run_last")
     return Samples(body.clear(), metric_list, label_list, run_last, parts)

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 from llamamon import catalog
 from llamamon.fsutil import atomic_write
 from llamamon.rules.instant import Series, step_all
-from llamamon.rules.series import US
-from llamamon.samples import AlertEvent, Row, Sample, labels_from_str, labels_to_str
+from llamamon.rules.series import US, series_labels
+from llamamon.samples import AlertEvent, Row, Sample, labels_to_str
 
 if TYPE_CHECKING:
     from llamamon.config import Config
@@ -273,12 +273,7 @@ class LiveAlerts:
     def _labels(self, text: str, run: str, host: str) -> dict[str, str]:
         found = self._label_cache.get((text, run, host))
         if found is None:
-            found = dict(labels_from_str(text))
-            if run:
-                found["run"] = run
-            if host:
-                found["host"] = host
-            self._label_cache[(text, run, host)] = found
+            found = self._label_cache[(text, run, host)] = series_labels(text, run, host)
         return found
 
     # -- ticks ------------------------------------------------------------------------------------
