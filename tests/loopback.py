@@ -6,6 +6,7 @@ records what arrived and answers from a script (a status code, or "hang" until t
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import json
@@ -140,8 +141,14 @@ class SmtpServer:
     """A real SMTP server; ``mails`` collects what was accepted, ``logins`` who authenticated."""
 
     def __init__(
-        self, *, users: dict[str, str] | None = None, tls: ssl.SSLContext | None = None, implicit_tls: bool = False
+        self,
+        *,
+        users: dict[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
+        implicit_tls: bool = False,
+        stall_after_refusal: float = 0.0,
     ) -> None:
+        self.stall_after_refusal = stall_after_refusal
         self.mails: list[Mail] = []
         self.logins: list[str] = []
         kwargs: dict[str, Any] = {}
@@ -162,6 +169,10 @@ class SmtpServer:
             if isinstance(data, LoginPassword) and users.get(data.login.decode()) == data.password.decode():
                 self.logins.append(data.login.decode())
                 return AuthResult(success=True, auth_data=data)
+            if self.stall_after_refusal:
+                # Stands for a busy or distant server: the server's loop freezes just after its 535, so
+                # the client's TLS close (a close_notify exchange) waits that long for an answer.
+                asyncio.get_running_loop().call_soon(time.sleep, self.stall_after_refusal)
             return AuthResult(success=False, handled=False)
 
         return check

@@ -7,6 +7,7 @@ import email
 import email.policy
 import logging
 
+import psutil
 import pytest
 from loopback import SmtpServer, closed_port, self_signed_cert, server_tls_context
 
@@ -155,6 +156,21 @@ def test_wrong_password_is_one_clear_line_without_the_password(starttls_smtp, ce
     assert starttls_smtp.mails == []
     assert wrong not in caplog.text + delivery.error + repr(channel) + str(channel)
     assert "delivery failed after 1 attempt(s): SMTP authentication failed" in caplog.text
+
+
+def test_a_failed_send_leaves_no_connection_open_when_the_server_is_slow_to_close(certificate):
+    server = SmtpServer(users={"alice": PASSWORD}, tls=server_tls_context(*certificate), stall_after_refusal=0.5)
+    try:
+        channel = mail_channel(
+            server.port, tls="starttls", ca_file=str(certificate[0]), username="alice", password="wr0ng"
+        )
+        delivery = send(channel, [event()])
+        still_open = [c for c in psutil.Process().net_connections("tcp") if c.raddr and c.raddr.port == server.port]
+    finally:
+        server.close()
+    assert not delivery.ok
+    # Why: an open socket here is one leaked descriptor per failed delivery for as long as `watch` runs.
+    assert still_open == []
 
 
 def test_untrusted_certificate_is_reported_and_not_retried(starttls_smtp):

@@ -12,6 +12,7 @@ starttls; ssl; none), ``username`` with ``password`` or ``password_env`` (secret
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 import ssl
 import time
@@ -155,16 +156,15 @@ class EmailChannel(BaseChannel):
         )
         where = f"{self.host}:{self.port}"
         try:
-            client = aiosmtplib.SMTP(**(await self._connection()))
+            client = _client_type()(**(await self._connection()))
             try:
                 async with client:
                     await client.send_message(message, sender=self.sender, recipients=self.recipients)
             finally:
                 # Why: aiosmtplib.send leaves the socket open when STARTTLS fails (an untrusted certificate);
-                # close() is a no-op on a client that already quit. The sleep lets the loop finish closing the
-                # transport before asyncio.run() tears the loop down.
+                # close() is a no-op on a client that already quit.
                 client.close()
-                await asyncio.sleep(0)
+                await client.wait_closed(self.policy.timeout)
         except aiosmtplib.SMTPAuthenticationError as exc:
             raise DeliveryFailed(
                 f"SMTP authentication failed for user {self.username!r} at {where}: "
@@ -187,6 +187,42 @@ class EmailChannel(BaseChannel):
         except aiosmtplib.SMTPException as exc:
             # STARTTLS or AUTH not offered, and similar: a configuration mismatch that a retry cannot fix.
             raise DeliveryFailed(f"{where}: {_one_line(exc.message)}", retry=False) from None
+
+
+@functools.cache
+def _client_type() -> type:
+    """aiosmtplib's client, made to wait until the sockets it closes are really closed.
+
+    Why: closing a TLS connection is a close_notify exchange that aiosmtplib starts and does not wait for
+    (it closes inside connect() when login fails after STARTTLS). If the event loop ends a moment later, as
+    asyncio.run() does after one delivery, the socket is left open: one leaked descriptor per failed send.
+    """
+    import aiosmtplib
+
+    class ClosingSMTP(aiosmtplib.SMTP):
+        def __init__(self, **options: Any) -> None:
+            super().__init__(**options)
+            self._closing: list[tuple[asyncio.BaseTransport, Any]] = []
+
+        def close(self) -> None:
+            if self.transport is not None and not self.transport.is_closing():
+                self._closing.append((self.transport, self.transport.get_extra_info("socket")))
+            super().close()
+
+        async def wait_closed(self, timeout: float) -> None:
+            """Wait for the closing handshakes, then cut any connection whose peer did not answer in time."""
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while any(sock is not None and sock.fileno() != -1 for _, sock in self._closing):
+                if loop.time() >= deadline:
+                    for transport, _ in self._closing:
+                        transport.abort()
+                    await asyncio.sleep(0)  # the abort closes the socket on the loop's next pass
+                    break
+                await asyncio.sleep(0.005)
+            self._closing.clear()
+
+    return ClosingSMTP
 
 
 def _one_line(text: str) -> str:
