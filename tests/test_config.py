@@ -30,6 +30,7 @@ def test_defaults_are_the_issue_values_when_no_file_exists():
         ".metrics",
         "prometheus",
     )
+    assert m.textfile_refresh == 5.0
     t = m.thresholds
     assert (t.memory.warning, t.memory.critical) == (0.80, 0.90)
     assert (t.gpu.utilization_min, t.gpu.memory_max) == (0.70, 0.95)
@@ -101,6 +102,10 @@ def test_own_rules_replace_the_example_rules(tmp_path):
         (
             "monitoring:\n  update_frequency: soon\n",
             "monitoring.yaml:2: monitoring.update_frequency: expected a duration such as 30s or 2m (got 'soon')",
+        ),
+        (
+            "monitoring:\n  textfile_refresh: -1\n",
+            "monitoring.yaml:2: monitoring.textfile_refresh: a duration must be finite and not negative (got -1)",
         ),
         (
             "alerts:\n  rules:\n    r:\n      condition: x > 1\n      severity: urgent\n",

@@ -27,6 +27,38 @@ def test_folder_and_file_name(tmp_path):
     assert textfile_name("a/b c", "watch") == "llamamon-a_b_c-watch.prom"
 
 
+def test_refresh_limits_rewrites_but_every_sample_counts(tmp_path):
+    now = [0.0]
+    writer = TextfileWriter(tmp_path, "gpu-box", RUN_ID, clock=lambda: 100.0, refresh=5.0, monotonic=lambda: now[0])
+    labels = (("host", "gpu-box"), ("run", RUN_ID))
+    latency = ("llamamon_inference_latency_seconds_count", labels)
+
+    assert writer.due()
+    writer.write([Sample("loss", 2.0), Sample("inference_latency", 120.0)])  # the first write is never held back
+    assert values(writer.path)[("llamamon_loss", labels)] == 2.0
+    before = writer.path.stat().st_mtime_ns
+
+    now[0] = 4.9
+    assert not writer.due()
+    writer.write([Sample("loss", 1.0), Sample("inference_latency", 80.0)])
+    assert writer.path.stat().st_mtime_ns == before
+    assert values(writer.path)[("llamamon_loss", labels)] == 2.0
+
+    now[0] = 5.0
+    assert writer.due()
+    writer.write([Sample("inference_latency", 40.0)])
+    after = values(writer.path)
+    assert after[("llamamon_loss", labels)] == 1.0  # the held-back tick's value arrived with this rewrite
+    assert after[latency] == 3.0  # and its observation was counted
+
+    now[0] = 6.0
+    writer.write([Sample("loss", 0.5)])
+    writer.finish()  # the end is always written, however recent the last rewrite
+    final = values(writer.path)
+    assert final[("llamamon_loss", labels)] == 0.5
+    assert final[("llamamon_run_active", labels)] == 0.0
+
+
 def test_write_every_tick_then_finish(tmp_path):
     clock = iter([100.0, 110.0, 120.0]).__next__
     writer = TextfileWriter(tmp_path / "prom", "gpu-box", RUN_ID, clock=clock)

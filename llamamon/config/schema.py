@@ -64,6 +64,7 @@ class Monitoring:
     metrics_path: Path
     export_format: str
     textfile_dir: Path | None
+    textfile_refresh: float
     retention: float | None
     thresholds: Thresholds
 
@@ -151,6 +152,7 @@ MONITORING_KEYS = (
     "metrics_path",
     "export_format",
     "textfile_dir",
+    "textfile_refresh",
     "retention",
     "thresholds",
 )
@@ -335,6 +337,7 @@ def _monitoring(check: _Checker, value: Any) -> Monitoring:
         raise check.fail(f"{t}.memory.warning", f"must not exceed memory.critical (got {memory.warning:g})")
     export_format = check.choice(m["export_format"], "monitoring.export_format", EXPORT_FORMATS)
     textfile = m.get("textfile_dir")
+    refresh = check.duration(m["textfile_refresh"], "monitoring.textfile_refresh")
     retention = m.get("retention")
     return Monitoring(
         enabled=check.boolean(m["enabled"], "monitoring.enabled"),
@@ -342,6 +345,7 @@ def _monitoring(check: _Checker, value: Any) -> Monitoring:
         metrics_path=Path(check.string(m["metrics_path"], "monitoring.metrics_path")),
         export_format=export_format,
         textfile_dir=Path(check.string(textfile, "monitoring.textfile_dir")) if textfile is not None else None,
+        textfile_refresh=refresh,
         retention=check.duration(retention, "monitoring.retention", positive=True) if retention is not None else None,
         thresholds=Thresholds(
             memory=memory,

@@ -336,7 +336,9 @@ class Recorder:
         if self.alerts is not None:
             rows.extend(self.alerts.on_tick(rows, now))  # evaluates beside the sampler, never inside its tick
         if self._textfile is not None:
-            job_rows = self._job_rows.poll() if self._job_rows is not None else []
+            # The job's journal is only read when the file is rewritten: poll() returns every row since the last.
+            due = self._textfile.due()
+            job_rows = self._job_rows.poll() if self._job_rows is not None and due else []
             self._export(lambda: self._textfile.write([*rows, *job_rows]))
         try:
             writer.append(rows)
@@ -354,7 +356,8 @@ class Recorder:
             return None
         from llamamon.prometheus.textfile import TextfileWriter, textfile_folder
 
-        return TextfileWriter(textfile_folder(self.metrics_dir, monitoring.textfile_dir), self.host, self.info.id)
+        folder = textfile_folder(self.metrics_dir, monitoring.textfile_dir)
+        return TextfileWriter(folder, self.host, self.info.id, refresh=monitoring.textfile_refresh)
 
     def _export(self, write: Callable[[], object]) -> None:
         try:

@@ -245,7 +245,9 @@ class Watcher:
 
             # This host's samples and the alerts firing; the runs' own textfiles come from `record`.
             folder = textfile_folder(metrics_dir, config.monitoring.textfile_dir)
-            self.textfile = TextfileWriter(folder, self.host, "watch", labels={"host": self.host})
+            self.textfile = TextfileWriter(
+                folder, self.host, "watch", labels={"host": self.host}, refresh=config.monitoring.textfile_refresh
+            )
 
     def _observe(self, rows: Iterable[Row], run: str, host: str) -> None:
         rows = list(rows)
