@@ -4,8 +4,9 @@
 
 Measured in one run, on one machine, alternating rounds so drift hits every variant alike:
 
-* llamamon: ``SystemCollector.collect()`` + ``ProcessTreeCollector.collect()`` (cached psutil.Process
-  objects, /proc/<pid>/task/<tid>/children discovery), through asyncio as the recorder calls them;
+* llamamon: ``SystemCollector.collect()`` + ``ProcessTreeCollector.collect()`` (members read from
+  /proc/<pid>/stat and /proc/<pid>/io, /proc/<pid>/task/<tid>/children discovery), through asyncio as the
+  recorder calls them;
 * bare walk: a plain psutil loop over the same fields that finds the tree with
   ``Process.children(recursive=True)`` each sample (what psrecord-style tools do);
 * bare cached: the same loop with Process objects kept and no discovery at all (a lower bound: it

@@ -13,7 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from llamamon.collectors.process import ProcessTreeCollector, proc_children_supported
+import llamamon.collectors.process as process_module
+from llamamon.collectors.process import ProcessTreeCollector, proc_children_supported, read_io, read_stat
 from llamamon.samples import Sample
 
 # A small job driven line by line on stdin, answering on stdout, so the test decides what happens
@@ -122,8 +123,16 @@ class Job:
         self.proc.stdout.close()
 
 
+@pytest.fixture(params=["proc", "psutil"])
+def reader(request, monkeypatch):
+    """Every test with a job runs with both readers: /proc files (Linux) and the psutil walk (other systems)."""
+    if request.param == "psutil":
+        monkeypatch.setattr(process_module, "proc_children_supported", lambda: False)
+    return request.param
+
+
 @pytest.fixture
-def job():
+def job(reader):
     job = Job()
     yield job
     job.kill()
@@ -310,3 +319,28 @@ def test_first_sample_has_a_cpu_rate(job: Job):
 def test_this_kernel_lists_children_in_proc():
     # The cheap discovery path is the one the benchmark measures; say so if this machine lacks it.
     assert proc_children_supported() == os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+
+
+def test_proc_reads_agree_with_psutil(tmp_path: Path):
+    if not proc_children_supported():
+        pytest.skip("no /proc/<pid>/task/<tid>/children here: the collector reads through psutil (tested above)")
+    code = "import sys, threading\nthreading.Thread(target=sys.stdin.read).start()\nsys.stdin.read()"
+    busy = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
+    try:
+        proc = psutil.Process(busy.pid)
+        wait_for(lambda: proc.num_threads() == 2, what="the second thread")
+        member, start = read_stat(busy.pid)
+        with proc.oneshot():
+            times, rss, threads, ppid = proc.cpu_times(), proc.memory_info().rss, proc.num_threads(), proc.ppid()
+        counters = proc.io_counters()
+        assert member.ppid == ppid == os.getpid()
+        assert member.threads == threads == 2
+        assert member.rss == pytest.approx(rss, rel=0.05)  # two reads of per-CPU counters, moments apart
+        assert member.cpu == pytest.approx(sum(times[:4]), abs=0.02)
+        assert read_io(busy.pid) == (counters.read_bytes, counters.write_bytes)
+        assert start == read_stat(busy.pid)[1]
+    finally:
+        busy.stdin.close()
+        busy.wait(timeout=10)
+    assert read_stat(2**22 + 1) is None  # above any pid_max: gone
+    assert read_io(2**22 + 1) is None

@@ -7,6 +7,11 @@ Here the ``psutil.Process`` objects are kept between samples and descendants are
 tick costs in proportion to the tree, not to the machine. Where the kernel lacks that file (it needs
 CONFIG_PROC_CHILDREN) or there is no /proc, the psutil walk is the fallback.
 
+On Linux each member is read straight from ``/proc/<pid>/stat`` (CPU, children's CPU, RSS, threads, parent
+and start time in one read) and ``/proc/<pid>/io``: the same files psutil reads, without its per-call
+wrappers and the ``Process`` object ``ppid()`` builds to rule out a reused pid (0.09 ms per process per tick,
+more than the reads themselves). A reused pid shows as a changed start time instead.
+
 Processes that start and end between two samples. Linux adds a reaped child's CPU time (and its own
 reaped children's) to the parent's ``children_user``/``children_system``, and its I/O to the parent's
 /proc/<pid>/io. So the tree's cumulative CPU is the sum over live members of
@@ -45,6 +50,40 @@ class _Member:
     threads: int
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def read_stat(pid: int) -> tuple[_Member, int] | None:
+    """(member without I/O, start time in clock ticks) from ``/proc/<pid>/stat``; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: the fields that follow start after the last ")".
+    fields = data[data.rindex(b")") + 2 :].split()
+    # fields[0] is field 3 of proc(5): ppid 4, utime 14, stime 15, cutime 16, cstime 17, threads 20, start 22, rss 24
+    cpu = (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / _CLOCK_TICKS
+    return _Member(int(fields[1]), cpu, None, int(fields[21]) * _PAGE_SIZE, int(fields[17])), int(fields[19])
+
+
+def read_io(pid: int) -> tuple[int, int] | None:
+    """(read_bytes, write_bytes) from ``/proc/<pid>/io``; None where it is not ours to read (setuid, zombie)."""
+    try:
+        with open(f"/proc/{pid}/io", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    read = write = None
+    for line in data.splitlines():
+        if line.startswith(b"read_bytes:"):
+            read = int(line[11:])
+        elif line.startswith(b"write_bytes:"):
+            write = int(line[12:])
+    return (read, write) if read is not None and write is not None else None
+
+
 def proc_children_supported(proc_root: Path = Path("/proc")) -> bool:
     """Whether this kernel lists a thread's children in /proc (CONFIG_PROC_CHILDREN)."""
     pid = os.getpid()
@@ -65,22 +104,17 @@ class ProcessTreeCollector(MetricsCollector):
         self._at: float | None = None
         self._collected = False
         self._proc_children = proc_children_supported()
-        self._threads: dict[int, int] = {}  # thread counts seen by the last discovery
+        self._started: dict[int, int] = {}  # start time (clock ticks after boot) per pid read from /proc
 
     # -- discovery -------------------------------------------------------------------------------
 
     def _children(self, pid: int) -> list[int]:
-        """Direct children of ``pid`` from /proc, every thread included (any thread can fork).
-
-        The thread count comes free with the listing and is kept for ``process_threads`` (it spares
-        reading /proc/<pid>/status, the largest file psutil would open per process).
-        """
+        """Direct children of ``pid`` from /proc, every thread included (any thread can fork)."""
         task_dir = f"/proc/{pid}/task"
         try:
             tids = os.listdir(task_dir)
         except OSError:
             return []
-        self._threads[pid] = len(tids)
         found: list[int] = []
         for tid in tids:
             try:
@@ -133,9 +167,10 @@ class ProcessTreeCollector(MetricsCollector):
         return proc
 
     def _read(self) -> dict[int, _Member]:
-        members: dict[int, _Member] = {}
-        self._threads.clear()
         order, descended = self._discover()
+        if self._proc_children:
+            return self._read_proc(order, descended)
+        members: dict[int, _Member] = {}
         for pid in order:
             proc = self._process(pid, descended=pid in descended)
             if proc is None:
@@ -144,7 +179,7 @@ class ProcessTreeCollector(MetricsCollector):
                 with proc.oneshot():
                     times = proc.cpu_times()
                     rss = proc.memory_info().rss
-                    threads = self._threads.get(pid) or proc.num_threads()
+                    threads = proc.num_threads()
                     ppid = proc.ppid()
             except psutil.Error:
                 # Gone (or not ours to read) since discovery: no row rather than a partial one.
@@ -162,6 +197,23 @@ class ProcessTreeCollector(MetricsCollector):
             del self._procs[pid]
         return members
 
+    def _read_proc(self, order: list[int], descended: set[int]) -> dict[int, _Member]:
+        members: dict[int, _Member] = {}
+        started: dict[int, int] = {}
+        for pid in order:
+            found = read_stat(pid)
+            if found is None:
+                continue  # gone since discovery
+            member, start = found
+            known = self._started.get(pid)
+            if known is not None and known != start and pid not in descended:
+                continue  # the pid was reused by a process outside the tree
+            member.io = read_io(pid)
+            members[pid] = member
+            started[pid] = start
+        self._started = started
+        return members
+
     # -- collector interface ---------------------------------------------------------------------
 
     def pids(self) -> set[int]:
@@ -175,6 +227,7 @@ class ProcessTreeCollector(MetricsCollector):
 
     async def close(self) -> None:
         self._procs.clear()
+        self._started.clear()
         self._members.clear()
 
     async def collect(self) -> list[Sample]:
