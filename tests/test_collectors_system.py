@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from llamamon import catalog
-from llamamon.collectors.system import SystemCollector, cpu_model, existing_parent
+from llamamon.collectors.system import SystemCollector, cpu_model, disk_bytes, existing_parent, memory_and_swap
 from llamamon.samples import Sample
 
 RATIOS = {"cpu_usage", "cpu_core_usage", "memory_usage", "swap_usage", "disk_usage"}
@@ -154,3 +154,61 @@ def test_disk_usage_is_measured_on_the_nearest_existing_folder(tmp_path: Path):
 def test_cpu_model_names_this_cpu():
     model = cpu_model()
     assert model is None or (isinstance(model, str) and model.strip() == model and model)
+
+
+def test_memory_and_swap_read_from_proc_agree_with_psutil():
+    total, available, swap_total, swap_free = memory_and_swap()
+    mem, swap = psutil.virtual_memory(), psutil.swap_memory()
+    assert total == mem.total
+    assert available == pytest.approx(mem.available, rel=0.05)
+    assert swap_total == swap.total
+    assert swap_free == pytest.approx(swap.free, rel=0.05, abs=1 << 20)
+
+
+def test_meminfo_with_swap_in_use(tmp_path: Path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(
+        "MemTotal:       16000000 kB\nMemFree:         1000000 kB\nMemAvailable:    4000000 kB\n"
+        "Buffers:          200000 kB\nSwapCached:        1000 kB\nSwapTotal:       2000000 kB\n"
+        "SwapFree:        1500000 kB\nHugePages_Total:       0\n"
+    )
+    assert memory_and_swap(meminfo) == (16_000_000 * 1024, 4_000_000 * 1024, 2_000_000 * 1024, 1_500_000 * 1024)
+
+
+def test_without_proc_meminfo_psutil_answers(tmp_path: Path):
+    total, _, swap_total, _ = memory_and_swap(tmp_path / "missing")
+    assert total == psutil.virtual_memory().total
+    assert swap_total == psutil.swap_memory().total
+
+
+def test_disk_bytes_agree_with_psutil():
+    counters = psutil.disk_io_counters(perdisk=False)
+    read, written = disk_bytes({})
+    assert read == pytest.approx(counters.read_bytes, abs=64 << 20)  # other work may read or write meanwhile
+    assert written == pytest.approx(counters.write_bytes, abs=64 << 20)
+
+
+def test_disk_bytes_count_whole_disks_not_their_partitions(tmp_path: Path):
+    sys_block = tmp_path / "block"
+    for disk in ("sda", "nvme0n1", "cciss!c0d0"):
+        (sys_block / disk).mkdir(parents=True)
+    diskstats = tmp_path / "diskstats"
+    diskstats.write_text(
+        "   8       0 sda 100 0 1000 0 50 0 400 0 0 0 0 0 0 0 0 0 0\n"
+        "   8       1 sda1 90 0 900 0 40 0 300 0 0 0 0 0 0 0 0 0 0\n"
+        " 259       0 nvme0n1 10 0 20 0 5 0 8 0 0 0 0 0 0 0 0 0 0\n"
+        " 259       1 nvme0n1p1 10 0 20 0 5 0 8 0 0 0 0 0 0 0 0 0 0\n"
+        " 104       0 cciss/c0d0 1 0 2 0 1 0 4 0 0 0 0 0 0 0\n"
+        "   3       1 hda1 8 8 8 8\n"
+    )
+    whole: dict[str, bool] = {}
+    assert disk_bytes(whole, diskstats, sys_block) == ((1000 + 20 + 2) * 512, (400 + 8 + 4) * 512)
+    assert whole == {"sda": True, "sda1": False, "nvme0n1": True, "nvme0n1p1": False, "cciss/c0d0": True}
+    (sys_block / "sda").rmdir()  # asked once per name: a later call trusts what it learnt
+    assert disk_bytes(whole, diskstats, sys_block) == ((1000 + 20 + 2) * 512, (400 + 8 + 4) * 512)
+
+
+def test_no_whole_disk_means_no_disk_rates(tmp_path: Path):
+    diskstats = tmp_path / "diskstats"
+    diskstats.write_text("   8       1 sda1 90 0 900 0 40 0 300 0 0 0 0 0 0 0 0 0 0\n")
+    assert disk_bytes({}, diskstats, tmp_path) is None
