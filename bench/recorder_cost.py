@@ -44,7 +44,8 @@ while True:
 """
 GLANCES_PLUGINS = "cpu,mem,memswap,load,network,diskio,fs,processlist"
 TOOLS = ("llamamon", "llamamon-noexport", "psrecord", "glances", "floor")
-# llamamon with monitoring.export_format: none, i.e. without the Prometheus .prom file it writes each tick
+# llamamon with monitoring.export_format: none, i.e. without the Prometheus .prom file (rewritten every
+# monitoring.textfile_refresh, 5 s by default)
 NOEXPORT_CONFIG = "monitoring:\n  export_format: none\n"
 
 
@@ -297,8 +298,8 @@ def run(quick: bool = False, repeat: int | None = None) -> list:
         ]
         if pairs:
             note += (
-                f"; llamamon with monitoring.export_format: none (no Prometheus .prom file rendered, written and "
-                f"fsynced every tick) is {median_ratio(pairs):.2f}x the floor"
+                f"; llamamon with monitoring.export_format: none (no Prometheus .prom file, which is otherwise "
+                f"rewritten every 5 s) is {median_ratio(pairs):.2f}x the floor"
             )
         if short:
             note += f"; could not keep up with the interval: {', '.join(short)} (charged per sample really taken)"
