@@ -84,9 +84,9 @@ def run_child(lib: str, width: int, points: int, empty: bool) -> tuple[float, fl
         if result.returncode != 0:
             raise SystemExit(f"{lib} x{width} failed:\n{result.stderr}")
         if lib.startswith("llamamon.log") and not empty:
-            rows = sum(
-                max(0, sum(1 for _ in p.open("rb")) - 1) for p in Path(tmp, ".metrics", "_journal").rglob("*.jsonl")
-            )
+            from llamamon.store.journal import read_segment
+
+            rows = sum(len(read_segment(p)[1]) for p in Path(tmp, ".metrics", "_journal").rglob("*.jsonl"))
             if rows < points:  # (plus one "step" row per flush)
                 raise SystemExit(f"llamamon.log x{width}: only {rows} of {points} points reached the journal")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

@@ -3,7 +3,9 @@
 The calling thread only stamps the time and appends ``(time, step, dict)`` to a deque (atomic under
 the GIL, so no lock on the hot path). A daemon thread wakes every ``FLUSH_INTERVAL`` seconds, turns
 the entries into rows (alias resolution, float conversion, rank labels) and appends them to the run's
-journal (``llamamon.store.journal``, stdlib only: polars, pyarrow and psutil are never imported here).
+journal as one column block of packed arrays per batch (``llamamon.store.journal``, stdlib only: polars,
+pyarrow and psutil are never imported here). The flusher shares the GIL with the training thread, so its
+CPU per point is also what each ``log()`` call waits for: hence arrays built in C, not text per row.
 The journal is folded into Parquet by the recorder or by the next llamamon command that opens the store.
 
 Under ``llamamon record`` the job's metrics join the recorder's run (``LLAMAMON_RUN_ID`` and
@@ -24,8 +26,10 @@ import socket
 import sys
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Iterable, Mapping
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +46,7 @@ logger = logging.getLogger("llamamon.api")
 FLUSH_INTERVAL = 1.0  # seconds between background flushes; the journal is the crash-safety net
 BATCH = 16384  # entries converted and written per journal append
 EXIT_TIMEOUT = 10.0  # longest the interpreter waits at exit for the last flush
+_STEP_END = 2**63  # steps are stored as 64-bit integers
 
 # (time, step, {name: value}) or, for a single metric, (time, step, name, value)
 Entry = tuple[float, Any, Mapping[str, Any]] | tuple[float, Any, Any, Any]
@@ -243,32 +248,80 @@ class _Converter:
     def encode(self, entries: list[Entry], labels: str, aliases: dict[str, str] | None) -> tuple[bytes, int]:
         """(journal bytes, rows) for a batch of log() calls; ``labels`` is the stored labels string.
 
+        The batch goes into one column block (``encode_columns``) when its values are numbers and its
+        steps integers; otherwise (a value that is a string, a step given as a float) it takes the line
+        path (``_lines``), which converts or skips each value on its own.
+        """
+        if labels != self.labels:  # templates embed the labels string
+            self.templates.clear()
+            self.labels = labels
+        flat = [entry for entry in entries if len(entry) == 4]
+        if len(flat) != len(entries):
+            flat.extend(_flattened([entry for entry in entries if len(entry) != 4]))  # type: ignore[arg-type]
+        block = self._columns(flat, labels, aliases) if flat else None
+        if block is None:
+            data, count = self._lines(entries, labels, aliases)
+        else:
+            data, count = block, len(flat)
+        last = _last_step(entries)
+        if last is not None:
+            from llamamon.store.journal import encode_fields
+
+            # Why: one step row per flush lets rules see progress (stalls) without doubling the rows.
+            data += encode_fields([(last[0], "training", "step", float(last[1]), labels, last[1])])
+            count += 1
+        return data, count
+
+    def _columns(self, flat: list[Entry], labels: str, aliases: dict[str, str] | None) -> bytes | None:
+        """Single-metric entries as one column block, or None when one of them needs the line path."""
+        from llamamon.store.journal import NO_STEP, encode_columns
+
+        # Why map(itemgetter): four C-level passes over the batch instead of one Python-level loop.
+        times, steps, keys, raws = (list(map(itemgetter(i), flat)) for i in range(4))
+        distinct = set(keys)
+        if "step" in distinct or any(type(key) is not str for key in distinct):
+            return None
+        try:
+            # array() converts in C what float() would (ints, bools, numpy scalars); a str or None raises
+            values = array("d", raws)
+            packed_steps = None
+            missing = steps.count(None)
+            if missing != len(steps):
+                packed_steps = array("q", [NO_STEP if step is None else step for step in steps] if missing else steps)
+                if min(packed_steps) < NO_STEP:  # a negative step is stored as none: the line path does that
+                    return None
+        except (TypeError, ValueError, OverflowError):
+            return None
+        templates = self.templates
+        series: list[tuple[str, str]] = []
+        index: dict[Any, int] = {}
+        for key in distinct:
+            template = templates[key] if key in templates else self._template(key, labels, aliases)
+            assert template is not None  # only the "step" key has none
+            index[key] = len(series)
+            series.append((template[3], template[2]))
+        codes = array("H" if len(series) <= 0xFFFF else "I", map(index.__getitem__, keys)) if len(series) > 1 else None
+        return encode_columns(series, labels, codes, array("d", times), values, packed_steps)
+
+    def _lines(self, entries: list[Entry], labels: str, aliases: dict[str, str] | None) -> tuple[bytes, int]:
+        """Journal row lines for entries the column block does not take.
+
         Why templates: a line per value formatted from a template cached per name (time and value by
         ``%r``, the float repr JSON uses) is most of the flush's CPU saved; NaN and infinities, which JSON
         spells differently, take ``encode_fields``.
         """
-        from llamamon.store.journal import encode_fields
-
-        if labels != self.labels:  # templates embed the labels string
-            self.templates.clear()
-            self.labels = labels
         templates = self.templates
         float_repr = float.__repr__
         lines: list[str] = []
         add = lines.append
-        last_t = last_step = last_key = template = None
+        last_key = template = None
         for entry in entries:
             if len(entry) == 4:
                 t, step, key, raw = entry
                 if step is None:
                     if key == "step":
-                        step = raw
-                        if not (type(step) is int and step >= 0):
-                            step = _as_step(step)
-                        if step is not None:
-                            last_t, last_step = t, step
                         continue  # the step row is written once per flush
-                elif not (type(step) is int and step >= 0):
+                elif not (type(step) is int and 0 <= step < _STEP_END):
                     step = _as_step(step)
                 if key is not last_key:  # a loop logging one metric per call repeats the same key object
                     last_key = key
@@ -281,13 +334,11 @@ class _Converter:
                             add(template[1] % (t, raw) if step is None else template[0] % (t, raw, step))
                         else:
                             add(self._fields_line(t, template, raw, labels, step))
-                if step is not None:
-                    last_t, last_step = t, step
                 continue
             t, step, data = entry
             if step is None and "step" in data:
                 step = data["step"]
-            if step is not None and not (type(step) is int and step >= 0):
+            if step is not None and not (type(step) is int and 0 <= step < _STEP_END):
                 step = _as_step(step)
             time_text = float_repr(t)  # the metrics of one call share its time: format it once
             last_key = None
@@ -303,15 +354,7 @@ class _Converter:
                     add(template[5] % (time_text, raw) if step is None else template[4] % (time_text, raw, step))
                 else:
                     add(self._fields_line(t, template, raw, labels, step))
-            if step is not None:
-                last_t, last_step = t, step
-        count = len(lines)
-        data_bytes = "".join(lines).encode()
-        if last_step is not None:
-            # Why: one step row per flush lets rules see progress (stalls) without doubling the rows.
-            data_bytes += encode_fields([(last_t, "training", "step", float(last_step), labels, last_step)])
-            count += 1
-        return data_bytes, count
+        return "".join(lines).encode(), len(lines)
 
     def _template(self, key: Any, labels: str, aliases: dict[str, str] | None) -> tuple[str, ...] | None:
         from llamamon.store.journal import line_templates
@@ -342,14 +385,51 @@ class _Converter:
             return None
 
 
+def _flattened(calls: list[tuple[float, Any, Mapping[str, Any]]]) -> list[Entry]:
+    """Dict entries as single-metric ones; a dict's ``"step"`` key is the step of its other metrics."""
+    out: list[Entry] = []
+    add = out.append
+    for t, step, data in calls:
+        if "step" in data:  # never a metric row of its own (the line path skips it too)
+            if step is None:
+                step = data["step"]
+            for key, raw in data.items():
+                if key != "step":
+                    add((t, step, key, raw))
+        else:
+            for key, raw in data.items():
+                add((t, step, key, raw))
+    return out
+
+
+def _last_step(entries: list[Entry]) -> tuple[float, int] | None:
+    """(time, step) of the last entry that names a valid step: the batch's step row."""
+    for entry in reversed(entries):
+        step = entry[1]
+        if step is None:
+            if len(entry) == 4:
+                if entry[2] == "step":
+                    step = entry[3]
+            elif "step" in entry[2]:
+                step = entry[2]["step"]
+            if step is None:
+                continue
+        if not (type(step) is int and 0 <= step < _STEP_END):
+            step = _as_step(step)
+        if step is not None:
+            return entry[0], step
+    return None
+
+
 def _as_step(step: Any) -> int | None:
+    """The step as the store keeps it (a 64-bit integer >= 0), or None when it is not one."""
     if step is None:
         return None
     try:
         value = int(step)
     except (TypeError, ValueError, OverflowError):
         return None
-    return value if value >= 0 and (not isinstance(step, float) or math.isfinite(step)) else None
+    return value if 0 <= value < _STEP_END and (not isinstance(step, float) or math.isfinite(step)) else None
 
 
 class _Flusher:

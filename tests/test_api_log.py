@@ -16,9 +16,16 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llamamon.api import _as_step, _Converter, _rank_labels
+from llamamon.api import _as_step, _Converter, _last_step, _rank_labels
 from llamamon.samples import Row, labels_to_str, make_labels
-from llamamon.store.journal import encode_fields, encode_rows, line_templates, read_segment, segment_paths
+from llamamon.store.journal import (
+    _rows_of_lines,
+    encode_fields,
+    encode_rows,
+    line_templates,
+    read_segment,
+    segment_paths,
+)
 from tests.conftest import llamamon_env
 
 
@@ -233,6 +240,67 @@ def test_converter_resolves_aliases_keeps_non_finite_and_skips_non_numbers(caplo
     assert ("bad", 7) not in got
     assert sum("bad" in m for m in caplog.messages) == 1  # warned once per name
     assert {group for _, group, metric, *_ in rows if metric == "my_flag"} == {"custom"}
+
+
+_values = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**70), 2**70),
+    st.booleans(),
+    st.sampled_from(["0.5", "x", None]),
+)
+_steps = st.one_of(st.none(), st.integers(-3, 2**63 + 5), st.sampled_from([3.0, float("nan"), "12"]))
+_keys = st.sampled_from(["loss", "lr", "eval_loss", "tokens_per_second", "step", "custom thing"])
+_entries = st.lists(
+    st.one_of(
+        st.tuples(st.floats(1e9, 2e9), _steps, _keys, _values),
+        st.tuples(st.floats(1e9, 2e9), _steps, st.dictionaries(_keys, _values, max_size=4)),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+def _rows(data: bytes) -> list[tuple]:
+    rows, bad = _rows_of_lines(data.splitlines())
+    assert bad == 0
+    return sorted((r.time, r.group, r.metric, repr(r.value), r.labels, -1 if r.step is None else r.step) for r in rows)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_entries, st.sampled_from(["", labels_to_str(make_labels(rank="1"))]))
+def test_column_blocks_hold_the_same_rows_as_the_line_path(entries, labels):
+    data, count = _Converter().encode(entries, labels, {"lr": "learning_rate"})
+    lines = _Converter()
+    line_data, line_count = lines._lines(entries, labels, {"lr": "learning_rate"})
+    last = _last_step(entries)
+    if last is not None:
+        line_data += encode_fields([(last[0], "training", "step", float(last[1]), labels, last[1])])
+        line_count += 1
+    assert count == line_count
+    assert _rows(data) == _rows(line_data)
+
+
+def test_a_batch_of_numbers_is_written_as_one_column_block():
+    entries = [(1e9 + i, i, "loss", 0.5 * i) for i in range(1000)]
+    entries += [(1e9 + 1000, 1000, {"loss": 1, "lr": np_like(3e-4)})]
+    data, count = _Converter().encode(entries, "", None)
+    lines = data.splitlines()
+    assert len(lines) == 2  # the block, then the step row
+    assert lines[0].startswith(b"{")
+    assert count == 1003
+    assert ("learning_rate", repr(3e-4), 1000) in [(r[2], r[3], r[5]) for r in _rows(data)]
+    # one value that is not a number sends the batch down the line path, which skips just that value
+    data, count = _Converter().encode([*entries, (1e9 + 1001, 1001, "loss", "n/a")], "", None)
+    assert not data.startswith(b"{")
+    assert count == 1003
+
+
+class np_like:  # stands in for a numpy scalar: a number only through __float__
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __float__(self) -> float:
+        return self.value
 
 
 def test_step_and_rank_helpers():

@@ -307,3 +307,91 @@ def test_a_segment_is_visible_only_once_locked(metrics_dir):
     assert not stale.exists()
     assert j.path.exists()
     j.close()
+
+
+# -- column blocks (llamamon.log's batches) --------------------------------------------------------------
+
+
+def _block(rows: list[Row]) -> bytes:
+    from array import array
+
+    series = sorted({(r.group, r.metric) for r in rows})
+    index = {pair: i for i, pair in enumerate(series)}
+    labels = {r.labels for r in rows}
+    assert len(labels) <= 1
+    steps = array("q", [journal.NO_STEP if r.step is None else r.step for r in rows])
+    return journal.encode_columns(
+        series,
+        journal.labels_to_str(labels.pop() if labels else ()),
+        array("H", [index[(r.group, r.metric)] for r in rows]) if len(series) > 1 else None,
+        array("d", [r.time for r in rows]),
+        array("d", [r.value for r in rows]),
+        steps if any(r.step is not None for r in rows) else None,
+    )
+
+
+def _same(a: list[Row], b: list[Row]) -> bool:
+    # NaN != NaN: compare the values' reprs
+    def key(r: Row) -> tuple:
+        return (r.time, r.group, r.metric, repr(r.value), r.labels, r.step)
+
+    return sorted(map(key, a)) == sorted(map(key, b))
+
+
+@pytest.mark.parametrize("labels", [(), make_labels(rank="3", local_rank="1")])
+def test_a_column_block_reads_back_as_the_rows_it_was_given(labels):
+    rows = [
+        Row(T0 + 0.25, "training", "loss", 1.5, labels, 0),
+        Row(T0 + 0.5, "training", "learning_rate", 3e-4, labels, None),
+        Row(T0 + 0.75, "training", "loss", float("nan"), labels, 2**62),
+        Row(T0 + 1.0, "custom", 'my metric "%r" é', float("-inf"), labels, 7),
+    ]
+    line = _block(rows)
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
+    assert _same(journal.decode_columns(line), rows)
+    one_series = [Row(T0 + i, "training", "loss", float(i), labels, None) for i in range(5)]
+    assert _same(journal.decode_columns(_block(one_series)), one_series)
+
+
+def test_segments_mixing_row_lines_and_column_blocks_fold_completely(metrics_dir, caplog):
+    folder = metrics_dir / "_journal" / RUN
+    folder.mkdir(parents=True)
+    segment = folder / "4242-abcdef-000001.jsonl"
+    header = json.dumps({"llamamon_journal": 2, "run": RUN, "host": "h", "pid": 4242})
+    block = _block([Row(T0 + i, "training", "loss", 0.5 * i, (), i) for i in range(1000)])
+    row_line = json.dumps([T0 + 1000, "training", "step", 1000.0, "", 1000])
+    bad_block = block.replace(b'"rows": 1000', b'"rows": 999')  # columns longer than it says: unreadable
+    torn = block[: len(block) // 2]  # a block cut short by a kill
+    segment.write_bytes(header.encode() + b"\n" + block + row_line.encode() + b"\n" + bad_block + torn)
+    head, rows, offset = journal.tail_segment(segment)
+    assert head is not None
+    assert len(rows) == 1001
+    assert offset == len(segment.read_bytes()) - len(torn)
+    with caplog.at_level(logging.WARNING, logger="llamamon.store"):
+        open_store(metrics_dir)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("torn last line" in m for m in messages)
+    assert any("skipped 1 unreadable line" in m for m in messages)
+    df = scan(metrics_dir).collect().sort("time")
+    assert df.height == 1001
+    assert df["step"].to_list() == list(range(1001))
+    assert df["value"].to_list()[:3] == [0.0, 0.5, 1.0]
+    assert not segment.exists()
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda b: b.replace(b'"series": [["training", "loss"]]', b'"series": []'),  # a code names no series
+        lambda b: b.replace(b'"time": "', b'"time": "AAAA'),  # 3 bytes more: not whole doubles
+        lambda b: b.replace(b'"value": "', b'"value": "AAAAAAAAAAA='),  # one double more than the rows
+        lambda b: b.replace(b'"rows"', b'"count"'),  # a field missing
+        lambda b: b'{"rows": 1}\n',
+        lambda b: b"{}\n",
+    ],
+)
+def test_a_damaged_column_block_is_an_unreadable_line_not_a_crash(mangle):
+    line = mangle(_block([Row(T0, "training", "loss", 1.0, (), 1), Row(T0 + 1, "training", "loss", 2.0, (), 2)]))
+    with pytest.raises(ValueError, match=r"column block|multiple of item size|Expecting|Incorrect padding"):
+        journal.decode_columns(line)

@@ -9,12 +9,15 @@ signal: whoever can take it knows the writer is gone (it works across processes,
 clients on Linux), so a live writer's journal is never folded. Rows go to the OS with one ``os.write``
 per ``append``; no fsync per tick (a process kill loses nothing the kernel already has).
 
-Line 1 of a segment is a header object; every further line is ``[time, group, metric, value, labels,
-step]``. A torn last line (killed mid-write) is skipped when read.
+Line 1 of a segment is a header object; every further line is a row ``[time, group, metric, value, labels,
+step]`` or a *column block* object (``encode_columns``): many rows of one labels set as packed arrays,
+which is how ``llamamon.log()`` writes its single-metric calls at a fraction of a row line's CPU. A torn
+last line (killed mid-write) is skipped when read.
 """
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import errno
 import fcntl
@@ -22,10 +25,12 @@ import json
 import logging
 import math
 import os
+import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +41,7 @@ from llamamon.store.layout import JOURNAL_SUFFIX, journal_dir, segment_name, wri
 
 log = logging.getLogger("llamamon.store")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: column blocks
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -149,6 +154,105 @@ def line_templates(group: str, metric: str, labels: str, time: str = "%r") -> tu
     group, metric, labels = (_json_str(text).replace("%", "%%") for text in (group, metric, labels))
     middle = f"{group}, {metric}, %r, {labels}"
     return f"[{time}, {middle}, %d]\n", f"[{time}, {middle}, null]\n"
+
+
+# Why little-endian on disk whatever the host: a journal left by a crash may be folded on another machine.
+_SWAP = sys.byteorder != "little"
+NO_STEP = -1  # a column block's step for "none" (steps are >= 0)
+
+
+def _packed(column: array) -> str:  # type: ignore[type-arg]
+    if _SWAP:
+        column = array(column.typecode, column)
+        column.byteswap()
+    return binascii.b2a_base64(column.tobytes(), newline=False).decode("ascii")
+
+
+def _unpacked(typecode: str, text: str) -> array:  # type: ignore[type-arg]
+    column = array(typecode, binascii.a2b_base64(text))
+    if _SWAP:
+        column.byteswap()
+    return column
+
+
+def encode_columns(
+    series: Sequence[tuple[str, str]],
+    labels: str,
+    codes: array | None,  # type: ignore[type-arg]
+    times: array,  # type: ignore[type-arg]
+    values: array,  # type: ignore[type-arg]
+    steps: array | None,  # type: ignore[type-arg]
+) -> bytes:
+    """One journal line holding ``len(times)`` rows: row i is ``series[codes[i]]`` (group, metric) with
+    ``labels`` (a ``labels_to_str`` string), ``times[i]``, ``values[i]`` and ``steps[i]``.
+
+    ``times`` and ``values`` are arrays of doubles (NaN and infinities are kept as they are), ``steps``
+    of 64-bit integers (``NO_STEP`` for none; no array when no row has one), ``codes`` of unsigned
+    integers (no array when there is one series). Why: packing arrays is done in C, so a row costs tens
+    of nanoseconds instead of the microsecond of formatting a row line.
+    """
+    head = {"rows": len(times), "series": [list(pair) for pair in series], "labels": labels}
+    # The packed columns are base64 (nothing to escape): joined as they are, not run through json.dumps.
+    parts = [json.dumps(head)[:-1], ', "time": "', _packed(times), '", "value": "', _packed(values), '"']
+    if codes is not None:
+        parts += [', "codes": ["', codes.typecode, '", "', _packed(codes), '"]']
+    if steps is not None:
+        parts += [', "step": "', _packed(steps), '"']
+    parts.append("}\n")
+    return "".join(parts).encode()
+
+
+def decode_columns(line: bytes) -> list[Row]:
+    """The rows of a column block line; ValueError when it is not a whole, consistent block."""
+    block = json.loads(line)
+    if not isinstance(block, dict):
+        raise ValueError("not a column block")
+    try:
+        count = block["rows"]
+        series = [(str(group), str(metric)) for group, metric in block["series"]]
+        labels = labels_from_str(block["labels"])
+        times = _unpacked("d", block["time"])
+        values = _unpacked("d", block["value"])
+        steps = _unpacked("q", block["step"]) if "step" in block else None
+        if "codes" in block:
+            typecode, packed = block["codes"]
+            if typecode not in ("B", "H", "I", "L", "Q"):
+                raise ValueError(f"codes of type {typecode!r}")
+            codes = _unpacked(typecode, packed)
+        else:
+            codes = array("B", bytes(count))  # one series
+    except (KeyError, TypeError, binascii.Error) as exc:
+        raise ValueError(f"bad column block ({exc})") from None
+    if not (len(codes) == len(times) == len(values) == count and (steps is None or len(steps) == count)):
+        raise ValueError("column block with columns of different lengths")
+    if count and max(codes) >= len(series):
+        raise ValueError("column block naming a series it does not list")
+    if steps is None:
+        return [Row(t, *series[c], v, labels, None) for c, t, v in zip(codes, times, values, strict=True)]
+    return [
+        Row(t, *series[c], v, labels, None if s == NO_STEP else s)
+        for c, t, v, s in zip(codes, times, values, steps, strict=True)
+    ]
+
+
+def _rows_of_lines(lines: Iterable[bytes]) -> tuple[list[Row], int]:
+    """(rows, unreadable lines or rows) of a segment's lines after its header."""
+    rows: list[Row] = []
+    bad = 0
+    for line in lines:
+        try:
+            if line.startswith(b"{"):
+                for row in decode_columns(line):
+                    if row_problem(row) is None:
+                        rows.append(row)
+                    else:
+                        bad += 1
+                continue
+            t, group, metric, value, labels, step = json.loads(line)
+            rows.append(check_row(Row(float(t), group, metric, float(value), labels_from_str(labels), step)))
+        except (ValueError, TypeError, StoreError):
+            bad += 1
+    return rows, bad
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -311,14 +415,7 @@ def read_segment(path: Path) -> tuple[dict[str, object], list[Row]]:
     except ValueError:
         log.warning("%s: not a llamamon journal (bad header); skipped", path)
         return {}, []
-    rows: list[Row] = []
-    bad = 0
-    for line in lines[1:]:
-        try:
-            t, group, metric, value, labels, step = json.loads(line)
-            rows.append(check_row(Row(float(t), group, metric, float(value), labels_from_str(labels), step)))
-        except (ValueError, TypeError, StoreError):
-            bad += 1
+    rows, bad = _rows_of_lines(lines[1:])
     if bad:
         log.warning("%s: skipped %d unreadable line(s)", path, bad)
     return header, rows
@@ -349,13 +446,7 @@ def tail_segment(path: Path, offset: int = 0) -> tuple[dict[str, object] | None,
         if not isinstance(first, dict) or "llamamon_journal" not in first:
             return None, [], offset + end + 1  # not a journal: never read again
         header, lines = first, lines[1:]
-    rows: list[Row] = []
-    for line in lines:
-        try:
-            t, group, metric, value, labels, step = json.loads(line)
-            rows.append(check_row(Row(float(t), group, metric, float(value), labels_from_str(labels), step)))
-        except (ValueError, TypeError, StoreError):
-            continue  # read_segment warns about these when the segment is folded
+    rows, _bad = _rows_of_lines(lines)  # read_segment warns about unreadable lines when the segment is folded
     return header, rows, offset + end + 1
 
 
