@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 # Runs `llamamon record -q -- true` in-process with timers around the recorder's phases; prints one JSON
-# list of (phase, wall ms, process CPU ms) at each boundary. argv: metrics folder.
+# list of (phase, wall ms, process CPU ms) at each boundary, at exit. argv: metrics folder.
 PHASES = r"""
 import json, sys, time
 T0w, T0c = time.perf_counter(), time.process_time()
@@ -54,13 +54,16 @@ wrap(recorder.Recorder, "__init__", "Recorder(): open_store, run metadata")
 wrap(recorder.Recorder, "_open_collectors", "open collectors (psutil, NVML probe)", True)
 wrap(recorder.Recorder, "_tick", "tick", True)
 wrap(writer.StoreWriter, "flush", "final flush (pyarrow import + Parquet)")
+def report():  # main() ends the process itself (after the exit handlers), as the real command does
+    stamp("main() returned")
+    print(json.dumps(marks), flush=True)
+import atexit
+atexit.register(report)
 sys.argv = ["llamamon", "record", "-q", "--metrics-dir", sys.argv[1], "--", "true"]
 try:
     llamamon.cli.main()
 except SystemExit:
     pass
-stamp("main() returned")
-print(json.dumps(marks))
 """
 
 

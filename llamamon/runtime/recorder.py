@@ -146,6 +146,7 @@ class Recorder:
                 log.warning("cannot write run metadata: %s", exc)  # the job is running: keep recording
             sampler = threading.Thread(target=self._sampler_main, args=(child.pid,), name="llamamon-sampler")
             sampler.start()
+            threading.Thread(target=_import_parquet, name="llamamon-import", daemon=True).start()
             try:
                 result = child.wait()
                 ended = time.time()
@@ -378,6 +379,13 @@ class Recorder:
             write_run(self.metrics_dir, self.info)
         except OSError as exc:
             log.warning("cannot write run metadata: %s", exc)
+
+
+def _import_parquet() -> None:
+    """Import pyarrow (and numpy with it, ~170 ms) while the job runs and the first sample waits out its
+    window, so that a short job's exit does not wait for it before the final Parquet flush."""
+    with contextlib.suppress(ImportError):  # the flush will say what is missing
+        import llamamon.store.parquet  # noqa: F401
 
 
 def _rows(samples: Sequence[Sample], fallback_group: str, now: float) -> list[Row]:

@@ -1,0 +1,69 @@
+"""How `llamamon` ends its process: exit handlers and buffered output first, then no interpreter teardown."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import llamamon_env
+
+
+def _run(code: str, cwd) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env=llamamon_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_console_entry_runs_exit_handlers_and_flushes_output_before_it_ends(tmp_path):
+    done = _run(
+        """
+        import atexit, sys
+        atexit.register(lambda: print("exit handler ran"))  # buffered: reaches the pipe only if flushed
+        sys.argv = ["llamamon", "--version"]
+        from llamamon.cli import main
+        main()
+        print("not reached: main() ends the process")
+        """,
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["llamamon, version 0.1.0", "exit handler ran"]
+
+
+def test_a_non_daemon_thread_still_running_gets_the_normal_exit_that_waits_for_it(tmp_path):
+    done = _run(
+        """
+        import pathlib, sys, threading, time
+        def late_write():
+            time.sleep(0.5)
+            pathlib.Path("written").write_text("yes")
+        threading.Thread(target=late_write).start()
+        sys.argv = ["llamamon", "--version"]
+        from llamamon.cli import main
+        main()
+        """,
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "written").read_text() == "yes"
+
+
+def test_a_failing_command_keeps_its_exit_code(tmp_path):
+    done = _run(
+        """
+        import sys
+        sys.argv = ["llamamon", "runs", "--limit", "not-a-number"]
+        from llamamon.cli import main
+        main()
+        """,
+        tmp_path,
+    )
+    assert done.returncode == 2
+    assert "not-a-number" in done.stderr
