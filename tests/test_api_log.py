@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from llamamon.api import _as_step, _Converter, _last_step, _rank_labels
 from llamamon.samples import Row, labels_to_str, make_labels
 from llamamon.store.journal import (
-    _rows_of_lines,
+    _read_lines,
     encode_fields,
     encode_rows,
     line_templates,
@@ -261,7 +261,7 @@ _entries = st.lists(
 
 
 def _rows(data: bytes) -> list[tuple]:
-    rows, bad = _rows_of_lines(data.splitlines())
+    rows, _blocks, bad = _read_lines(data.splitlines(), keep_blocks=False)
     assert bad == 0
     return sorted((r.time, r.group, r.metric, repr(r.value), r.labels, -1 if r.step is None else r.step) for r in rows)
 

@@ -395,3 +395,43 @@ def test_a_damaged_column_block_is_an_unreadable_line_not_a_crash(mangle):
     line = mangle(_block([Row(T0, "training", "loss", 1.0, (), 1), Row(T0 + 1, "training", "loss", 2.0, (), 2)]))
     with pytest.raises(ValueError, match=r"column block|multiple of item size|Expecting|Incorrect padding"):
         journal.decode_columns(line)
+
+
+def test_folding_column_blocks_writes_the_same_files_as_folding_their_rows(tmp_path):
+    """The fold writes column blocks with column operations; the result must be the row path's, byte for byte."""
+    import pyarrow.parquet as pq
+
+    midnight = 1_764_288_000.0  # 2025-11-28T00:00:00Z: the rows span two date= partitions
+    labels = make_labels(rank="1")
+    rows = [
+        Row(midnight - 50 + i * 0.7, ("training", "custom")[i % 2], ("loss", "my_metric")[i % 2], v, labels, s)
+        for i, (v, s) in enumerate(
+            (float(k) / 3 if k % 11 else float("nan"), None if k % 5 == 0 else k) for k in range(200)
+        )
+    ]
+    other = [Row(midnight - 10 + i, "training", "learning_rate", 1e-4 * i, (), None) for i in range(30)]
+    line_rows = [Row(midnight + 5, "training", "step", 42.0, (), 42)]
+    data = _block(rows) + _block(other) + journal.encode_rows(line_rows)
+
+    def fold(root):
+        folder = root / "_journal" / RUN
+        folder.mkdir(parents=True)
+        header = json.dumps({"llamamon_journal": 2, "run": RUN, "host": "h", "pid": 4242}).encode() + b"\n"
+        (folder / "4242-abcdef-000001.jsonl").write_bytes(header + data)
+        return root
+
+    by_blocks = fold(tmp_path / "blocks")
+    assert fold_orphans(by_blocks) == 231
+    by_rows = tmp_path / "rows"
+    _header, decoded = journal.read_segment(fold(by_rows) / "_journal" / RUN / "4242-abcdef-000001.jsonl")
+    assert len(decoded) == 231
+    write_partitions(by_rows, RUN, "h", "4242-abcdef-000001", decoded)
+
+    files = sorted(p.relative_to(by_blocks) for p in by_blocks.rglob("*.parquet"))
+    assert len(files) == 4  # training and custom, before and after midnight
+    assert files == sorted(p.relative_to(by_rows) for p in by_rows.rglob("*.parquet"))
+    for name in files:
+        got, want = (pq.read_table(root / name) for root in (by_blocks, by_rows))
+        assert got.schema == want.schema
+        for column in got.column_names:  # to_pylist: NaN values compare through their repr
+            assert list(map(repr, got[column].to_pylist())) == list(map(repr, want[column].to_pylist())), column

@@ -202,15 +202,49 @@ def encode_columns(
     return "".join(parts).encode()
 
 
-def decode_columns(line: bytes) -> list[Row]:
-    """The rows of a column block line; ValueError when it is not a whole, consistent block."""
+@dataclass(frozen=True, slots=True)
+class ColumnBlock:
+    """A decoded column block: row i is ``series[codes[i]]`` with ``labels``, ``times[i]``, ``values[i]``
+    and ``steps[i]`` (``NO_STEP`` for none; ``steps`` is None when no row has one)."""
+
+    series: list[tuple[str, str]]  # (group, metric)
+    labels: str  # as labels_to_str writes them
+    codes: array  # type: ignore[type-arg]
+    times: array  # type: ignore[type-arg]
+    values: array  # type: ignore[type-arg]
+    steps: array | None  # type: ignore[type-arg]
+
+    def rows(self) -> list[Row]:
+        series, labels = self.series, labels_from_str(self.labels)
+        if self.steps is None:
+            return [
+                Row(t, *series[c], v, labels, None) for c, t, v in zip(self.codes, self.times, self.values, strict=True)
+            ]
+        return [
+            Row(t, *series[c], v, labels, None if s == NO_STEP else s)
+            for c, t, v, s in zip(self.codes, self.times, self.values, self.steps, strict=True)
+        ]
+
+    def storable(self) -> bool:
+        """True when every row passes ``row_problem``, checked per column (C loops, no Row objects)."""
+        if any(group not in GROUPS for group, _ in self.series):
+            return False
+        times = self.times
+        if times and not (math.isfinite(math.fsum(times)) and min(times) >= 0 and max(times) <= _MAX_TIME):
+            return False
+        return self.steps is None or not self.steps or min(self.steps) >= NO_STEP
+
+
+def parse_columns(line: bytes) -> ColumnBlock:
+    """A column block line, decoded; ValueError when it is not a whole, consistent block."""
     block = json.loads(line)
     if not isinstance(block, dict):
         raise ValueError("not a column block")
     try:
         count = block["rows"]
         series = [(str(group), str(metric)) for group, metric in block["series"]]
-        labels = labels_from_str(block["labels"])
+        labels = block["labels"]
+        labels_from_str(labels)  # ValueError when it is not a labels string
         times = _unpacked("d", block["time"])
         values = _unpacked("d", block["value"])
         steps = _unpacked("q", block["step"]) if "step" in block else None
@@ -227,22 +261,31 @@ def decode_columns(line: bytes) -> list[Row]:
         raise ValueError("column block with columns of different lengths")
     if count and max(codes) >= len(series):
         raise ValueError("column block naming a series it does not list")
-    if steps is None:
-        return [Row(t, *series[c], v, labels, None) for c, t, v in zip(codes, times, values, strict=True)]
-    return [
-        Row(t, *series[c], v, labels, None if s == NO_STEP else s)
-        for c, t, v, s in zip(codes, times, values, steps, strict=True)
-    ]
+    return ColumnBlock(series, str(labels), codes, times, values, steps)
 
 
-def _rows_of_lines(lines: Iterable[bytes]) -> tuple[list[Row], int]:
-    """(rows, unreadable lines or rows) of a segment's lines after its header."""
+def decode_columns(line: bytes) -> list[Row]:
+    """The rows of a column block line; ValueError when it is not a whole, consistent block."""
+    return parse_columns(line).rows()
+
+
+def _read_lines(lines: Iterable[bytes], keep_blocks: bool) -> tuple[list[Row], list[ColumnBlock], int]:
+    """(rows, column blocks, unreadable lines or rows) of a segment's lines after its header.
+
+    With ``keep_blocks`` a block whose rows are all storable is returned as it is (the fold writes it
+    with column operations); otherwise, and for a block with a bad row, its rows are checked one by one.
+    """
     rows: list[Row] = []
+    blocks: list[ColumnBlock] = []
     bad = 0
     for line in lines:
         try:
             if line.startswith(b"{"):
-                for row in decode_columns(line):
+                block = parse_columns(line)
+                if keep_blocks and block.storable():
+                    blocks.append(block)
+                    continue
+                for row in block.rows():
                     if row_problem(row) is None:
                         rows.append(row)
                     else:
@@ -252,7 +295,7 @@ def _rows_of_lines(lines: Iterable[bytes]) -> tuple[list[Row], int]:
             rows.append(check_row(Row(float(t), group, metric, float(value), labels_from_str(labels), step)))
         except (ValueError, TypeError, StoreError):
             bad += 1
-    return rows, bad
+    return rows, blocks, bad
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -401,24 +444,30 @@ class Journal:
 
 def read_segment(path: Path) -> tuple[dict[str, object], list[Row]]:
     """Header and rows of a segment; a torn last line and unreadable lines are skipped (with a warning)."""
+    header, rows, _blocks = read_segment_blocks(path, keep_blocks=False)
+    return header, rows
+
+
+def read_segment_blocks(path: Path, keep_blocks: bool = True) -> tuple[dict[str, object], list[Row], list[ColumnBlock]]:
+    """``read_segment`` that hands column blocks over undecoded (the fold's path: no Row per value)."""
     data = path.read_bytes()
     lines = data.split(b"\n")
     torn = lines.pop()  # b"" when the file ends with a newline; else a line cut short by a kill
     if torn:
         log.warning("%s: skipped a torn last line (%d bytes), the writer was killed mid-write", path, len(torn))
     if not lines:
-        return {}, []
+        return {}, [], []
     try:
         header = json.loads(lines[0])
         if not isinstance(header, dict) or "llamamon_journal" not in header:
             raise ValueError("no journal header")
     except ValueError:
         log.warning("%s: not a llamamon journal (bad header); skipped", path)
-        return {}, []
-    rows, bad = _rows_of_lines(lines[1:])
+        return {}, [], []
+    rows, blocks, bad = _read_lines(lines[1:], keep_blocks)
     if bad:
         log.warning("%s: skipped %d unreadable line(s)", path, bad)
-    return header, rows
+    return header, rows, blocks
 
 
 def tail_segment(path: Path, offset: int = 0) -> tuple[dict[str, object] | None, list[Row], int]:
@@ -446,7 +495,7 @@ def tail_segment(path: Path, offset: int = 0) -> tuple[dict[str, object] | None,
         if not isinstance(first, dict) or "llamamon_journal" not in first:
             return None, [], offset + end + 1  # not a journal: never read again
         header, lines = first, lines[1:]
-    rows, _bad = _rows_of_lines(lines)  # read_segment warns about unreadable lines when the segment is folded
+    rows, _blocks, _bad = _read_lines(lines, keep_blocks=False)  # the fold warns about unreadable lines
     return header, rows, offset + end + 1
 
 

@@ -34,6 +34,8 @@ import pyarrow.parquet as pq
 
 from llamamon.fsutil import atomic_write
 from llamamon.samples import Row, labels_to_str
+from llamamon.store.journal import NO_STEP, ColumnBlock
+from llamamon.store.layout import utc_date
 
 SCHEMA = pa.schema(
     [
@@ -98,6 +100,45 @@ def rows_to_table(rows: Sequence[Row], host: str) -> pa.Table:
         },
         schema=SCHEMA,
     )
+
+
+def block_tables(block: ColumnBlock, host: str) -> dict[tuple[str, str], pa.Table]:
+    """A column block (all rows storable) as unsorted tables in the store schema, per (group, date).
+
+    Column operations from the block's packed arrays: no Row object per value, so folding a job's
+    million logged points takes a fraction of a second instead of seconds.
+    """
+    import numpy as np  # pyarrow's own dependency
+
+    codes = np.frombuffer(block.codes, dtype=np.dtype(block.codes.typecode)).astype(np.intp)
+    micros = np.round(np.frombuffer(block.times, dtype=np.float64) * 1_000_000).astype(np.int64)
+    values = np.frombuffer(block.values, dtype=np.float64)
+    steps = np.frombuffer(block.steps, dtype=np.int64) if block.steps is not None else None
+    groups = sorted({group for group, _ in block.series})
+    group_of_code = np.array([groups.index(group) for group, _ in block.series], dtype=np.intp)[codes]
+    metric_of_code = np.array([metric for _, metric in block.series], dtype=object)
+    days = micros // 86_400_000_000
+    out = {}
+    for g, group in enumerate(groups):
+        in_group = group_of_code == g
+        for day in np.unique(days[in_group]):
+            take = np.flatnonzero(in_group & (days == day))
+            n = len(take)
+            step = None if steps is None else steps[take]
+            out[(group, utc_date(int(day) * 86_400.0))] = pa.table(
+                {
+                    "time": pa.array(micros[take], SCHEMA.field("time").type),
+                    "host": pa.repeat(pa.scalar(host, pa.string()), n),
+                    "metric": pa.array(metric_of_code[codes[take]], pa.string()),
+                    "value": pa.array(values[take], pa.float64()),
+                    "labels": pa.repeat(pa.scalar(block.labels, pa.string()), n),
+                    "step": pa.array(step, pa.int64(), mask=step == NO_STEP)
+                    if step is not None
+                    else pa.nulls(n, pa.int64()),
+                },
+                schema=SCHEMA,
+            )
+    return out
 
 
 def _key(item: tuple[str, str, int, Row]) -> tuple[str, str, int]:

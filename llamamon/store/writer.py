@@ -19,6 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from llamamon.errors import StoreError
 from llamamon.samples import Row
@@ -28,19 +29,43 @@ from llamamon.store.layout import data_file, journal_dir, utc_date
 log = logging.getLogger("llamamon.store")
 
 
-def write_partitions(metrics_dir: Path, run_id: str, host: str, stem: str, rows: Sequence[Row]) -> list[Path]:
-    """Write ``rows`` as ``<stem>.parquet`` in each (group, date) partition they touch; skip files already there."""
+def write_partitions(
+    metrics_dir: Path,
+    run_id: str,
+    host: str,
+    stem: str,
+    rows: Sequence[Row],
+    blocks: Sequence[journal.ColumnBlock] = (),
+) -> list[Path]:
+    """Write ``rows`` (and the journal's column ``blocks``) as ``<stem>.parquet`` in each (group, date)
+    partition they touch; skip files already there."""
     from llamamon.store import parquet  # heavy: pyarrow only when rows are really written
 
     by_partition: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    dates: dict[int, str] = {}  # UTC day number -> date= value: one strftime per day, not per row
     for row in rows:
-        by_partition[(row.group, utc_date(row.time))].append(row)
+        day = int(row.time // 86_400)
+        date = dates.get(day)
+        if date is None:
+            date = dates[day] = utc_date(row.time)
+        by_partition[(row.group, date)].append(row)
+    tables: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    for block in blocks:
+        for key, table in parquet.block_tables(block, host).items():
+            tables[key].append(table)
     written = []
-    for (group, date), part in sorted(by_partition.items()):
+    for group, date in sorted({*by_partition, *tables}):
         path = data_file(metrics_dir, group, date, run_id, stem)
         if path.exists():
             continue  # written by an earlier flush or fold of this very segment
-        parquet.write_table(path, parquet.rows_to_table(part, host))
+        part = by_partition.get((group, date), [])
+        if (group, date) in tables:
+            import pyarrow as pa
+
+            table = parquet.sort_table(pa.concat_tables([parquet.rows_to_table(part, host), *tables[(group, date)]]))
+        else:
+            table = parquet.rows_to_table(part, host)
+        parquet.write_table(path, table)
         written.append(path)
     return written
 
@@ -48,13 +73,13 @@ def write_partitions(metrics_dir: Path, run_id: str, host: str, stem: str, rows:
 def fold_segment(metrics_dir: Path, segment: journal.Segment) -> int:
     """Move one claimed, writer-less segment into Parquet and remove it; returns the rows folded."""
     try:
-        header, rows = journal.read_segment(segment.path)
-        if rows:
+        header, rows, blocks = journal.read_segment_blocks(segment.path)
+        if rows or blocks:
             host = str(header.get("host") or "")
             run_id = str(header.get("run") or segment.run_id)
-            write_partitions(metrics_dir, run_id, host, segment.stem, rows)
+            write_partitions(metrics_dir, run_id, host, segment.stem, rows, blocks)
         segment.discard()
-        return len(rows)
+        return len(rows) + sum(len(block.times) for block in blocks)
     except BaseException:
         segment.release()
         raise
