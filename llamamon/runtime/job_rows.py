@@ -2,15 +2,19 @@
 
 Why here: the recorder's tick only sees its collectors' rows, yet the live .prom file must show the
 job's step, loss and validation loss too. Reading the job's journal segments from the last offset costs
-one folder listing and the new bytes per tick; the store's own fold is untouched.
+one folder listing and the new bytes per tick; the store's own fold is untouched. The file shows each
+series' latest value, so of a column block (a flush of ``llamamon.log()`` calls, maybe a million
+points) only each series' last row becomes a Row, plus every row of a histogram metric (each value
+is an observation).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from llamamon.samples import Row
-from llamamon.store.journal import segment_paths, tail_segment
+from llamamon import catalog
+from llamamon.samples import Row, labels_from_str
+from llamamon.store.journal import NO_STEP, ColumnBlock, segment_paths, tail_segment_blocks
 
 
 class JobJournalTail:
@@ -24,14 +28,46 @@ class JobJournalTail:
         self.skipped: set[Path] = set()
 
     def poll(self) -> list[Row]:
+        """New rows in time order, a column block's reduced to what a latest-values snapshot needs."""
         rows: list[Row] = []
         for path in segment_paths(self.metrics_dir, self.run_id):
             if path in self.skipped:
                 continue
-            header, new, offset = tail_segment(path, self.offsets.get(path, 0))
+            header, new, blocks, offset = tail_segment_blocks(path, self.offsets.get(path, 0))
             self.offsets[path] = offset
             if header is not None and header.get("pid") == self.skip_pid:
                 self.skipped.add(path)
                 continue
             rows.extend(new)
+            for block in blocks:
+                rows.extend(latest_rows(block))
+        rows.sort(key=_time)
         return rows
+
+
+def latest_rows(block: ColumnBlock) -> list[Row]:
+    """Each series' last row by time (the later one on a tie), and every row of a histogram metric."""
+    if any(_is_histogram(metric) for _, metric in block.series):
+        return block.rows()
+    times = block.times
+    last: dict[int, int] = {}
+    for index, code in enumerate(block.codes):
+        seen = last.get(code)
+        if seen is None or times[index] >= times[seen]:
+            last[code] = index
+    labels = labels_from_str(block.labels)
+    steps = block.steps
+    out = []
+    for code, index in last.items():
+        step = None if steps is None or steps[index] == NO_STEP else steps[index]
+        out.append(Row(times[index], *block.series[code], block.values[index], labels, step))
+    return out
+
+
+def _is_histogram(name: str) -> bool:
+    metric = catalog.get(name)
+    return metric is not None and metric.kind == "histogram"
+
+
+def _time(row: Row) -> float:
+    return row.time

@@ -476,15 +476,24 @@ def tail_segment(path: Path, offset: int = 0) -> tuple[dict[str, object] | None,
     For readers that follow a live run (``llamamon watch``): only whole lines are consumed, so a row
     being written is read on the next call; a vanished segment gives no rows and the same offset.
     """
+    header, rows, _blocks, offset = tail_segment_blocks(path, offset, keep_blocks=False)
+    return header, rows, offset
+
+
+def tail_segment_blocks(
+    path: Path, offset: int = 0, keep_blocks: bool = True
+) -> tuple[dict[str, object] | None, list[Row], list[ColumnBlock], int]:
+    """``tail_segment`` that hands storable column blocks over undecoded, for readers that need less than
+    every row of them (the live .prom file needs each series' last value)."""
     try:
         with open(path, "rb") as fh:
             fh.seek(offset)
             data = fh.read()
     except FileNotFoundError:
-        return None, [], offset
+        return None, [], [], offset
     end = data.rfind(b"\n")
     if end < 0:
-        return None, [], offset
+        return None, [], [], offset
     lines = data[:end].split(b"\n")
     header: dict[str, object] | None = None
     if offset == 0:
@@ -493,10 +502,10 @@ def tail_segment(path: Path, offset: int = 0) -> tuple[dict[str, object] | None,
         except ValueError:
             first = None
         if not isinstance(first, dict) or "llamamon_journal" not in first:
-            return None, [], offset + end + 1  # not a journal: never read again
+            return None, [], [], offset + end + 1  # not a journal: never read again
         header, lines = first, lines[1:]
-    rows, _blocks, _bad = _read_lines(lines, keep_blocks=False)  # the fold warns about unreadable lines
-    return header, rows, offset + end + 1
+    rows, blocks, _bad = _read_lines(lines, keep_blocks)  # the fold warns about unreadable lines
+    return header, rows, blocks, offset + end + 1
 
 
 def claim(path: Path) -> Segment | None:
