@@ -36,7 +36,7 @@ from pathlib import Path
 
 from llamamon.catalog import GROUPS
 from llamamon.errors import StoreError
-from llamamon.samples import Row, labels_from_str, labels_to_str
+from llamamon.samples import Labels, Row, labels_from_str, labels_to_str
 from llamamon.store.layout import JOURNAL_SUFFIX, journal_dir, segment_name, writer_id
 
 log = logging.getLogger("llamamon.store")
@@ -116,6 +116,19 @@ def _json_str(text: str) -> str:
         found = json.dumps(text)
         if len(_json_strings) < 65536:  # names and label sets repeat; a bound keeps odd callers from growing it
             _json_strings[text] = found
+    return found
+
+
+_labels_texts: dict[Labels, str] = {}
+
+
+def _labels_text(labels: Labels) -> str:
+    """``labels_to_str``, remembered: a recorder writes the same few label sets every tick."""
+    found = _labels_texts.get(labels)
+    if found is None:
+        found = labels_to_str(labels)
+        if len(_labels_texts) < 65536:
+            _labels_texts[labels] = found
     return found
 
 
@@ -367,7 +380,20 @@ class Journal:
         """``append`` for rows that already went through ``accept``."""
         if not rows:
             return 0
-        self._write(encode_rows(rows))
+        text = _labels_text
+        self._write(
+            encode_fields(
+                (
+                    float(r.time),
+                    r.group,
+                    r.metric,
+                    float(r.value),
+                    text(r.labels),
+                    None if r.step is None else int(r.step),
+                )
+                for r in rows
+            )
+        )
         return len(rows)
 
     def append_lines(self, data: bytes, count: int) -> int:
