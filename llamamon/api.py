@@ -29,6 +29,7 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Iterable, Mapping
+from itertools import repeat, starmap
 from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -255,10 +256,12 @@ class _Converter:
         if labels != self.labels:  # templates embed the labels string
             self.templates.clear()
             self.labels = labels
-        flat = [entry for entry in entries if len(entry) == 4]
-        if len(flat) != len(entries):
+        try:
+            flat, block = entries, self._columns(entries, labels, aliases)  # the hot loop's batch: all single calls
+        except IndexError:  # a dict call's entry has no fourth field
+            flat = [entry for entry in entries if len(entry) == 4]
             flat.extend(_flattened([entry for entry in entries if len(entry) != 4]))  # type: ignore[arg-type]
-        block = self._columns(flat, labels, aliases) if flat else None
+            block = self._columns(flat, labels, aliases) if flat else None
         if block is None:
             data, count = self._lines(entries, labels, aliases)
         else:
@@ -273,10 +276,13 @@ class _Converter:
         return data, count
 
     def _columns(self, flat: list[Entry], labels: str, aliases: dict[str, str] | None) -> bytes | None:
-        """Single-metric entries as one column block, or None when one of them needs the line path."""
+        """Single-metric entries as one column block, or None when one of them needs the line path.
+
+        IndexError when an entry is a dict call's. Every step of this runs while the training thread
+        waits for the GIL, so each column is one C-level pass (map, array) over the batch.
+        """
         from llamamon.store.journal import NO_STEP, encode_columns
 
-        # Why map(itemgetter): four C-level passes over the batch instead of one Python-level loop.
         times, steps, keys, raws = (list(map(itemgetter(i), flat)) for i in range(4))
         distinct = set(keys)
         if "step" in distinct or any(type(key) is not str for key in distinct):
@@ -284,12 +290,13 @@ class _Converter:
         try:
             # array() converts in C what float() would (ints, bools, numpy scalars); a str or None raises
             values = array("d", raws)
-            packed_steps = None
-            missing = steps.count(None)
-            if missing != len(steps):
-                packed_steps = array("q", [NO_STEP if step is None else step for step in steps] if missing else steps)
-                if min(packed_steps) < NO_STEP:  # a negative step is stored as none: the line path does that
-                    return None
+            try:
+                packed_steps: array[int] | None = array("q", steps)  # a negative step reads back as none
+            except TypeError:  # None among them (or a step that is no integer: the line path converts it)
+                missing = steps.count(None)
+                packed_steps = None
+                if missing != len(steps):
+                    packed_steps = array("q", [NO_STEP if step is None else step for step in steps])
         except (TypeError, ValueError, OverflowError):
             return None
         templates = self.templates
@@ -461,8 +468,8 @@ class _Flusher:
                 ready = [_rows.popleft() for _ in range(len(_rows))]
                 self._write_rows(ready)
             while _queue:
-                pop = _queue.popleft
-                batch: list[Entry] = [pop() for _ in range(min(len(_queue), BATCH))]
+                # starmap(popleft, repeat(())): the pops in a C loop (a comprehension costs twice as much)
+                batch: list[Entry] = list(starmap(_queue.popleft, repeat((), min(len(_queue), BATCH))))
                 self._write(batch)
 
     def _write(self, batch: list[Entry]) -> None:

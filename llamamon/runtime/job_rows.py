@@ -14,7 +14,7 @@ from pathlib import Path
 
 from llamamon import catalog
 from llamamon.samples import Row, labels_from_str
-from llamamon.store.journal import NO_STEP, ColumnBlock, segment_paths, tail_segment_blocks
+from llamamon.store.journal import ColumnBlock, segment_paths, tail_segment_blocks
 
 
 class JobJournalTail:
@@ -59,7 +59,7 @@ def latest_rows(block: ColumnBlock) -> list[Row]:
     steps = block.steps
     out = []
     for code, index in last.items():
-        step = None if steps is None or steps[index] == NO_STEP else steps[index]
+        step = None if steps is None or steps[index] < 0 else steps[index]
         out.append(Row(times[index], *block.series[code], block.values[index], labels, step))
     return out
 

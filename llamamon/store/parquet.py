@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from llamamon.fsutil import atomic_write
 from llamamon.samples import Row, labels_to_str
-from llamamon.store.journal import NO_STEP, ColumnBlock
+from llamamon.store.journal import ColumnBlock
 from llamamon.store.layout import utc_date
 
 SCHEMA = pa.schema(
@@ -132,9 +132,7 @@ def block_tables(block: ColumnBlock, host: str) -> dict[tuple[str, str], pa.Tabl
                     "metric": pa.array(metric_of_code[codes[take]], pa.string()),
                     "value": pa.array(values[take], pa.float64()),
                     "labels": pa.repeat(pa.scalar(block.labels, pa.string()), n),
-                    "step": pa.array(step, pa.int64(), mask=step == NO_STEP)
-                    if step is not None
-                    else pa.nulls(n, pa.int64()),
+                    "step": pa.array(step, pa.int64(), mask=step < 0) if step is not None else pa.nulls(n, pa.int64()),
                 },
                 schema=SCHEMA,
             )
