@@ -46,6 +46,7 @@ logger = logging.getLogger("llamamon.api")
 
 FLUSH_INTERVAL = 1.0  # seconds between background flushes; the journal is the crash-safety net
 BATCH = 16384  # entries converted and written per journal append
+SEGMENT_BYTES = 64 << 20  # a journal segment this large is closed and a new one started (~2 M points)
 EXIT_TIMEOUT = 10.0  # longest the interpreter waits at exit for the last flush
 _STEP_END = 2**63  # steps are stored as 64-bit integers
 
@@ -183,6 +184,12 @@ class _Destination:
     def write_lines(self, data: bytes, count: int) -> None:
         assert self.journal is not None, "open() first"
         self.rows += self.journal.append_lines(data, count)
+        if self.journal.size >= SEGMENT_BYTES:
+            segment = self.journal.rotate()
+            if segment is not None:
+                # Complete and unlocked: `llamamon record` folds it into Parquet while the job runs (or
+                # the next llamamon command does), so a long run's journal never grows without bound.
+                segment.release()
 
     def close(self) -> None:
         if self.journal is not None:

@@ -176,3 +176,44 @@ def test_scrape_during_record(tmp_path):
     assert set(queue["group"]) == {"inference"}
     assert set(queue["value"]) == {5.0}
     assert rows.filter(pl.col("metric") == "app_temperature_celsius").height >= 2
+
+
+ROTATING_JOB = r"""
+import os, sys, time
+from pathlib import Path
+import llamamon, llamamon.api
+
+llamamon.api.SEGMENT_BYTES = 2000  # a few hundred points per segment
+for step in range(3000):
+    llamamon.log(loss=1.0 / (step + 1), step=step)
+    if step % 100 == 99:
+        llamamon.api.flush()
+llamamon.api.flush()
+current = llamamon.api._flusher.destination.journal.path
+folder = Path(os.environ["LLAMAMON_METRICS_DIR"], "_journal", os.environ["LLAMAMON_RUN_ID"])
+finished = [p for p in folder.glob("*.jsonl") if p != current]
+assert len(finished) >= 5, finished
+deadline = time.monotonic() + 30
+while any(p.exists() for p in finished):  # the recorder folds them while this job still runs
+    assert time.monotonic() < deadline, "finished journal segments were not folded during the run"
+    time.sleep(0.05)
+print("folded during the run", len(finished))
+"""
+
+
+def test_the_jobs_finished_journal_segments_are_folded_while_it_runs(tmp_path, monkeypatch, capfd):
+    from llamamon.cli import main
+    from llamamon.runtime import recorder
+
+    monkeypatch.setattr(recorder, "FLUSH_INTERVAL_S", 0.5)  # the fold's period too
+    monkeypatch.chdir(tmp_path)
+    for name, value in llamamon_env().items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "job.py").write_text(ROTATING_JOB)
+    with pytest.raises(SystemExit) as done:
+        main(["record", "-q", "--interval", "0.2", "--no-gpu", "--no-parse", "--", sys.executable, "job.py"])
+    assert done.value.code == 0, capfd.readouterr().err
+    assert "folded during the run" in capfd.readouterr().out
+    rows = scan(tmp_path / ".metrics").collect()
+    assert metric(rows, "loss") == [(s, 1.0 / (s + 1)) for s in range(3000)]  # each point once
+    assert not list((tmp_path / ".metrics" / "_journal").glob("*/*.jsonl"))

@@ -230,6 +230,7 @@ class Recorder:
             # What the job logs itself (step, loss ...) belongs in the live .prom file too.
             self._job_rows = JobJournalTail(self.metrics_dir, self.info.id, os.getpid())
         collectors = await self._open_collectors(pid)
+        fold: asyncio.Future[None] | None = None
         try:
             ticker = Ticker(self.interval)
 
@@ -237,14 +238,21 @@ class Recorder:
                 await self._tick(collectors, writer)
 
             first = True
+            next_fold = time.monotonic() + FLUSH_INTERVAL_S
 
             async def tick_then_describe() -> None:
-                nonlocal first
+                nonlocal first, fold, next_fold
                 await tick()
                 if first:
                     first = False
                     # After the first sample, not before: git on a big repository may take a moment.
                     await asyncio.to_thread(self._describe, collectors)
+                now = time.monotonic()
+                if now >= next_fold and (fold is None or fold.done()):
+                    # Segments the job's llamamon.log() has finished (it rotates them) go into Parquet while
+                    # it runs, beside the ticks: a long run's journal stays small and its exit quick.
+                    next_fold = now + FLUSH_INTERVAL_S
+                    fold = asyncio.ensure_future(asyncio.to_thread(self._fold_job_journals))
 
             await run_ticks(ticker, tick_then_describe, stop)
             await tick()  # the last sample, at exit
@@ -256,6 +264,8 @@ class Recorder:
             if ticker.skipped:
                 log.debug("%d ticks skipped because sampling overran the interval", ticker.skipped)
         finally:
+            if fold is not None:
+                await fold  # never raises: _fold_job_journals reports its own failure
             for collector in collectors:
                 try:
                     await collector.close()

@@ -342,6 +342,7 @@ class Journal:
         self._path: Path | None = None
         self._writer = writer_id(os.getpid())
         self._seq = 0
+        self._size = 0
         self._warned: set[tuple[str, str]] = set()
         _journals.add(self)
 
@@ -401,12 +402,18 @@ class Journal:
             self._write(data)
         return count
 
+    @property
+    def size(self) -> int:
+        """Bytes of rows in the current segment (0 before the first append after a rotation)."""
+        return self._size
+
     def _write(self, data: bytes) -> None:
         with self._lock:
             if self._fd is None:
                 self._open_segment()
             assert self._fd is not None
             _write_all(self._fd, data)
+            self._size += len(data)
 
     def rotate(self) -> Segment | None:
         """Close the current segment for further appends and hand it over, still locked, to be converted."""
@@ -453,6 +460,7 @@ class Journal:
                     leftover.unlink()
             raise
         self._fd, self._path = fd, path
+        self._size = 0
 
     def _forget_after_fork(self) -> None:
         # Why: the child shares the parent's open file description (and so its lock); it must neither write
