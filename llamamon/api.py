@@ -402,17 +402,11 @@ class _Converter:
 def _flattened(calls: list[tuple[float, Any, Mapping[str, Any]]]) -> list[Entry]:
     """Dict entries as single-metric ones; a dict's ``"step"`` key is the step of its other metrics."""
     out: list[Entry] = []
-    add = out.append
     for t, step, data in calls:
-        if "step" in data:  # never a metric row of its own (the line path skips it too)
-            if step is None:
-                step = data["step"]
-            for key, raw in data.items():
-                if key != "step":
-                    add((t, step, key, raw))
-        else:
-            for key, raw in data.items():
-                add((t, step, key, raw))
+        if step is None:
+            step = data.get("step")
+        # a dict's "step" key is never a metric row of its own (the line path skips it too)
+        out.extend((t, step, key, raw) for key, raw in data.items() if key != "step")
     return out
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import textwrap
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
+from llamamon.samples import Row, labels_to_str
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRE_INTEGRATION = os.environ.get("LLAMAMON_REQUIRE_INTEGRATION") == "1"
@@ -50,6 +55,27 @@ def run_llamamon(
         timeout=timeout,
         check=False,
         **kw,
+    )
+
+
+def run_python(code: str, cwd: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run a Python snippet (dedented) in a fresh interpreter that imports this checkout."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env=llamamon_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def json_row_lines(rows: Iterable[Row]) -> bytes:
+    """Journal row lines the plain way, json.dumps per row: the reference encode_fields must match."""
+    return b"".join(
+        (json.dumps([r.time, r.group, r.metric, r.value, labels_to_str(r.labels), r.step]) + "\n").encode()
+        for r in rows
     )
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -21,24 +19,15 @@ from llamamon.samples import Row, labels_to_str, make_labels
 from llamamon.store.journal import (
     _read_lines,
     encode_fields,
-    encode_rows,
     line_templates,
     read_segment,
     segment_paths,
 )
-from tests.conftest import llamamon_env
+from tests.conftest import json_row_lines, run_python
 
 
 def run_script(code: str, cwd: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=cwd,
-        env=llamamon_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    result = run_python(code, cwd, timeout, **env)
     assert result.returncode == 0, result.stderr
     return result
 
@@ -327,10 +316,10 @@ def test_step_and_rank_helpers():
         max_size=20,
     )
 )
-def test_encode_fields_writes_the_same_bytes_as_encode_rows(records):
+def test_encode_fields_writes_the_same_bytes_as_json_dumps(records):
     rows = [Row(t, g, m, v, make_labels(lab), s) for t, g, m, v, lab, s in records]
     fields = [(t, g, m, v, labels_to_str(make_labels(lab)), s) for t, g, m, v, lab, s in records]
-    assert encode_fields(fields) == encode_rows(rows)
+    assert encode_fields(fields) == json_row_lines(rows)
 
 
 @settings(max_examples=300, deadline=None)

@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
-from tests.conftest import llamamon_env
-
-
-def _run(code: str, cwd) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=cwd,
-        env=llamamon_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.conftest import run_python
 
 
 def test_the_console_entry_runs_exit_handlers_and_flushes_output_before_it_ends(tmp_path):
-    done = _run(
+    done = run_python(
         """
         import atexit, sys
         atexit.register(lambda: print("exit handler ran"))  # buffered: reaches the pipe only if flushed
@@ -38,7 +22,7 @@ def test_the_console_entry_runs_exit_handlers_and_flushes_output_before_it_ends(
 
 
 def test_a_non_daemon_thread_still_running_gets_the_normal_exit_that_waits_for_it(tmp_path):
-    done = _run(
+    done = run_python(
         """
         import pathlib, sys, threading, time
         def late_write():
@@ -56,7 +40,7 @@ def test_a_non_daemon_thread_still_running_gets_the_normal_exit_that_waits_for_i
 
 
 def test_a_failing_command_keeps_its_exit_code(tmp_path):
-    done = _run(
+    done = run_python(
         """
         import sys
         sys.argv = ["llamamon", "runs", "--limit", "not-a-number"]

@@ -8,6 +8,7 @@ from array import array
 from llamamon.runtime.job_rows import JobJournalTail, latest_rows
 from llamamon.samples import Row, make_labels
 from llamamon.store import journal
+from tests.conftest import json_row_lines
 
 RUN = "20261127T120000Z-testhost-abcd"
 T0 = 1_764_244_800.0
@@ -56,10 +57,10 @@ def test_poll_reads_new_lines_only_skips_the_recorders_segments_and_sorts_by_tim
     job.write_bytes(
         header(111)
         + block([("training", "loss")], [0] * 1000, [T0 + i for i in range(1000)], [1 / (i + 1) for i in range(1000)])
-        + journal.encode_rows([Row(T0 + 0.5, "training", "step", 7.0, (), 7)])
+        + json_row_lines([Row(T0 + 0.5, "training", "step", 7.0, (), 7)])
     )
     (folder / "222-abcdef-000001.jsonl").write_bytes(
-        header(222) + journal.encode_rows([Row(T0, "system", "cpu_usage", 0.5)])
+        header(222) + json_row_lines([Row(T0, "system", "cpu_usage", 0.5)])
     )
     tail = JobJournalTail(tmp_path, RUN, skip_pid=222)
     assert tail.poll() == [

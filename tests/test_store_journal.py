@@ -19,7 +19,7 @@ from llamamon.samples import Row, make_labels
 from llamamon.store import journal, open_store
 from llamamon.store.reader import scan
 from llamamon.store.writer import StoreWriter, fold_orphans, write_partitions
-from tests.conftest import llamamon_env
+from tests.conftest import json_row_lines, llamamon_env
 
 RUN = "20261127T120000Z-testhost-abcd"
 T0 = 1_764_244_800.0
@@ -349,9 +349,9 @@ def test_a_column_block_reads_back_as_the_rows_it_was_given(labels):
     line = _block(rows)
     assert line.endswith(b"\n")
     assert line.count(b"\n") == 1
-    assert _same(journal.decode_columns(line), rows)
+    assert _same(journal.parse_columns(line).rows(), rows)
     one_series = [Row(T0 + i, "training", "loss", float(i), labels, None) for i in range(5)]
-    assert _same(journal.decode_columns(_block(one_series)), one_series)
+    assert _same(journal.parse_columns(_block(one_series)).rows(), one_series)
 
 
 def test_segments_mixing_row_lines_and_column_blocks_fold_completely(metrics_dir, caplog):
@@ -394,7 +394,7 @@ def test_segments_mixing_row_lines_and_column_blocks_fold_completely(metrics_dir
 def test_a_damaged_column_block_is_an_unreadable_line_not_a_crash(mangle):
     line = mangle(_block([Row(T0, "training", "loss", 1.0, (), 1), Row(T0 + 1, "training", "loss", 2.0, (), 2)]))
     with pytest.raises(ValueError, match=r"column block|multiple of item size|Expecting|Incorrect padding"):
-        journal.decode_columns(line)
+        journal.parse_columns(line)
 
 
 def test_folding_column_blocks_writes_the_same_files_as_folding_their_rows(tmp_path):
@@ -411,7 +411,7 @@ def test_folding_column_blocks_writes_the_same_files_as_folding_their_rows(tmp_p
     ]
     other = [Row(midnight - 10 + i, "training", "learning_rate", 1e-4 * i, (), None) for i in range(30)]
     line_rows = [Row(midnight + 5, "training", "step", 42.0, (), 42)]
-    data = _block(rows) + _block(other) + journal.encode_rows(line_rows)
+    data = _block(rows) + _block(other) + json_row_lines(line_rows)
 
     def fold(root):
         folder = root / "_journal" / RUN

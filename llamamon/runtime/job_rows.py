@@ -10,6 +10,7 @@ is an observation).
 
 from __future__ import annotations
 
+from operator import attrgetter
 from pathlib import Path
 
 from llamamon import catalog
@@ -41,7 +42,7 @@ class JobJournalTail:
             rows.extend(new)
             for block in blocks:
                 rows.extend(latest_rows(block))
-        rows.sort(key=_time)
+        rows.sort(key=attrgetter("time"))
         return rows
 
 
@@ -67,7 +68,3 @@ def latest_rows(block: ColumnBlock) -> list[Row]:
 def _is_histogram(name: str) -> bool:
     metric = catalog.get(name)
     return metric is not None and metric.kind == "histogram"
-
-
-def _time(row: Row) -> float:
-    return row.time

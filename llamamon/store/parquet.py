@@ -149,6 +149,11 @@ def sort_table(table: pa.Table) -> pa.Table:
     return table.take(pc.sort_indices(table, sort_keys=SORT_KEYS))
 
 
+def merge_tables(tables: Sequence[pa.Table]) -> pa.Table:
+    """Tables of one partition as one, sorted as the store sorts (compaction, a fold with column blocks)."""
+    return sort_table(pa.concat_tables(tables))
+
+
 def write_table(path: Path, table: pa.Table, replaces: Sequence[str] = (), **options: Any) -> Path:
     """Write a whole file atomically; ``replaces`` lists the sibling files this one supersedes (compaction)."""
     if not table.schema.equals(SCHEMA):  # Table.cast imports pyarrow.compute even when there is nothing to do

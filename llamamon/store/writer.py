@@ -58,13 +58,9 @@ def write_partitions(
         path = data_file(metrics_dir, group, date, run_id, stem)
         if path.exists():
             continue  # written by an earlier flush or fold of this very segment
-        part = by_partition.get((group, date), [])
+        table = parquet.rows_to_table(by_partition.get((group, date), []), host)
         if (group, date) in tables:
-            import pyarrow as pa
-
-            table = parquet.sort_table(pa.concat_tables([parquet.rows_to_table(part, host), *tables[(group, date)]]))
-        else:
-            table = parquet.rows_to_table(part, host)
+            table = parquet.merge_tables([table, *tables[(group, date)]])
         parquet.write_table(path, table)
         written.append(path)
     return written
