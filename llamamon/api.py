@@ -1,7 +1,9 @@
 """``llamamon.log()``: training metrics from inside the job, cheap enough to call every step.
 
-The calling thread only stamps the time and appends ``(time, step, dict)`` to a deque (atomic under
-the GIL, so no lock on the hot path). A daemon thread wakes every ``FLUSH_INTERVAL`` seconds, turns
+The calling thread only stamps the time and extends a flat list by ``(time, step, name, value)``: one
+C call, atomic under the GIL, so no lock on the hot path, and no tuple kept per point (a kept object per
+point is memory to allocate and, in a long loop, page faults: ~0.1 us a call). A daemon thread wakes every
+``FLUSH_INTERVAL`` seconds, takes what is there with a slice (columns are strided slices of it), turns
 the entries into rows (alias resolution, float conversion, rank labels) and appends them to the run's
 journal as one column block of packed arrays per batch (``llamamon.store.journal``, stdlib only: polars,
 pyarrow and psutil are never imported here). The flusher shares the GIL with the training thread, so its
@@ -29,8 +31,6 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Iterable, Mapping
-from itertools import repeat, starmap
-from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,11 +50,12 @@ SEGMENT_BYTES = 64 << 20  # a journal segment this large is closed and a new one
 EXIT_TIMEOUT = 10.0  # longest the interpreter waits at exit for the last flush
 _STEP_END = 2**63  # steps are stored as 64-bit integers
 
-# (time, step, {name: value}) or, for a single metric, (time, step, name, value)
-Entry = tuple[float, Any, Mapping[str, Any]] | tuple[float, Any, Any, Any]
+WIDTH = 4  # items per point in the buffer: time, step, name, value
+# A call with several metrics is one point whose name is _DICT and whose value is a dict of them.
+_DICT = type("_Dict", (), {"__repr__": lambda self: "<several metrics>"})()
 
-_queue: deque[Entry] = deque()
-_append = _queue.append
+_buffer: list[Any] = []
+_extend = _buffer.extend
 _rows: deque[Row] = deque()  # ready-made rows from the monitors (system, gpu, inference groups)
 _time = time.time
 _started = False
@@ -69,11 +70,10 @@ def log(metrics: Mapping[str, Any] | None = None, /, step: int | None = None, **
     """
     if metrics is None:
         if len(values) == 1:
-            # Why a flat entry for one metric: a tuple of numbers and a string is untracked by the cyclic GC
-            # after its first pass, while one holding a dict is traversed by every collection. Why
-            # `(key,) = values`: cheaper than unpacking values.items() (0.45 against 0.6 us per call).
+            # Why `(key,) = values`: cheaper than unpacking values.items() (0.45 against 0.6 us per call). Why
+            # not the kwargs dict itself: a dict kept per call costs three times a call (allocation, GC).
             (key,) = values
-            _append((_time(), step, key, values[key]))
+            _extend((_time(), step, key, values[key]))
             if not _started:
                 _ensure_started()
             return
@@ -84,9 +84,9 @@ def log(metrics: Mapping[str, Any] | None = None, /, step: int | None = None, **
         data = metrics
     if len(data) == 1:
         ((key, value),) = data.items()
-        _append((_time(), step, key, value))
+        _extend((_time(), step, key, value))
     else:
-        _append((_time(), step, dict(data) if data is metrics else data))  # the caller may mutate its dict
+        _extend((_time(), step, _DICT, dict(data) if data is metrics else data))  # the caller may mutate its dict
     if not _started:
         _ensure_started()
 
@@ -253,27 +253,29 @@ class _Converter:
         self.labels: str | None = None
         self.bad: set[str] = set()
 
-    def encode(self, entries: list[Entry], labels: str, aliases: dict[str, str] | None) -> tuple[bytes, int]:
-        """(journal bytes, rows) for a batch of log() calls; ``labels`` is the stored labels string.
+    def encode(self, flat: list[Any], labels: str, aliases: dict[str, str] | None) -> tuple[bytes, int]:
+        """(journal bytes, rows) for a batch of log() calls, ``WIDTH`` items each as the buffer holds them;
+        ``labels`` is the stored labels string.
 
-        The batch goes into one column block (``encode_columns``) when its values are numbers and its
-        steps integers; otherwise (a value that is a string, a step given as a float) it takes the line
-        path (``_lines``), which converts or skips each value on its own.
+        The batch goes into one column block (``_columns``) when its values are numbers and its steps
+        integers; otherwise (a value that is a string, a step given as a float) it takes the line path
+        (``_lines``), which converts or skips each value on its own.
         """
         if labels != self.labels:  # templates embed the labels string
             self.templates.clear()
             self.labels = labels
-        try:
-            flat, block = entries, self._columns(entries, labels, aliases)  # the hot loop's batch: all single calls
-        except IndexError:  # a dict call's entry has no fourth field
-            flat = [entry for entry in entries if len(entry) == 4]
-            flat.extend(_flattened([entry for entry in entries if len(entry) != 4]))  # type: ignore[arg-type]
-            block = self._columns(flat, labels, aliases) if flat else None
+        last = _last_step(flat)
+        keys = flat[2::WIDTH]
+        distinct = set(keys)
+        if _DICT in distinct:
+            flat = _flattened(flat)
+            keys = flat[2::WIDTH]
+            distinct = set(keys)
+        block = self._columns(flat, keys, distinct, labels, aliases) if flat else None
         if block is None:
-            data, count = self._lines(entries, labels, aliases)
+            data, count = self._lines(flat, labels, aliases)
         else:
-            data, count = block, len(flat)
-        last = _last_step(entries)
+            data, count = block, len(keys)
         if last is not None:
             from llamamon.store.journal import encode_fields
 
@@ -282,21 +284,22 @@ class _Converter:
             count += 1
         return data, count
 
-    def _columns(self, flat: list[Entry], labels: str, aliases: dict[str, str] | None) -> bytes | None:
-        """Single-metric entries as one column block, or None when one of them needs the line path.
+    def _columns(
+        self, flat: list[Any], keys: list[Any], distinct: set[Any], labels: str, aliases: dict[str, str] | None
+    ) -> bytes | None:
+        """Single-metric points as one column block, or None when one of them needs the line path.
 
-        IndexError when an entry is a dict call's. Every step of this runs while the training thread
-        waits for the GIL, so each column is one C-level pass (map, array) over the batch.
+        Every step of this runs while the training thread waits for the GIL, so each column is one
+        C-level pass (a strided slice, an array) over the batch.
         """
         from llamamon.store.journal import NO_STEP, encode_columns
 
-        times, steps, keys, raws = (list(map(itemgetter(i), flat)) for i in range(4))
-        distinct = set(keys)
         if "step" in distinct or any(type(key) is not str for key in distinct):
             return None
+        steps = flat[1::WIDTH]
         try:
             # array() converts in C what float() would (ints, bools, numpy scalars); a str or None raises
-            values = array("d", raws)
+            values = array("d", flat[3::WIDTH])
             try:
                 packed_steps: array[int] | None = array("q", steps)  # a negative step reads back as none
             except TypeError:  # None among them (or a step that is no integer: the line path converts it)
@@ -315,59 +318,38 @@ class _Converter:
             index[key] = len(series)
             series.append((template[3], template[2]))
         codes = array("H" if len(series) <= 0xFFFF else "I", map(index.__getitem__, keys)) if len(series) > 1 else None
-        return encode_columns(series, labels, codes, array("d", times), values, packed_steps)
+        return encode_columns(series, labels, codes, array("d", flat[0::WIDTH]), values, packed_steps)
 
-    def _lines(self, entries: list[Entry], labels: str, aliases: dict[str, str] | None) -> tuple[bytes, int]:
-        """Journal row lines for entries the column block does not take.
+    def _lines(self, flat: list[Any], labels: str, aliases: dict[str, str] | None) -> tuple[bytes, int]:
+        """Journal row lines for single-metric points (``_flattened``) the column block does not take.
 
         Why templates: a line per value formatted from a template cached per name (time and value by
         ``%r``, the float repr JSON uses) is most of the flush's CPU saved; NaN and infinities, which JSON
         spells differently, take ``encode_fields``.
         """
         templates = self.templates
-        float_repr = float.__repr__
         lines: list[str] = []
         add = lines.append
         last_key = template = None
-        for entry in entries:
-            if len(entry) == 4:
-                t, step, key, raw = entry
-                if step is None:
-                    if key == "step":
-                        continue  # the step row is written once per flush
-                elif not (type(step) is int and 0 <= step < _STEP_END):
-                    step = _as_step(step)
-                if key is not last_key:  # a loop logging one metric per call repeats the same key object
-                    last_key = key
-                    template = templates[key] if key in templates else self._template(key, labels, aliases)
-                if template is not None:
-                    if type(raw) is not float:
-                        raw = self._float(template[2], raw)
-                    if raw is not None:
-                        if raw - raw == 0.0:  # finite
-                            add(template[1] % (t, raw) if step is None else template[0] % (t, raw, step))
-                        else:
-                            add(self._fields_line(t, template, raw, labels, step))
-                continue
-            t, step, data = entry
-            if step is None and "step" in data:
-                step = data["step"]
-            if step is not None and not (type(step) is int and 0 <= step < _STEP_END):
+        for t, step, key, raw in _points(flat):
+            if step is None:
+                if key == "step":
+                    continue  # the step row is written once per flush
+            elif not (type(step) is int and 0 <= step < _STEP_END):
                 step = _as_step(step)
-            time_text = float_repr(t)  # the metrics of one call share its time: format it once
-            last_key = None
-            for key, raw in data.items():
+            if key is not last_key:  # a loop logging one metric per call repeats the same key object
+                last_key = key
                 template = templates[key] if key in templates else self._template(key, labels, aliases)
-                if template is None:
+            if template is None:
+                continue
+            if type(raw) is not float:
+                raw = self._float(template[2], raw)
+                if raw is None:
                     continue
-                if type(raw) is not float:
-                    raw = self._float(template[2], raw)
-                    if raw is None:
-                        continue
-                if raw - raw == 0.0:
-                    add(template[5] % (time_text, raw) if step is None else template[4] % (time_text, raw, step))
-                else:
-                    add(self._fields_line(t, template, raw, labels, step))
+            if raw - raw == 0.0:  # finite
+                add(template[1] % (t, raw) if step is None else template[0] % (t, raw, step))
+            else:
+                add(self._fields_line(t, template, raw, labels, step))
         return "".join(lines).encode(), len(lines)
 
     def _template(self, key: Any, labels: str, aliases: dict[str, str] | None) -> tuple[str, ...] | None:
@@ -399,33 +381,43 @@ class _Converter:
             return None
 
 
-def _flattened(calls: list[tuple[float, Any, Mapping[str, Any]]]) -> list[Entry]:
-    """Dict entries as single-metric ones; a dict's ``"step"`` key is the step of its other metrics."""
-    out: list[Entry] = []
-    for t, step, data in calls:
+def _points(flat: list[Any]) -> Iterable[tuple[Any, Any, Any, Any]]:
+    """(time, step, name, value) of each point in a buffer slice."""
+    return zip(flat[0::WIDTH], flat[1::WIDTH], flat[2::WIDTH], flat[3::WIDTH], strict=True)
+
+
+def _flattened(flat: list[Any]) -> list[Any]:
+    """The buffer with each several-metrics point as single-metric ones; a dict's ``"step"`` key is the step
+    of its other metrics, never a metric row of its own (the line path skips it too)."""
+    out: list[Any] = []
+    add = out.extend
+    for t, step, key, value in _points(flat):
+        if key is not _DICT:
+            add((t, step, key, value))
+            continue
         if step is None:
-            step = data.get("step")
-        # a dict's "step" key is never a metric row of its own (the line path skips it too)
-        out.extend((t, step, key, raw) for key, raw in data.items() if key != "step")
+            step = value.get("step")
+        for name, raw in value.items():
+            if name != "step":
+                add((t, step, name, raw))
     return out
 
 
-def _last_step(entries: list[Entry]) -> tuple[float, int] | None:
-    """(time, step) of the last entry that names a valid step: the batch's step row."""
-    for entry in reversed(entries):
-        step = entry[1]
+def _last_step(flat: list[Any]) -> tuple[float, int] | None:
+    """(time, step) of the last point that names a valid step: the batch's step row."""
+    for i in range(len(flat) - WIDTH, -1, -WIDTH):
+        t, step, key, value = flat[i : i + WIDTH]
         if step is None:
-            if len(entry) == 4:
-                if entry[2] == "step":
-                    step = entry[3]
-            elif "step" in entry[2]:
-                step = entry[2]["step"]
+            if key is _DICT:
+                step = value.get("step")
+            elif key == "step":
+                step = value
             if step is None:
                 continue
         if not (type(step) is int and 0 <= step < _STEP_END):
             step = _as_step(step)
         if step is not None:
-            return entry[0], step
+            return t, step
     return None
 
 
@@ -468,12 +460,17 @@ class _Flusher:
             if _rows:
                 ready = [_rows.popleft() for _ in range(len(_rows))]
                 self._write_rows(ready)
-            while _queue:
-                # starmap(popleft, repeat(())): the pops in a C loop (a comprehension costs twice as much)
-                batch: list[Entry] = list(starmap(_queue.popleft, repeat((), min(len(_queue), BATCH))))
-                self._write(batch)
+            while _buffer:
+                # Why a slice and a del rather than swapping in a new list: a thread may hold the old list's
+                # extend between loading and calling it. Each is one C call, and log() only ever adds whole
+                # points at the end, so what is taken is whole points and nothing else is touched.
+                size = len(_buffer)
+                step = BATCH * WIDTH
+                for start in range(0, size, step):
+                    self._write(_buffer[start : min(start + step, size)])
+                del _buffer[:size]
 
-    def _write(self, batch: list[Entry]) -> None:
+    def _write(self, batch: list[Any]) -> None:
         if self.broken:
             return
         dest = self.destination
@@ -557,11 +554,11 @@ def _register_multiprocessing_finalizer() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _queue, _append, _started, _start_lock
+    global _buffer, _extend, _started, _start_lock
     # Why: the parent flushes what it buffered; the child must not write it twice. The child keeps the
     # parent's destination (same run; store.journal gives it a segment of its own) but never finishes the run.
-    _queue = deque()
-    _append = _queue.append
+    _buffer = []
+    _extend = _buffer.extend
     _rows.clear()
     _start_lock = threading.Lock()
     _flusher.after_fork()

@@ -14,7 +14,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llamamon.api import _as_step, _Converter, _last_step, _rank_labels
+from llamamon.api import _DICT, _as_step, _Converter, _flattened, _last_step, _rank_labels
 from llamamon.samples import Row, labels_to_str, make_labels
 from llamamon.store.journal import (
     _read_lines,
@@ -91,22 +91,41 @@ def test_joins_the_recorders_run_from_the_environment(tmp_path):
 
 
 def test_many_threads_lose_and_duplicate_nothing(tmp_path):
+    # Flushes run all along (a thread drains as fast as it can), so points are taken from the buffer while
+    # other threads add to it: a point split or shifted would pair a value with another point's step.
     run_script(
         """
-        import threading, llamamon
+        import sys, threading, llamamon
+        sys.setswitchinterval(1e-5)
+        done = threading.Event()
+        def drain():
+            while not done.is_set():
+                llamamon.flush()
         def work(i):
-            for j in range(2000):
-                llamamon.log({f"t{i}": float(j)}, step=j)
+            for j in range(20000):
+                if j % 3 == 0:
+                    llamamon.log({f"t{i}": float(j)}, step=j)
+                elif j % 3 == 1:
+                    llamamon.log(step=j, **{f"t{i}": float(j)})
+                else:
+                    llamamon.log({f"t{i}": float(j), f"u{i}": float(j)}, step=j)
+        llamamon.log(start=1.0)
+        drainer = threading.Thread(target=drain)
+        drainer.start()
         threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
         for t in threads: t.start()
         for t in threads: t.join()
+        done.set()
+        drainer.join()
         """,
         tmp_path,
     )
-    rows = [r for r in all_rows(tmp_path / ".metrics") if r.metric != "step"]
-    assert len(rows) == 8 * 2000
+    rows = [r for r in all_rows(tmp_path / ".metrics") if r.metric not in ("step", "start")]
+    assert len(rows) == 8 * (20000 + 20000 // 3)
+    assert all(r.value == float(r.step) for r in rows)
     for i in range(8):
-        assert sorted(r.value for r in rows if r.metric == f"t{i}") == [float(j) for j in range(2000)]
+        assert sorted(r.value for r in rows if r.metric == f"t{i}") == [float(j) for j in range(20000)]
+        assert sorted(r.value for r in rows if r.metric == f"u{i}") == [float(j) for j in range(2, 20000, 3)]
 
 
 def test_forked_child_writes_its_own_segment_and_parent_buffer_is_not_duplicated(tmp_path):
@@ -216,7 +235,7 @@ def test_converter_resolves_aliases_keeps_non_finite_and_skips_non_numbers(caplo
         (3.0, 9, "grad_norm", 2),  # the flat form log() uses for a single metric
         (4.0, None, "step", 10),
     ]
-    data, count = conv.encode(entries, "", {"flag": "my_flag"})
+    data, count = conv.encode(_flat(entries), "", {"flag": "my_flag"})
     rows = [json.loads(line) for line in data.decode().splitlines()]  # what the journal's readers parse
     assert count == len(rows)
     got = {(metric, step): value for _, _, metric, value, _, step in rows}
@@ -249,6 +268,11 @@ _entries = st.lists(
 )
 
 
+def _flat(entries: list[tuple]) -> list:
+    """The buffer log() fills for these calls: (time, step, name, value) or (time, step, {name: value})."""
+    return [item for entry in entries for item in (entry if len(entry) == 4 else (*entry[:2], _DICT, entry[2]))]
+
+
 def _rows(data: bytes) -> list[tuple]:
     rows, _blocks, bad = _read_lines(data.splitlines(), keep_blocks=False)
     assert bad == 0
@@ -258,10 +282,11 @@ def _rows(data: bytes) -> list[tuple]:
 @settings(max_examples=400, deadline=None)
 @given(_entries, st.sampled_from(["", labels_to_str(make_labels(rank="1"))]))
 def test_column_blocks_hold_the_same_rows_as_the_line_path(entries, labels):
-    data, count = _Converter().encode(entries, labels, {"lr": "learning_rate"})
+    flat = _flat(entries)
+    data, count = _Converter().encode(flat, labels, {"lr": "learning_rate"})
     lines = _Converter()
-    line_data, line_count = lines._lines(entries, labels, {"lr": "learning_rate"})
-    last = _last_step(entries)
+    line_data, line_count = lines._lines(_flattened(flat), labels, {"lr": "learning_rate"})
+    last = _last_step(flat)
     if last is not None:
         line_data += encode_fields([(last[0], "training", "step", float(last[1]), labels, last[1])])
         line_count += 1
@@ -272,14 +297,14 @@ def test_column_blocks_hold_the_same_rows_as_the_line_path(entries, labels):
 def test_a_batch_of_numbers_is_written_as_one_column_block():
     entries = [(1e9 + i, i, "loss", 0.5 * i) for i in range(1000)]
     entries += [(1e9 + 1000, 1000, {"loss": 1, "lr": np_like(3e-4)})]
-    data, count = _Converter().encode(entries, "", None)
+    data, count = _Converter().encode(_flat(entries), "", None)
     lines = data.splitlines()
     assert len(lines) == 2  # the block, then the step row
     assert lines[0].startswith(b"{")
     assert count == 1003
     assert ("learning_rate", repr(3e-4), 1000) in [(r[2], r[3], r[5]) for r in _rows(data)]
     # one value that is not a number sends the batch down the line path, which skips just that value
-    data, count = _Converter().encode([*entries, (1e9 + 1001, 1001, "loss", "n/a")], "", None)
+    data, count = _Converter().encode(_flat([*entries, (1e9 + 1001, 1001, "loss", "n/a")]), "", None)
     assert not data.startswith(b"{")
     assert count == 1003
 
