@@ -12,13 +12,20 @@ every data file afterwards (run metadata excluded), also split into collector an
 The real write path (``StoreWriter.append`` per tick, a flush every 30 s of a fake clock, then
 ``compact()``) runs on a slice, to show what flushing adds before compaction and after it. Baselines from the same rows: CSV in the store's long schema (time, host, metric, value,
 labels, step), CSV wide (one row per second, one column per series: what most loggers write),
-psrecord's plain log format (fixed-width ``%12.3f`` columns, one line per second) and Prometheus
-TSDB's 1.37 B/sample (a constant quoted in the issue, not measured here). Target: <= 1.37 B/sample.
+psrecord's plain log format (fixed-width ``%12.3f`` columns, one line per second) and a real
+Prometheus TSDB holding the same rows: ``promtool tsdb create-blocks-from openmetrics`` backfills them
+into blocks (Gorilla XOR chunks and delta-of-delta times, as Prometheus itself stores them; times in
+Prometheus's milliseconds) and every byte of the blocks is counted. The issue's target is the
+1.37 B/sample Prometheus reaches on typical data: the measured figure says what it reaches on these
+rows. Target: <= 1.37 B/sample.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -139,6 +146,64 @@ def column_bytes(files: list[Path]) -> dict[str, int]:
     return out
 
 
+def prometheus_tsdb(tables: dict) -> dict | None:
+    """Bytes of the same rows in Prometheus's own TSDB, or None without ``promtool``: the rows as an
+    OpenMetrics file, one gauge family per series, backfilled by ``promtool tsdb create-blocks-from``."""
+    import numpy as np
+
+    from llamamon.prometheus.snapshot import family_name, label_name
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="llamamon-bench-prom-") as tmp:
+        source, blocks = Path(tmp) / "rows.om", Path(tmp) / "blocks"
+        samples = 0
+        with source.open("w") as out:
+            for table in tables.values():
+                times = table.column("time").cast("int64").to_numpy()
+                values = table.column("value").to_numpy()
+                keys = list(zip(table.column("metric").to_pylist(), table.column("labels").to_pylist(), strict=True))
+                series: dict[tuple[str, str], list[int]] = {}
+                for i, key in enumerate(keys):
+                    series.setdefault(key, []).append(i)
+                for (metric, labels), rows in series.items():
+                    name = family_name(metric)
+                    pairs = {"host": "bench", **json.loads(labels or "{}")}
+                    selector = name + "{" + ",".join(f'{label_name(k)}="{v}"' for k, v in pairs.items()) + "}"
+                    out.write(f"# TYPE {name} gauge\n")
+                    index = np.array(rows)
+                    index = index[np.argsort(times[index], kind="stable")]
+                    # repr: the shortest text that reads back as the same double; times in seconds, to the us
+                    out.writelines(
+                        f"{selector} {v!r} {t // 1_000_000}.{t % 1_000_000:06d}\n"
+                        for t, v in zip(times[index].tolist(), values[index].tolist(), strict=True)
+                    )
+                    samples += len(rows)
+            out.write("# EOF\n")
+        t0 = time.perf_counter()
+        done = subprocess.run(
+            [promtool, "tsdb", "create-blocks-from", "openmetrics", str(source), str(blocks)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"promtool tsdb create-blocks-from failed:\n{done.stderr[-2000:]}")
+        files = [p for p in blocks.rglob("*") if p.is_file()]
+        return {
+            "samples": samples,
+            "bytes": sum(p.stat().st_size for p in files),
+            "chunk_bytes": sum(p.stat().st_size for p in files if p.parent.name == "chunks"),
+            "blocks": len({p.relative_to(blocks).parts[0] for p in files}),
+            "backfill_s": time.perf_counter() - t0,
+            "version": (
+                subprocess.run([promtool, "--version"], capture_output=True, text=True, check=False).stdout.split()
+                or ["", "", "?"]
+            )[2],
+        }
+
+
 def series_value_bytes(tables: dict) -> dict[str, float]:
     """Bytes per sample of each series' values alone, written as the compacted file writes ``value``."""
     import pyarrow as pa
@@ -205,6 +270,7 @@ def day(tables: dict) -> dict:
         "csv_long": csv_long(tables),
         "csv_wide": csv_wide(tables),
         "psrecord": psrecord_log(tables),
+        "prometheus": prometheus_tsdb(tables),
     }
 
 
@@ -238,19 +304,35 @@ def run(quick: bool = False) -> list:
             else ""
         )
         by_series = ", ".join(f"{k} {v:.2f}" for k, v in sorted(m["series_value"].items(), key=lambda kv: -kv[1]))
+        prom = m["prometheus"]
+        peers = {
+            "CSV (store's long schema)": per["csv_long"],
+            "CSV (wide, 1 row/s)": per["csv_wide"],
+            "psrecord log format": per["psrecord"],
+        }
+        ratios = {}
+        if prom is not None:
+            if prom["samples"] != n:
+                raise SystemExit(f"the OpenMetrics file held {prom['samples']} samples, not {n}")
+            peers["Prometheus TSDB (promtool backfill, same rows)"] = prom["bytes"] / n
+            ratios["Prometheus, same rows"] = per["llamamon"] / (prom["bytes"] / n)
+            prom_note = (
+                f"Prometheus {prom['version']}: the same {n:,} samples backfilled by promtool into "
+                f"{prom['blocks']} two-hour blocks take {prom['bytes']:,} B, of which chunks "
+                f"{prom['chunk_bytes'] / n:.2f} B/sample (the rest index and metadata; a live server adds its WAL). "
+            )
+        else:
+            prom_note = "promtool not installed: no Prometheus TSDB measured on these rows. "
+        peers["Prometheus TSDB (the issue's typical figure)"] = PROMETHEUS_B_PER_SAMPLE
+        ratios["Prometheus, typical figure"] = per["llamamon"] / PROMETHEUS_B_PER_SAMPLE
         figures.append(
             Figure(
                 name=f"Storage after compaction, {span} at 1 Hz x 16 series ({label})",
                 unit="B/sample",
                 llamamon=per["llamamon"],
-                peers={
-                    "CSV (store's long schema)": per["csv_long"],
-                    "CSV (wide, 1 row/s)": per["csv_wide"],
-                    "psrecord log format": per["psrecord"],
-                    "Prometheus TSDB (constant from the issue)": PROMETHEUS_B_PER_SAMPLE,
-                },
+                peers=peers,
                 ratios={
-                    "Prometheus": per["llamamon"] / PROMETHEUS_B_PER_SAMPLE,
+                    **ratios,
                     "CSV wide": per["llamamon"] / per["csv_wide"],
                     "psrecord": per["llamamon"] / per["psrecord"],
                 },
@@ -261,7 +343,7 @@ def run(quick: bool = False) -> list:
                 note=(
                     f"{n:,} samples compacted by compact() into {m['files']} files, {m['llamamon']:,} B. "
                     f"{split}B/sample by column: {by_column} (the rest ~0). Value bytes per sample of each series "
-                    f"alone: {by_series}. "
+                    f"alone: {by_series}. {prom_note}"
                     f"The real write path on the first {w['seconds']} s of bench/synthetic.py "
                     f"(StoreWriter.append per tick, 30 s flushes, compact()): {w['flush_files']} flush files at "
                     f"{w['flush_bytes'] / w['samples']:.2f} B/sample -> "
