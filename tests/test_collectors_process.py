@@ -218,6 +218,55 @@ def test_a_child_born_and_reaped_between_samples_is_accounted(job: Job):
     asyncio.run(main())
 
 
+def test_a_job_started_by_the_caller_is_measured_from_its_birth(reader):
+    clock = Clock()
+    born = clock.now
+    job = Job()  # its interpreter start-up (ready_cpu) happens before open(): a window from open() misses it
+    try:
+
+        async def main():
+            collector = ProcessTreeCollector(job.pid, clock=clock, born=born)
+            await collector.open()
+            clock.now += 2.0
+            sample = values(await collector.collect())  # two "seconds" after birth: no window left to wait
+            own = sum(psutil.Process(job.pid).cpu_times()[:2])
+            return sample, own
+
+        sample, own = asyncio.run(main())
+        assert job.ready_cpu > 0
+        assert job.ready_cpu - 0.02 <= sample["process_cpu_usage"] * 2.0 <= own + 0.02
+    finally:
+        job.kill()
+
+
+def test_the_first_window_is_waited_out_only_while_the_tree_lives(monkeypatch):
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await real_sleep(seconds)
+
+    async def first_sample(pid: int) -> list[Sample]:
+        monkeypatch.setattr(asyncio, "sleep", sleep)
+        collector = ProcessTreeCollector(pid, born=time.monotonic())
+        await collector.open()
+        return await collector.collect()
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert asyncio.run(first_sample(gone.pid)) == []  # ended and reaped: nothing to wait for
+    assert slept == []
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert asyncio.run(first_sample(alive.pid))
+        assert len(slept) == 1
+        assert 0 < slept[0] <= 0.1
+    finally:
+        alive.kill()
+        alive.wait()
+
+
 def test_a_child_seen_alive_then_reaped_is_not_counted_twice(job: Job):
     async def main():
         clock = Clock()

@@ -126,6 +126,39 @@ def test_disk_write_rate_comes_from_the_counter_delta(metrics_dir: Path, tmp_pat
     assert values["disk_write_throughput"] >= 16_000_000 / 2 * 0.95
 
 
+def test_a_reading_primed_early_leaves_no_window_to_wait(metrics_dir: Path, monkeypatch):
+    clock = Clock()
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await real_sleep(0)
+
+    collector = SystemCollector(metrics_dir, clock=clock)
+    collector.prime()  # what record does before starting the job
+    clock.now += 0.5
+
+    async def main() -> set[str]:
+        monkeypatch.setattr(asyncio, "sleep", sleep)
+        await collector.open()  # keeps the primed reading
+        return {s.metric for s in await collector.collect()}
+
+    names = asyncio.run(main())
+    assert slept == []
+    assert "network_throughput" in names  # a rate over the primed reading's window (a fresh one has none)
+    fresh = SystemCollector(metrics_dir, clock=clock)  # not primed: open() reads now, collect() waits it out
+
+    async def unprimed() -> None:
+        monkeypatch.setattr(asyncio, "sleep", sleep)
+        await fresh.open()
+        await fresh.collect()
+
+    asyncio.run(unprimed())
+    assert len(slept) == 1
+    assert slept[0] == pytest.approx(0.1)
+
+
 def test_no_rates_when_no_time_has_passed(metrics_dir: Path):
     clock = Clock()
 

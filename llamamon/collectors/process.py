@@ -96,9 +96,11 @@ class ProcessTreeCollector(MetricsCollector):
     name = "process"
     group = "process"
 
-    def __init__(self, root_pid: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, root_pid: int, clock: Callable[[], float] = time.monotonic, born: float | None = None) -> None:
+        """``born``: when the caller started ``root_pid`` (on ``clock``), if it did; see ``open()``."""
         self.root_pid = root_pid
         self._clock = clock
+        self._born = born
         self._procs: dict[int, psutil.Process] = {}
         self._members: dict[int, _Member] = {}
         self._at: float | None = None
@@ -221,8 +223,14 @@ class ProcessTreeCollector(MetricsCollector):
         return set(self._members)
 
     async def open(self) -> None:
-        self._members = self._read()
-        self._at = self._clock()
+        if self._born is not None:
+            # A process just started had used no CPU and done no I/O at birth: the first window runs from
+            # there, so the first sample has all of the job's start and no window left to wait out.
+            self._members = {self.root_pid: _Member(ppid=0, cpu=0.0, io=(0, 0), rss=0, threads=0)}
+            self._at = self._born
+        else:
+            self._members = self._read()
+            self._at = self._clock()
         self._collected = False
 
     async def close(self) -> None:
@@ -233,7 +241,8 @@ class ProcessTreeCollector(MetricsCollector):
     async def collect(self) -> list[Sample]:
         if self._at is None:
             await self.open()
-        if not self._collected:
+        if not self._collected and any(map(psutil.pid_exists, self._members)):
+            # (A tree already gone has nothing left to measure: its last reading is taken at once.)
             await wait_min_window(self._clock, self._at)  # type: ignore[arg-type]  # open() set it
         before, before_at = self._members, self._at
         now = self._read()

@@ -4,7 +4,7 @@ Rates (CPU busy share, bytes per second) are computed here from counter deltas b
 on the collector's own clock, rather than with ``psutil.cpu_percent()``: psutil keeps one module-global
 baseline per function, so any other caller in the process (a user's collector, a library) would silently
 shorten our measuring window. ``open()`` takes the first reading, so the first ``collect()`` already has
-rates; when it comes sooner than ``base.MIN_WINDOW`` after ``open()`` it waits out the rest of that
+rates; when it comes sooner than ``base.MIN_WINDOW`` after that reading it waits out the rest of that
 window once, because a CPU share measured over a few jiffies is noise (0 or 100 %).
 """
 
@@ -169,12 +169,18 @@ class SystemCollector(MetricsCollector):
             net=(rx, tx) if net else None,
         )
 
-    async def open(self) -> None:
+    def prime(self) -> None:
+        """Take the first reading now, before ``open()``: ``record`` does it first thing, so the first
+        sample's window has passed by the time the job and the other collectors are started."""
         # Why also prime psutil.cpu_percent: code that shares this process (user collectors) gets a
         # meaningful first value from it too; our own share never depends on it.
         psutil.cpu_percent(interval=None)
         self._last = self._read()
         self._collected = False
+
+    async def open(self) -> None:
+        if self._last is None:
+            self.prime()
 
     async def collect(self) -> list[Sample]:
         if self._last is None:
