@@ -64,11 +64,15 @@ def record_command(
       llamamon record --name baseline --tag lr=3e-4 --interval 2 -- ./train.sh
       llamamon record --scrape http://127.0.0.1:8000/metrics -- vllm serve my-model
     """
-    # Deferred: the recorder pulls in asyncio, psutil and the store; `llamamon --help` must not pay for it.
     from llamamon.cli import setup_logging
-    from llamamon.runtime.recorder import RecordOptions, parse_tags, record
+    from llamamon.runtime.fold_helper import FoldHelper
 
     setup_logging(verbose, quiet)
+    # First, before any thread: it imports pyarrow on another core while the rest starts (fold_helper.py).
+    folder = FoldHelper.start()
+    # Deferred: the recorder pulls in asyncio, psutil and the store; `llamamon --help` must not pay for it.
+    from llamamon.runtime.recorder import RecordOptions, parse_tags, record
+
     options = RecordOptions(
         command=list(command),
         name=name,
@@ -81,4 +85,4 @@ def record_command(
         parse=not no_parse,
         scrape=list(scrape),
     )
-    ctx.exit(record(options))
+    ctx.exit(record(options, folder))

@@ -3,7 +3,9 @@
 Threads: the main thread runs the child (its I/O pass-through and signal forwarding, see child.py) so the
 job's output never waits for a sample; a sampler thread runs an asyncio loop with the collectors on the
 ticker and appends rows to the store writer (which journals them at once and writes Parquet every 30 s,
-on the sampler thread, so pyarrow's import and conversion never stall the job's output either).
+on the sampler thread, so pyarrow's import and conversion never stall the job's output either). The rows
+a run has not written as Parquet by its end are folded by a helper forked at start, which imports pyarrow
+on another core meanwhile (fold_helper.py), so a short run's exit does not wait for that import.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
     from llamamon.collectors.stdout import OutputParser
     from llamamon.config import Config
     from llamamon.prometheus.textfile import TextfileWriter
+    from llamamon.runtime.fold_helper import FoldHelper
     from llamamon.runtime.live_alerts import RunAlerts
     from llamamon.store.writer import StoreWriter
 
@@ -60,24 +64,40 @@ class RecordOptions:
     scrape: list[str] = field(default_factory=list)  # Prometheus endpoints, besides monitoring.yaml's scrape:
 
 
-def record(options: RecordOptions) -> int:
-    """Run the command while recording it; returns the exit code llamamon should exit with."""
-    from llamamon.config import load_config
+def record(options: RecordOptions, folder: FoldHelper | None = None) -> int:
+    """Run the command while recording it; returns the exit code llamamon should exit with.
 
-    config = load_config(options.config_path)
-    if not config.monitoring.enabled:
-        log.info("monitoring.enabled is false in %s: running the command without recording", config.source)
-        with Child(options.command) as child:
-            return child.wait().exit_code
-    interval = options.interval if options.interval is not None else config.monitoring.update_frequency
-    if not interval > 0:
-        raise ConfigError(f"must be more than 0 seconds (got {interval})", path="--interval")
-    metrics_dir = Path(options.metrics_dir or config.monitoring.metrics_path).absolute()
-    return Recorder(options, config, metrics_dir, float(interval)).run()
+    ``folder``: a fold helper started for this run (fold_helper.py), which this ends in every case.
+    """
+    try:
+        from llamamon.config import load_config
+
+        config = load_config(options.config_path)
+        if not config.monitoring.enabled:
+            log.info("monitoring.enabled is false in %s: running the command without recording", config.source)
+            if folder is not None:
+                folder.stop()
+            with Child(options.command) as child:
+                return child.wait().exit_code
+        interval = options.interval if options.interval is not None else config.monitoring.update_frequency
+        if not interval > 0:
+            raise ConfigError(f"must be more than 0 seconds (got {interval})", path="--interval")
+        metrics_dir = Path(options.metrics_dir or config.monitoring.metrics_path).absolute()
+        return Recorder(options, config, metrics_dir, float(interval), folder).run()
+    finally:
+        if folder is not None:
+            folder.stop()  # done with it already, or the run ended early
 
 
 class Recorder:
-    def __init__(self, options: RecordOptions, config: Config, metrics_dir: Path, interval: float) -> None:
+    def __init__(
+        self,
+        options: RecordOptions,
+        config: Config,
+        metrics_dir: Path,
+        interval: float,
+        folder: FoldHelper | None = None,
+    ) -> None:
         from llamamon.store import open_store
         from llamamon.store.layout import sanitize_run_name
         from llamamon.store.runs import new_run_id
@@ -87,6 +107,10 @@ class Recorder:
         self.interval = interval
         self._stamps = TickStamps(interval)  # tick times on the grid, within 2 ms (ticker.py)
         self.metrics_dir = open_store(metrics_dir)
+        from llamamon.collectors.system import SystemCollector
+
+        self._system = SystemCollector(self.metrics_dir)
+        self._system.prime()  # its first window runs while the rest starts up: no wait at the first sample
         self.host = socket.gethostname()
         start = time.time()
         self.info = RunInfo(
@@ -126,6 +150,7 @@ class Recorder:
             self.alerts = RunAlerts(config, self.metrics_dir, self.info.id, self.host)
         self._textfile: TextfileWriter | None = None
         self._job_rows: JobJournalTail | None = None
+        self._folder = folder
 
     # -- main thread ------------------------------------------------------------------------------
 
@@ -138,15 +163,15 @@ class Recorder:
         if self.config.source is not None:  # llamamon.log() in the job uses the same aliases
             env["LLAMAMON_CONFIG"] = str(Path(self.config.source).absolute())
         on_output = self._on_output if self.parsers else None
+        born = time.monotonic()
         with Child(self.options.command, env=env, on_output=on_output) as child, _line_endings_for(child):
             info.pid = child.pid
             try:
                 write_run(self.metrics_dir, info)  # listed by `llamamon runs` from the start
             except OSError as exc:
                 log.warning("cannot write run metadata: %s", exc)  # the job is running: keep recording
-            sampler = threading.Thread(target=self._sampler_main, args=(child.pid,), name="llamamon-sampler")
+            sampler = threading.Thread(target=self._sampler_main, args=(child.pid, born), name="llamamon-sampler")
             sampler.start()
-            threading.Thread(target=_import_parquet, name="llamamon-import", daemon=True).start()
             try:
                 result = child.wait()
                 ended = time.time()
@@ -154,7 +179,7 @@ class Recorder:
             finally:
                 self._request_stop()
                 sampler.join()
-            self._fold_job_journals()
+            self._fold_at_exit()
             self._finish(result, ended)
             try:
                 write_run(self.metrics_dir, info)
@@ -174,6 +199,13 @@ class Recorder:
             _shown(self.metrics_dir),
         )
         return result.exit_code
+
+    def _fold_at_exit(self) -> None:
+        """The rows still in journals (the sampler's last ones, the job's) into Parquet before record exits:
+        by the fold helper when it is there (this process never imported pyarrow), else here."""
+        folder, self._folder = self._folder, None
+        if folder is None or folder.fold(self.metrics_dir) is None:
+            self._fold_job_journals()
 
     def _fold_job_journals(self) -> None:
         """What the job wrote with llamamon.log() (its own journal segments) into Parquet, now that it ended."""
@@ -208,14 +240,14 @@ class Recorder:
 
     # -- sampler thread ---------------------------------------------------------------------------
 
-    def _sampler_main(self, pid: int) -> None:
+    def _sampler_main(self, pid: int, born: float) -> None:
         try:
-            asyncio.run(self._sample(pid))
+            asyncio.run(self._sample(pid, born))
         except BaseException as exc:  # recording may fail; the job and its exit code must not
             self._sampler_error = exc
             log.debug("sampler thread failed", exc_info=True)
 
-    async def _sample(self, pid: int) -> None:
+    async def _sample(self, pid: int, born: float) -> None:
         from llamamon.store.writer import StoreWriter
 
         stop = Stop()
@@ -229,32 +261,34 @@ class Recorder:
         if self._textfile is not None:
             # What the job logs itself (step, loss ...) belongs in the live .prom file too.
             self._job_rows = JobJournalTail(self.metrics_dir, self.info.id, os.getpid())
-        collectors = await self._open_collectors(pid)
+        # In a thread beside the collectors and the first samples: git on a big repository may take a
+        # moment, and most of it is waiting on git, which leaves the GIL to the sampler.
+        describe = asyncio.ensure_future(asyncio.to_thread(self._describe))
+        collectors: list[MetricsCollector] = []
         fold: asyncio.Future[None] | None = None
         try:
+            collectors = await self._open_collectors(pid, born)
             ticker = Ticker(self.interval)
 
             async def tick() -> None:
                 await self._tick(collectors, writer)
 
-            first = True
             next_fold = time.monotonic() + FLUSH_INTERVAL_S
 
-            async def tick_then_describe() -> None:
-                nonlocal first, fold, next_fold
+            async def tick_then_fold() -> None:
+                nonlocal fold, next_fold
                 await tick()
-                if first:
-                    first = False
-                    # After the first sample, not before: git on a big repository may take a moment.
-                    await asyncio.to_thread(self._describe, collectors)
                 now = time.monotonic()
+                if self._folder is not None and _parquet_loaded():
+                    self._folder.stop()  # the writer's flushes loaded pyarrow here: record folds itself at exit
+                    self._folder = None
                 if now >= next_fold and (fold is None or fold.done()):
                     # Segments the job's llamamon.log() has finished (it rotates them) go into Parquet while
                     # it runs, beside the ticks: a long run's journal stays small and its exit quick.
                     next_fold = now + FLUSH_INTERVAL_S
                     fold = asyncio.ensure_future(asyncio.to_thread(self._fold_job_journals))
 
-            await run_ticks(ticker, tick_then_describe, stop)
+            await run_ticks(ticker, tick_then_fold, stop)
             await tick()  # the last sample, at exit
             if self.alerts is not None:
                 try:
@@ -264,6 +298,7 @@ class Recorder:
             if ticker.skipped:
                 log.debug("%d ticks skipped because sampling overran the interval", ticker.skipped)
         finally:
+            await describe  # never raises: _describe reports its own failure
             if fold is not None:
                 await fold  # never raises: _fold_job_journals reports its own failure
             for collector in collectors:
@@ -275,16 +310,18 @@ class Recorder:
 
             for collector in self.user_collectors:
                 await close_custom(collector, self.interval)
-            writer.close()
+            if self._folder is not None and not _parquet_loaded():
+                writer.hand_off()  # its last rows stay in the journal, which the fold helper turns into Parquet
+            else:
+                writer.close()
             if self._textfile is not None:
                 self._export(self._textfile.finish)  # llamamon_run_active 0: the last values stop looking live
 
-    async def _open_collectors(self, pid: int) -> list[MetricsCollector]:
+    async def _open_collectors(self, pid: int, born: float) -> list[MetricsCollector]:
         from llamamon.collectors.process import ProcessTreeCollector
-        from llamamon.collectors.system import SystemCollector
 
-        process = ProcessTreeCollector(pid)
-        wanted: list[MetricsCollector] = [SystemCollector(self.metrics_dir), process]
+        process = ProcessTreeCollector(pid, born=born)
+        wanted: list[MetricsCollector] = [self._system, process]
         if self.options.gpu:
             from llamamon.collectors.gpu import GpuCollector
 
@@ -378,24 +415,21 @@ class Recorder:
                 self._failed.add("textfile")
                 log.warning("writing the Prometheus textfile failed: %s (logged once; recording goes on)", exc)
 
-    def _describe(self, collectors: Sequence[MetricsCollector]) -> None:
+    def _describe(self) -> None:
         """Complete the run metadata with what takes a moment to find out, and write it."""
         from llamamon.collectors.system import cpu_model
         from llamamon.store.runs import write_run
 
-        self.info.cpu_model = cpu_model()
-        self.info.git_commit, self.info.git_dirty = _git_state(self.info.cwd)
         try:
+            self.info.cpu_model = cpu_model()
+            self.info.git_commit, self.info.git_dirty = _git_state(self.info.cwd)
             write_run(self.metrics_dir, self.info)
-        except OSError as exc:
-            log.warning("cannot write run metadata: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - metadata that cannot be found must not stop the recording
+            log.warning("cannot complete the run metadata: %s", exc)
 
 
-def _import_parquet() -> None:
-    """Import pyarrow (and numpy with it, ~170 ms) while the job runs and the first sample waits out its
-    window, so that a short job's exit does not wait for it before the final Parquet flush."""
-    with contextlib.suppress(ImportError):  # the flush will say what is missing
-        import llamamon.store.parquet  # noqa: F401
+def _parquet_loaded() -> bool:
+    return "llamamon.store.parquet" in sys.modules
 
 
 def _rows(samples: Sequence[Sample], fallback_group: str, now: float) -> list[Row]:

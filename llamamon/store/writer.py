@@ -181,6 +181,17 @@ class StoreWriter:
             with contextlib.suppress(OSError):  # other writers of this run may still use it
                 journal_dir(self.metrics_dir, self.run_id).rmdir()
 
+    def hand_off(self) -> None:
+        """Close without writing Parquet: the unflushed rows stay in their journal segment, unlocked, for a
+        fold elsewhere (``record``'s fold helper), exactly as after a crash but on purpose."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._buffer = []
+        self._journal.close()
+        atexit.unregister(self.close)
+
     def __enter__(self) -> StoreWriter:
         return self
 

@@ -1,0 +1,127 @@
+"""``record``'s fold helper: a forked process that imports pyarrow while the job runs, then folds the journal
+into Parquet when ``record`` asks, so that a short run's exit does not wait for that import.
+
+Why a process: importing pyarrow with numpy is ~170 ms of CPU that holds the GIL (~250 ms on a slow
+2-core VM). In record's own process it competed with the recorder's start-up and then sat on a short
+run's exit, before the last rows could be written. Forked first thing (no second interpreter to start),
+the helper does it on another core while record reads its config and starts the job. A run longer than
+the writer's flush interval has loaded pyarrow itself by then, writes its own Parquet and stops the
+helper (``Recorder`` decides). The fold is the same ``fold_orphans`` any llamamon command runs on a
+journal left behind, so a helper that fails or dies only means ``record`` folds in-process, as it would
+without one.
+
+Protocol, over two pipes: ``record`` writes ``fold <metrics folder>``; the helper folds every orphaned
+segment of that store and answers ``folded <rows>``. End of input (``record`` killed, or done without it)
+makes the helper exit, folding nothing: the journal is then folded by the next llamamon command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+
+# Parent side reads at most this much of the answer; it is one short line.
+_ANSWER_LIMIT = 4096
+
+
+class FoldHelper:
+    """The helper process, seen from ``record``."""
+
+    def __init__(self, pid: int, command_fd: int, answer_fd: int) -> None:
+        self.pid = pid
+        self._command_fd = command_fd
+        self._answer_fd = answer_fd
+        self._done = False
+
+    @classmethod
+    def start(cls) -> FoldHelper | None:
+        """Fork the helper, or None where forking is not safe or possible (record then folds in-process).
+
+        Only from a process with no other thread: a fork copies locks as other threads held them, and
+        the helper imports modules. ``llamamon record`` calls this before it starts any thread.
+        """
+        if not hasattr(os, "fork") or threading.active_count() > 1:
+            return None
+        command_read, command_write = os.pipe()
+        answer_read, answer_write = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (command_read, command_write, answer_read, answer_write):
+                os.close(fd)
+            return None
+        if pid == 0:  # the helper: never returns, never runs the parent's exit handlers
+            code = 1
+            try:
+                os.close(command_write)
+                os.close(answer_read)
+                code = _serve(command_read, answer_write)
+            finally:
+                os._exit(code)
+        os.close(command_read)
+        os.close(answer_write)
+        return cls(pid, command_write, answer_read)
+
+    def fold(self, metrics_dir: str | os.PathLike[str]) -> int | None:
+        """Have the helper fold the store's finished journal segments: the rows it folded, or None when
+        it did not (it died or failed; it said why on stderr): the caller then folds in-process."""
+        if self._done:
+            return None
+        self._done = True
+        answer = b""
+        try:
+            os.write(self._command_fd, f"fold {os.fspath(metrics_dir)}\n".encode())
+            os.close(self._command_fd)
+            while len(answer) < _ANSWER_LIMIT:
+                chunk = os.read(self._answer_fd, _ANSWER_LIMIT)
+                if not chunk:
+                    break
+                answer += chunk
+        except OSError:  # it is gone (EPIPE)
+            answer = b""
+        finally:
+            self._reap(kill=False)
+        words = answer.split()
+        if len(words) != 2 or words[0] != b"folded" or not words[1].isdigit():
+            return None
+        return int(words[1])
+
+    def stop(self) -> None:
+        """Not needed (record writes its own Parquet, or ends early): end it now rather than let it idle."""
+        if not self._done:
+            self._done = True
+            self._reap(kill=True)
+
+    def _reap(self, kill: bool) -> None:
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        for fd in (self._command_fd, self._answer_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+
+def _serve(command_fd: int, answer_fd: int) -> int:
+    # Its own session: a Ctrl-C or a closed terminal is for the job and for record, never for this helper.
+    os.setsid()
+    try:
+        import llamamon.store.parquet  # noqa: F401 - the point of this process: loaded before it is needed
+        from llamamon.store.writer import fold_orphans
+
+        with os.fdopen(command_fd, "rb") as commands:
+            line = commands.readline().decode(errors="replace").rstrip("\n")
+        if not line.startswith("fold "):
+            return 0  # record is gone, or wrote its Parquet itself
+        rows = fold_orphans(line[len("fold ") :])
+        os.write(answer_fd, f"folded {rows}\n".encode())
+        return 0
+    except Exception as exc:  # noqa: BLE001 - record folds in-process instead; say why once
+        with contextlib.suppress(OSError):
+            sys.stderr.write(f"llamamon: the fold helper failed ({exc}); record folds the journal itself\n")
+            sys.stderr.flush()
+        return 1
