@@ -41,9 +41,10 @@ class FoldHelper:
         """Fork the helper, or None where forking is not safe or possible (record then folds in-process).
 
         Only from a process with no other thread: a fork copies locks as other threads held them, and
-        the helper imports modules. ``llamamon record`` calls this before it starts any thread.
+        the helper imports modules. ``llamamon record`` calls this before it starts any thread. Only on
+        Linux: macOS system libraries are not safe to use in a forked child (why multiprocessing spawns).
         """
-        if not hasattr(os, "fork") or threading.active_count() > 1:
+        if not sys.platform.startswith("linux") or threading.active_count() > 1:
             return None
         command_read, command_write = os.pipe()
         answer_read, answer_write = os.pipe()
