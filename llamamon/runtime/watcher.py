@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from llamamon.collectors.base import MetricsCollector
     from llamamon.config import Config
     from llamamon.prometheus.textfile import TextfileWriter
+    from llamamon.store.journal import ColumnBlock
 
 log = logging.getLogger("llamamon.watch")
 
@@ -110,6 +111,8 @@ class RunFollower:
         self.ended: dict[str, float] = {}
         self.known_files: set[str] = set()
         self.on_rows: Callable[[Iterable[Row], str, str], None] = live.add
+        # Metrics whose every row on_rows needs; of the others a column block gives only its latest row.
+        self.metrics: set[str] = set(live.raw_metrics)
 
     def _wanted(self, run: str) -> bool:
         return self.only is None or run in self.only
@@ -148,7 +151,7 @@ class RunFollower:
             self.hosts.setdefault(run_id, host)
 
     def poll(self, now: float) -> None:
-        from llamamon.store.journal import segment_paths, tail_segment
+        from llamamon.store.journal import segment_paths, tail_segment_blocks
         from llamamon.store.layout import runs_dir
 
         present = set()
@@ -157,7 +160,7 @@ class RunFollower:
             if not self._wanted(run) or run in self.ended or path in self.skipped:
                 continue
             present.add(path)
-            header, rows, offset = tail_segment(path, self.offsets.get(path, 0))
+            header, rows, blocks, offset = tail_segment_blocks(path, self.offsets.get(path, 0))
             if header is not None and self.skip_pid is not None and header.get("pid") == self.skip_pid:
                 # Why before the offset is kept: a tracked segment that vanishes is caught up from the
                 # store, and record's own segments vanish into Parquet every flush.
@@ -169,6 +172,8 @@ class RunFollower:
                 self.segment_run[path] = (str(header.get("run") or run), host)
             run, host = self.segment_run.get(path, (run, ""))
             self.hosts.setdefault(run, host)
+            for block in blocks:
+                rows.extend(self._rows_of(block))
             if rows:
                 self.on_rows(rows, run, host)
         for path in [p for p in self.offsets if p not in present]:
@@ -187,6 +192,16 @@ class RunFollower:
                 # Started (and maybe already ended) between two ticks, before we saw a journal of it.
                 self._catch_up(run, now - self.live.window)
         self._check_ends(now)
+
+    def _rows_of(self, block: ColumnBlock) -> list[Row]:
+        """The rows of the metrics wanted, and the block's latest row: a job logging many metrics at a high
+        rate is never decoded whole, and the window still learns how far the run has got."""
+        rows = block.rows_of(self.metrics)
+        if block.times:
+            latest = block.times.index(max(block.times))
+            if block.series[block.codes[latest]][1] not in self.metrics:
+                rows.append(block.row(latest))
+        return rows
 
     def _check_ends(self, now: float) -> None:
         from llamamon.store.runs import read_run
@@ -237,6 +252,7 @@ class Watcher:
         self.live = LiveAlerts(config, metrics_dir, scope="watch")
         self.follower = RunFollower(metrics_dir, self.live, only)
         self.follower.on_rows = self._observe
+        self.follower.metrics.update(VIEW_METRICS)
         self.latest: dict[tuple[str, str, str, str], tuple[float, float]] = {}
         self._failed: set[str] = set()
         self.textfile: TextfileWriter | None = None

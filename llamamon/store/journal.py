@@ -31,13 +31,13 @@ import threading
 import time
 import weakref
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from llamamon.catalog import GROUPS
 from llamamon.errors import StoreError
-from llamamon.samples import Row, labels_from_str, labels_to_str
+from llamamon.samples import Labels, Row, labels_from_str, labels_to_str
 from llamamon.store.layout import JOURNAL_SUFFIX, journal_dir, segment_name, writer_id
 
 log = logging.getLogger("llamamon.store")
@@ -222,6 +222,25 @@ class ColumnBlock:
             Row(t, *series[c], v, labels, None if s < 0 else s)
             for c, t, v, s in zip(self.codes, self.times, self.values, self.steps, strict=True)
         ]
+
+    def rows_of(self, metrics: Container[str]) -> list[Row]:
+        """The rows of these metrics only, in block order; the others are never made into Rows (a follower
+        needs the few metrics its rules use out of all a job logs)."""
+        wanted = {code for code, (_group, metric) in enumerate(self.series) if metric in metrics}
+        if len(wanted) == len(self.series):
+            return self.rows()
+        if not wanted:
+            return []
+        labels = labels_from_str(self.labels)
+        return [self.row(index, labels) for index, code in enumerate(self.codes) if code in wanted]
+
+    def row(self, index: int, labels: Labels | None = None) -> Row:
+        """Row ``index`` (``labels``: the block's, already parsed, when the caller makes many rows)."""
+        step = None if self.steps is None or self.steps[index] < 0 else self.steps[index]
+        group, metric = self.series[self.codes[index]]
+        if labels is None:
+            labels = labels_from_str(self.labels)
+        return Row(self.times[index], group, metric, self.values[index], labels, step)
 
     def storable(self) -> bool:
         """True when every row passes ``row_problem``, checked per column (C loops, no Row objects)."""
