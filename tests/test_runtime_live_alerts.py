@@ -165,18 +165,18 @@ def test_tail_segment_reads_whole_new_lines_only(metrics_dir):
     journal = Journal(metrics_dir, RUN, "box")
     journal.append([hot(T0, 90)])
     path = journal.path
-    header, rows, offset = tail_segment(path)
+    header, rows, _blocks, offset = tail_segment(path)
     assert header["run"] == RUN
     assert header["host"] == "box"
     assert [r.value for r in rows] == [90]
     with open(path, "ab") as fh:
         fh.write(b'[1790000001.0, "gpu", "gpu_temperature", 91.0, "{\\"gpu\\":\\"0\\"}", null]\n[17900')
-    header, rows, offset2 = tail_segment(path, offset)
+    header, rows, _blocks, offset2 = tail_segment(path, offset)
     assert header is None
     assert [(r.time, r.value, r.labels) for r in rows] == [(T0 + 1, 91.0, make_labels(gpu="0"))]
-    assert tail_segment(path, offset2) == (None, [], offset2)  # the torn line waits for its end
+    assert tail_segment(path, offset2) == (None, [], [], offset2)  # the torn line waits for its end
     journal.close()
-    assert tail_segment(metrics_dir / "gone.jsonl", 5) == (None, [], 5)
+    assert tail_segment(metrics_dir / "gone.jsonl", 5) == (None, [], [], 5)
 
 
 def test_watch_on_a_terminal_redraws_a_live_view_in_place(tmp_path):

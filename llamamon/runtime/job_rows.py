@@ -15,7 +15,7 @@ from pathlib import Path
 
 from llamamon import catalog
 from llamamon.samples import Row, labels_from_str
-from llamamon.store.journal import ColumnBlock, segment_paths, tail_segment_blocks
+from llamamon.store.journal import ColumnBlock, segment_paths, tail_segment
 
 
 class JobJournalTail:
@@ -34,7 +34,7 @@ class JobJournalTail:
         for path in segment_paths(self.metrics_dir, self.run_id):
             if path in self.skipped:
                 continue
-            header, new, blocks, offset = tail_segment_blocks(path, self.offsets.get(path, 0))
+            header, new, blocks, offset = tail_segment(path, self.offsets.get(path, 0))
             self.offsets[path] = offset
             if header is not None and header.get("pid") == self.skip_pid:
                 self.skipped.add(path)

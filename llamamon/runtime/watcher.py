@@ -151,7 +151,7 @@ class RunFollower:
             self.hosts.setdefault(run_id, host)
 
     def poll(self, now: float) -> None:
-        from llamamon.store.journal import segment_paths, tail_segment_blocks
+        from llamamon.store.journal import segment_paths, tail_segment
         from llamamon.store.layout import runs_dir
 
         present = set()
@@ -160,7 +160,7 @@ class RunFollower:
             if not self._wanted(run) or run in self.ended or path in self.skipped:
                 continue
             present.add(path)
-            header, rows, blocks, offset = tail_segment_blocks(path, self.offsets.get(path, 0))
+            header, rows, blocks, offset = tail_segment(path, self.offsets.get(path, 0))
             if header is not None and self.skip_pid is not None and header.get("pid") == self.skip_pid:
                 # Why before the offset is kept: a tracked segment that vanishes is caught up from the
                 # store, and record's own segments vanish into Parquet every flush.

@@ -501,21 +501,17 @@ def read_segment_blocks(path: Path, keep_blocks: bool = True) -> tuple[dict[str,
     return header, rows, blocks
 
 
-def tail_segment(path: Path, offset: int = 0) -> tuple[dict[str, object] | None, list[Row], int]:
-    """Rows appended to a segment since byte ``offset``: (header when read from 0, rows, next offset).
-
-    For readers that follow a live run (``llamamon watch``): only whole lines are consumed, so a row
-    being written is read on the next call; a vanished segment gives no rows and the same offset.
-    """
-    header, rows, _blocks, offset = tail_segment_blocks(path, offset, keep_blocks=False)
-    return header, rows, offset
-
-
-def tail_segment_blocks(
+def tail_segment(
     path: Path, offset: int = 0, keep_blocks: bool = True
 ) -> tuple[dict[str, object] | None, list[Row], list[ColumnBlock], int]:
-    """``tail_segment`` that hands storable column blocks over undecoded, for readers that need less than
-    every row of them (the live .prom file needs each series' last value)."""
+    """What was appended to a segment since byte ``offset``: (header when read from 0, rows, column blocks,
+    next offset).
+
+    For readers that follow a live run (``llamamon watch``, record's live alerts and .prom file): only whole
+    lines are consumed, so a line being written is read on the next call; a vanished segment gives nothing
+    and the same offset. Storable column blocks are handed over undecoded, because those readers need less
+    than every row of them; ``keep_blocks=False`` decodes them into ``rows`` too.
+    """
     try:
         with open(path, "rb") as fh:
             fh.seek(offset)
