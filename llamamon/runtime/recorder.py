@@ -76,7 +76,7 @@ def record(options: RecordOptions, folder: FoldHelper | None = None) -> int:
         if not config.monitoring.enabled:
             log.info("monitoring.enabled is false in %s: running the command without recording", config.source)
             if folder is not None:
-                folder.stop()
+                folder.stop()  # now, not after a job that may run for days
             with Child(options.command) as child:
                 return child.wait().exit_code
         interval = options.interval if options.interval is not None else config.monitoring.update_frequency
