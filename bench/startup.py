@@ -29,7 +29,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 # Runs `llamamon record -q -- true` in-process with timers around the recorder's phases; prints one JSON
-# list of (phase, wall ms, process CPU ms) at each boundary, at exit. argv: metrics folder.
+# list of (phase, wall ms, process CPU ms) at each boundary, at exit. argv: metrics folder. (The recorder
+# is imported before main() here, so the fold helper is forked ~90 ms later than in the real command and
+# the fold waits longer for its pyarrow import than it does there.)
 PHASES = r"""
 import json, sys, time
 T0w, T0c = time.perf_counter(), time.process_time()
@@ -54,6 +56,8 @@ wrap(recorder.Recorder, "__init__", "Recorder(): open_store, run metadata")
 wrap(recorder.Recorder, "_open_collectors", "open collectors (psutil, NVML probe)", True)
 wrap(recorder.Recorder, "_tick", "tick", True)
 wrap(writer.StoreWriter, "flush", "final flush (pyarrow import + Parquet)")
+from llamamon.runtime import fold_helper
+wrap(fold_helper.FoldHelper, "fold", "fold the journal into Parquet (the helper; waits for its pyarrow import)")
 def report():  # main() ends the process itself (after the exit handlers), as the real command does
     stamp("main() returned")
     print(json.dumps(marks), flush=True)
@@ -120,6 +124,12 @@ GAPS = {
     ): "spawn the job and the keeper, write_run, start the sampler thread",
     ("< tick", "> tick"): "stop requested (the job is done)",
     ("< final flush (pyarrow import + Parquet)", "main() returned"): "join the sampler, end the child, write_run",
+    ("< tick", "> fold the journal into Parquet (the helper; waits for its pyarrow import)"): (
+        "final alert evaluation, hand the journal off, join the sampler"
+    ),
+    ("< fold the journal into Parquet (the helper; waits for its pyarrow import)", "main() returned"): (
+        "end the child, write_run"
+    ),
 }
 
 
