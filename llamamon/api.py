@@ -247,8 +247,7 @@ class _Converter:
     """Entries -> journal lines. Holds the per-name caches, so each distinct name is resolved once."""
 
     def __init__(self) -> None:
-        # key -> (line template with a step, without one, metric, group, the two templates again for a time
-        # formatted in advance), or None for a key that is not stored
+        # key -> (line template with a step, without one, metric, group), or None for a key not stored
         self.templates: dict[Any, tuple[str, ...] | None] = {}
         self.labels: str | None = None
         self.bad: set[str] = set()
@@ -360,7 +359,7 @@ class _Converter:
         if name:
             name = canonical(name, aliases)
             group = group_of(name)
-            template = (*line_templates(group, name, labels), name, group, *line_templates(group, name, labels, "%s"))
+            template = (*line_templates(group, name, labels), name, group)
         if isinstance(key, str):
             self.templates[key] = template
         return template

@@ -140,17 +140,16 @@ def encode_fields(records: Iterable[Fields]) -> bytes:
     return "".join(lines).encode()
 
 
-def line_templates(group: str, metric: str, labels: str, time: str = "%r") -> tuple[str, str]:
+def line_templates(group: str, metric: str, labels: str) -> tuple[str, str]:
     """``%``-templates of one row's line as ``encode_fields`` writes it: (with a step, without one).
 
     Fill the first with ``% (time, value, step)`` and the second with ``% (time, value)``; ``time`` and
-    ``value`` must be finite floats (``%r`` is ``float.__repr__``) and ``step`` an int. With ``time="%s"``
-    the time is passed already formatted (``float.__repr__``), for rows that share one. Why: formatting a
+    ``value`` must be finite floats (``%r`` is ``float.__repr__``) and ``step`` an int. Why: formatting a
     line from a template cached per metric costs a third of building it field by field.
     """
     group, metric, labels = (_json_str(text).replace("%", "%%") for text in (group, metric, labels))
     middle = f"{group}, {metric}, %r, {labels}"
-    return f"[{time}, {middle}, %d]\n", f"[{time}, {middle}, null]\n"
+    return f"[%r, {middle}, %d]\n", f"[%r, {middle}, null]\n"
 
 
 # Why little-endian on disk whatever the host: a journal left by a crash may be folded on another machine.
