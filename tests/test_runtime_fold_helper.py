@@ -1,10 +1,12 @@
-"""record's fold helper: a short run's Parquet is written by the forked helper (record never loads pyarrow),
-a helper that dies is replaced by an in-process fold, a long run stops it, and it never outlives record."""
+"""record's exit: a short run's Parquet is written by the forked fold helper (record never loads pyarrow),
+a helper that dies is replaced by an in-process fold, a long run stops it, it never outlives record, and
+a run whose partitions hold several files is compacted as it ends (by the helper or in-process)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -25,17 +27,18 @@ import atexit, json, os, sys
 from llamamon.runtime import fold_helper, recorder
 calls = []
 real_fold, real_stop = fold_helper.FoldHelper.fold, fold_helper.FoldHelper.stop
-def fold(self, folder):
+def fold(self, *args):
     calls.append("fold")
     if os.environ.get("KILL_HELPER"):
         os.kill(self.pid, 9)
-    return real_fold(self, folder)
+    return real_fold(self, *args)
 def stop(self):
     if not self._done:
         calls.append("stop")
     return real_stop(self)
 fold_helper.FoldHelper.fold, fold_helper.FoldHelper.stop = fold, stop
 recorder.FLUSH_INTERVAL_S = float(os.environ.get("FLUSH_S", "30"))
+recorder.COMPACT_AT_EXIT_BYTES = int(os.environ.get("COMPACT_BYTES", str(recorder.COMPACT_AT_EXIT_BYTES)))
 atexit.register(lambda: print(json.dumps({{"calls": calls, "pyarrow": "pyarrow" in sys.modules}}), flush=True))
 sys.argv = ["llamamon", "record", "-q", "--interval", "0.2", "--metrics-dir", "m", "--", *{command!r}]
 import llamamon.cli
@@ -108,3 +111,60 @@ def test_the_helper_ends_with_record_when_record_is_killed(tmp_path: Path):
                 member.kill()
         proc.wait(timeout=10)
     assert journal.segment_paths(tmp_path / "m")  # the journal waits for the next llamamon command
+
+
+def data_files(root: Path) -> dict[str, list[str]]:
+    """File names per group partition."""
+    out: dict[str, list[str]] = {}
+    for path in sorted(root.glob("group=*/date=*/run=*/*.parquet")):
+        out.setdefault(path.parts[-4].removeprefix("group="), []).append(path.name)
+    return out
+
+
+def test_a_run_of_several_flushes_is_compacted_as_it_ends(tmp_path: Path):
+    job = [
+        sys.executable,
+        "-c",
+        "import llamamon, time\nfor i in range(20): llamamon.log(loss=1.0, step=i); time.sleep(0.1)",
+    ]
+    seen, _ = record(tmp_path, job, FLUSH_S="0.3")
+    assert seen["calls"] == ["stop"]  # flushes loaded pyarrow here: record compacted in-process
+    files = data_files(tmp_path / "m")
+    assert files["system"]
+    assert all(len(names) == 1 and names[0].startswith("compact-") for names in files.values())
+    frame = scan(tmp_path / "m").collect()
+    assert frame.filter(frame["metric"] == "loss").height == 20
+    assert frame.filter(frame["metric"] == "cpu_usage").height >= 5  # every tick's sample, once
+
+
+def test_the_helper_compacts_a_short_run_whose_partition_holds_several_files(tmp_path: Path):
+    # The job and a child it forks log into journal segments of their own: two files in the training partition.
+    job = [
+        sys.executable,
+        "-c",
+        "import llamamon, os\nllamamon.log(loss=1.0, step=0)\npid = os.fork()\n"
+        "llamamon.log(loss=2.0 if pid == 0 else 3.0, step=1)\nif pid == 0:\n    llamamon.flush()\n    os._exit(0)\n"
+        "os.waitpid(pid, 0)",
+    ]
+    seen, _ = record(tmp_path, job)
+    assert seen == {"calls": ["fold"], "pyarrow": False}
+    files = data_files(tmp_path / "m")
+    assert len(files["training"]) == 1
+    assert files["training"][0].startswith("compact-")
+    frame = scan(tmp_path / "m", groups=["training"]).collect()
+    assert sorted(frame.filter(frame["metric"] == "loss")["value"].to_list()) == [1.0, 2.0, 3.0]
+
+
+def test_a_run_too_big_to_compact_cheaply_is_left_for_llamamon_compact(tmp_path: Path, caplog):
+    from llamamon.store.compaction import compact_ended_run
+
+    job = [sys.executable, "-c", "import time; time.sleep(1.5)"]
+    record(tmp_path, job, FLUSH_S="0.3", COMPACT_BYTES="1")
+    files = data_files(tmp_path / "m")
+    assert len(files["system"]) > 1  # several flush files, not compacted: over the bound
+    run = (tmp_path / "m" / "runs").glob("*.json").__next__().stem
+    with caplog.at_level(logging.INFO, logger="llamamon.store"):
+        assert compact_ended_run(tmp_path / "m", run, 1) is None
+    assert any("left for `llamamon compact`" in r.getMessage() for r in caplog.records)
+    assert compact_ended_run(tmp_path / "m", run, 1 << 30) is not None
+    assert all(len(names) == 1 for names in data_files(tmp_path / "m").values())

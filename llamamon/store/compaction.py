@@ -23,14 +23,14 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from llamamon.errors import StoreError
 from llamamon.fsutil import atomic_write
 from llamamon.store import journal
-from llamamon.store.layout import COMPACT_PREFIX, DATA_SUFFIX, iter_partitions
+from llamamon.store.layout import COMPACT_PREFIX, DATA_SUFFIX, is_data_file, iter_partitions
 
 log = logging.getLogger("llamamon.store")
 
@@ -124,8 +124,14 @@ def _ended_runs(root: Path) -> set[str]:
     return {r.id for r in list_runs(root) if r.end is not None}
 
 
-def compact(metrics_dir: str | os.PathLike[str], older_than: float = 3600.0, now: float | None = None) -> CompactResult:
-    """Rewrite every finished partition into one file sorted by (metric, labels, time).
+def compact(
+    metrics_dir: str | os.PathLike[str],
+    older_than: float = 3600.0,
+    now: float | None = None,
+    runs: Collection[str] | None = None,
+) -> CompactResult:
+    """Rewrite every finished partition (of ``runs`` only, when given) into one file sorted by (metric,
+    labels, time).
 
     A partition is finished when no live writer holds a journal of its run and either the run has
     ended (runs/<id>.json) or its newest file is older than ``older_than`` seconds. Partitions of a run
@@ -143,7 +149,7 @@ def compact(metrics_dir: str | os.PathLike[str], older_than: float = 3600.0, now
         _resolve_all(root)
         live = journal.live_runs(root)
         ended = _ended_runs(root)
-        for _group, _date, run, folder in iter_partitions(root):
+        for _group, _date, run, folder in iter_partitions(root, runs=set(runs) if runs is not None else None):
             if run in live:
                 result.skipped_live += 1
                 continue
@@ -157,6 +163,30 @@ def compact(metrics_dir: str | os.PathLike[str], older_than: float = 3600.0, now
                 continue
             _compact_partition(root, folder, files, result)
     return result
+
+
+def compact_ended_run(metrics_dir: Path, run_id: str, max_bytes: int) -> CompactResult | None:
+    """What ``record`` does as its run ends: compact the run's partitions, when one holds more than one
+    file and all together hold at most ``max_bytes`` (seconds of work at most). None when there is nothing
+    to merge, when it is not cheap (``llamamon compact`` does it later), or when another compaction holds
+    the store. Files are only listed here: polars and pyarrow are imported when there is work to do.
+    """
+    partitions = [
+        [entry for entry in os.scandir(folder) if entry.is_file() and is_data_file(entry.name)]
+        for _group, _date, _run, folder in iter_partitions(metrics_dir, runs={run_id})
+    ]
+    if all(len(files) <= 1 for files in partitions):
+        return None
+    size = sum(entry.stat().st_size for files in partitions for entry in files)
+    if size > max_bytes:
+        count = sum(len(files) for files in partitions)
+        log.info("run %s: its %d files (%.0f MB) are left for `llamamon compact`", run_id, count, size / 1e6)
+        return None
+    try:
+        return compact(metrics_dir, older_than=0.0, runs={run_id})
+    except StoreError as exc:  # another compaction or gc holds the store: it, or a later one, does this run
+        log.debug("run %s not compacted at exit: %s", run_id, exc)
+        return None
 
 
 def _compact_partition(root: Path, folder: Path, files: list[Path], result: CompactResult) -> None:
