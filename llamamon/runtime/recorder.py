@@ -48,7 +48,7 @@ log = logging.getLogger("llamamon.record")
 
 GIT_TIMEOUT_S = 2.0
 FLUSH_INTERVAL_S = 30.0
-# A run whose files come to at most this is compacted as it ends (~2 s of work at most: about half a day of
+# A run whose files come to at most this is compacted as it ends (~1.5 s of work at most: ~11 hours of
 # 16 series at 1 Hz in 30 s flush files); a bigger one is left for `llamamon compact`.
 COMPACT_AT_EXIT_BYTES = 8 << 20
 
