@@ -38,7 +38,7 @@ def stop(self):
     return real_stop(self)
 fold_helper.FoldHelper.fold, fold_helper.FoldHelper.stop = fold, stop
 recorder.FLUSH_INTERVAL_S = float(os.environ.get("FLUSH_S", "30"))
-recorder.COMPACT_AT_EXIT_BYTES = int(os.environ.get("COMPACT_BYTES", str(recorder.COMPACT_AT_EXIT_BYTES)))
+recorder.COMPACT_AT_EXIT_FILES = int(os.environ.get("COMPACT_FILES", str(recorder.COMPACT_AT_EXIT_FILES)))
 atexit.register(lambda: print(json.dumps({{"calls": calls, "pyarrow": "pyarrow" in sys.modules}}), flush=True))
 sys.argv = ["llamamon", "record", "-q", "--interval", "0.2", "--metrics-dir", "m", "--", *{command!r}]
 import llamamon.cli
@@ -159,12 +159,13 @@ def test_a_run_too_big_to_compact_cheaply_is_left_for_llamamon_compact(tmp_path:
     from llamamon.store.compaction import compact_ended_run
 
     job = [sys.executable, "-c", "import time; time.sleep(1.5)"]
-    record(tmp_path, job, FLUSH_S="0.3", COMPACT_BYTES="1")
+    record(tmp_path, job, FLUSH_S="0.3", COMPACT_FILES="2")
     files = data_files(tmp_path / "m")
-    assert len(files["system"]) > 1  # several flush files, not compacted: over the bound
+    assert len(files["system"]) > 2  # several flush files, not compacted: over the bound
     run = (tmp_path / "m" / "runs").glob("*.json").__next__().stem
     with caplog.at_level(logging.INFO, logger="llamamon.store"):
-        assert compact_ended_run(tmp_path / "m", run, 1) is None
-    assert any("left for `llamamon compact`" in r.getMessage() for r in caplog.records)
-    assert compact_ended_run(tmp_path / "m", run, 1 << 30) is not None
+        assert compact_ended_run(tmp_path / "m", run, 1000, 1) is None  # over the bytes bound
+        assert compact_ended_run(tmp_path / "m", run, 2, 1 << 30) is None  # over the files bound
+    assert sum("left for `llamamon compact`" in r.getMessage() for r in caplog.records) == 2
+    assert compact_ended_run(tmp_path / "m", run, 1000, 1 << 30) is not None
     assert all(len(names) == 1 for names in data_files(tmp_path / "m").values())

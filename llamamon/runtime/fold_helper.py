@@ -10,7 +10,7 @@ helper (``Recorder`` decides). The fold is the same ``fold_orphans`` any llamamo
 journal left behind, so a helper that fails or dies only means ``record`` folds in-process, as it would
 without one.
 
-Protocol, over two pipes: ``record`` writes ``fold <run id> <max bytes> <metrics folder>``; the helper
+Protocol, over two pipes: ``record`` writes ``fold <run id> <max files> <max bytes> <metrics folder>``; the helper
 folds every orphaned segment of that store, compacts the run when that is cheap (``compact_ended_run``)
 and answers ``folded <rows>``. End of input (``record`` killed, or done without it) makes the helper
 exit, folding nothing: the journal is then folded by the next llamamon command.
@@ -68,16 +68,16 @@ class FoldHelper:
         os.close(answer_write)
         return cls(pid, command_write, answer_read)
 
-    def fold(self, metrics_dir: str | os.PathLike[str], run_id: str, compact_max_bytes: int) -> int | None:
+    def fold(self, metrics_dir: str | os.PathLike[str], run_id: str, max_files: int, max_bytes: int) -> int | None:
         """Have the helper fold the store's finished journal segments, then compact ``run_id`` if its files
-        come to at most ``compact_max_bytes``: the rows it folded, or None when it did not (it died or
-        failed; it said why on stderr): the caller then does both in-process."""
+        are at most ``max_files`` and ``max_bytes`` (``compact_ended_run``): the rows it folded, or None when
+        it did not (it died or failed; it said why on stderr): the caller then does both in-process."""
         if self._done:
             return None
         self._done = True
         answer = b""
         try:
-            command = f"fold {run_id} {int(compact_max_bytes)} {os.fspath(metrics_dir)}\n"
+            command = f"fold {run_id} {int(max_files)} {int(max_bytes)} {os.fspath(metrics_dir)}\n"
             os.write(self._command_fd, command.encode())
             os.close(self._command_fd)
             while len(answer) < _ANSWER_LIMIT:
@@ -120,12 +120,12 @@ def _serve(command_fd: int, answer_fd: int) -> int:
         from llamamon.store.writer import fold_orphans
 
         with os.fdopen(command_fd, "rb") as commands:
-            words = commands.readline().decode(errors="replace").rstrip("\n").split(" ", 3)
-        if len(words) != 4 or words[0] != "fold":
+            words = commands.readline().decode(errors="replace").rstrip("\n").split(" ", 4)
+        if len(words) != 5 or words[0] != "fold":
             return 0  # record is gone, or wrote its Parquet itself
-        _, run_id, max_bytes, metrics_dir = words
+        _, run_id, max_files, max_bytes, metrics_dir = words
         rows = fold_orphans(metrics_dir)
-        compact_ended_run(Path(metrics_dir), run_id, int(max_bytes))
+        compact_ended_run(Path(metrics_dir), run_id, int(max_files), int(max_bytes))
         os.write(answer_fd, f"folded {rows}\n".encode())
         return 0
     except Exception as exc:  # noqa: BLE001 - record folds in-process instead; say why once
