@@ -79,7 +79,7 @@ class FoldHelper:
         try:
             command = f"fold {run_id} {int(max_files)} {int(max_bytes)} {os.fspath(metrics_dir)}\n"
             os.write(self._command_fd, command.encode())
-            os.close(self._command_fd)
+            self._close_command()  # end of input: the helper reads one line
             while len(answer) < _ANSWER_LIMIT:
                 chunk = os.read(self._answer_fd, _ANSWER_LIMIT)
                 if not chunk:
@@ -100,13 +100,20 @@ class FoldHelper:
             self._done = True
             self._reap(kill=True)
 
+    def _close_command(self) -> None:
+        # Why -1 afterwards: closing a number twice could close whatever another thread opened under it since.
+        if self._command_fd >= 0:
+            os.close(self._command_fd)
+            self._command_fd = -1
+
     def _reap(self, kill: bool) -> None:
         if kill:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
-        for fd in (self._command_fd, self._answer_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with contextlib.suppress(OSError):
+            self._close_command()
+        with contextlib.suppress(OSError):
+            os.close(self._answer_fd)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
 

@@ -57,12 +57,7 @@ def latest_rows(block: ColumnBlock) -> list[Row]:
         if seen is None or times[index] >= times[seen]:
             last[code] = index
     labels = labels_from_str(block.labels)
-    steps = block.steps
-    out = []
-    for code, index in last.items():
-        step = None if steps is None or steps[index] < 0 else steps[index]
-        out.append(Row(times[index], *block.series[code], block.values[index], labels, step))
-    return out
+    return [block.row(index, labels) for index in last.values()]
 
 
 def _is_histogram(name: str) -> bool:

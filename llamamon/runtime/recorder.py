@@ -324,10 +324,9 @@ class Recorder:
 
             for collector in self.user_collectors:
                 await close_custom(collector, self.interval)
-            if self._folder is not None and not _parquet_loaded():
-                writer.hand_off()  # its last rows stay in the journal, which the fold helper turns into Parquet
-            else:
-                writer.close()
+            # With the fold helper there (this process never loaded pyarrow), the last rows stay in the journal
+            # and the helper turns them into Parquet.
+            writer.close(write_parquet=self._folder is None or _parquet_loaded())
             if self._textfile is not None:
                 self._export(self._textfile.finish)  # llamamon_run_active 0: the last values stop looking live
 

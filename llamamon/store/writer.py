@@ -168,29 +168,21 @@ class StoreWriter:
             self.rows_written += len(rows)
             return len(rows)
 
-    def close(self) -> None:
+    def close(self, write_parquet: bool = True) -> None:
+        """Flush and stop. ``write_parquet=False`` leaves the unflushed rows in their journal segment,
+        unlocked, for a fold elsewhere (``record``'s fold helper): as after a crash, but on purpose."""
         if self._closed:
             return
         try:
-            self.flush()
+            if write_parquet:
+                self.flush()
         finally:
             with self._lock:
                 self._closed = True
             self._journal.close()
             atexit.unregister(self.close)
-            with contextlib.suppress(OSError):  # other writers of this run may still use it
+            with contextlib.suppress(OSError):  # other writers of this run may still use it (or a segment)
                 journal_dir(self.metrics_dir, self.run_id).rmdir()
-
-    def hand_off(self) -> None:
-        """Close without writing Parquet: the unflushed rows stay in their journal segment, unlocked, for a
-        fold elsewhere (``record``'s fold helper), exactly as after a crash but on purpose."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._buffer = []
-        self._journal.close()
-        atexit.unregister(self.close)
 
     def __enter__(self) -> StoreWriter:
         return self
