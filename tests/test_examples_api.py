@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 
 from llamamon.collectors.stdout import OutputParser
-from tests.conftest import REPO, llamamon_env
+from tests.conftest import REPO, llamamon_env, run_llamamon
 from tests.test_api_log import all_rows
 
 
@@ -33,6 +35,20 @@ def test_train_example_logs_loss_lr_and_validation(tmp_path):
     assert [r.step for r in rows if r.metric == "validation_loss"] == [60, 120]
     lrs = [r.value for r in sorted((r for r in rows if r.metric == "learning_rate"), key=lambda r: r.step)]
     assert max(lrs) > lrs[-1]  # the schedule decays
+
+
+def test_recorded_train_example_fires_the_same_alerts_live_as_alerts_test(tmp_path):
+    # The README's first command with the shipped rules: what `record` fires live is what the CI gate finds.
+    # (It once ended every run with a live loss_plateau that `alerts test` did not find.)
+    script = str(REPO / "examples" / "train.py")
+    done = run_llamamon(
+        "record", "--no-gpu", "--", sys.executable, script, "--steps", "600", "--eval-every", "100", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    live = set(re.findall(r"alert FIRING \w+ (\w+)", done.stderr.decode()))
+    gate = run_llamamon("alerts", "test", "--latest", "--json", cwd=tmp_path)
+    assert gate.returncode in (0, 1), gate.stderr.decode()
+    assert live == {a["rule"] for a in json.loads(gate.stdout)}
 
 
 def test_serve_example_records_requests_and_derived_metrics(tmp_path):

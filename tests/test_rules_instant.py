@@ -184,7 +184,11 @@ class PolarsWindow:
                 key = (e[1], e[2], e[3], e[5])
                 if key not in held or held[key][0] <= e[0]:
                     held[key] = e
-        self.entries = [*(e for e in held.values() if not e[6]), *(e for e in self.entries if e[0] >= cutoff)]
+        # What evals_since_best counts is never trimmed here: the offline engine counts over the whole history.
+        counted = [e for e in self.entries if e[0] < cutoff and e[3] in self.live._best_metrics]
+        held = {key: e for key, e in held.items() if key[2] not in self.live._best_metrics}
+        recent = [e for e in self.entries if e[0] >= cutoff]
+        self.entries = [*counted, *(e for e in held.values() if not e[6]), *recent]
         for run in [r for r, t in self.ended.items() if t < cutoff]:
             del self.ended[run]
         for run in [r for r, t in self.seen.items() if t < cutoff and r not in self.ended]:

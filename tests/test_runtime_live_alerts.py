@@ -129,6 +129,45 @@ def test_a_training_metric_holds_its_last_value_beyond_the_window_until_the_run_
     assert live._series == {}
 
 
+def train(t: float, metric: str, value: float) -> Row:
+    return Row(t, "training", metric, value, (), None)
+
+
+def test_evals_since_best_stops_answering_when_the_run_ends(tmp_path, metrics_dir):
+    # The built-in loss_plateau's shape: per-step loss only counts while no validation loss answers. At the
+    # run's end the staleness marker silences validation_loss; evals_since_best(loss) must go quiet with it,
+    # or every run that logs validation ends with a false plateau alert (`alerts test` gives none).
+    rule = """    plateau:
+      condition: evals_since_best(loss) >= 3 unless validation_loss
+"""
+    live = LiveAlerts(config(tmp_path, rule), metrics_dir)
+    losses = [1.0, 0.5, 0.9, 0.8, 0.7, 0.9, 0.6, 0.9, 0.8, 0.7]  # best at the 2nd step, then 8 without
+    for i, value in enumerate(losses):
+        live.add([train(T0 + i, "loss", value)], RUN, "box")
+        if i in (0, 5, 9):
+            live.add([train(T0 + i, "validation_loss", 2.0 - i / 10)], RUN, "box")
+        assert live.evaluate(T0 + i) == ([], [])
+    live.end_run(RUN, T0 + 9.5)
+    assert live.evaluate(T0 + 10) == ([], [])
+
+
+def test_evals_since_best_counts_from_the_runs_start_not_the_windows(tmp_path, metrics_dir):
+    # Validation every hour is longer than the trailing window (minutes): the count must still
+    # span the run, as the offline engine's does.
+    rule = """    plateau:
+      condition: evals_since_best(validation_loss) >= 3
+"""
+    live = LiveAlerts(config(tmp_path, rule), metrics_dir)
+    assert live.window < 3600
+    fired = []
+    for i, value in enumerate([1.0, 1.1, 0.9, 1.2, 1.0, 1.3, 1.4]):
+        t = T0 + 3600 * i
+        live.add([train(t, "validation_loss", value), Row(t, "system", "cpu_usage", 0.5, (), None)], RUN, "box")
+        fired += sorted((i, e.rule, e.state) for e in live.evaluate(t)[0])
+    # Best 0.9 at the 3rd evaluation; the 6th is the 3rd without a new one (the built-in loss_plateau too).
+    assert fired == [(5, "loss_plateau", "firing"), (5, "plateau", "firing")]
+
+
 def test_only_the_metrics_rules_need_enter_the_window(tmp_path, metrics_dir):
     live = LiveAlerts(config(tmp_path, FLAPPY), metrics_dir)
     live.add([hot(T0, 90), Row(T0, "system", "cpu_usage", 0.5, (), None)], RUN, "box")

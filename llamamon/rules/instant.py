@@ -29,6 +29,35 @@ if TYPE_CHECKING:
 
 
 @dataclass(slots=True)
+class Best:
+    """``evals_since_best`` over samples no longer in the window: how many, their minimum and where it was.
+
+    Why: the count spans the run (the offline engine sees all of it), while the live window keeps minutes.
+    """
+
+    count: int
+    value: float
+    index: int  # of the last new minimum, counted from the series' first sample
+
+
+def fold_best(best: Best | None, values: Sequence[float], stop: int | None = None) -> Best | None:
+    """``best`` advanced over ``values[:stop]`` (samples, no staleness markers), as ``since_best`` counts them."""
+    stop = len(values) if stop is None else stop
+    if best is not None:
+        count, low, index, start = best.count, best.value, best.index, 0
+    elif stop:
+        count, low, index, start = 1, values[0], 0, 1
+    else:
+        return None
+    for j in range(start, stop):
+        v = values[j]
+        if _lt(v, low):
+            low, index = v, count
+        count += 1
+    return Best(count, low, index)
+
+
+@dataclass(slots=True)
 class Series:
     """One series as ``rules.series.prepare`` would make it: samples sorted by time (stale = a run's end)."""
 
@@ -38,6 +67,7 @@ class Series:
     values: Sequence[float]
     stale: Sequence[bool]
     run_last: int  # the last sample of the series' run (us); training metrics hold until it
+    before: Best | None = None  # the samples trimmed from the window, for evals_since_best
 
 
 @dataclass(slots=True)
@@ -178,23 +208,25 @@ class Instant:
         return self.window(node, sel)
 
     def since_best(self, sel: Selector) -> Vec:
-        """Evaluations since the series' last new minimum, held like a training metric (stale markers ignored)."""
+        """Evaluations since the series' last new minimum, held like a training metric until its run ends.
+
+        Staleness markers are not evaluations, but after one nothing answers, as for ``last``.
+        """
         sids = self.select(sel)
         rows: dict[int, tuple[float, bool]] = {}
         for local, i in enumerate(sids):
             s = self.series[i]
+            latest = bisect_right(s.times, self.t) - 1
+            if latest >= 0 and s.stale[latest]:
+                continue
             times, values = self._live(s)
             k = bisect_right(times, self.t) - 1
             if k < 0 or not self._answers(times[k], s.run_last, True):
                 continue
-            best = values[0]  # running minimum in polars' order (cum_min skips NaN unless all are NaN)
-            best_i = 0
-            for j in range(1, k + 1):
-                v = values[j]
-                if _lt(v, best):
-                    best_i = j
-                    best = v
-            rows[local] = (float(k - best_i), True)
+            # Running minimum in polars' order (cum_min skips NaN unless all are NaN), from the trimmed part on.
+            best = fold_best(s.before, values, k + 1)
+            assert best is not None  # (k >= 0: at least one sample)
+            rows[local] = (float(best.count - 1 - best.index), True)
         return Vec([self.series[i].labels for i in sids], rows)
 
     def window(self, node: Call, sel: Selector) -> Vec:

@@ -343,16 +343,20 @@ class Compiler:
     def since_best(self, sel: Selector) -> Vec:
         import polars as pl
 
-        df, labels = self.select(sel)
-        df = df.filter(~pl.col("stale"))
+        selected, labels = self.select(sel)
+        df = selected.filter(~pl.col("stale"))
         idx = pl.int_range(pl.len()).over("sid")
         prev_best = pl.col("value").cum_min().shift(1).over("sid")
         new_best = prev_best.is_null() | (pl.col("value") < prev_best)
         df = df.with_columns(i=idx, nb=new_best)
         df = df.with_columns(best_i=pl.when("nb").then("i").otherwise(None).forward_fill().over("sid"))
         df = df.with_columns(value=(pl.col("i") - pl.col("best_i")).cast(pl.Float64), stale=pl.lit(False))
+        df = df.drop("i", "nb", "best_i")
+        if selected["stale"].any():
+            # Why the markers back: they are not evaluations, but after a run's end nothing answers (as `last`).
+            df = pl.concat([df, selected.filter("stale")]).sort("sid", "t", maintain_order=True)
         # Why hold: evaluations are sparse events; the count stays true until the next evaluation.
-        return self.instant(sel, df.drop("i", "nb", "best_i"), labels)
+        return self.instant(sel, df, labels)
 
     def window(self, node: Call, sel: Selector) -> Vec:
         import polars as pl

@@ -1,7 +1,8 @@
 """Alert rules evaluated live, tick by tick, for ``llamamon record`` (its own run) and ``llamamon watch``.
 
 Composition: samples go into a trailing window kept in memory, one time-sorted buffer per series (only
-the metrics some rule needs, trimmed as the window moves, never a store scan); each tick
+the metrics some rule needs, trimmed as the window moves, never a store scan; what ``evals_since_best``
+counts is folded into a running minimum as it leaves, so that count spans the run); each tick
 ``rules.instant.step_all`` evaluates the rules at that instant in plain Python (the same answers as
 ``engine.step_all``, without polars' import and per-call overhead) and advances the persistent
 ``AlertStates``; the resulting resolves plus every instance still firing go to the shared
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from llamamon import catalog
 from llamamon.fsutil import atomic_write
-from llamamon.rules.instant import Series, step_all
+from llamamon.rules.instant import Best, Series, fold_best, step_all
 from llamamon.rules.series import US, series_labels
 from llamamon.samples import AlertEvent, Row, Sample, labels_to_str
 
@@ -44,6 +45,8 @@ MARGIN_S = 5.0
 Entry = tuple[int, str, str, str, float, str, bool]
 # A stored series: (run, host, metric as recorded, labels)
 Key = tuple[str, str, str, str]
+# A series as rules see it (an alias and its canonical name are one): (run, host, canonical metric, labels)
+Group = tuple[str, str, str, str]
 
 
 @dataclass(slots=True)
@@ -63,6 +66,20 @@ class _Buffer:
 
 def _time(row: tuple[int, float, bool]) -> int:
     return row[0]
+
+
+def _since_best(node: Any) -> set[str]:
+    """Metrics a condition tree counts ``evals_since_best`` of."""
+    from llamamon.rules.lang import Binary, Call, Unary
+
+    if isinstance(node, Call):
+        found = {node.args[0].metric} if node.func == "evals_since_best" else set()
+        return found.union(*(_since_best(a) for a in node.args))
+    if isinstance(node, Unary):
+        return _since_best(node.operand)
+    if isinstance(node, Binary):
+        return _since_best(node.left) | _since_best(node.right)
+    return set()
 
 
 def _windows(node: Any) -> float:
@@ -122,6 +139,8 @@ class LiveAlerts:
         self._held_metrics = {
             m for m in self.raw_metrics if catalog.group_of(catalog.canonical(m, self.aliases)) == "training"
         }
+        counted = {catalog.canonical(m, self.aliases) for r in self.rules for m in _since_best(r.condition.tree)}
+        self._best_metrics = {m for m in self.raw_metrics if catalog.canonical(m, self.aliases) in counted}
         self.channels = build_channels(config.alerts.channels, source=config.source)
         self.dispatcher = Dispatcher(self.channels)
         self.ledger = NotificationLedger(metrics_dir, config.alerts.repeat_interval)
@@ -138,7 +157,8 @@ class LiveAlerts:
         self._lock = threading.Lock()
         self._series: dict[Key, _Buffer] = {}
         self._by_run: dict[str, set[Key]] = {}
-        self._layout: list[tuple[tuple[str, str, str, str], list[Key]]] | None = None  # None: series changed
+        self._layout: list[tuple[Group, list[Key]]] | None = None  # None: series changed
+        self._best: dict[Group, Best] = {}  # evals_since_best over what was trimmed, per series
         self._names: dict[str, str] = {}
         self._label_cache: dict[tuple[str, str, str], dict[str, str]] = {}
         self._ended: dict[str, int] = {}
@@ -212,16 +232,35 @@ class LiveAlerts:
         return None if last < 0 else last / US
 
     def _trim(self, now: float) -> None:
-        """Drop what fell out of the window (under the lock)."""
+        """Drop what fell out of the window (under the lock); what evals_since_best counts is folded first."""
         cutoff = round((now - self.window) * US)
-        for key, buf in list(self._series.items()):
-            k = bisect_left(buf.times, cutoff)
-            # Why: training metrics (loss ...) hold their last value until the next one or the run's
-            # end, however old; so the newest row of each series stays, unless it is a staleness marker.
-            if k and key[2] in self._held_metrics and not buf.stale[k - 1]:
-                k -= 1
+        cuts = {key: bisect_left(buf.times, cutoff) for key, buf in self._series.items()}
+        # Why: training metrics (loss ...) hold their last value until the next one or the run's end, however
+        # old; so the newest row of each series stays, unless it is a staleness marker.
+        for key, k in cuts.items():
+            held = key[2] in self._held_metrics and key[2] not in self._best_metrics
+            if k and held and not self._series[key].stale[k - 1]:
+                cuts[key] = k - 1
+        # A series counted by evals_since_best (held too) keeps only its newest row across an alias and its
+        # canonical name, so what is folded precedes everything kept.
+        trimmed: dict[Group, list[tuple[int, float, bool, Key]]] = {}
+        for key, k in cuts.items():
+            if k and key[2] in self._best_metrics:
+                buf = self._series[key]
+                rows = zip(buf.times[:k], buf.values[:k], buf.stale[:k], [key] * k, strict=True)
+                trimmed.setdefault(self._group(key), []).extend(rows)
+        for group, rows in trimmed.items():
+            rows.sort(key=_time)
+            if not rows[-1][2]:
+                newest = rows.pop()
+                cuts[newest[3]] -= 1
+            folded = fold_best(self._best.get(group), [r[1] for r in rows if not r[2]])
+            if folded is not None:
+                self._best[group] = folded
+        for key, k in cuts.items():
             if not k:
                 continue
+            buf = self._series[key]
             del buf.times[:k], buf.values[:k], buf.stale[:k]
             if not buf.times:
                 del self._series[key]
@@ -229,10 +268,17 @@ class LiveAlerts:
                 if not self._by_run[key[0]]:
                     del self._by_run[key[0]]
                 self._layout = None
+        if trimmed and self._layout is None:
+            alive = {self._group(key) for key in self._series}
+            for group in [g for g in self._best if g not in alive]:
+                del self._best[group]
         for run in [r for r, t in self._ended.items() if t < cutoff]:
             del self._ended[run]
         for run in [r for r, t in self._seen.items() if t < cutoff and r not in self._ended]:
             del self._seen[run]
+
+    def _group(self, key: Key) -> Group:
+        return key[0], key[1], self._canonical(key[2]), key[3]
 
     def _view(self, now: float) -> list[Series]:
         """The window as the engine sees it (under the lock): series by canonical name, each run's last sample
@@ -243,21 +289,23 @@ class LiveAlerts:
         """
         self._trim(now)
         if self._layout is None:
-            groups: dict[tuple[str, str, str, str], list[Key]] = {}
+            groups: dict[Group, list[Key]] = {}
             for key in self._series:
-                run, host, metric, labels = key
-                groups.setdefault((run, host, self._canonical(metric), labels), []).append(key)
+                groups.setdefault(self._group(key), []).append(key)
             self._layout = sorted(groups.items())  # the engine's series order: run, host, metric, labels
         series: list[Series] = []
         run_last: dict[str, int] = {}
-        for (run, host, metric, labels), keys in self._layout:
+        for group, keys in self._layout:
+            run, host, metric, labels = group
             bufs = [self._series[k] for k in keys]
             if len(bufs) == 1:
                 times, values, stale = bufs[0].times, bufs[0].values, bufs[0].stale
             else:  # an alias and its canonical name are one series
                 rows = sorted((r for b in bufs for r in zip(b.times, b.values, b.stale, strict=True)), key=_time)
                 times, values, stale = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
-            series.append(Series(metric, self._labels(labels, run, host), times, values, stale, -1))
+            series.append(
+                Series(metric, self._labels(labels, run, host), times, values, stale, -1, self._best.get(group))
+            )
             run_last[run] = max(run_last.get(run, -1), times[-1])
         for s, ((run, *_), _keys) in zip(series, self._layout, strict=True):
             seen = -1 if run in self._ended else self._seen.get(run, -1)
