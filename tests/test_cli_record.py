@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import select
 import signal
 import struct
@@ -358,8 +359,9 @@ def test_runs_lists_table_and_json(tmp_path):
     table = run_llamamon("runs", "--metrics-dir", str(folder), cwd=tmp_path)
     assert table.returncode == 0
     lines = table.stdout.decode().splitlines()
-    assert lines[0].split() == ["ID", "NAME", "START", "DURATION", "STATUS", "HOST", "SAMPLES", "COMMAND"]
+    assert lines[0].split() == ["ID", "NAME", "START", "DURATION", "STATUS", "HOST", "SAMPLES", "SIZE", "COMMAND"]
     assert [line.split()[1] for line in lines[1:]] == ["first", "second"]
+    assert all(re.search(r" \d+(\.\d)? (B|KiB|MiB) ", line) for line in lines[1:])
     assert all("exit 0" in line for line in lines[1:])
     limited = run_llamamon("runs", "--json", "--limit", "1", "--metrics-dir", str(folder), cwd=tmp_path)
     (only,) = json.loads(limited.stdout)
@@ -368,6 +370,10 @@ def test_runs_lists_table_and_json(tmp_path):
     assert only["samples"] >= 2
     assert only["command"] == [PY, "-c", "pass"]
     assert set(only) >= {"id", "name", "start", "duration", "exit_code", "host", "command", "samples"}
+    # Its size on disk: every file the store keeps of the run (partitions, metadata), none of the other run's
+    # (the Prometheus textfile is an export, not the store).
+    mine = [p for p in folder.rglob("*") if p.is_file() and only["id"] in str(p) and "prometheus" not in p.parts]
+    assert only["size_bytes"] == sum(p.stat().st_size for p in mine) > 0
 
 
 def test_help_lists_record_and_runs(tmp_path):

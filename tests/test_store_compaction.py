@@ -233,4 +233,14 @@ def test_store_stats_counts_per_run(metrics_dir):
     assert (stats.files, stats.uncompacted_files) == (10, 10)
     assert set(stats.run_bytes) == {RUN_A, RUN_B}
     assert stats.total_bytes >= sum(stats.run_bytes.values())
+    # A run's journal not folded yet and its metadata file count towards it (and the total), not the other run.
+    (metrics_dir / "_journal" / RUN_A).mkdir(parents=True, exist_ok=True)
+    (metrics_dir / "_journal" / RUN_A / "w-000001.jsonl").write_bytes(b"x" * 100)
+    (metrics_dir / "runs").mkdir(exist_ok=True)
+    (metrics_dir / "runs" / f"{RUN_A}.json").write_bytes(b"y" * 50)
+    after = store_stats(metrics_dir)
+    files = [p for p in metrics_dir.rglob("*") if p.is_file() and RUN_A in str(p)]
+    assert after.run_bytes[RUN_A] == sum(p.stat().st_size for p in files)
+    assert after.run_bytes[RUN_B] == stats.run_bytes[RUN_B]
+    assert after.total_bytes - after.run_bytes[RUN_A] == stats.total_bytes - stats.run_bytes[RUN_A]
     assert store_stats(metrics_dir / "missing").files == 0

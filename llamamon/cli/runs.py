@@ -23,7 +23,7 @@ def runs_command(
 ) -> None:
     """List recorded runs.
 
-    Id, name, start, duration, exit status, host, samples and command of each run, oldest first.
+    Id, name, start, duration, exit status, host, samples, size on disk and command of each run, oldest first.
     """
     # Deferred: the store and config modules are only needed once the command runs.
     import json
@@ -35,8 +35,9 @@ def runs_command(
     from llamamon.config import load_config
     from llamamon.store import open_store
     from llamamon.store.journal import live_runs
+    from llamamon.store.retention import store_stats
     from llamamon.store.runs import list_runs
-    from llamamon.units import format_duration
+    from llamamon.units import format_bytes, format_duration
 
     setup_logging(verbose, quiet)
     folder = open_store(metrics_dir or load_config(config_path).monitoring.metrics_path)
@@ -44,6 +45,7 @@ def runs_command(
     if limit is not None:
         runs = runs[-limit:]
     live = live_runs(folder) if any(run.end is None for run in runs) else set()
+    sizes = store_stats(folder).run_bytes if runs else {}
 
     def status(run: RunInfo) -> str:
         if run.end is not None:
@@ -66,6 +68,7 @@ def runs_command(
                     "host": run.host,
                     "command": run.command,
                     "samples": run.samples,
+                    "size_bytes": sizes.get(run.id, 0),
                     "tags": run.tags,
                     "source": run.source,
                 }
@@ -75,7 +78,7 @@ def runs_command(
     if not runs:
         click.echo(f"no runs in {folder}", err=True)
         return
-    header = ("ID", "NAME", "START", "DURATION", "STATUS", "HOST", "SAMPLES", "COMMAND")
+    header = ("ID", "NAME", "START", "DURATION", "STATUS", "HOST", "SAMPLES", "SIZE", "COMMAND")
     rows = [
         (
             run.id,
@@ -85,6 +88,7 @@ def runs_command(
             status(run),
             run.host,
             str(run.samples),
+            format_bytes(sizes.get(run.id, 0)),
             shlex.join(run.command) if run.command else "-",
         )
         for run in runs

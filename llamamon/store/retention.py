@@ -53,14 +53,22 @@ def store_stats(metrics_dir: str | os.PathLike[str]) -> StoreStats:
         stats.uncompacted_files += sum(not n.startswith(COMPACT_PREFIX) for n in data)
         stats.run_bytes[run] = stats.run_bytes.get(run, 0) + size
         stats.total_bytes += size
+    # A run's size is all of it: its partitions, the journal not folded yet, its metadata file.
     for path in journal.segment_paths(root):
         try:
-            stats.journal_bytes += path.stat().st_size
+            size = path.stat().st_size
         except FileNotFoundError:
             continue
+        stats.journal_bytes += size
+        stats.run_bytes[path.parent.name] = stats.run_bytes.get(path.parent.name, 0) + size
     stats.total_bytes += stats.journal_bytes
     for path in runs_dir(root).glob("*.json"):
-        stats.total_bytes += path.stat().st_size
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            continue
+        stats.total_bytes += size
+        stats.run_bytes[path.stem] = stats.run_bytes.get(path.stem, 0) + size
     return stats
 
 
