@@ -64,12 +64,16 @@ def test_doctor_prints_every_section_with_defaults(runner, tmp_path: Path):
     assert f"{psutil.cpu_count()} logical cores" in result.output
     assert "off: turned off (--no-gpu)" in result.output
     assert "built-in defaults" in result.output
+    assert "Alert rules    13: 2 from the config, 11 built-in" in result.output
     assert str(tmp_path / ".metrics") in result.output
     assert "does not exist yet" in result.output
 
 
 def test_doctor_json_matches_the_describe_functions(runner, tmp_path: Path):
-    (tmp_path / "monitoring.yaml").write_text("monitoring:\n  update_frequency: 2\n  metrics_path: data\n")
+    (tmp_path / "monitoring.yaml").write_text(
+        "monitoring:\n  update_frequency: 2\n  metrics_path: data\n"
+        "alerts:\n  builtin:\n    gpu_underutilized: false\n  rules:\n    loss_plateau:\n      condition: loss > 9\n"
+    )
     with StoreWriter(tmp_path / "data", RUN, "h") as writer:
         writer.append([Row(1.8e9, "system", "cpu_usage", 0.5), Row(1.8e9, "gpu", "gpu_utilization", 0.9)])
     result = runner.invoke(cli, ["doctor", "--json"])
@@ -78,6 +82,7 @@ def test_doctor_json_matches_the_describe_functions(runner, tmp_path: Path):
     assert report["config"]["source"] == "monitoring.yaml"
     assert report["config"]["origin"] == "monitoring.yaml (found in the current folder)"
     assert report["config"]["update_frequency"] == 2.0
+    assert (report["config"]["rules"], report["config"]["builtin_rules"]) == (1, 9)  # 11, one off, one replaced
     folder = report["metrics_folder"]
     assert folder["path"] == str(tmp_path / "data")
     assert (folder["exists"], folder["runs"], folder["data_files"], folder["journal_bytes"]) == (True, 1, 2, 0)

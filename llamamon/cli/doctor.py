@@ -82,7 +82,10 @@ def _text(report: dict[str, Any]) -> list[str]:
         lines.append(f"  File           {config['origin']}")
         lines.append(f"  Interval       {format_duration(config['update_frequency'])}")
         lines.append(f"  Export         {config['export_format']}")
-        lines.append(f"  Alert rules    {config['rules']} ({config['channels']} channels)")
+        own, builtin = config["rules"], config["builtin_rules"]
+        lines.append(
+            f"  Alert rules    {own + builtin}: {own} from the config, {builtin} built-in ({config['channels']} channels)"
+        )
         if config["collectors"]:
             lines.append("  Collectors     " + ", ".join(config["collectors"]))
 
@@ -131,6 +134,7 @@ def doctor_command(config_path: str | None, metrics_dir: str | None, no_gpu: boo
     # Imported here so `llamamon --help` does not pay for psutil, asyncio and the config schema.
     from llamamon.collectors.describe import describe_gpu, describe_process, describe_system
     from llamamon.config import load_config
+    from llamamon.rules.builtin import BUILTIN_NAMES
 
     config_error: ConfigError | None = None
     config: dict[str, Any]
@@ -148,6 +152,10 @@ def doctor_command(config_path: str | None, metrics_dir: str | None, no_gpu: boo
             "metrics_path": str(cfg.monitoring.metrics_path),
             "export_format": cfg.monitoring.export_format,
             "rules": len(cfg.alerts.rules),
+            # (a rule of yours named like a built-in replaces it)
+            "builtin_rules": sum(
+                cfg.alerts.builtin.get(name, True) and name not in cfg.alerts.rules for name in BUILTIN_NAMES
+            ),
             "channels": len(cfg.alerts.channels),
             "collectors": list(cfg.collectors),
         }
