@@ -453,6 +453,17 @@ def selectors(node: Node) -> list[Selector]:
     return []
 
 
+def calls(node: Node) -> list[Call]:
+    """Every function call in a condition tree, outermost first."""
+    if isinstance(node, Call):
+        return [node, *(c for a in node.args for c in calls(a))]
+    if isinstance(node, Unary):
+        return calls(node.operand)
+    if isinstance(node, Binary):
+        return calls(node.left) + calls(node.right)
+    return []
+
+
 def metric_names(node: Node) -> set[str]:
     return {s.metric for s in selectors(node)}
 

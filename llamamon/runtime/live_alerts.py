@@ -24,7 +24,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from llamamon import catalog
 from llamamon.fsutil import atomic_write
@@ -68,41 +68,15 @@ def _time(row: tuple[int, float, bool]) -> int:
     return row[0]
 
 
-def _since_best(node: Any) -> set[str]:
-    """Metrics a condition tree counts ``evals_since_best`` of."""
-    from llamamon.rules.lang import Binary, Call, Unary
-
-    if isinstance(node, Call):
-        found = {node.args[0].metric} if node.func == "evals_since_best" else set()
-        return found.union(*(_since_best(a) for a in node.args))
-    if isinstance(node, Unary):
-        return _since_best(node.operand)
-    if isinstance(node, Binary):
-        return _since_best(node.left) | _since_best(node.right)
-    return set()
-
-
-def _windows(node: Any) -> float:
-    """The longest range window in a condition tree (0 without window functions)."""
-    from llamamon.rules.lang import Binary, Call, Unary
-
-    if isinstance(node, Call):
-        return max([node.window, *(_windows(a) for a in node.args)])
-    if isinstance(node, Unary):
-        return _windows(node.operand)
-    if isinstance(node, Binary):
-        return max(_windows(node.left), _windows(node.right))
-    return 0.0
-
-
 def trailing_window(rules: Sequence[Rule]) -> float:
     """Seconds of history a tick needs: lookback + the longest range window + margin.
 
     ``for`` and ``keep_firing_for`` need no history: AlertStates carries them from tick to tick.
     """
     from llamamon.rules.engine import LOOKBACK
+    from llamamon.rules.lang import calls
 
-    longest = max((_windows(r.condition.tree) for r in rules), default=0.0)
+    longest = max((c.window for r in rules for c in calls(r.condition.tree)), default=0.0)
     return LOOKBACK + longest + MARGIN_S
 
 
@@ -118,6 +92,7 @@ class LiveAlerts:
         from llamamon.channels.registry import build_channels
         from llamamon.rules.builtin import rules_from_config
         from llamamon.rules.engine import AlertStates, needed_metrics
+        from llamamon.rules.lang import calls
         from llamamon.runtime.alert_ledger import NotificationLedger
 
         def recorded(names: set[str] | None) -> set[str]:
@@ -139,7 +114,12 @@ class LiveAlerts:
         self._held_metrics = {
             m for m in self.raw_metrics if catalog.group_of(catalog.canonical(m, self.aliases)) == "training"
         }
-        counted = {catalog.canonical(m, self.aliases) for r in self.rules for m in _since_best(r.condition.tree)}
+        counted = {
+            catalog.canonical(c.args[0].metric, self.aliases)  # type: ignore[union-attr]
+            for r in self.rules
+            for c in calls(r.condition.tree)
+            if c.func == "evals_since_best"
+        }
         self._best_metrics = {m for m in self.raw_metrics if catalog.canonical(m, self.aliases) in counted}
         self.channels = build_channels(config.alerts.channels, source=config.source)
         self.dispatcher = Dispatcher(self.channels)
