@@ -23,6 +23,7 @@ milliseconds); next to a metric without a catalog unit they are in base units (s
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from llamamon import catalog, units
@@ -453,15 +454,17 @@ def selectors(node: Node) -> list[Selector]:
     return []
 
 
-def calls(node: Node) -> list[Call]:
-    """Every function call in a condition tree, outermost first."""
+def subtrees(node: Node) -> Iterator[Node]:
+    """Every node of a condition tree, the node itself first."""
+    yield node
     if isinstance(node, Call):
-        return [node, *(c for a in node.args for c in calls(a))]
-    if isinstance(node, Unary):
-        return calls(node.operand)
-    if isinstance(node, Binary):
-        return calls(node.left) + calls(node.right)
-    return []
+        for arg in node.args:
+            yield from subtrees(arg)
+    elif isinstance(node, Unary):
+        yield from subtrees(node.operand)
+    elif isinstance(node, Binary):
+        yield from subtrees(node.left)
+        yield from subtrees(node.right)
 
 
 def metric_names(node: Node) -> set[str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llamamon import catalog
-from llamamon.rules.lang import COMPARISONS, Binary, Call, Node, Number, Selector, Unary
+from llamamon.rules.lang import COMPARISONS, Binary, Call, Node, Number, Selector, Unary, subtrees
 from llamamon.samples import labels_from_str
 
 if TYPE_CHECKING:
@@ -179,18 +179,6 @@ def shape(node: Node) -> tuple:
     return ("binary", node.op, shape(node.left), shape(node.right))
 
 
-def _subtrees(node: Node) -> Iterable[Node]:
-    yield node
-    if isinstance(node, Call):
-        for arg in node.args:
-            yield from _subtrees(arg)
-    elif isinstance(node, Unary):
-        yield from _subtrees(node.operand)
-    elif isinstance(node, Binary):
-        yield from _subtrees(node.left)
-        yield from _subtrees(node.right)
-
-
 class Compiler:
     """Evaluates trees on a grid; ``trees`` (all that will be evaluated) lets repeated parts run once.
 
@@ -205,7 +193,7 @@ class Compiler:
         self.lookback = round(lookback * US)
         self._uses: dict[tuple, int] = {}
         for tree in trees:
-            for sub in _subtrees(tree):
+            for sub in subtrees(tree):
                 if not isinstance(sub, Number):
                     key = shape(sub)
                     self._uses[key] = self._uses.get(key, 0) + 1

@@ -74,9 +74,9 @@ def trailing_window(rules: Sequence[Rule]) -> float:
     ``for`` and ``keep_firing_for`` need no history: AlertStates carries them from tick to tick.
     """
     from llamamon.rules.engine import LOOKBACK
-    from llamamon.rules.lang import calls
+    from llamamon.rules.lang import Call, subtrees
 
-    longest = max((c.window for r in rules for c in calls(r.condition.tree)), default=0.0)
+    longest = max((n.window for r in rules for n in subtrees(r.condition.tree) if isinstance(n, Call)), default=0.0)
     return LOOKBACK + longest + MARGIN_S
 
 
@@ -92,7 +92,7 @@ class LiveAlerts:
         from llamamon.channels.registry import build_channels
         from llamamon.rules.builtin import rules_from_config
         from llamamon.rules.engine import AlertStates, needed_metrics
-        from llamamon.rules.lang import calls
+        from llamamon.rules.lang import Call, subtrees
         from llamamon.runtime.alert_ledger import NotificationLedger
 
         def recorded(names: set[str] | None) -> set[str]:
@@ -115,10 +115,10 @@ class LiveAlerts:
             m for m in self.raw_metrics if catalog.group_of(catalog.canonical(m, self.aliases)) == "training"
         }
         counted = {
-            catalog.canonical(c.args[0].metric, self.aliases)  # type: ignore[union-attr]
+            catalog.canonical(n.args[0].metric, self.aliases)  # type: ignore[union-attr]
             for r in self.rules
-            for c in calls(r.condition.tree)
-            if c.func == "evals_since_best"
+            for n in subtrees(r.condition.tree)
+            if isinstance(n, Call) and n.func == "evals_since_best"
         }
         self._best_metrics = {m for m in self.raw_metrics if catalog.canonical(m, self.aliases) in counted}
         self.channels = build_channels(config.alerts.channels, source=config.source)
