@@ -192,6 +192,7 @@ def test_alerts_replayed_from_the_samples_in_memory_equal_a_replay_over_the_stor
     from llamamon.config import load_config
     from llamamon.report.alerts import alert_replay, replay_alerts
     from llamamon.store.reader import scan
+    from llamamon.store.runs import run_ends
 
     runs = [training_store(metrics_dir), inference_store(metrics_dir)]
     # Stored under an alias (as a HF-style log line gives it): the rules must still see it as validation_loss.
@@ -199,7 +200,7 @@ def test_alerts_replayed_from_the_samples_in_memory_equal_a_replay_over_the_stor
     write_rows(metrics_dir, aliased, run=runs[1].id)
     cfg = load_config(None)
     data = load_report_data(metrics_dir, runs, alerts=alert_replay(cfg))
-    stored = replay_alerts(cfg, scan(metrics_dir, runs=[r.id for r in runs]))
+    stored = replay_alerts(cfg, scan(metrics_dir, runs=[r.id for r in runs]), ends=run_ends(runs))
     assert len({s.rule for s in stored}) >= 5  # memory, GPU, loss, learning rate, timeouts ...
     assert any(s.rule == "validation_loss_high" and s.run == runs[1].id for s in stored)  # from eval_loss
     assert data.alerts == stored

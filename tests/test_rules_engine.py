@@ -148,7 +148,21 @@ def test_still_firing_at_the_end_has_no_resolve() -> None:
 
 def test_lookback_ends_a_series_after_five_minutes() -> None:
     rows = [(0, "memory_usage", 0.95)]
-    assert fired(engine.evaluate([rule("memory_usage > 0.9")], frame(rows), grid(600, 60))) == [(0, 360)]
+    # (a series of no run: a recorded run's series end with the run, see the test below)
+    assert fired(engine.evaluate([rule("memory_usage > 0.9")], frame(rows, run=""), grid(600, 60))) == [(0, 360)]
+    # within a run the lookback holds as long as the run goes on (its end from its metadata)
+    alerts = engine.evaluate([rule("memory_usage > 0.9")], frame(rows), grid(600, 60), ends={"r1": T0 + 600})
+    assert fired(alerts) == [(0, 360)]
+
+
+def test_a_runs_series_end_with_the_run_whatever_the_grid_covers() -> None:
+    # Why: another run selected beside it (`alerts test --all`) stretches the grid; the run's own verdict
+    # must not change, so nothing of it answers after its last sample (as live, after its staleness marker).
+    rows = [(0, "memory_usage", 0.95), (30, "memory_usage", 0.95)]
+    alerts = engine.evaluate([rule("memory_usage > 0.9", for_=60)], frame(rows), grid(600, 10))
+    assert alerts == []
+    alerts = engine.evaluate([rule("memory_usage > 0.9")], frame(rows), grid(600, 10))
+    assert fired(alerts) == [(0, 40)]
 
 
 # --- series semantics -------------------------------------------------------------------------------------
@@ -269,7 +283,8 @@ def test_plateau_patience_three_then_recovery() -> None:
 def test_plateau_uses_training_loss_when_no_validation_is_logged() -> None:
     rows = series("loss", [1.0, 0.9, 0.95, 0.92, 0.91], step=60)
     rules = [r for r in builtin_rules(load_config()) if r.name == "loss_plateau"]
-    assert fired(engine.evaluate(rules, frame(rows), grid(300, 60))) == [(240, None)]
+    # (the run's last sample is at 4m: at 5m, after its end, the alert resolves, as it does live)
+    assert fired(engine.evaluate(rules, frame(rows), grid(300, 60))) == [(240, 300)]
     rows += series("validation_loss", [1.0, 0.5, 0.4, 0.3, 0.2], step=60)
     assert engine.evaluate(rules, frame(rows), grid(300, 60)) == []
 
@@ -402,7 +417,8 @@ def test_windows_match_a_brute_force_reference(
     # otherwise duplicates, gaps and ticks between samples (the merged path for those ticks).
     times = list(range(len(gaps))) if regular else [sum(gaps[: i + 1]) for i in range(len(gaps))]
     samples = [(t, values[i]) for i, t in enumerate(times)]
-    f = frame([(t, "batch_queue_size", v) for t, v in samples])
+    # (no run: the ticks after the last sample see windows reaching back to it, as Prometheus' do)
+    f = frame([(t, "batch_queue_size", v) for t, v in samples], run="")
     g = grid(times[-1] + width + 2, step)
     comp = engine.Compiler(engine.prepare(f, ["batch_queue_size"]), g, engine.LOOKBACK)
     for func in ("count", "sum", "avg", "min", "max", "p50"):

@@ -23,6 +23,7 @@ from llamamon.config.schema import RuleConfig
 from llamamon.errors import RuleError
 from llamamon.rules.engine import Grid, conditions, needed_metrics, prepare
 from llamamon.rules.instant import Instant
+from llamamon.rules.series import END
 from llamamon.runtime.live_alerts import LiveAlerts
 from llamamon.samples import Row, labels_from_str, labels_to_str, make_labels
 
@@ -201,8 +202,11 @@ class PolarsWindow:
         samples = prepare(df, needed_metrics(self.live.rules), self.live.aliases)
         if samples.labels:
             seen = [-1 if (r := lab.get("run", "")) in self.ended else self.seen.get(r, -1) for lab in samples.labels]
+            # A run still going has no end yet: its series answer on through the lookback, as live.
+            going = pl.Series("going", [lab.get("run", "") not in self.ended for lab in samples.labels])
             samples.run_last = samples.run_last.sort("sid").with_columns(
-                run_last=pl.max_horizontal("run_last", pl.Series("seen", seen, pl.Int64))
+                run_last=pl.max_horizontal("run_last", pl.Series("seen", seen, pl.Int64)),
+                run_end=pl.when(going).then(pl.lit(END, pl.Int64)).otherwise("run_end"),
             )
         return samples
 

@@ -37,7 +37,7 @@ def evaluate_recorded(
     from llamamon.rules.builtin import rules_from_config
     from llamamon.store import open_store
     from llamamon.store.reader import metric_names, scan
-    from llamamon.store.runs import resolve_runs
+    from llamamon.store.runs import resolve_runs, run_ends
 
     cfg = load_config(config_path)
     root = open_store(metrics_dir or cfg.metrics_path)
@@ -51,12 +51,8 @@ def evaluate_recorded(
     frame = scan(root, runs=ids)
     recorded = partial(metric_names, root, runs=ids)
     rules = [r for r in rules_from_config(cfg, recorded=recorded, recorded_where=str(root)) if r.enabled]
-    samples = engine.prepare(frame, engine.needed_metrics(rules), cfg.aliases)
-    bounds = samples.bounds()
-    if bounds is None:
-        return [], rules
-    grid = engine.Grid.covering(bounds[0], bounds[1], cfg.update_frequency)
-    return engine.evaluate(rules, samples, grid), rules
+    samples = engine.prepare(frame, engine.needed_metrics(rules), cfg.aliases, run_ends(runs))
+    return engine.evaluate_runs(rules, samples, cfg.update_frequency), rules
 
 
 def junit_xml(rules: list[Rule], alerts: list[Alert]) -> bytes:

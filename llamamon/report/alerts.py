@@ -28,12 +28,16 @@ def alert_replay(cfg: Any) -> AlertReplay:
 
 
 def replay_alerts(
-    cfg: Any, samples: pl.LazyFrame | Callable[[set[str] | None], pl.LazyFrame], names: set[str] | None = None
+    cfg: Any,
+    samples: pl.LazyFrame | Callable[[set[str] | None], pl.LazyFrame],
+    names: set[str] | None = None,
+    ends: dict[str, float] | None = None,
 ) -> list[AlertSpan]:
     """Every alert episode of every enabled rule over these samples (store columns), as spans.
 
     ``samples``: a frame, or a function giving the samples of some metric names (all for None), a
     cheaper frame when only a few metrics are needed. ``names``: the metric names in them, when known.
+    ``ends``: run id -> end time, from the runs' metadata (``store.runs.run_ends``).
     """
     import polars as pl
 
@@ -55,15 +59,11 @@ def replay_alerts(
     # The stored names that can mean a needed metric: itself and its aliases (prepare renames them).
     aliases = {**catalog.ALIASES, **(cfg.aliases or {})}
     stored = needed | {alias for alias, target in aliases.items() if target in needed}
-    prepared = engine.prepare(frame(stored), needed, cfg.aliases)
-    bounds = prepared.bounds()
-    if bounds is None:
-        return []
-    grid = engine.Grid.covering(bounds[0], bounds[1], cfg.update_frequency)
+    prepared = engine.prepare(frame(stored), needed, cfg.aliases, ends)
     shown_labels: dict[Labels, Labels] = {}
     metrics = {r.name: tuple(sorted(r.condition.metrics)) for r in rules}
     spans = []
-    for alert in engine.evaluate(rules, prepared, grid):
+    for alert in engine.evaluate_runs(rules, prepared, cfg.update_frequency):
         shown = shown_labels.get(alert.labels)
         if shown is None:  # why cached: a flapping alert repeats the same label set thousands of times
             shown = shown_labels[alert.labels] = make_labels({k: v for k, v in alert.labels if k not in HIDDEN_LABELS})

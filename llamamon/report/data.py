@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from llamamon import catalog
 from llamamon.report.source import scan_samples
 from llamamon.samples import AlertEvent, Labels, RunInfo
+from llamamon.store.runs import run_ends
 
 if TYPE_CHECKING:
     import polars as pl
@@ -92,7 +93,9 @@ class AlertSpan:
 
 # The rules engine run over the report's samples (store columns): given a function that returns the
 # samples of some metric names, and the names of the metrics recorded when known.
-AlertReplay = Callable[[Callable[["set[str] | None"], "pl.LazyFrame"], "set[str] | None"], list[AlertSpan]]
+AlertReplay = Callable[
+    [Callable[["set[str] | None"], "pl.LazyFrame"], "set[str] | None", "dict[str, float]"], list[AlertSpan]
+]
 
 
 def alert_spans(events: Iterable[AlertEvent]) -> list[AlertSpan]:
@@ -228,7 +231,7 @@ def load_report_data(
     replay = alerts if callable(alerts) else None
     if lf is None:
         if replay is not None and since is not None:
-            data.alerts = _replay_stored(replay, metrics_dir, run_ids, since)
+            data.alerts = _replay_stored(replay, metrics_dir, runs, since)
         return data
     lf = lf.select("time", "metric", "value", "labels", "step", "group", "run", "host").with_columns(_key())
     # One read of every sample into 24 bytes a row (key, time, value); summaries and chart columns are computed
@@ -245,9 +248,10 @@ def load_report_data(
     if replay is not None:
         if since is None:
             # The alert rules read the same samples: from memory, joined back to their names.
-            data.alerts = _sorted(replay(partial(_samples_of, compact, names), set(summary["metric"].to_list())))
+            samples = partial(_samples_of, compact, names)
+            data.alerts = _sorted(replay(samples, set(summary["metric"].to_list()), run_ends(runs)))
         else:
-            data.alerts = _replay_stored(replay, metrics_dir, run_ids, since)
+            data.alerts = _replay_stored(replay, metrics_dir, runs, since)
     if not summary.height:
         return data
     data.series = series
@@ -292,18 +296,18 @@ def _in_window(spans: Iterable[AlertSpan], since: float | None) -> list[AlertSpa
     return _sorted(s for s in spans if since is None or s.end is None or s.end >= since)
 
 
-def _replay_stored(replay: AlertReplay, metrics_dir: Path, run_ids: list[str], since: float) -> list[AlertSpan]:
+def _replay_stored(replay: AlertReplay, metrics_dir: Path, runs: list[RunInfo], since: float) -> list[AlertSpan]:
     """Alerts of a windowed report: replayed over the runs' whole samples (a second read), kept if in the window."""
     import polars as pl
 
-    lf, _skipped = scan_samples(metrics_dir, runs=run_ids)
+    lf, _skipped = scan_samples(metrics_dir, runs=[r.id for r in runs])
     if lf is None:
         return []
 
     def samples(metrics: set[str] | None) -> pl.LazyFrame:
         return lf if metrics is None else lf.filter(pl.col("metric").is_in(sorted(metrics)))
 
-    return _in_window(replay(samples, None), since)
+    return _in_window(replay(samples, None, run_ends(runs)), since)
 
 
 _SUMMARY_SCHEMA: dict[str, Any] = {}

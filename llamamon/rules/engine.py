@@ -6,10 +6,12 @@ the live ``watch`` loop and serialises to JSON between ticks. No I/O here: frame
 
 Semantics (PromQL, as Prometheus 2.x evaluates them):
 
-* the grid is ``start + k * step``; an instant selector at tick t sees each series' latest sample at or
+* the grid is ``start + k * step``, or explicit ticks (``evaluation_grids``: a run's end, and every
+  sample of what a ``for: 0`` rule reads); an instant selector at tick t sees each series' latest sample at or
   before t, if it is at most ``lookback`` (5 m) old, and not after a staleness marker. Training metrics
   (catalog group ``training``: loss, validation_loss, learning_rate ...) are logged by the job when it
-  evaluates, not sampled, so they hold their last value until the next one or the run's end.
+  evaluates, not sampled, so they hold their last value until the next one or the run's end. After a
+  run's end nothing of it answers.
 * window functions see the samples in ``[t - window, t]``; ``rate``/``increase``/``delta`` extrapolate
   like Prometheus.
 * every expression is a set of series (labels) with a value and a truth flag per tick; comparisons set
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from llamamon.rules import template
 from llamamon.rules.lang import Condition, to_base, top_comparison
 from llamamon.rules.series import (
+    END,
     LOOKBACK,
     US,
     Compiler,
@@ -57,6 +60,8 @@ __all__ = [
     "Samples",
     "conditions",
     "evaluate",
+    "evaluate_runs",
+    "evaluation_grids",
     "needed_metrics",
     "prepare",
     "replay",
@@ -182,10 +187,11 @@ def evaluate(
     *,
     lookback: float = LOOKBACK,
     aliases: dict[str, str] | None = None,
+    ends: dict[str, float] | None = None,
 ) -> list[Alert]:
     """Every alert episode over the grid (history), vectorised; same answers as stepping AlertStates."""
     rules = [r for r in rules if r.enabled]
-    samples = frame if isinstance(frame, Samples) else prepare(frame, needed_metrics(rules), aliases)
+    samples = frame if isinstance(frame, Samples) else prepare(frame, needed_metrics(rules), aliases, ends)
     results = conditions(rules, samples, grid, lookback=lookback)
     alerts: list[Alert] = []
     for rule in rules:
@@ -198,11 +204,13 @@ def evaluate(
             continue
         # Why by row: the tick an episode fired is a row of ``df`` (its first run, ``for`` ticks in).
         values = df["value"].gather(episodes["row"]).to_list()
-        sids, k_active, k_fire, k_resolved, peaks = (
+        sids, _k_active, _k_fire, k_resolved, peaks = (
             episodes[c].to_list() for c in ("sid", "k_active", "k_fire", "k_resolved", "peak")
         )
         texts = _Texts(rule, labels)
-        start, step = grid.start, grid.step
+        # Tick times in one array operation each, not a call per alert.
+        at = [grid.times(episodes[c].to_numpy()).tolist() for c in ("k_active", "k_fire")]
+        ends = grid.times(episodes["k_resolved"].fill_null(grid.n - 1).to_numpy()).tolist()
         for i, value in enumerate(values):
             alert_labels_, alert_annotations = texts.get(sids[i], value)
             resolved = k_resolved[i]
@@ -212,14 +220,52 @@ def evaluate(
                     rule.severity,
                     alert_labels_,
                     alert_annotations,
-                    (start + k_active[i] * step) / US,  # (= grid.time(k) / US, without a call per alert)
-                    (start + k_fire[i] * step) / US,
-                    None if resolved is None else (start + resolved * step) / US,
+                    at[0][i] / US,
+                    at[1][i] / US,
+                    None if resolved is None else ends[i] / US,
                     value,
                     peaks[i],
                     rule.channels,
                 )
             )
+    alerts.sort(key=lambda a: (a.fired_at, a.rule, a.labels))
+    return alerts
+
+
+def evaluation_grids(rules: Sequence[Rule], samples: Samples, step_s: float) -> list[tuple[Grid, list[Rule]]]:
+    """The ticks each rule is evaluated on over recorded runs, rules that share them together.
+
+    Every rule sees the ``update_frequency`` grid and each run's last sample (a run's end is an
+    evaluation point, so its final values are judged whatever else is selected beside it). A rule with
+    ``for: 0`` also sees every sample of the metrics it reads: a training metric's sample is an event
+    (one evaluation's loss), not a level, and a value that breaks such a rule must fire however briefly
+    it held; ``for`` keeps Prometheus' meaning, a level that lasts across regular ticks.
+    """
+    import numpy as np
+
+    bounds = samples.bounds()
+    if bounds is None:
+        return []
+    ends = samples.run_last.filter(samples.run_last["run_end"] != END)["run_end"].unique().to_numpy()
+    base = Grid.covering(bounds[0], bounds[1], step_s).with_times(ends)
+    by_metrics: dict[frozenset[str] | None, list[Rule]] = {}
+    for rule in rules:
+        by_metrics.setdefault(None if rule.for_ > 0 else frozenset(rule.condition.metrics), []).append(rule)
+    grids: dict[int, tuple[Grid, list[Rule]]] = {}
+    for metrics, group in by_metrics.items():
+        grid = base
+        if metrics:
+            parts = [p for p, name in zip(samples.parts, samples.metric, strict=True) if name in metrics]
+            times = [p.filter(~p["stale"])["t"].to_numpy() for p in parts]
+            grid = base.with_times(np.concatenate(times)) if times else base
+        grids.setdefault(id(grid), (grid, []))[1].extend(group)
+    return list(grids.values())
+
+
+def evaluate_runs(rules: Sequence[Rule], samples: Samples, step_s: float) -> list[Alert]:
+    """Every alert episode over recorded runs (``alerts test``, the report), each rule on its own ticks."""
+    rules = [r for r in rules if r.enabled]
+    alerts = [a for grid, group in evaluation_grids(rules, samples, step_s) for a in evaluate(group, samples, grid)]
     alerts.sort(key=lambda a: (a.fired_at, a.rule, a.labels))
     return alerts
 
@@ -303,38 +349,45 @@ def _episodes(segs: pl.DataFrame, rule: Rule, grid: Grid, low: bool) -> pl.DataF
     """
     import polars as pl
 
-    hold = -(-round(rule.for_ * US) // grid.step)  # ticks until t - activeAt >= for
-    keep = -(-round(rule.keep_firing_for * US) // grid.step)  # absent ticks that still count as firing
-    if keep == 0:
+    k0, k1 = segs["k0"].to_numpy(), segs["k1"].to_numpy()
+    fire = grid.after(k0, round(rule.for_ * US))  # the first tick with t - activeAt >= for
+    keep_us = round(rule.keep_firing_for * US)
+    if keep_us == 0:
         # Why no walk: without keep_firing_for every run stands alone (runs are maximal, so two never
-        # touch); a run of at least ``for`` fires ``hold`` ticks in and resolves the tick after it ends.
+        # touch); a run of at least ``for`` fires that far in and resolves the tick after it ends.
         resolved = pl.col("k1") + 1
-        return segs.filter(pl.col("k1") - pl.col("k0") >= hold).select(
-            "sid",
-            k_active="k0",
-            k_fire=pl.col("k0") + hold,
-            k_resolved=pl.when(resolved < grid.n).then(resolved),
-            peak="peak",
-            row=pl.col("row0") + hold,
+        return (
+            segs.with_columns(fire=pl.Series(fire, dtype=pl.Int64))
+            .filter(pl.col("fire") <= pl.col("k1"))
+            .select(
+                "sid",
+                k_active="k0",
+                k_fire="fire",
+                k_resolved=pl.when(resolved < grid.n).then(resolved),
+                peak="peak",
+                row=pl.col("row0") + pl.col("fire") - pl.col("k0"),
+            )
         )
+    # The tick it resolves at, were the run the last: the first absent tick keep_firing_for after the
+    # first absent one (Prometheus keeps firing while t - KeepFiringSince < keep_firing_for).
+    ends = grid.after(k1 + 1, keep_us)
     better = min if low else max
     out: list[tuple[int, int, int, int | None, float, int]] = []
-    cur: list[Any] | None = None  # [sid, k_active, k_fire, last_true_k, peak, row of k_fire]
+    cur: list[Any] | None = None  # [sid, k_active, k_fire, k_resolved, peak, row of k_fire]
 
     def close(c: list[Any]) -> None:
-        resolved = c[3] + 1 + keep
-        out.append((c[0], c[1], c[2], resolved if resolved < grid.n else None, c[4], c[5]))
+        out.append((c[0], c[1], c[2], c[3] if c[3] < grid.n else None, c[4], c[5]))
 
-    for sid, k0, k1, peak, row0 in segs.select("sid", "k0", "k1", "peak", "row0").iter_rows():
-        if cur is not None and (cur[0] != sid or k0 > cur[3] + keep + 1):
+    rows = segs.select("sid", "k0", "k1", "peak", "row0").iter_rows()
+    for (sid, k0_, k1_, peak, row0), fire_, end in zip(rows, fire.tolist(), ends.tolist(), strict=True):
+        if cur is not None and (cur[0] != sid or k0_ > cur[3]):
             close(cur)
             cur = None
         if cur is not None:  # still firing (kept) when the condition came back
-            cur[3], cur[4] = k1, better(cur[4], peak)
+            cur[3], cur[4] = end, better(cur[4], peak)
             continue
-        fire = k0 + hold
-        if fire <= k1:
-            cur = [sid, k0, fire, k1, peak, row0 + hold]
+        if fire_ <= k1_:
+            cur = [sid, k0_, fire_, end, peak, row0 + fire_ - k0_]
     if cur is not None:
         close(cur)
     schema = {

@@ -5,7 +5,7 @@ right tool for a history; for one tick over a trailing window it costs hundreds 
 (tens of ms) plus polars' import, which ``record`` would pay every evaluation and at exit. Here each
 selector is a binary search into sorted per-series lists and each window a slice of them.
 
-Same answers as ``engine.step_all`` (``tests/test_rules_instant.py`` checks it differentially), including
+Same answers as ``engine.step_all`` at the same instant (``tests/test_rules_instant.py`` checks it differentially), including
 where the vectorised code leans on polars' ordering of NaN above every number (``_lt``: counter resets,
 ``evals_since_best``, rate extrapolation, quantiles) and its NaN-propagating rolling min/max. Pure: no
 I/O, no clock.
@@ -236,7 +236,11 @@ class Instant:
         f = node.func
         rows: dict[int, tuple[float, bool]] = {}
         for local, i in enumerate(sids):
-            times, values = self._live(self.series[i])
+            s = self.series[i]
+            latest = bisect_right(s.times, self.t) - 1
+            if latest >= 0 and s.stale[latest]:
+                continue  # the run has ended: nothing of it answers, as offline after a run's end
+            times, values = self._live(s)
             hi = bisect_right(times, self.t)
             lo = bisect_left(times, self.t - w)
             n = hi - lo
@@ -398,13 +402,27 @@ def _or(left: Vec, right: Vec) -> Vec:
     return Vec(out, rows)
 
 
-def step_all(
-    states: AlertStates, rules: Sequence[Rule], series: Sequence[Series], t: float, *, lookback: float = LOOKBACK
+def step_at(
+    states: AlertStates,
+    rules: Sequence[Rule],
+    series: Sequence[Series],
+    points: dict[int, set[str]],
+    stepped: dict[str, float],
+    *,
+    lookback: float = LOOKBACK,
 ) -> list[AlertEvent]:
-    """engine.step_all's tick over in-memory series: evaluate every enabled rule at ``t`` and step the states."""
-    instant = Instant(series, round(t * US), lookback)
+    """Step each rule at each of its evaluation points (us -> rule names), in time order.
+
+    A rule never steps back in time: a sample that arrived after a later evaluation (a job's journal read
+    late) is judged at its own time, its step dated at the rule's last (``stepped``: rule -> seconds).
+    """
     events: list[AlertEvent] = []
-    for rule in rules:
-        if rule.enabled:
-            events.extend(states.step(rule, t, instant.elements(rule.condition.tree)))
+    for t in sorted(points):
+        names = points[t]
+        instant = Instant(series, t, lookback)
+        for rule in rules:
+            if rule.enabled and rule.name in names:
+                at = max(t / US, stepped.get(rule.name, -math.inf))
+                stepped[rule.name] = at
+                events.extend(states.step(rule, at, instant.elements(rule.condition.tree)))
     return events

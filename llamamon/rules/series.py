@@ -22,15 +22,22 @@ if TYPE_CHECKING:
 
 US = 1_000_000
 LOOKBACK = 300.0  # seconds, Prometheus' default lookback delta
+END = 2**62  # (us) the end of a series that belongs to no run
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Grid:
-    """Evaluation ticks ``start + k * step`` for k in 0..n-1, in microseconds since the Unix epoch."""
+    """Evaluation ticks in microseconds since the Unix epoch: ``start + k * step`` for k in 0..n-1, or,
+    where ``ticks`` is given, those sorted times (the regular ticks with samples' own times among them).
+
+    Why both: the regular grid is a division away from any time, which keeps a history of millions of
+    samples cheap; the explicit ticks let a rule see a sample that falls between two regular ticks.
+    """
 
     start: int
     step: int
     n: int
+    ticks: Any = None  # sorted int64 numpy array of tick times, or None for the regular grid
 
     @classmethod
     def covering(cls, first_us: int, last_us: int, step_s: float) -> Grid:
@@ -38,8 +45,67 @@ class Grid:
         start = first_us - first_us % step  # align to multiples of step, like a clock
         return cls(start, step, (last_us - start) // step + 1)
 
+    def with_times(self, times: Any) -> Grid:
+        """This grid plus the given times (us) as ticks of their own; itself when they are all on it."""
+        import numpy as np
+
+        times = np.asarray(times, dtype=np.int64)
+        if self.ticks is None:
+            off = times[
+                ((times - self.start) % self.step != 0) | (times < self.start) | (times > self.time(self.n - 1))
+            ]
+            if not off.size:
+                return self
+            ticks = np.union1d(self.start + self.step * np.arange(self.n, dtype=np.int64), off)
+        else:
+            ticks = np.union1d(self.ticks, times)
+            if ticks.size == self.n:
+                return self
+        return Grid(int(ticks[0]), self.step, int(ticks.size), ticks)
+
     def time(self, k: int) -> int:
-        return self.start + k * self.step
+        return self.start + k * self.step if self.ticks is None else int(self.ticks[k])
+
+    def times(self, ks: Any) -> Any:
+        """Tick times of an array of tick indices."""
+        return ks * self.step + self.start if self.ticks is None else self.ticks[ks]
+
+    def first_at_or_after(self, t: Any) -> Any:
+        """Per time in the int64 array ``t``: the index of the first tick at or after it (n where none)."""
+        import numpy as np
+
+        if self.ticks is not None:
+            return np.searchsorted(self.ticks, t, side="left").astype(np.int64)
+        k = t - self.start
+        k += self.step - 1
+        k //= self.step
+        return np.clip(k, 0, self.n, out=k)
+
+    def through(self, t: Any) -> Any:
+        """Per time in the int64 array ``t``: how many ticks are at or before it (0..n)."""
+        import numpy as np
+
+        if self.ticks is not None:
+            return np.searchsorted(self.ticks, t, side="right").astype(np.int64)
+        k = t - self.start
+        k //= self.step
+        k += 1
+        return np.clip(k, 0, self.n, out=k)
+
+    def after(self, k: Any, duration_us: int) -> Any:
+        """Per tick index in ``k``: the first tick at least ``duration_us`` later (n or more where none).
+
+        Why a time, not a tick count: where samples add ticks of their own, ``for`` still means seconds.
+        """
+        import numpy as np
+
+        if self.ticks is None:
+            return k + -(-duration_us // self.step)
+        k = np.asarray(k, dtype=np.int64)
+        if duration_us == 0:
+            return k
+        later = np.searchsorted(self.ticks, self.ticks[np.minimum(k, self.n - 1)] + duration_us, side="left")
+        return np.where(k >= self.n, self.n, later)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -53,7 +119,7 @@ class Samples:
     data: pl.DataFrame  # empty frame with the sample columns (t i64 us, value f64, stale bool)
     metric: list[str]  # per sid, canonical name
     labels: list[dict[str, str]]  # per sid, including run and host
-    run_last: pl.DataFrame  # sid, run_last (us): the last sample of the sid's run
+    run_last: pl.DataFrame  # sid, run_last (us): the last sample of the sid's run; run_end: it, or END
     parts: list[pl.DataFrame]  # per sid: t, value, stale sorted by t
 
     @property
@@ -77,9 +143,16 @@ def series_labels(labels: str, run: str, host: str) -> dict[str, str]:
 
 
 def prepare(
-    frame: pl.LazyFrame | pl.DataFrame, metrics: Iterable[str] | None, aliases: dict[str, str] | None = None
+    frame: pl.LazyFrame | pl.DataFrame,
+    metrics: Iterable[str] | None,
+    aliases: dict[str, str] | None = None,
+    ends: dict[str, float] | None = None,
 ) -> Samples:
-    """Select the needed metrics from a store frame (time, metric, value, labels[, run, host, stale])."""
+    """Select the needed metrics from a store frame (time, metric, value, labels[, run, host, stale]).
+
+    ``ends``: run id -> the run's end (Unix seconds) where its metadata has one; a run's series answer
+    until then, or its last sample without one (a run still going, or killed).
+    """
     import polars as pl
 
     lf = frame.lazy()
@@ -135,14 +208,22 @@ def prepare(
         part = chunks[0] if len(chunks) == 1 else pl.concat(chunks, rechunk=False)
         part = part if part["t"].is_sorted() else part.sort("t")
         parts.append(part)
-        last.append(int(part["t"][-1]))
+        # A staleness marker (a live run's end) ends the run just before it.
+        last.append(int(part["t"][-1]) - bool(part["stale"][-1]))
     keys = keys.with_columns(last=pl.Series(last, dtype=pl.Int64))
     metric_list = keys["metric"].to_list()
     label_list: list[dict[str, str]] = []
     for lab, run, host in zip(keys["labels"], keys["run"], keys["host"], strict=True):
         label_list.append(series_labels(lab, run, host))
     run_last = keys.select("sid", "run", "last").with_columns(run_last=pl.col("last").max().over("run"))
-    run_last = run_last.select("sid", "run_last")
+    if ends:
+        ended = pl.col("run").replace_strict(
+            {r: round(e * US) for r, e in ends.items()}, default=None, return_dtype=pl.Int64
+        )
+        run_last = run_last.with_columns(run_last=pl.max_horizontal("run_last", ended))
+    # Why no end without a run: samples made by hand (unit-test series) answer on through the lookback.
+    run_end = pl.when(pl.col("run") != "").then(pl.col("run_last")).otherwise(pl.lit(END, pl.Int64))
+    run_last = run_last.select("sid", "run_last", run_end=run_end)
     return Samples(body.clear(), metric_list, label_list, run_last, parts)
 
 
@@ -235,12 +316,16 @@ class Compiler:
             if name == sel.metric and all(_matches(m, labels) for m in sel.matchers)
         ]
         # Why slices: the data is sorted by series, so each series is a zero-copy slice, not a join.
-        last = self.s.run_last["run_last"]
+        last, end = self.s.run_last["run_last"], self.s.run_last["run_end"]
         parts = [
-            self.s.parts[i].with_columns(sid=pl.lit(local, pl.UInt32), run_last=pl.lit(last[i], pl.Int64))
+            self.s.parts[i].with_columns(
+                sid=pl.lit(local, pl.UInt32), run_last=pl.lit(last[i], pl.Int64), run_end=pl.lit(end[i], pl.Int64)
+            )
             for local, i in enumerate(sids)
         ]
-        empty = self.s.data.with_columns(sid=pl.lit(0, pl.UInt32), run_last=pl.lit(None, pl.Int64)).clear()
+        empty = self.s.data.with_columns(
+            sid=pl.lit(0, pl.UInt32), run_last=pl.lit(None, pl.Int64), run_end=pl.lit(None, pl.Int64)
+        ).clear()
         df = pl.concat(parts) if parts else empty
         return df, [dict(self.s.labels[i]) for i in sids]
 
@@ -261,21 +346,19 @@ class Compiler:
         # a per-series shift and on materialising each intermediate column of the same arithmetic.
         # (In place where possible: each temporary is a fresh array as long as the samples.)
         t, sid = df["t"].to_numpy(), df["sid"].to_numpy()
-        # Ticks a sample answers for: from its own time until the next sample (or marker) and the lookback.
-        k0 = t - g.start
-        k0 += g.step - 1
-        k0 //= g.step
-        np.clip(k0, 0, g.n, out=k0)
+        # Ticks a sample answers for: from its own time until the next sample (or marker), the lookback,
+        # and its run's last sample (after a run's end nothing of it answers, as after a staleness marker).
+        k0 = g.first_at_or_after(t)
         # The next sample's (or staleness marker's) first tick is the next row's k0, within a series.
         k1 = np.empty_like(k0)
         k1[:-1], k1[-1] = k0[1:], g.n
         k1[:-1][sid[1:] != sid[:-1]] = g.n
-        k_look = np.maximum(t, df["run_last"].to_numpy()) if hold else t.copy()
-        k_look += self.lookback - g.start
-        k_look //= g.step
-        k_look += 1
-        np.clip(k_look, 0, g.n, out=k_look)
-        np.minimum(k1, k_look, out=k1)
+        # Why the run's last sample for training metrics: they hold until the run ends (then the lookback,
+        # for series of no run).
+        until = np.maximum(t, df["run_last"].to_numpy()) if hold else t.copy()
+        until += self.lookback
+        np.minimum(until, df["run_end"].to_numpy(), out=until)
+        np.minimum(k1, g.through(until), out=k1)
         answers = k1 > k0
         stale = df["stale"]
         if stale.any():
@@ -352,7 +435,7 @@ class Compiler:
         df, labels = self.select(sel)
         g = self.grid
         w = round(node.window * US)
-        df = df.filter(~pl.col("stale")).select("sid", "t", "value")
+        df = df.filter(~pl.col("stale")).select("sid", "t", "value", "run_end")
         n_series = len(labels)
         if n_series == 0 or g.n == 0:
             return Vec(empty_vec(), labels)
@@ -402,7 +485,7 @@ class Compiler:
         frames = []
         for part in df.partition_by("sid", maintain_order=True):
             t = part["t"].to_numpy()
-            span = _tick_span(t, g, w)
+            span = _tick_span(t, g, w, int(part["run_end"][0]))
             if span is None:
                 continue
             ks, ticks, hi, lo = span
@@ -457,7 +540,7 @@ class Compiler:
         frames = []
         for part in df.partition_by("sid", maintain_order=True):
             t = part["t"].to_numpy()
-            span = _tick_span(t, g, w)
+            span = _tick_span(t, g, w, int(part["run_end"][0]))
             if span is None:
                 continue
             ks, ticks, hi, lo = span
@@ -586,39 +669,37 @@ class Compiler:
         return Vec(res, labels)
 
 
-def _tick_span(t: Any, g: Grid, w: int) -> tuple[Any, Any, Any, Any] | None:
+def _tick_span(t: Any, g: Grid, w: int, run_end: int) -> tuple[Any, Any, Any, Any] | None:
     """(tick indices, tick times, hi, lo) of the ticks whose window [tick - w, tick] can hold one of the
-    sorted sample times ``t`` (None when no tick can); ``lo``/``hi`` as ``_window_bounds`` gives them.
+    sorted sample times ``t``, up to the run's end (None when no tick can); ``lo``/``hi`` as
+    ``_window_bounds`` gives them.
     """
     import numpy as np
 
-    k0 = max(0, -(-(int(t[0]) - g.start) // g.step))
-    k1 = min(g.n - 1, (int(t[-1]) + w - g.start) // g.step)
+    k0 = int(g.first_at_or_after(t[:1])[0])
+    k1 = min(g.n, int(g.through(np.array([min(int(t[-1]) + w, run_end)]))[0])) - 1
     if k1 < k0:
         return None
     ks = np.arange(k0, k1 + 1, dtype=np.int64)
     hi, lo = _window_bounds(t, g, k0, ks.size, w)
-    return ks, ks * g.step + g.start, hi, lo
+    return ks, g.times(ks), hi, lo
 
 
 def _window_bounds(t: Any, g: Grid, k0: int, m: int, w: int) -> tuple[Any, Any]:
     """For ticks k0 .. k0+m-1: the first sample inside [tick - w, tick] and the one past it (searchsorted's
     ``lo`` and ``hi`` on the sorted times ``t``), counted off the grid in one pass.
 
-    Why: the ticks are evenly spaced, so the first tick at or after each sample (and after each sample's
-    time + w) is a division, and the counts per tick are a bincount and a running sum: a few linear
-    passes instead of two binary searches per tick.
+    Why: the first tick at or after each sample (and after each sample's time + w) is a division on the
+    regular grid (a search among explicit ticks), and the counts per tick are a bincount and a running
+    sum: a few linear passes instead of two binary searches per tick.
     """
     import numpy as np
 
-    first = t - g.start
-    first += g.step - 1
-    first //= g.step  # first tick at or after the sample: it is inside that tick's window from then on
+    first = g.first_at_or_after(t)  # first tick at or after the sample: in that tick's window from then on
     first -= k0
     np.clip(first, 0, m, out=first)
-    gone = t + (w - g.start)
-    gone //= g.step  # last tick whose window still reaches back to the sample
-    gone += 1 - k0
+    gone = g.through(t + w)  # ticks whose window still reaches back to the sample, counted from 0
+    gone -= k0
     np.clip(gone, 0, m, out=gone)
     hi = np.cumsum(np.bincount(first, minlength=m + 1)[:m])
     lo = np.cumsum(np.bincount(gone, minlength=m + 1)[:m])

@@ -3,9 +3,10 @@
 Composition: samples go into a trailing window kept in memory, one time-sorted buffer per series (only
 the metrics some rule needs, trimmed as the window moves, never a store scan; what ``evals_since_best``
 counts is folded into a running minimum as it leaves, so that count spans the run); each tick
-``rules.instant.step_all`` evaluates the rules at that instant in plain Python (the same answers as
-``engine.step_all``, without polars' import and per-call overhead) and advances the persistent
-``AlertStates``; the resulting resolves plus every instance still firing go to the shared
+``rules.instant.step_at`` evaluates the rules in plain Python (the same answers as ``engine.step_all``,
+without polars' import and per-call overhead) at the tick, at each run's last sample and, for rules with
+``for: 0``, at every new sample of what they read (the evaluation points ``alerts test`` uses, see
+``engine.evaluation_grids``), and advances the persistent ``AlertStates``; the resulting resolves plus every instance still firing go to the shared
 ``NotificationLedger`` (once on firing, once on resolve, again every repeat_interval, never twice across
 record and watch); what it lets through goes to ``Dispatcher.submit`` in the background, so delivery never
 holds up a tick. A run that ends gets a staleness marker after its last sample, as Prometheus does for a
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from llamamon import catalog
 from llamamon.fsutil import atomic_write
-from llamamon.rules.instant import Best, Series, fold_best, step_all
+from llamamon.rules.instant import Best, Series, fold_best, step_at
 from llamamon.rules.series import US, series_labels
 from llamamon.samples import AlertEvent, Row, Sample, labels_to_str
 
@@ -143,6 +144,15 @@ class LiveAlerts:
         self._label_cache: dict[tuple[str, str, str], dict[str, str]] = {}
         self._ended: dict[str, int] = {}
         self._seen: dict[str, int] = {}  # run -> its latest row of any metric (us): the run's last sample
+        # Evaluation points still to step (us -> rule names): new samples of what `for: 0` rules read, and
+        # each ended run's last sample for every rule.
+        self._events_of: dict[str, list[str]] = {}  # canonical metric -> `for: 0` rules that read it
+        for r in self.rules:
+            if r.for_ == 0:
+                for m in r.condition.metrics:
+                    self._events_of.setdefault(m, []).append(r.name)
+        self._points: dict[int, set[str]] = {}
+        self._stepped: dict[str, float] = {}  # rule -> its last step (s)
         self.sent = 0
 
     # -- samples ----------------------------------------------------------------------------------
@@ -171,6 +181,10 @@ class LiveAlerts:
         times.insert(k, t)
         buf.values.insert(k, value)
         buf.stale.insert(k, stale)
+        if not stale:
+            names = self._events_of.get(self._canonical(key[2]))
+            if names:
+                self._points.setdefault(t, set()).update(names)
 
     def add(self, rows: Iterable[Row], run: str, host: str) -> None:
         """Rows of one run (``run`` "" for samples not recorded in a run) enter the window."""
@@ -201,6 +215,8 @@ class LiveAlerts:
             last = max((self._series[k].times[-1] for k in keys), default=0)
             t = max(round(at * US), last) + 1
             self._ended[run] = t
+            if keys:  # the run's end is an evaluation point of every rule
+                self._points.setdefault(last, set()).update(self.by_name)
             for key in keys:
                 self._insert(key, t, math.nan, True)
         return t / US
@@ -310,7 +326,9 @@ class LiveAlerts:
         """Step every rule at ``now``: (state changes, notifications due). Blocking; run off the loop."""
         with self._lock:
             # Why under the lock: the series are the live buffers, not copies (record adds from its loop).
-            changes = step_all(self.states, self.rules, self._view(now), now)
+            points, self._points = self._points, {}
+            points.setdefault(round(now * US), set()).update(self.by_name)
+            changes = step_at(self.states, self.rules, self._view(now), points, self._stepped)
         due: list[AlertEvent] = []
         if self.channels:
             # Why every firing instance each tick: the ledger decides repeats (repeat_interval) from them.

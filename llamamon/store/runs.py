@@ -122,3 +122,8 @@ def resolve_runs(
             if run.start >= cutoff or (run.end or 0) >= cutoff or run.id in live:
                 chosen[run.id] = run
     return sorted(chosen.values(), key=lambda r: (r.start, r.id))
+
+
+def run_ends(runs: Iterable[RunInfo]) -> dict[str, float]:
+    """Run id -> end time (Unix seconds) of the runs that ended: where the rules stop hearing from a run."""
+    return {r.id: r.end for r in runs if r.end is not None}
