@@ -43,6 +43,21 @@ QUANTITY_RE = re.compile(r"^\s*(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|ns|s|m|h|d|w)")
 
 
+def scale(value: float, factor: float) -> float:
+    """``value * factor``, dividing by the whole number where the factor is 1/n (ms, %).
+
+    Why: 1e-3 and 0.01 are not exact in binary, so ``102 * 1e-3`` is 0.10200000000000001 and ``35 *
+    0.01`` is 0.35000000000000003; dividing by 1000 or 100 gives the float nearest the true value, the
+    one a user writes by hand in PromQL or finds in the store, so ``>= 35%`` holds for a stored 0.35.
+    """
+    return value / round(1 / factor) if 0 < factor < 1 else value * factor
+
+
+def unscale(value: float, factor: float) -> float:
+    """The inverse of ``scale``: from base units back to a unit ``factor`` of them (0.102 s -> 102 ms)."""
+    return value * round(1 / factor) if 0 < factor < 1 else value / factor
+
+
 def suffixes() -> tuple[str, ...]:
     """Every unit suffix the parser knows, longest first (for tokenizers that must match greedily)."""
     return tuple(sorted(_SUFFIXES, key=len, reverse=True))
@@ -64,7 +79,7 @@ def parse_quantity(text: str) -> tuple[float, str | None]:
         known = ", ".join(sorted(_SUFFIXES))
         raise ValueError(f"unknown unit {unit!r} in {text!r} (known: {known})")
     dim, factor = _SUFFIXES[unit]
-    return value * factor, dim
+    return scale(value, factor), dim
 
 
 def parse_duration(value: object, *, path: str = "duration") -> float:
@@ -77,7 +92,7 @@ def parse_duration(value: object, *, path: str = "duration") -> float:
         text = value.strip()
         parts = _DURATION_PART.findall(text)
         if parts and "".join(n + u for n, u in parts) == text:
-            seconds = sum(float(n) * _SUFFIXES[u][1] for n, u in parts)
+            seconds = sum(scale(float(n), _SUFFIXES[u][1]) for n, u in parts)
         else:
             try:
                 seconds = float(text)

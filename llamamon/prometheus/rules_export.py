@@ -8,7 +8,8 @@ with the reason instead of being exported.
 
 PromQL differences to know: binary operators between two metrics match identical label sets (llamamon
 also matches series that agree on the labels they share), and ``not <comparison>`` becomes the opposite
-comparison (a NaN value compares false either way in PromQL).
+comparison or a NaN (``not x <= 1`` -> ``x > 1 or x != x``, since a NaN compares false either way in
+PromQL); between two metrics it is the opposite comparison alone.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from llamamon import catalog
+from llamamon import catalog, units
 from llamamon.prometheus.snapshot import family_name
 from llamamon.rules.engine import Rule
 from llamamon.rules.lang import COMPARISONS, Binary, Call, Node, Number, Selector, Unary, duration_text, to_base
@@ -69,7 +70,7 @@ def _selector(sel: Selector, suffix: str = "") -> str:
 def promql(node: Node, scale: float = 1.0) -> str:
     """PromQL for a resolved condition tree; numbers are multiplied by ``scale`` (their partner's unit)."""
     if isinstance(node, Number):
-        return _num(node.value * scale)
+        return _num(units.scale(node.value, scale))
     if isinstance(node, Selector):
         return _selector(node)
     if isinstance(node, Call):
@@ -128,7 +129,13 @@ def _histogram_call(f: str, node: Call, sel: Selector, window: str) -> str:
 
 def _negate(node: Node) -> str:
     if isinstance(node, Binary) and node.op in COMPARISONS:
-        return promql(Binary(_FLIP[node.op], node.left, node.right, node.pos))
+        flipped = promql(Binary(_FLIP[node.op], node.left, node.right, node.pos))
+        sides = [side for side in (node.left, node.right) if not isinstance(side, Number)]
+        if len(sides) != 1:
+            return flipped
+        # Why the NaN branch: `not x <= 1` holds for a NaN x in llamamon, where `x > 1` never does.
+        x = promql(sides[0])
+        return f"({flipped} or ({x} != {x}))"
     if isinstance(node, Call) and node.func in ("isnan", "isinf", "isfinite"):
         x = promql(node.args[0])
         return {

@@ -3,7 +3,7 @@
 A ``RunSnapshot`` is fed the same samples the store gets, in time order; it keeps the last value of
 every gauge and counter series, accumulates histogram observations into cumulative buckets, and
 renders all of it with the run's constant labels (host, run). Names come from the catalog
-(``Metric.prometheus_name``), values are converted to base units with ``UNITS[unit].to_base``; a
+(``Metric.prometheus_name``), values are converted to base units with ``UNITS[unit].to_base`` (``units.scale``); a
 metric the job logs that the catalog does not know gets a derived name that passes ``promtool check
 metrics`` and a generic HELP. Pure: no files, no clock.
 """
@@ -15,7 +15,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from llamamon import catalog
+from llamamon import catalog, units
 from llamamon.prometheus.text import Family, Point, format_value, render
 from llamamon.samples import Labels, Row, Sample, make_labels
 from llamamon.severity import SEVERITIES
@@ -194,7 +194,7 @@ class RunSnapshot:
             if metric is not None and metric.kind == "histogram":
                 if series.histogram is None:
                     series.histogram = Histogram(self.buckets)
-                series.histogram.observe(float(sample.value) * catalog.UNITS[metric.unit].to_base)
+                series.histogram.observe(units.scale(float(sample.value), catalog.UNITS[metric.unit].to_base))
             else:
                 series.value = float(sample.value)
             if sample.step is not None:
@@ -296,7 +296,7 @@ class RunSnapshot:
             points = [p for s in series if s.histogram is not None for p in _histogram_points(name, s)]
             return Family(name, "histogram", help_text, tuple(points))
         kind = known.kind if known is not None else "gauge"
-        return Family(name, kind, help_text, tuple(Point(name, s.labels, s.value * factor) for s in series))
+        return Family(name, kind, help_text, tuple(Point(name, s.labels, units.scale(s.value, factor)) for s in series))
 
 
 def _histogram_points(name: str, series: _Series) -> list[Point]:

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from llamamon import units
 from llamamon.rules import template
 from llamamon.rules.lang import Condition, to_base, top_comparison
 from llamamon.rules.series import (
@@ -163,7 +164,7 @@ def conditions(
 
 def _base(rule: Rule, value: float) -> float:
     # Why: templates see $value in base units (seconds, bytes), as Prometheus does on exported series.
-    return value * to_base(rule.condition.tree)
+    return units.scale(value, to_base(rule.condition.tree))
 
 
 def alert_labels(rule: Rule, series: dict[str, str], value: float) -> dict[str, str]:

@@ -515,7 +515,7 @@ def _convert(num: Number, partner: Node, place: _Place) -> Number:
     dim = _dimension(unit)
     if dim != num.dim and not dim.startswith(num.dim + "_per_"):
         raise place.error(num.pos, f"{num.text} is in {num.dim} but the other side is in {unit}")
-    return replace(num, value=num.value / catalog.UNITS[unit].to_base, dim=None)
+    return replace(num, value=units.unscale(num.value, catalog.UNITS[unit].to_base), dim=None)
 
 
 def _resolve(node: Node, aliases: dict[str, str], place: _Place) -> Node:
