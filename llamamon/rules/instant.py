@@ -7,8 +7,9 @@ selector is a binary search into sorted per-series lists and each window a slice
 
 Same answers as ``engine.step_all`` at the same instant (``tests/test_rules_instant.py`` checks it differentially), including
 where the vectorised code leans on polars' ordering of NaN above every number (``_lt``: counter resets,
-``evals_since_best``, rate extrapolation, quantiles) and its NaN-propagating rolling min/max. Pure: no
-I/O, no clock.
+``evals_since_best``, rate extrapolation); windowed min/max/quantiles treat NaN as PromQL does, through
+the functions both engines share (``series.window_extreme``, ``series.window_quantile``). Pure: no I/O,
+no clock.
 """
 
 from __future__ import annotations
@@ -21,7 +22,20 @@ from typing import TYPE_CHECKING
 
 from llamamon import catalog
 from llamamon.rules.lang import COMPARISONS, Binary, Call, Node, Number, Selector, Unary
-from llamamon.rules.series import LOOKBACK, US, _agree, _matches, _scalar_op, arith, divide, holds
+from llamamon.rules.series import (
+    LOOKBACK,
+    SHORT_WINDOW,
+    US,
+    _agree,
+    _matches,
+    _scalar_op,
+    arith,
+    divide,
+    holds,
+    neumaier_sum,
+    window_extreme,
+    window_quantile,
+)
 from llamamon.samples import AlertEvent, Labels, make_labels
 
 if TYPE_CHECKING:
@@ -85,24 +99,10 @@ def _lt(a: float, b: float) -> bool:
     return b != b or a < b
 
 
-def _nan_last(v: float) -> tuple[bool, float]:
-    return (v != v, v if v == v else 0.0)
-
-
-def _quantile(values: list[float], q: float) -> float:
-    """polars' linear-interpolated quantile: NaN sorts last, ``lo + (hi - lo) * frac``."""
-    vals = sorted(values, key=_nan_last)
-    pos = (len(vals) - 1) * q
-    lo, hi = math.floor(pos), math.ceil(pos)
-    if lo == hi:
-        return vals[lo]
-    return vals[lo] + (vals[hi] - vals[lo]) * (pos - lo)
-
-
 def _finite_sum(values: list[float]) -> float:
     """Sum with polars' treatment in rules.series: any NaN or both infinities is NaN, else the infinity."""
     nan = pinf = ninf = False
-    total = 0.0
+    finite = []
     for v in values:
         if v != v:
             nan = True
@@ -111,7 +111,9 @@ def _finite_sum(values: list[float]) -> float:
         elif v == -math.inf:
             ninf = True
         else:
-            total += v
+            finite.append(v)
+    # (short windows compensated as rules.series sums them; long ones in order, within its prefix error)
+    total = neumaier_sum(finite) if len(values) <= SHORT_WINDOW else sum(finite)
     if nan or (pinf and ninf):
         return math.nan
     if pinf:
@@ -256,11 +258,9 @@ class Instant:
                 total = _finite_sum(values[lo:hi])
                 value = total if f == "sum" else total / n
             elif f in ("min", "max"):
-                inside = values[lo:hi]
-                # Why NaN wins: polars' rolling min/max propagate a NaN anywhere in the window.
-                value = math.nan if any(v != v for v in inside) else (min if f == "min" else max)(inside)
+                value = window_extreme(f, values[lo:hi])
             else:
-                value = _quantile(values[lo:hi], node.q)
+                value = window_quantile(values[lo:hi], node.q)
             rows[local] = (value, True)
         return Vec([self.series[i].labels for i in sids], rows)
 

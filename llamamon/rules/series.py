@@ -468,18 +468,28 @@ class Compiler:
 
         g = self.grid
         roll = dict(by="t", window_size=f"{w}i", closed="both")
+        col, present = pl.col("value"), pl.col("value").is_not_null().cast(pl.Float64)
         if node.func in ("min", "max"):
-            expr = getattr(pl.col("value"), f"rolling_{node.func}_by")(**roll)
+            expr = getattr(col, f"rolling_{node.func}_by")(**roll)
         else:
-            expr = pl.col("value").rolling_quantile_by(quantile=node.q, interpolation="linear", **roll)
+            expr = _promql_quantile(
+                col.rolling_quantile_by(quantile=node.q, interpolation="lower", **roll),
+                col.rolling_quantile_by(quantile=node.q, interpolation="higher", **roll),
+                present.rolling_sum_by(**roll),
+                node.q,
+            )
         expr = expr.cast(pl.Float64).alias("value")
 
         def fixed(size: int) -> pl.Expr:
-            col = pl.col("value")
             if node.func in ("min", "max"):
                 e = getattr(col, f"rolling_{node.func}")(window_size=size, min_samples=1)
             else:
-                e = col.rolling_quantile(window_size=size, quantile=node.q, interpolation="linear", min_samples=1)
+                e = _promql_quantile(
+                    col.rolling_quantile(window_size=size, quantile=node.q, interpolation="lower", min_samples=1),
+                    col.rolling_quantile(window_size=size, quantile=node.q, interpolation="higher", min_samples=1),
+                    present.rolling_sum(window_size=size, min_samples=1),
+                    node.q,
+                )
             return e.cast(pl.Float64).alias("value")
 
         frames = []
@@ -492,6 +502,20 @@ class Compiler:
             keep = hi > lo
             if not keep.all():
                 ks, ticks, hi, lo = ks[keep], ticks[keep], hi[keep], lo[keep]
+            v = part["value"].to_numpy()
+            if not np.isfinite(v).all():
+                # Why apart: PromQL skips NaN in min/max and sorts it first for quantiles, where polars'
+                # rolling windows propagate it; series with a non-finite value are rare, so per tick.
+                vals = v.tolist()
+                if node.func in ("min", "max"):
+                    out = [window_extreme(node.func, vals[a:b]) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]
+                else:
+                    out = [window_quantile(vals[a:b], node.q) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]
+                sid = pl.lit(part["sid"][0], pl.UInt32)
+                frames.append(
+                    pl.DataFrame({"k": ks, "value": out}).select("k", sid=sid, value="value", ok=pl.lit(True))
+                )
+                continue
             gaps = np.diff(t)
             regular = bool(gaps.size and gaps[0] > 0 and (gaps == gaps[0]).all())
             if regular:
@@ -528,10 +552,10 @@ class Compiler:
     def _by_search(self, f: str, df: pl.DataFrame, w: int) -> pl.DataFrame:
         """Per tick the sample range [lo, hi) inside [t - w, t] by binary search; sums from prefix sums.
 
-        Why: no sort of samples and ticks together and no rolling window; for count/sum/avg/rate this is
-        exact (non-finite values are counted apart so one NaN does not poison every later window). Why
-        numpy: its searchsorted and fancy indexing on plain arrays cost a fraction of polars' Series
-        calls, and the prefix sums add in the same order (so the same floats) as polars' cum_sum.
+        Why: no sort of samples and ticks together and no rolling window (non-finite values are counted
+        apart so one NaN does not poison every later window; short windows are summed in order, see
+        ``_window_sums``). Why numpy: its searchsorted and fancy indexing on plain arrays cost a fraction
+        of polars' Series calls, and the prefix sums add in the same order as polars' cum_sum.
         """
         import numpy as np
         import polars as pl
@@ -552,8 +576,8 @@ class Compiler:
             if f in ("count", "sum", "avg"):
                 v = part["value"].to_numpy()
                 finite = np.isfinite(v)
-                s = _prefix(v if finite.all() else np.where(finite, v, 0.0))
-                total = s[hi] - s[lo]
+                v0 = v if finite.all() else np.where(finite, v, 0.0)
+                total = _window_sums(v0, _prefix(v0), lo, hi)
                 if not finite.all():
                     null = part["value"].is_null().to_numpy()
                     flags = (np.isnan(v) & ~null, v == np.inf, v == -np.inf)
@@ -667,6 +691,56 @@ class Compiler:
             value = {"+": lv + rv, "-": lv - rv, "*": lv * rv, "/": lv / rv}[op]
         res = j.select("k", pl.col(sid).alias("sid"), value.alias("value"), ok.alias("ok"))
         return Vec(res, labels)
+
+
+SHORT_WINDOW = 16
+
+
+def _window_sums(v: Any, prefix: Any, lo: Any, hi: Any) -> Any:
+    """Sums of v[lo:hi] per window: added one by one from the left where a window holds few samples.
+
+    Why: a difference of prefix sums carries the rounding of everything before the window, so a window
+    holding only 1.8 could sum to 1.8000000000000007 and ``avg(loss, 5m) > 1.8`` fire; added in order
+    with Neumaier's compensation they are the floats PromQL's sum_over_time gives. Longer windows (many samples a second) keep the
+    prefix sums, whose error is relative to the series' running total (docs/alerts.md).
+    """
+    import numpy as np
+
+    total = prefix[hi] - prefix[lo]
+    n = hi - lo
+    short = (n > 0) & (n <= SHORT_WINDOW)
+    if short.any():
+        start, count = lo[short], n[short]
+        acc, comp = np.zeros(start.size), np.zeros(start.size)
+        last = v.size - 1
+        for j in range(int(count.max())):
+            inc = np.where(j < count, v[np.minimum(start + j, last)], 0.0)
+            t = acc + inc
+            comp += np.where(np.abs(acc) >= np.abs(inc), (acc - t) + inc, (inc - t) + acc)
+            acc = t
+        total[short] = acc + comp
+    return total
+
+
+def neumaier_sum(values: Iterable[float]) -> float:
+    """Compensated sum of finite values, as PromQL's sum_over_time adds (kahanSumInc, Neumaier's variant)."""
+    acc = comp = 0.0
+    for v in values:
+        t = acc + v
+        comp += (acc - t) + v if abs(acc) >= abs(v) else (v - t) + acc
+        acc = t
+    return acc + comp
+
+
+def _promql_quantile(lower: pl.Expr, higher: pl.Expr, count: pl.Expr, q: float) -> pl.Expr:
+    """PromQL's interpolation ``lower * (1 - w) + higher * w`` from the two order statistics around rank.
+
+    Why not polars' linear interpolation: it computes ``lower + (higher - lower) * w``, a different float
+    (p50 of 0.04 and 0.56 is 0.3 there and 0.30000000000000004 in Prometheus, so ``<= 30%`` disagreed).
+    """
+    rank = (count - 1) * q
+    weight = rank - rank.floor()
+    return lower * (1 - weight) + higher * weight
 
 
 def _tick_span(t: Any, g: Grid, w: int, run_end: int) -> tuple[Any, Any, Any, Any] | None:
@@ -805,6 +879,24 @@ def _compare(op: str, a: pl.Expr, b: pl.Expr) -> pl.Expr:
 
 def _scalar_op(op: str, a: float, b: float) -> float:
     return float(holds(op, a, b)) if op in COMPARISONS else arith(op, a, b)
+
+
+def window_extreme(f: str, values: Iterable[float]) -> float:
+    """min/max over a window as PromQL's min_over_time/max_over_time: NaN only when every value is NaN."""
+    kept = [v for v in values if v == v]
+    if not kept:
+        return math.nan
+    return min(kept) if f == "min" else max(kept)
+
+
+def window_quantile(values: Iterable[float], q: float) -> float:
+    """PromQL's quantile_over_time: NaN sorts first, ``lo * (1 - w) + hi * w`` (so inf * 0 gives NaN)."""
+    vals = sorted(values, key=lambda v: (v == v, v if v == v else 0.0))
+    rank = q * (len(vals) - 1)
+    lo = math.floor(rank)
+    hi = min(len(vals) - 1, lo + 1)
+    weight = rank - lo
+    return vals[lo] * (1 - weight) + vals[hi] * weight
 
 
 def divide(a: float, b: float) -> float:
