@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from click.testing import CliRunner
@@ -26,10 +28,19 @@ def require_binary(name: str, *alternatives: str) -> str:
         found = shutil.which(candidate)
         if found:
             return found
-    message = f"{name} is not installed (Debian package provides it; .ci/run installs it)"
+    missing_integration(f"{name} is not installed (Debian package provides it; .ci/run installs it)")
+
+
+def missing_integration(message: str) -> NoReturn:
+    """Skip with the reason, or fail where CI requires every integration test to run."""
     if REQUIRE_INTEGRATION:
         pytest.fail(f"LLAMAMON_REQUIRE_INTEGRATION=1 but {message}")
     pytest.skip(message)
+
+
+def promtool_labels(text: str) -> dict[str, str]:
+    """``{a="1", b="x\\"y"}`` as promtool prints label sets in its reports -> a dict."""
+    return {k: v for k, v in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', text)}
 
 
 def llamamon_env(**extra: str) -> dict[str, str]:

@@ -10,10 +10,9 @@ from collections import Counter
 from pathlib import Path
 
 import polars as pl
-import pytest
 
 from llamamon.store.reader import scan
-from tests.conftest import REPO, REQUIRE_INTEGRATION, llamamon_env, run_llamamon
+from tests.conftest import REPO, llamamon_env, missing_integration, run_llamamon
 
 JOBS = REPO / "tests" / "jobs"
 
@@ -33,10 +32,9 @@ def require_modules(*names: str) -> None:
     missing = [name for name in names if importlib.util.find_spec(name) is None]
     if not missing:
         return
-    message = f"{', '.join(missing)} not installed (python -m pip install -e '.[frameworks]'; .ci/run installs it)"
-    if REQUIRE_INTEGRATION:
-        pytest.fail(f"LLAMAMON_REQUIRE_INTEGRATION=1 but {message}")
-    pytest.skip(message)
+    missing_integration(
+        f"{', '.join(missing)} not installed (python -m pip install -e '.[frameworks]'; .ci/run installs it)"
+    )
 
 
 def record_job(cwd: Path, *command: str, options: tuple[str, ...] = (), timeout: float = 180):

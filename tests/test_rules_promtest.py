@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import require_binary, run_llamamon
+from conftest import promtool_labels, require_binary, run_llamamon
 
 from llamamon.rules import promtest
 
@@ -134,10 +134,6 @@ def _test_doc(rule_file: str, expected: dict[tuple[str, int], list] | None) -> d
     }
 
 
-def _labels(text: str) -> dict[str, str]:
-    return {k: v for k, v in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', text)}
-
-
 def _got(report: str) -> dict[tuple[str, int], list]:
     """promtool's failure report (every case expected nothing) -> what fired, per (alertname, minute)."""
     out: dict[tuple[str, int], list] = {}
@@ -146,9 +142,9 @@ def _got(report: str) -> dict[tuple[str, int], list]:
         found = re.findall(r"Labels:(\{.*?\})\n\s+Annotations:(\{.*?\})", m.group(3))
         items = []
         for lab, ann in found:
-            labels = _labels(lab)
+            labels = promtool_labels(lab)
             labels.pop("alertname")
-            items.append({"exp_labels": labels, "exp_annotations": _labels(ann)})
+            items.append({"exp_labels": labels, "exp_annotations": promtool_labels(ann)})
         out[(m.group(1), int(m.group(2)))] = items
     return out
 

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import require_binary, run_llamamon
+from conftest import promtool_labels, require_binary, run_llamamon
+
+from llamamon.units import parse_duration
 
 # metric -> the name its series has in a promtool test (catalog Prometheus name, base units)
 METRICS = {
@@ -63,10 +65,11 @@ def _values(rng: random.Random, metric: str, length: int) -> str:
         elif r < 0.18 and metric != "gpu_energy":
             n = rng.randint(1, 3)
             start = rng.randint(0, 40) if metric in ("batch_queue_size", "my_metric") else 0
-            value = start or _gauge_value(rng, metric)
-            out.append(
-                f"{value}+{rng.randint(0, 5)}x{n}" if start else f"{value}x{n}" if value[-1].isdigit() else value
-            )
+            if start:
+                out.append(f"{start}+{rng.randint(0, 5)}x{n}")
+            else:
+                value = _gauge_value(rng, metric)
+                out.append(f"{value}x{n}" if value[-1].isdigit() else value)  # promtool refuses `+Infx2`
         elif metric == "gpu_energy":
             if rng.random() < 0.05:
                 total = rng.randint(0, 50)  # a counter reset
@@ -176,25 +179,16 @@ _BLOCK = re.compile(
 )
 
 
-def _seconds(text: str) -> float:
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ms|s|m|h|d)", text))
-
-
-def _labels(text: str) -> dict[str, str]:
-    return {k: v for k, v in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', text)}
-
-
 def _report(text: str) -> dict[tuple[str, str, float], list]:
     """A failure report (every case expected nothing) -> what fired, per (group, alertname, eval time)."""
     out: dict[tuple[str, str, float], list] = {}
     for m in _BLOCK.finditer(text):
         items = []
         for lab in re.findall(r"Labels:(\{.*?\})\n", m.group(4)):
-            labels = _labels(lab)
+            labels = promtool_labels(lab)
             labels.pop("alertname")
             items.append(labels)
-        out[(m.group(1), m.group(2), _seconds(m.group(3)))] = sorted(items, key=lambda d: sorted(d.items()))
+        out[(m.group(1), m.group(2), parse_duration(m.group(3)))] = sorted(items, key=lambda d: sorted(d.items()))
     return out
 
 

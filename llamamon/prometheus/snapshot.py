@@ -3,9 +3,9 @@
 A ``RunSnapshot`` is fed the same samples the store gets, in time order; it keeps the last value of
 every gauge and counter series, accumulates histogram observations into cumulative buckets, and
 renders all of it with the run's constant labels (host, run). Names come from the catalog
-(``Metric.prometheus_name``), values are converted to base units with ``UNITS[unit].to_base`` (``units.scale``); a
-metric the job logs that the catalog does not know gets a derived name that passes ``promtool check
-metrics`` and a generic HELP. Pure: no files, no clock.
+(``Metric.prometheus_name``), values are converted to base units with ``UNITS[unit].to_base`` through
+``units.scale``; a metric the job logs that the catalog does not know gets a derived name that passes
+``promtool check metrics`` and a generic HELP. Pure: no files, no clock.
 """
 
 from __future__ import annotations

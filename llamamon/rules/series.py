@@ -469,28 +469,23 @@ class Compiler:
         g = self.grid
         roll = dict(by="t", window_size=f"{w}i", closed="both")
         col, present = pl.col("value"), pl.col("value").is_not_null().cast(pl.Float64)
-        if node.func in ("min", "max"):
-            expr = getattr(col, f"rolling_{node.func}_by")(**roll)
-        else:
-            expr = _promql_quantile(
-                col.rolling_quantile_by(quantile=node.q, interpolation="lower", **roll),
-                col.rolling_quantile_by(quantile=node.q, interpolation="higher", **roll),
-                present.rolling_sum_by(**roll),
-                node.q,
-            )
-        expr = expr.cast(pl.Float64).alias("value")
+
+        def window(suffix: str, **kw: Any) -> pl.Expr:
+            """The window's statistic by polars' rolling_<f><suffix> (``_by``: by time, "": by count)."""
+            if node.func in ("min", "max"):
+                e = getattr(col, f"rolling_{node.func}{suffix}")(**kw)
+            else:
+                order = [
+                    getattr(col, f"rolling_quantile{suffix}")(quantile=node.q, interpolation=i, **kw)
+                    for i in ("lower", "higher")
+                ]
+                e = _promql_quantile(*order, getattr(present, f"rolling_sum{suffix}")(**kw), node.q)
+            return e.cast(pl.Float64).alias("value")
+
+        expr = window("_by", **roll)
 
         def fixed(size: int) -> pl.Expr:
-            if node.func in ("min", "max"):
-                e = getattr(col, f"rolling_{node.func}")(window_size=size, min_samples=1)
-            else:
-                e = _promql_quantile(
-                    col.rolling_quantile(window_size=size, quantile=node.q, interpolation="lower", min_samples=1),
-                    col.rolling_quantile(window_size=size, quantile=node.q, interpolation="higher", min_samples=1),
-                    present.rolling_sum(window_size=size, min_samples=1),
-                    node.q,
-                )
-            return e.cast(pl.Float64).alias("value")
+            return window("", window_size=size, min_samples=1)
 
         frames = []
         for part in df.partition_by("sid", maintain_order=True):
@@ -701,8 +696,9 @@ def _window_sums(v: Any, prefix: Any, lo: Any, hi: Any) -> Any:
 
     Why: a difference of prefix sums carries the rounding of everything before the window, so a window
     holding only 1.8 could sum to 1.8000000000000007 and ``avg(loss, 5m) > 1.8`` fire; added in order
-    with Neumaier's compensation they are the floats PromQL's sum_over_time gives. Longer windows (many samples a second) keep the
-    prefix sums, whose error is relative to the series' running total (docs/alerts.md).
+    with Neumaier's compensation they are the floats PromQL's sum_over_time gives. Longer windows (many
+    samples a second) keep the prefix sums, whose error is relative to the series' running total
+    (docs/alerts.md).
     """
     import numpy as np
 
