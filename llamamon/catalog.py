@@ -199,6 +199,12 @@ METRICS: tuple[Metric, ...] = (
     _m("steps_per_second", "per_second", "gauge", "training", "Training steps per second."),
     _m("samples_per_second", "per_second", "gauge", "training", "Training samples per second."),
     _m("tokens_per_second", "per_second", "gauge", "training", "Training tokens per second."),
+    # The HF Trainer's end-of-training summary: one value a run, never a point on the curves above (its
+    # train_loss is the run's mean loss, not its last).
+    _m("train_loss", "", "gauge", "training", "Mean training loss over the run (the Trainer's final summary)."),
+    _m("train_runtime", "seconds", "gauge", "training", "Training time of the run (the Trainer's final summary)."),
+    _m("train_samples_per_second", "per_second", "gauge", "training", "Run mean samples per second (summary)."),
+    _m("train_steps_per_second", "per_second", "gauge", "training", "Run mean steps per second (summary)."),
     # inference, from the job or a scraped server
     _m("inference_latency", "milliseconds", "histogram", "inference", "End-to-end request latency."),
     _m("time_to_first_token", "milliseconds", "histogram", "inference", "Time to first token."),
@@ -232,14 +238,11 @@ ALIASES: dict[str, str] = {
     "val_loss": "validation_loss",
     "valid_loss": "validation_loss",
     "validation/loss": "validation_loss",
-    "train_loss": "loss",
     "train/loss": "loss",
     "lr": "learning_rate",
     "learning-rate": "learning_rate",
     "gradient_norm": "grad_norm",
     "grad-norm": "grad_norm",
-    "train_steps_per_second": "steps_per_second",
-    "train_samples_per_second": "samples_per_second",
     "it/s": "steps_per_second",
     "latency": "inference_latency",
     "ttft": "time_to_first_token",

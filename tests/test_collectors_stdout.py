@@ -35,8 +35,8 @@ def test_hf_trainer_eval_line_maps_eval_loss_to_validation_loss():
 
 def test_hf_trainer_end_line():
     got = values(HF_END)
-    assert got["loss"] == 1.349  # train_loss is an alias of loss
-    assert got["samples_per_second"] == 24.16
+    # The run's summary keeps its own names: train_loss is the run's mean loss, not a last point of loss.
+    assert got == {"train_runtime": 616.7, "train_samples_per_second": 24.16, "train_loss": 1.349, "epoch": 1.0}
 
 
 def test_numbers_printed_as_strings():

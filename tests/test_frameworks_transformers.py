@@ -61,8 +61,8 @@ def zero_code(frameworks, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def with_callback(frameworks, tmp_path_factory):
-    # --no-parse: the printed copies would be recorded beside the callback's (see the xfail below)
-    return run_trainer(tmp_path_factory.mktemp("callback"), callback=True, options=("--no-parse",))
+    # record's defaults: output parsing is on, and the callback's claim must keep the printed copies out
+    return run_trainer(tmp_path_factory.mktemp("callback"), callback=True)
 
 
 def test_the_trainer_logged_what_the_tests_rely_on(zero_code):
@@ -90,6 +90,8 @@ def test_zero_code_records_every_printed_value_once(zero_code):
     assert {"loss", "learning_rate", "grad_norm", "epoch", "validation_loss"} <= names
     assert stored(rows, names) == expected  # the Trainer prints no step: none is made up
     assert training_names(rows) <= names
+    last = rows.filter(pl.col("metric") == "loss").sort("time")["value"][-1]
+    assert last == float([line for line in printed if "loss" in line][-1]["loss"])  # not the run's mean
 
 
 def test_callback_records_exactly_what_the_trainer_logged(with_callback):
@@ -99,6 +101,9 @@ def test_callback_records_exactly_what_the_trainer_logged(with_callback):
     assert {"loss", "learning_rate", "grad_norm", "epoch", "validation_loss"} <= names
     assert stored(rows, names) == expected
     assert training_names(rows) <= names | {"step"}
+    last = rows.filter(pl.col("metric") == "loss").sort("step")["value"][-1]
+    assert last == [e["loss"] for e in history if "loss" in e][-1]  # the end summary's mean is train_loss
+    assert stored(rows, {"train_loss"}) == Counter([("train_loss", history[-1]["step"], history[-1]["train_loss"], "")])
     steps = rows.filter(pl.col("metric") == "step").select("step", "value").rows()
     assert steps
     assert all(step == value and step in {e["step"] for e in history} for step, value in steps)
@@ -120,15 +125,3 @@ def test_zero_code_and_callback_agree(zero_code, with_callback):
                 math.isclose(x, y, rel_tol=5e-4, abs_tol=5e-3 if name == "epoch" else 0.0)
                 for x, y in zip(a, b, strict=True)
             )
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known: with the callback and output parsing both on (record's default) every value the Trainer "
-    "prints is stored twice, rounded and without a step beside the callback's; until fixed, pass --no-parse",
-)
-def test_callback_under_default_record_stores_each_value_once(frameworks, tmp_path):
-    _, history, rows = run_trainer(tmp_path / "job", callback=True)
-    expected = from_history(history)
-    assert stored(rows, {m for m, *_ in expected}) == expected

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -100,6 +101,34 @@ def test_no_parse_turns_it_off(tmp_path):
     result, _, rows = record(tmp_path, JOB_OUTPUT, "--no-parse")
     assert result.stdout == expected_stdout()
     assert rows.filter(pl.col("group") == "training").height == 0
+
+
+def test_a_job_that_claims_its_output_is_parsed_only_until_the_claim(tmp_path):
+    """What the job printed before ``claim_output`` is kept; from then on only what it logs is stored, once."""
+    result, _, rows = record(
+        tmp_path,
+        """
+        import os, time, llamamon, llamamon.api
+        print('{"step": 1, "loss": 2.0, "accuracy": 0.1}', flush=True)
+        time.sleep(0.5)  # the recorder stores the parsed line before the claim exists
+        llamamon.api.claim_output()
+        llamamon.api.claim_output()  # a second claim (another rank) must not move the first one's time
+        claim = os.environ["LLAMAMON_OUTPUT_CLAIM"]
+        with open("claim.txt", "w") as fh:
+            fh.write(claim + "\\n" + open(claim).read())
+        for step in range(2, 5):
+            llamamon.log({"loss": 1.0 / step}, step=step)
+            print({"loss": round(1.0 / step, 2), "accuracy": 0.5}, flush=True)
+            time.sleep(0.3)
+        """,
+    )
+    claim_path, claim_time = (tmp_path / "claim.txt").read_text().split("\n")
+    assert metric(rows, "loss") == [(1, 2.0), (2, 0.5), (3, 1.0 / 3), (4, 0.25)]
+    assert metric(rows, "accuracy") == [(1, 0.1)]  # printed only after the claim: parsing is off for the run
+    first_loss = rows.filter(pl.col("metric") == "loss")["time"].dt.epoch("us").min() / 1e6
+    assert first_loss < float(claim_time)  # the parsed step-1 line, stored before the claim
+    assert not Path(claim_path).parent.exists()  # record removed its claim folder
+    assert b"no longer parsed" in result.stderr
 
 
 COLLECTORS = """

@@ -55,19 +55,19 @@ LABELS = {
     "memory_usage": [{}],
     "gpu_temperature": [{"gpu": "0"}, {"gpu": "1"}],
     "loss": [{}],
-    "train_loss": [{}],  # catalog alias of loss
+    "lr": [{}],  # catalog alias of learning_rate
     "validation_loss": [{}],
     "learning_rate": [{}],
     "my_counter": [{"rank": "a"}, {"rank": "b"}],
     "myalias": [{"rank": "a"}],  # config alias of my_counter
 }
-ALIASED = {"train_loss", "myalias"}  # their samples fall between the canonical ones: never the same time
+ALIASED = {"lr", "myalias"}  # their samples fall between the canonical ones: never the same time
 RUNS = [("", "h1"), ("R1", "h1"), ("R2", "h2"), ("R1", "h2")]
 VALUES = [0.0, 1.0, 2.0, 3.0, 0.5, -1.0, 10.0, 100.0, 250.0, 1e6, math.nan, math.inf, -math.inf]
 
 NAMES = ["memory_usage", "gpu_temperature", "loss", "validation_loss", "val_loss", "learning_rate", "my_counter"]
-NAMES += ["myalias", "train_loss"]
-CANONICAL = {"val_loss": "validation_loss", "train_loss": "loss", "myalias": "my_counter"}
+NAMES += ["myalias", "lr"]
+CANONICAL = {"val_loss": "validation_loss", "lr": "learning_rate", "myalias": "my_counter"}
 CANONICAL |= {n: n for n in NAMES if n not in CANONICAL}
 MATCHERS = ["", "", "", "", '{run="R1"}', '{run!="R2"}', '{host=~"h[12]"}', '{run=~""}', '{run="R2", host="h2"}']
 OWN_MATCHERS = {"gpu_temperature": ['{gpu="0"}', '{gpu!~"1"}'], "my_counter": ['{rank="a"}', '{rank!="b"}']}

@@ -3,7 +3,9 @@
 The Trainer calls ``on_log`` with the same dict it prints (``loss``, ``grad_norm``, ``learning_rate``,
 ``epoch``; ``eval_loss`` … after evaluation); this callback hands it to :func:`llamamon.log` with the
 Trainer's global step, so the names go through the same alias table (``eval_loss`` -> ``validation_loss``).
-Use it instead of stdout parsing when the Trainer's printing is turned off or rounded.
+Under ``llamamon record`` it tells the recorder, before the Trainer prints anything, that the job reports
+through llamamon (:func:`llamamon.api.claim_output`): the dicts the Trainer prints are then not parsed as well,
+so each value is stored once, exact and with its step.
 """
 
 from __future__ import annotations
@@ -34,6 +36,14 @@ class LlamamonCallback(TrainerCallback):
 
     def __init__(self, all_ranks: bool = False) -> None:
         self.all_ranks = all_ranks
+
+    def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        api.claim_output()  # a callback given to Trainer(callbacks=...)
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        api.claim_output()  # one added with trainer.add_callback() after the Trainer was built
 
     def on_log(
         self,

@@ -31,6 +31,8 @@ from llamamon import __version__, catalog
 from llamamon.errors import ConfigError
 from llamamon.runtime.child import Child, ChildResult
 from llamamon.runtime.job_rows import JobJournalTail
+from llamamon.runtime.output_claim import ENV as OUTPUT_CLAIM_ENV
+from llamamon.runtime.output_claim import OutputClaim
 from llamamon.runtime.ticker import Stop, Ticker, TickStamps, run_ticks
 from llamamon.samples import Row, RunInfo, Sample
 from llamamon.units import format_duration
@@ -139,6 +141,7 @@ class Recorder:
         self.scrapers = _scrapers(config, options.scrape, interval)
         self.parsers = _output_parsers(config) if options.parse else {}
         self.parsed: collections.deque[Sample] = collections.deque()
+        self.claim: OutputClaim | None = None  # where the job may say that it logs what it prints
         self.samples = 0
         self._failed: set[str] = set()
         self._groups: dict[str, dict[str, str]] = {}  # collector -> metric -> store group, looked up once
@@ -167,29 +170,36 @@ class Recorder:
         env = dict(os.environ, LLAMAMON_RUN_ID=info.id, LLAMAMON_METRICS_DIR=str(self.metrics_dir))
         if self.config.source is not None:  # llamamon.log() in the job uses the same aliases
             env["LLAMAMON_CONFIG"] = str(Path(self.config.source).absolute())
+        if self.parsers:
+            self.claim = OutputClaim()
+            env[OUTPUT_CLAIM_ENV] = str(self.claim.path)
         on_output = self._on_output if self.parsers else None
         born = time.monotonic()
-        with Child(self.options.command, env=env, on_output=on_output) as child, _line_endings_for(child):
-            info.pid = child.pid
-            try:
-                write_run(self.metrics_dir, info)  # listed by `llamamon runs` from the start
-            except OSError as exc:
-                log.warning("cannot write run metadata: %s", exc)  # the job is running: keep recording
-            sampler = threading.Thread(target=self._sampler_main, args=(child.pid, born), name="llamamon-sampler")
-            sampler.start()
-            try:
-                result = child.wait()
-                ended = time.time()
-                self._close_parsers()
-            finally:
-                self._request_stop()
-                sampler.join()
-            self._fold_at_exit()
-            self._finish(result, ended)
-            try:
-                write_run(self.metrics_dir, info)
-            except OSError as exc:
-                log.error("cannot write run metadata: %s", exc)  # the exit code stays the job's
+        try:
+            with Child(self.options.command, env=env, on_output=on_output) as child, _line_endings_for(child):
+                info.pid = child.pid
+                try:
+                    write_run(self.metrics_dir, info)  # listed by `llamamon runs` from the start
+                except OSError as exc:
+                    log.warning("cannot write run metadata: %s", exc)  # the job is running: keep recording
+                sampler = threading.Thread(target=self._sampler_main, args=(child.pid, born), name="llamamon-sampler")
+                sampler.start()
+                try:
+                    result = child.wait()
+                    ended = time.time()
+                    self._close_parsers()
+                finally:
+                    self._request_stop()
+                    sampler.join()
+                self._fold_at_exit()
+                self._finish(result, ended)
+                try:
+                    write_run(self.metrics_dir, info)
+                except OSError as exc:
+                    log.error("cannot write run metadata: %s", exc)  # the exit code stays the job's
+        finally:
+            if self.claim is not None:
+                self.claim.close()
         if self._sampler_error is not None:
             log.error("recording failed: %s (the job ran to completion)", self._sampler_error)
         ended = f"exit {result.exit_code}"
@@ -233,7 +243,7 @@ class Recorder:
     def _on_output(self, stream: int, data: bytes) -> None:
         """Called with each chunk of the job's output before it is passed on (the bytes are not changed)."""
         parser = self.parsers.get(stream)
-        if parser is not None:
+        if parser is not None and (self.claim is None or self.claim.since is None):
             self.parsed.extend(parser.feed(data))
 
     def _close_parsers(self) -> None:
@@ -374,9 +384,11 @@ class Recorder:
         custom = await asyncio.gather(*(run_custom(c, self.interval) for c in self.user_collectors))
         for collector, samples in zip(self.user_collectors, custom, strict=True):
             rows.extend(_rows(samples, collector.group, now))
+        claimed = self.claim.check() if self.claim is not None and self.parsed else None
         while self.parsed:
             sample = self.parsed.popleft()
-            rows.extend(_rows([sample], "custom", now))
+            if claimed is None or (sample.time if sample.time is not None else now) < claimed:
+                rows.extend(_rows([sample], "custom", now))
         for collector in collectors:
             try:
                 samples = normalize(await collector.collect(), collector.name)
