@@ -1,11 +1,12 @@
 """The llamamon error tree.
 
-Core code raises these; their ``str()`` is already the one line a user reads. The CLI translates them
+Core code raises these; their ``str()`` is already the line a user reads (a line per mistake). The CLI translates them
 once (``llamamon.cli.main``) into that line on stderr and the class's exit code. No click here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 
@@ -40,6 +41,34 @@ class ConfigError(LlamamonError):
             where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
         key = f"{self.path}: " if self.path else ""
         return f"{where}{key}{self.message}"
+
+
+MAX_ERRORS = 20  # config mistakes listed in one pass, as compilers do; past that they are only counted
+
+
+class ConfigErrors(ConfigError):
+    """Several mistakes found in one pass: one ``file:line: key: what`` line each, the first one's fields."""
+
+    def __init__(self, errors: Sequence[ConfigError], limit: int = MAX_ERRORS) -> None:
+        # In file order, as a compiler lists them (the checks visit sections in their own order).
+        self.errors = sorted(errors, key=lambda e: (e.file or "", e.line or 0))
+        self.limit = limit
+        first = self.errors[0]
+        super().__init__(first.message, file=first.file, line=first.line, path=first.path)
+
+    def format(self) -> str:
+        lines = [error.format() for error in self.errors[: self.limit]]
+        if len(self.errors) > self.limit:
+            lines.append(f"... and {len(self.errors) - self.limit} more mistakes")
+        return "\n".join(lines)
+
+
+def raise_errors(errors: Sequence[ConfigError]) -> None:
+    """Every mistake found as one ConfigError (itself when there is one); nothing when there are none."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
 
 
 class RuleError(ConfigError):

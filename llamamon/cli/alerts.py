@@ -24,7 +24,8 @@ def alerts_command() -> None:
 @alerts_command.command("check")
 @config_option
 @metrics_dir_option
-def check_command(config_path: str | None, metrics_dir: str | None) -> None:
+@click.option("--strict", is_flag=True, help="Exit 1 on warnings too (a channel a rule uses whose ${VAR} is unset).")
+def check_command(config_path: str | None, metrics_dir: str | None, strict: bool) -> None:
     """Validate the config and list every rule: condition, severity, for, channels, where it came from.
 
     Metric names may be catalog names, aliases, names declared under ``metrics:`` or matched by a
@@ -48,6 +49,9 @@ def check_command(config_path: str | None, metrics_dir: str | None) -> None:
 
     rules = rules_from_config(cfg, recorded=recorded, recorded_where=str(root))
     _check_channels(cfg)
+    warnings = _unset_channel_variables(cfg, rules)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     rows = [
         (
             r.name + ("" if r.enabled else " (off)"),
@@ -67,7 +71,32 @@ def check_command(config_path: str | None, metrics_dir: str | None) -> None:
         click.echo(f"metrics the config declares: {', '.join(declared)}", err=True)
     if asked:
         click.echo(f"metrics the job recorded in {root}: {', '.join(sorted(asked))}", err=True)
+    if cfg.source is not None and not cfg.lines:
+        where = f"{cfg.source} (empty: the built-in defaults apply)"
+    elif cfg.source is not None and cfg.alerts_source is None:
+        where = f"{cfg.source} (no alerts: section: the built-in defaults' rules and channels apply)"
     click.echo(f"{where}: OK, {len(rules)} rules ({active} on)", err=True)
+    if strict and warnings:
+        raise click.exceptions.Exit(1)
+
+
+def _unset_channel_variables(cfg: Any, rules: list[Any]) -> list[str]:
+    """``file:line: option: ${VAR} is not set`` for each channel an enabled rule sends to.
+
+    Why only a warning: recording must not fail because a webhook variable is unset in this shell (the
+    channel is skipped when it would send); ``check`` is where a user learns of it, ``--strict`` in CI.
+    """
+    out = []
+    for name, channel in cfg.alerts.channels.items():
+        users = [r.name for r in rules if r.enabled and name in r.channels]
+        for option, variable in channel.unset_variables() if users else ():
+            path = f"alerts.channels.{name}.{option}"
+            file, line = cfg.where(path)
+            shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
+            out.append(
+                f"{file}:{line}: {path}: ${{{variable}}} is not set: {name} is off, so {shown} cannot notify through it"
+            )
+    return out
 
 
 def _check_channels(cfg: Any) -> None:

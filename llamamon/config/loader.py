@@ -19,6 +19,11 @@ from llamamon.errors import ConfigError
 ENV_VAR = "LLAMAMON_CONFIG"
 DEFAULT_NAME = "monitoring.yaml"
 
+# A real monitoring.yaml has a few hundred values. Aliases (*a) repeat the node they name, so nine lines
+# of nine aliases each expand to 9**9 values (the "billion laughs"): bound the expansion and the depth.
+MAX_VALUES = 50_000
+MAX_DEPTH = 64
+
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -65,9 +70,19 @@ def read_config(path: Path | None) -> RawConfig:
     if path is None:
         return RawConfig({}, {}, None)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config: {exc}", file=str(path)) from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror or exc}", file=str(path)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            f"not UTF-8 text: byte 0x{data[exc.start]:02x} at column {column} (save the file as UTF-8)",
+            file=str(path),
+            line=line,
+        ) from None
     return parse_config_text(text, str(path), source=path)
 
 
@@ -86,15 +101,29 @@ def parse_config_text(text: str, filename: str, source: Path | None = None) -> R
     lines: dict[str, int] = {}
     if node is None:
         return RawConfig({}, lines, source)
-    data = _to_python(node, "", lines, filename, yaml.constructor.SafeConstructor())
+    data = _to_python(node, "", lines, filename, yaml.constructor.SafeConstructor(), [MAX_VALUES], 0)
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping of sections", file=filename, line=node.start_mark.line + 1)
     return RawConfig(data, lines, source)
 
 
 def _to_python(
-    node: yaml.Node, path: str, lines: dict[str, int], filename: str, constructor: yaml.constructor.SafeConstructor
+    node: yaml.Node,
+    path: str,
+    lines: dict[str, int],
+    filename: str,
+    constructor: yaml.constructor.SafeConstructor,
+    budget: list[int],
+    depth: int,
 ) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0 or depth > MAX_DEPTH:
+        what = f"expands to more than {MAX_VALUES} values" if budget[0] < 0 else f"nests deeper than {MAX_DEPTH} levels"
+        raise ConfigError(
+            f"the config {what} (YAML aliases like *a repeat what they refer to); refusing to read it",
+            file=filename,
+            line=node.start_mark.line + 1,
+        )
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
@@ -104,10 +133,13 @@ def _to_python(
             if key in out:
                 raise ConfigError("duplicate key", file=filename, line=key_node.start_mark.line + 1, path=child)
             lines[child] = key_node.start_mark.line + 1
-            out[str(key)] = _to_python(value_node, child, lines, filename, constructor)
+            out[str(key)] = _to_python(value_node, child, lines, filename, constructor, budget, depth + 1)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(item, f"{path}[{i}]", lines, filename, constructor) for i, item in enumerate(node.value)]
+        return [
+            _to_python(item, f"{path}[{i}]", lines, filename, constructor, budget, depth + 1)
+            for i, item in enumerate(node.value)
+        ]
     value = _scalar(node, filename, constructor)
     if isinstance(value, str):
         return expand_vars(value)

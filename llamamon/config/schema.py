@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llamamon.config.loader import RawConfig, UnsetVariable
-from llamamon.errors import ConfigError
+from llamamon.errors import ConfigError, raise_errors
 from llamamon.severity import SEVERITIES
 from llamamon.units import parse_duration
 
@@ -93,6 +93,8 @@ class RuleConfig:
     annotations: dict[str, str]
     enabled: bool
     line: int | None = None
+    file: str = "built-in defaults"  # the file its lines are in: the user's, or the defaults it fell back to
+    condition_line: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,9 @@ class Config:
     source: Path | None = None
     lines: dict[str, int] = field(default_factory=dict)
     metrics: tuple[str, ...] = ()  # names the job logs, declared so rules may use them before any run
+    # Where alerts: was read: the user's file, or None when it has none and the built-in defaults apply.
+    alerts_source: Path | None = None
+    alerts_lines: dict[str, int] = field(default_factory=dict)
 
     @property
     def update_frequency(self) -> float:
@@ -129,20 +134,20 @@ class Config:
     def metrics_path(self) -> Path:
         return self.monitoring.metrics_path
 
-    def line_of(self, path: str) -> int | None:
-        """Line of ``path`` in the file, or of its nearest parent that has one."""
+    def where(self, path: str) -> tuple[str, int | None]:
+        """(file, line) of ``path`` or of its nearest parent that has a line; "built-in defaults" for
+        what came from them (no file, or a file without an alerts: section)."""
+        alerts = path == "alerts" or path.startswith("alerts.")
+        source, lines = (self.alerts_source, self.alerts_lines) if alerts else (self.source, self.lines)
         probe = path
-        while probe:
-            if probe in self.lines:
-                return self.lines[probe]
+        while probe and probe not in lines:
             probe = probe.rsplit(".", 1)[0] if "." in probe else ""
-        return None
+        return (str(source) if source else "built-in defaults"), lines.get(probe) if probe else None
 
     def error(self, path: str, message: str) -> ConfigError:
-        """A ConfigError pointing at ``path`` in this config's file (or "built-in defaults")."""
-        if self.source is None:
-            return ConfigError(message, file="built-in defaults", path=path)
-        return ConfigError(message, file=str(self.source), line=self.line_of(path), path=path)
+        """A ConfigError pointing at ``path`` in the file it was read from (or "built-in defaults")."""
+        file, line = self.where(path)
+        return ConfigError(message, file=file, line=line, path=path)
 
 
 TOP_KEYS = ("monitoring", "alerts", "parsers", "aliases", "scrape", "collectors", "metrics")
@@ -167,11 +172,17 @@ RULE_KEYS = ("condition", "severity", "channels", "for", "keep_firing_for", "lab
 
 
 class _Checker:
-    """Validation helpers bound to one raw config, so each error carries file, line and key path."""
+    """Validation helpers bound to one raw config, so each error carries file, line and key path.
 
-    def __init__(self, raw: RawConfig) -> None:
+    Why the fallbacks: a mistake is recorded and the check goes on with a stand-in value, so one pass
+    reports every mistake in the file (``build_config`` raises them together at the end, up to a bound); no Config is
+    ever built from a stand-in.
+    """
+
+    def __init__(self, raw: RawConfig, errors: list[ConfigError]) -> None:
         self.raw = raw
         self.file = str(raw.source) if raw.source else "built-in defaults"
+        self.errors = errors
 
     def fail(self, path: str, message: str) -> ConfigError:
         line = None
@@ -181,67 +192,76 @@ class _Checker:
             probe = probe.rsplit(".", 1)[0] if "." in probe else ""
         return ConfigError(message, file=self.file, line=line, path=path)
 
+    def report(self, path: str, message: str) -> None:
+        self.errors.append(self.fail(path, message))
+
+    def _bad(self, path: str, message: str, fallback: Any) -> Any:
+        self.report(path, message)
+        return fallback
+
     def mapping(self, value: Any, path: str, allowed: tuple[str, ...] | None = None) -> dict[str, Any]:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            raise self.fail(path, f"expected a mapping (got {_show(value)})")
-        if allowed is not None:
-            for key in value:
-                if key not in allowed:
-                    hint = difflib.get_close_matches(key, allowed, n=1)
-                    extra = f' (did you mean "{hint[0]}"?)' if hint else f" (known: {', '.join(allowed)})"
-                    raise self.fail(f"{path}.{key}" if path else key, f"unknown key{extra}")
-        return value
+            return self._bad(path, f"expected a mapping (got {_show(value)})", {})
+        if allowed is None:
+            return value
+        for key in value:
+            if key not in allowed:
+                hint = difflib.get_close_matches(key, allowed, n=1)
+                extra = f' (did you mean "{hint[0]}"?)' if hint else f" (known: {', '.join(allowed)})"
+                self.report(f"{path}.{key}" if path else key, f"unknown key{extra}")
+        return {key: item for key, item in value.items() if key in allowed}
 
     def number(self, value: Any, path: str, *, lo: float | None = None, hi: float | None = None) -> float:
+        fallback = lo if lo is not None else 0.0
         number = _as_number(value)
         if number is None:
-            raise self.fail(path, f"expected a number (got {_show(value)})")
+            return self._bad(path, f"expected a number (got {_show(value)})", fallback)
         if not math.isfinite(number):
-            raise self.fail(path, f"must be finite (got {_show(value)})")
+            return self._bad(path, f"must be finite (got {_show(value)})", fallback)
         if lo is not None and number < lo:
-            raise self.fail(path, f"must be at least {lo:g} (got {_show(value)})")
+            return self._bad(path, f"must be at least {lo:g} (got {_show(value)})", fallback)
         if hi is not None and number > hi:
-            raise self.fail(path, f"must be at most {hi:g} (got {_show(value)})")
+            return self._bad(path, f"must be at most {hi:g} (got {_show(value)})", fallback)
         return number
 
     def ratio(self, value: Any, path: str) -> float:
         number = self.number(value, path)
         if not 0.0 <= number <= 1.0:
-            raise self.fail(path, f"ratios are 0..1, e.g. 0.80 for 80 % (got {_show(value)})")
+            return self._bad(path, f"ratios are 0..1, e.g. 0.80 for 80 % (got {_show(value)})", 0.0)
         return number
 
     def integer(self, value: Any, path: str, *, lo: int = 0) -> int:
         number = self.number(value, path, lo=lo)
         if number != int(number):
-            raise self.fail(path, f"expected a whole number (got {_show(value)})")
+            return self._bad(path, f"expected a whole number (got {_show(value)})", lo)
         return int(number)
 
     def boolean(self, value: Any, path: str) -> bool:
         if not isinstance(value, bool):
-            raise self.fail(path, f"expected true or false (got {_show(value)})")
+            return self._bad(path, f"expected true or false (got {_show(value)})", False)
         return value
 
     def string(self, value: Any, path: str) -> str:
         if not isinstance(value, str) or not value.strip():
-            raise self.fail(path, f"expected a non-empty string (got {_show(value)})")
+            return self._bad(path, f"expected a non-empty string (got {_show(value)})", "?")
         return value
 
     def duration(self, value: Any, path: str, *, positive: bool = False) -> float:
         try:
             seconds = parse_duration(value, path=path)
         except ConfigError as exc:
-            raise self.fail(path, exc.message) from None
+            return self._bad(path, exc.message, 1.0)
         if positive and seconds <= 0:
-            raise self.fail(path, f"must be more than 0 (got {_show(value)})")
+            return self._bad(path, f"must be more than 0 (got {_show(value)})", 1.0)
         return seconds
 
     def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str:
         if value not in choices:
             hint = difflib.get_close_matches(str(value), choices, n=1)
             extra = f' (did you mean "{hint[0]}"?)' if hint else ""
-            raise self.fail(path, f"must be one of {', '.join(choices)}{extra} (got {_show(value)})")
+            return self._bad(path, f"must be one of {', '.join(choices)}{extra} (got {_show(value)})", choices[0])
         return value
 
     def string_list(self, value: Any, path: str) -> tuple[str, ...]:
@@ -250,7 +270,7 @@ class _Checker:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list):
-            raise self.fail(path, f"expected a list (got {_show(value)})")
+            return self._bad(path, f"expected a list (got {_show(value)})", ())
         return tuple(self.string(item, f"{path}[{i}]") for i, item in enumerate(value))
 
     def string_map(self, value: Any, path: str) -> dict[str, str]:
@@ -258,7 +278,8 @@ class _Checker:
         out: dict[str, str] = {}
         for key, item in mapping.items():
             if isinstance(item, (dict, list)) or item is None:
-                raise self.fail(f"{path}.{key}", f"expected a string (got {_show(item)})")
+                self.report(f"{path}.{key}", f"expected a string (got {_show(item)})")
+                continue
             out[str(key)] = str(item)
         return out
 
@@ -283,31 +304,45 @@ def _show(value: Any) -> str:
 
 
 def build_config(raw: RawConfig, defaults: RawConfig) -> Config:
-    """Validate ``raw`` (a user's file) over ``defaults`` (the shipped example) into a Config."""
-    check = _Checker(raw)
+    """Validate ``raw`` (a user's file) over ``defaults`` (the shipped example) into a Config.
+
+    Every mistake is listed (up to ``errors.MAX_ERRORS``); a section whose shape is wrong (a list where a
+    mapping belongs) stops the check there, as its keys cannot be looked at.
+    """
+    errors: list[ConfigError] = []
+    check = _Checker(raw, errors)
     data = check.mapping(raw.data, "", TOP_KEYS)
     base = defaults.data
     monitoring = _monitoring(check, _merge(base.get("monitoring", {}), data.get("monitoring")))
     # Why not merged: a user who writes their own rules or channels wants exactly those.
-    alerts_raw = data["alerts"] if "alerts" in data else base.get("alerts", {})
-    if "alerts" not in data:
-        check = _Checker(defaults)
-    alerts = _alerts(check, alerts_raw)
-    check = _Checker(raw)
+    alerts_from = raw if "alerts" in data else defaults
+    alerts = _alerts(_Checker(alerts_from, errors), data["alerts"] if "alerts" in data else base.get("alerts", {}))
     parsers = _parsers(check, data.get("parsers"))
     aliases = check.string_map(data.get("aliases"), "aliases")
     scrape = check.string_list(data.get("scrape"), "scrape")
     collectors = check.string_list(data.get("collectors"), "collectors")
     for i, spec in enumerate(collectors):
         if ":" not in spec:
-            raise check.fail(f"collectors[{i}]", f'expected "package.module:ClassName" (got {spec!r})')
+            check.report(f"collectors[{i}]", f'expected "package.module:ClassName" (got {spec!r})')
     metrics = check.string_list(data.get("metrics"), "metrics")
     for i, name in enumerate(metrics):
         if not _METRIC_NAME.fullmatch(name):
-            raise check.fail(f"metrics[{i}]", f"expected a metric name like tokens_per_second (got {name!r})")
+            check.report(f"metrics[{i}]", f"expected a metric name like tokens_per_second (got {name!r})")
+    raise_errors(errors)
     lines = dict(raw.lines) if raw.source else dict(defaults.lines)
-    source = raw.source
-    return Config(monitoring, alerts, parsers, aliases, scrape, collectors, source, lines, tuple(metrics))
+    return Config(
+        monitoring,
+        alerts,
+        parsers,
+        aliases,
+        scrape,
+        collectors,
+        raw.source,
+        lines,
+        tuple(metrics),
+        alerts_source=alerts_from.source,
+        alerts_lines=dict(alerts_from.lines),
+    )
 
 
 _METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_:]*")  # as a condition spells a metric
@@ -327,6 +362,8 @@ def _monitoring(check: _Checker, value: Any) -> Monitoring:
     thresholds = check.mapping(m.get("thresholds"), "monitoring.thresholds", tuple(THRESHOLD_KEYS))
     for section, keys in THRESHOLD_KEYS.items():
         check.mapping(thresholds.get(section), f"monitoring.thresholds.{section}", keys)
+    if not all(isinstance(thresholds.get(section), dict) for section in THRESHOLD_KEYS):
+        raise_errors(check.errors)  # a section that is not a mapping: its values cannot be looked at
     t = "monitoring.thresholds"
     mem, gpu = thresholds["memory"], thresholds["gpu"]
     train, inf = thresholds["training"], thresholds["inference"]
@@ -334,7 +371,7 @@ def _monitoring(check: _Checker, value: Any) -> Monitoring:
         check.ratio(mem["warning"], f"{t}.memory.warning"), check.ratio(mem["critical"], f"{t}.memory.critical")
     )
     if memory.warning > memory.critical:
-        raise check.fail(f"{t}.memory.warning", f"must not exceed memory.critical (got {memory.warning:g})")
+        check.report(f"{t}.memory.warning", f"must not exceed memory.critical (got {memory.warning:g})")
     export_format = check.choice(m["export_format"], "monitoring.export_format", EXPORT_FORMATS)
     textfile = m.get("textfile_dir")
     refresh = check.duration(m["textfile_refresh"], "monitoring.textfile_refresh")
@@ -381,16 +418,16 @@ def _alerts(check: _Checker, value: Any) -> Alerts:
         path = f"alerts.rules.{name}"
         r = check.mapping(body, path, RULE_KEYS)
         if "condition" not in r:
-            raise check.fail(path, "missing key condition")
+            check.report(path, "missing key condition")
         rule_channels = check.string_list(r.get("channels"), f"{path}.channels")
         for i, ch in enumerate(rule_channels):
             if ch not in channels:
                 hint = difflib.get_close_matches(ch, list(channels), n=1)
                 extra = f' (did you mean "{hint[0]}"?)' if hint else ""
-                raise check.fail(f"{path}.channels[{i}]", f"no channel named {ch!r} in alerts.channels{extra}")
+                check.report(f"{path}.channels[{i}]", f"no channel named {ch!r} in alerts.channels{extra}")
         rules[name] = RuleConfig(
             name=name,
-            condition=check.string(r["condition"], f"{path}.condition"),
+            condition=check.string(r.get("condition"), f"{path}.condition") if "condition" in r else "?",
             severity=check.choice(r.get("severity", "warning"), f"{path}.severity", SEVERITIES),
             channels=rule_channels,
             for_=check.duration(r.get("for", 0), f"{path}.for"),
@@ -399,6 +436,8 @@ def _alerts(check: _Checker, value: Any) -> Alerts:
             annotations=check.string_map(r.get("annotations"), f"{path}.annotations"),
             enabled=check.boolean(r.get("enabled", True), f"{path}.enabled"),
             line=check.raw.lines.get(path),
+            file=check.file,
+            condition_line=check.raw.lines.get(f"{path}.condition"),
         )
     builtin = {
         str(k): check.boolean(v, f"alerts.builtin.{k}")
@@ -412,7 +451,7 @@ def _parsers(check: _Checker, value: Any) -> tuple[ParserConfig, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise check.fail("parsers", f"expected a list of {{pattern: REGEX}} (got {_show(value)})")
+        return check._bad("parsers", f"expected a list of {{pattern: REGEX}} (got {_show(value)})", ())
     out = []
     for i, item in enumerate(value):
         path = f"parsers[{i}]"
@@ -423,8 +462,9 @@ def _parsers(check: _Checker, value: Any) -> tuple[ParserConfig, ...]:
         try:
             pattern = re.compile(text)
         except re.error as exc:
-            raise check.fail(f"{path}.pattern", f"invalid regular expression: {exc}") from None
+            check.report(f"{path}.pattern", f"invalid regular expression: {exc}")
+            continue
         if not pattern.groupindex:
-            raise check.fail(f"{path}.pattern", "needs named groups, e.g. (?P<loss>[0-9.e+-]+)")
+            check.report(f"{path}.pattern", "needs named groups, e.g. (?P<loss>[0-9.e+-]+)")
         out.append(ParserConfig(pattern, check.raw.lines.get(path)))
     return tuple(out)

@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from llamamon import catalog
-from llamamon.errors import RuleError
+from llamamon.errors import ConfigError, RuleError, raise_errors
 from llamamon.rules import lang, template
 from llamamon.rules.engine import Rule
 
 if TYPE_CHECKING:
-    from llamamon.config import Config
+    from llamamon.config import Config, RuleConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +166,8 @@ def builtin_rules(cfg: Config) -> list[Rule]:
         for path, value in values.items():
             text = text.replace("{" + path + "}", value)
         where = f"thresholds.{b.uses[0]}" if b.uses else "always on"
-        line = cfg.line_of(f"monitoring.thresholds.{b.uses[0]}") if b.uses and cfg.source else None
+        # Only a threshold the user's file sets is located in it; the others are the defaults' values.
+        line = cfg.lines.get(f"monitoring.thresholds.{b.uses[0]}") if b.uses and cfg.source else None
         source = f"built-in ({where}"
         source += f", {cfg.source}:{line})" if line else ")"
         rules.append(
@@ -210,13 +211,18 @@ def rules_from_config(
     for messages); asked only about names nothing else knows, so a config of catalog names reads no data.
     """
     known = known_metrics(cfg) | set(extra_names)
-    file = str(cfg.source) if cfg.source else "built-in defaults"
     parsed = []
+    errors: list[ConfigError] = []
     for name, rc in cfg.alerts.rules.items():
         path = f"alerts.rules.{name}.condition"
-        line = cfg.line_of(path) or rc.line
-        cond = lang.parse(rc.condition, file=file, line=line, path=path, aliases=cfg.aliases)
-        parsed.append((name, rc, cond, path, line))
+        try:
+            cond = lang.parse(
+                rc.condition, file=rc.file, line=rc.condition_line or rc.line, path=path, aliases=cfg.aliases
+            )
+        except RuleError as exc:
+            errors.append(exc)  # every rule's mistake in one pass, as the config's own are
+            continue
+        parsed.append((name, rc, cond, path, rc.condition_line or rc.line))
     unknown = {
         n for _, _, cond, _, _ in parsed for sel in lang.selectors(cond.tree) for n in (sel.name, sel.metric)
     } - known
@@ -225,27 +231,10 @@ def rules_from_config(
     own: list[Rule] = []
     for name, rc, cond, path, line in parsed:
         try:
-            lang.check_names(cond, known, file=file, line=line, path=path)
-        except RuleError:
-            # Why a second look: the suggestion may be a name the job recorded (a typo of tokens_per_second),
-            # and the message says where names come from; only this error path lists every stored name.
-            everything = known | (recorded(None) if recorded is not None else set())
-            where = f"not recorded in {recorded_where}, " if recorded_where else ""
-            lang.check_names(
-                cond,
-                everything,
-                file=file,
-                line=line,
-                path=path,
-                unknown_hint=f"not in the catalog, {where}not declared under `metrics:` in the config",
-            )
-            raise
-        for kind, mapping in (("labels", rc.labels), ("annotations", rc.annotations)):
-            for key, text in mapping.items():
-                try:
-                    template.check(text)
-                except template.TemplateError as exc:
-                    raise cfg.error(f"alerts.rules.{name}.{kind}.{key}", str(exc)) from None
+            _check_rule(cfg, name, rc, cond, path, line, known, recorded, recorded_where)
+        except ConfigError as exc:
+            errors.append(exc)
+            continue
         own.append(
             Rule(
                 name=name,
@@ -256,9 +245,46 @@ def rules_from_config(
                 keep_firing_for=rc.keep_firing_for,
                 labels=dict(rc.labels),
                 annotations=dict(rc.annotations),
-                source=f"{file}:{rc.line}" if rc.line else file,
+                source=f"{rc.file}:{rc.line}" if rc.line else rc.file,
                 enabled=rc.enabled,
             )
         )
+    raise_errors(errors)
     names = {r.name for r in own}
     return own + [r for r in builtin_rules(cfg) if r.name not in names]
+
+
+def _check_rule(
+    cfg: Config,
+    name: str,
+    rc: RuleConfig,
+    cond: lang.Condition,
+    path: str,
+    line: int | None,
+    known: set[str],
+    recorded: Callable[[set[str] | None], set[str]] | None,
+    recorded_where: str | None,
+) -> None:
+    """A parsed rule's metric names and its label and annotation templates; raises its first mistake."""
+    try:
+        lang.check_names(cond, known, file=rc.file, line=line, path=path)
+    except RuleError:
+        # Why a second look: the suggestion may be a name the job recorded (a typo of tokens_per_second),
+        # and the message says where names come from; only this error path lists every stored name.
+        everything = known | (recorded(None) if recorded is not None else set())
+        where = f"not recorded in {recorded_where}, " if recorded_where else ""
+        lang.check_names(
+            cond,
+            everything,
+            file=rc.file,
+            line=line,
+            path=path,
+            unknown_hint=f"not in the catalog, {where}not declared under `metrics:` in the config",
+        )
+        raise
+    for kind, mapping in (("labels", rc.labels), ("annotations", rc.annotations)):
+        for key, text in mapping.items():
+            try:
+                template.check(text)
+            except template.TemplateError as exc:
+                raise cfg.error(f"alerts.rules.{name}.{kind}.{key}", str(exc)) from None
