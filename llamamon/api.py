@@ -177,6 +177,7 @@ class _Destination:
 
     def _start_run(self, host: str, config: Any) -> RunInfo:
         from llamamon import __version__
+        from llamamon.masking import mask_command
         from llamamon.store.runs import new_run_id, write_run
 
         start = time.time()
@@ -186,7 +187,7 @@ class _Destination:
             host=host,
             start=start,
             tags=tags,
-            command=[sys.executable, *sys.argv],
+            command=mask_command([sys.executable, *sys.argv], config.monitoring.secret_options if config else ()),
             cwd=os.getcwd(),
             user=_user(),
             pid=os.getpid(),

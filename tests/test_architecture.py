@@ -16,6 +16,7 @@ LEAF = (
     "llamamon.samples",
     "llamamon.severity",
     "llamamon.fsutil",
+    "llamamon.masking",
 )
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     **{leaf: ("llamamon.",) for leaf in LEAF},

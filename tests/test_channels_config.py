@@ -15,10 +15,10 @@ from llamamon.channels.alertmanager import alertmanager_alerts
 from llamamon.channels.base import BaseChannel, RetryPolicy
 from llamamon.channels.dispatch import Dispatcher
 from llamamon.channels.email import parse_server
-from llamamon.channels.masking import mask_secret, mask_url, masked_options, scrub
 from llamamon.channels.registry import build_channel, build_channels
 from llamamon.config.loader import UnsetVariable
 from llamamon.errors import ConfigError
+from llamamon.masking import mask_secret, mask_url, masked_options, scrub
 from llamamon.samples import AlertEvent, make_labels
 
 SLACK_URL = "https://hooks.slack.com/services/T0ABCDEF/B0GHIJKL/abcdefSECRETxyz"

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from llamamon.channels.base import BaseChannel, RetryPolicy
-from llamamon.channels.masking import mask_url
 from llamamon.channels.options import OptionReader
 from llamamon.channels.render import alert_annotations, alert_labels, timestamp
 from llamamon.channels.transport import post_json
+from llamamon.masking import mask_url
 from llamamon.samples import AlertEvent
 
 API_PATH = "/api/v2/alerts"

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
-from llamamon.channels.masking import scrub
 from llamamon.channels.options import OptionReader
+from llamamon.masking import scrub
 from llamamon.samples import AlertEvent
 from llamamon.units import format_duration
 

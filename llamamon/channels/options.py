@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from llamamon.channels.masking import is_secret_key
 from llamamon.errors import ConfigError
+from llamamon.masking import is_secret_key
 from llamamon.units import parse_duration
 
 _MISSING = object()

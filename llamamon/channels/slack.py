@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from llamamon.channels.base import BaseChannel, RetryPolicy
-from llamamon.channels.masking import mask_url
 from llamamon.channels.options import OptionReader
 from llamamon.channels.render import colour, fields, headline, title
 from llamamon.channels.transport import post_json
+from llamamon.masking import mask_url
 from llamamon.samples import AlertEvent
 
 # Why: Slack truncates messages with more than 100 attachments and recommends far fewer.

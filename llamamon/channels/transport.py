@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from llamamon import __version__
 from llamamon.channels.base import DeliveryFailed
-from llamamon.channels.masking import mask_url
+from llamamon.masking import mask_url
 
 _RETRY_STATUS = frozenset({408, 425, 429})
 _BODY_SHOWN = 200

@@ -67,6 +67,7 @@ class Monitoring:
     textfile_refresh: float
     retention: float | None
     thresholds: Thresholds
+    secret_options: tuple[str, ...] = ()  # more options whose value record masks, beside --*token* & co.
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +161,7 @@ MONITORING_KEYS = (
     "textfile_refresh",
     "retention",
     "thresholds",
+    "secret_options",
 )
 THRESHOLD_KEYS = {
     "memory": ("warning", "critical"),
@@ -376,6 +378,10 @@ def _monitoring(check: _Checker, value: Any) -> Monitoring:
     textfile = m.get("textfile_dir")
     refresh = check.duration(m["textfile_refresh"], "monitoring.textfile_refresh")
     retention = m.get("retention")
+    secret_options = check.string_list(m.get("secret_options"), "monitoring.secret_options")
+    for i, option in enumerate(secret_options):
+        if not option.startswith("-") or "=" in option:
+            check.report(f"monitoring.secret_options[{i}]", f"expected an option such as --hf-auth (got {option!r})")
     return Monitoring(
         enabled=check.boolean(m["enabled"], "monitoring.enabled"),
         update_frequency=check.duration(m["update_frequency"], "monitoring.update_frequency", positive=True),
@@ -401,6 +407,7 @@ def _monitoring(check: _Checker, value: Any) -> Monitoring:
                 check.number(inf["batch_queue_max"], f"{t}.inference.batch_queue_max", lo=0),
             ),
         ),
+        secret_options=secret_options,
     )
 
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from llamamon import __version__, catalog
 from llamamon.errors import ConfigError
+from llamamon.masking import mask_command
 from llamamon.runtime.child import Child, ChildResult
 from llamamon.runtime.job_rows import JobJournalTail
 from llamamon.runtime.output_claim import ENV as OUTPUT_CLAIM_ENV
@@ -126,7 +127,7 @@ class Recorder:
             start=start,
             name=sanitize_run_name(options.name) if options.name else None,
             tags=dict(options.tags),
-            command=list(options.command),
+            command=mask_command(options.command, config.monitoring.secret_options),
             cwd=os.getcwd(),
             user=_user(),
             python_version=platform.python_version(),

@@ -1,7 +1,9 @@
 """Keep webhook URLs, passwords and tokens out of every string llamamon prints, logs or stores.
 
 Every ``str``/``repr``, log line and error message of a channel goes through these functions; a
-channel also scrubs its raw secrets out of any third-party error text before passing it on.
+channel also scrubs its raw secrets out of any third-party error text before passing it on. A recorded
+job's command line goes through :func:`mask_command` before the run's metadata is written, so nothing
+that shows a run (``runs``, the reports, the store) ever has the secret to show.
 """
 
 from __future__ import annotations
@@ -76,3 +78,47 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
         text = text.replace(secret, mask_secret(secret))
     # Why: credentials written into a URL (https://user:pass@host) must go even if not listed as secrets.
     return re.sub(r"(\w+://)[^/\s:@]+:[^/\s@]+@", r"\1" + MASK + "@", text)
+
+
+# Command-line options whose value is a secret: --api-key, --hf_token, --client-secret, --db-password …
+_SECRET_OPTION = re.compile(r"--?[\w.-]*(?:key|token|secret|password|passwd)[\w.-]*", re.IGNORECASE)
+# NAME=value arguments (``env HF_TOKEN=… python train.py``) with a secret-looking NAME.
+_SECRET_ASSIGNMENT = re.compile(r"([A-Za-z_][\w.-]*(?:key|token|secret|password|passwd)[\w.-]*=).+", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(r"(\w[\w+.-]*://[^/\s:@]+:)[^/\s@]+@")
+_SECRET_QUERY = re.compile(
+    r"([?&;][^=&\s#]*(?:key|token|secret|password|passwd|signature|sig)[^=&\s#]*=)[^&\s#]*", re.IGNORECASE
+)
+
+
+def is_secret_option(option: str, extra: Iterable[str] = ()) -> bool:
+    """``--api-key``, ``-p`` (mysql's, and others'), any option named in ``extra`` (monitoring.secret_options)."""
+    return option == "-p" or option in extra or bool(_SECRET_OPTION.fullmatch(option))
+
+
+def mask_command(argv: Iterable[str], extra: Iterable[str] = ()) -> list[str]:
+    """``argv`` with the values of secret options, ``NAME=value`` secrets, URL passwords and ``token=``
+    query values replaced by ``***``; the job itself still gets its real arguments.
+
+    The value of ``--token VALUE`` is the next argument unless that is another long option (``--x``); a
+    short one (``-abc``) may be a password, so it is masked too, except after ``-p``.
+    """
+    extra = frozenset(extra)
+    out: list[str] = []
+    hide_next: str | None = None
+    for arg in argv:
+        if hide_next is not None:
+            option, hide_next = hide_next, None
+            if not arg.startswith("--") and not (option == "-p" and arg.startswith("-")):
+                out.append(MASK)
+                continue
+        name, eq, _ = arg.partition("=")
+        if arg.startswith("-") and is_secret_option(name, extra):
+            if eq:
+                out.append(f"{name}={MASK}")
+                continue
+            hide_next = arg
+        elif not arg.startswith("-") and _SECRET_ASSIGNMENT.fullmatch(arg):
+            out.append(_SECRET_ASSIGNMENT.sub(r"\1" + MASK, arg))
+            continue
+        out.append(_SECRET_QUERY.sub(r"\1" + MASK, _URL_CREDENTIALS.sub(r"\1" + MASK + "@", arg)))
+    return out
