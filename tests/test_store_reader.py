@@ -86,3 +86,22 @@ def test_many_files_scan_uses_cached_footers(metrics_dir):
     assert len(files) == 30
     assert all(str(f) in reader._verdicts for f in files)
     assert scan(metrics_dir).select("value").collect()["value"].sum() == sum(range(30))
+
+
+def test_stored_ticks_counts_a_recorders_ticks_in_parquet_and_in_its_live_journal(metrics_dir):
+    def tick(t: float) -> list[Row]:
+        return [Row(t, "system", "cpu_usage", 0.5), Row(t, "system", "memory_used", 1e9), Row(t, "process", "x", 1)]
+
+    writer = StoreWriter(metrics_dir, RUN, "h", flush_interval=3600)
+    try:
+        for i in range(3):
+            writer.append(tick(T0 + i))
+        writer.flush()  # three ticks in Parquet
+        writer.append([Row(T0 + 2.5, "training", "loss", 0.1, step=7)])  # a job line: not a tick
+        for i in range(3, 5):
+            writer.append(tick(T0 + i))  # two in the writer's live journal
+        assert reader.stored_ticks(metrics_dir, RUN) == 5
+        assert reader.stored_ticks(metrics_dir, "20261127T120000Z-testhost-ffff") == 0
+    finally:
+        writer.close()
+    assert reader.stored_ticks(metrics_dir, RUN) == 5

@@ -46,6 +46,14 @@ def runs_command(
         runs = runs[-limit:]
     live = live_runs(folder) if any(run.end is None for run in runs) else set()
     sizes = store_stats(folder).run_bytes if runs else {}
+    samples = {run.id: run.samples for run in runs}
+    # A recording that has not ended (killed, or still going) wrote no count yet: count its ticks on disk.
+    # Only then is polars imported and anything read, so listing finished runs stays quick.
+    unended = [run.id for run in runs if run.end is None and run.source == "record"]
+    if unended:
+        from llamamon.store.reader import stored_ticks
+
+        samples.update((run_id, stored_ticks(folder, run_id)) for run_id in unended)
 
     def status(run: RunInfo) -> str:
         if run.end is not None:
@@ -67,7 +75,7 @@ def runs_command(
                     "signal": run.signal,
                     "host": run.host,
                     "command": run.command,
-                    "samples": run.samples,
+                    "samples": samples[run.id],
                     "size_bytes": sizes.get(run.id, 0),
                     "tags": run.tags,
                     "source": run.source,
@@ -87,7 +95,7 @@ def runs_command(
             format_duration(run.duration) if run.duration is not None else "-",
             status(run),
             run.host,
-            str(run.samples),
+            str(samples[run.id]),
             format_bytes(sizes.get(run.id, 0)),
             shlex.join(run.command) if run.command else "-",
         )

@@ -3,9 +3,12 @@
 Threads: the main thread runs the child (its I/O pass-through and signal forwarding, see child.py) so the
 job's output never waits for a sample; a sampler thread runs an asyncio loop with the collectors on the
 ticker and appends rows to the store writer (which journals them at once and writes Parquet every 30 s,
-on the sampler thread, so pyarrow's import and conversion never stall the job's output either). The rows
-a run has not written as Parquet by its end are folded by a helper forked at start, which imports pyarrow
-on another core meanwhile (fold_helper.py), so a short run's exit does not wait for that import.
+on the sampler thread, so pyarrow's import and conversion never stall the job's output either). The metric
+lines parsed from the job's output are journaled by the same loop a few times per interval, on their own
+schedule, so a ``kill -9`` of ``record`` loses well under an interval of them however long the collectors
+take. The rows a run has not written as Parquet by its end are folded by a helper forked at start, which
+imports pyarrow on another core meanwhile (fold_helper.py), so a short run's exit does not wait for that
+import.
 """
 
 from __future__ import annotations
@@ -56,6 +59,11 @@ FLUSH_INTERVAL_S = 30.0
 # is left for `llamamon compact`.
 COMPACT_AT_EXIT_FILES = 500
 COMPACT_AT_EXIT_BYTES = 8 << 20
+# The job's parsed metric lines are journaled this many times per interval, and at least every second: a
+# kill -9 loses only what was parsed since. Why not at the tick alone: its collectors (NVML, a scrape up to
+# its timeout) may take most of an interval, and rows waiting for them in memory are what a kill loses.
+OUTPUT_JOURNALS_PER_INTERVAL = 4
+OUTPUT_JOURNAL_MAX_S = 1.0
 
 
 @dataclass
@@ -142,6 +150,7 @@ class Recorder:
         self.scrapers = _scrapers(config, options.scrape, interval)
         self.parsers = _output_parsers(config) if options.parse else {}
         self.parsed: collections.deque[Sample] = collections.deque()
+        self._journaled_output: list[Row] = []  # parsed rows journaled since the last tick, for its alerts and .prom
         self.claim: OutputClaim | None = None  # where the job may say that it logs what it prints
         self.samples = 0
         self._failed: set[str] = set()
@@ -291,6 +300,8 @@ class Recorder:
         describe = asyncio.ensure_future(asyncio.to_thread(self._describe))
         collectors: list[MetricsCollector] = []
         fold: asyncio.Future[None] | None = None
+        # Started before the collectors open (NVML's start-up can take a second): the job prints meanwhile.
+        output = asyncio.ensure_future(self._journal_output(writer)) if self.parsers else None
         try:
             collectors = await self._open_collectors(pid, born)
             ticker = Ticker(self.interval)
@@ -323,6 +334,10 @@ class Recorder:
             if ticker.skipped:
                 log.debug("%d ticks skipped because sampling overran the interval", ticker.skipped)
         finally:
+            if output is not None:
+                output.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await output
             await describe  # never raises: _describe reports its own failure
             if fold is not None:
                 await fold  # never raises: _fold_job_journals reports its own failure
@@ -379,17 +394,13 @@ class Recorder:
         from llamamon.collectors.custom import run_custom
 
         now = self._stamps(time.time())
+        self._store_output(writer, now)  # before the collectors, which may take most of an interval
         rows: list[Row] = []
         # User collectors run on their own loops, at most one interval each, all at once: one that raises
         # or hangs is reported once and skipped (collectors/custom.py).
         custom = await asyncio.gather(*(run_custom(c, self.interval) for c in self.user_collectors))
         for collector, samples in zip(self.user_collectors, custom, strict=True):
             rows.extend(_rows(samples, collector.group, now))
-        claimed = self.claim.check() if self.claim is not None and self.parsed else None
-        while self.parsed:
-            sample = self.parsed.popleft()
-            if claimed is None or (sample.time if sample.time is not None else now) < claimed:
-                rows.extend(_rows([sample], "custom", now))
         for collector in collectors:
             try:
                 samples = normalize(await collector.collect(), collector.name)
@@ -407,21 +418,50 @@ class Recorder:
                     groups[sample.metric] = group = collector.group if group == "custom" else group
                 time_ = sample.time if sample.time is not None else now
                 rows.append(Row(time_, group, sample.metric, sample.value, sample.labels, sample.step))
+        output, self._journaled_output = self._journaled_output, []
         if self.alerts is not None:
-            rows.extend(self.alerts.on_tick(rows, now))  # evaluates beside the sampler, never inside its tick
+            # Evaluates beside the sampler, never inside its tick.
+            rows.extend(self.alerts.on_tick([*output, *rows], now))
         if self._textfile is not None:
             # The job's journal is only read when the file is rewritten: poll() returns every row since the last.
             due = self._textfile.due()
             job_rows = self._job_rows.poll() if self._job_rows is not None and due else []
-            self._export(lambda: self._textfile.write([*rows, *job_rows]))
+            self._export(lambda: self._textfile.write([*output, *rows, *job_rows]))
+        if self._append(writer, rows):
+            self.samples += 1
+
+    async def _journal_output(self, writer: StoreWriter) -> None:
+        """Journal the job's parsed metric lines on their own schedule, until cancelled (see
+        OUTPUT_JOURNALS_PER_INTERVAL); the GPU and scrape collectors wait in threads, so this runs meanwhile."""
+        period = min(self.interval / OUTPUT_JOURNALS_PER_INTERVAL, OUTPUT_JOURNAL_MAX_S)
+        while True:
+            await asyncio.sleep(period)
+            self._store_output(writer, time.time())
+
+    def _store_output(self, writer: StoreWriter, now: float) -> None:
+        """Journal the metric lines parsed since the last call (not those the job printed after claiming its
+        output). They are kept for the next tick too: its alerts and .prom file see every row of the interval."""
+        if not self.parsed:
+            return
+        claimed = self.claim.check() if self.claim is not None else None
+        samples = []
+        while self.parsed:
+            sample = self.parsed.popleft()
+            if claimed is None or (sample.time if sample.time is not None else now) < claimed:
+                samples.append(sample)
+        rows = _rows(samples, "custom", now)
+        self._journaled_output.extend(rows)
+        self._append(writer, rows)
+
+    def _append(self, writer: StoreWriter, rows: list[Row]) -> bool:
         try:
             writer.append(rows)
         except Exception as exc:  # noqa: BLE001 - a full disk must not kill the job; say so once
             if "store" not in self._failed:
                 self._failed.add("store")
                 log.error("writing samples failed: %s (logged once; the job goes on)", exc)
-            return
-        self.samples += 1
+            return False
+        return True
 
     def _open_textfile(self) -> TextfileWriter | None:
         """The .prom file for node_exporter's textfile collector, unless monitoring.export_format is none."""

@@ -17,6 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from llamamon.store import parquet
+from llamamon.store.journal import segment_paths, tail_segment
 from llamamon.store.layout import is_data_file, iter_partitions, utc_date
 
 log = logging.getLogger("llamamon.store")
@@ -131,6 +132,21 @@ def scan(
     if since_ts is not None:
         frame = frame.filter(pl.col("time") >= datetime.fromtimestamp(since_ts, tz=timezone.utc))
     return frame
+
+
+def stored_ticks(metrics_dir: str | os.PathLike[str], run_id: str) -> int:
+    """How many of a recorder's ticks are on disk, in Parquet and in the journal: its system rows' distinct times.
+
+    Why: a run whose ``record`` was killed (or still runs) has no sample count in its metadata yet, and every
+    tick stores its system rows at the tick's one time. Distinct times, because a segment being flushed is
+    for a moment in Parquet and in the journal at once.
+    """
+    stored = scan(metrics_dir, groups=["system"], runs=[run_id]).select(pl.col("time").dt.epoch("us").unique())
+    ticks = set(stored.collect().to_series().to_list())
+    for path in segment_paths(Path(metrics_dir), run_id):
+        _header, rows, _blocks, _offset = tail_segment(path)  # the recorder writes row lines, never blocks
+        ticks.update(round(row.time * 1_000_000) for row in rows if row.group == "system")
+    return len(ticks)
 
 
 def metric_names(
