@@ -101,25 +101,12 @@ def claim_output() -> None:
     """Tell ``llamamon record`` that this job reports its metrics through llamamon from now on, so the metric
     lines it prints are not parsed and stored a second time. ``LlamamonCallback`` calls it before the Trainer
     prints anything; call it yourself when the job prints what it also logs. Outside ``record``: nothing.
-
-    The first claim wins (``os.link`` does not replace), so a later rank cannot move the claim's time past
-    lines that rank 0 already printed.
     """
-    path = os.environ.get("LLAMAMON_OUTPUT_CLAIM")
-    if not path or os.path.exists(path):
-        return
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(repr(_time()))
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(tmp)
-    except OSError as exc:
-        logger.warning("llamamon.claim_output: cannot tell record that the job logs through llamamon: %s", exc)
+    from llamamon.runtime.output_claim import ENV, claim
+
+    path = os.environ.get(ENV)
+    if path:
+        claim(path)
 
 
 def record_rows(rows: Iterable[Row]) -> None:

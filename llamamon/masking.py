@@ -14,6 +14,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 MASK = "***"
+# scheme://user:password@ (groups: the scheme with its //, the user): a URL's credentials.
+_URL_CREDENTIALS = re.compile(r"(\w[\w+.-]*://)([^/\s:@]+):[^/\s@]+@")
 
 # Option keys whose whole value is a secret, and key fragments that mark one (api_key, auth_token …).
 SECRET_KEYS = frozenset({"webhook_url", "url", "password", "token", "headers", "external_url", "generator_url"})
@@ -77,17 +79,14 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     for secret in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):
         text = text.replace(secret, mask_secret(secret))
     # Why: credentials written into a URL (https://user:pass@host) must go even if not listed as secrets.
-    return re.sub(r"(\w+://)[^/\s:@]+:[^/\s@]+@", r"\1" + MASK + "@", text)
+    return _URL_CREDENTIALS.sub(r"\1" + MASK + "@", text)
 
 
-# Command-line options whose value is a secret: --api-key, --hf_token, --client-secret, --db-password …
-_SECRET_OPTION = re.compile(r"--?[\w.-]*(?:key|token|secret|password|passwd)[\w.-]*", re.IGNORECASE)
-# NAME=value arguments (``env HF_TOKEN=… python train.py``) with a secret-looking NAME.
-_SECRET_ASSIGNMENT = re.compile(r"([A-Za-z_][\w.-]*(?:key|token|secret|password|passwd)[\w.-]*=).+", re.IGNORECASE)
-_URL_CREDENTIALS = re.compile(r"(\w[\w+.-]*://[^/\s:@]+:)[^/\s@]+@")
-_SECRET_QUERY = re.compile(
-    r"([?&;][^=&\s#]*(?:key|token|secret|password|passwd|signature|sig)[^=&\s#]*=)[^&\s#]*", re.IGNORECASE
-)
+# Words that make a command-line name a secret's: --api-key, --hf_token, HF_TOKEN=…, ?access_token=…
+_WORDS = "key|token|secret|password|passwd"
+_SECRET_OPTION = re.compile(rf"--?[\w.-]*(?:{_WORDS})[\w.-]*", re.IGNORECASE)
+_SECRET_ASSIGNMENT = re.compile(rf"([A-Za-z_][\w.-]*(?:{_WORDS})[\w.-]*=).+", re.IGNORECASE)  # env HF_TOKEN=…
+_SECRET_QUERY = re.compile(rf"([?&;][^=&\s#]*(?:{_WORDS}|signature|sig)[^=&\s#]*=)[^&\s#]*", re.IGNORECASE)
 
 
 def is_secret_option(option: str, extra: Iterable[str] = ()) -> bool:
@@ -120,5 +119,5 @@ def mask_command(argv: Iterable[str], extra: Iterable[str] = ()) -> list[str]:
         elif not arg.startswith("-") and _SECRET_ASSIGNMENT.fullmatch(arg):
             out.append(_SECRET_ASSIGNMENT.sub(r"\1" + MASK, arg))
             continue
-        out.append(_SECRET_QUERY.sub(r"\1" + MASK, _URL_CREDENTIALS.sub(r"\1" + MASK + "@", arg)))
+        out.append(_SECRET_QUERY.sub(r"\1" + MASK, _URL_CREDENTIALS.sub(r"\1\2:" + MASK + "@", arg)))
     return out

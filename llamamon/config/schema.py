@@ -94,8 +94,6 @@ class RuleConfig:
     annotations: dict[str, str]
     enabled: bool
     line: int | None = None
-    file: str = "built-in defaults"  # the file its lines are in: the user's, or the defaults it fell back to
-    condition_line: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,15 +138,20 @@ class Config:
         what came from them (no file, or a file without an alerts: section)."""
         alerts = path == "alerts" or path.startswith("alerts.")
         source, lines = (self.alerts_source, self.alerts_lines) if alerts else (self.source, self.lines)
-        probe = path
-        while probe and probe not in lines:
-            probe = probe.rsplit(".", 1)[0] if "." in probe else ""
-        return (str(source) if source else "built-in defaults"), lines.get(probe) if probe else None
+        return (str(source) if source else "built-in defaults"), _line_of(lines, path)
 
     def error(self, path: str, message: str) -> ConfigError:
         """A ConfigError pointing at ``path`` in the file it was read from (or "built-in defaults")."""
         file, line = self.where(path)
         return ConfigError(message, file=file, line=line, path=path)
+
+
+def _line_of(lines: dict[str, int], path: str) -> int | None:
+    """Line of ``path``, or of its nearest parent key that has one (a value inside a flow mapping has none)."""
+    probe = path
+    while probe and probe not in lines:
+        probe = probe.rsplit(".", 1)[0] if "." in probe else ""
+    return lines.get(probe) if probe else None
 
 
 TOP_KEYS = ("monitoring", "alerts", "parsers", "aliases", "scrape", "collectors", "metrics")
@@ -187,12 +190,7 @@ class _Checker:
         self.errors = errors
 
     def fail(self, path: str, message: str) -> ConfigError:
-        line = None
-        probe = path
-        while probe and line is None:
-            line = self.raw.lines.get(probe)
-            probe = probe.rsplit(".", 1)[0] if "." in probe else ""
-        return ConfigError(message, file=self.file, line=line, path=path)
+        return ConfigError(message, file=self.file, line=_line_of(self.raw.lines, path), path=path)
 
     def report(self, path: str, message: str) -> None:
         self.errors.append(self.fail(path, message))
@@ -443,8 +441,6 @@ def _alerts(check: _Checker, value: Any) -> Alerts:
             annotations=check.string_map(r.get("annotations"), f"{path}.annotations"),
             enabled=check.boolean(r.get("enabled", True), f"{path}.enabled"),
             line=check.raw.lines.get(path),
-            file=check.file,
-            condition_line=check.raw.lines.get(f"{path}.condition"),
         )
     builtin = {
         str(k): check.boolean(v, f"alerts.builtin.{k}")

@@ -215,23 +215,22 @@ def rules_from_config(
     errors: list[ConfigError] = []
     for name, rc in cfg.alerts.rules.items():
         path = f"alerts.rules.{name}.condition"
+        file, line = cfg.where(path)  # the condition's line, else its rule's; in the defaults if it came from them
         try:
-            cond = lang.parse(
-                rc.condition, file=rc.file, line=rc.condition_line or rc.line, path=path, aliases=cfg.aliases
-            )
+            cond = lang.parse(rc.condition, file=file, line=line, path=path, aliases=cfg.aliases)
         except RuleError as exc:
             errors.append(exc)  # every rule's mistake in one pass, as the config's own are
             continue
-        parsed.append((name, rc, cond, path, rc.condition_line or rc.line))
+        parsed.append((name, rc, cond, path, file, line))
     unknown = {
-        n for _, _, cond, _, _ in parsed for sel in lang.selectors(cond.tree) for n in (sel.name, sel.metric)
+        n for _, _, cond, *_ in parsed for sel in lang.selectors(cond.tree) for n in (sel.name, sel.metric)
     } - known
     if unknown and recorded is not None:
         known |= recorded(unknown)
     own: list[Rule] = []
-    for name, rc, cond, path, line in parsed:
+    for name, rc, cond, path, file, line in parsed:
         try:
-            _check_rule(cfg, name, rc, cond, path, line, known, recorded, recorded_where)
+            _check_rule(cfg, name, rc, cond, (file, line, path), known, recorded, recorded_where)
         except ConfigError as exc:
             errors.append(exc)
             continue
@@ -245,7 +244,7 @@ def rules_from_config(
                 keep_firing_for=rc.keep_firing_for,
                 labels=dict(rc.labels),
                 annotations=dict(rc.annotations),
-                source=f"{rc.file}:{rc.line}" if rc.line else rc.file,
+                source=f"{file}:{rc.line}" if rc.line else file,
                 enabled=rc.enabled,
             )
         )
@@ -259,15 +258,17 @@ def _check_rule(
     name: str,
     rc: RuleConfig,
     cond: lang.Condition,
-    path: str,
-    line: int | None,
+    where: tuple[str, int | None, str],
     known: set[str],
     recorded: Callable[[set[str] | None], set[str]] | None,
     recorded_where: str | None,
 ) -> None:
-    """A parsed rule's metric names and its label and annotation templates; raises its first mistake."""
+    """A parsed rule's metric names and its label and annotation templates; raises its first mistake.
+
+    ``where``: (file, line, key path) of its condition, for the messages."""
+    file, line, path = where
     try:
-        lang.check_names(cond, known, file=rc.file, line=line, path=path)
+        lang.check_names(cond, known, file=file, line=line, path=path)
     except RuleError:
         # Why a second look: the suggestion may be a name the job recorded (a typo of tokens_per_second),
         # and the message says where names come from; only this error path lists every stored name.
@@ -276,7 +277,7 @@ def _check_rule(
         lang.check_names(
             cond,
             everything,
-            file=rc.file,
+            file=file,
             line=line,
             path=path,
             unknown_hint=f"not in the catalog, {where}not declared under `metrics:` in the config",

@@ -254,11 +254,14 @@ class Recorder:
         """Called with each chunk of the job's output before it is passed on (the bytes are not changed)."""
         parser = self.parsers.get(stream)
         if parser is not None and (self.claim is None or self.claim.since is None):
-            self.parsed.extend(parser.feed(data))
+            self.parsed.extend(self._unclaimed(parser.feed(data)))
 
     def _close_parsers(self) -> None:
         for parser in self.parsers.values():
-            self.parsed.extend(parser.close())
+            self.parsed.extend(self._unclaimed(parser.close()))
+
+    def _unclaimed(self, samples: list[Sample]) -> list[Sample]:
+        return samples if self.claim is None else self.claim.keep(samples)
 
     def _finish(self, result: ChildResult, ended: float) -> None:
         self.info.end = ended
@@ -439,16 +442,11 @@ class Recorder:
             self._store_output(writer, time.time())
 
     def _store_output(self, writer: StoreWriter, now: float) -> None:
-        """Journal the metric lines parsed since the last call (not those the job printed after claiming its
-        output). They are kept for the next tick too: its alerts and .prom file see every row of the interval."""
+        """Journal the metric lines parsed since the last call. They are kept for the next tick too: its alerts
+        and .prom file see every row of the interval."""
         if not self.parsed:
             return
-        claimed = self.claim.check() if self.claim is not None else None
-        samples = []
-        while self.parsed:
-            sample = self.parsed.popleft()
-            if claimed is None or (sample.time if sample.time is not None else now) < claimed:
-                samples.append(sample)
+        samples = [self.parsed.popleft() for _ in range(len(self.parsed))]
         rows = _rows(samples, "custom", now)
         self._journaled_output.extend(rows)
         self._append(writer, rows)
