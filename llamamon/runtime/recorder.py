@@ -151,6 +151,8 @@ class Recorder:
         self.parsers = _output_parsers(config) if options.parse else {}
         self.parsed: collections.deque[Sample] = collections.deque()
         self._journaled_output: list[Row] = []  # parsed rows journaled since the last tick, for its alerts and .prom
+        self._output_wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None  # see _journal_output
+        self._output_signalled = False
         self.claim: OutputClaim | None = None  # where the job may say that it logs what it prints
         self.samples = 0
         self._failed: set[str] = set()
@@ -254,11 +256,22 @@ class Recorder:
         """Called with each chunk of the job's output before it is passed on (the bytes are not changed)."""
         parser = self.parsers.get(stream)
         if parser is not None and (self.claim is None or self.claim.since is None):
-            self.parsed.extend(self._unclaimed(parser.feed(data)))
+            self._parsed(self._unclaimed(parser.feed(data)))
 
     def _close_parsers(self) -> None:
         for parser in self.parsers.values():
-            self.parsed.extend(self._unclaimed(parser.close()))
+            self._parsed(self._unclaimed(parser.close()))
+
+    def _parsed(self, samples: list[Sample]) -> None:
+        """Queue parsed samples for the journal and wake its task, once until it has taken them."""
+        if not samples:
+            return
+        self.parsed.extend(samples)
+        wake = self._output_wake
+        if wake is not None and not self._output_signalled:
+            self._output_signalled = True
+            with contextlib.suppress(RuntimeError):  # the sampler's loop has closed: its last tick took the rest
+                wake[0].call_soon_threadsafe(wake[1].set)
 
     def _unclaimed(self, samples: list[Sample]) -> list[Sample]:
         return samples if self.claim is None else self.claim.keep(samples)
@@ -435,11 +448,18 @@ class Recorder:
 
     async def _journal_output(self, writer: StoreWriter) -> None:
         """Journal the job's parsed metric lines on their own schedule, until cancelled (see
-        OUTPUT_JOURNALS_PER_INTERVAL); the GPU and scrape collectors wait in threads, so this runs meanwhile."""
+        OUTPUT_JOURNALS_PER_INTERVAL); the GPU and scrape collectors wait in threads, so this runs meanwhile.
+        Woken by ``_parsed`` when lines wait, at most once a period: a job printing no metric lines costs the
+        sampler's loop no wake-ups."""
         period = min(self.interval / OUTPUT_JOURNALS_PER_INTERVAL, OUTPUT_JOURNAL_MAX_S)
+        waiting = asyncio.Event()
+        self._output_wake = (asyncio.get_running_loop(), waiting)
         while True:
-            await asyncio.sleep(period)
+            waiting.clear()
+            self._output_signalled = False  # after the clear: a line queued from here on wakes the next round
             self._store_output(writer, time.time())
+            await asyncio.sleep(period)
+            await waiting.wait()
 
     def _store_output(self, writer: StoreWriter, now: float) -> None:
         """Journal the metric lines parsed since the last call. They are kept for the next tick too: its alerts
