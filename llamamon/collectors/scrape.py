@@ -3,10 +3,10 @@
 Fetching is urllib with a timeout; parsing is ``llamamon.prometheus.text.parse``. Every series is stored
 as it is (name made store-safe, labels kept, plus ``instance``); well-known serving series are also
 mapped onto the catalog: gauges directly, counters as per-second rates, prefix-cache counters as a hit
-ratio, and latency histograms as percentiles of the requests that finished *in the interval* (bucket
-deltas, like ``histogram_quantile(rate(...))``). A counter that goes down means the server restarted:
-its new value is the increase. An endpoint that is down, slow or serves garbage is reported once per
-kind of trouble and the recording goes on.
+ratio, failed or aborted requests as an error rate, and latency histograms as percentiles of the requests
+that finished *in the interval* (bucket deltas, like ``histogram_quantile(rate(...))``). A counter that
+goes down means the server restarted: its new value is the increase. An endpoint that is down, slow or
+serves garbage is reported once per kind of trouble and the recording goes on.
 """
 
 from __future__ import annotations
@@ -69,7 +69,16 @@ HISTOGRAM_SUM_RATES: dict[str, str] = {"tgi_request_generated_tokens": "token_th
 COUNTER_RATIOS: dict[str, tuple[str, str]] = {
     "cache_hit_rate": ("vllm:prefix_cache_hits", "vllm:prefix_cache_queries"),
 }
-SUMMED_LABELS = frozenset({"finished_reason"})  # folded together when mapping onto the catalog
+# All-requests counter -> the counter of the failed ones among them; None: the requests counter's own
+# finished_reason abort/error part (vLLM counts aborts as finished requests). error_rate = failed / all.
+ERROR_RATIOS: dict[str, str | None] = {"tgi_request_count": "tgi_request_failure", "vllm:request_success": None}
+FAILED_REASONS = frozenset({"abort", "error"})
+# Old family -> its new name: a server serving both (vLLM during a deprecation) is mapped once, from the new.
+RENAMED: dict[str, str] = {
+    "vllm:gpu_cache_usage_perc": "vllm:kv_cache_usage_perc",
+    "vllm:time_per_output_token_seconds": "vllm:inter_token_latency_seconds",
+}
+SUMMED_LABELS = frozenset({"finished_reason", "err"})  # folded together when mapping onto the catalog
 
 
 def _base(name: str) -> str:
@@ -129,9 +138,12 @@ class ScrapeState:
         def label(labels: Labels) -> Labels:
             return tuple(sorted({**dict(labels), **dict(extra)}.items()))
 
+        served = {_base(family.name) for family in families}
+        superseded = {old for old, new in RENAMED.items() if new in served}
         for family in families:
             name = _base(family.name)
-            if family.type == "histogram":
+            mapped = name not in superseded  # its raw series are still stored, under their own name
+            if family.type == "histogram" and mapped:
                 self._collect_histogram(name, family.points, histograms)
             for point in family.points:
                 if point.name.endswith(("_created", "_bucket")):
@@ -139,7 +151,7 @@ class ScrapeState:
                 out.append(Sample(sanitize_name(point.name), point.value, label(point.labels), now))
                 if family.type == "counter" or point.name.endswith("_total"):
                     counters[(_base(point.name), point.labels)] = point.value
-                if family.type in ("gauge", "untyped") and name in GAUGES:
+                if family.type in ("gauge", "untyped") and name in GAUGES and mapped:
                     metric, factor = GAUGES[name]
                     out.append(Sample(metric, point.value * factor, label(point.labels), now))
 
@@ -170,15 +182,23 @@ class ScrapeState:
         self, counters: dict[tuple[str, Labels], float], elapsed: float, now: float, label: Callable[[Labels], Labels]
     ) -> list[Sample]:
         increases: dict[tuple[str, Labels], float] = defaultdict(float)
+        failed: dict[tuple[str, Labels], float] = defaultdict(float)
         for (name, labels), value in counters.items():
             # A series new since the last scrape was created in between (labelled counters appear on first
             # use), so it started from zero.
             inc = _increase(value, self.counters.get((name, labels), 0.0))
-            increases[(name, _without(labels, SUMMED_LABELS))] += inc
+            key = (name, _without(labels, SUMMED_LABELS))
+            increases[key] += inc
+            if dict(labels).get("finished_reason") in FAILED_REASONS:
+                failed[key] += inc
         out = []
         for (name, labels), inc in increases.items():
             if name in COUNTER_RATES:
                 out.append(Sample(COUNTER_RATES[name], inc / elapsed, label(labels), now))
+            if name in ERROR_RATIOS and inc > 0:
+                failures = ERROR_RATIOS[name]
+                errors = failed[(name, labels)] if failures is None else increases.get((failures, labels), 0.0)
+                out.append(Sample("error_rate", min(errors / inc, 1.0), label(labels), now))
         for metric, (hits, queries) in COUNTER_RATIOS.items():
             for (name, labels), asked in increases.items():
                 if name == queries and asked > 0 and (hits, labels) in increases:
