@@ -59,6 +59,9 @@ class Metric:
     group: Group
     help: str
     resolution: float | None = None  # step the built-in collector rounds to (see quantize); None: exact
+    # Label names the built-in collector puts on it, besides host and run; None where the job or a scraped
+    # server chooses them. The rule exporter matches two metrics on these, as llamamon's engine does.
+    labels: tuple[str, ...] | None = None
 
     @property
     def prometheus_name(self) -> str:
@@ -96,8 +99,19 @@ def sanitize_name(name: str) -> str:
     return clean
 
 
+# Label names by group (what the collectors of that group put on every metric), and the exceptions.
+_GROUP_LABELS: dict[str, tuple[str, ...]] = {"system": (), "process": (), "gpu": ("gpu",), "run": ()}
+_LABELS = {
+    "cpu_core_usage": ("core",),
+    "gpu_clock_event": ("gpu", "reason"),
+    "gpu_ecc_errors": ("gpu", "type"),
+    "alerts_firing": ("severity",),
+    "notification_failures": ("channel",),
+}
+
+
 def _m(name: str, unit: str, kind: Kind, group: Group, help: str, resolution: float | None = None) -> Metric:
-    return Metric(name, unit, kind, group, help, resolution)
+    return Metric(name, unit, kind, group, help, resolution, _LABELS.get(name, _GROUP_LABELS.get(group)))
 
 
 # Resolutions: what each built-in collector's source really measures, as the largest power of two not

@@ -359,3 +359,56 @@ def test_exported_rules_go_pending_then_firing_in_prometheus(node_exporter, prom
 
     wait_for(state, "loss_high to fire", timeout=20)
     assert seen == ["pending", "firing"]
+
+
+def test_exported_rules_fire_only_while_the_run_is_live(node_exporter, prometheus, tmp_path):
+    """The issue's crashed run: its file keeps ``batch_queue_size 166``; once it says run_active 0, nothing fires."""
+    config = tmp_path / "monitoring.yaml"
+    config.write_text(
+        "monitoring:\n  update_frequency: 1\n"
+        "alerts:\n  builtin: {loss_plateau: false}\n  rules:\n"
+        "    queue_live_only:\n      condition: batch_queue_size > 100\n"
+        "    memory_live_only:\n      condition: memory_usage > 0.9\n"
+    )
+    target = prometheus.rules_dir / "live_only.yml"
+    exported = run_llamamon("alerts", "export", "--config", str(config), "-o", str(target), cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr.decode()
+    urllib.request.urlopen(urllib.request.Request(f"{prometheus.url}/-/reload", method="POST"), timeout=5).close()
+
+    def loaded() -> bool:
+        groups = json.loads(http_get(f"{prometheus.url}/api/v1/rules"))["data"]["groups"]
+        return {"queue_live_only", "memory_live_only"} <= {r["name"] for g in groups for r in g["rules"]}
+
+    wait_for(loaded, "Prometheus to load the exported rules")
+    _, folder = node_exporter
+    host, crashed, live = "queue-box", "20260901T131313Z-queue-box-dead", "20260901T131313Z-queue-box-live"
+    ended = TextfileWriter(folder, host, crashed)
+    ended.write([Sample("batch_queue_size", 166.0)])
+    # A finished run whose file is still there (its grace, or left by a crash): run_active 0, values frozen.
+    # Written before the live run's file, so every scrape that sees the live run sees this one.
+    ended.finish(grace=3600)
+    running = TextfileWriter(folder, host, live)
+    running.write([Sample("batch_queue_size", 166.0)])
+    watch = TextfileWriter(folder, host, "watch", labels={"host": host})
+    watch.write([Sample("memory_usage", 0.95)])
+
+    def mine() -> list[dict[str, Any]]:
+        alerts = json.loads(http_get(f"{prometheus.url}/api/v1/alerts"))["data"]["alerts"]
+        found = [a for a in alerts if a["labels"].get("host") == host]
+        assert all(a["labels"].get("run") != crashed for a in found), found  # the finished run never alerts
+        return found
+
+    def firing() -> set[tuple[str, str]]:
+        return {(a["labels"]["alertname"], a["labels"].get("run", "")) for a in mine() if a["state"] == "firing"}
+
+    wait_for(lambda: firing() == {("queue_live_only", live), ("memory_live_only", "")}, "the live run and watch to fire")
+    (dead,) = query(prometheus.url, f'llamamon_batch_queue_size{{run="{crashed}"}}')
+    assert float(dead["value"][1]) == 166.0  # Prometheus has the crashed run's frozen value, and ignores it
+    deadline = time.monotonic() + 3  # a few more evaluations (every 1 s) of the same series
+    while time.monotonic() < deadline:
+        mine()
+        time.sleep(0.2)
+    running.finish(grace=3600)
+    watch.finish(grace=3600)
+    assert b"llamamon_run_active{host=" in running.path.read_bytes()  # the files stay, saying 0
+    wait_for(lambda: not mine(), "the alerts to end once the run and watch say run_active 0")

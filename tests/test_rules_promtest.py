@@ -108,6 +108,9 @@ CROSS_SERIES = [
     ("llamamon_batch_queue_size", "5 10 20 30 60 10x6 _ 12"),
     ('llamamon_gpu_memory_used_bytes{gpu="0"}', "500 1234567 2e6 123456 3e9 2.5e9 _x3 1e7"),
     ("llamamon_loss", "1 0.5 NaN 0.4 +Inf 0.3 stale"),
+    # Every .prom file says its run is live; the exported rules fire only where it is.
+    ('llamamon_run_active{host="box1"}', "1x14"),
+    ("llamamon_run_active", "1x14"),
 ]
 ALERTS = ("mem_high", "gpu_idle", "slow", "energy", "queue", "big", "window_mix", "nan_loss")
 

@@ -27,14 +27,16 @@ from llamamon.units import parse_duration
 
 # metric -> the name its series has in a promtool test (catalog Prometheus name, base units)
 METRICS = {
-    "memory_usage": "llamamon_memory_usage_ratio",
+    # A metric the catalog labels gpu, as the inputs label every series (a host metric such as memory_usage
+    # has no gpu label, so the export matches it on(host, run): test_prometheus_label_matching.py).
+    "gpu_memory_usage": "llamamon_gpu_memory_usage_ratio",
     "inter_token_latency": "llamamon_inter_token_latency_seconds",  # stored in ms: numbers are scaled
     "batch_queue_size": "llamamon_batch_queue_size",
     "loss": "llamamon_loss",
     "my_metric": "llamamon_my_metric",  # not in the catalog
     "gpu_energy": "llamamon_gpu_energy_joules_total",  # a counter
 }
-GAUGES = ("memory_usage", "inter_token_latency", "batch_queue_size", "loss", "my_metric")
+GAUGES = ("gpu_memory_usage", "inter_token_latency", "batch_queue_size", "loss", "my_metric")
 WINDOW_FUNCS = ("avg", "min", "max", "sum", "count", "delta", "last", "p50", "p90", "p95", "p99", "quantile")
 WINDOWS = ("1m", "90s", "2m", "3m", "5m")
 LABELS = ({"gpu": "0"}, {"gpu": "1"})
@@ -43,7 +45,7 @@ RULES_PER_FILE = 40
 
 
 def _gauge_value(rng: random.Random, metric: str) -> str:
-    if metric == "memory_usage":
+    if metric == "gpu_memory_usage":
         return str(round(rng.uniform(0, 1), 2))
     if metric == "inter_token_latency":
         return str(round(rng.uniform(0.05, 0.9), 3))
@@ -86,7 +88,7 @@ def _threshold(rng: random.Random, metric: str, func: str | None) -> str:
         return str(rng.randint(1, 5))
     if metric == "gpu_energy":
         return str(rng.randint(0, 8)) if func == "rate" else str(rng.randint(0, 1500))
-    if metric == "memory_usage":
+    if metric == "gpu_memory_usage":
         return rng.choice([f"{rng.randint(10, 95)}%", str(round(rng.uniform(0.1, 0.95), 2))])
     if metric == "inter_token_latency":
         return rng.choice([f"{rng.randint(100, 800)}ms", str(rng.randint(100, 800)), "0.5s"])
@@ -167,6 +169,8 @@ def _groups(rng: random.Random, rule_names: list[str]) -> list[dict]:
             for lab in chosen:
                 inner = ", ".join(f'{k}="{v}"' for k, v in lab.items())
                 series.append({"series": f"{exported}{{{inner}}}", "values": _values(rng, metric, length)})
+        # Every .prom file says its run is live; the exported rules fire only where it is.
+        series.append({"series": "llamamon_run_active", "values": f"1x{length}"})
         span = interval * length
         times = sorted({rng.randrange(0, span + 120, 30) for _ in range(10)} | {rng.randrange(0, span, 60)})
         cases = [{"eval_time": f"{t}s", "alertname": name} for t in times for name in rule_names]

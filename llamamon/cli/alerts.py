@@ -191,7 +191,7 @@ def export_command(config_path: str | None, fmt: str, output: str | None) -> Non
 
     cfg = load_config(config_path)
     rules = rules_from_config(cfg)
-    text, skipped = export_rules(rules, interval=cfg.update_frequency)
+    text, skipped, warnings = export_rules(rules, interval=cfg.update_frequency)
     if output:
         from llamamon.fsutil import atomic_write
 
@@ -200,6 +200,8 @@ def export_command(config_path: str | None, fmt: str, output: str | None) -> Non
         click.echo(text, nl=False)
     for name, why in skipped:
         click.echo(f"llamamon: not exported: {name}: {why}", err=True)
+    for name, why in warnings:
+        click.echo(f"llamamon: warning: {name}: {why}", err=True)
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

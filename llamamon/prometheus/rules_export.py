@@ -6,10 +6,19 @@ unit (``inference_latency > 500`` -> ``llamamon_inference_latency_seconds > 0.5`
 ``host`` exist on exported series, as in llamamon. Rules using something PromQL cannot say are listed
 with the reason instead of being exported.
 
-PromQL differences to know: binary operators between two metrics match identical label sets (llamamon
-also matches series that agree on the labels they share), and ``not <comparison>`` becomes the opposite
-comparison or a NaN (``not x <= 1`` -> ``x > 1 or x != x``, since a NaN compares false either way in
-PromQL); between two metrics it is the opposite comparison alone.
+Every expression is gated on the run being live (``... and on(host, run) llamamon_run_active == 1``):
+each .prom file carries ``llamamon_run_active{host,run}`` (``{host}`` for watch's own), 1 while it
+lives and 0 after, so a finished run's frozen last values never fire; the result keeps its labels
+(every translated expression keeps the series' host and run, there are no cross-series aggregations).
+
+Binary operators between two metrics: llamamon matches series that agree on the labels they share,
+PromQL only identical label sets. Where the catalog knows both sides' label names (built-in collector
+metrics: ``gpu_utilization`` has ``gpu``, ``memory_usage`` none besides host and run) the export says
+``on(<shared>)``, with ``group_left``/``group_right`` for comparisons and arithmetic, and refuses a
+pair where neither side's labels include the other's (PromQL has no many-to-many arithmetic). Where a
+side's labels are the job's or a server's, the rule is exported with PromQL's matching and a warning.
+``not <comparison>`` becomes the opposite comparison or a NaN (``not x <= 1`` -> ``x > 1 or x != x``,
+since a NaN compares false either way in PromQL); between two metrics it is the opposite comparison alone.
 """
 
 from __future__ import annotations
@@ -20,7 +29,19 @@ from typing import Any
 from llamamon import catalog, units
 from llamamon.prometheus.snapshot import family_name
 from llamamon.rules.engine import Rule
-from llamamon.rules.lang import COMPARISONS, Binary, Call, Node, Number, Selector, Unary, duration_text, to_base
+from llamamon.rules.lang import (
+    COMPARISONS,
+    Binary,
+    Call,
+    Node,
+    Number,
+    Selector,
+    Unary,
+    duration_text,
+    render,
+    subtrees,
+    to_base,
+)
 
 _OVER_TIME = {
     "avg": "avg_over_time",
@@ -33,6 +54,9 @@ _OVER_TIME = {
     "increase": "increase",
 }
 _FLIP = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "=="}
+# Labels every exported llamamon series has (watch's own file: host only, run then matches as "").
+HOST_RUN = frozenset({"host", "run"})
+LIVE = "llamamon_run_active == 1"
 
 
 class Untranslatable(Exception):
@@ -81,13 +105,115 @@ def promql(node: Node, scale: float = 1.0) -> str:
         return _negate(node.operand)
     assert isinstance(node, Binary)
     if node.op in ("and", "or", "unless"):
-        return f"({promql(node.left)} {node.op} {promql(node.right)})"
+        return f"({promql(node.left)} {node.op}{_matching(node)} {promql(node.right)})"
     if node.op in ("+", "-", *COMPARISONS):
         left = promql(node.left, to_base(node.right))
         right = promql(node.right, to_base(node.left))
     else:
         left, right = promql(node.left), promql(node.right)
-    return f"({left} {node.op} {right})"
+    return f"({left} {node.op}{_matching(node)} {right})"
+
+
+def _is_scalar(node: Node) -> bool:
+    if isinstance(node, Number):
+        return True
+    if isinstance(node, Unary):
+        return node.op == "-" and _is_scalar(node.operand)
+    return isinstance(node, Binary) and _is_scalar(node.left) and _is_scalar(node.right)
+
+
+def label_names(node: Node) -> frozenset[str] | None:
+    """The label names of a vector expression's series (host and run included); None: not known here."""
+    if isinstance(node, Selector):
+        known = catalog.get(node.metric)
+        return None if known is None or known.labels is None else HOST_RUN | frozenset(known.labels)
+    if isinstance(node, Call):
+        return label_names(node.args[1] if node.func == "quantile" else node.args[0])
+    if isinstance(node, Unary):
+        return label_names(node.operand)
+    assert isinstance(node, Binary)
+    if _is_scalar(node.left) or _is_scalar(node.right):
+        return label_names(node.right if _is_scalar(node.left) else node.left)
+    left, right = label_names(node.left), label_names(node.right)
+    if node.op in ("and", "unless"):
+        return left
+    if node.op == "or":
+        return left if left == right else None
+    if left is not None and right is not None:
+        return left | right
+    # One side has only host and run: every series of the other agrees with it on all of them.
+    return right if left == HOST_RUN else left if right == HOST_RUN else None
+
+
+def _sides(node: Binary) -> tuple[frozenset[str] | None, frozenset[str] | None] | None:
+    """Both operands' label names for a vector-vector operator whose matching matters; None otherwise."""
+    if node.op == "or" or _is_scalar(node.left) or _is_scalar(node.right):
+        return None  # `or` matches identical label sets in llamamon too
+    left, right = label_names(node.left), label_names(node.right)
+    return None if left is not None and left == right else (left, right)
+
+
+def _matching(node: Binary) -> str:
+    """`` on(...)`` [``group_left``/``group_right``] so PromQL pairs the series llamamon pairs; "" if equal."""
+    sides = _sides(node)
+    if sides is None:
+        return ""
+    left, right = sides
+    if None in (left, right) and HOST_RUN not in (left, right):
+        return ""  # unknown label names: exported as is, with a warning (mismatch_warnings)
+    if left is not None and right is not None:
+        shared, smaller = left & right, left if left <= right else right if right <= left else None
+    else:
+        shared = smaller = HOST_RUN  # the known side has only host and run; the other has them too
+    on = f" on({', '.join(sorted(shared))})"
+    if node.op in ("and", "unless"):
+        return on
+    if smaller is None:
+        raise Untranslatable(
+            f"{render(node.left)} {node.op} {render(node.right)}: each side has labels the other lacks "
+            f"({', '.join(sorted(left - right))} / {', '.join(sorted(right - left))}); "
+            "PromQL cannot pair such series one to many"
+        )
+    return on + (" group_left" if smaller == right else " group_right")
+
+
+def mismatch_warnings(node: Node) -> list[str]:
+    """Why a translated expression may never fire where llamamon's does: operands with unknown label names."""
+    out = []
+    for sub in subtrees(node):
+        if isinstance(sub, Binary) and (sides := _sides(sub)) is not None and not _matching(sub):
+            unknown = [render(side) for side, names in zip((sub.left, sub.right), sides, strict=True) if names is None]
+            out.append(
+                f"{render(sub.left)} {sub.op} {render(sub.right)}: the labels of {' and '.join(unknown)} are "
+                "the job's or a server's, so PromQL matches identical label sets only (llamamon pairs series "
+                "that agree on the labels they share); give both sides the same labels or check the export"
+            )
+    return out
+
+
+def live_only(expr: str) -> str:
+    """``expr`` where its run (or watch) is live: a finished run's last values, left in its file, never fire."""
+    return f"{expr if _wrapped(expr) else f'({expr})'} and on(host, run) {LIVE}"
+
+
+def _wrapped(expr: str) -> bool:
+    """Whether ``expr`` is one parenthesised expression (its first "(" closes at the very end)."""
+    if not expr.startswith("("):
+        return False
+    depth, quoted, escaped = 0, False, False
+    for i, ch in enumerate(expr):
+        if quoted:
+            quoted = escaped or ch != '"'
+            escaped = not escaped and ch == "\\"
+        elif ch == '"':
+            quoted = True
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0:
+                return i == len(expr) - 1
+    return False
 
 
 def _call(node: Call) -> str:
@@ -148,20 +274,24 @@ def _negate(node: Node) -> str:
     raise Untranslatable("'not' is only translated in front of a comparison or isnan/isinf/isfinite")
 
 
-def export_rules(rules: Sequence[Rule], *, interval: float | None = None) -> tuple[str, list[tuple[str, str]]]:
-    """(Prometheus rule file YAML, [(rule, why not exported)]) for the enabled rules."""
+def export_rules(
+    rules: Sequence[Rule], *, interval: float | None = None
+) -> tuple[str, list[tuple[str, str]], list[tuple[str, str]]]:
+    """(Prometheus rule file YAML, [(rule, why not exported)], [(rule, warning)]) for the enabled rules."""
     import yaml
 
     items: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
+    warnings: list[tuple[str, str]] = []
     for rule in rules:
         if not rule.enabled:
             continue
         try:
-            expr = promql(rule.condition.tree)
+            expr = live_only(promql(rule.condition.tree))
         except Untranslatable as exc:
             skipped.append((rule.name, str(exc)))
             continue
+        warnings.extend((rule.name, why) for why in mismatch_warnings(rule.condition.tree))
         item: dict[str, Any] = {"alert": rule.name, "expr": expr}
         if rule.for_:
             item["for"] = duration_text(rule.for_)
@@ -176,4 +306,5 @@ def export_rules(rules: Sequence[Rule], *, interval: float | None = None) -> tup
         group["interval"] = duration_text(interval)
     group["rules"] = items
     header = "# Generated by `llamamon alerts export --format prometheus`; edit monitoring.yaml instead.\n"
-    return header + yaml.safe_dump({"groups": [group]}, sort_keys=False, allow_unicode=True, width=1000), skipped
+    text = header + yaml.safe_dump({"groups": [group]}, sort_keys=False, allow_unicode=True, width=1000)
+    return text, skipped, warnings
