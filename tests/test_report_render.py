@@ -132,6 +132,20 @@ def test_markdown_summary_links_charts_written_beside_it(tmp_path):
     assert "Inference" not in text  # not selected
 
 
+def test_markdown_is_not_html_escaped(tmp_path):
+    # The hostile run's name and command hold quotes, < > and &; Markdown shows them as written.
+    metrics_dir = tmp_path / ".metrics"
+    info = hostile_store(metrics_dir)
+    text = render_report(metrics_dir, [info], tmp_path / "s.md", fmt="markdown").read_text()
+    assert not re.search(r"&(#\d+|#x[0-9a-f]+|amp|quot|apos);", text), re.findall(r".{20}&#?\w+;.{10}", text)
+    assert "&lt;script&gt;alert(\"x\")&lt;/script&gt; \\& 'q'" in text  # the run's name, a cell
+    assert "<script" not in text
+    empty = RunInfo(id="20260923T010000Z-host-0002", host="h", start=T0)
+    save_run(metrics_dir, empty)
+    hints = render_report(metrics_dir, [empty], tmp_path / "e.md", fmt="markdown").read_text()
+    assert "print HF-style `{'loss': ...}` lines" in hints  # the training dashboard's hint, quotes intact
+
+
 def test_unknown_dashboard_is_a_config_error(tmp_path, metrics_dir):
     info = RunInfo(id=RUN, host="h", start=T0)
     with pytest.raises(ConfigError, match="unknown dashboard 'gpus'"):

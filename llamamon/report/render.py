@@ -31,14 +31,18 @@ Progress = Callable[[str], None]
 
 
 def environment(template_dir: Path | None = None) -> jinja2.Environment:
-    """jinja2 environment: user templates override shipped ones file by file; everything autoescaped."""
+    """jinja2 environment: user templates override shipped ones file by file; HTML autoescaped.
+
+    Markdown templates (``*.md.j2``) are not HTML-escaped (``'`` would show as ``&#39;``): their cells go
+    through the ``md`` filter, which escapes what Markdown would read as markup, raw HTML included.
+    """
     import jinja2
 
     search = [str(template_dir)] if template_dir is not None else []
     search.append(str(templates_dir()))
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(search),
-        autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+        autoescape=_autoescape,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -48,11 +52,20 @@ def environment(template_dir: Path | None = None) -> jinja2.Environment:
     return env
 
 
+def _autoescape(name: str | None) -> bool:
+    return name is None or not name.endswith(".md.j2")
+
+
 def markdown_cell(value: object) -> str:
-    """Text safe inside a Markdown table cell (after HTML escaping): no pipes, backticks or line breaks."""
+    """Text safe inside a Markdown table cell: no pipes, backticks, emphasis, links, HTML or line breaks.
+
+    Markdown punctuation is backslash-escaped; ``<`` and ``>`` become entities, so the file never holds a
+    tag that a renderer could take for HTML. Quotes stay quotes.
+    """
     text = str(value)
-    for ch in ("\\", "|", "`", "*", "_", "[", "]"):
+    for ch in ("\\", "|", "`", "*", "_", "[", "]", "&"):
         text = text.replace(ch, "\\" + ch)
+    text = text.replace("<", "&lt;").replace(">", "&gt;")
     return " ".join(text.split())
 
 
