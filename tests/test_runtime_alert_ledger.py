@@ -51,6 +51,17 @@ def test_stale_firing_after_resolve_is_ignored_and_a_new_episode_notifies(metric
     assert ledger.due([firing(started=300)], now=300) == [firing(started=300)]
 
 
+def test_repeats_and_the_resolve_carry_the_episodes_first_start(metrics_dir):
+    # record fired the episode at 100; watch (its own tick) and a restarted record see it start later.
+    recorder, watcher = NotificationLedger(metrics_dir, repeat_interval=3600), NotificationLedger(metrics_dir, 3600)
+    assert recorder.due([firing(started=100)], now=100) == [firing(started=100)]
+    assert watcher.due([firing(started=130)], now=3730) == [firing(started=100)]
+    assert recorder.due([firing(started=3650)], now=7340) == [firing(started=100)]
+    assert watcher.due([resolved(started=130, ended=7400)], now=7400) == [resolved(started=100, ended=7400)]
+    # The next episode starts afresh.
+    assert recorder.due([firing(started=8000)], now=8000) == [firing(started=8000)]
+
+
 def test_a_damaged_state_file_is_warned_about_and_replaced(metrics_dir, caplog):
     (metrics_dir / "alerts").mkdir()
     (metrics_dir / "alerts" / "state.json").write_text("{not json")

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ class NotificationLedger:
         """Pass every firing instance each tick (for repeats) and every resolve; get back what to send."""
         with self._locked():
             alerts = self._read()
-            out = [event for event in events if self._decide(alerts, event, now)]
+            out = [self._as_notified(alerts, event) for event in events if self._decide(alerts, event, now)]
             for key in [
                 k for k, v in alerts.items() if v.get("resolved_at") and now - v["resolved_at"] > KEEP_RESOLVED
             ]:
@@ -74,6 +75,17 @@ class NotificationLedger:
             if out or not self.path.exists():
                 self._write(alerts)
         return out
+
+    @staticmethod
+    def _as_notified(alerts: dict[str, dict[str, Any]], event: AlertEvent) -> AlertEvent:
+        """The event with the episode's start as first notified: a repeat or resolve says the same startsAt.
+
+        Why: each process (and each restart of one) sees an episode begin at its own tick, so the event of
+        a repeat can carry another start than the first notification, and Alertmanager and mail readers
+        would take it for a new episode.
+        """
+        start = alerts[event.fingerprint]["started_at"]
+        return event if event.started_at == start else replace(event, started_at=start)
 
     def _decide(self, alerts: dict[str, dict[str, Any]], event: AlertEvent, now: float) -> bool:
         key = event.fingerprint
