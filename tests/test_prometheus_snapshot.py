@@ -16,6 +16,7 @@ from llamamon.prometheus.snapshot import (
     DEFAULT_BUCKETS,
     Histogram,
     RunSnapshot,
+    derived_kind,
     derived_name,
     family_name,
 )
@@ -203,7 +204,10 @@ def test_labels_are_sanitised_low_cardinality_and_never_clash():
         ("val/acc", "llamamon_val_acc"),
         ("step_time_ms", "llamamon_step_time_msec"),
         ("step_time_s", "llamamon_step_time_seconds"),
-        ("tokens_total", "llamamon_tokens_totals"),
+        ("tokens_total", "llamamon_tokens_total"),  # a counter (derived_kind)
+        ("vllm:generation_tokens_total", "llamamon_vllm_generation_tokens_total"),
+        ("reward_total_ms", "llamamon_reward_total_msec"),
+        ("tokens_total_total", "llamamon_tokens_total"),
         ("reward_sum", "llamamon_reward_sums"),
         ("loss_histogram", "llamamon_loss_histograms"),
         ("data_megabytes", "llamamon_data_megabyte"),
@@ -227,7 +231,23 @@ def test_derived_names(name, expected):
     )
 )
 def test_derived_names_always_pass_promtool_lint(name):
-    assert lint_gauge_name(derived_name(name)) == []
+    derived = derived_name(name)
+    if derived_kind(name) == "counter":  # promtool wants counters to end in _total, once
+        assert derived.endswith("_total")
+        assert not derived.endswith("_total_total")
+        derived = derived[: -len("_total")]
+    assert lint_gauge_name(derived) == []
+
+
+def test_scraped_counters_are_exported_as_counters_with_one_total():
+    snap = RunSnapshot(RUN)
+    snap.add([Sample("vllm_generation_tokens_total", 120.0), Sample("tokens_total", 5.0)])
+    snap.add([Sample("vllm.generation_tokens_total", 7.0)])  # sanitises alike: the second keeps _total last
+    fams = families_of(snap)
+    assert fams["llamamon_vllm_generation_tokens_total"].type == "counter"
+    assert fams["llamamon_vllm_generation_tokens_2_total"].type == "counter"
+    assert fams["llamamon_tokens_total"].type == "counter"
+    assert family_name("vllm_generation_tokens_total") == "llamamon_vllm_generation_tokens_total"
 
 
 def test_family_name_matches_what_a_snapshot_writes():

@@ -401,7 +401,9 @@ def test_exported_rules_fire_only_while_the_run_is_live(node_exporter, prometheu
     def firing() -> set[tuple[str, str]]:
         return {(a["labels"]["alertname"], a["labels"].get("run", "")) for a in mine() if a["state"] == "firing"}
 
-    wait_for(lambda: firing() == {("queue_live_only", live), ("memory_live_only", "")}, "the live run and watch to fire")
+    wait_for(
+        lambda: firing() == {("queue_live_only", live), ("memory_live_only", "")}, "the live run and watch to fire"
+    )
     (dead,) = query(prometheus.url, f'llamamon_batch_queue_size{{run="{crashed}"}}')
     assert float(dead["value"][1]) == 166.0  # Prometheus has the crashed run's frozen value, and ignores it
     deadline = time.monotonic() + 3  # a few more evaluations (every 1 s) of the same series
@@ -412,3 +414,22 @@ def test_exported_rules_fire_only_while_the_run_is_live(node_exporter, prometheu
     watch.finish(grace=3600)
     assert b"llamamon_run_active{host=" in running.path.read_bytes()  # the files stay, saying 0
     wait_for(lambda: not mine(), "the alerts to end once the run and watch say run_active 0")
+
+
+def test_scraped_counters_keep_one_total_and_pass_promtool(tmp_path):
+    from llamamon.collectors.scrape import ScrapeState
+
+    served = (
+        "# TYPE vllm:generation_tokens counter\n"
+        'vllm:generation_tokens_total{model_name="m"} 120\n'
+        "# TYPE vllm:num_requests_waiting gauge\n"
+        'vllm:num_requests_waiting{model_name="m"} 3\n'
+    )
+    samples = ScrapeState().convert(parse(served), 1_790_000_000.0, (("instance", "127.0.0.1:8000"),))
+    writer = TextfileWriter(tmp_path, HOST, RUN_ID, clock=lambda: 1_790_000_000.0)
+    writer.write(samples)
+    body = writer.path.read_text()
+    assert "# TYPE llamamon_vllm_generation_tokens_total counter\n" in body
+    assert "totals" not in body
+    result = promtool_check(writer.path)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")

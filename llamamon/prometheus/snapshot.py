@@ -121,8 +121,10 @@ def derived_name(name: str) -> str:
     """``llamamon_<snake name>`` for a metric outside the catalog, rewritten to pass promtool's lint.
 
     Values are not converted (llamamon does not know the job's units), so unit-like words are only
-    respelled: ``step_time_ms`` -> ``llamamon_step_time_msec``, ``tokens_total`` (a gauge here) ->
-    ``llamamon_tokens_totals``, ``loss_histogram`` -> ``llamamon_loss_histograms``.
+    respelled: ``step_time_ms`` -> ``llamamon_step_time_msec``, ``loss_histogram`` ->
+    ``llamamon_loss_histograms``, ``reward_sum`` -> ``llamamon_reward_sums``. A name ending in ``_total``
+    keeps it and is exported as a counter (``derived_kind``), as a scraped server's counters are
+    (``vllm:generation_tokens_total`` -> ``llamamon_vllm_generation_tokens_total``).
     """
     # A leading letter keeps sanitize_name from adding its "m_" digit guard: after "llamamon_" none is needed.
     clean = catalog.sanitize_name("x" + name)[1:]
@@ -135,10 +137,17 @@ def derived_name(name: str) -> str:
             token = _TYPE_WORDS[token]
         elif _non_base_unit(token):
             token = token[:-1] if token.endswith("s") else token + "s"
-        elif i == len(tokens) - 1 and token in _RESERVED_SUFFIXES:
+        elif i == len(tokens) - 1 and token in _RESERVED_SUFFIXES and token != "total":
             token = _RESERVED_SUFFIXES[token]
         out.append(token)
+    while out[-2:] == ["total", "total"]:  # a counter ends in one _total
+        out.pop()
     return "llamamon_" + "_".join(out)
+
+
+def derived_kind(name: str) -> str:
+    """How a metric outside the catalog is typed: a ``_total`` name is a counter (Prometheus' convention)."""
+    return "counter" if derived_name(name).endswith("_total") else "gauge"
 
 
 def family_name(metric: str) -> str:
@@ -218,10 +227,11 @@ class RunSnapshot:
         return series
 
     def _unique(self, name: str) -> str:
+        stem, total = (name[: -len("_total")], "_total") if name.endswith("_total") else (name, "")
         candidate, n = name, 1
         while candidate in self._taken:
             n += 1
-            candidate = f"{name}_{n}"
+            candidate = f"{stem}_{n}{total}"  # a counter keeps _total last
         self._taken.add(candidate)
         return candidate
 
@@ -295,7 +305,7 @@ class RunSnapshot:
         if any(s.histogram is not None for s in series):
             points = [p for s in series if s.histogram is not None for p in _histogram_points(name, s)]
             return Family(name, "histogram", help_text, tuple(points))
-        kind = known.kind if known is not None else "gauge"
+        kind = known.kind if known is not None else derived_kind(metric)
         return Family(name, kind, help_text, tuple(Point(name, s.labels, units.scale(s.value, factor)) for s in series))
 
 
