@@ -17,6 +17,7 @@ from llamamon.prometheus.text import parse
 from llamamon.prometheus.textfile import textfile_name
 from tests.conftest import llamamon_env, require_binary, run_llamamon
 
+GRACE = "monitoring:\n  textfile_grace: 1h\n"  # a finished run's .prom file stays (run_active 0) for an hour
 HOLD = "import pathlib, time\nwhile not pathlib.Path('release').exists(): time.sleep(0.02)\n"
 
 
@@ -52,7 +53,8 @@ def the_run(metrics: Path) -> str:
 
 def test_record_writes_live_values_then_marks_the_run_inactive(tmp_path):
     metrics = tmp_path / "m"
-    with recording(tmp_path, metrics, HOLD) as proc:
+    (tmp_path / "grace.yaml").write_text(GRACE)
+    with recording(tmp_path, metrics, HOLD, "--config", "grace.yaml") as proc:
         deadline = time.monotonic() + 20
         while not (metrics / "runs").is_dir() or not list((metrics / "runs").glob("*.json")):
             assert time.monotonic() < deadline, "no run metadata"
@@ -75,8 +77,32 @@ def test_record_writes_live_values_then_marks_the_run_inactive(tmp_path):
     assert [p.name for p in prom.parent.iterdir()] == [prom.name]
 
 
+def test_a_finished_runs_file_leaves_and_a_killed_recorders_is_cleaned_by_the_next_record(tmp_path):
+    metrics = tmp_path / "m"
+    with recording(tmp_path, metrics, HOLD) as proc:
+        deadline = time.monotonic() + 20
+        while not (metrics / "runs").is_dir() or not list((metrics / "runs").glob("*.json")):
+            assert time.monotonic() < deadline, "no run metadata"
+            time.sleep(0.02)
+        killed = metrics / "prometheus" / textfile_name(socket.gethostname(), the_run(metrics))
+        while not killed.exists():
+            assert time.monotonic() < deadline, "no .prom file"
+            time.sleep(0.02)
+        proc.kill()  # kill -9: the recorder cannot say its run ended
+        proc.wait()
+    assert values(killed)["llamamon_run_active"] == 1.0  # frozen values that look live
+    (tmp_path / "release").touch()
+    done = run_llamamon(
+        "record", "--no-gpu", "--metrics-dir", str(metrics), "--", sys.executable, "-c", "pass", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert list((metrics / "prometheus").glob("*.prom")) == []  # the killed one pruned, the finished one gone
+
+
 def test_textfile_dir_and_export_format_none(tmp_path):
-    (tmp_path / "elsewhere.yaml").write_text("monitoring:\n  textfile_dir: node-exporter-textfiles\n")
+    (tmp_path / "elsewhere.yaml").write_text(
+        "monitoring:\n  textfile_dir: node-exporter-textfiles\n  textfile_grace: 1h\n"
+    )
     (tmp_path / "off.yaml").write_text("monitoring:\n  export_format: none\n")
     done = run_llamamon(
         "record",
@@ -141,9 +167,12 @@ def test_unwritable_textfile_folder_warns_once_and_records_anyway(tmp_path):
 @pytest.mark.integration
 def test_a_recorded_run_passes_promtool(tmp_path):
     promtool = require_binary("promtool")
+    (tmp_path / "grace.yaml").write_text(GRACE)  # the finished run's file stays, to be checked
     done = run_llamamon(
         "record",
         "--no-gpu",
+        "--config",
+        "grace.yaml",
         "--interval",
         "0.2",
         "--metrics-dir",
@@ -162,9 +191,12 @@ def test_a_recorded_run_passes_promtool(tmp_path):
 
 
 def test_export_of_a_recorded_run_matches_its_textfile(tmp_path):
+    (tmp_path / "grace.yaml").write_text(GRACE)
     done = run_llamamon(
         "record",
         "--no-gpu",
+        "--config",
+        "grace.yaml",
         "--interval",
         "0.2",
         "--metrics-dir",
@@ -198,7 +230,8 @@ JOB_LOGS = (
 def test_what_the_job_logs_reaches_the_live_textfile(tmp_path):
     """step, loss and validation loss from llamamon.log() appear in the .prom file while the job runs."""
     metrics = tmp_path / "m"
-    with recording(tmp_path, metrics, JOB_LOGS, "--no-alerts") as proc:
+    (tmp_path / "grace.yaml").write_text(GRACE)
+    with recording(tmp_path, metrics, JOB_LOGS, "--no-alerts", "--config", "grace.yaml") as proc:
         deadline = time.monotonic() + 20
         live: dict[str, float] = {}
         while live.get("llamamon_loss") != 0.25:

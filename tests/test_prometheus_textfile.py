@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -9,7 +11,7 @@ import time
 from pathlib import Path
 
 from llamamon.prometheus.text import parse
-from llamamon.prometheus.textfile import TextfileWriter, textfile_folder, textfile_name
+from llamamon.prometheus.textfile import TextfileWriter, prune, textfile_folder, textfile_name
 from llamamon.samples import Sample, make_labels
 from tests.conftest import llamamon_env
 
@@ -53,7 +55,7 @@ def test_refresh_limits_rewrites_but_every_sample_counts(tmp_path):
 
     now[0] = 6.0
     writer.write([Sample("loss", 0.5)])
-    writer.finish()  # the end is always written, however recent the last rewrite
+    writer.finish(grace=60)  # with a grace the end is always written, however recent the last rewrite
     final = values(writer.path)
     assert final[("llamamon_loss", labels)] == 0.5
     assert final[("llamamon_run_active", labels)] == 0.0
@@ -82,7 +84,7 @@ def test_write_every_tick_then_finish(tmp_path):
     assert second[("llamamon_alerts_firing", (*labels, ("severity", "critical")))] == 1.0
     assert second[("llamamon_alerts_firing", (*labels, ("severity", "warning")))] == 0.0
 
-    writer.finish()
+    writer.finish(grace=60)
     final = values(writer.path)
     assert final[("llamamon_run_active", labels)] == 0.0
     assert final[("llamamon_loss", labels)] == 1.5
@@ -157,3 +159,67 @@ def test_killing_a_writer_mid_write_leaves_a_whole_file(tmp_path):
     assert len([n for n, _ in got if n == "llamamon_custom_metric"]) == 2000
     assert len(shards) == 1  # every series from the same rewrite: never half of one and half of another
     assert [p.name for p in tmp_path.glob("*.prom")] == [target.name]
+
+
+def test_a_finished_run_file_goes_at_once_or_after_its_grace(tmp_path):
+    gone = TextfileWriter(tmp_path, "gpu-box", RUN_ID)
+    gone.write([Sample("batch_queue_size", 166.0)])
+    gone.finish()  # no grace: nothing of the finished run is left for node_exporter to serve
+    assert not gone.path.exists()
+
+    second = "20260901T111500Z-gpu-box-0002"
+    kept = TextfileWriter(tmp_path, "gpu-box", second)
+    kept.write([Sample("batch_queue_size", 166.0)])
+    kept.finish(grace=30)
+    assert values(kept.path)[("llamamon_run_active", (("host", "gpu-box"), ("run", second)))] == 0.0
+    written = kept.path.stat().st_mtime
+    assert prune(tmp_path, 30, now=written + 29) == []  # its final values can still be scraped
+    assert prune(tmp_path, 30, now=written + 30) == [kept.path]
+    assert not kept.path.exists()
+
+
+def test_prune_removes_a_killed_writers_file_and_keeps_a_live_ones(tmp_path):
+    live = TextfileWriter(tmp_path, socket.gethostname(), "watch", labels={"host": socket.gethostname()})
+    live.write([Sample("cpu_usage", 0.25)])
+    # A recorder killed with -9 leaves its file saying run_active 1; its pid is gone (or another process').
+    code = (
+        "import sys; from llamamon.prometheus.textfile import TextfileWriter; from llamamon.samples import Sample; "
+        f"TextfileWriter(sys.argv[1], {socket.gethostname()!r}, {RUN_ID!r}).write([Sample('batch_queue_size', 166.0)])"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, env=llamamon_env(), timeout=60)
+    dead = tmp_path / textfile_name(socket.gethostname(), RUN_ID)
+    assert values(dead)[("llamamon_run_active", (("host", socket.gethostname()), ("run", RUN_ID)))] == 1.0
+    # Another host's live-looking file is not judged by a pid that means nothing here.
+    other = tmp_path / textfile_name("elsewhere", RUN_ID)
+    other.write_bytes(dead.read_bytes())
+    assert prune(tmp_path, 0) == [dead]
+    assert live.path.exists() and other.exists()
+
+
+def test_gc_removes_leftover_prom_files_whatever_keep_says(tmp_path):
+    metrics = tmp_path / ".metrics"
+    writer = TextfileWriter(textfile_folder(metrics), "gpu-box", RUN_ID)
+    writer.write([Sample("batch_queue_size", 166.0)])
+    writer.finish(grace=1)
+    os.utime(writer.path, (time.time() - 10, time.time() - 10))
+    dry = subprocess.run(
+        [sys.executable, "-m", "llamamon", "gc", "--keep", "3650d", "--dry-run", "--metrics-dir", str(metrics)],
+        capture_output=True,
+        text=True,
+        env=llamamon_env(),
+        timeout=60,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert f"would remove {writer.path}" in dry.stdout and writer.path.exists()
+    (tmp_path / "monitoring.yaml").write_text("monitoring:\n  textfile_grace: 1s\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "llamamon", "gc", "--keep", "3650d", "--metrics-dir", str(metrics)],
+        capture_output=True,
+        text=True,
+        env=llamamon_env(),
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"removed {writer.path}" in done.stdout
+    assert not writer.path.exists()

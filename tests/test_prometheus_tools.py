@@ -122,7 +122,7 @@ def test_promtool_finds_no_lint_problem(tmp_path, kind):
     writer.write(RUNS[kind](), alerts_firing={"warning": 1})
     result = promtool_check(writer.path)
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
-    writer.finish()
+    writer.finish(grace=60)
     result = promtool_check(writer.path)
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
@@ -282,7 +282,7 @@ def test_node_exporter_serves_the_values_while_files_are_rewritten(node_exporter
     finally:
         stop.set()
         thread.join()
-    writer.finish()
+    writer.finish(grace=60)
     assert scrape(address)["llamamon_run_active"].labels_of(run=RUN_ID)[0].value == 0.0
     mtimes = scrape(address)["node_textfile_mtime_seconds"].points
     assert {dict(p.labels)["file"].rsplit("/", 1)[-1] for p in mtimes} >= {writer.path.name, watch.path.name}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -242,3 +243,29 @@ def test_record_alerts_on_what_the_job_logs_with_the_python_api(tmp_path, sink):
     names = [a["labels"]["alertname"] for r in sink.requests for a in r.json()["alerts"]]
     assert names == ["loss_not_finite", "loss_not_finite"]
     assert [s for s, _ in alerts_sent(sink)] == ["firing", "resolved"]
+
+
+@pytest.mark.parametrize("grace", ["0s", "1h"])
+def test_watch_prom_file_stops_looking_live_when_watch_exits(tmp_path, sink, grace):
+    from llamamon.prometheus.text import parse
+    from llamamon.prometheus.textfile import textfile_name
+
+    write_config(tmp_path, sink)
+    config = tmp_path / "monitoring.yaml"
+    config.write_text(config.read_text().replace("monitoring:\n", f"monitoring:\n  textfile_grace: {grace}\n", 1))
+    prom = tmp_path / "m" / "prometheus" / textfile_name(socket.gethostname(), "watch")
+
+    def active() -> float:
+        families = parse(prom.read_text(encoding="utf-8"))
+        return next(f.points[0].value for f in families if f.name == "llamamon_run_active")
+
+    watch = start_watch(tmp_path)
+    try:
+        wait_until(lambda: watch_ticked(tmp_path, watch) and prom.exists(), timeout=15)
+        assert active() == 1.0
+    finally:
+        assert stop(watch) == 0, logs(tmp_path)
+    if grace == "0s":
+        assert not prom.exists()  # nothing watch showed is left to look live
+    else:
+        assert active() == 0.0

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from llamamon.cli.options import config_option, metrics_dir_option
 from llamamon.errors import ConfigError
+
+if TYPE_CHECKING:
+    from llamamon.config import Config
 
 
 @click.command("gc")
@@ -18,13 +23,18 @@ from llamamon.errors import ConfigError
 )
 @click.option("--dry-run", is_flag=True, help="Only show what would be deleted.")
 def gc_command(config_path: str | None, metrics_dir: str | None, keep: str | None, dry_run: bool) -> None:
-    """Delete data older than --keep (never a run being recorded)."""
+    """Delete data older than --keep (never a run being recorded).
+
+    Also removes the Prometheus .prom files of runs that ended (past monitoring.textfile_grace) and of
+    recorders that were killed, whatever --keep says: their values are frozen and no longer live.
+    """
     from llamamon.config import load_config
     from llamamon.store import open_store
     from llamamon.store.retention import gc
     from llamamon.units import format_bytes, format_duration, parse_duration
 
     cfg = load_config(config_path)
+    _prune_textfiles(cfg, metrics_dir, dry_run)
     if keep is not None:
         seconds = parse_duration(keep, path="--keep")
     elif cfg.monitoring.retention is not None:
@@ -37,3 +47,13 @@ def gc_command(config_path: str | None, metrics_dir: str | None, keep: str | Non
     click.echo(
         f"{'would free' if dry_run else 'freed'} {format_bytes(freed)} (keeping the last {format_duration(seconds)})"
     )
+
+
+def _prune_textfiles(cfg: Config, metrics_dir: str | None, dry_run: bool) -> None:
+    from llamamon.prometheus.textfile import prune, stale_textfiles, textfile_folder
+
+    folder = textfile_folder(metrics_dir or cfg.monitoring.metrics_path, cfg.monitoring.textfile_dir)
+    grace = cfg.monitoring.textfile_grace
+    stale = stale_textfiles(folder, grace) if dry_run else prune(folder, grace)
+    for path in stale:
+        click.echo(f"{'would remove' if dry_run else 'removed'} {path} (a finished or killed run's .prom file)")

@@ -68,6 +68,7 @@ class Monitoring:
     retention: float | None
     thresholds: Thresholds
     secret_options: tuple[str, ...] = ()  # more options whose value record masks, beside --*token* & co.
+    textfile_grace: float = 0.0  # how long a finished run's .prom file stays (llamamon_run_active 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +163,7 @@ MONITORING_KEYS = (
     "export_format",
     "textfile_dir",
     "textfile_refresh",
+    "textfile_grace",
     "retention",
     "thresholds",
     "secret_options",
@@ -375,6 +377,7 @@ def _monitoring(check: _Checker, value: Any) -> Monitoring:
     export_format = check.choice(m["export_format"], "monitoring.export_format", EXPORT_FORMATS)
     textfile = m.get("textfile_dir")
     refresh = check.duration(m["textfile_refresh"], "monitoring.textfile_refresh")
+    grace = check.duration(m["textfile_grace"], "monitoring.textfile_grace")
     retention = m.get("retention")
     secret_options = check.string_list(m.get("secret_options"), "monitoring.secret_options")
     for i, option in enumerate(secret_options):
@@ -387,6 +390,7 @@ def _monitoring(check: _Checker, value: Any) -> Monitoring:
         export_format=export_format,
         textfile_dir=Path(check.string(textfile, "monitoring.textfile_dir")) if textfile is not None else None,
         textfile_refresh=refresh,
+        textfile_grace=grace,
         retention=check.duration(retention, "monitoring.retention", positive=True) if retention is not None else None,
         thresholds=Thresholds(
             memory=memory,
