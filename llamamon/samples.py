@@ -115,6 +115,7 @@ class AlertEvent:
     channels: tuple[str, ...] = ()
     run: str | None = None
     host: str | None = None
+    unit: str = ""  # the catalog unit ``value`` is in (as stored: ms for latencies); "" when unknown
 
     @property
     def fingerprint(self) -> str:

@@ -195,3 +195,25 @@ def test_refused_connection_is_retried_then_reported():
     assert not delivery.ok
     assert delivery.attempts == 2
     assert delivery.error.startswith(f"cannot reach 127.0.0.1:{port}")
+
+
+def test_value_is_in_the_unit_of_the_rules_templates_with_its_unit(plain_smtp):
+    # A latency rule: stored in ms, $value in seconds (as Prometheus); the mail's Value says the same.
+    from llamamon.rules import engine, lang
+
+    rule = engine.Rule(
+        "latency_high",
+        lang.parse("p95(inference_latency, 5m) > 500ms"),
+        annotations={"summary": "p95 latency {{ $value }}s", "description": "{{ $value | humanizeDuration }}"},
+    )
+    states = engine.AlertStates()
+    labels = make_labels(host="box", run="20260901T101500Z-box-3f2a")
+    [fired] = states.step(rule, 1_790_000_000.0, {labels: 97840.0})
+    [resolved] = states.step(rule, 1_790_000_060.0, {})
+    assert send(mail_channel(plain_smtp.port, tls="none"), [fired, resolved]).ok
+    _message, text, html = parts(plain_smtp.mails[0])
+    assert text.count("Value:       97.84 s (1m38s)") == 2
+    assert "Summary:     p95 latency 97.84s" in text
+    assert "Description: 1m 37s" in text
+    assert "9.784e+04" not in text
+    assert "<td>97.84 s (1m38s)</td>" in html

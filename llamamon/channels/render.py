@@ -8,8 +8,9 @@ import math
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
+from llamamon import catalog, units
 from llamamon.samples import AlertEvent
-from llamamon.units import format_duration
+from llamamon.units import format_bytes, format_duration
 
 TEST_LABEL = "llamamon_test"
 # Labels that already have their own row (the rules engine puts alertname, severity, host, run in labels).
@@ -36,12 +37,48 @@ def timestamp(seconds: float) -> str:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def format_value(value: float) -> str:
-    if math.isnan(value):
-        return "n/a"
+# Base unit (a catalog unit's Prometheus suffix) -> the symbol written after a value in it.
+_SYMBOLS = {
+    "seconds": "s",
+    "bytes": "B",
+    "bytes_per_second": "B/s",
+    "celsius": "°C",
+    "watts": "W",
+    "joules": "J",
+    "hertz": "Hz",
+    "cores": "cores",
+    "per_second": "/s",
+}
+
+
+def _number(value: float) -> str:
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return f"{value:.4g}"
+
+
+def format_value(value: float, unit: str = "") -> str:
+    """A value stored in catalog ``unit``, written in its base unit with the unit: what ``$value`` shows.
+
+    ``97840`` ms -> ``97.84 s (1m38s)``, ``0.97`` ratio -> ``0.97 (97%)``; a value without a unit as is.
+    Why base units: rule templates see ``$value`` in them (as Prometheus does), so the notification's
+    value and its annotations agree.
+    """
+    if math.isnan(value):
+        return "n/a"
+    known = catalog.UNITS.get(unit)
+    if known is None or not known.prometheus_suffix:
+        return _number(value)
+    base = units.scale(value, known.to_base)
+    suffix = known.prometheus_suffix
+    if suffix == "ratio":
+        return f"{_number(base)} ({base * 100:.4g}%)"
+    text = f"{_number(base)} {_SYMBOLS[suffix]}" if suffix in _SYMBOLS else _number(base)
+    if suffix == "seconds" and abs(base) >= 60:
+        text += f" ({format_duration(abs(base))})"
+    elif suffix in ("bytes", "bytes_per_second") and abs(base) >= 1024:
+        text += f" ({format_bytes(base)}{'/s' if suffix == 'bytes_per_second' else ''})"
+    return text
 
 
 def title(event: AlertEvent) -> str:
@@ -56,7 +93,7 @@ def fields(event: AlertEvent) -> list[tuple[str, str]]:
         ("Severity", event.severity),
         ("Rule", event.rule),
         ("Summary", event.summary),
-        ("Value", format_value(event.value)),
+        ("Value", format_value(event.value, event.unit)),
         ("Host", event.host or "-"),
         ("Run", event.run or "-"),
         ("Started", timestamp(event.started_at)),
@@ -100,7 +137,7 @@ def alert_labels(event: AlertEvent) -> dict[str, str]:
 def alert_annotations(event: AlertEvent) -> dict[str, str]:
     annotations = dict(event.annotations)
     annotations.setdefault("summary", event.summary)
-    annotations.setdefault("value", format_value(event.value))
+    annotations.setdefault("value", format_value(event.value, event.unit))
     return annotations
 
 

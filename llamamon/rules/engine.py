@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from llamamon import units
 from llamamon.rules import template
-from llamamon.rules.lang import Condition, to_base, top_comparison
+from llamamon.rules.lang import Condition, to_base, top_comparison, unit_of
 from llamamon.rules.series import (
     END,
     LOOKBACK,
@@ -477,6 +477,7 @@ class AlertStates:
             channels=rule.channels,
             run=inst.labels.get("run"),
             host=inst.labels.get("host"),
+            unit=unit_of(rule.condition.tree) or "",
         )
 
     def to_json(self) -> str:
