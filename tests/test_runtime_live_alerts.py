@@ -3,6 +3,7 @@ the live view. Times are explicit (``evaluate(now)``), so nothing waits on a clo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pty
@@ -17,7 +18,7 @@ from conftest import llamamon_env
 from llamamon.config import load_config
 from llamamon.runtime.live_alerts import LiveAlerts
 from llamamon.runtime.watcher import RunFollower
-from llamamon.samples import Row, make_labels
+from llamamon.samples import Row, labels_to_str, make_labels
 from llamamon.store.journal import Journal, encode_columns, tail_segment
 
 T0 = 1_790_000_000.0
@@ -248,3 +249,73 @@ def test_watch_on_a_terminal_redraws_a_live_view_in_place(tmp_path):
     assert "mem " in frame
     assert "FIRING (1)" in frame
     assert "warning always" in frame
+
+
+def queue(t: float, value: float) -> Row:
+    return Row(t, "inference", "batch_queue_size", value, make_labels(instance="127.0.0.1:8000"), None)
+
+
+def replayed(tmp_path: Path, cfg, rows: list[Row], end: float):
+    """What `alerts test` finds over the same rows of a run that ended at ``end``."""
+    import polars as pl
+
+    from llamamon.rules import engine
+    from llamamon.rules.builtin import rules_from_config
+
+    frame = pl.DataFrame(
+        {
+            "time": [r.time for r in rows],
+            "metric": [r.metric for r in rows],
+            "value": [r.value for r in rows],
+            "labels": [labels_to_str(r.labels) for r in rows],
+            "run": [RUN] * len(rows),
+            "host": ["box"] * len(rows),
+        }
+    ).with_columns(pl.from_epoch(pl.col("time") * 1_000_000, time_unit="us").dt.replace_time_zone("UTC"))
+    rules = [r for r in rules_from_config(cfg) if r.enabled]
+    samples = engine.prepare(frame, engine.needed_metrics(rules), cfg.aliases, {RUN: end})
+    return engine.evaluate_runs(rules, samples, cfg.update_frequency, {RUN: end})
+
+
+def test_the_last_alert_before_a_run_ends_fires_live_as_alerts_test_fires_it(tmp_path, metrics_dir):
+    """The issue's crashed serving run: the queue is high from the second scrape on and reaches its `for`
+    only at the run's end, between two evaluations. Both live and `alerts test` fire it, and both resolve it
+    at the run's end."""
+    rule = """    queue_high:
+      condition: batch_queue_size > 100
+      for: 20s
+"""
+    cfg = config(tmp_path, rule)
+    cfg = dataclasses.replace(cfg, monitoring=dataclasses.replace(cfg.monitoring, update_frequency=10.0))
+    rows = [queue(T0 + t, 166.0 if t else 3.0) for t in (0, 10, 20, 30)]
+    end = T0 + 35
+    live = LiveAlerts(cfg, metrics_dir)
+    sent = []
+    for k, t in enumerate((0.5, 10.5, 20.5, 30.2)):  # evaluations a little after each scrape, as record's
+        live.add(rows[: k + 1], RUN, "box")
+        sent += [(e.state, e.started_at, e.ended_at) for e in live.evaluate(T0 + t)[1]]
+    assert sent == []  # 30.2 - 10.5 < 20 s: not yet
+    marker = live.end_run(RUN, end)
+    changes, due = live.evaluate(marker)
+    assert [(e.state, e.started_at, e.ended_at) for e in due] == [("firing", end, None), ("resolved", end, marker)]
+    (offline,) = replayed(tmp_path, cfg, rows, end)
+    assert (offline.fired_at, offline.resolved_at) == (T0 + 30, end)
+
+
+def test_a_run_end_resolves_what_keep_firing_for_would_keep(tmp_path, metrics_dir):
+    rule = """    latency_high:
+      condition: p95(inference_latency, 5m) > 1000
+      keep_firing_for: 1h
+"""
+    cfg = config(tmp_path, rule)
+    rows = [Row(T0 + i, "inference", "inference_latency", 4000.0, (), None) for i in range(5)]
+    live = LiveAlerts(cfg, metrics_dir)
+    live.add(rows, RUN, "box")
+    assert states(live.evaluate(T0 + 4)[1]) == ["firing"]
+    marker = live.end_run(RUN, T0 + 4.5)
+    _changes, due = live.evaluate(marker + 1)
+    assert [(e.state, e.ended_at) for e in due] == [("resolved", marker)]
+    assert live.states.firing("latency_high") == []
+    assert live.evaluate(marker + 60)[1] == []  # nothing of the finished run comes back
+    (offline,) = replayed(tmp_path, cfg, rows, T0 + 4.5)
+    assert offline.resolved_at == T0 + 4.5  # `alerts test` and the report agree: resolved at the run's end

@@ -51,8 +51,9 @@ def evaluate_recorded(
     frame = scan(root, runs=ids)
     recorded = partial(metric_names, root, runs=ids)
     rules = [r for r in rules_from_config(cfg, recorded=recorded, recorded_where=str(root)) if r.enabled]
-    samples = engine.prepare(frame, engine.needed_metrics(rules), cfg.aliases, run_ends(runs))
-    return engine.evaluate_runs(rules, samples, cfg.update_frequency), rules
+    ends = run_ends(runs)
+    samples = engine.prepare(frame, engine.needed_metrics(rules), cfg.aliases, ends)
+    return engine.evaluate_runs(rules, samples, cfg.update_frequency, ends), rules
 
 
 def junit_xml(rules: list[Rule], alerts: list[Alert]) -> bytes:

@@ -63,7 +63,7 @@ def replay_alerts(
     shown_labels: dict[Labels, Labels] = {}
     metrics = {r.name: tuple(sorted(r.condition.metrics)) for r in rules}
     spans = []
-    for alert in engine.evaluate_runs(rules, prepared, cfg.update_frequency):
+    for alert in engine.evaluate_runs(rules, prepared, cfg.update_frequency, ends):
         shown = shown_labels.get(alert.labels)
         if shown is None:  # why cached: a flapping alert repeats the same label set thousands of times
             shown = shown_labels[alert.labels] = make_labels({k: v for k, v in alert.labels if k not in HIDDEN_LABELS})

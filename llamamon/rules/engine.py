@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from llamamon import units
@@ -263,10 +263,22 @@ def evaluation_grids(rules: Sequence[Rule], samples: Samples, step_s: float) -> 
     return list(grids.values())
 
 
-def evaluate_runs(rules: Sequence[Rule], samples: Samples, step_s: float) -> list[Alert]:
-    """Every alert episode over recorded runs (``alerts test``, the report), each rule on its own ticks."""
+def evaluate_runs(
+    rules: Sequence[Rule], samples: Samples, step_s: float, ends: Mapping[str, float] | None = None
+) -> list[Alert]:
+    """Every alert episode over recorded runs (``alerts test``, the report), each rule on its own ticks.
+
+    ``ends``: run id -> end (seconds) of the runs that ended. An episode of such a run resolves at its
+    end at the latest, whatever ``keep_firing_for`` says, as ``record`` and ``watch`` tell the channels:
+    a finished run has nothing left that could fire.
+    """
     rules = [r for r in rules if r.enabled]
     alerts = [a for grid, group in evaluation_grids(rules, samples, step_s) for a in evaluate(group, samples, grid)]
+    if ends:
+        for k, alert in enumerate(alerts):
+            end = ends.get(alert.run or "")
+            if end is not None and (alert.resolved_at is None or alert.resolved_at > end):
+                alerts[k] = replace(alert, resolved_at=max(end, alert.fired_at))
     alerts.sort(key=lambda a: (a.fired_at, a.rule, a.labels))
     return alerts
 
@@ -457,6 +469,22 @@ class AlertStates:
             if inst.state == "pending" and t - inst.active_at >= rule.for_ - 1e-6:
                 inst.state, inst.fired_at = "firing", t
                 events.append(self._event(rule, inst, "firing", t))
+        return events
+
+    def end_run(self, rules: Sequence[Rule], run: str, t: float) -> list[AlertEvent]:
+        """The run is over: every instance of it ends, its firing ones resolve at ``t``.
+
+        Why apart from ``step``: ``keep_firing_for`` would keep a finished run's alert firing with nothing
+        left to evaluate it against, and the channels would never hear it resolve.
+        """
+        events: list[AlertEvent] = []
+        for rule in rules:
+            table = self.active.get(rule.name, {})
+            for fp, inst in list(table.items()):
+                if inst.labels.get("run") == run:
+                    del table[fp]
+                    if inst.state == "firing":
+                        events.append(self._event(rule, inst, "resolved", t))
         return events
 
     def firing(self, rule: str) -> list[Instance]:

@@ -143,6 +143,7 @@ class LiveAlerts:
         self._names: dict[str, str] = {}
         self._label_cache: dict[tuple[str, str, str], dict[str, str]] = {}
         self._ended: dict[str, int] = {}
+        self._closing: dict[str, int] = {}  # ended runs whose alerts are still to be ended (us of the marker)
         self._seen: dict[str, int] = {}  # run -> its latest row of any metric (us): the run's last sample
         # Evaluation points still to step (us -> rule names): new samples of what `for: 0` rules read, and
         # each ended run's last sample for every rule.
@@ -209,14 +210,19 @@ class LiveAlerts:
                     self._insert((run, host, metric, labels), t, value, stale)
 
     def end_run(self, run: str, at: float) -> float:
-        """Mark every series of ``run`` stale just after ``at`` and its last sample; returns the marker's time."""
+        """Mark every series of ``run`` stale just after ``at`` and its last sample; returns the marker's time.
+
+        The run's end is an evaluation point of every rule, as in ``alerts test`` (a level that reached its
+        ``for`` by the end fires), and the next evaluation at or after the marker ends every alert of the run.
+        """
         with self._lock:
             keys = sorted(self._by_run.get(run, ()))
             last = max((self._series[k].times[-1] for k in keys), default=0)
             t = max(round(at * US), last) + 1
             self._ended[run] = t
-            if keys:  # the run's end is an evaluation point of every rule
-                self._points.setdefault(last, set()).update(self.by_name)
+            self._closing[run] = t
+            if keys:
+                self._points.setdefault(t - 1, set()).update(self.by_name)
             for key in keys:
                 self._insert(key, t, math.nan, True)
         return t / US
@@ -304,7 +310,8 @@ class LiveAlerts:
             )
             run_last[run] = max(run_last.get(run, -1), times[-1])
         for s, ((run, *_), _keys) in zip(series, self._layout, strict=True):
-            seen = -1 if run in self._ended else self._seen.get(run, -1)
+            # An ended run's series answer until its end, as offline where the run's metadata ends it.
+            seen = self._ended[run] - 1 if run in self._ended else self._seen.get(run, -1)
             s.run_last = max(run_last[run], seen)
         return series
 
@@ -329,10 +336,15 @@ class LiveAlerts:
             points, self._points = self._points, {}
             points.setdefault(round(now * US), set()).update(self.by_name)
             changes = step_at(self.states, self.rules, self._view(now), points, self._stepped)
+            for run, t in [(r, t) for r, t in self._closing.items() if t <= round(now * US)]:
+                del self._closing[run]
+                changes += self.states.end_run(self.rules, run, t / US)
         due: list[AlertEvent] = []
         if self.channels:
-            # Why every firing instance each tick: the ledger decides repeats (repeat_interval) from them.
-            candidates = [e for e in changes if e.state == "resolved"] + self.firing_events(now)
+            # Why the changes in order: an alert may fire and resolve within one evaluation (a run that ends
+            # just after its `for` is reached), and that alert must still be told. Why every firing instance
+            # after them: the ledger decides repeats (repeat_interval) from them.
+            candidates = changes + self.firing_events(now)
             due = self.ledger.due(candidates, now)
         self.save()
         return changes, due
@@ -429,7 +441,8 @@ class RunAlerts:
         try:
             await asyncio.to_thread(self.job.poll, now)
             if final_at is not None:
-                now = max(now, self.live.end_run(self.run_id, final_at))
+                # At the marker: the run's end is stepped first, then everything of it resolves there.
+                now = self.live.end_run(self.run_id, final_at)
             for event in await self.live.tick(now):
                 log.info("alert %s", describe(event))
         except Exception as exc:  # noqa: BLE001 - alerting must never stop the recording
@@ -438,7 +451,7 @@ class RunAlerts:
                 log.error("evaluating alert rules failed: %s (logged once; recording goes on)", exc)
 
     async def finish(self, ended: float) -> None:
-        """The run is over: its alerts resolve, the last notifications get a short while to go out."""
+        """The job ended at ``ended``: its alerts resolve, the last notifications get a short while to go out."""
         if self._task is not None:
             await self._task
         await self._evaluate(time.time(), final_at=ended)

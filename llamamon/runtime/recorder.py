@@ -169,6 +169,7 @@ class Recorder:
             # Built before the job starts: a bad rule or channel is a config error (exit 2), not a surprise later.
             self.alerts = RunAlerts(config, self.metrics_dir, self.info.id, self.host)
         self._textfile: TextfileWriter | None = None
+        self._job_ended: float | None = None  # set before the sampler is told to stop
         self._job_rows: JobJournalTail | None = None
         self._folder = folder
 
@@ -198,7 +199,7 @@ class Recorder:
                 sampler.start()
                 try:
                     result = child.wait()
-                    ended = time.time()
+                    ended = self._job_ended = time.time()
                     self._close_parsers()
                 finally:
                     self._request_stop()
@@ -344,7 +345,9 @@ class Recorder:
             await tick()  # the last sample, at exit
             if self.alerts is not None:
                 try:
-                    await self.alerts.finish(time.time())
+                    # The job's end, as the run's metadata says, not this later moment: the rules judge
+                    # the run as `alerts test` does, up to its end.
+                    await self.alerts.finish(self._job_ended if self._job_ended is not None else time.time())
                 except Exception as exc:  # noqa: BLE001 - the recording itself is complete
                     log.error("final alert evaluation failed: %s", exc)
             if ticker.skipped:
