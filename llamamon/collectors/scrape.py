@@ -12,18 +12,22 @@ serves garbage is reported once per kind of trouble and the recording goes on.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import math
 import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from llamamon.catalog import sanitize_name
 from llamamon.collectors.base import MetricsCollector
+from llamamon.config.loader import UnsetVariable
+from llamamon.config.schema import ScrapeTarget
+from llamamon.masking import scrub
 from llamamon.prometheus.text import ExpositionError, Family, Point, parse
 from llamamon.samples import Labels, Sample
 
@@ -233,9 +237,10 @@ class ScrapeState:
         return out
 
 
-def fetch(url: str, timeout: float) -> str:
+def fetch(url: str, timeout: float, headers: Mapping[str, str] | None = None) -> str:
     """The endpoint's text; raises OSError (down, timeout, HTTP error) or ValueError (not text)."""
-    request = urllib.request.Request(url, headers={"Accept": "text/plain;version=0.0.4;q=1,*/*;q=0.1"})
+    wanted = {"Accept": "text/plain;version=0.0.4;q=1,*/*;q=0.1", **(headers or {})}
+    request = urllib.request.Request(url, headers=wanted)
     with urllib.request.urlopen(request, timeout=timeout) as response:
         body = response.read(MAX_BODY + 1)
     if len(body) > MAX_BODY:
@@ -262,18 +267,40 @@ class ScrapeCollector(MetricsCollector):
 
     group = "custom"
 
-    def __init__(self, url: str, timeout: float = 5.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        *,
+        headers: Mapping[str, str] | None = None,
+        bearer_token: str | None = None,
+        basic_auth: tuple[str, str] | None = None,
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"not an http(s) URL: {url!r}")
+            raise ValueError(f"not an http(s) URL: {scrub(url, ())!r}")
         self.url = url
         self.timeout = timeout
-        self.name = f"scrape {url}"  # type: ignore[misc]  # per instance: warnings name the endpoint
-        self.instance = parts.netloc
+        self._headers, self._secrets, missing = _request_headers(headers or {}, bearer_token, basic_auth)
+        # Why scrub: a URL may carry user:password@; warnings and the instance label name the endpoint only.
+        self.shown = scrub(url, ())
+        if missing:
+            log.warning("scrape %s: not sending %s; the endpoint is scraped without it", self.shown, ", ".join(missing))
+        self.name = f"scrape {self.shown}"  # type: ignore[misc]  # per instance: warnings name the endpoint
+        self.instance = parts.netloc.rpartition("@")[2]
         self.state = ScrapeState()
         self._clock = clock
         self._reported: set[str] = set()
         self._failing = False
+
+    @classmethod
+    def from_target(cls, target: ScrapeTarget, default_timeout: float) -> ScrapeCollector:
+        """The collector for one ``scrape:`` entry; ``default_timeout`` where it names none."""
+        timeout = target.timeout if target.timeout is not None else default_timeout
+        return cls(
+            target.url, timeout, headers=target.headers, bearer_token=target.bearer_token, basic_auth=target.basic_auth
+        )
 
     async def collect(self) -> list[Sample]:
         return await asyncio.to_thread(self.scrape)
@@ -282,16 +309,45 @@ class ScrapeCollector(MetricsCollector):
         """One scrape: samples, or [] (and one warning per kind of trouble) when the endpoint fails."""
         now = self._clock()
         try:
-            families = parse(fetch(self.url, self.timeout))
+            families = parse(fetch(self.url, self.timeout, self._headers))
         except (OSError, ValueError) as exc:
             self._failing = True
-            kind = _trouble(exc)
+            kind = scrub(_trouble(exc), self._secrets)
             key = kind.split(" (")[0]
             if key not in self._reported:
                 self._reported.add(key)
-                log.warning("scrape %s: %s; recording goes on and the endpoint is tried every tick", self.url, kind)
+                hint = " (check the entry's headers, bearer_token or basic_auth)" if key in _AUTH_TROUBLE else ""
+                log.warning(
+                    "scrape %s: %s%s; recording goes on and the endpoint is tried every tick", self.shown, kind, hint
+                )
             return []
         if self._failing:
             self._failing = False
-            log.info("scrape %s: answering again", self.url)
+            log.info("scrape %s: answering again", self.shown)
         return self.state.convert(families, now, (("instance", self.instance),))
+
+
+_AUTH_TROUBLE = frozenset({"HTTP 401", "HTTP 403"})
+
+
+def _request_headers(
+    headers: Mapping[str, str], bearer_token: str | None, basic_auth: tuple[str, str] | None
+) -> tuple[dict[str, str], tuple[str, ...], list[str]]:
+    """(headers to send, raw secrets to scrub from messages, headers left out as their ${VAR} is unset)."""
+    wanted: dict[str, str] = dict(headers)
+    if bearer_token is not None:
+        wanted["Authorization"] = bearer_token if _unset(bearer_token) else f"Bearer {bearer_token}"
+    if basic_auth is not None:
+        user, password = basic_auth
+        unset = next((v for v in basic_auth if _unset(v)), None)
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        wanted["Authorization"] = unset if unset is not None else f"Basic {token}"
+    out = {name: value for name, value in wanted.items() if not _unset(value)}
+    missing = [f"{name} ({_unset(value)})" for name, value in wanted.items() if _unset(value)]
+    secrets = (*out.values(), *(basic_auth or ()), *((bearer_token,) if bearer_token else ()))
+    return out, tuple(str(v) for v in secrets), missing
+
+
+def _unset(value: str) -> str | None:
+    """``"${VAR} is not set"`` for a value from an unset environment variable, else None."""
+    return f"${{{value.variable}}} is not set" if isinstance(value, UnsetVariable) else None

@@ -104,6 +104,21 @@ class ParserConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ScrapeTarget:
+    """One ``scrape:`` entry: a URL, or a mapping with headers, auth and a timeout.
+
+    Header values, ``bearer_token`` and the basic-auth password may be ``${VAR}``s; one left unset is
+    an ``UnsetVariable`` here, and the collector leaves it out (with a warning) rather than send it.
+    """
+
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    bearer_token: str | None = None
+    basic_auth: tuple[str, str] | None = None  # (username, password)
+    timeout: float | None = None  # None: the recorder's default (the interval, at most 10 s)
+
+
+@dataclass(frozen=True, slots=True)
 class Alerts:
     channels: dict[str, ChannelConfig]
     rules: dict[str, RuleConfig]
@@ -117,7 +132,7 @@ class Config:
     alerts: Alerts
     parsers: tuple[ParserConfig, ...] = ()
     aliases: dict[str, str] = field(default_factory=dict)
-    scrape: tuple[str, ...] = ()
+    scrape: tuple[ScrapeTarget, ...] = ()
     collectors: tuple[str, ...] = ()
     source: Path | None = None
     lines: dict[str, int] = field(default_factory=dict)
@@ -321,7 +336,7 @@ def build_config(raw: RawConfig, defaults: RawConfig) -> Config:
     alerts = _alerts(_Checker(alerts_from, errors), data["alerts"] if "alerts" in data else base.get("alerts", {}))
     parsers = _parsers(check, data.get("parsers"))
     aliases = check.string_map(data.get("aliases"), "aliases")
-    scrape = check.string_list(data.get("scrape"), "scrape")
+    scrape = _scrape(check, data.get("scrape"))
     collectors = check.string_list(data.get("collectors"), "collectors")
     for i, spec in enumerate(collectors):
         if ":" not in spec:
@@ -452,6 +467,57 @@ def _alerts(check: _Checker, value: Any) -> Alerts:
     }
     repeat = check.duration(a.get("repeat_interval", "4h"), "alerts.repeat_interval", positive=True)
     return Alerts(channels, rules, builtin, repeat)
+
+
+SCRAPE_KEYS = ("url", "headers", "bearer_token", "basic_auth", "timeout")
+
+
+def _scrape(check: _Checker, value: Any) -> tuple[ScrapeTarget, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (str, dict)):
+        value = [value]
+    if not isinstance(value, list):
+        return check._bad("scrape", f"expected a list of URLs or {{url: ...}} mappings (got {_show(value)})", ())
+    out = []
+    for i, item in enumerate(value):
+        path = f"scrape[{i}]"
+        if isinstance(item, str) or not isinstance(item, dict):
+            out.append(ScrapeTarget(check.string(item, path)))
+            continue
+        body = check.mapping(item, path, SCRAPE_KEYS)
+        if "url" not in body:
+            check.report(path, "missing key url")
+        headers = {
+            str(k): _secret(check, v, f"{path}.headers.{k}")
+            for k, v in check.mapping(body.get("headers"), f"{path}.headers").items()
+        }
+        token = _secret(check, body["bearer_token"], f"{path}.bearer_token") if "bearer_token" in body else None
+        basic = None
+        if "basic_auth" in body:
+            auth = check.mapping(body["basic_auth"], f"{path}.basic_auth", ("username", "password"))
+            for key in ("username", "password"):
+                if key not in auth:
+                    check.report(f"{path}.basic_auth", f"missing key {key}")
+            basic = (
+                _secret(check, auth.get("username", "?"), f"{path}.basic_auth.username"),
+                _secret(check, auth.get("password", "?"), f"{path}.basic_auth.password"),
+            )
+        if token is not None and basic is not None:
+            check.report(path, "bearer_token and basic_auth both set an Authorization header; keep one")
+        if any(k.lower() == "authorization" for k in headers) and (token is not None or basic is not None):
+            check.report(f"{path}.headers", "an Authorization header and bearer_token/basic_auth: keep one")
+        timeout = check.duration(body["timeout"], f"{path}.timeout", positive=True) if "timeout" in body else None
+        url = check.string(body.get("url", "?"), f"{path}.url")
+        out.append(ScrapeTarget(url, headers, token, basic, timeout))
+    return tuple(out)
+
+
+def _secret(check: _Checker, value: Any, path: str) -> str:
+    """A string option that may be a secret: the value as loaded (an UnsetVariable stays one)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return check.string(value, path)
 
 
 def _parsers(check: _Checker, value: Any) -> tuple[ParserConfig, ...]:

@@ -550,15 +550,16 @@ def _scrapers(config: Config, urls: Sequence[str], interval: float) -> list[Metr
     if not config.scrape and not urls:
         return []
     from llamamon.collectors.scrape import ScrapeCollector
+    from llamamon.config.schema import ScrapeTarget
 
-    entries = [(url, f"scrape[{i}]", True) for i, url in enumerate(config.scrape)]
-    entries += [(url, "--scrape", False) for url in urls]
+    entries = [(target, f"scrape[{i}]", True) for i, target in enumerate(config.scrape)]
+    entries += [(ScrapeTarget(url), "--scrape", False) for url in urls]
     found: dict[str, MetricsCollector] = {}
-    for url, path, in_config in entries:
-        if url in found:
+    for target, path, in_config in entries:
+        if target.url in found:
             continue
         try:
-            found[url] = ScrapeCollector(url, timeout=min(interval, 10.0))
+            found[target.url] = ScrapeCollector.from_target(target, default_timeout=min(interval, 10.0))
         except ValueError as exc:
             raise (config.error(path, str(exc)) if in_config else ConfigError(str(exc), path=path)) from None
     return list(found.values())
