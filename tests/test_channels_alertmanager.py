@@ -137,6 +137,27 @@ def test_firing_is_listed_and_resolve_ends_it(alertmanager):
     wait_until(lambda: find(listed(alertmanager), firing.run) is None)
 
 
+def test_generator_url_links_each_alert_to_its_run(alertmanager):
+    # The "Source" link Alertmanager shows: the run's dashboard, with the run and host of this alert.
+    source = "http://grafana.local:3000/d/llamamon?var-run={run}&var-host={host}&rule={rule}"
+    channel = build_channel("am", "alertmanager", {"url": alertmanager, "generator_url": source, "timeout": "5s"})
+    firing = AlertEvent(
+        **{
+            **{f: getattr(event("firing", time.time()), f) for f in AlertEvent.__dataclass_fields__},
+            "run": "20260901T101500Z-box-link",
+            "host": "box one",
+        }
+    )
+    assert asyncio.run(channel.send([firing])).ok
+    alert = wait_until(lambda: find(listed(alertmanager), firing.run))
+    assert alert["generatorURL"] == (
+        "http://grafana.local:3000/d/llamamon?var-run=20260901T101500Z-box-link&var-host=box%20one&rule=gpu_memory_high"
+    )
+    # The webhook channel links the same way.
+    (hooked,) = webhook_payload([firing], receiver="sink", generator_url=source)["alerts"]
+    assert hooked["generatorURL"] == alert["generatorURL"]
+
+
 def test_alert_alertmanager_rejects_is_a_failed_delivery_without_retry(alertmanager):
     channel = build_channel("am", "alertmanager", {"url": alertmanager, "attempts": 3, "backoff": "10ms"})
     # "bad-name" is not a valid Prometheus label name: Alertmanager answers 400, which no retry can fix.

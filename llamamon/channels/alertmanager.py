@@ -5,7 +5,8 @@ repeat interval) so Alertmanager keeps it active between llamamon's re-notificat
 expire if llamamon stops; a resolve posts the same labels with ``endsAt`` = the resolve time.
 
 Options: ``url`` (required: the Alertmanager base URL, ``/api/v2/alerts`` is added), ``headers``,
-``generator_url``, ``expire_after`` (4h15m), and the common ``timeout``, ``attempts``, ``backoff``.
+``generator_url`` (each alert's "Source" link; ``{run}``, ``{host}`` and ``{rule}`` are replaced by the
+alert's), ``expire_after`` (4h15m), and the common ``timeout``, ``attempts``, ``backoff``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from llamamon.channels.base import BaseChannel, RetryPolicy
 from llamamon.channels.options import OptionReader
-from llamamon.channels.render import alert_annotations, alert_labels, timestamp
+from llamamon.channels.render import alert_annotations, alert_labels, source_link, timestamp
 from llamamon.channels.transport import post_json
 from llamamon.masking import mask_url
 from llamamon.samples import AlertEvent
@@ -50,7 +51,7 @@ def alertmanager_alerts(
             "endsAt": timestamp(max(ends, event.started_at)),
         }
         if generator_url:
-            alert["generatorURL"] = generator_url
+            alert["generatorURL"] = source_link(generator_url, event)
         alerts.append(alert)
     return alerts
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from urllib.parse import quote
 
 from llamamon import catalog, units
 from llamamon.samples import AlertEvent
@@ -139,6 +141,20 @@ def alert_annotations(event: AlertEvent) -> dict[str, str]:
     annotations.setdefault("summary", event.summary)
     annotations.setdefault("value", format_value(event.value, event.unit))
     return annotations
+
+
+_PLACEHOLDER = re.compile(r"\{(run|host|rule)\}")
+
+
+def source_link(template: str, event: AlertEvent) -> str:
+    """A channel's ``generator_url`` for one alert: ``{run}``, ``{host}``, ``{rule}`` become the alert's own.
+
+    So Alertmanager's "Source" link can open the run (a Grafana dashboard with ``var-run={run}``, a
+    report server's ``/{run}.html``); the values are URL-quoted, anything else in braces is left alone.
+    """
+    labels = alert_labels(event)
+    values = {"run": labels.get("run", ""), "host": labels.get("host", ""), "rule": event.rule}
+    return _PLACEHOLDER.sub(lambda m: quote(values[m.group(1)], safe=""), template)
 
 
 def fingerprint(labels: dict[str, str]) -> str:

@@ -4,8 +4,9 @@ Anything that already consumes Alertmanager webhooks (chat bridges, incident too
 can take llamamon's notifications without new code.
 
 Options: ``url`` (required, secret), ``headers`` (values secret), ``receiver`` (the channel name),
-``external_url``, ``generator_url``, ``max_alerts`` (0: all), ``send_resolved`` (true), and the common
-``timeout``, ``attempts``, ``backoff``. Credentials in the URL (``https://user:pw@host``) become Basic auth.
+``external_url``, ``generator_url`` (``{run}``, ``{host}``, ``{rule}`` replaced per alert), ``max_alerts``
+(0: all), ``send_resolved`` (true), and the common ``timeout``, ``attempts``, ``backoff``. Credentials in
+the URL (``https://user:pw@host``) become Basic auth.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from llamamon.channels.base import BaseChannel, RetryPolicy
 from llamamon.channels.options import OptionReader
-from llamamon.channels.render import alert_annotations, alert_labels, fingerprint, timestamp
+from llamamon.channels.render import alert_annotations, alert_labels, fingerprint, source_link, timestamp
 from llamamon.channels.transport import post_json
 from llamamon.masking import mask_url
 from llamamon.samples import AlertEvent
@@ -46,7 +47,7 @@ def webhook_payload(
                 "annotations": alert_annotations(event),
                 "startsAt": timestamp(event.started_at),
                 "endsAt": timestamp(ended) if ended is not None else ZERO_TIME,
-                "generatorURL": generator_url,
+                "generatorURL": source_link(generator_url, event),
                 "fingerprint": fingerprint(labels),
             }
         )
