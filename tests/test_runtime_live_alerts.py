@@ -296,7 +296,7 @@ def test_the_last_alert_before_a_run_ends_fires_live_as_alerts_test_fires_it(tmp
         sent += [(e.state, e.started_at, e.ended_at) for e in live.evaluate(T0 + t)[1]]
     assert sent == []  # 30.2 - 10.5 < 20 s: not yet
     marker = live.end_run(RUN, end)
-    changes, due = live.evaluate(marker)
+    _changes, due = live.evaluate(marker)
     assert [(e.state, e.started_at, e.ended_at) for e in due] == [("firing", end, None), ("resolved", end, marker)]
     (offline,) = replayed(tmp_path, cfg, rows, end)
     assert (offline.fired_at, offline.resolved_at) == (T0 + 30, end)
