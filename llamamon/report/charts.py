@@ -11,7 +11,7 @@ import base64
 import io
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from typing import Literal
@@ -142,6 +142,20 @@ def colour(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
+def legend_labels(label_sets: Sequence[Mapping[str, str]]) -> list[str]:
+    """Per series, the labels that tell it from the chart's other series (``gpu=1``), as legend text.
+
+    Labels every series shares (a scraped server's ``instance`` and ``model_name``) say nothing about
+    which line is which and made legends too long to fit, so they are left out; a chart's only series
+    keeps all of its labels.
+    """
+    if len(label_sets) > 1:
+        shared = set(label_sets[0].items()).intersection(*(s.items() for s in label_sets[1:]))
+    else:
+        shared = set()
+    return [", ".join(f"{k}={v}" if k else v for k, v in s.items() if (k, v) not in shared) for s in label_sets]
+
+
 def _si(v: float, _pos: object = None) -> str:
     """Compact tick label with three significant figures: 0.42, 3.1k, 1.2M."""
     if v == 0:
@@ -219,18 +233,35 @@ def _figure(height: float, title: str, legend_rows: int = 0) -> tuple[Figure, ma
 def render_chart(chart: Chart, zone: tzinfo | None = None) -> Figure:
     """Draw one panel: bands, lines, thresholds, alert spans, unit-aware axes."""
     zone = zone or local_zone()
-    entries = len(chart.lines) + sum(1 for ln in chart.lines if ln.marks is not None and len(ln.marks))
-    rows = 0 if entries <= 1 else math.ceil(entries / LEGEND_COLUMNS)
+    entries = [ln.label for ln in chart.lines]
+    entries += [f"{ln.label}: NaN/inf" for ln in chart.lines if ln.marks is not None and len(ln.marks)]
+    columns = legend_columns(entries)
+    rows = 0 if len(entries) <= 1 else math.ceil(len(entries) / columns)
     with matplotlib.rc_context(RC):
         fig, ax = _figure(chart.height, chart.title, rows)
-        _draw(ax, chart, zone)
+        _draw(ax, chart, zone, columns)
     return fig
 
 
 LEGEND_COLUMNS = 4
+LEGEND_WIDTH_IN = WIDTH_IN - LEFT_IN - RIGHT_IN
+LEGEND_CHAR_IN = 0.072  # one character of the legend's 8 pt sans-serif, a wide one (digits, "=")
+LEGEND_ENTRY_IN = 0.5  # the line sample and the space between columns
+LEGEND_CHARS = int((LEGEND_WIDTH_IN - LEGEND_ENTRY_IN) / LEGEND_CHAR_IN)  # what one entry alone can show
 
 
-def _draw(ax: matplotlib.axes.Axes, chart: Chart, zone: tzinfo) -> None:
+def legend_columns(labels: Sequence[str]) -> int:
+    """As many legend columns (at most LEGEND_COLUMNS) as the longest entry leaves room for in the width."""
+    widest = min(max((len(t) for t in labels), default=0), LEGEND_CHARS) * LEGEND_CHAR_IN + LEGEND_ENTRY_IN
+    return max(1, min(LEGEND_COLUMNS, len(labels), int(LEGEND_WIDTH_IN // widest)))
+
+
+def _fit(label: str) -> str:
+    """A legend entry cut to what fits in one row, with an ellipsis, rather than past the figure's edge."""
+    return label if len(label) <= LEGEND_CHARS else label[: LEGEND_CHARS - 1] + "…"
+
+
+def _draw(ax: matplotlib.axes.Axes, chart: Chart, zone: tzinfo, columns: int) -> None:
     labelled: set[str] = set()
     for span in chart.spans:
         shade = SEVERITY_COLOURS.get(span.severity, "#999999")
@@ -266,7 +297,16 @@ def _draw(ax: matplotlib.axes.Axes, chart: Chart, zone: tzinfo) -> None:
         )
         if lo is not None and hi is not None and np.any(np.nan_to_num(hi - lo) > 0):
             ax.fill_between(x, lo, hi, color=line.colour, alpha=0.18 * line.alpha, linewidth=0, zorder=1)
-        ax.plot(x, y, line.style, color=line.colour, linewidth=line.width, alpha=line.alpha, label=line.label, zorder=2)
+        ax.plot(
+            x,
+            y,
+            line.style,
+            color=line.colour,
+            linewidth=line.width,
+            alpha=line.alpha,
+            label=_fit(line.label),
+            zorder=2,
+        )
         if line.marks is not None and len(line.marks):
             ax.plot(
                 line.marks,
@@ -276,7 +316,7 @@ def _draw(ax: matplotlib.axes.Axes, chart: Chart, zone: tzinfo) -> None:
                 markersize=7,
                 markeredgewidth=1.8,
                 transform=ax.get_xaxis_transform(),
-                label=f"{line.label}: NaN/inf",
+                label=_fit(f"{line.label}: NaN/inf"),
                 zorder=4,
             )
     for th in chart.thresholds:
@@ -325,7 +365,7 @@ def _draw(ax: matplotlib.axes.Axes, chart: Chart, zone: tzinfo) -> None:
         ax.legend(
             loc="lower left",
             bbox_to_anchor=(0.0, 1.0),
-            ncols=min(len(labels), LEGEND_COLUMNS),
+            ncols=columns,
             borderaxespad=0.15,
             handlelength=1.6,
             columnspacing=1.6,

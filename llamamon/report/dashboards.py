@@ -329,19 +329,21 @@ def _series_lines(
     import polars as pl
 
     df = ctx.data.series.filter(pl.col("metric").is_in(list(metrics)))
+    groups = [
+        (i, key, part)
+        for i, (key, part) in enumerate(df.group_by("metric", "run", "labels", maintain_order=True).__iter__())
+        if label_filter is None or label_filter in key[2]
+    ]
+    legends = charts.legend_labels([_label_dict(key[2]) for _, key, _ in groups])
     lines: list[Line] = []
-    for i, ((metric, run, labels), part) in enumerate(
-        df.group_by("metric", "run", "labels", maintain_order=True).__iter__()
-    ):
-        if label_filter is not None and label_filter not in labels:
-            continue
+    for (i, (metric, run, _labels), part), legend in zip(groups, legends, strict=True):
         bits = []
         if label_by_metric or len(metrics) > 1:
             bits.append(metric)
         if ctx.multi:
             bits.append(ctx.run_labels.get(run, run))
-        if labels:
-            bits.append(label_text(labels))
+        if legend:
+            bits.append(legend)
         lines.append(
             Line(
                 label=" · ".join(bits),
@@ -353,6 +355,18 @@ def _series_lines(
             )
         )
     return lines
+
+
+def _label_dict(labels: str) -> dict[str, str]:
+    """Stored label JSON -> dict (a legend's raw material); text that is not JSON is one unnamed label."""
+    import json
+
+    if not labels:
+        return {}
+    try:
+        return {str(k): str(v) for k, v in json.loads(labels).items()}
+    except (ValueError, AttributeError):
+        return {"": labels}
 
 
 def _has(ctx: Context, *metrics: str) -> bool:
@@ -374,6 +388,8 @@ def _metric_panel(
     ylim: tuple[float | None, float | None] = (None, None),
     log: bool = False,
     note: str = "",
+    unit: str | None = None,
+    ylabel: str | None = None,
 ) -> Panel | None:
     present = [m for m in metrics if m in ctx.data.metrics()]
     if not present:
@@ -381,14 +397,55 @@ def _metric_panel(
     lines = _series_lines(ctx, present)
     if not lines:
         return None
-    unit = unit_of(present[0])
-    ylabel = axis_label(present[0]) if len(present) == 1 else (charts_unit_label(unit) or present[0])
+    unit = unit_of(present[0]) if unit is None else unit
+    if ylabel is None:
+        ylabel = axis_label(present[0]) if len(present) == 1 else (charts_unit_label(unit) or present[0])
     chart = ctx.chart(title, Axis(ylabel, unit, log=log, ylim=ylim))
     chart.lines = lines
     chart.thresholds = list(thresholds)
     chart.spans = ctx.spans_for(present)
     alt = f"{title}: {', '.join(present)} over time"
     return _panel(ctx, pid, chart, alt, note)
+
+
+# Prometheus name suffix -> the unit of a series the catalog does not know (a scraped server's own).
+_SUFFIX_UNITS = (
+    ("_total", "count"),
+    ("_perc", "ratio"),
+    ("_ratio", "ratio"),
+    ("_bytes", "bytes"),
+    ("_seconds", "seconds"),
+)
+
+
+def display_unit(metric: str) -> str:
+    """The catalog's unit, else one its Prometheus-style name says; ``count`` for counters, "" unknown."""
+    if catalog.get(metric) is not None:
+        return unit_of(metric)
+    return next((unit for suffix, unit in _SUFFIX_UNITS if metric.endswith(suffix)), "")
+
+
+def _panels_by_unit(ctx: Context, pid: str, title: str, metrics: Sequence[str]) -> list[Panel | None]:
+    """One panel per unit among ``metrics``, so 20k-token counters and 0-2 % ratios get an axis each.
+
+    A single unit keeps the plain id and title; otherwise each panel is ``<pid>-<unit>``, "<title> (<unit>)".
+    """
+    by_unit: dict[str, list[str]] = {}
+    for m in metrics:
+        if m in ctx.data.metrics():
+            by_unit.setdefault(display_unit(m), []).append(m)
+    panels = []
+    for unit, group in sorted(by_unit.items()):
+        axis_unit = unit if unit in catalog.UNITS else ""
+        ylabel = "count (cumulative)" if unit == "count" and len(group) > 1 else None
+        if len(by_unit) == 1:
+            panels.append(_metric_panel(ctx, pid, title, group, unit=axis_unit, ylabel=ylabel))
+            continue
+        name = {"count": "counters", "": "other"}.get(unit) or charts_unit_label(unit) or unit
+        panels.append(
+            _metric_panel(ctx, f"{pid}-{unit or 'other'}", f"{title} ({name})", group, unit=axis_unit, ylabel=ylabel)
+        )
+    return panels
 
 
 def charts_unit_label(unit: str) -> str:
@@ -440,7 +497,9 @@ def system_dashboard(ctx: Context) -> Dashboard:
         _metric_panel(
             ctx, "proc-io", "Process tree disk I/O", ["process_io_read_throughput", "process_io_write_throughput"]
         ),
-        _metric_panel(ctx, "cache", "Cache", sorted(m for m in ctx.data.metrics() if "cache" in m and _in_system(m))),
+        *_panels_by_unit(
+            ctx, "cache", "Cache", sorted(m for m in ctx.data.metrics() if "cache" in m and _in_system(m))
+        ),
     ]
     d.panels = [p for p in candidates if p is not None]
     if not _has(ctx, "gpu_utilization", "gpu_memory_usage", "gpu_power"):
@@ -569,9 +628,11 @@ def _step_lines(ctx: Context, metric: str, *, smooth: bool) -> tuple[list[Line],
     df = ctx.data.steps.filter(pl.col("metric") == metric)
     lines: list[Line] = []
     nan_marks = []
-    for i, ((run, labels), part) in enumerate(df.group_by("run", "labels", maintain_order=True).__iter__()):
+    groups = list(df.group_by("run", "labels", maintain_order=True).__iter__())
+    legends = charts.legend_labels([_label_dict(labels) for (_run, labels), _part in groups])
+    for i, (((run, _labels), part), legend) in enumerate(zip(groups, legends, strict=True)):
         c = charts.colour(i)
-        name = " · ".join(b for b in (ctx.run_labels.get(run, run) if ctx.multi else "", label_text(labels)) if b)
+        name = " · ".join(b for b in (ctx.run_labels.get(run, run) if ctx.multi else "", legend) if b)
         steps = part["step"].to_numpy().astype(float)
         marks = part.filter(pl.col("nonfinite") > 0)["step"].to_numpy().astype(float)
         raw_label = f"{metric} (raw)" if not name else f"{name} (raw)"
