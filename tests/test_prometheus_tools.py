@@ -394,7 +394,8 @@ def test_exported_rules_fire_only_while_the_run_is_live(node_exporter, prometheu
 
     def mine() -> list[dict[str, Any]]:
         alerts = json.loads(http_get(f"{prometheus.url}/api/v1/alerts"))["data"]["alerts"]
-        found = [a for a in alerts if a["labels"].get("host") == host]
+        names = ("queue_live_only", "memory_live_only")  # (llamamon_watch_down fires once watch says 0)
+        found = [a for a in alerts if a["labels"].get("host") == host and a["labels"]["alertname"] in names]
         assert all(a["labels"].get("run") != crashed for a in found), found  # the finished run never alerts
         return found
 
@@ -433,3 +434,32 @@ def test_scraped_counters_keep_one_total_and_pass_promtool(tmp_path):
     assert "totals" not in body
     result = promtool_check(writer.path)
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_exported_watch_down_rule_fires_for_a_stale_or_vanished_watch(node_exporter, prometheus, tmp_path):
+    config = tmp_path / "monitoring.yaml"
+    config.write_text("monitoring:\n  update_frequency: 1\nalerts:\n  builtin: {}\n  rules: {}\n")
+    target = prometheus.rules_dir / "watch_down.yml"
+    exported = run_llamamon("alerts", "export", "--config", str(config), "-o", str(target), cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr.decode()
+    urllib.request.urlopen(urllib.request.Request(f"{prometheus.url}/-/reload", method="POST"), timeout=5).close()
+    _, folder = node_exporter
+    hung = TextfileWriter(folder, "hung-box", "watch", labels={"host": "hung-box"}, clock=lambda: time.time() - 600)
+    hung.write([Sample("cpu_usage", 0.5)])  # its last sample is 10 minutes old: watch is stuck (or was killed)
+    gone = TextfileWriter(folder, "gone-box", "watch", labels={"host": "gone-box"})
+    gone.write([Sample("cpu_usage", 0.5)])
+    fresh = TextfileWriter(folder, "fresh-box", "watch", labels={"host": "fresh-box"})
+    fresh.write([Sample("cpu_usage", 0.5)])
+
+    def down() -> set[str]:
+        alerts = json.loads(http_get(f"{prometheus.url}/api/v1/alerts"))["data"]["alerts"]
+        hosts = {a["labels"]["host"] for a in alerts if a["labels"]["alertname"] == "llamamon_watch_down"}
+        assert "fresh-box" not in hosts  # a live watch is never down
+        return hosts & {"hung-box", "gone-box"}
+
+    wait_for(lambda: down() == {"hung-box"}, "the stuck watch to be reported down")
+    wait_for(lambda: query(prometheus.url, 'llamamon_run_active{host="gone-box"}'), "Prometheus to see gone-box")
+    assert down() == {"hung-box"}
+    gone.finish()  # watch exited: its file leaves the folder
+    assert not gone.path.exists()
+    wait_for(lambda: down() == {"hung-box", "gone-box"}, "the vanished watch to be reported down")

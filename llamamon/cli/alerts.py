@@ -184,14 +184,18 @@ def test_command(
 @click.option("--format", "fmt", type=click.Choice(["prometheus"]), default="prometheus", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write here instead of stdout.")
 def export_command(config_path: str | None, fmt: str, output: str | None) -> None:
-    """Write Prometheus alerting rules for every rule that translates to PromQL; list those that do not."""
+    """Write Prometheus alerting rules for every rule that translates to PromQL; list those that do not.
+
+    The rules fire only for live runs; llamamon_watch_down is added, for a `llamamon watch` that stopped.
+    """
     from llamamon.config import load_config
-    from llamamon.prometheus.rules_export import export_rules
+    from llamamon.prometheus.rules_export import export_rules, watch_stale_after
     from llamamon.rules.builtin import rules_from_config
 
     cfg = load_config(config_path)
     rules = rules_from_config(cfg)
-    text, skipped, warnings = export_rules(rules, interval=cfg.update_frequency)
+    stale = watch_stale_after(cfg.update_frequency, cfg.monitoring.textfile_refresh)
+    text, skipped, warnings = export_rules(rules, interval=cfg.update_frequency, watch_stale=stale)
     if output:
         from llamamon.fsutil import atomic_write
 

@@ -274,10 +274,34 @@ def _negate(node: Node) -> str:
     raise Untranslatable("'not' is only translated in front of a comparison or isnan/isinf/isfinite")
 
 
+WATCH_DOWN = "llamamon_watch_down"
+
+
+def watch_stale_after(interval: float, refresh: float) -> float:
+    """Seconds without a new sample after which watch counts as down: three rewrites of its file, at least
+    2 minutes (so a Prometheus scraping node_exporter every minute never sees a live watch as stale)."""
+    return max(120.0, 3 * max(interval, refresh))
+
+
+def watch_down_rule(stale_after: float) -> dict[str, Any]:
+    """The alert for a ``llamamon watch`` that stopped: its file (``{host}``, no run label) went stale, says
+    ``run_active 0``, or is gone (a host that had it within the hour and has it no more)."""
+    last = family_name("last_sample") + '{run=""}'
+    active = family_name("run_active") + '{run=""}'
+    expr = (
+        f"(time() - {last} > {_num(stale_after)}) or ({active} == 0) or (max_over_time({active}[1h]) unless {active})"
+    )
+    summary = "llamamon watch on {{ $labels.host }} is not running: no live alerting for its runs"
+    return {"alert": WATCH_DOWN, "expr": expr, "labels": {"severity": "warning"}, "annotations": {"summary": summary}}
+
+
 def export_rules(
-    rules: Sequence[Rule], *, interval: float | None = None
+    rules: Sequence[Rule], *, interval: float | None = None, watch_stale: float | None = None
 ) -> tuple[str, list[tuple[str, str]], list[tuple[str, str]]]:
-    """(Prometheus rule file YAML, [(rule, why not exported)], [(rule, warning)]) for the enabled rules."""
+    """(Prometheus rule file YAML, [(rule, why not exported)], [(rule, warning)]) for the enabled rules.
+
+    ``watch_stale`` (seconds) adds ``llamamon_watch_down`` (``watch_down_rule``).
+    """
     import yaml
 
     items: list[dict[str, Any]] = []
@@ -301,6 +325,8 @@ def export_rules(
         if rule.annotations:
             item["annotations"] = dict(rule.annotations)
         items.append(item)
+    if watch_stale is not None:
+        items.append(watch_down_rule(watch_stale))
     group: dict[str, Any] = {"name": "llamamon"}
     if interval:
         group["interval"] = duration_text(interval)
