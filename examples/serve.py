@@ -1,10 +1,12 @@
 """A small real inference workload measured with ``llamamon.InferenceMonitor``.
 
 A character n-gram language model is trained on the text below, then serves a stream of generation
-requests from a queue with two worker threads. Requests arrive faster than they are served, so the
-queue grows; repeated prompts are answered from an LRU cache (cache hits); prompts the model has never
-seen a character of fail (errors). Every request's latency is stored; throughput, token rate, cache
-hit rate, error and timeout rates and the queue size are written once per interval. About 10 s:
+requests from a queue with two worker threads. Each generated character costs a fixed decode time (like
+a GPU's time per output token), so the workers serve about 30 requests/s while 40 arrive: the queue
+grows for the ~10 s requests keep coming (to some 90), then drains. Repeated prompts are answered
+from an LRU cache (cache hits, no decoding); prompts the model has never seen a character of fail
+(errors). Every request's latency is stored; throughput, token rate, cache hit rate, error and timeout
+rates and the queue size are written once per interval. About 13 s:
 
     python examples/serve.py
     llamamon record -- python examples/serve.py
@@ -76,6 +78,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between derived metrics")
+    parser.add_argument("--rate", type=float, default=40.0, help="requests arriving per second")
+    parser.add_argument("--decode-ms", type=float, default=0.1, help="decode time per generated character")
     args = parser.parse_args()
 
     model = NGramModel(CORPUS)
@@ -83,7 +87,11 @@ def main() -> None:
 
     @lru_cache(maxsize=64)
     def cached_generate(prompt: str, n_chars: int) -> str:
-        return model.generate(prompt, n_chars, seed=len(prompt))
+        started = time.perf_counter()
+        text = model.generate(prompt, n_chars, seed=len(prompt))
+        # Decoding is paced, as on an accelerator: what the n-gram lookups did not use of it is slept.
+        time.sleep(max(0.0, len(text) * args.decode_ms / 1000 - (time.perf_counter() - started)))
+        return text
 
     rng = random.Random(7)
     words = model.text.split()
@@ -99,15 +107,13 @@ def main() -> None:
         return " ".join(words[start : start + rng.randint(1, 3)]), rng.randint(500, 1500)
 
     def producer() -> None:
-        sent, tick = 0, 0
-        while sent < args.requests:
-            # Bursts every 50 ms that grow by one request every 4 ticks: arrivals outpace the workers.
-            for _ in range(min(1 + tick // 4, args.requests - sent)):
-                requests.put(next_request())
-                sent += 1
+        # Arrivals on a schedule (``rate`` per second from the start), not a sleep after each: they keep
+        # their pace however busy the workers or the machine are.
+        start = time.perf_counter()
+        for sent in range(args.requests):
+            time.sleep(max(0.0, start + sent / args.rate - time.perf_counter()))
+            requests.put(next_request())
             monitor.set_queue_size(requests.qsize())
-            tick += 1
-            time.sleep(0.05)
         for _ in range(args.workers):
             requests.put(None)
 

@@ -61,6 +61,31 @@ def test_serve_example_records_requests_and_derived_metrics(tmp_path):
     assert max(r.value for r in rows if r.metric == "cache_hit_rate") > 0
 
 
+def test_recorded_serve_example_shows_its_queue_growing(tmp_path):
+    # Its docstring says arrivals outpace the workers; it once served everything at once with a queue of 0.
+    import polars as pl
+
+    from llamamon.store.reader import scan
+
+    script = str(REPO / "examples" / "serve.py")
+    args = ("--requests", "160", "--interval", "0.5")
+    done = run_llamamon("record", "--no-gpu", "--interval", "0.5", "--", sys.executable, script, *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"served 160 requests" in done.stdout
+    queue = (
+        scan(tmp_path / ".metrics", groups=["inference"])
+        .filter(pl.col("metric") == "batch_queue_size")
+        .sort("time")
+        .collect()
+    )
+    values = queue["value"].to_list()
+    peak = values.index(max(values))
+    assert max(values) >= 15, values  # 160 requests at 40/s against ~30/s served: about 40 waiting at the end
+    assert peak >= 3, values  # it grows over several intervals, not in one burst
+    assert values[0] <= max(values) / 3, values
+    assert values[-1] < max(values), values  # then the workers drain it
+
+
 def test_hf_trainer_log_example_lines_are_recognised(tmp_path):
     for extra in ((), ("--string-numbers",)):
         result = run_example("hf_trainer_log.py", "--steps", "100", *extra, cwd=tmp_path)
