@@ -20,7 +20,7 @@ import pytest
 from llamamon.collectors.scrape import ScrapeCollector
 from llamamon.config import load_config
 from llamamon.errors import ConfigError
-from tests.conftest import llamamon_env, run_llamamon
+from tests.conftest import REPO, llamamon_env, run_llamamon
 
 TOKEN = "tok-s3cr3t-BEARER"
 PASSWORD = "pw-s3cr3t-BASIC"
@@ -180,3 +180,16 @@ def test_record_scrapes_with_the_token_and_writes_it_nowhere(tmp_path, auth_serv
     assert not [p for p in files if TOKEN.encode() in p.read_bytes()]
     exported = run_llamamon("export", "prometheus", "--latest", cwd=tmp_path)
     assert b"llamamon_batch_queue_size{" in exported.stdout  # the scraped value made it through
+
+
+def test_the_commented_example_in_monitoring_yaml_is_valid(tmp_path, monkeypatch):
+    lines = (REPO / "monitoring.yaml").read_text().splitlines()
+    start = lines.index("# scrape:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        block.append(line[2:])
+    first, second = _targets(tmp_path, "\n".join(block) + "\n", monkeypatch, VLLM_TOKEN=TOKEN)
+    assert first.url == "http://127.0.0.1:8000/metrics"
+    assert (second.bearer_token, second.headers, second.timeout) == (TOKEN, {"X-Scope-OrgID": "team-ml"}, 3.0)

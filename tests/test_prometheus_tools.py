@@ -463,3 +463,40 @@ def test_exported_watch_down_rule_fires_for_a_stale_or_vanished_watch(node_expor
     gone.finish()  # watch exited: its file leaves the folder
     assert not gone.path.exists()
     wait_for(lambda: down() == {"hung-box", "gone-box"}, "the vanished watch to be reported down")
+
+
+def test_honor_labels_keeps_the_scraped_servers_instance(node_exporter, prometheus, tmp_path):
+    """A scraped server's series carry its ``instance``; the README's ``honor_labels: true`` keeps it as is."""
+    _, folder = node_exporter
+    run = "20260901T141414Z-gpu-box-inst"
+    writer = TextfileWriter(folder, HOST, run)
+    writer.write([Sample("batch_queue_size", 7.0, make_labels(instance="127.0.0.1:8000", model="m"))])
+    home = tmp_path / "honoring"
+    home.mkdir()
+    (home / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n"
+        "scrape_configs:\n  - job_name: node\n    honor_labels: true\n    static_configs:\n"
+        f"      - targets: ['{node_exporter[0]}']\n"
+    )
+    address = f"127.0.0.1:{free_port()}"
+    args = [
+        require_binary("prometheus"),
+        f"--config.file={home / 'prometheus.yml'}",
+        f"--storage.tsdb.path={home / 'data'}",
+        f"--web.listen-address={address}",
+    ]
+    honoring = _start(args, home / "prometheus.log", f"http://{address}/-/ready", "Prometheus (honor_labels)")
+    try:
+        selector = f'llamamon_batch_queue_size{{run="{run}"}}'
+        (kept,) = wait_for(lambda: query(f"http://{address}", selector), "the honoring Prometheus to scrape")
+        assert kept["metric"]["instance"] == "127.0.0.1:8000"
+        assert "exported_instance" not in kept["metric"]
+        # Without it (the default), Prometheus renames the label and puts node_exporter's address in its place.
+        (renamed,) = wait_for(lambda: query(prometheus.url, selector), "the default Prometheus to scrape")
+        assert renamed["metric"]["exported_instance"] == "127.0.0.1:8000"
+        assert renamed["metric"]["instance"] == node_exporter[0]
+        # The llamamon series that have no instance of their own still get node_exporter's.
+        (active,) = query(f"http://{address}", f'llamamon_run_active{{run="{run}"}}')
+        assert active["metric"]["instance"] == node_exporter[0]
+    finally:
+        _stop(honoring)
