@@ -396,7 +396,9 @@ def describe(event: AlertEvent) -> str:
     if shown:
         parts.append("{" + shown + "}")
     if event.value == event.value:
-        parts.append(f"value={event.value:.6g}")
+        from llamamon.channels.render import format_value
+
+        parts.append(f"value={format_value(event.value, event.unit)}")  # as the notifications write it
     if event.run:
         parts.append(f"run={event.run}")
     return " ".join(parts)
