@@ -280,6 +280,31 @@ def resolution_of(name: str) -> float | None:
     return metric.resolution if metric is not None else None
 
 
+# A histogram metric scraped from a server is stored whole, as Prometheus keeps it: cumulative counts
+# ``<name>_bucket`` (label ``le``, upper bounds as the server wrote them), ``<name>_sum`` and ``<name>_count``,
+# in the metric's Prometheus base unit (seconds for latencies) and counted from the run's first scrape.
+# Samples of ``<name>`` itself stay what a job logs: one observation each.
+HISTOGRAM_PARTS: tuple[str, ...] = ("bucket", "sum", "count")
+
+
+def histogram_parts(name: str) -> tuple[str, ...]:
+    """The stored part series of a catalog histogram metric (``inference_latency_bucket`` ...); () for others."""
+    metric = BY_NAME.get(name)
+    if metric is None or metric.kind != "histogram":
+        return ()
+    return tuple(f"{metric.name}_{part}" for part in HISTOGRAM_PARTS)
+
+
+@functools.lru_cache(maxsize=4096)
+def histogram_part(name: str) -> tuple[Metric, str] | None:
+    """(the histogram metric, "bucket"/"sum"/"count") for a stored part series name, else None."""
+    base, _, part = name.rpartition("_")
+    metric = BY_NAME.get(base)
+    if part in HISTOGRAM_PARTS and metric is not None and metric.kind == "histogram":
+        return metric, part
+    return None
+
+
 def get(name: str) -> Metric | None:
     """The catalog entry for a name (aliases resolved), or None for a job's own metric."""
     return BY_NAME.get(ALIASES.get(name, name))
@@ -302,4 +327,6 @@ def suggest(name: str, known: list[str] | tuple[str, ...] | None = None) -> str 
 def group_of(name: str) -> str:
     """Store group for a metric name: its catalog group, else "custom"."""
     metric = get(name)
+    if metric is None and (part := histogram_part(name)) is not None:
+        metric = part[0]
     return metric.group if metric is not None and metric.group != "run" else "custom"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import logging
+import math
 import subprocess
 import sys
 import threading
@@ -13,7 +14,8 @@ import pytest
 
 from llamamon.catalog import BY_NAME
 from llamamon.collectors import scrape as scrape_module
-from llamamon.collectors.scrape import ScrapeCollector, histogram_quantile
+from llamamon.collectors.scrape import ScrapeCollector
+from llamamon.rules.histogram import bucket_quantile
 
 pytest.importorskip("prometheus_client", reason="prometheus_client is in the test extra")
 
@@ -111,11 +113,15 @@ def by_metric(samples):
     return out
 
 
+def buckets(samples):
+    return {dict(s.labels)["le"]: s.value for s in samples["inference_latency_bucket"]}
+
+
 def test_every_mapping_target_is_in_the_catalog():
     targets = [
         *(m for m, _ in scrape_module.GAUGES.values()),
         *scrape_module.COUNTER_RATES.values(),
-        *scrape_module.HISTOGRAM_QUANTILES.values(),
+        *scrape_module.HISTOGRAMS_KEPT.values(),
         *scrape_module.HISTOGRAM_MEANS.values(),
         *scrape_module.HISTOGRAM_SUM_RATES.values(),
         *scrape_module.COUNTER_RATIOS,
@@ -123,13 +129,17 @@ def test_every_mapping_target_is_in_the_catalog():
     assert [t for t in targets if t not in BY_NAME] == []
 
 
-def test_histogram_quantile_matches_prometheus():
-    buckets = [(0.1, 0.0), (0.25, 10.0), (0.5, 10.0), (1.0, 20.0), (float("inf"), 20.0)]
-    assert histogram_quantile(0.5, buckets) == pytest.approx(0.25)
-    assert histogram_quantile(0.25, buckets) == pytest.approx(0.175)
-    assert histogram_quantile(0.99, buckets) == pytest.approx(0.5 + 0.5 * 9.8 / 10)
-    assert histogram_quantile(0.99, [(1.0, 0.0), (float("inf"), 5.0)]) == 1.0
-    assert histogram_quantile(0.5, [(1.0, 0.0), (float("inf"), 0.0)]) is None
+def test_bucket_quantile_matches_prometheus():
+    inf = float("inf")
+    buckets = [(0.1, 0.0), (0.25, 10.0), (0.5, 10.0), (1.0, 20.0), (inf, 20.0)]
+    assert bucket_quantile(0.5, buckets) == pytest.approx(0.25)
+    assert bucket_quantile(0.25, buckets) == pytest.approx(0.175)
+    assert bucket_quantile(0.99, buckets) == pytest.approx(0.5 + 0.5 * 9.8 / 10)
+    assert bucket_quantile(0.99, [(1.0, 0.0), (inf, 5.0)]) == 1.0  # in +Inf: the highest finite bound
+    assert math.isnan(bucket_quantile(0.5, [(1.0, 0.0), (inf, 0.0)]))  # no observations
+    assert math.isnan(bucket_quantile(0.5, [(1.0, 3.0)]))  # no +Inf bucket
+    assert bucket_quantile(0.5, [(inf, 4.0), (1.0, 4.0), (1.0, 0.0)]) == pytest.approx(0.5)  # coalesced, sorted
+    assert bucket_quantile(0.5, [(1.0, 4.0), (2.0, 2.0), (inf, 4.0)]) == pytest.approx(0.5)  # forced monotonic
 
 
 def test_vllm_series_map_onto_the_catalog_with_restart(tmp_path, app):
@@ -162,17 +172,21 @@ def test_vllm_series_map_onto_the_catalog_with_restart(tmp_path, app):
     assert throughput.value == pytest.approx(1.0)
     assert second["cache_hit_rate"][0].value == pytest.approx(0.3)
     assert second["batch_queue_size"][0].value == 7.0
-    quantiles = {dict(s.labels)["quantile"]: s.value for s in second["inference_latency"]}
-    assert set(quantiles) == {"0.5", "0.9", "0.95", "0.99"}
-    assert quantiles["0.5"] == pytest.approx(250.0)  # ms, interpolated like histogram_quantile
-    assert 500.0 < quantiles["0.9"] <= 1000.0
+    # The latency histogram is kept whole: cumulative buckets (le as the server wrote it), sum and count,
+    # in seconds, counted from the run's first scrape (this labelled series appeared since: all of it).
+    assert "inference_latency" not in second  # no per-interval quantiles
+    assert buckets(second) == {"0.1": 0, "0.25": 10, "0.5": 10, "1.0": 20, "2.5": 20, "+Inf": 20}
+    (total,), (count,) = second["inference_latency_sum"], second["inference_latency_count"]
+    assert (total.value, count.value) == (pytest.approx(10.0), 20.0)
+    assert dict(count.labels) == {"instance": f"127.0.0.1:{app.port}", "model_name": "tiny-llm"}
+    assert {dict(s.labels)["le"] for s in second["inference_latency_bucket"]} == set(buckets(second))
     assert second["inter_token_latency"][0].value == pytest.approx(30.0)  # mean of 20 ms and 40 ms
 
     # Next interval: only new observations count.
     app.send("observe 2.0 4")
     clock.now += 10
     third = by_metric(collector.scrape())
-    assert {dict(s.labels)["quantile"]: s.value for s in third["inference_latency"]}["0.5"] > 1000.0
+    assert buckets(third) == {"0.1": 0, "0.25": 10, "0.5": 10, "1.0": 20, "2.5": 24, "+Inf": 24}
     assert third["token_throughput"][0].value == 0.0
 
     # The server restarts on the same port: counters start again from zero.
@@ -181,7 +195,10 @@ def test_vllm_series_map_onto_the_catalog_with_restart(tmp_path, app):
     clock.now += 10
     fourth = by_metric(collector.scrape())
     assert fourth["token_throughput"][0].value == pytest.approx(2.0)
-    assert {dict(s.labels)["quantile"]: s.value for s in fourth["inference_latency"]}["0.5"] < 250.0
+    # ... and the histogram's per-run counts go on from where they were: a restart adds all the new values.
+    assert buckets(fourth) == {"0.1": 0, "0.25": 15, "0.5": 15, "1.0": 25, "2.5": 29, "+Inf": 29}
+    assert fourth["inference_latency_count"][0].value == 29.0
+    assert fourth["inference_latency_sum"][0].value == pytest.approx(10.0 + 8.0 + 1.0)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -250,3 +267,25 @@ def test_endpoint_that_recovers_is_scraped_again(odd_server, caplog):
 def test_rejects_non_http_urls():
     with pytest.raises(ValueError, match="http"):
         ScrapeCollector("file:///etc/passwd")
+
+
+def test_kept_histogram_counts_from_the_runs_first_scrape():
+    from llamamon.collectors.scrape import ScrapeState
+    from llamamon.prometheus.text import parse
+
+    def text(low: int, total: int, seconds: float) -> str:
+        return (
+            "# TYPE vllm:e2e_request_latency_seconds histogram\n"
+            f'vllm:e2e_request_latency_seconds_bucket{{le="1.0"}} {low}\n'
+            f'vllm:e2e_request_latency_seconds_bucket{{le="+Inf"}} {total}\n'
+            f"vllm:e2e_request_latency_seconds_sum {seconds}\n"
+            f"vllm:e2e_request_latency_seconds_count {total}\n"
+        )
+
+    state = ScrapeState()
+    first = by_metric(state.convert(parse(text(100, 150, 90.5)), 10.0))  # a server that served before the run
+    assert buckets(first) == {"1.0": 0, "+Inf": 0}
+    assert (first["inference_latency_sum"][0].value, first["inference_latency_count"][0].value) == (0.0, 0.0)
+    later = by_metric(state.convert(parse(text(103, 155, 96.0)), 20.0))
+    assert buckets(later) == {"1.0": 3, "+Inf": 5}
+    assert later["inference_latency_sum"][0].value == pytest.approx(5.5)

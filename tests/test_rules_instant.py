@@ -60,14 +60,20 @@ LABELS = {
     "learning_rate": [{}],
     "my_counter": [{"rank": "a"}, {"rank": "b"}],
     "myalias": [{"rank": "a"}],  # config alias of my_counter
+    # a catalog histogram: a job's observations, and a scraped server's buckets (some may be missing)
+    "inference_latency": [{"model": "m"}],
+    "inference_latency_bucket": [{"instance": "i", "le": le} for le in ("0.1", "0.5", "2.5", "+Inf")],
+    "inference_latency_sum": [{"instance": "i"}],
+    "inference_latency_count": [{"instance": "i"}],
 }
 ALIASED = {"lr", "myalias"}  # their samples fall between the canonical ones: never the same time
 RUNS = [("", "h1"), ("R1", "h1"), ("R2", "h2"), ("R1", "h2")]
 VALUES = [0.0, 1.0, 2.0, 3.0, 0.5, -1.0, 10.0, 100.0, 250.0, 1e6, math.nan, math.inf, -math.inf]
 
 NAMES = ["memory_usage", "gpu_temperature", "loss", "validation_loss", "val_loss", "learning_rate", "my_counter"]
-NAMES += ["myalias", "lr"]
+NAMES += ["myalias", "lr", "inference_latency"]
 CANONICAL = {"val_loss": "validation_loss", "lr": "learning_rate", "myalias": "my_counter"}
+CANONICAL |= {f"inference_latency_{part}": "inference_latency" for part in ("bucket", "sum", "count")}
 CANONICAL |= {n: n for n in NAMES if n not in CANONICAL}
 MATCHERS = ["", "", "", "", '{run="R1"}', '{run!="R2"}', '{host=~"h[12]"}', '{run=~""}', '{run="R2", host="h2"}']
 OWN_MATCHERS = {"gpu_temperature": ['{gpu="0"}', '{gpu!~"1"}'], "my_counter": ['{rank="a"}', '{rank!="b"}']}

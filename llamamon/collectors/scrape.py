@@ -3,9 +3,11 @@
 Fetching is urllib with a timeout; parsing is ``llamamon.prometheus.text.parse``. Every series is stored
 as it is (name made store-safe, labels kept, plus ``instance``); well-known serving series are also
 mapped onto the catalog: gauges directly, counters as per-second rates, prefix-cache counters as a hit
-ratio, failed or aborted requests as an error rate, and latency histograms as percentiles of the requests
-that finished *in the interval* (bucket deltas, like ``histogram_quantile(rate(...))``). A counter that
-goes down means the server restarted: its new value is the increase. An endpoint that is down, slow or
+ratio, failed or aborted requests as an error rate, and latency histograms kept whole, as Prometheus
+keeps them: ``inference_latency_bucket{le}``, ``_sum`` and ``_count`` (``catalog.histogram_parts``),
+cumulative, in seconds, counted from the run's first scrape, so that rules, report and export compute
+quantiles over any window from them (never quantiles of per-interval quantiles). A counter that goes
+down means the server restarted: its new value is the increase. An endpoint that is down, slow or
 serves garbage is reported once per kind of trouble and the recording goes on.
 """
 
@@ -14,15 +16,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import math
 import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from llamamon import catalog
 from llamamon.catalog import sanitize_name
 from llamamon.collectors.base import MetricsCollector
 from llamamon.config.loader import UnsetVariable
@@ -34,7 +36,6 @@ from llamamon.samples import Labels, Sample
 log = logging.getLogger("llamamon.collectors")
 
 MAX_BODY = 32 << 20
-QUANTILES = (0.5, 0.9, 0.95, 0.99)
 
 # Wire family name (counters without "_total") -> catalog metric. vLLM renames map to the same name.
 GAUGES: dict[str, tuple[str, float]] = {
@@ -55,8 +56,8 @@ COUNTER_RATES: dict[str, str] = {
     "tgi_request_success": "batch_throughput",
     "llamacpp:tokens_predicted": "token_throughput",
 }
-# Histograms (seconds) -> percentiles in milliseconds per interval, label quantile.
-HISTOGRAM_QUANTILES: dict[str, str] = {
+# Histograms (seconds) -> kept whole as the catalog histogram's parts (<metric>_bucket/_sum/_count).
+HISTOGRAMS_KEPT: dict[str, str] = {
     "vllm:e2e_request_latency_seconds": "inference_latency",
     "tgi_request_duration": "inference_latency",
     "vllm:time_to_first_token_seconds": "time_to_first_token",
@@ -104,24 +105,11 @@ class _Histogram:
     buckets: dict[float, float]
     count: float
     total: float
+    les: dict[float, str] = field(default_factory=dict)  # each bound as the server spelled it
 
 
-def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
-    """Prometheus' histogram_quantile on cumulative (le, count) pairs sorted by le; None when empty."""
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    total = buckets[-1][1]
-    rank = q * total
-    lower_le, lower_count = 0.0, 0.0
-    for le, count in buckets:
-        if count >= rank:
-            if math.isinf(le):
-                return lower_le  # in the +Inf bucket: the highest finite bound is all that is known
-            if count == lower_count:
-                return le
-            return lower_le + (le - lower_le) * (rank - lower_count) / (count - lower_count)
-        lower_le, lower_count = le, count
-    return lower_le
+def _restarted(cur: _Histogram, prev: _Histogram) -> bool:
+    return cur.count < prev.count or any(v < prev.buckets.get(le, 0.0) for le, v in cur.buckets.items())
 
 
 class ScrapeState:
@@ -131,6 +119,9 @@ class ScrapeState:
         self.time: float | None = None
         self.counters: dict[tuple[str, Labels], float] = {}
         self.histograms: dict[tuple[str, Labels], _Histogram] = {}
+        # Per kept histogram: what to add to the server's values to count from the run's first scrape
+        # (minus that scrape's values, plus each restart's last values).
+        self.offsets: dict[tuple[str, Labels], _Histogram] = {}
 
     def convert(self, families: list[Family], now: float, extra: Labels = ()) -> list[Sample]:
         """Raw series plus catalog metrics; updates the state for the next interval."""
@@ -159,6 +150,7 @@ class ScrapeState:
                     metric, factor = GAUGES[name]
                     out.append(Sample(metric, point.value * factor, label(point.labels), now))
 
+        out.extend(self._kept(histograms, now, label))
         if elapsed is not None and elapsed > 0:
             out.extend(self._rates(counters, elapsed, now, label))
             out.extend(self._histogram_metrics(histograms, elapsed, now, label))
@@ -174,9 +166,11 @@ class ScrapeState:
                 le = dict(point.labels).get("le")
                 if le is not None:
                     try:
-                        h.buckets[float(le)] = point.value
+                        bound = float(le)
                     except ValueError:
                         continue
+                    h.buckets[bound] = point.value
+                    h.les[bound] = le
             elif point.name.endswith("_count"):
                 h.count = point.value
             elif point.name.endswith("_sum"):
@@ -209,6 +203,41 @@ class ScrapeState:
                     out.append(Sample(metric, increases[(hits, labels)] / asked, label(labels), now))
         return out
 
+    def _kept(
+        self, histograms: dict[tuple[str, Labels], _Histogram], now: float, label: Callable[[Labels], Labels]
+    ) -> list[Sample]:
+        """The mapped histograms' cumulative buckets, sum and count since the run's first scrape (seconds).
+
+        Why cumulative and not per interval: quantiles over a window need the counts in it, which the
+        increase of cumulative buckets gives (``histogram_quantile(q, rate(x_bucket[w]))``); a restart is
+        an increase of all the new values, as for counters.
+        """
+        out = []
+        for key, cur in histograms.items():
+            name, labels = key
+            if name not in HISTOGRAMS_KEPT:
+                continue
+            offset = self.offsets.get(key)
+            prev = self.histograms.get(key)
+            if offset is None:
+                # At the first scrape: counted from here. A series new since then started from zero.
+                first = self.time is None
+                offset = _Histogram({le: -v if first else 0.0 for le, v in cur.buckets.items()}, 0.0, 0.0)
+                offset.count, offset.total = (-cur.count, -cur.total) if first else (0.0, 0.0)
+                self.offsets[key] = offset
+            elif prev is not None and _restarted(cur, prev):
+                for le, v in prev.buckets.items():
+                    offset.buckets[le] = offset.buckets.get(le, 0.0) + v
+                offset.count += prev.count
+                offset.total += prev.total
+            bucket, total, count = catalog.histogram_parts(HISTOGRAMS_KEPT[name])
+            for le in sorted(cur.buckets):
+                value = cur.buckets[le] + offset.buckets.get(le, 0.0)
+                out.append(Sample(bucket, value, label((*labels, ("le", cur.les[le]))), now))
+            out.append(Sample(total, cur.total + offset.total, label(labels), now))
+            out.append(Sample(count, cur.count + offset.count, label(labels), now))
+        return out
+
     def _histogram_metrics(
         self,
         histograms: dict[tuple[str, Labels], _Histogram],
@@ -219,17 +248,9 @@ class ScrapeState:
         out = []
         for (name, labels), cur in histograms.items():
             prev = self.histograms.get((name, labels)) or _Histogram({}, 0.0, 0.0)  # new series: from zero
-            restarted = cur.count < prev.count or any(v < prev.buckets.get(le, 0.0) for le, v in cur.buckets.items())
-            base = _Histogram({}, 0.0, 0.0) if restarted else prev
+            base = _Histogram({}, 0.0, 0.0) if _restarted(cur, prev) else prev
             d_count = cur.count - base.count
             d_sum = cur.total - base.total
-            if name in HISTOGRAM_QUANTILES and d_count > 0:
-                buckets = sorted((le, v - base.buckets.get(le, 0.0)) for le, v in cur.buckets.items())
-                for q in QUANTILES:
-                    value = histogram_quantile(q, buckets)
-                    if value is not None:
-                        tagged = label((*labels, ("quantile", f"{q:g}")))
-                        out.append(Sample(HISTOGRAM_QUANTILES[name], value * 1000.0, tagged, now))
             if name in HISTOGRAM_MEANS and d_count > 0:
                 out.append(Sample(HISTOGRAM_MEANS[name], d_sum / d_count * 1000.0, label(labels), now))
             if name in HISTOGRAM_SUM_RATES:

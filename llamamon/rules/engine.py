@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from llamamon import units
+from llamamon import catalog, units
 from llamamon.rules import template
 from llamamon.rules.lang import Condition, to_base, top_comparison, unit_of
 from llamamon.rules.series import (
@@ -131,8 +131,13 @@ class Alert:
 # Public entry points
 
 
+def reads(rule: Rule) -> frozenset[str]:
+    """The stored metrics a rule reads: its condition's, and the part series of a catalog histogram."""
+    return rule.condition.metrics.union(*(catalog.histogram_parts(m) for m in rule.condition.metrics))
+
+
 def needed_metrics(rules: Iterable[Rule]) -> set[str]:
-    return {m for r in rules for m in r.condition.metrics}
+    return {m for r in rules for m in reads(r)}
 
 
 def conditions(
@@ -251,7 +256,7 @@ def evaluation_grids(rules: Sequence[Rule], samples: Samples, step_s: float) -> 
     base = Grid.covering(bounds[0], bounds[1], step_s).with_times(ends)
     by_metrics: dict[frozenset[str] | None, list[Rule]] = {}
     for rule in rules:
-        by_metrics.setdefault(None if rule.for_ > 0 else frozenset(rule.condition.metrics), []).append(rule)
+        by_metrics.setdefault(None if rule.for_ > 0 else reads(rule), []).append(rule)
     grids: dict[int, tuple[Grid, list[Rule]]] = {}
     for metrics, group in by_metrics.items():
         grid = base

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from llamamon import catalog
+from llamamon.rules import histogram
 from llamamon.rules.lang import COMPARISONS, Binary, Call, Node, Number, Selector, Unary
 from llamamon.rules.series import (
     LOOKBACK,
@@ -207,7 +208,24 @@ class Instant:
             return self.since_best(node.args[0])  # type: ignore[arg-type]
         sel = node.args[1] if f == "quantile" else node.args[0]
         assert isinstance(sel, Selector)
-        return self.window(node, sel)
+        own = self.window(node, sel)
+        metric = histogram.metric_of(node)
+        return own if metric is None else _concat(own, self.from_buckets(node, metric))
+
+    def from_buckets(self, node: Call, metric: catalog.Metric) -> Vec:
+        """A window function of a catalog histogram from its stored parts, as rules.series.Compiler's."""
+        res = self.eval(histogram.parts_tree(node, metric))
+        assert isinstance(res, Vec)
+        if node.func not in histogram.QUANTILE_FUNCS:
+            return res
+        groups, member = histogram.group_buckets(res.labels)
+        found: dict[int, list[tuple[float, float]]] = {}
+        for sid, (value, _ok) in sorted(res.rows.items()):
+            m = member[sid]
+            if m is not None:
+                found.setdefault(m[0], []).append((m[1], value))
+        rows = {g: (histogram.in_unit(metric, histogram.bucket_quantile(node.q, b)), True) for g, b in found.items()}
+        return Vec(groups, rows)
 
     def since_best(self, sel: Selector) -> Vec:
         """Evaluations since the series' last new minimum, held like a training metric until its run ends.
@@ -329,6 +347,16 @@ class Instant:
             else:
                 rows[sid] = (arith(op, a, b), ok)
         return Vec(vec.labels, rows)
+
+
+def _concat(a: Vec, b: Vec) -> Vec:
+    """Both vectors' series side by side (b's renumbered after a's), as rules.series._concat."""
+    if not b.labels:
+        return a
+    if not a.labels:
+        return b
+    n = len(a.labels)
+    return Vec([*a.labels, *b.labels], {**a.rows, **{sid + n: row for sid, row in b.rows.items()}})
 
 
 def _vector_op(op: str, left: Vec, right: Vec) -> Vec:

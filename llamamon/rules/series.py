@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llamamon import catalog
+from llamamon.rules import histogram
 from llamamon.rules.lang import COMPARISONS, Binary, Call, Node, Number, Selector, Unary, subtrees
 from llamamon.samples import labels_from_str
 
@@ -409,7 +410,31 @@ class Compiler:
             return self.since_best(node.args[0])  # type: ignore[arg-type]
         sel = node.args[1] if f == "quantile" else node.args[0]
         assert isinstance(sel, Selector)
-        return self.window(node, sel)
+        own = self.window(node, sel)
+        metric = histogram.metric_of(node)
+        return own if metric is None else _concat(own, self.from_buckets(node, metric))
+
+    def from_buckets(self, node: Call, metric: catalog.Metric) -> Vec:
+        """A window function of a catalog histogram from its stored parts (``rules.histogram``)."""
+        import polars as pl
+
+        res = self.eval(histogram.parts_tree(node, metric))
+        assert isinstance(res, Vec)
+        if node.func not in histogram.QUANTILE_FUNCS:
+            return res
+        groups, member = histogram.group_buckets(res.labels)
+        if not groups:
+            return Vec(empty_vec(), [])
+        g = pl.Series([m[0] if m else None for m in member], dtype=pl.UInt32)
+        le = pl.Series([m[1] if m else None for m in member], dtype=pl.Float64)
+        rates = res.df.with_columns(g=g.gather(res.df["sid"]), le=le.gather(res.df["sid"])).drop_nulls("g")
+        per = rates.group_by("g", "k").agg("le", "value").sort("g", "k")
+        values = [
+            histogram.in_unit(metric, histogram.bucket_quantile(node.q, zip(les, vs, strict=True)))
+            for les, vs in zip(per["le"].to_list(), per["value"].to_list(), strict=True)
+        ]
+        out = per.select("k", pl.col("g").alias("sid"), value=pl.Series(values, dtype=pl.Float64), ok=pl.lit(True))
+        return Vec(out, groups)
 
     def since_best(self, sel: Selector) -> Vec:
         import polars as pl
@@ -686,6 +711,18 @@ class Compiler:
             value = {"+": lv + rv, "-": lv - rv, "*": lv * rv, "/": lv / rv}[op]
         res = j.select("k", pl.col(sid).alias("sid"), value.alias("value"), ok.alias("ok"))
         return Vec(res, labels)
+
+
+def _concat(a: Vec, b: Vec) -> Vec:
+    """Both vectors' series side by side (b's renumbered after a's)."""
+    import polars as pl
+
+    if not b.labels:
+        return a
+    if not a.labels:
+        return b
+    shifted = b.df.with_columns(pl.col("sid") + len(a.labels))
+    return Vec(pl.concat([a.df, shifted.cast(a.df.schema)]), [*a.labels, *b.labels])
 
 
 SHORT_WINDOW = 16

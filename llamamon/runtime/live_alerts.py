@@ -92,7 +92,7 @@ class LiveAlerts:
         from llamamon.channels.dispatch import Dispatcher
         from llamamon.channels.registry import build_channels
         from llamamon.rules.builtin import rules_from_config
-        from llamamon.rules.engine import AlertStates, needed_metrics
+        from llamamon.rules.engine import AlertStates, needed_metrics, reads
         from llamamon.rules.lang import Call, subtrees
         from llamamon.runtime.alert_ledger import NotificationLedger
 
@@ -150,7 +150,7 @@ class LiveAlerts:
         self._events_of: dict[str, list[str]] = {}  # canonical metric -> `for: 0` rules that read it
         for r in self.rules:
             if r.for_ == 0:
-                for m in r.condition.metrics:
+                for m in reads(r):  # (a histogram's bucket series too)
                     self._events_of.setdefault(m, []).append(r.name)
         self._points: dict[int, set[str]] = {}
         self._stepped: dict[str, float] = {}  # rule -> its last step (s)
