@@ -113,8 +113,16 @@ def by_metric(samples):
     return out
 
 
-def buckets(samples):
-    return {dict(s.labels)["le"]: s.value for s in samples["inference_latency_bucket"]}
+def buckets(samples, at=None):
+    """le -> count of the kept histogram's bucket samples at ``at`` (default: the scrape's own, latest, time)."""
+    kept = samples["inference_latency_bucket"]
+    at = max(s.time for s in kept) if at is None else at
+    return {dict(s.labels)["le"]: s.value for s in kept if s.time == at}
+
+
+def latest(samples, metric):
+    found = samples[metric]
+    return [s for s in found if s.time == max(x.time for x in found)]
 
 
 def test_every_mapping_target_is_in_the_catalog():
@@ -176,7 +184,9 @@ def test_vllm_series_map_onto_the_catalog_with_restart(tmp_path, app):
     # in seconds, counted from the run's first scrape (this labelled series appeared since: all of it).
     assert "inference_latency" not in second  # no per-interval quantiles
     assert buckets(second) == {"0.1": 0, "0.25": 10, "0.5": 10, "1.0": 20, "2.5": 20, "+Inf": 20}
-    (total,), (count,) = second["inference_latency_sum"], second["inference_latency_count"]
+    # It was 0 at the last scrape, which zeros there say, so a window's increase counts its first requests.
+    assert set(buckets(second, at=clock.now - 10).values()) == {0.0}
+    (total,), (count,) = latest(second, "inference_latency_sum"), latest(second, "inference_latency_count")
     assert (total.value, count.value) == (pytest.approx(10.0), 20.0)
     assert dict(count.labels) == {"instance": f"127.0.0.1:{app.port}", "model_name": "tiny-llm"}
     assert {dict(s.labels)["le"] for s in second["inference_latency_bucket"]} == set(buckets(second))
@@ -197,8 +207,8 @@ def test_vllm_series_map_onto_the_catalog_with_restart(tmp_path, app):
     assert fourth["token_throughput"][0].value == pytest.approx(2.0)
     # ... and the histogram's per-run counts go on from where they were: a restart adds all the new values.
     assert buckets(fourth) == {"0.1": 0, "0.25": 15, "0.5": 15, "1.0": 25, "2.5": 29, "+Inf": 29}
-    assert fourth["inference_latency_count"][0].value == 29.0
-    assert fourth["inference_latency_sum"][0].value == pytest.approx(10.0 + 8.0 + 1.0)
+    assert latest(fourth, "inference_latency_count")[0].value == 29.0
+    assert latest(fourth, "inference_latency_sum")[0].value == pytest.approx(10.0 + 8.0 + 1.0)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

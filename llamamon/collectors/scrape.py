@@ -219,18 +219,24 @@ class ScrapeState:
                 continue
             offset = self.offsets.get(key)
             prev = self.histograms.get(key)
+            bucket, total, count = catalog.histogram_parts(HISTOGRAMS_KEPT[name])
             if offset is None:
-                # At the first scrape: counted from here. A series new since then started from zero.
+                # At the first scrape: counted from here. A series new since then started from zero: it
+                # was 0 at the last scrape, which a zero there says, so a window's increase sees its first
+                # requests (a server creates a labelled series on its first observation).
                 first = self.time is None
                 offset = _Histogram({le: -v if first else 0.0 for le, v in cur.buckets.items()}, 0.0, 0.0)
                 offset.count, offset.total = (-cur.count, -cur.total) if first else (0.0, 0.0)
                 self.offsets[key] = offset
+                if self.time is not None:
+                    for le in sorted(cur.buckets):
+                        out.append(Sample(bucket, 0.0, label((*labels, ("le", cur.les[le]))), self.time))
+                    out += [Sample(total, 0.0, label(labels), self.time), Sample(count, 0.0, label(labels), self.time)]
             elif prev is not None and _restarted(cur, prev):
                 for le, v in prev.buckets.items():
                     offset.buckets[le] = offset.buckets.get(le, 0.0) + v
                 offset.count += prev.count
                 offset.total += prev.total
-            bucket, total, count = catalog.histogram_parts(HISTOGRAMS_KEPT[name])
             for le in sorted(cur.buckets):
                 value = cur.buckets[le] + offset.buckets.get(le, 0.0)
                 out.append(Sample(bucket, value, label((*labels, ("le", cur.les[le]))), now))

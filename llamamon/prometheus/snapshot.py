@@ -1,7 +1,9 @@
 """The latest state of one run as Prometheus families: catalog names, base units, histograms, run gauges.
 
 A ``RunSnapshot`` is fed the same samples the store gets, in time order; it keeps the last value of
-every gauge and counter series, accumulates histogram observations into cumulative buckets, and
+every gauge and counter series, accumulates histogram observations into cumulative buckets (a scraped
+histogram's stored parts, ``inference_latency_bucket{le}``/``_sum``/``_count``, are its real buckets and
+are written as they are: ``histogram_quantile`` on the export gives what the server's own buckets give), and
 renders all of it with the run's constant labels (host, run). Names come from the catalog
 (``Metric.prometheus_name``), values are converted to base units with ``UNITS[unit].to_base`` through
 ``units.scale``; a metric the job logs that the catalog does not know gets a derived name that passes
@@ -166,6 +168,16 @@ class _Series:
     labels: Labels
     value: float = math.nan
     histogram: Histogram | None = None
+    kept: _Kept | None = None  # a scraped histogram's buckets, as stored
+
+
+@dataclass(slots=True)
+class _Kept:
+    """The latest stored parts of a scraped histogram (base units, cumulative, counted over the run)."""
+
+    buckets: dict[float, tuple[str, float]] = field(default_factory=dict)  # bound -> (le as stored, count)
+    sum: float = 0.0
+    count: float = 0.0
 
 
 class RunSnapshot:
@@ -198,19 +210,36 @@ class RunSnapshot:
         """
         for sample in samples:
             metric = catalog.get(sample.metric)
-            name = metric.name if metric is not None else sample.metric
-            series = self._series_for(name, sample.labels)
-            if metric is not None and metric.kind == "histogram":
+            part = catalog.histogram_part(sample.metric) if metric is None else None
+            if part is not None:
+                self._keep(part[0].name, part[1], sample.labels, float(sample.value))
+            elif metric is not None and metric.kind == "histogram":
+                series = self._series_for(metric.name, sample.labels)
                 if series.histogram is None:
                     series.histogram = Histogram(self.buckets)
                 series.histogram.observe(units.scale(float(sample.value), catalog.UNITS[metric.unit].to_base))
             else:
+                series = self._series_for(metric.name if metric is not None else sample.metric, sample.labels)
                 series.value = float(sample.value)
             if sample.step is not None:
                 self.step = float(sample.step)
             when = sample.time if sample.time is not None else default_time
             if when is not None and (self.last_sample is None or when > self.last_sample):
                 self.last_sample = float(when)
+
+    def _keep(self, metric: str, part: str, labels: Labels, value: float) -> None:
+        le = dict(labels).get("le")
+        series = self._series_for(metric, tuple((k, v) for k, v in labels if k != "le"))
+        kept = series.kept = series.kept or _Kept()
+        if part == "bucket" and le is not None:
+            try:
+                kept.buckets[float(le)] = (le, value)
+            except ValueError:
+                return
+        elif part == "sum":
+            kept.sum = value
+        elif part == "count":
+            kept.count = value
 
     def set_histogram(self, metric: str, labels: Labels, histogram: Histogram) -> None:
         """Replace a series' histogram with pre-bucketed counts (bounds in base units, e.g. seconds)."""
@@ -302,15 +331,27 @@ class RunSnapshot:
             name, factor = self._names[metric], 1.0
             help_text = f'Metric "{metric}" logged by the job (not in the llamamon catalog).'
         series = sorted(series, key=lambda s: s.labels)
-        if any(s.histogram is not None for s in series):
-            points = [p for s in series if s.histogram is not None for p in _histogram_points(name, s)]
+        if any(s.histogram is not None or s.kept is not None for s in series):
+            points = [p for s in series for p in _histogram_points(name, s)]
             return Family(name, "histogram", help_text, tuple(points))
         kind = known.kind if known is not None else derived_kind(metric)
         return Family(name, kind, help_text, tuple(Point(name, s.labels, units.scale(s.value, factor)) for s in series))
 
 
 def _histogram_points(name: str, series: _Series) -> list[Point]:
-    assert series.histogram is not None
+    kept = series.kept
+    if kept is not None:
+        points = [
+            Point(f"{name}_bucket", tuple(sorted((*series.labels, ("le", le)))), count)
+            for _bound, (le, count) in sorted(kept.buckets.items())
+        ]
+        return [
+            *points,
+            Point(f"{name}_sum", series.labels, kept.sum),
+            Point(f"{name}_count", series.labels, kept.count),
+        ]
+    if series.histogram is None:
+        return []
     points = [
         Point(f"{name}_bucket", tuple(sorted((*series.labels, ("le", format_value(bound))))), count)
         for bound, count in series.histogram.cumulative()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamamon import catalog
+from llamamon.report import buckets as buckets_of
 from llamamon.report.source import scan_samples
 from llamamon.samples import AlertEvent, Labels, RunInfo
 from llamamon.store.runs import run_ends
@@ -141,6 +142,8 @@ class ReportData:
     validation: pl.DataFrame
     alerts: list[AlertSpan] = field(default_factory=list)
     thresholds: Thresholds = field(default_factory=Thresholds)
+    # Per run and scraped histogram metric: p50/p95/p99 of the run's requests from its buckets (report.buckets).
+    latency: pl.DataFrame | None = None
 
     def has_group(self, *groups: str) -> bool:
         return self.summary.height > 0 and self.summary.filter(self.summary["group"].is_in(groups)).height > 0
@@ -268,7 +271,17 @@ def load_report_data(
         _histogram(raw_latency, data.summary),
         _validation(lf.filter(pl.col("group").is_in(["training", "custom"]))),
     ]
-    (data.steps, data.quantiles, data.histogram, validation) = pl.collect_all(queries, engine="streaming")
+    queries.append(charted.filter(pl.col("metric").is_in(buckets_of.bucket_metrics())))
+    (data.steps, data.quantiles, data.histogram, validation, scraped) = pl.collect_all(queries, engine="streaming")
+    over_time, data.latency, bars = buckets_of.tables(
+        scraped.select("run", "metric", "labels", "time", "value"), bounds, max(buckets // 8, 20)
+    )
+    data.quantiles = pl.concat([data.quantiles, over_time.cast(_QUANTILE_SCHEMA)])  # type: ignore[arg-type]
+    data.histogram = pl.concat([data.histogram, bars])
+    # The stored parts of a histogram are read through it, never charted or summarised as series of their own.
+    parts = [p for m in catalog.METRICS for p in catalog.histogram_parts(m.name)]
+    data.summary = data.summary.filter(~pl.col("metric").is_in(parts))
+    data.series = data.series.filter(~pl.col("metric").is_in(parts))
     data.energy = energy
     data.validation = _pivot_validation(validation)
     return data

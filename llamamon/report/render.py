@@ -149,6 +149,11 @@ def key_figures(data: ReportData) -> list[tuple[str, list[str]]]:
         cells = []
         for run in data.runs:
             rows = s.filter((pl.col("run") == run.id) & (pl.col("metric") == metric))
+            scraped = _scraped(data, run.id, metric, stat)
+            if scraped is not None:
+                # A scraped histogram's figure is of the run's requests, from its buckets.
+                cells.append(dashboards.format_value(scraped, dashboards.unit_of(metric)))
+                continue
             if not rows.height:
                 cells.append("–")
                 continue
@@ -164,6 +169,16 @@ def key_figures(data: ReportData) -> list[tuple[str, list[str]]]:
             cells.append(f"{energy['wh'].sum():,.1f} Wh" if energy.height else "–")
         out.append(("GPU energy", cells))
     return out
+
+
+def _scraped(data: ReportData, run: str, metric: str, stat: str) -> float | None:
+    """The run's quantile ``stat`` of a scraped histogram metric (report.buckets), None where it has none."""
+    import polars as pl
+
+    if data.latency is None or stat not in data.latency.columns:
+        return None
+    rows = data.latency.filter((pl.col("run") == run) & (pl.col("metric") == metric) & (pl.col("n") > 0))
+    return float(rows[stat][0]) if rows.height else None
 
 
 def thresholds_note(th: Thresholds) -> str:
