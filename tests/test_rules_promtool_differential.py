@@ -6,6 +6,9 @@ PromQL. Many test groups with random input series (gaps, stale markers, NaN, cou
 times on and off the evaluation grid go into one test file, so each tool runs once per seed. Every case
 expects nothing, so both tools report, for every case where something fired, exactly what fired; the two
 reports must be equal case by case (the same verdict and the same failing alerts for every case).
+A scraped latency histogram is among the inputs, as cumulative ``_bucket{le}``/``_sum``/``_count`` series
+with gaps and restarts: its p50..p99/quantile/avg/count/sum rules are PromQL's ``histogram_quantile(q,
+rate(x_bucket[w]))``, ``rate(x_sum) / rate(x_count)`` and ``increase`` in promtool.
 
 Only what has a PromQL twin is generated: evals_since_best, `not` over a whole expression and operators
 between two metrics with different label sets are llamamon's own (README, docs/alerts.md).
@@ -35,7 +38,11 @@ METRICS = {
     "loss": "llamamon_loss",
     "my_metric": "llamamon_my_metric",  # not in the catalog
     "gpu_energy": "llamamon_gpu_energy_joules_total",  # a counter
+    # a scraped histogram: cumulative _bucket{le}/_sum/_count series, read by histogram_quantile(rate(...))
+    "inference_latency": "llamamon_inference_latency_seconds",
 }
+HISTOGRAM_BOUNDS = ("0.1", "0.25", "0.5", "1", "+Inf")
+HISTOGRAM_FUNCS = ("p50", "p90", "p95", "p99", "quantile", "avg", "count", "sum")
 GAUGES = ("gpu_memory_usage", "inter_token_latency", "batch_queue_size", "loss", "my_metric")
 WINDOW_FUNCS = ("avg", "min", "max", "sum", "count", "delta", "last", "p50", "p90", "p95", "p99", "quantile")
 WINDOWS = ("1m", "90s", "2m", "3m", "5m")
@@ -83,6 +90,29 @@ def _values(rng: random.Random, metric: str, length: int) -> str:
     return " ".join(out)
 
 
+def _histogram_values(rng: random.Random, length: int) -> dict[str, str]:
+    """Values strings of one histogram series' parts: requests per step into buckets, cumulated, with
+    gaps (a missed scrape, in every part) and an occasional restart (all parts back to a few requests)."""
+    bins = [0] * len(HISTOGRAM_BOUNDS)
+    total = 0.0
+    out: dict[str, list[str]] = {part: [] for part in (*HISTOGRAM_BOUNDS, "sum", "count")}
+    for _ in range(length):
+        if rng.random() < 0.05:
+            bins, total = [0] * len(HISTOGRAM_BOUNDS), 0.0
+        for _ in range(rng.choice([0, 1, 3, 8, 20])):
+            i = min(int(rng.expovariate(1.2)), len(bins) - 1)
+            bins[i] += 1
+            total += round(rng.uniform(0.0, 2.0) if i == len(bins) - 1 else rng.uniform(0.0, 0.1), 3)
+        gap = rng.random() < 0.08
+        running = 0
+        for bound, n in zip(HISTOGRAM_BOUNDS, bins, strict=True):
+            running += n
+            out[bound].append("_" if gap else str(running))
+        out["sum"].append("_" if gap else str(round(total, 3)))
+        out["count"].append("_" if gap else str(running))
+    return {part: " ".join(values) for part, values in out.items()}
+
+
 def _threshold(rng: random.Random, metric: str, func: str | None) -> str:
     if func == "count":
         return str(rng.randint(1, 5))
@@ -111,6 +141,18 @@ def _atom(rng: random.Random, metric: str) -> str:
     whole = metric in ("batch_queue_size", "my_metric")  # == and != only where values are whole numbers
     cmp = rng.choice(("<", "<=", ">", ">=", "==", "!=") if whole else ("<", "<=", ">", ">="))
     sel = _selector(rng, metric)
+    if metric == "inference_latency":
+        func = rng.choice(HISTOGRAM_FUNCS)
+        window = rng.choice(WINDOWS)
+        if func == "count":
+            threshold = str(rng.randint(0, 40))
+        elif func == "sum":
+            threshold = rng.choice([f"{rng.randint(0, 3000)}ms", f"{rng.randint(0, 3)}s"])
+        else:
+            threshold = rng.choice([f"{rng.randint(20, 1200)}ms", str(rng.randint(20, 1200)), "0.25s"])
+        if func == "quantile":
+            return f"quantile({rng.choice([0, 0.25, 0.5, 0.8, 1])}, {sel}, {window}) {cmp} {threshold}"
+        return f"{func}({sel}, {window}) {cmp} {threshold}"
     if metric == "gpu_energy":
         func = rng.choice(["rate", "increase"])
         return f"{func}({sel}, {rng.choice(WINDOWS)}) {cmp} {_threshold(rng, metric, func)}"
@@ -168,6 +210,15 @@ def _groups(rng: random.Random, rule_names: list[str]) -> list[dict]:
             chosen = [lab for lab in LABELS if rng.random() < 0.75]
             for lab in chosen:
                 inner = ", ".join(f'{k}="{v}"' for k, v in lab.items())
+                if metric == "inference_latency":
+                    for part, values in _histogram_values(rng, length).items():
+                        name, le = (f"{exported}_{part}", "") if part in ("sum", "count") else (exported, part)
+                        if le:
+                            name, inner_le = f"{exported}_bucket", f'{inner}, le="{le}"'
+                            series.append({"series": f"{name}{{{inner_le}}}", "values": values})
+                        else:
+                            series.append({"series": f"{name}{{{inner}}}", "values": values})
+                    continue
                 series.append({"series": f"{exported}{{{inner}}}", "values": _values(rng, metric, length)})
         # Every .prom file says its run is live; the exported rules fire only where it is.
         series.append({"series": "llamamon_run_active", "values": f"1x{length}"})
@@ -229,6 +280,8 @@ def test_generated_cases_agree_with_promtool(tmp_path: Path, seed: int) -> None:
     assert "Traceback" not in ours.stderr.decode(), ours.stderr.decode()[-3000:]
     fired_rules = {name for _, name, _ in truth}
     assert len(fired_rules) >= RULES_PER_FILE // 4, sorted(fired_rules)  # the scenario is not trivial
+    on_buckets = {n for n in fired_rules if "inference_latency" in config["alerts"]["rules"][n]["condition"]}
+    assert on_buckets, sorted(fired_rules)  # histogram quantiles/avg/count/sum are judged too
     rules_by_name = config["alerts"]["rules"]
     disagreements = [
         f"{key}: {rules_by_name[key[1]]}\n  promtool: {truth.get(key)}\n  llamamon: {got.get(key)}"

@@ -81,7 +81,7 @@ def _selector(sel: Selector, suffix: str = "") -> str:
     """The series selector; a histogram metric is only reachable through one of its suffixed series."""
     if _is_histogram(sel.metric) and not suffix:
         raise Untranslatable(
-            f"{sel.metric} is exported as a histogram; use it inside p50/p95/p99/quantile, avg or count with a window"
+            f"{sel.metric} is exported as a histogram; use it inside p50/p95/p99/quantile, avg, count or sum with a window"
         )
 
     def esc(v: str) -> str:
@@ -250,7 +250,9 @@ def _histogram_call(f: str, node: Call, sel: Selector, window: str) -> str:
         return f"(rate({_selector(sel, '_sum')}[{window}]) / rate({_selector(sel, '_count')}[{window}]))"
     if f == "count":
         return f"increase({_selector(sel, '_count')}[{window}])"
-    raise Untranslatable(f"{f}() of the histogram {sel.metric} has no PromQL form (quantiles, avg and count do)")
+    if f == "sum":
+        return f"increase({_selector(sel, '_sum')}[{window}])"
+    raise Untranslatable(f"{f}() of the histogram {sel.metric} has no PromQL form (quantiles, avg, count and sum do)")
 
 
 def _negate(node: Node) -> str:

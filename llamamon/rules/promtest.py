@@ -141,6 +141,10 @@ def metric_of(prom_or_llamamon_name: str) -> tuple[str, float]:
     metric = _PROM_NAMES.get(prom_or_llamamon_name)
     if metric is not None:
         return metric.name, 1.0 / catalog.UNITS[metric.unit].to_base
+    base, _, part = prom_or_llamamon_name.rpartition("_")
+    metric = _PROM_NAMES.get(base)
+    if metric is not None and metric.kind == "histogram" and part in catalog.HISTOGRAM_PARTS:
+        return f"{metric.name}_{part}", 1.0  # a histogram's parts are stored in base units, as exported
     if prom_or_llamamon_name.startswith("llamamon_"):
         return prom_or_llamamon_name[len("llamamon_") :], 1.0
     return prom_or_llamamon_name, 1.0
