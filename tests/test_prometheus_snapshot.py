@@ -138,6 +138,31 @@ def test_histograms_from_raw_milliseconds():
     assert fams["llamamon_time_to_first_token_seconds"].points[-1].value == 1.0
 
 
+def test_scraped_histogram_parts_are_exported_as_they_are_beside_logged_observations():
+    snap = RunSnapshot(RUN)
+    scraped = make_labels(instance="127.0.0.1:8000", model_name="m")
+    for tick, (low, high) in enumerate(((0, 0), (3, 5), (7, 12))):  # cumulative, counted over the run
+        snap.add([Sample("inference_latency_bucket", low, (*scraped, ("le", "0.5")), tick)])
+        snap.add([Sample("inference_latency_bucket", high, (*scraped, ("le", "+Inf")), tick)])
+        snap.add([Sample("inference_latency_bucket", low, (*scraped, ("le", "2.5e-01")), tick)])
+        snap.add([Sample("inference_latency_sum", high * 0.4, scraped, tick)])
+        snap.add([Sample("inference_latency_count", high, scraped, tick)])
+    snap.add([Sample("inference_latency", 40.0, make_labels(model="own"))])  # a job's observation (ms)
+    latency = families_of(snap)["llamamon_inference_latency_seconds"]
+    assert latency.type == "histogram"
+    mine = [p for p in latency.points if dict(p.labels).get("instance") == "127.0.0.1:8000"]
+    assert [(p.name.rsplit("_", 1)[-1], dict(p.labels).get("le"), p.value) for p in mine] == [
+        ("bucket", "2.5e-01", 7.0),  # the latest values, not one observation per tick; le as stored
+        ("bucket", "0.5", 7.0),
+        ("bucket", "+Inf", 12.0),
+        ("sum", None, pytest.approx(4.8)),
+        ("count", None, 12.0),
+    ]
+    own = {p.name: p.value for p in latency.points if dict(p.labels).get("model") == "own"}
+    assert own["llamamon_inference_latency_seconds_count"] == 1.0
+    assert own["llamamon_inference_latency_seconds_sum"] == pytest.approx(0.04)
+
+
 def test_pre_bucketed_histograms():
     hist = Histogram.from_cumulative({0.1: 2.0, 1.0: 5.0, math.inf: 7.0}, sum=4.5)
     assert hist.cumulative() == [(0.1, 2.0), (1.0, 5.0), (math.inf, 7.0)]
