@@ -12,17 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["InferenceMonitor", "MetricsCollector", "TrainingMonitor", "__version__", "log"]
+__all__ = ["InferenceMonitor", "MetricsCollector", "TrainingMonitor", "__version__", "init", "log"]
 
 _LAZY = {
     "log": "llamamon.api",
+    "init": "llamamon.api",
     "TrainingMonitor": "llamamon.monitors",
     "InferenceMonitor": "llamamon.monitors",
     "MetricsCollector": "llamamon.collectors.base",
 }
 
 if TYPE_CHECKING:
-    from llamamon.api import log
+    from llamamon.api import init, log
     from llamamon.collectors.base import MetricsCollector
     from llamamon.monitors import InferenceMonitor, TrainingMonitor
 else:

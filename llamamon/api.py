@@ -35,12 +35,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamamon.catalog import canonical, group_of
+from llamamon.errors import LlamamonError, RunNotFound
 from llamamon.samples import NO_LABELS, Labels, Row, RunInfo, labels_to_str, make_labels
 
 if TYPE_CHECKING:
     from llamamon.store.journal import Journal
 
-__all__ = ["claim_output", "current_run", "flush", "log", "owns_run", "record_rows"]
+__all__ = ["claim_output", "current_run", "flush", "init", "log", "owns_run", "record_rows"]
 
 logger = logging.getLogger("llamamon.api")
 
@@ -89,6 +90,38 @@ def log(metrics: Mapping[str, Any] | None = None, /, step: int | None = None, **
         _extend((_time(), step, _DICT, dict(data) if data is metrics else data))  # the caller may mutate its dict
     if not _started:
         _ensure_started()
+
+
+def init(
+    name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    config: Any = None,
+    resume: str | None = None,
+) -> str | None:
+    """Name the run, tag it and store the job's hyperparameters with it; returns the run id (None if metrics
+    cannot be recorded here).
+
+    ``config`` is a mapping, a dataclass, an object with ``to_dict()`` (the Hugging Face ``TrainingArguments``)
+    or an ``argparse.Namespace``; values that are not JSON are stored as their text, NaN as ``"nan"``. Under
+    ``llamamon record`` it annotates the recorder's run; alone it starts (or updates) the run ``llamamon.log``
+    writes to. ``resume="<run id, prefix or name>"`` makes this process's rows join that earlier run instead
+    of a new one (not under ``record``, whose run is the one being recorded; call it before the first ``log``).
+    """
+    from llamamon.store.layout import sanitize_run_name
+
+    fields: dict[str, Any] = {
+        "name": sanitize_run_name(name) if name is not None else None,
+        "tags": {str(k): str(v) for k, v in (tags or {}).items()},
+        "config": _config_dict(config),
+    }
+    with _start_lock:
+        if not _started:
+            _start(resume, fields)
+        elif resume is not None and _flusher.destination.run_id != resume:
+            raise RuntimeError("llamamon.init(resume=...) must come before the first llamamon.log()")
+        else:
+            _flusher.annotate(fields)
+    return _flusher.destination.run_id
 
 
 def flush() -> None:
@@ -142,8 +175,13 @@ class _Destination:
         self.labels: Labels = NO_LABELS
         self.labels_str = ""
         self.rows = 0
+        self.rows_before = 0  # a resumed run's sample count from its earlier processes
 
-    def open(self) -> None:
+    @property
+    def run_id(self) -> str | None:
+        return self.journal.run_id if self.journal is not None else None
+
+    def open(self, resume: str | None = None, fields: dict[str, Any] | None = None) -> None:
         from llamamon.store.journal import Journal
 
         self.labels = _rank_labels(os.environ)
@@ -156,11 +194,51 @@ class _Destination:
         host = socket.gethostname()
         if run_id and env_dir:
             self.metrics_dir = Path(env_dir)
+            if resume is not None and resume != run_id:
+                logger.warning(
+                    "llamamon.init: resume=%r ignored: the metrics join the recorder's run %s", resume, run_id
+                )
         else:
             self.metrics_dir = Path(env_dir) if env_dir else _metrics_path(config)
-            self.run = self._start_run(host, config)
+            self.run = self._resume_run(resume) if resume is not None else self._start_run(host, config)
             run_id = self.run.id
         self.journal = Journal(self.metrics_dir, run_id, host)
+        if fields:
+            self.annotate(fields)
+
+    def annotate(self, fields: dict[str, Any]) -> None:
+        """Name, tags and config from ``llamamon.init``: into the run's metadata when this process owns the
+        run, else into the side file the recorder's metadata merges (``store.runs.annotate_run``)."""
+        assert self.journal is not None, "open() first"
+        assert self.metrics_dir is not None, "open() first"
+        from llamamon.store.runs import annotate_run, write_run
+
+        if self.run is None:
+            annotate_run(self.metrics_dir, self.journal.run_id, **fields)
+            return
+        if fields["name"] is not None:
+            self.run.name = fields["name"]
+        self.run.tags.update(fields["tags"])
+        self.run.config.update(fields["config"])
+        write_run(self.metrics_dir, self.run)
+
+    def _resume_run(self, ref: str) -> RunInfo:
+        """The earlier run named by ``ref``, reopened by this process: no end, its exit code cleared."""
+        from llamamon.store.journal import live_runs
+        from llamamon.store.runs import resolve_run, write_run
+
+        metrics_dir = self.metrics_dir
+        assert metrics_dir is not None
+        info = resolve_run(metrics_dir, ref)
+        if info.end is None and info.id in live_runs(metrics_dir):
+            raise RunNotFound(f"run {info.id} is still being recorded; it cannot be resumed")
+        info.end = info.exit_code = info.signal = None
+        info.pid = os.getpid()
+        self.rows_before = info.samples
+        write_run(metrics_dir, info)
+        os.environ["LLAMAMON_RUN_ID"] = info.id
+        os.environ["LLAMAMON_METRICS_DIR"] = str(metrics_dir)
+        return info
 
     def _start_run(self, host: str, config: Any) -> RunInfo:
         from llamamon import __version__
@@ -212,8 +290,44 @@ class _Destination:
 
             self.run.end = time.time()
             self.run.exit_code = _exit_code()
-            self.run.samples = self.rows
+            self.run.samples = self.rows_before + self.rows
             write_run(self.metrics_dir, self.run)
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    """The job's hyperparameters as a JSON object (see ``init``)."""
+    import dataclasses
+
+    if config is None:
+        return {}
+    if isinstance(config, Mapping):
+        data = config
+    elif dataclasses.is_dataclass(config) and not isinstance(config, type):
+        data = dataclasses.asdict(config)
+    elif callable(getattr(config, "to_dict", None)):
+        data = config.to_dict()
+    elif hasattr(config, "__dict__"):
+        data = vars(config)
+    else:
+        raise TypeError(
+            f"llamamon.init: config must be a mapping, a dataclass or a namespace, not {type(config).__name__}"
+        )
+    return {str(k): _jsonable(v) for k, v in data.items()}
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    item = getattr(value, "item", None)  # numpy and torch scalars
+    if callable(item) and getattr(value, "ndim", None) == 0:
+        return _jsonable(item())
+    return str(value)
 
 
 def _rank_labels(env: Mapping[str, str]) -> Labels:
@@ -504,12 +618,22 @@ class _Flusher:
             self.broken = True
             logger.warning("llamamon: cannot write metrics (%s); further metrics of this process are dropped", exc)
 
-    def open(self) -> None:
+    def open(self, resume: str | None = None, fields: dict[str, Any] | None = None) -> None:
         try:
-            self.destination.open()
+            self.destination.open(resume, fields)
+        except LlamamonError:
+            raise  # a run to resume that is not there, a bad name: the caller's mistake, said in one line
         except Exception as exc:  # noqa: BLE001 - isolation: metrics trouble must not stop the training job
             self.broken = True
             logger.warning("llamamon.log: cannot start recording metrics (%s); they are dropped", exc)
+
+    def annotate(self, fields: dict[str, Any]) -> None:
+        if self.broken:
+            return
+        try:
+            self.destination.annotate(fields)
+        except OSError as exc:
+            logger.warning("llamamon.init: cannot store the run's name, tags and config (%s)", exc)
 
     def after_fork(self) -> None:
         self.lock = threading.Lock()
@@ -540,17 +664,21 @@ _start_lock = threading.Lock()
 
 
 def _ensure_started() -> None:
-    global _started
     with _start_lock:
-        if _started:
-            return
-        # Why synchronously, once: after the first log() returns the run exists and LLAMAMON_RUN_ID is
-        # exported, so workers forked or spawned from here on join it instead of starting runs of their own.
-        _flusher.open()
-        _flusher.start()
-        atexit.register(_at_exit)
-        _register_multiprocessing_finalizer()
-        _started = True
+        if not _started:
+            _start()
+
+
+def _start(resume: str | None = None, fields: dict[str, Any] | None = None) -> None:
+    """Open the destination and start the flusher; the caller holds ``_start_lock``."""
+    global _started
+    # Why synchronously, once: after the first log() returns the run exists and LLAMAMON_RUN_ID is
+    # exported, so workers forked or spawned from here on join it instead of starting runs of their own.
+    _flusher.open(resume, fields)
+    _flusher.start()
+    atexit.register(_at_exit)
+    _register_multiprocessing_finalizer()
+    _started = True
 
 
 def _at_exit() -> None:

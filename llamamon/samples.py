@@ -86,6 +86,7 @@ class RunInfo:
     config_file: str | None = None
     interval: float | None = None
     samples: int = 0
+    config: dict[str, Any] = field(default_factory=dict)  # the job's hyperparameters (llamamon.init)
     source: Literal["record", "api", "watch"] = "record"
 
     @property

@@ -359,7 +359,18 @@ def test_runs_lists_table_and_json(tmp_path):
     table = run_llamamon("runs", "--metrics-dir", str(folder), cwd=tmp_path)
     assert table.returncode == 0
     lines = table.stdout.decode().splitlines()
-    assert lines[0].split() == ["ID", "NAME", "START", "DURATION", "STATUS", "HOST", "SAMPLES", "SIZE", "COMMAND"]
+    assert lines[0].split() == [
+        "ID",
+        "NAME",
+        "START",
+        "DURATION",
+        "STATUS",
+        "HOST",
+        "SAMPLES",
+        "SIZE",
+        "TAGS",
+        "COMMAND",
+    ]
     assert [line.split()[1] for line in lines[1:]] == ["first", "second"]
     assert all(re.search(r" \d+(\.\d)? (B|KiB|MiB) ", line) for line in lines[1:])
     assert all("exit 0" in line for line in lines[1:])

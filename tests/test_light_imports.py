@@ -60,7 +60,7 @@ def test_public_api_is_exactly_all():
     import llamamon
 
     assert sorted(llamamon.__all__) == sorted(
-        ["log", "TrainingMonitor", "InferenceMonitor", "MetricsCollector", "__version__"]
+        ["log", "init", "TrainingMonitor", "InferenceMonitor", "MetricsCollector", "__version__"]
     )
     for name in llamamon.__all__:
         assert getattr(llamamon, name) is not None

@@ -10,7 +10,16 @@ import pytest
 from llamamon.errors import RunNotFound
 from llamamon.samples import Row, RunInfo
 from llamamon.store.layout import new_run_id
-from llamamon.store.runs import list_runs, read_run, resolve_run, resolve_runs, write_run
+from llamamon.store.runs import (
+    annotate_run,
+    list_runs,
+    read_run,
+    resolve_run,
+    resolve_runs,
+    run_status,
+    select_runs,
+    write_run,
+)
 from llamamon.store.writer import StoreWriter
 
 NOW = 1_764_244_800.0
@@ -107,3 +116,71 @@ def test_since_counts_a_run_still_being_recorded(metrics_dir, runs):
         writer.append([Row(NOW, "system", "cpu_usage", 1.0)])
         assert resolve_runs(metrics_dir, since="1h", now=NOW + 86_400) == [old]
     assert resolve_runs(metrics_dir, since="1h", now=NOW + 86_400) == []
+
+
+def test_resolve_by_name_prefix_unique_or_one_line_error(metrics_dir, runs):
+    write_run(metrics_dir, _run(NOW - 20, "lr-warmup", end=NOW - 5, token="dddd"))
+    assert resolve_run(metrics_dir, "base") == runs[1]  # the latest of the one name it starts
+    assert resolve_run(metrics_dir, "lr-s") == runs[2]
+    with pytest.raises(RunNotFound) as err:
+        resolve_run(metrics_dir, "lr-")
+    assert str(err.value) == f'run name prefix "lr-" is ambiguous in {metrics_dir}: 2 names (lr-sweep, lr-warmup)'
+
+
+def test_job_fields_survive_the_owners_later_writes(metrics_dir):
+    # What llamamon.init writes under `record` and what the recorder writes at exit, in that order.
+    info = RunInfo(id=new_run_id("h", NOW), host="h", start=NOW, name="rec", tags={"team": "nlp"})
+    write_run(metrics_dir, info)
+    annotate_run(metrics_dir, info.id, name="job", tags={"seed": "1"}, config={"lr": 3e-4})
+    annotate_run(metrics_dir, info.id, tags={"arch": "gpt"}, config={"layers": 12})
+    assert read_run(metrics_dir, info.id).config == {"lr": 3e-4, "layers": 12}  # before the owner writes again
+    info.end = NOW + 60
+    write_run(metrics_dir, info)
+    stored = json.loads((metrics_dir / "runs" / f"{info.id}.json").read_text())
+    assert stored["name"] == "job"
+    assert stored["tags"] == {"team": "nlp", "seed": "1", "arch": "gpt"}
+    assert stored["config"] == {"lr": 3e-4, "layers": 12}
+    assert stored["end"] == NOW + 60
+    assert [r.id for r in list_runs(metrics_dir)] == [info.id]  # the side file is no run of its own
+
+
+def test_select_runs_by_tag_name_glob_and_status(metrics_dir):
+    made = [
+        RunInfo(
+            id=new_run_id("h", NOW, token="a000"),
+            host="h",
+            start=NOW,
+            name="sweep-1",
+            tags={"lr": "1"},
+            end=NOW + 1,
+            exit_code=0,
+        ),
+        RunInfo(
+            id=new_run_id("h", NOW + 1, token="a001"),
+            host="h",
+            start=NOW + 1,
+            name="sweep-2",
+            tags={"lr": "2"},
+            end=NOW + 2,
+            exit_code=1,
+        ),
+        RunInfo(
+            id=new_run_id("h", NOW + 2, token="a002"),
+            host="h",
+            start=NOW + 2,
+            name="base",
+            tags={"lr": "1"},
+            end=NOW + 3,
+            signal=15,
+            exit_code=143,
+        ),
+        RunInfo(id=new_run_id("h", NOW + 3, token="a003"), host="h", start=NOW + 3, name="live"),
+        RunInfo(id=new_run_id("h", NOW + 4, token="a004"), host="h", start=NOW + 4, name="killed"),
+    ]
+    live = {made[3].id}
+    assert [run_status(r, live) for r in made] == ["finished", "failed", "failed", "running", "unfinished"]
+    assert select_runs(made, tags={"lr": "1"}) == [made[0], made[2]]
+    assert select_runs(made, tags={"lr": "1"}, name="sweep-*") == [made[0]]
+    assert select_runs(made, name="*e*", status="failed", live=live) == [made[1], made[2]]
+    assert select_runs(made, status="running", live=live) == [made[3]]
+    assert select_runs(made, tags={"lr": "1", "x": "y"}) == []

@@ -1,4 +1,5 @@
-"""``llamamon export prometheus``: a recorded run's latest values in the Prometheus text format, on demand."""
+"""``llamamon export prometheus|csv``: a recorded run's latest values in the Prometheus text format, or all of
+its metrics as CSV, on demand."""
 
 from __future__ import annotations
 
@@ -59,6 +60,72 @@ def prometheus_command(
         click.echo(text, nl=False)
     else:
         atomic_write(output, text.encode("utf-8"))
+
+
+@export_command.command("csv")
+@click.option("--run", "run_ref", metavar="ID", default=None, help="Run id, unique id or name prefix, or run name.")
+@click.option("--latest", is_flag=True, help="The most recently started run (the default).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default="-",
+    show_default=True,
+    help="File to write (replaced atomically); - for stdout.",
+)
+@config_option
+@metrics_dir_option
+def csv_command(
+    run_ref: str | None, latest: bool, output: str, config_path: str | None, metrics_dir: str | None
+) -> None:
+    """Write every stored row of a run as CSV: time,step,metric,value and one column per label.
+
+    Times are ISO 8601 UTC to the microsecond, values Python's shortest exact float text (nan, inf as such),
+    so reading the file back gives the stored numbers bit for bit. Rows are in time order.
+    """
+    from llamamon.config import load_config
+    from llamamon.fsutil import atomic_write
+    from llamamon.store import open_store
+    from llamamon.store.runs import resolve_runs
+
+    if run_ref is not None and latest:
+        raise ConfigError("give --run or --latest, not both", path="--latest")
+    folder = open_store(Path(metrics_dir) if metrics_dir else load_config(config_path).monitoring.metrics_path)
+    (run,) = resolve_runs(folder, [run_ref] if run_ref is not None else [], latest=run_ref is None)
+    text = run_csv(folder, run.id)
+    if output == "-":
+        click.echo(text, nl=False)
+    else:
+        atomic_write(output, text.encode("utf-8"))
+
+
+def run_csv(metrics_dir: Path, run_id: str) -> str:
+    """The CSV text of one run's rows (see ``llamamon export csv``)."""
+    import csv
+    import io
+    import json
+
+    from llamamon.store.reader import scan
+
+    frame = (
+        scan(metrics_dir, runs=[run_id])
+        .select("time", "step", "metric", "value", "labels")
+        .sort("time", "metric", "labels", maintain_order=True)
+        .collect()
+    )
+    rows = [
+        (t, step, metric, value, json.loads(labels) if labels else {})
+        for t, step, metric, value, labels in frame.iter_rows()
+    ]
+    keys = sorted({k for *_, labels in rows for k in labels})
+    base = ("time", "step", "metric", "value")
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*base, *(f"label_{k}" if k in base else k for k in keys)])
+    for t, step, metric, value, labels in rows:
+        when = t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        writer.writerow([when, "" if step is None else step, metric, repr(value), *(labels.get(k, "") for k in keys)])
+    return out.getvalue()
 
 
 def snapshot_from_store(metrics_dir: Path, run: RunInfo) -> RunSnapshot:

@@ -14,16 +14,30 @@ if TYPE_CHECKING:
 
 @click.command("runs")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the N most recent runs.")
+@click.option(
+    "--tag", "tag_pairs", multiple=True, metavar="K=V", help="Only runs with this tag (repeatable: all of them)."
+)
+@click.option("--name", "name_glob", metavar="PATTERN", default=None, help="Only runs whose name matches this glob.")
+@click.option("--status", type=click.Choice(["running", "finished", "unfinished", "failed"]), default=None)
 @json_option
 @config_option
 @metrics_dir_option
 @verbosity_options
 def runs_command(
-    limit: int | None, as_json: bool, config_path: str | None, metrics_dir: str | None, quiet: bool, verbose: int
+    limit: int | None,
+    tag_pairs: tuple[str, ...],
+    name_glob: str | None,
+    status: str | None,
+    as_json: bool,
+    config_path: str | None,
+    metrics_dir: str | None,
+    quiet: bool,
+    verbose: int,
 ) -> None:
     """List recorded runs.
 
-    Id, name, start, duration, exit status, host, samples, size on disk and command of each run, oldest first.
+    Id, name, start, duration, exit status, host, samples, size on disk, tags and command of each run, oldest
+    first (``--status``: running, finished, unfinished = ended without an end, killed; failed = non-zero exit).
     """
     # Deferred: the store and config modules are only needed once the command runs.
     import json
@@ -33,18 +47,21 @@ def runs_command(
 
     from llamamon.cli import setup_logging
     from llamamon.config import load_config
+    from llamamon.runtime.recorder import parse_tags
     from llamamon.store import open_store
     from llamamon.store.journal import live_runs
     from llamamon.store.retention import store_stats
-    from llamamon.store.runs import list_runs
+    from llamamon.store.runs import list_runs, run_status, select_runs
     from llamamon.units import format_bytes, format_duration
 
     setup_logging(verbose, quiet)
     folder = open_store(metrics_dir or load_config(config_path).monitoring.metrics_path)
+    tags = parse_tags(tag_pairs)
     runs = list_runs(folder)
+    live = live_runs(folder) if any(run.end is None for run in runs) else set()
+    runs = select_runs(runs, tags=tags, name=name_glob, status=status, live=live)
     if limit is not None:
         runs = runs[-limit:]
-    live = live_runs(folder) if any(run.end is None for run in runs) else set()
     sizes = store_stats(folder).run_bytes if runs else {}
     samples = {run.id: run.samples for run in runs}
     # A recording that has not ended (killed, or still going) wrote no count yet: count its ticks on disk.
@@ -71,6 +88,7 @@ def runs_command(
                     "end": run.end,
                     "duration": run.duration,
                     "status": status(run),
+                    "state": run_status(run, live),
                     "exit_code": run.exit_code,
                     "signal": run.signal,
                     "host": run.host,
@@ -78,15 +96,16 @@ def runs_command(
                     "samples": samples[run.id],
                     "size_bytes": sizes.get(run.id, 0),
                     "tags": run.tags,
+                    "config": run.config,
                     "source": run.source,
                 }
             )
-        click.echo(json.dumps(out, indent=2))
+        click.echo(json.dumps(out, indent=2, sort_keys=True))
         return
     if not runs:
         click.echo(f"no runs in {folder}", err=True)
         return
-    header = ("ID", "NAME", "START", "DURATION", "STATUS", "HOST", "SAMPLES", "SIZE", "COMMAND")
+    header = ("ID", "NAME", "START", "DURATION", "STATUS", "HOST", "SAMPLES", "SIZE", "TAGS", "COMMAND")
     rows = [
         (
             run.id,
@@ -97,6 +116,7 @@ def runs_command(
             run.host,
             str(samples[run.id]),
             format_bytes(sizes.get(run.id, 0)),
+            ",".join(f"{k}={v}" for k, v in sorted(run.tags.items())) or "-",
             shlex.join(run.command) if run.command else "-",
         )
         for run in runs

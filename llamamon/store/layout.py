@@ -129,6 +129,12 @@ def run_file(metrics_dir: Path, run_id: str) -> Path:
     return runs_dir(metrics_dir) / f"{check_run_id(run_id)}.json"
 
 
+def job_fields_file(metrics_dir: Path, run_id: str) -> Path:
+    """What a job set with ``llamamon.init`` for a run the recorder owns: merged into ``<id>.json`` by the
+    store, never overwritten by the recorder (no ``.json`` suffix, so run listings skip it)."""
+    return runs_dir(metrics_dir) / f"{check_run_id(run_id)}.job"
+
+
 def is_data_file(name: str) -> bool:
     """Files readers take: ``*.parquet`` not hidden (atomic_write's temporaries start with a dot)."""
     return name.endswith(DATA_SUFFIX) and not name.startswith(".")

@@ -18,7 +18,14 @@ from pathlib import Path
 from llamamon.errors import StoreError
 from llamamon.store import journal
 from llamamon.store.compaction import compaction_lock
-from llamamon.store.layout import COMPACT_PREFIX, is_data_file, iter_partitions, run_file, runs_dir
+from llamamon.store.layout import (
+    COMPACT_PREFIX,
+    is_data_file,
+    iter_partitions,
+    job_fields_file,
+    run_file,
+    runs_dir,
+)
 
 log = logging.getLogger("llamamon.store")
 
@@ -154,6 +161,7 @@ def _gc_run_metadata(root: Path, cutoff: float, keep: set[str], dry_run: bool, v
         log.info("%s run %s metadata", verb, run.id)
         if not dry_run:
             path.unlink(missing_ok=True)
+            job_fields_file(root, run.id).unlink(missing_ok=True)
     return freed
 
 

@@ -1,7 +1,12 @@
 """Run metadata (``runs/<id>.json``): write, read, list, and resolve what a user typed to runs.
 
-A user names runs by full id, a unique id prefix, a run name (the latest run of that name wins),
-``--latest`` or ``--since 24h``; anything that matches nothing is a RunNotFound with one line.
+A user names runs by full id, a unique id prefix, a run name (the latest run of that name wins), a unique
+run name prefix, ``--latest`` or ``--since 24h``; anything that matches nothing, or more than one run, is a
+RunNotFound with one line.
+
+What a job sets with ``llamamon.init`` under ``llamamon record`` (name, tags, config) lives in a side file
+(``runs/<id>.job``) that the job writes and the recorder never does; reading and writing ``<id>.json``
+merge it in, so the recorder's writes at start and exit cannot lose it.
 """
 
 from __future__ import annotations
@@ -19,27 +24,72 @@ from llamamon.errors import RunNotFound, StoreError
 from llamamon.fsutil import atomic_write
 from llamamon.samples import RunInfo
 from llamamon.store.journal import live_runs
-from llamamon.store.layout import new_run_id, run_file, runs_dir
+from llamamon.store.layout import job_fields_file, new_run_id, run_file, runs_dir
 from llamamon.units import parse_duration
 
 log = logging.getLogger("llamamon.store")
 
-__all__ = ["list_runs", "new_run_id", "read_run", "resolve_run", "resolve_runs", "write_run"]
+__all__ = ["annotate_run", "list_runs", "new_run_id", "read_run", "resolve_run", "resolve_runs", "write_run"]
 
 _FIELDS = {f.name for f in dataclasses.fields(RunInfo)}
 
 
 def write_run(metrics_dir: str | os.PathLike[str], info: RunInfo) -> Path:
+    info = _with_job_fields(Path(metrics_dir), info)
     data = json.dumps(dataclasses.asdict(info), indent=2, sort_keys=True, allow_nan=False) + "\n"
     return atomic_write(run_file(Path(metrics_dir), info.id), data.encode())
 
 
-def _from_json(data: Any) -> RunInfo:
+def annotate_run(
+    metrics_dir: str | os.PathLike[str],
+    run_id: str,
+    name: str | None = None,
+    tags: dict[str, str] | None = None,
+    config: dict[str, Any] | None = None,
+) -> Path:
+    """Add a job's name, tags and config to a run another process writes (the recorder's): a later call adds
+    to an earlier one (tags and config keys merged, the name replaced). The values must be JSON already."""
+    path = job_fields_file(Path(metrics_dir), run_id)
+    fields = _job_fields(path)
+    if name is not None:
+        fields["name"] = name
+    fields["tags"] = {**fields.get("tags", {}), **(tags or {})}
+    fields["config"] = {**fields.get("config", {}), **(config or {})}
+    data = json.dumps(fields, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    return atomic_write(path, data.encode())
+
+
+def _job_fields(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable job fields (%s); skipped", path, exc)
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k in ("name", "tags", "config") if isinstance(v := data.get(k), dict if k != "name" else str)}
+
+
+def _with_job_fields(metrics_dir: Path, info: RunInfo) -> RunInfo:
+    fields = _job_fields(job_fields_file(metrics_dir, info.id))
+    if not fields:
+        return info
+    return dataclasses.replace(
+        info,
+        name=fields.get("name", info.name),
+        tags={**info.tags, **fields.get("tags", {})},
+        config={**info.config, **fields.get("config", {})},
+    )
+
+
+def _from_json(data: Any, metrics_dir: Path) -> RunInfo:
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     # Why: a newer llamamon may add fields; an older one must still list the run.
     known = {k: v for k, v in data.items() if k in _FIELDS}
-    return RunInfo(**known)
+    return _with_job_fields(metrics_dir, RunInfo(**known))
 
 
 def read_run(metrics_dir: str | os.PathLike[str], run_id: str) -> RunInfo:
@@ -49,7 +99,7 @@ def read_run(metrics_dir: str | os.PathLike[str], run_id: str) -> RunInfo:
     except FileNotFoundError:
         raise RunNotFound(f'no run "{run_id}" in {metrics_dir}') from None
     try:
-        return _from_json(json.loads(text))
+        return _from_json(json.loads(text), Path(metrics_dir))
     except (ValueError, TypeError) as exc:
         raise StoreError(f"{path}: unreadable run metadata ({exc})") from None
 
@@ -64,7 +114,7 @@ def list_runs(metrics_dir: str | os.PathLike[str]) -> list[RunInfo]:
     runs = []
     for path in paths:
         try:
-            runs.append(_from_json(json.loads(path.read_text(encoding="utf-8"))))
+            runs.append(_from_json(json.loads(path.read_text(encoding="utf-8")), Path(metrics_dir)))
         except (OSError, ValueError, TypeError) as exc:
             log.warning("%s: unreadable run metadata (%s); skipped", path, exc)
     runs.sort(key=lambda r: (r.start, r.id))
@@ -72,7 +122,7 @@ def list_runs(metrics_dir: str | os.PathLike[str]) -> list[RunInfo]:
 
 
 def resolve_run(metrics_dir: str | os.PathLike[str], ref: str, runs: list[RunInfo] | None = None) -> RunInfo:
-    """Exact id, else unique id prefix, else name (latest run with that name)."""
+    """Exact id, else unique id prefix, else name (latest run with that name), else unique name prefix."""
     runs = list_runs(metrics_dir) if runs is None else runs
     for run in runs:
         if run.id == ref:
@@ -86,6 +136,12 @@ def resolve_run(metrics_dir: str | os.PathLike[str], ref: str, runs: list[RunInf
     by_name = [r for r in runs if r.name == ref]
     if by_name:
         return by_name[-1]
+    names = sorted({r.name for r in runs if r.name and r.name.startswith(ref)}) if ref else []
+    if len(names) == 1:
+        return [r for r in runs if r.name == names[0]][-1]
+    if len(names) > 1:
+        shown = ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
+        raise RunNotFound(f'run name prefix "{ref}" is ambiguous in {metrics_dir}: {len(names)} names ({shown})')
     raise RunNotFound(f'no run matches "{ref}" in {metrics_dir} (see `llamamon runs`)')
 
 
@@ -122,6 +178,39 @@ def resolve_runs(
             if run.start >= cutoff or (run.end or 0) >= cutoff or run.id in live:
                 chosen[run.id] = run
     return sorted(chosen.values(), key=lambda r: (r.start, r.id))
+
+
+STATUSES = ("running", "finished", "unfinished", "failed")
+
+
+def run_status(run: RunInfo, live: set[str]) -> str:
+    """running (a live recorder or job), unfinished (no end and nobody writing: killed), failed (a non-zero
+    exit or a signal) or finished."""
+    if run.end is None:
+        return "running" if run.id in live else "unfinished"
+    return "failed" if run.signal is not None or (run.exit_code or 0) != 0 else "finished"
+
+
+def select_runs(
+    runs: Iterable[RunInfo],
+    tags: dict[str, str] | None = None,
+    name: str | None = None,
+    status: str | None = None,
+    live: set[str] | None = None,
+) -> list[RunInfo]:
+    """The runs with every one of ``tags``, a name matching the glob ``name`` and the given ``status``."""
+    import fnmatch
+
+    out = []
+    for run in runs:
+        if tags and any(run.tags.get(k) != v for k, v in tags.items()):
+            continue
+        if name is not None and not fnmatch.fnmatchcase(run.name or "", name):
+            continue
+        if status is not None and run_status(run, live or set()) != status:
+            continue
+        out.append(run)
+    return out
 
 
 def run_ends(runs: Iterable[RunInfo]) -> dict[str, float]:
