@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -188,3 +189,65 @@ def test_training_monitor_under_record_leaves_system_metrics_to_the_recorder(tmp
     rows = all_rows(metrics)
     assert {r.group for r in rows} == {"training"}
     assert any(r.metric == "loss" for r in rows)
+
+
+SYNC_LOOP = """
+def train(monitor, seconds=3.0):
+    # A plain synchronous loop that never yields: pure Python work, no sleep, no event loop.
+    end = time.monotonic() + seconds
+    step = 0
+    while time.monotonic() < end:
+        step += 1
+        sum(i * i for i in range(2000))
+        if step % 50 == 0:
+            monitor.log(loss=1.0 / step, step=step)
+    return step
+"""
+
+
+def _sample_gaps(rows) -> list[float]:
+    times = sorted({r.time for r in rows if r.metric == "cpu_usage"})
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
+def _assert_sampled_at_the_interval(rows, interval: float, seconds: float) -> None:
+    gaps = _sample_gaps(rows)
+    # About seconds / interval samples (15); bounds generous for a loaded 2-core machine.
+    assert len(gaps) + 1 >= 5, gaps
+    median = sorted(gaps)[len(gaps) // 2]
+    assert interval / 2 <= median <= interval * 3, gaps
+
+
+def test_training_monitor_samples_a_synchronous_loop_on_its_thread(tmp_path):
+    result = run_script(
+        "import time\nfrom llamamon import TrainingMonitor\n"
+        + SYNC_LOOP
+        + """
+with TrainingMonitor(interval=0.2) as monitor:
+    steps = train(monitor)
+print(steps, monitor.training_metrics()["step"])
+""",
+        tmp_path,
+    )
+    steps, last = map(int, result.stdout.split())
+    assert last == steps - steps % 50
+    rows = all_rows(tmp_path / ".metrics")
+    _assert_sampled_at_the_interval(rows, 0.2, 3.0)
+    assert any(r.metric == "process_memory_rss" for r in rows)
+
+
+def test_async_training_monitor_samples_while_the_loop_is_blocked(tmp_path):
+    # `async with` around a synchronous loop: the event loop is busy the whole time.
+    run_script(
+        "import asyncio, time\nfrom llamamon import TrainingMonitor\n"
+        + SYNC_LOOP
+        + """
+async def main():
+    async with TrainingMonitor(interval=0.2) as monitor:
+        train(monitor)
+
+asyncio.run(main())
+""",
+        tmp_path,
+    )
+    _assert_sampled_at_the_interval(all_rows(tmp_path / ".metrics"), 0.2, 3.0)

@@ -1,13 +1,15 @@
-"""TrainingMonitor: host, process and GPU samples for the duration of an ``async with`` block.
+"""TrainingMonitor: host, process and GPU samples for the duration of a ``with`` or ``async with`` block.
 
-It writes through ``llamamon.api`` (the same run and journal as ``llamamon.log``) and keeps a small
-summary of what was logged. psutil and pynvml are imported only when it starts.
+It samples on a thread of its own, so a training loop that never yields (the plain synchronous loop, or
+one inside ``async with`` that blocks the event loop) is sampled at the interval all the same. It writes
+through ``llamamon.api`` (the same run and journal as ``llamamon.log``) and keeps a small summary of what
+was logged. psutil and pynvml are imported only when it starts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import atexit
 import logging
 import math
 import os
@@ -53,9 +55,10 @@ class _Best:
 
 
 class TrainingMonitor:
-    """``async with TrainingMonitor() as monitor:`` records system and GPU metrics while the block runs.
+    """``with TrainingMonitor() as monitor:`` (or ``async with``) records system and GPU metrics while the
+    block runs, every ``interval`` seconds on a background thread, and once more as it ends.
 
-    ``monitor.log(...)`` is ``llamamon.log`` plus a running summary for ``get_training_metrics()``.
+    ``monitor.log(...)`` is ``llamamon.log`` plus a running summary for ``training_metrics()``.
     """
 
     def __init__(self, config: Config | str | os.PathLike[str] | None = None, interval: float | None = None) -> None:
@@ -68,7 +71,9 @@ class TrainingMonitor:
         self._lr: float | None = None
         self._steps: deque[tuple[float, int]] = deque(maxlen=64)  # (monotonic time, step) for steps/s
         self._collectors: list[tuple[str, MetricsCollector]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
         self._reported: set[str] = set()
 
     def log(self, metrics: Mapping[str, Any] | None = None, /, step: int | None = None, **values: Any) -> None:
@@ -106,6 +111,10 @@ class TrainingMonitor:
         return (s1 - s0) / (t1 - t0) if t1 > t0 else None
 
     async def get_training_metrics(self) -> dict[str, Any]:
+        """``training_metrics()`` for async code."""
+        return self.training_metrics()
+
+    def training_metrics(self) -> dict[str, Any]:
         """Latest, best and step of best for loss and validation loss; learning rate; steps per second."""
         with self._lock:
             summary = {
@@ -117,31 +126,71 @@ class TrainingMonitor:
         summary["steps_per_second"] = self.steps_per_second()
         return summary
 
-    async def __aenter__(self) -> TrainingMonitor:
-        where = api.current_run()
-        metrics_dir = where[1] if where is not None else Path(self.config.metrics_path)
-        if api.owns_run():
-            self._collectors = await self._open_collectors(metrics_dir)
-        else:
-            # Under `llamamon record` the recorder already samples the machine, the job and its GPUs.
-            logger.debug("TrainingMonitor: system and GPU metrics come from the recorder")
-        self._task = asyncio.get_running_loop().create_task(self._sample_loop(), name="llamamon-training-monitor")
+    def start(self) -> TrainingMonitor:
+        """Start sampling (what entering the block does); returns once the collectors are open."""
+        if self._thread is None:
+            api.current_run()  # first, so that at exit the last sample is written before the API's flush
+            self._stop = threading.Event()
+            self._ready = threading.Event()
+            self._thread = threading.Thread(target=self._run, name="llamamon-training-monitor", daemon=True)
+            self._thread.start()
+            atexit.register(self.close)
+            self._ready.wait()
         return self
 
+    def close(self) -> None:
+        """Take the last sample, stop the sampler and flush to the journal (what leaving the block does)."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            atexit.unregister(self.close)
+        api.flush()
+
+    def __enter__(self) -> TrainingMonitor:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> TrainingMonitor:
+        return await asyncio.to_thread(self.start)
+
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self._tick()  # one last sample at the end of the block
+        await asyncio.to_thread(self.close)
+
+    def _run(self) -> None:
+        """The sampler thread: its own event loop for the (async) collectors, a tick every interval on the
+        monotonic clock (missed ticks skipped, never a burst), and a last tick when told to stop."""
+        loop = asyncio.new_event_loop()
+        try:
+            where = api.current_run()
+            if api.owns_run():
+                metrics_dir = where[1] if where is not None else Path(self.config.metrics_path)
+                self._collectors = loop.run_until_complete(self._open_collectors(metrics_dir))
+            else:
+                # Under `llamamon record` the recorder already samples the machine, the job and its GPUs.
+                logger.debug("TrainingMonitor: system and GPU metrics come from the recorder")
+            self._ready.set()
+            next_at = time.monotonic() + self.interval
+            while not self._stop.wait(max(0.0, next_at - time.monotonic())):
+                next_at += self.interval
+                if next_at < time.monotonic():
+                    next_at = time.monotonic() + self.interval
+                loop.run_until_complete(self._tick())
+            loop.run_until_complete(self._tick())  # one last sample at the end of the block
+            loop.run_until_complete(self._close_collectors())
+        finally:
+            self._ready.set()
+            loop.close()
+
+    async def _close_collectors(self) -> None:
         for _, collector in self._collectors:
             try:
                 await collector.close()
             except Exception as exc:  # noqa: BLE001 - isolation: closing one collector must not hide the job's error
                 logger.warning("collector %s: close failed: %s", collector.name, exc)
         self._collectors = []
-        api.flush()
 
     async def _open_collectors(self, metrics_dir: Path) -> list[tuple[str, MetricsCollector]]:
         # Why imported here: psutil and pynvml are only needed once a monitor really starts.
@@ -167,15 +216,6 @@ class TrainingMonitor:
                 continue
             opened.append((collector.group, collector))
         return opened
-
-    async def _sample_loop(self) -> None:
-        next_at = time.monotonic() + self.interval
-        while True:
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            next_at += self.interval
-            if next_at < time.monotonic():  # fell behind (a blocked loop): skip missed ticks, no burst
-                next_at = time.monotonic() + self.interval
-            await self._tick()
 
     async def _tick(self) -> None:
         from llamamon.collectors.base import normalize
