@@ -6,6 +6,7 @@ report can be re-themed with ``--template-dir`` without touching Python.
 
 from __future__ import annotations
 
+import json
 import shlex
 import signal as _signal
 from collections.abc import Callable, Iterable, Sequence
@@ -998,8 +999,20 @@ def run_header(run: RunInfo, data: ReportData, zone: tzinfo) -> dict[str, object
         "command": shlex.join(run.command) if run.command else "–",
         "commit": commit,
         "tags": sorted(run.tags.items()),
+        "config": config_items(run.config),
         "cwd": run.cwd,
     }
+
+
+def config_items(config: dict[str, object], prefix: str = "") -> list[tuple[str, str]]:
+    """The job's hyperparameters (``llamamon.init(config=...)``) as (dotted key, text) rows, nesting flattened."""
+    rows: list[tuple[str, str]] = []
+    for key, value in sorted(config.items()):
+        if isinstance(value, dict) and value:
+            rows.extend(config_items(value, f"{prefix}{key}."))
+        else:
+            rows.append((prefix + key, value if isinstance(value, str) else json.dumps(value)))
+    return rows
 
 
 def alert_counts(alerts: Sequence[AlertSpan]) -> list[tuple[str, int, list[str]]]:
