@@ -31,8 +31,9 @@ def frameworks():
     require_modules("torch", "transformers", "accelerate")
 
 
-def run_trainer(folder, *, callback: bool, options: tuple[str, ...] = ()):
+def run_trainer(folder, *, callback: bool, options: tuple[str, ...] = (), every_10: bool = False):
     args = ("history.json", "--callback") if callback else ("history.json",)
+    args += ("--every-10",) if every_10 else ()
     result, run, rows = record_job(folder, *python_job("hf_trainer.py", *args), options=options)
     assert run["exit_code"] == 0
     history = json.loads((folder / "history.json").read_text())
@@ -57,6 +58,11 @@ def printed_dicts(stdout: bytes) -> list[dict]:
 @pytest.fixture(scope="module")
 def zero_code(frameworks, tmp_path_factory):
     return run_trainer(tmp_path_factory.mktemp("zero-code"), callback=False)
+
+
+@pytest.fixture(scope="module")
+def zero_code_every_10(frameworks, tmp_path_factory):
+    return run_trainer(tmp_path_factory.mktemp("zero-code-10"), callback=False, every_10=True)
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +91,37 @@ def test_zero_code_records_every_printed_value_once(zero_code):
         for key, text in line.items():
             tol = 5e-3 if key == "epoch" else 0.0  # transformers 4.x prints the epoch rounded to 2 places
             assert math.isclose(float(text), entry[key], rel_tol=5e-4, abs_tol=tol), (key, text, entry)
-    expected = Counter((canonical(k), None, float(v), "") for line in printed for k, v in line.items())
+    # The printed dicts carry no step; each gets the Trainer's global step of that log (from its progress bar).
+    expected = Counter(
+        (canonical(k), entry["step"], float(v), "")
+        for line, entry in zip(printed, history, strict=True)
+        for k, v in line.items()
+    )
     names = {metric for metric, *_ in expected}
     assert {"loss", "learning_rate", "grad_norm", "epoch", "validation_loss"} <= names
-    assert stored(rows, names) == expected  # the Trainer prints no step: none is made up
+    assert stored(rows, names) == expected
     assert training_names(rows) <= names
     last = rows.filter(pl.col("metric") == "loss").sort("time")["value"][-1]
     assert last == float([line for line in printed if "loss" in line][-1]["loss"])  # not the run's mean
+
+
+def test_zero_code_logging_every_10_steps_has_the_trainers_steps(zero_code_every_10):
+    """The issue's run: logging_steps=10, no callback; every row at the global step the Trainer logged it at."""
+    result, history, rows = zero_code_every_10
+    printed = printed_dicts(result.stdout)
+    assert [e["step"] for e in history] == [10, 10, 20, 20, 25, 25]  # train/eval at 10 and 20, eval + summary at 25
+    assert len(printed) == len(history)
+    expected = Counter(
+        (canonical(k), entry["step"], float(v), "")
+        for line, entry in zip(printed, history, strict=True)
+        for k, v in line.items()
+    )
+    names = {metric for metric, *_ in expected}
+    assert stored(rows, names) == expected  # each value once, at its step: no doubled and no stepless rows
+    loss = rows.filter(pl.col("metric") == "loss").sort("step")
+    assert loss["step"].to_list() == [10, 20]
+    assert loss["value"][-1] == float([line for line in printed if "loss" in line][-1]["loss"])  # not train_loss
+    assert rows.filter(pl.col("metric") == "validation_loss")["step"].sort().to_list() == [10, 20, 25]
 
 
 def test_callback_records_exactly_what_the_trainer_logged(with_callback):

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 
 from llamamon.catalog import BY_NAME, canonical
+from llamamon.collectors.trainer_steps import TrainerSteps, held_for_step
 from llamamon.samples import NO_LABELS, Labels, Sample, make_labels
 
 MAX_LINE = 1 << 20  # longer lines are skipped without being decoded or scanned
@@ -35,8 +36,9 @@ _TOKEN = re.compile(
     )""",
     re.VERBOSE,
 )
-# torchrun/accelerate prefix each worker's output: "[rank3]: {...}", "[default0]:{...}".
-_PREFIX = re.compile(r"\s*(?:\[(?:(?:rank|default)(?P<rank>\d+)|[^\]{]*)\]:?\s*)?(?=\{)")
+# torchrun/accelerate prefix each worker's output: "[rank3]: {...}", "[default0]:{...}"; on a terminal a
+# progress bar's cursor moves may come first (tqdm.write of an evaluation dict under two bars: "\x1b[A{...}").
+_PREFIX = re.compile(r"(?:\s|\x1b\[[0-9;]*[A-Za-z])*(?:\[(?:(?:rank|default)(?P<rank>\d+)|[^\]{]*)\]:?\s*)?(?=\{)")
 # Keys that make a dict line a metrics line even when no catalog name is present.
 _METRIC_HINTS = ("step", "epoch", "global_step")
 _HF_PREFIXES = ("eval_", "train_", "test_")
@@ -269,7 +271,10 @@ def parse_line(
 class OutputParser:
     """Feed it the job's output chunks; get stamped samples for every metric line seen so far.
 
-    One instance per stream (stdout and stderr assemble their lines separately).
+    One instance per stream (stdout and stderr assemble their lines separately); ``steps``, shared by
+    both, gives the Hugging Face Trainer's printed dicts their step from its progress bar (see
+    :mod:`llamamon.collectors.trainer_steps`); its ``release()`` after the last ``close()`` lets go of those
+    left without one.
     """
 
     def __init__(
@@ -277,10 +282,12 @@ class OutputParser:
         patterns: Sequence[re.Pattern[str]] = (),
         aliases: Mapping[str, str] | None = None,
         max_line: int = MAX_LINE,
+        steps: TrainerSteps | None = None,
     ) -> None:
         self.patterns = tuple(patterns)
         self.aliases = dict(aliases) if aliases else None
         self.assembler = LineAssembler(max_line)
+        self.steps = steps
         self.lines = 0
         self.metric_lines = 0
 
@@ -292,15 +299,20 @@ class OutputParser:
 
     def _parse(self, lines: list[str], now: float | None) -> list[Sample]:
         out: list[Sample] = []
+        stamp: float | None = now
+        steps = self.steps
+        if steps is not None and lines:
+            out.extend(steps.expire(time.time() if now is None else now))
         for line in lines:
             self.lines += 1
-            if not self.patterns and "{" not in line:
+            found = parse_line(line, self.patterns, self.aliases) if self.patterns or "{" in line else []
+            if not found:
+                if steps is not None:
+                    out.extend(steps.observe(line))
                 continue
-            found = parse_line(line, self.patterns, self.aliases)
-            if found:
-                self.metric_lines += 1
-                out.extend(found)
-        if not out:
-            return out
-        stamp = time.time() if now is None else now
-        return [Sample(s.metric, s.value, s.labels, stamp, s.step) for s in out]
+            self.metric_lines += 1
+            if stamp is None:
+                stamp = time.time()
+            found = [Sample(s.metric, s.value, s.labels, stamp, s.step) for s in found]
+            out.extend(steps.hold(found) if steps is not None and held_for_step(found) else found)
+        return out

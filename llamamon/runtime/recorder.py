@@ -262,6 +262,9 @@ class Recorder:
     def _close_parsers(self) -> None:
         for parser in self.parsers.values():
             self._parsed(self._unclaimed(parser.close()))
+        steps = next(iter(self.parsers.values())).steps if self.parsers else None
+        if steps is not None:
+            self._parsed(self._unclaimed(steps.release()))
 
     def _parsed(self, samples: list[Sample]) -> None:
         """Queue parsed samples for the journal and wake its task, once until it has taken them."""
@@ -568,9 +571,11 @@ def _scrapers(config: Config, urls: Sequence[str], interval: float) -> list[Metr
 def _output_parsers(config: Config) -> dict[int, OutputParser]:
     """One line parser per stream (stdout 1, stderr 2), with monitoring.yaml's parsers and aliases."""
     from llamamon.collectors.stdout import OutputParser
+    from llamamon.collectors.trainer_steps import TrainerSteps
 
     patterns = [parser.pattern for parser in config.parsers]
-    return {stream: OutputParser(patterns, config.aliases) for stream in (1, 2)}
+    steps = TrainerSteps()  # the Trainer's dicts (stdout) get their step from its progress bar (stderr)
+    return {stream: OutputParser(patterns, config.aliases, steps=steps) for stream in (1, 2)}
 
 
 @contextlib.contextmanager

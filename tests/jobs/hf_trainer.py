@@ -1,7 +1,7 @@
 """A real Hugging Face ``Trainer`` on a tiny Llama built from a config (no hub, no tokenizer, CPU).
 
-``python hf_trainer.py HISTORY.json [--callback]``: 6 steps on synthetic token ids, logging every step and
-evaluating every 3, then ``trainer.state.log_history`` (what the Trainer itself logged, with its steps) is
+``python hf_trainer.py HISTORY.json [--callback] [--every-10]``: 6 steps on synthetic token ids, logging every
+step and evaluating every 3 (with ``--every-10``: 25 steps, logging and evaluating every 10, as users set it), then ``trainer.state.log_history`` (what the Trainer itself logged, with its steps) is
 written to HISTORY.json. With ``--callback`` the ``LlamamonCallback`` is added; without it the job has no
 llamamon code at all and ``llamamon record`` reads what the Trainer prints.
 """
@@ -26,7 +26,7 @@ class TokenIds(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def main(history: str, callback: bool) -> None:
+def main(history: str, callback: bool, every_10: bool) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     config = LlamaConfig(
@@ -40,13 +40,13 @@ def main(history: str, callback: bool) -> None:
     )
     args = TrainingArguments(
         output_dir="hf-out",
-        max_steps=6,
+        max_steps=25 if every_10 else 6,
         per_device_train_batch_size=4,
         per_device_eval_batch_size=4,
         learning_rate=1e-3,
-        logging_steps=1,
+        logging_steps=10 if every_10 else 1,
         eval_strategy="steps",
-        eval_steps=3,
+        eval_steps=10 if every_10 else 3,
         save_strategy="no",
         report_to="none",
         use_cpu=True,
@@ -66,4 +66,4 @@ def main(history: str, callback: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], "--callback" in sys.argv[2:])
+    main(sys.argv[1], "--callback" in sys.argv[2:], "--every-10" in sys.argv[2:])
