@@ -48,6 +48,7 @@ def test_init_under_record_annotates_the_recorders_run(tmp_path):
     assert meta["tags"] == {"team": "nlp", "seed": "7"}
     assert meta["config"] == {"lr": 3e-4, "layers": [2, 2], "warmup": "nan"}
     (listed,) = _runs_json(folder, "--tag", "seed=7")
+    assert list(listed) == sorted(listed)  # stable keys
     assert listed["config"] == meta["config"]
     assert listed["tags"] == meta["tags"]
     table = run_llamamon("runs", "--metrics-dir", str(folder), cwd=tmp_path).stdout.decode()
@@ -78,6 +79,18 @@ def test_init_alone_starts_a_run_and_resume_adds_to_it(tmp_path):
     assert csv_out.returncode == 0, csv_out.stderr
     losses = [r for r in csv.DictReader(io.StringIO(csv_out.stdout.decode())) if r["metric"] == "loss"]
     assert [(r["step"], r["value"]) for r in losses] == [("1", "0.5"), ("2", "0.25")]
+
+
+def test_resume_under_record_keeps_the_recorders_run(tmp_path):
+    folder = tmp_path / "m"
+    job = "import llamamon\nllamamon.init(resume='20200101T000000Z-h-0000')\nllamamon.log(loss=1.0, step=1)"
+    done = run_llamamon("record", "--no-gpu", "--metrics-dir", str(folder), "--", PY, "-c", job, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert b"resume='20200101T000000Z-h-0000' ignored" in done.stderr
+    (listed,) = _runs_json(folder)
+    assert listed["source"] == "record"
+    csv_out = run_llamamon("export", "csv", "--metrics-dir", str(folder), cwd=tmp_path).stdout.decode()
+    assert [r["value"] for r in csv.DictReader(io.StringIO(csv_out)) if r["metric"] == "loss"] == ["1.0"]
 
 
 def test_resume_of_an_unknown_run_is_one_line(tmp_path):

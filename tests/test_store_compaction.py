@@ -244,3 +244,14 @@ def test_store_stats_counts_per_run(metrics_dir):
     assert after.run_bytes[RUN_B] == stats.run_bytes[RUN_B]
     assert after.total_bytes - after.run_bytes[RUN_A] == stats.total_bytes - stats.run_bytes[RUN_A]
     assert store_stats(metrics_dir / "missing").files == 0
+
+
+def test_gc_deletes_a_runs_job_fields_with_its_metadata(metrics_dir):
+    from llamamon.store.runs import annotate_run
+
+    _fill(metrics_dir, RUN_A, flushes=1)
+    write_run(metrics_dir, RunInfo(id=RUN_B, host="h", start=T0, end=T0 + 3 * 86_400))
+    for run in (RUN_A, RUN_B):
+        annotate_run(metrics_dir, run, config={"lr": 0.1})
+    gc(metrics_dir, 2 * 86_400, now=T0 + 4 * 86_400)
+    assert sorted(p.name for p in (metrics_dir / "runs").iterdir()) == [f"{RUN_B}.job", f"{RUN_B}.json"]
