@@ -114,7 +114,7 @@ def _check_channels(cfg: Any) -> None:
 @alerts_command.command("test")
 @config_option
 @metrics_dir_option
-@click.option("--run", "run_ids", multiple=True, help="Run id, id prefix or name (repeatable).")
+@click.option("--run", "run_ids", multiple=True, help="Run id, id prefix, name or name prefix (repeatable).")
 @click.option("--latest", is_flag=True, help="The most recent run.")
 @click.option("--all", "all_runs", is_flag=True, help="Every recorded run (the default).")
 @click.option("--since", default=None, help="Runs active within this long, e.g. 2h.")

@@ -22,7 +22,7 @@ def export_command() -> None:
 
 
 @export_command.command("prometheus")
-@click.option("--run", "run_ref", metavar="ID", default=None, help="Run id, unique id prefix or run name.")
+@click.option("--run", "run_ref", metavar="ID", default=None, help="Run id, id prefix, name or name prefix.")
 @click.option("--latest", is_flag=True, help="The most recently started run (the default).")
 @click.option(
     "-o",

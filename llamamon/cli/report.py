@@ -28,7 +28,13 @@ def _dashboards(_ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option(
     "--markdown", "fmt", flag_value="markdown", help="A compact Markdown summary, e.g. for $GITHUB_STEP_SUMMARY."
 )
-@click.option("--run", "run_ids", multiple=True, metavar="ID", help="Run id, name or id prefix (repeatable: overlays).")
+@click.option(
+    "--run",
+    "run_ids",
+    multiple=True,
+    metavar="ID",
+    help="Run id, id prefix, name or name prefix (repeatable: overlays).",
+)
 @click.option("--latest", is_flag=True, help="The most recent run (the default when nothing else is chosen).")
 @click.option("--since", metavar="DURATION", help="Every run active within this long, e.g. 24h.")
 @click.option(

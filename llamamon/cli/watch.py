@@ -26,7 +26,9 @@ CLEAR = "\x1b[H\x1b[2J"  # cursor home + clear screen: redraw in place without c
     help="Seconds between evaluations (default: monitoring.update_frequency).",
 )
 @click.option("--once", is_flag=True, help="Evaluate one tick and exit (for cron): exit 1 if a critical alert fires.")
-@click.option("--run", "run_ids", multiple=True, help="Follow only this run (id, id prefix or name; repeatable).")
+@click.option(
+    "--run", "run_ids", multiple=True, help="Follow only this run (id, id prefix, name or name prefix; repeatable)."
+)
 @click.option("--no-gpu", is_flag=True, help="Do not sample this host's GPUs.")
 @verbosity_options
 @click.pass_context
