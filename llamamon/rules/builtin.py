@@ -88,7 +88,7 @@ BUILTINS: tuple[Builtin, ...] = (
         "warning",
         0,
         ("training.validation_loss_max",),
-        "Validation loss {{ $value }} above the limit",
+        'Validation loss {{ $value | printf "%.3g" }} above the limit',
     ),
     Builtin(
         "learning_rate_low",
@@ -96,7 +96,7 @@ BUILTINS: tuple[Builtin, ...] = (
         "warning",
         0,
         ("training.learning_rate_min",),
-        "Learning rate {{ $value }} below the minimum",
+        'Learning rate {{ $value | printf "%.3g" }} below the minimum',
     ),
     Builtin(
         "loss_plateau",
