@@ -102,3 +102,61 @@ def test_screenshots_of_each_dashboard(report, tmp_path):
             colours = im.convert("RGB").resize((64, 100)).getcolors(64 * 100)
         assert colours is not None, f"{shot.name} has too many colours to count"
         assert len(colours) > 20, f"{shot.name} looks blank"
+
+
+# Run in the test's copy of the page only (the report itself holds no script and forbids one): lists every
+# element that reaches past the viewport's right edge, or its card's, without a scrolling box to hold it.
+MEASURE = """<script>
+const out = [];
+const inScroll = (el) => { for (let p = el.parentElement; p; p = p.parentElement) {
+  const o = getComputedStyle(p).overflowX; if (o === "auto" || o === "scroll") return true; } return false; };
+const cards = ".run, .alert-summary, .figures, .dashboard, .notice";
+for (const el of document.querySelectorAll("main *, header *")) {
+  const r = el.getBoundingClientRect();
+  const card = el.parentElement && el.parentElement.closest(cards);
+  const edge = card ? card.getBoundingClientRect().right : document.documentElement.clientWidth;
+  if (r.width && r.right > Math.min(edge, document.documentElement.clientWidth) + 1 && !inScroll(el))
+    out.push(el.tagName + "." + el.className + " right=" + Math.round(r.right) + " edge=" + Math.round(edge));
+}
+const scrolled = [...document.querySelectorAll(".scroll")].filter((s) => s.scrollWidth > s.clientWidth).length;
+const pre = document.createElement("pre");
+pre.id = "measured";
+pre.textContent = btoa(JSON.stringify({page: document.documentElement.scrollWidth,
+  view: document.documentElement.clientWidth, spill: out.slice(0, 20), scrolled: scrolled}));
+document.body.append(pre);
+</script>"""
+
+
+def measured_layout(binary: str, page: Path, profile: Path, width: int) -> dict:
+    import base64
+    import json
+
+    html = page.read_text(encoding="utf-8")
+    html = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", html)
+    probe = page.with_name(f"{page.stem}-measured-{width}.html")
+    probe.write_text(html.replace("</body>", MEASURE + "</body>"), encoding="utf-8")
+    r = chromium(binary, profile, f"--window-size={width},1000", "--dump-dom", probe.as_uri())
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(base64.b64decode(re.search(r'<pre id="measured">([A-Za-z0-9+/=]+)</pre>', r.stdout).group(1)))
+
+
+@pytest.mark.parametrize(("runs", "width"), [(3, 600), (6, 1280)])
+def test_comparison_tables_stay_within_the_page(tmp_path, runs, width):
+    # Runs side by side: key figures with a 28-character id heading each run's column, summary tables of
+    # 2 + 5 per run columns. Three runs on a narrow window and six on a laptop's both reached past the page
+    # (the key figures widened their grid column). Now nothing does; the widest tables scroll in their box.
+    binary = require_binary("chromium", "chromium-browser", "google-chrome")
+    metrics_dir = tmp_path / ".metrics"
+    infos = []
+    for k in range(runs):
+        run = f"2026111{k}T034000Z-gpu-box-a1b{k}"
+        info = run_info(run, T0, T0 + 1200, name=None)  # unnamed: the run's id heads its columns
+        save_run(metrics_dir, info)
+        write_rows(metrics_dir, system_rows(T0, 60, 5.0, seed=k), run=run)
+        write_rows(metrics_dir, training_rows(T0, 300, 2.5, seed=k), run=run)
+        infos.append(info)
+    page = render_report(metrics_dir, infos, tmp_path / "runs.html")
+    m = measured_layout(binary, page, tmp_path / "profile", width)
+    assert m["spill"] == [], m
+    assert m["page"] <= m["view"], m
+    assert m["scrolled"] >= 1, m  # some table is wider than its box and scrolls there

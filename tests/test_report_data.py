@@ -62,7 +62,9 @@ def test_series_is_reduced_to_buckets_and_keeps_a_one_sample_spike(metrics_dir):
     assert series["n"].sum() == n
 
 
-def test_training_by_step_has_ema_and_marks_nan(metrics_dir):
+def test_training_by_step_marks_nan_and_smooths_the_columns(metrics_dir):
+    from llamamon.report.smoothing import debiased_ema, smoothing_weight
+
     rows = [Row(T0 + s, "training", "loss", 10.0 / s, step=s) for s in range(1, 501)]
     rows[99] = Row(T0 + 100, "training", "loss", float("nan"), step=100)
     write_rows(metrics_dir, rows, run=RUN)
@@ -70,9 +72,9 @@ def test_training_by_step_has_ema_and_marks_nan(metrics_dir):
     steps = data.steps.filter(pl.col("metric") == "loss")
     assert steps.height <= 101
     assert steps.filter(pl.col("nonfinite") > 0)["step"].to_list() == [100]
-    ema = steps["ema"].to_numpy()
-    assert np.all(np.isfinite(ema))
-    assert ema[-1] > steps["mean"][-1]  # a decreasing curve's EMA lags above it
+    smoothed = debiased_ema(steps["mean"].to_numpy(), smoothing_weight(steps.height))
+    assert np.all(np.isfinite(smoothed))
+    assert smoothed[-1] > steps["mean"][-1]  # a decreasing curve's smoothed line lags above it
 
 
 def test_energy_integrates_power_and_ignores_gaps(metrics_dir):

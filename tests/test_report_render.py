@@ -119,15 +119,17 @@ def test_template_dir_overrides_one_file_and_strict_undefined_fails(tmp_path, me
         render_report(metrics_dir, [info], tmp_path / "r2.html", template_dir=custom)
 
 
-def test_markdown_summary_links_charts_written_beside_it(tmp_path):
+def test_markdown_summary_names_its_charts_but_links_no_image_a_step_summary_cannot_show(tmp_path):
+    # A CI step summary shows neither a PNG linked by relative path nor a data: image: none is written or linked.
     metrics_dir = tmp_path / ".metrics"
     info = hostile_store(metrics_dir)
     out = render_report(metrics_dir, [info], tmp_path / "summary.md", fmt="markdown", selected=["system", "training"])
     text = out.read_text()
     assert "**failed (exit 1)**" in text
-    links = re.findall(r"\]\((summary-charts/[^)]+\.png)\)", text)
-    assert links
-    assert all((tmp_path / link).is_file() for link in links)
+    assert not re.search(r"\]\([^)]*\.png\)|data:image|!\[", text)
+    assert not (tmp_path / "summary-charts").exists()
+    assert "Charts are in the HTML report" in text
+    assert "- **Training**: Loss by step" in text  # the charts are named
     assert "<script" not in text
     assert "Inference" not in text  # not selected
 

@@ -78,6 +78,7 @@ class Line:
     width: float = 1.4
     alpha: float = 1.0
     marks: np.ndarray | None = None  # x positions of non-finite values
+    legend: bool = True  # False: told apart by the chart's style key (raw, smoothed, validation) instead
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +122,9 @@ class Chart:
     x_origin: str = "run start"  # for elapsed: what x = 0 is
     height: float = HEIGHT_IN
     xlim: tuple[object, object] | None = None  # shared by every time chart of a report, so they line up
+    # What each line style means ("smoothed", "-"), as grey legend entries after the coloured ones: a chart
+    # whose every run has a raw, a smoothed and a validation line then needs one entry per run, not three.
+    key: list[Line] = field(default_factory=list)  # drawn as legend samples only, never as data
 
 
 def local_zone() -> tzinfo:
@@ -233,8 +237,9 @@ def _figure(height: float, title: str, legend_rows: int = 0) -> tuple[Figure, ma
 def render_chart(chart: Chart, zone: tzinfo | None = None) -> Figure:
     """Draw one panel: bands, lines, thresholds, alert spans, unit-aware axes."""
     zone = zone or local_zone()
-    entries = [ln.label for ln in chart.lines]
+    entries = [ln.label for ln in chart.lines if ln.legend]
     entries += [f"{ln.label}: NaN/inf" for ln in chart.lines if ln.marks is not None and len(ln.marks)]
+    entries += [k.label for k in chart.key]
     columns = legend_columns(entries)
     rows = 0 if len(entries) <= 1 else math.ceil(len(entries) / columns)
     with matplotlib.rc_context(RC):
@@ -304,7 +309,7 @@ def _draw(ax: matplotlib.axes.Axes, chart: Chart, zone: tzinfo, columns: int) ->
             color=line.colour,
             linewidth=line.width,
             alpha=line.alpha,
-            label=_fit(line.label),
+            label=_fit(line.label) if line.legend else "_nolegend_",
             zorder=2,
         )
         if line.marks is not None and len(line.marks):
@@ -360,6 +365,8 @@ def _draw(ax: matplotlib.axes.Axes, chart: Chart, zone: tzinfo, columns: int) ->
     else:
         ax.set_xlabel("step")
         ax.xaxis.set_major_formatter(FuncFormatter(_si))
+    for k in chart.key:
+        ax.plot([], [], k.style, color=k.colour, linewidth=k.width, alpha=k.alpha, label=_fit(k.label))
     _handles, labels = ax.get_legend_handles_labels()
     if len(labels) > 1:
         ax.legend(
@@ -374,6 +381,23 @@ def _draw(ax: matplotlib.axes.Axes, chart: Chart, zone: tzinfo, columns: int) ->
         ax.set_xlim(*chart.xlim)  # type: ignore[arg-type]
     else:
         ax.margins(x=0.01)
+
+
+def value_card(title: str, entries: Sequence[tuple[str, str]], note: str) -> Figure:
+    """A panel whose series have one point each: the numbers as text, not a dot on empty axes.
+
+    ``entries``: (what, value as text) per series; ``note`` says why there is no curve.
+    """
+    height = max(1.2, 0.8 + 0.42 * len(entries))
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=(WIDTH_IN, height), dpi=DPI)
+        fig.text(LEFT_IN / WIDTH_IN, 1 - 0.1 / height, title, ha="left", va="top", fontsize=10, fontweight="bold")
+        for i, (what, value) in enumerate(entries):
+            y = 1 - (0.5 + 0.42 * i) / height
+            fig.text(LEFT_IN / WIDTH_IN, y, value, ha="left", va="top", fontsize=16, fontweight="bold", color=INK)
+            fig.text(0.42, y - 0.05 / height, what, ha="left", va="top", fontsize=9, color=MUTED)
+        fig.text(1 - RIGHT_IN / WIDTH_IN, 0.06 / height, note, ha="right", va="bottom", fontsize=7.5, color=MUTED)
+    return fig
 
 
 def bar_histogram(
@@ -454,11 +478,6 @@ def to_data_uri(fig: Figure, fmt: Literal["svg", "png"] = "svg") -> str:
             fig.savefig(buf, format="png", dpi=DPI * 1.4, metadata={"Software": None})
             mime = "image/png"
     return f"data:{mime};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def save_png(fig: Figure, path: str) -> None:
-    with matplotlib.rc_context(RC):
-        fig.savefig(path, format="png", dpi=DPI * 1.4, metadata={"Software": None})
 
 
 def elapsed_unit(seconds: float) -> tuple[str, float]:

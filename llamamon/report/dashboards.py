@@ -19,7 +19,7 @@ import numpy as np
 from llamamon import catalog
 from llamamon.report import charts
 from llamamon.report.charts import Axis, Chart, HLine, Line, Span
-from llamamon.report.data import AlertSpan, ReportData, label_text, merge_intervals
+from llamamon.report.data import DASHBOARD_GROUPS, AlertSpan, ReportData, label_text, merge_intervals
 from llamamon.samples import RunInfo
 from llamamon.severity import SEVERITIES
 from llamamon.units import format_bytes, format_duration
@@ -88,9 +88,14 @@ def axis_label(metric: str) -> str:
 
 
 def format_value(value: float | None, unit: str) -> str:
-    """A number for a table cell, in the metric's unit."""
-    if value is None or not np.isfinite(value):
+    """A number for a table cell, in the metric's unit; "–" for none, and NaN or inf said as such.
+
+    Why NaN is written out: a loss that ended NaN is the figure people look for, not a blank.
+    """
+    if value is None:
         return "–"
+    if not np.isfinite(value):
+        return "NaN" if np.isnan(value) else ("inf" if value > 0 else "-inf")
     if unit == "ratio":
         return f"{value * 100:.1f}%"
     if unit == "bytes":
@@ -375,8 +380,24 @@ def _has(ctx: Context, *metrics: str) -> bool:
 
 
 def _panel(ctx: Context, pid: str, chart: Chart, alt: str, note: str = "") -> Panel:
+    single = _single_values(chart)
+    if single:
+        why = "One value recorded per series, so the number is shown instead of a chart."
+        fig = charts.value_card(chart.title, single, why)
+        return Panel(pid, chart.title, ctx.emit(pid, fig), f"{chart.title}: {'; '.join(' '.join(e) for e in single)}")
     fig = charts.render_chart(chart, ctx.zone)
     return Panel(pid, chart.title, ctx.emit(pid, fig), alt, note)
+
+
+def _single_values(chart: Chart) -> list[tuple[str, str]]:
+    """(what, value) per line when no line has two finite points (a curve needs two), else nothing."""
+    points = [ln.y[np.isfinite(ln.y)] for ln in chart.lines]
+    if not points or any(len(p) > 1 for p in points):
+        return []
+    return [
+        (ln.label or chart.axis.ylabel, format_value(float(p[0]), chart.axis.unit) if len(p) else "–")
+        for ln, p in zip(chart.lines, points, strict=True)
+    ]
 
 
 def _metric_panel(
@@ -618,42 +639,53 @@ def training_dashboard(ctx: Context) -> Dashboard:
     d.panels = [p for p in panels if p is not None]
     if ctx.data.validation.height and len(ctx.data.validation.columns) > 2:
         d.tables.append(_validation_table(ctx))
-    d.tables.append(summary_table(ctx, ("training",), "Training summary"))
+    # The step is the x axis of these metrics, not one of them: its min/mean/p95 say nothing.
+    d.tables.append(summary_table(ctx, ("training",), "Training summary", exclude=("step",)))
     return d
 
 
-def _step_lines(ctx: Context, metric: str, *, smooth: bool) -> tuple[list[Line], list[tuple[str, np.ndarray]]]:
-    """Raw (band + faint line) and EMA lines against step, and per run the step/time pairs for mapping."""
+StepKey = tuple[str, str]  # (run, labels) of one curve against step
+
+
+def _step_lines(ctx: Context, metric: str, *, smooth: bool) -> tuple[list[Line], list[StepKey]]:
+    """Per curve a raw line (band: min-max per column) and, with ``smooth``, its smoothed line; and the curves' keys.
+
+    The smoothed line (``report.smoothing``) is left out where its weight is 0 (too few points): it would
+    only repeat the raw one. Every line of a curve has the curve's colour; the keys come in colour order.
+    """
     import polars as pl
+
+    from llamamon.report.smoothing import debiased_ema, smoothing_weight
 
     df = ctx.data.steps.filter(pl.col("metric") == metric)
     lines: list[Line] = []
-    nan_marks = []
+    keys: list[StepKey] = []
     groups = list(df.group_by("run", "labels", maintain_order=True).__iter__())
     legends = charts.legend_labels([_label_dict(labels) for (_run, labels), _part in groups])
-    for i, (((run, _labels), part), legend) in enumerate(zip(groups, legends, strict=True)):
+    for i, (((run, labels), part), legend) in enumerate(zip(groups, legends, strict=True)):
         c = charts.colour(i)
         name = " · ".join(b for b in (ctx.run_labels.get(run, run) if ctx.multi else "", legend) if b)
         steps = part["step"].to_numpy().astype(float)
         marks = part.filter(pl.col("nonfinite") > 0)["step"].to_numpy().astype(float)
-        raw_label = f"{metric} (raw)" if not name else f"{name} (raw)"
+        mean = part["mean"].to_numpy()
+        weight = smoothing_weight(len(mean)) if smooth else 0.0
         lines.append(
             Line(
-                raw_label if smooth else (name or metric),
+                f"{name or metric} (raw)" if weight else (name or metric),
                 steps,
-                part["mean"].to_numpy(),
+                mean,
                 part["min"].to_numpy(),
                 part["max"].to_numpy(),
                 colour=c,
-                alpha=0.45 if smooth else 1.0,
-                width=0.9 if smooth else 1.4,
+                alpha=0.45 if weight else 1.0,
+                width=0.9 if weight else 1.4,
                 marks=marks if len(marks) else None,
             )
         )
-        if smooth:
-            lines.append(Line(f"{name or metric} (EMA)", steps, part["ema"].to_numpy(), colour=c, width=2.0))
-        nan_marks.append((run, marks))
-    return lines, nan_marks
+        if weight:
+            lines.append(Line(f"{name or metric} (smoothed)", steps, debiased_ema(mean, weight), colour=c, width=2.0))
+        keys.append((run, labels))
+    return lines, keys
 
 
 def _time_to_step(ctx: Context, metric: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -710,22 +742,58 @@ def _loss_panel(ctx: Context) -> Panel | None:
             thresholds=_hline(th.validation_loss_max, "validation_loss_max"),
             note="No step numbers were recorded, so loss is drawn against time.",
         )
-    lines, _ = _step_lines(ctx, "loss", smooth=True)
-    val, _ = _step_lines(ctx, "validation_loss", smooth=False)
-    for i, v in enumerate(val):
-        v.label = f"validation loss{(' · ' + v.label) if ctx.multi else ''}"
-        v.colour = charts.PALETTE[(i + 3) % len(charts.PALETTE)]
-        v.style = "o-"
-        v.width = 1.3
+    lines, keys = _step_lines(ctx, "loss", smooth=True)
+    val, val_keys = _step_lines(ctx, "validation_loss", smooth=False)
+    smoothed = any(ln.label.endswith(" (smoothed)") for ln in lines)
     chart = Chart("Loss by step", Axis("loss"), x_mode="step")
+    chart.key = _loss_legend(lines, keys, val, val_keys, ctx.multi)
     chart.lines = lines + val
     chart.thresholds = _hline(th.validation_loss_max, "validation_loss_max")
     chart.spans = _step_spans(ctx, "loss", ("plateau", "nan")) + _step_spans(ctx, "validation_loss", ())
     chart.height = 3.4
-    note = "Raw loss per step (band: min–max per column) and its exponential moving average (α = 0.1)."
+    note = "Loss per step (band: min–max per column)"
+    if smoothed:
+        note += " and its debiased moving average, weighted by the number of points (as TensorBoard smooths)"
+    note += "; validation loss dashed, in its run's colour." if val else "."
     if any(ln.marks is not None for ln in lines):
         note += " Red crosses mark steps where loss was NaN or infinite."
     return _panel(ctx, "loss", chart, "Training and validation loss by step", note)
+
+
+def _loss_legend(
+    lines: list[Line], keys: list[StepKey], val: list[Line], val_keys: list[StepKey], multi: bool
+) -> list[Line]:
+    """Give validation lines their run's colour and dashes; one legend entry per run and a style key (returned).
+
+    Why: three runs with a raw, a smoothed and a validation line each made nine legend entries that said
+    the same things thrice. One curve alone keeps its three self-describing entries instead.
+    """
+    colours = {key: charts.colour(i) for i, key in enumerate(keys)}
+    by_run = {run: charts.colour(i) for i, (run, _labels) in reversed(list(enumerate(keys)))}
+    spare = len(keys)
+    for v, (run, labels) in zip(val, val_keys, strict=True):
+        matched = colours.get((run, labels)) or by_run.get(run)
+        if matched is None:
+            matched = charts.colour(spare)
+            spare += 1
+        v.colour, v.style, v.width = matched, "o--", 1.3
+        v.label = f"validation loss · {v.label}" if multi else "validation loss"
+        v.legend = not ((run, labels) in colours or run in by_run) or (len(keys) == 1 and not multi)
+    if len(keys) == 1 and not multi:
+        return []
+    key: list[Line] = []
+    smoothed = [ln for ln in lines if ln.label.endswith(" (smoothed)")]
+    for ln in lines:
+        is_raw = ln.label.endswith(" (raw)")
+        ln.legend = not is_raw
+        ln.label = ln.label.removesuffix(" (raw)").removesuffix(" (smoothed)")
+    empty = np.zeros(0)
+    if smoothed:
+        key.append(Line("raw", empty, empty, colour=charts.MUTED, width=0.9, alpha=0.45))
+        key.append(Line("smoothed", empty, empty, colour=charts.MUTED, width=2.0))
+    if any(not v.legend for v in val):
+        key.append(Line("validation", empty, empty, colour=charts.MUTED, style="o--", width=1.3))
+    return key
 
 
 def _step_panel(
@@ -937,11 +1005,11 @@ def _labels_json(a: AlertSpan) -> str:
 STATS = ("min", "mean", "p95", "max", "last")
 
 
-def summary_table(ctx: Context, groups: Sequence[str], title: str) -> Table:
-    """Min, mean, p95, max and last per metric; several runs side by side, one column group per run."""
+def summary_table(ctx: Context, groups: Sequence[str], title: str, exclude: Sequence[str] = ()) -> Table:
+    """Min, mean, p95, max and last per metric but ``exclude``; several runs side by side, one column group per run."""
     import polars as pl
 
-    s = ctx.data.summary.filter(pl.col("group").is_in(list(groups)))
+    s = ctx.data.summary.filter(pl.col("group").is_in(list(groups)) & ~pl.col("metric").is_in(list(exclude)))
     runs = [r.id for r in ctx.data.runs if r.id in set(s["run"].to_list())]
     keys = s.select("metric", "labels").unique(maintain_order=True).sort("metric", "labels")
     by = {
@@ -975,6 +1043,16 @@ def custom_table(ctx: Context) -> Table | None:
 # ---------------------------------------------------------------------------------------------- header
 
 
+def dashboard_order(selected: Sequence[str], data: ReportData) -> list[str]:
+    """What the runs are about first: Training for a training run, Inference for a server, System after.
+
+    Dashboards with data come before empty ones (whose hint is all they show); among them the order is
+    training, inference, system, so a run that trained and served shows both before its host charts.
+    """
+    rank = {"training": 0, "inference": 1, "system": 2}
+    return sorted(selected, key=lambda d: (not data.has_group(*DASHBOARD_GROUPS.get(d, (d,))), rank.get(d, len(rank))))
+
+
 def run_header(run: RunInfo, data: ReportData, zone: tzinfo) -> dict[str, object]:
     status, cls = run_status(run)
     start = run.start or None
@@ -989,6 +1067,7 @@ def run_header(run: RunInfo, data: ReportData, zone: tzinfo) -> dict[str, object
     return {
         "id": run.id,
         "name": run.name or run.id,
+        "named": bool(run.name) and run.name != run.id,  # the id is then printed beside the name, else once
         "status": status,
         "status_class": cls,
         "start": format_time(start, zone),

@@ -374,7 +374,6 @@ def _init_schemas() -> None:
         min=pl.Float64,
         mean=pl.Float64,
         max=pl.Float64,
-        ema=pl.Float64,
         nonfinite=pl.UInt32,
     )
     _QUANTILE_SCHEMA.update(
@@ -505,16 +504,14 @@ def _columns(compact: pl.DataFrame, names: pl.DataFrame, buckets: int) -> pl.Laz
 
 
 def _by_step(lf: pl.LazyFrame, buckets: int) -> pl.LazyFrame:
-    """Training metrics against step: exponential moving average on every step, then cut into columns."""
+    """Training metrics against step, cut into columns (the smoothed line is drawn from them: report.smoothing)."""
     import polars as pl
 
     keys = ["run", "metric", "labels"]
-    clean = pl.when(pl.col("value").is_finite()).then(pl.col("value")).otherwise(None)
     ranged = (
         lf.filter(pl.col("step").is_not_null())
         .sort(*keys, "step", "time")
         .with_columns(
-            clean.ewm_mean(alpha=0.1, ignore_nulls=True, adjust=False).over(keys).alias("ema"),
             pl.col("step").min().over(keys).alias("s0"),
             pl.col("step").max().over(keys).alias("s1"),
         )
@@ -530,7 +527,6 @@ def _by_step(lf: pl.LazyFrame, buckets: int) -> pl.LazyFrame:
             v.min().alias("min"),
             v.mean().alias("mean"),
             v.max().alias("max"),
-            pl.col("ema").drop_nulls().last().alias("ema"),
             _nonfinite(),
         )
         .drop("b")

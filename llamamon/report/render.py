@@ -91,7 +91,7 @@ def build_model(
         "inference": dashboards.inference_dashboard,
     }
     boards = []
-    for name in selected:
+    for name in dashboards.dashboard_order(selected, data):
         boards.append(builders[name](ctx))
         tick(name)
     timeline, alert_table = dashboards.alerts_section(ctx)
@@ -121,6 +121,7 @@ def build_model(
 
 
 KEY_FIGURES: tuple[tuple[str, str, str], ...] = (
+    ("step", "max", "last step"),
     ("loss", "last", "last loss"),
     ("validation_loss", "last", "last validation loss"),
     ("validation_loss", "min", "best validation loss"),
@@ -225,7 +226,7 @@ def render_report(
         emit = _inline_emitter()
         template = "report.html.j2"
     else:
-        emit = _file_emitter(output)
+        emit = _no_image
         template = "report.md.j2"
     model = build_model(
         data, fmt=fmt, emit=emit, selected=chosen, metrics_dir=metrics_dir, zone=zone, progress=progress, since=since
@@ -290,16 +291,10 @@ def _inline_emitter() -> Callable[[str, Figure], str]:
     return emit
 
 
-def _file_emitter(output: Path) -> Callable[[str, Figure], str]:
-    """PNG files in ``<stem>-charts/`` beside the Markdown file; the Markdown links them relatively."""
-    from llamamon.report import charts
+def _no_image(_pid: str, _fig: Figure) -> str:
+    """The Markdown summary names its charts but holds none.
 
-    folder = output.parent / f"{output.stem}-charts"
-
-    def emit(pid: str, fig: Figure) -> str:
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{pid}.png"
-        charts.save_png(fig, str(path))
-        return f"{folder.name}/{path.name}"
-
-    return emit
+    Why: it is read as a CI step summary, where a PNG linked by relative path points nowhere and GitHub
+    drops ``data:`` images (and caps a summary at 1 MiB); the HTML report carries the charts.
+    """
+    return ""
