@@ -17,21 +17,27 @@ from tests.test_channels_alertmanager import alertmanager, am_webhook_sink, list
 
 pytestmark = pytest.mark.integration
 
-# A vLLM-named server: 10 requests/s, each taking 5 s; the queue jumps to 166 after 1 s; it crashes at 4 s.
+# A vLLM-named server: 10 requests finish between two scrapes, each taking 5 s; the queue jumps to 166 from
+# the 3rd scrape on; it crashes once it has been scraped 10 times (counted, so a loaded machine changes nothing).
 SERVER = """
 import sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-t0 = time.time()
+scrapes = 0
+crash = threading.Event()
 
 def body():
-    n = int((time.time() - t0) * 10)
+    global scrapes
+    scrapes += 1
+    n = 10 * scrapes
     lines = ["# TYPE vllm:e2e_request_latency_seconds histogram"]
     for le, c in ((0.5, 0), (1.0, 0), (2.5, 0), (5.0, n), (10.0, n), ("+Inf", n)):
         lines.append(f'vllm:e2e_request_latency_seconds_bucket{{le="{le}",model_name="m"}} {c}')
     lines.append(f'vllm:e2e_request_latency_seconds_sum{{model_name="m"}} {5.0 * n}')
     lines.append(f'vllm:e2e_request_latency_seconds_count{{model_name="m"}} {n}')
     lines.append("# TYPE vllm:num_requests_waiting gauge")
-    lines.append(f'vllm:num_requests_waiting{{model_name="m"}} {166 if time.time() - t0 > 1 else 3}')
+    lines.append(f'vllm:num_requests_waiting{{model_name="m"}} {166 if scrapes >= 3 else 3}')
+    if scrapes >= 10:
+        crash.set()
     return ("\\n".join(lines) + "\\n").encode()
 
 class Handler(BaseHTTPRequestHandler):
@@ -48,7 +54,8 @@ class Handler(BaseHTTPRequestHandler):
 
 server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
 threading.Thread(target=server.serve_forever, daemon=True).start()
-time.sleep(4)
+crash.wait(120)
+time.sleep(0.2)  # the 10th answer goes out
 sys.exit(3)
 """
 
