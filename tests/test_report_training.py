@@ -126,6 +126,26 @@ def test_one_run_keeps_three_self_describing_legend_entries_in_one_colour(tmp_pa
     assert drawn == {charts.colour(0).lower()}
 
 
+def test_without_steps_loss_is_drawn_against_time_with_the_same_colours_and_legend(tmp_path):
+    # A zero-code Trainer whose lines carry no step: loss and validation loss by time, three runs.
+    metrics_dir = tmp_path / ".metrics"
+    timed = []
+    for k, run in enumerate(RUNS):
+        info = run_info(run, T0 + k * 3600, T0 + k * 3600 + 750, name=f"run-{'abc'[k]}")
+        save_run(metrics_dir, info)
+        rows = [r for r in training_rows(info.start, 300, 2.5, seed=k) if r.metric in ("loss", "validation_loss")]
+        write_rows(metrics_dir, [Row(r.time, r.group, r.metric, r.value, r.labels) for r in rows], run=run)
+        timed.append(info)
+    alt, svg = panels(render_report(metrics_dir, timed, tmp_path / "r.html").read_text())["loss"]
+    assert alt == "Loss and validation loss over time"
+    texts = svg_texts(svg)
+    for name in ("run-a", "run-b", "run-c", "validation"):
+        assert texts.count(name) == 1, (name, texts)
+    assert not [t for t in texts if "validation_loss" in t or "validation loss" in t], texts
+    runs = {charts.colour(i).lower() for i in range(3)}
+    assert {c for c, _w, d in strokes(svg) if d} - {charts.MUTED.lower()} == runs
+
+
 def test_smoothing_weight_follows_the_number_of_points():
     assert smoothing_weight(9) == 0.0  # too few to smooth: drawn raw
     sparse, dense = smoothing_weight(31), smoothing_weight(800)

@@ -329,9 +329,17 @@ def merge_interval_arrays(starts: np.ndarray, ends: np.ndarray, gap: float) -> l
 
 
 def _series_lines(
-    ctx: Context, metrics: Sequence[str], *, label_by_metric: bool = False, label_filter: str | None = None
+    ctx: Context,
+    metrics: Sequence[str],
+    *,
+    label_by_metric: bool = False,
+    label_filter: str | None = None,
+    keys: list[tuple[str, str]] | None = None,
 ) -> list[Line]:
-    """One line per (metric, run, label set) from the bucketed series, colours cycling per line."""
+    """One line per (metric, run, label set) from the bucketed series, colours cycling per line.
+
+    ``keys``, when given, receives each line's (run, labels), in line order.
+    """
     import polars as pl
 
     df = ctx.data.series.filter(pl.col("metric").is_in(list(metrics)))
@@ -342,7 +350,9 @@ def _series_lines(
     ]
     legends = charts.legend_labels([_label_dict(key[2]) for _, key, _ in groups])
     lines: list[Line] = []
-    for (i, (metric, run, _labels), part), legend in zip(groups, legends, strict=True):
+    for (i, (metric, run, labels), part), legend in zip(groups, legends, strict=True):
+        if keys is not None:
+            keys.append((run, labels))
         bits = []
         if label_by_metric or len(metrics) > 1:
             bits.append(metric)
@@ -734,14 +744,7 @@ def _loss_panel(ctx: Context) -> Panel | None:
     th = ctx.data.thresholds
     stepped = ctx.data.steps.filter(pl.col("metric").is_in(["loss", "validation_loss"])).height > 0
     if not stepped:
-        return _metric_panel(
-            ctx,
-            "loss",
-            "Loss",
-            ["loss", "validation_loss"],
-            thresholds=_hline(th.validation_loss_max, "validation_loss_max"),
-            note="No step numbers were recorded, so loss is drawn against time.",
-        )
+        return _time_loss_panel(ctx)
     lines, keys = _step_lines(ctx, "loss", smooth=True)
     val, val_keys = _step_lines(ctx, "validation_loss", smooth=False)
     smoothed = any(ln.label.endswith(" (smoothed)") for ln in lines)
@@ -758,6 +761,24 @@ def _loss_panel(ctx: Context) -> Panel | None:
     if any(ln.marks is not None for ln in lines):
         note += " Red crosses mark steps where loss was NaN or infinite."
     return _panel(ctx, "loss", chart, "Training and validation loss by step", note)
+
+
+def _time_loss_panel(ctx: Context) -> Panel | None:
+    """Loss and validation loss against time, for runs that logged no step: colours and legend as by step."""
+    keys: list[StepKey] = []
+    val_keys: list[StepKey] = []
+    lines = _series_lines(ctx, ["loss"], keys=keys)
+    val = _series_lines(ctx, ["validation_loss"], keys=val_keys)
+    for ln in lines:
+        ln.label = ln.label or "loss"
+    chart = ctx.chart("Loss", Axis("loss"))
+    chart.key = _loss_legend(lines, keys, val, val_keys, ctx.multi)
+    chart.lines = lines + val
+    chart.thresholds = _hline(ctx.data.thresholds.validation_loss_max, "validation_loss_max")
+    chart.spans = ctx.spans_for(["loss", "validation_loss"])
+    note = "No step numbers were recorded, so loss is drawn against time"
+    note += "; validation loss dashed, in its run's colour." if val else "."
+    return _panel(ctx, "loss", chart, "Loss and validation loss over time", note)
 
 
 def _loss_legend(
@@ -1034,10 +1055,15 @@ def summary_table(ctx: Context, groups: Sequence[str], title: str, exclude: Sequ
     return Table(title, cols, rows, header, note)
 
 
+# llamamon's own metrics (notification_failures, ...) are stored with the job's custom ones, but are not the job's.
+OWN_METRICS = tuple(m.name for m in catalog.METRICS if m.group == "run")
+
+
 def custom_table(ctx: Context) -> Table | None:
     if not ctx.data.has_group("custom"):
         return None
-    return summary_table(ctx, ("custom",), "Other metrics the job logged")
+    table = summary_table(ctx, ("custom",), "Other metrics the job logged", exclude=OWN_METRICS)
+    return table if table.rows else None
 
 
 # ---------------------------------------------------------------------------------------------- header
