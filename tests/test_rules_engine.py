@@ -73,7 +73,7 @@ CASES = {
     ),
     "gpu_memory_high": (series("gpu_memory_usage", [0.96] * 91, labels=GPU), series("gpu_memory_usage", [0.94] * 91)),
     "validation_loss_high": (series("validation_loss", [2.01], step=60), series("validation_loss", [1.99], step=60)),
-    "learning_rate_low": (series("learning_rate", [0.9e-6]), series("learning_rate", [1.1e-6])),
+    "learning_rate_low": (series("learning_rate", [0.9e-6] * 31), series("learning_rate", [1.1e-6] * 31)),
     "loss_plateau": (
         series("validation_loss", [1.0, 0.9, 0.95, 0.92, 0.91]),
         series("validation_loss", [1.0, 0.9, 0.95, 0.92, 0.89]),
@@ -281,12 +281,15 @@ def test_plateau_patience_three_then_recovery() -> None:
 
 
 def test_plateau_uses_training_loss_when_no_validation_is_logged() -> None:
-    rows = series("loss", [1.0, 0.9, 0.95, 0.92, 0.91], step=60)
+    # Per-step loss every 10 s: falling for 20m, then flat from 20m; the median of the last 30m comes down to
+    # the flat value (that of the last 15m) once the flat part is most of it, at 35m.
+    values = [2.0 - 0.001 * i for i in range(120)] + [1.88] * 120
+    rows = series("loss", values)
     rules = [r for r in builtin_rules(load_config()) if r.name == "loss_plateau"]
-    # (the run's last sample is at 4m: at 5m, after its end, the alert resolves, as it does live)
-    assert fired(engine.evaluate(rules, frame(rows), grid(300, 60))) == [(240, 300)]
-    rows += series("validation_loss", [1.0, 0.5, 0.4, 0.3, 0.2], step=60)
-    assert engine.evaluate(rules, frame(rows), grid(300, 60)) == []
+    # (the run's last sample is at 39m50s: at 40m, after its end, the alert resolves, as it does live)
+    assert fired(engine.evaluate(rules, frame(rows), grid(2400))) == [(2100, 2400)]
+    rows += series("validation_loss", [1.0, 0.5, 0.4, 0.3, 0.2], step=600)
+    assert engine.evaluate(rules, frame(rows), grid(2400)) == []
 
 
 def test_window_functions() -> None:

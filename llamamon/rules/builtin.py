@@ -13,9 +13,13 @@ gpu_underutilized        ``gpu_utilization < gpu.utilization_min and gpu_process
                          > 0`` (only while the recorded job holds memory on that GPU)
 gpu_memory_high          ``gpu_memory_usage > gpu.memory_max``                                warning   2m
 validation_loss_high     ``validation_loss > training.validation_loss_max``                   warning   0s
-learning_rate_low        ``learning_rate < training.learning_rate_min``                       warning   0s
-loss_plateau             ``evals_since_best(validation_loss) >= P or (evals_since_best(loss)  warning   0s
-                         >= P unless validation_loss)``, P = training.loss_plateau_patience
+learning_rate_low        ``learning_rate < training.learning_rate_min and max(learning_rate,  warning   0s
+                         5m) == min(learning_rate, 5m) and count(learning_rate, 5m) >= 3``
+                         (flat below the minimum; an annealed schedule's falling tail is not)
+loss_plateau             ``evals_since_best(validation_loss) >= P or (p50(loss, 15m) >=       warning   0s
+                         p50(loss, 30m) - (p50(loss, 30m) - quantile(0.25, loss, 30m)) / 8
+                         and count(loss, 30m) > 1.5 * count(loss, 15m) unless
+                         validation_loss)``, P = training.loss_plateau_patience
 inference_latency_high   ``p95(inference_latency, 5m) > <inference.latency_max>ms``           warning   2m
 inference_timeouts       ``timeout_rate > 0`` (requests over inference.timeout)               warning   1m
 batch_queue_high         ``batch_queue_size > inference.batch_queue_max``                     warning   2m
@@ -92,7 +96,10 @@ BUILTINS: tuple[Builtin, ...] = (
     ),
     Builtin(
         "learning_rate_low",
-        "learning_rate < {training.learning_rate_min}",
+        # Why flat, not just low: a cosine, OneCycle or linear schedule anneals to about 0 in its last steps,
+        # still falling there; a rate stuck below the minimum stays equal for minutes (3 or more logs).
+        "learning_rate < {training.learning_rate_min}"
+        " and max(learning_rate, 5m) == min(learning_rate, 5m) and count(learning_rate, 5m) >= 3",
         "warning",
         0,
         ("training.learning_rate_min",),
@@ -101,11 +108,17 @@ BUILTINS: tuple[Builtin, ...] = (
     Builtin(
         "loss_plateau",
         "evals_since_best(validation_loss) >= {training.loss_plateau_patience}"
-        " or (evals_since_best(loss) >= {training.loss_plateau_patience} unless validation_loss)",
+        # Why medians of windows for the training loss: its per-step values are noise around a trend, so a
+        # count of steps without a new best fired while it still fell. A plateau: the median of the last 15m
+        # is not below that of the last 30m by more than an eighth of the 30m's spread (its median less its
+        # 25th percentile: the noise where flat, the fall where falling), once 30m of it are there.
+        " or (p50(loss, 15m) >= p50(loss, 30m) - (p50(loss, 30m) - quantile(0.25, loss, 30m)) / 8"
+        " and count(loss, 30m) > 1.5 * count(loss, 15m) unless validation_loss)",
         "warning",
         0,
         ("training.loss_plateau_patience",),
-        "No new best loss for {{ $value }} evaluations",
+        "No better loss for a while ({{ $value }}: evaluations without a new best validation loss, else the"
+        " training loss's 15m median)",
     ),
     Builtin(
         "inference_latency_high",
