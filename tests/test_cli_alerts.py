@@ -284,8 +284,9 @@ def test_recorded_fail_on_threshold(metrics_dir: Path, tmp_path: Path, capsys: p
     cfg = tmp_path / "m.yaml"
     cfg.write_text("alerts:\n  rules: {}\n")
     base = ("alerts", "test", "--config", str(cfg), "--metrics-dir", str(metrics_dir))
-    assert run(capsys, *base)[0] == 0  # only a warning fired
+    assert run(capsys, *base)[0] == 1  # a warning fired: the default --fail-on is warning
     assert run(capsys, *base, "--fail-on", "warning")[0] == 1
+    assert run(capsys, *base, "--fail-on", "critical")[0] == 0  # only a warning fired
     code, _, err = run(capsys, *base, "--run", "nope")
     assert code == 2
     assert "Error: " in err
@@ -409,3 +410,48 @@ def test_a_declared_name_must_be_a_metric_name(tmp_path: Path, capsys: pytest.Ca
     assert err.splitlines()[0] == (
         f"Error: {rules}:4: metrics[0]: expected a metric name like tokens_per_second (got 'reward-mean')"
     )
+
+
+def _ci_store(tmp_path: Path) -> Path:
+    """The README's CI scenario: a run whose validation loss goes over training.validation_loss_max (2)."""
+    metrics = tmp_path / ".metrics"
+    rows = [(T0 + i * 10, "loss", 3.0 - 0.01 * i, None, i * 50) for i in range(30)]
+    rows += [(T0 + 100, "validation_loss", 1.9, None, 500), (T0 + 200, "validation_loss", 2.31, None, 1000)]
+    write_samples(metrics, rows)
+    return metrics
+
+
+def test_readme_ci_line_fails_and_its_junit_file_says_why(tmp_path: Path) -> None:
+    _ci_store(tmp_path)
+    done = run_llamamon("alerts", "test", "--latest", "--junit", "alerts.xml", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr.decode()
+    suite = ET.parse(tmp_path / "alerts.xml").getroot().find("testsuite")
+    assert suite is not None
+    assert suite.get("failures") == "1"
+    failed = {c.get("name"): c.find("failure") for c in suite.iter("testcase") if c.find("failure") is not None}
+    assert list(failed) == ["validation_loss_high"]
+    body = failed["validation_loss_high"].text or ""
+    assert body.startswith("validation_loss_high: value 2.31 at step 1000, 2026-01-01T00:03:20Z, resolved ")
+    assert "run 20260101T000000Z-testhost-0001" in body
+    assert "{" not in body  # no Python dict
+
+
+def test_junit_fails_the_rules_the_exit_code_fails_on(tmp_path: Path) -> None:
+    _ci_store(tmp_path)
+    (tmp_path / "monitoring.yaml").write_text(
+        "alerts:\n  rules:\n    loss_logged: {condition: 'loss > 0', severity: info}\n"
+    )
+    for fail_on, code, failures in (("critical", 0, set()), ("warning", 1, {"validation_loss_high"})):
+        done = run_llamamon("alerts", "test", "--fail-on", fail_on, "--junit", "a.xml", cwd=tmp_path)
+        assert done.returncode == code, done.stderr.decode()
+        suite = ET.parse(tmp_path / "a.xml").getroot().find("testsuite")
+        assert suite is not None
+        cases = {c.get("name"): c for c in suite.iter("testcase")}
+        assert {n for n, c in cases.items() if c.find("failure") is not None} == failures
+        assert suite.get("failures") == str(len(failures))
+        # what fired below --fail-on is listed, not failed
+        out = {n: c.find("system-out").text for n, c in cases.items() if c.find("system-out") is not None}
+        below = {"loss_logged"} | ({"validation_loss_high"} if fail_on == "critical" else set())
+        assert set(out) == below
+        assert out["loss_logged"].startswith(f"loss_logged (info, below --fail-on {fail_on}) fired 1 time(s):\n")
+        assert "loss_logged: value 3 at step 0, 2026-01-01T00:00:00Z" in out["loss_logged"]

@@ -121,9 +121,9 @@ def _check_channels(cfg: Any) -> None:
 @click.option(
     "--fail-on",
     type=click.Choice(SEVERITIES),
-    default="critical",
+    default="warning",
     show_default=True,
-    help="Exit 1 when an alert of this severity or worse fired.",
+    help="Exit 1 when an alert of this severity or worse fired (the --junit file fails the same rules).",
 )
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), default=None, help="Write JUnit XML here.")
 @click.option("--unit", is_flag=True, help="FILES are promtool-style rule test files.")
@@ -157,7 +157,8 @@ def test_command(
         raise ConfigError(f"unexpected argument {files[0]!r} (test files need --unit)", path="alerts test")
     from llamamon.cli.alerts_unit import evaluate_recorded
 
-    alerts, rules = evaluate_recorded(config_path, metrics_dir, list(run_ids), latest, all_runs, since)
+    found = evaluate_recorded(config_path, metrics_dir, list(run_ids), latest, all_runs, since, steps=bool(junit_path))
+    alerts, rules, steps = found
     if as_json:
         import json
 
@@ -173,7 +174,7 @@ def test_command(
         from llamamon.cli.alerts_unit import junit_xml
         from llamamon.fsutil import atomic_write
 
-        atomic_write(Path(junit_path), junit_xml(rules, alerts))
+        atomic_write(Path(junit_path), junit_xml(rules, alerts, fail_on, steps))
     worst = SEVERITIES.index(fail_on)
     if any(SEVERITIES.index(a.severity) >= worst for a in alerts if a.severity in SEVERITIES):
         ctx.exit(1)

@@ -29,8 +29,11 @@ def evaluate_recorded(
     latest: bool,
     all_runs: bool,
     since: str | None,
-) -> tuple[list[Alert], list[Rule]]:
-    """Every alert episode of every enabled rule over the selected recorded runs."""
+    *,
+    steps: bool = False,
+) -> tuple[list[Alert], list[Rule], list[int | None]]:
+    """Every alert episode of every enabled rule over the selected recorded runs, and (``steps``) the
+    training step each fired at (the run's last logged step by then; None without one)."""
 
     from llamamon.config import load_config
     from llamamon.rules import engine
@@ -46,37 +49,91 @@ def evaluate_recorded(
     runs = resolve_runs(root, run_ids, latest, since)
     if not runs:
         click.echo(f"llamamon: no runs recorded in {root}", err=True)
-        return [], rules_from_config(cfg)
+        return [], rules_from_config(cfg), []
     ids = [r.id for r in runs]
     frame = scan(root, runs=ids)
     recorded = partial(metric_names, root, runs=ids)
     rules = [r for r in rules_from_config(cfg, recorded=recorded, recorded_where=str(root)) if r.enabled]
     ends = run_ends(runs)
     samples = engine.prepare(frame, engine.needed_metrics(rules), cfg.aliases, ends)
-    return engine.evaluate_runs(rules, samples, cfg.update_frequency, ends), rules
+    alerts = engine.evaluate_runs(rules, samples, cfg.update_frequency, ends)
+    return alerts, rules, _steps_at(frame, alerts) if steps and alerts else [None] * len(alerts)
 
 
-def junit_xml(rules: list[Rule], alerts: list[Alert]) -> bytes:
-    """One testcase per rule; failed where the rule fired (with each episode in the failure text)."""
-    fired: dict[str, list[Alert]] = {}
+def _steps_at(frame: pl.LazyFrame, alerts: list[Alert]) -> list[int | None]:
+    """Per alert, the step of its run's latest row with a step at or before the time it fired."""
+    from bisect import bisect_right
+
+    import polars as pl
+
+    rows = (
+        frame.filter(pl.col("step").is_not_null())
+        .select("run", pl.col("time").dt.epoch("us").alias("t"), "step")
+        .sort("run", "t")
+        .collect()
+    )
+    by_run: dict[str, tuple[list[int], list[int]]] = {}
+    for part in rows.partition_by("run", maintain_order=True):
+        by_run[str(part["run"][0])] = (part["t"].to_list(), part["step"].to_list())
+    out: list[int | None] = []
     for a in alerts:
-        fired.setdefault(a.rule, []).append(a)
-    suite = ET.Element("testsuite", name="llamamon alerts", tests=str(len(rules)), failures=str(len(fired)))
+        times, steps = by_run.get(a.run or "", ([], []))
+        k = bisect_right(times, round(a.fired_at * 1_000_000)) - 1
+        out.append(int(steps[k]) if k >= 0 else None)
+    return out
+
+
+def junit_xml(
+    rules: list[Rule], alerts: list[Alert], fail_on: str = "warning", steps: list[int | None] | None = None
+) -> bytes:
+    """One testcase per rule: failed where the rule fired at ``fail_on`` or worse (what makes ``alerts test``
+    exit 1), one line per episode; a rule that fired below it passes, its episodes in <system-out>.
+
+    Why the same cut as the exit code: a CI job shows the file and gates on the exit status; both must say
+    the same thing."""
+    from llamamon.severity import SEVERITIES
+
+    steps = steps if steps is not None else [None] * len(alerts)
+    fired: dict[str, list[tuple[Alert, int | None]]] = {}
+    for a, step in zip(alerts, steps, strict=True):
+        fired.setdefault(a.rule, []).append((a, step))
+    worst = SEVERITIES.index(fail_on)
+    failing = {r.name for r in rules if r.name in fired and _rank(r.severity, SEVERITIES) >= worst}
+    suite = ET.Element("testsuite", name="llamamon alerts", tests=str(len(rules)), failures=str(len(failing)))
     for rule in rules:
         case = ET.SubElement(suite, "testcase", classname="llamamon.alerts", name=rule.name)
         episodes = fired.get(rule.name)
-        if episodes:
-            lines = [
-                f"{dict(a.labels)} fired at {_iso(a.fired_at)}, resolved at {_iso(a.resolved_at)}, peak {a.peak:.6g}"
-                for a in episodes
-            ]
-            fail = ET.SubElement(
-                case, "failure", message=f"{rule.name} ({rule.severity}) fired {len(episodes)} time(s)"
-            )
-            fail.text = "\n".join(lines)
+        if not episodes:
+            continue
+        text = "\n".join(_episode_line(rule, a, step) for a, step in episodes)
+        if rule.name in failing:
+            message = f"{rule.name} ({rule.severity}) fired {len(episodes)} time(s)"
+            ET.SubElement(case, "failure", message=message).text = text
+        else:
+            below = f"{rule.name} ({rule.severity}, below --fail-on {fail_on}) fired {len(episodes)} time(s):\n"
+            ET.SubElement(case, "system-out").text = below + text
     root = ET.Element("testsuites")
     root.append(suite)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def _rank(severity: str, order: tuple[str, ...]) -> int:
+    return order.index(severity) if severity in order else -1
+
+
+def _episode_line(rule: Rule, a: Alert, step: int | None) -> str:
+    """``validation_loss_high: value 2.31 at step 120, 2026-01-01T00:02:00Z, resolved ... (run R, gpu=0)``."""
+    from llamamon.rules.lang import unit_of
+
+    unit = unit_of(rule.condition.tree)
+    value = f"{a.value:.6g}" + (f" {unit}" if unit and unit != "ratio" else "")
+    where = f"at step {step}, " if step is not None else ""
+    resolved = f"resolved {_iso(a.resolved_at)}" if a.resolved_at is not None else "still firing"
+    shown = [f"{k}={v}" for k, v in a.labels if k not in ("alertname", "severity", "run", "host")]
+    context = ", ".join([f"run {a.run}" if a.run else "", *shown])
+    return f"{rule.name}: value {value} {where}{_iso(a.fired_at)}, {resolved}" + (
+        f" ({context.strip(', ')})" if context.strip(", ") else ""
+    )
 
 
 def _iso(ts: float | None) -> str:
