@@ -156,7 +156,7 @@ class Context:
     data: ReportData
     zone: tzinfo
     fmt: ImageFormat
-    emit: Callable[[str, object], str]  # (panel id, figure) -> image reference
+    emit: Callable[[str, object], str] | None  # (panel id, figure) -> image reference; None: draw no figure
     run_labels: dict[str, str]
     multi: bool
     bounds: dict[str, tuple[float, float]]
@@ -164,6 +164,10 @@ class Context:
     elapsed_div: float = 1.0
     since: float | None = None  # --since: the data starts here, not at the runs' starts
     _alert_rows: AlertRows | None = None
+
+    def image(self, pid: str, draw: Callable[[], object]) -> str:
+        """The panel's image reference from the figure ``draw`` makes; "" without drawing it when there is no ``emit``."""
+        return "" if self.emit is None else self.emit(pid, draw())
 
     @property
     def x_mode(self) -> Literal["time", "elapsed"]:
@@ -393,10 +397,9 @@ def _panel(ctx: Context, pid: str, chart: Chart, alt: str, note: str = "") -> Pa
     single = _single_values(chart)
     if single:
         why = "One value recorded per series, so the number is shown instead of a chart."
-        fig = charts.value_card(chart.title, single, why)
-        return Panel(pid, chart.title, ctx.emit(pid, fig), f"{chart.title}: {'; '.join(' '.join(e) for e in single)}")
-    fig = charts.render_chart(chart, ctx.zone)
-    return Panel(pid, chart.title, ctx.emit(pid, fig), alt, note)
+        image = ctx.image(pid, lambda: charts.value_card(chart.title, single, why))
+        return Panel(pid, chart.title, image, f"{chart.title}: {'; '.join(' '.join(e) for e in single)}")
+    return Panel(pid, chart.title, ctx.image(pid, lambda: charts.render_chart(chart, ctx.zone)), alt, note)
 
 
 def _single_values(chart: Chart) -> list[tuple[str, str]]:
@@ -920,10 +923,8 @@ def _histogram_panel(ctx: Context, pid: str, metric: str, title: str) -> Panel |
         )
     th = ctx.data.thresholds
     marker = HLine(th.latency_max, f"latency_max {th.latency_max:g} ms") if th.latency_max is not None else None
-    fig = charts.bar_histogram(title, _aligned(groups), axis_label(metric), marker)
-    return Panel(
-        pid, title, ctx.emit(pid, fig), f"Histogram of {metric}", "Values above 1.5 × p95 fall in the last bin."
-    )
+    image = ctx.image(pid, lambda: charts.bar_histogram(title, _aligned(groups), axis_label(metric), marker))
+    return Panel(pid, title, image, f"Histogram of {metric}", "Values above 1.5 × p95 fall in the last bin.")
 
 
 def _aligned(groups: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> list[tuple[str, ...]]:
@@ -981,11 +982,11 @@ def alerts_section(ctx: Context) -> tuple[Panel | None, Table | None]:
             label += f" · {ctx.run_labels.get(run, run)}"
         intervals = merge_intervals(((s.start, s.end if s.end is not None else end) for s in spans), gap)
         rows.append((label[:70], intervals, spans[0].severity, spans[-1].end is None))
-    fig = charts.alert_timeline(rows, start, end, ctx.zone)
     note = "Hatched bars are still firing at the end of the data."
     if len(ranked) > TIMELINE_ROWS:
         note += f" The {TIMELINE_ROWS} most severe and longest-firing of {len(ranked)} alert instances are shown."
-    panel = Panel("alert-timeline", "Alert timeline", ctx.emit("alert-timeline", fig), "Alert firing spans", note)
+    image = ctx.image("alert-timeline", lambda: charts.alert_timeline(rows, start, end, ctx.zone))
+    panel = Panel("alert-timeline", "Alert timeline", image, "Alert firing spans", note)
     table_rows = []
     for (rule, labels, run), spans in ranked[:ALERT_TABLE_ROWS]:
         last = spans[-1]
@@ -1139,7 +1140,7 @@ def alert_counts(alerts: Sequence[AlertSpan]) -> list[tuple[str, int, list[str]]
 def build_context(
     ctx_data: ReportData,
     fmt: ImageFormat,
-    emit: Callable[[str, object], str],
+    emit: Callable[[str, object], str] | None,
     zone: tzinfo | None = None,
     since: float | None = None,
 ) -> Context:

@@ -73,14 +73,17 @@ def build_model(
     data: ReportData,
     *,
     fmt: Format,
-    emit: Callable[[str, Figure], str],
+    emit: Callable[[str, Figure], str] | None,
     selected: Sequence[str],
     metrics_dir: Path,
     zone: tzinfo | None = None,
     progress: Progress | None = None,
     since: float | None = None,
 ) -> dict[str, Any]:
-    """The template context: run headers, alert summary, one model per dashboard, notes."""
+    """The template context: run headers, alert summary, one model per dashboard, notes.
+
+    ``emit`` turns a panel's figure into its image reference; None draws no figure (the Markdown summary).
+    """
     from llamamon.report import charts, dashboards
 
     tick = progress or (lambda _label: None)
@@ -226,7 +229,9 @@ def render_report(
         emit = _inline_emitter()
         template = "report.html.j2"
     else:
-        emit = _no_image
+        # The Markdown summary names its charts but holds none: it is read as a CI step summary, where a
+        # PNG linked by relative path points nowhere and GitHub drops data: images (and caps it at 1 MiB).
+        emit = None
         template = "report.md.j2"
     model = build_model(
         data, fmt=fmt, emit=emit, selected=chosen, metrics_dir=metrics_dir, zone=zone, progress=progress, since=since
@@ -289,12 +294,3 @@ def _inline_emitter() -> Callable[[str, Figure], str]:
         return charts.to_data_uri(fig, "svg")
 
     return emit
-
-
-def _no_image(_pid: str, _fig: Figure) -> str:
-    """The Markdown summary names its charts but holds none.
-
-    Why: it is read as a CI step summary, where a PNG linked by relative path points nowhere and GitHub
-    drops ``data:`` images (and caps a summary at 1 MiB); the HTML report carries the charts.
-    """
-    return ""
