@@ -324,9 +324,17 @@ def suggest(name: str, known: list[str] | tuple[str, ...] | None = None) -> str 
     return found[0] if found else None
 
 
+# What a validation pass reports besides its loss (the HF Trainer's compute_metrics results come back as
+# eval_accuracy, eval_f1, ...): training metrics, shown with the validation loss, not as "other" metrics.
+VALIDATION_PREFIXES = ("eval_", "validation_")
+
+
 def group_of(name: str) -> str:
-    """Store group for a metric name: its catalog group, else "custom"."""
+    """Store group for a metric name: its catalog group; a name the catalog lacks is "training" when it is a
+    validation result (``eval_*``, ``validation_*``), else "custom"."""
     metric = get(name)
     if metric is None and (part := histogram_part(name)) is not None:
         metric = part[0]
-    return metric.group if metric is not None and metric.group != "run" else "custom"
+    if metric is None:
+        return "training" if name.startswith(VALIDATION_PREFIXES) else "custom"
+    return metric.group if metric.group != "run" else "custom"

@@ -12,7 +12,7 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from llamamon.channels.base import Channel, Delivery
 from llamamon.channels.render import TEST_LABEL
@@ -24,10 +24,15 @@ FAILURES_METRIC = "notification_failures"
 
 
 class Dispatcher:
-    """Routes events to channels: an event's ``channels`` names them; an empty tuple means all of them."""
+    """Routes events to channels: an event's ``channels`` names them; an empty tuple means all of them.
 
-    def __init__(self, channels: Mapping[str, Channel]) -> None:
+    ``off`` names configured channels that are switched off (their ``${VAR}``s are unset, said once where
+    they were built): events for them are skipped without a warning per alert.
+    """
+
+    def __init__(self, channels: Mapping[str, Channel], *, off: Collection[str] = ()) -> None:
         self.channels = dict(channels)
+        self.off = frozenset(off)
         self.failures: Counter[str] = Counter({name: 0 for name in self.channels})
         self._warned: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -39,6 +44,8 @@ class Dispatcher:
         for event in events:
             for name in event.channels or tuple(self.channels):
                 channel = self.channels.get(name)
+                if channel is None and name in self.off:
+                    continue
                 if channel is None:
                     if name not in self._warned:
                         self._warned.add(name)

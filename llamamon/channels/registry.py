@@ -59,7 +59,8 @@ def build_channel(name: str, type: str | None, options: Mapping[str, Any]) -> Ch
     unset = _unset_variable(options)
     if unset is not None:
         key, variable = unset
-        return UnsetChannel(name, kind, f"{OptionReader.path(name, key)}: environment variable {variable} is not set")
+        option = OptionReader.path(name, key)
+        return UnsetChannel(name, kind, f"{option}: environment variable {variable} is not set", variable, option)
     module, cls = CHANNEL_TYPES[kind]
     reader = OptionReader(name, options)
     channel = getattr(importlib.import_module(module), cls)(name, reader)
@@ -81,19 +82,26 @@ def build_channels(configs: Mapping[str, ChannelConfigLike], *, source: object =
 
 
 class UnsetChannel:
-    """A channel whose options name an unset ``${VAR}``: recording goes on, every send fails with the reason.
+    """A channel whose options name an unset ``${VAR}``: off. Sent to directly (``alerts notify-test``) it
+    fails with the reason; ``record`` and ``watch`` leave it out and say so once (:meth:`off_line`).
 
-    Why not an error at startup: a shipped monitoring.yaml references SLACK_WEBHOOK_URL; a machine without
-    it must still record, while each alert it could not deliver is still logged and counted.
+    Why not an error at startup: the built-in monitoring.yaml references SLACK_WEBHOOK_URL; a machine
+    without it must still record, and its alerts are still logged, without a "cannot send" per alert.
     """
 
     send_resolved = True
 
-    def __init__(self, name: str, type: str, reason: str) -> None:
+    def __init__(self, name: str, type: str, reason: str, variable: str = "", option: str = "") -> None:
         self.name = name
         self.type = type
         self.reason = reason
+        self.variable = variable
+        self.option = option
         self._warned = False
+
+    def off_line(self) -> str:
+        """The one line that says this channel is off and which variable would turn it on."""
+        return f"{self.type} channel {self.name!r} is off: {self.variable} is not set ({self.option}); nothing is sent to it"
 
     def target(self) -> str:
         return "(not configured)"

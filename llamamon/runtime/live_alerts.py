@@ -90,7 +90,7 @@ class LiveAlerts:
 
     def __init__(self, config: Config, metrics_dir: Path, *, scope: str | None = None) -> None:
         from llamamon.channels.dispatch import Dispatcher
-        from llamamon.channels.registry import build_channels
+        from llamamon.channels.registry import UnsetChannel, build_channels
         from llamamon.rules.builtin import rules_from_config
         from llamamon.rules.engine import AlertStates, needed_metrics, reads
         from llamamon.rules.lang import Call, subtrees
@@ -122,8 +122,14 @@ class LiveAlerts:
             if isinstance(n, Call) and n.func == "evals_since_best"
         }
         self._best_metrics = {m for m in self.raw_metrics if catalog.canonical(m, self.aliases) in counted}
-        self.channels = build_channels(config.alerts.channels, source=config.source)
-        self.dispatcher = Dispatcher(self.channels)
+        channels = build_channels(config.alerts.channels, source=config.source)
+        # A channel whose ${VAR}s are unset (the built-in config's Slack and email on most machines) is off:
+        # said once here, and its alerts are neither sent nor counted as failed deliveries.
+        off = {name for name, channel in channels.items() if isinstance(channel, UnsetChannel)}
+        for name in sorted(off):
+            log.info("%s", channels[name].off_line())
+        self.channels = {name: channel for name, channel in channels.items() if name not in off}
+        self.dispatcher = Dispatcher(self.channels, off=off)
         self.ledger = NotificationLedger(metrics_dir, config.alerts.repeat_interval)
         self.state_path = Path(metrics_dir) / "alerts" / f"engine-{scope}.json" if scope else None
         self.states = AlertStates()
