@@ -69,7 +69,7 @@ def test_mask_command_forms():
 @pytest.mark.integration
 def test_no_file_the_run_produces_holds_a_secret_from_its_command_line(tmp_path):
     (tmp_path / "monitoring.yaml").write_text(
-        "monitoring:\n  secret_options: [--hf-auth]\n  textfile_dir: prom\n"
+        "monitoring:\n  secret_options: [--hf-auth]\n  textfile_dir: prom\n  textfile_grace: 1h\n"
         "alerts:\n  rules:\n    high_loss: {condition: 'loss > 1', severity: critical}\n"
     )
     job = tmp_path / "job.py"
