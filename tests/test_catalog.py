@@ -49,6 +49,10 @@ def test_lookup_helpers():
     assert catalog.suggest("gpu_util") == "gpu_utilization"
     assert catalog.group_of("gpu_power") == "gpu"
     assert catalog.group_of("my_metric") == "custom"
+    # compute_metrics' results (and any validation_* a job logs) belong with the validation loss
+    assert catalog.group_of("eval_accuracy") == "training"
+    assert catalog.group_of("validation_f1") == "training"
+    assert catalog.group_of("notification_failures") == "custom"  # llamamon's own: stored apart from training
 
 
 @given(st.text(min_size=1, max_size=40))

@@ -99,3 +99,16 @@ def test_lines_with_their_own_step_are_not_held():
     parser = OutputParser(steps=TrainerSteps())
     got = parser.feed(b'{"loss": 0.5, "step": 7, "epoch": 1}\n', now=1.0)
     assert {(s.metric, s.step) for s in got} == {("loss", 7), ("epoch", 7)}
+
+
+def test_dicts_printed_beside_a_bar_without_tqdm_write_go_on_after_the_grace():
+    steps = TrainerSteps()
+    out, err = OutputParser(steps=steps), OutputParser(steps=steps)
+    assert (
+        err.feed(b"\r  0%|          | 0/50 [00:00<?, ?it/s]\r 10%|#         | 5/50 [00:00<00:01, 40it/s]", now=1.0)
+        == []
+    )
+    assert out.feed(b"{'loss': '2.5', 'epoch': '0.1'}\n", now=1.5) == []  # print(), so no clear around it
+    assert err.feed(b"\r 20%|##        | 10/50 [00:00<00:01, 40it/s]", now=2.0) == []
+    late = err.feed(b"\r 30%|###       | 15/50 [00:00<00:01, 40it/s]", now=1.5 + GRACE)
+    assert [(s.metric, s.time, s.step) for s in late] == [("loss", 1.5, None), ("epoch", 1.5, None)]

@@ -9,11 +9,11 @@ step of the k-th printed dict, whatever order the two pipes deliver them in (std
 pipe, so its dicts often arrive long after the bar moved on).
 
 Only lines that look like the Trainer's (no step, an ``epoch``) are held for their step. The two pipes are
-read by two threads, so a first dict may be read before the bar's first ``0/M`` although it was written
-later: until a bar is seen such lines wait at most ``GRACE`` seconds (checked on the next output of either
-stream, and at the end), then go on stepless; with no bar at all (``disable_tqdm``) that is what they do.
-Known limit: other text written with ``tqdm.write`` during training shifts the pairing (its redraw has no
-dict).
+read by two threads, so a dict may be read before the redraw written just after it (or before the bar's
+first ``0/M``): such lines wait at most ``GRACE`` seconds (checked on the next output of either stream, and
+at the end), then go on stepless. That is what they do with no bar at all (``disable_tqdm``), or in a job of
+one's own that ``print``s such dicts beside a tqdm bar (no clear, so no redraw to pair with). Known limit:
+other text written with ``tqdm.write`` during training shifts the pairing (its redraw has no dict).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ class TrainerSteps:
         self._lines: collections.deque[list[Sample]] = collections.deque()  # dicts waiting for theirs
 
     def expire(self, now: float) -> list[Sample]:
-        """Held dicts older than ``GRACE`` while no bar was seen, stepless: this job shows no bar."""
-        if self.total is not None or not self._lines or now - (self._lines[0][0].time or now) < GRACE:
+        """Held dicts, stepless, once the oldest waited ``GRACE`` for its redraw: none is coming."""
+        if not self._lines or now - (self._lines[0][0].time or now) < GRACE:
             return []
         return self.release()
 
