@@ -100,3 +100,4 @@ def test_failed_deliveries_are_llamamons_not_the_jobs(tmp_path):
     assert other is not None
     assert "my_queue_depth" in other
     assert "notification_failures" not in other
+    assert "notification_failures" not in html  # nor charted or tabled anywhere else as a metric of the run
