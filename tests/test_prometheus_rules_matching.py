@@ -19,7 +19,7 @@ from test_rules_promtest import _got
 
 RULES = """\
 alerts:
-  builtin: {loss_plateau: false}
+  builtin: {loss_plateau: false, train_loss_plateau: false}
   rules:
     idle_gpu_full_ram:
       condition: "gpu_utilization < 0.2 and memory_usage > 0.9"
@@ -109,7 +109,7 @@ def test_two_metrics_with_different_labels_fire_alike_in_promtool_and_llamamon(t
 
 def test_what_promql_cannot_pair_is_skipped_and_what_it_cannot_know_is_warned(tmp_path: Path) -> None:
     (tmp_path / "rules.yaml").write_text(
-        "alerts:\n  builtin: {loss_plateau: false}\n  rules:\n"
+        "alerts:\n  builtin: {loss_plateau: false, train_loss_plateau: false}\n  rules:\n"
         "    cores_vs_gpus: {condition: 'cpu_core_usage > gpu_utilization'}\n"
         "    gpu_and_server: {condition: 'gpu_utilization < 0.2 and batch_queue_size > 5'}\n"
         "    server_and_host: {condition: 'batch_queue_size > 5 and memory_usage > 0.9'}\n"
@@ -133,7 +133,7 @@ def test_what_promql_cannot_pair_is_skipped_and_what_it_cannot_know_is_warned(tm
 
 LIVE_RULES = """\
 alerts:
-  builtin: {loss_plateau: false}
+  builtin: {loss_plateau: false, train_loss_plateau: false}
   rules:
     batch_queue_high:
       condition: batch_queue_size > 100

@@ -366,7 +366,7 @@ def test_exported_rules_fire_only_while_the_run_is_live(node_exporter, prometheu
     config = tmp_path / "monitoring.yaml"
     config.write_text(
         "monitoring:\n  update_frequency: 1\n"
-        "alerts:\n  builtin: {loss_plateau: false}\n  rules:\n"
+        "alerts:\n  builtin: {loss_plateau: false, train_loss_plateau: false}\n  rules:\n"
         "    queue_live_only:\n      condition: batch_queue_size > 100\n"
         "    memory_live_only:\n      condition: memory_usage > 0.9\n"
     )

@@ -74,16 +74,16 @@ def plateaued_loss(seed: int) -> list[tuple[float, str, float]]:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_loss_plateau_is_silent_while_a_noisy_loss_falls(seed: int) -> None:
-    assert alerts("loss_plateau", falling_loss(seed)) == []
+def test_train_loss_plateau_is_silent_while_a_noisy_loss_falls(seed: int) -> None:
+    assert alerts("train_loss_plateau", falling_loss(seed)) == []
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_loss_plateau_fires_on_a_flat_noisy_loss(seed: int) -> None:
+def test_train_loss_plateau_fires_on_a_flat_noisy_loss(seed: int) -> None:
     rows = plateaued_loss(seed)
-    found = alerts("loss_plateau", rows)
+    found = alerts("train_loss_plateau", rows)
     assert found, "a loss flat for 45m or more must be called a plateau"
-    assert found[0].fired_at - T0 >= 30 * 60  # never before 30 minutes of it are there
+    assert found[0].fired_at - T0 >= 32 * 60  # never before 30 minutes of it are there (and its for, 2m)
 
 
 def schedule(kind: str, seed: int) -> list[tuple[float, str, float]]:
@@ -132,3 +132,28 @@ def test_learning_rate_low_fires_when_the_rate_is_stuck_near_zero(seed: int) -> 
     # flat below the minimum for 5 minutes: fires then, not at the drop
     assert found[0].fired_at - T0 == pytest.approx(cut * step_s + 300, abs=step_s)
     assert found[0].value == stuck
+
+
+def test_the_live_engine_fires_them_as_alerts_test_does(tmp_path) -> None:
+    # A stuck learning rate (for 0: at the same logged step) and a flat loss (for 2m: within an interval).
+    from llamamon.runtime.live_alerts import LiveAlerts
+    from llamamon.samples import Row
+
+    rows = [(s * 2.0, "learning_rate", 1e-3 if s < 300 else 0.0) for s in range(601)]
+    rows += [(t, "loss", 2.0 + 0.1 * math.sin(t)) for t in range(0, 2400, 10)]
+    rows.sort()
+    offline = {r: [a.fired_at - T0 for a in alerts(r, rows)] for r in ("learning_rate_low", "train_loss_plateau")}
+    live = LiveAlerts(load_config(), tmp_path)
+    fired: dict[str, list[float]] = {}
+    i = 0
+    for now in range(0, 2401, 10):  # evaluated every 10 s, as alerts test steps the regular grid here
+        while i < len(rows) and rows[i][0] <= now:
+            t, metric, value = rows[i]
+            live.add([Row(T0 + t, "training", metric, value, (), None)], "r1", "h")
+            i += 1
+        for e in live.evaluate(T0 + now)[0]:
+            if e.state == "firing":
+                fired.setdefault(e.rule, []).append(e.started_at - T0)
+    assert fired["learning_rate_low"] == offline["learning_rate_low"] == [900.0]
+    assert len(fired["train_loss_plateau"]) == len(offline["train_loss_plateau"]) == 1
+    assert abs(fired["train_loss_plateau"][0] - offline["train_loss_plateau"][0]) <= 10

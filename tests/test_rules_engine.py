@@ -78,6 +78,11 @@ CASES = {
         series("validation_loss", [1.0, 0.9, 0.95, 0.92, 0.91]),
         series("validation_loss", [1.0, 0.9, 0.95, 0.92, 0.89]),
     ),
+    # (40 minutes: its windows need 30 of them; flat from 20m on, or still falling)
+    "train_loss_plateau": (
+        series("loss", [2.0 - 0.001 * min(i, 120) for i in range(241)]),
+        series("loss", [2.0 - 0.001 * i for i in range(241)]),
+    ),
     "inference_latency_high": (series("inference_latency", [1001] * 91), series("inference_latency", [999] * 91)),
     "inference_timeouts": (series("timeout_rate", [0.01] * 91), series("timeout_rate", [0.0] * 91)),
     "batch_queue_high": (series("batch_queue_size", [101] * 91), series("batch_queue_size", [100] * 91)),
@@ -93,10 +98,11 @@ def test_every_builtin_has_a_case() -> None:
 def test_builtin_fires_just_over_and_not_just_under(name: str) -> None:
     rules = [r for r in builtin_rules(load_config()) if r.name == name]
     over, under = CASES[name]
-    hits = engine.evaluate(rules, frame(over), grid(900))
+    seconds = 2400 if name == "train_loss_plateau" else 900
+    hits = engine.evaluate(rules, frame(over), grid(seconds))
     assert [a.rule for a in hits] == [name]
     assert hits[0].severity == ("critical" if name in ("memory_critical", "loss_not_finite") else "warning")
-    assert engine.evaluate(rules, frame(under), grid(900)) == []
+    assert engine.evaluate(rules, frame(under), grid(seconds)) == []
 
 
 def test_builtin_gpu_rule_is_silent_on_an_idle_machine() -> None:
@@ -285,9 +291,11 @@ def test_plateau_uses_training_loss_when_no_validation_is_logged() -> None:
     # the flat value (that of the last 15m) once the flat part is most of it, at 35m.
     values = [2.0 - 0.001 * i for i in range(120)] + [1.88] * 120
     rows = series("loss", values)
-    rules = [r for r in builtin_rules(load_config()) if r.name == "loss_plateau"]
-    # (the run's last sample is at 39m50s: at 40m, after its end, the alert resolves, as it does live)
-    assert fired(engine.evaluate(rules, frame(rows), grid(2400))) == [(2100, 2400)]
+    rules = [r for r in builtin_rules(load_config()) if r.name in ("loss_plateau", "train_loss_plateau")]
+    # (true from 35m, for 2m: fires at 37m; the run's last sample is at 39m50s: at 40m, after its end, the
+    # alert resolves, as it does live)
+    assert fired(engine.evaluate(rules, frame(rows), grid(2400))) == [(2220, 2400)]
+    assert {a.rule for a in engine.evaluate(rules, frame(rows), grid(2400))} == {"train_loss_plateau"}
     rows += series("validation_loss", [1.0, 0.5, 0.4, 0.3, 0.2], step=600)
     assert engine.evaluate(rules, frame(rows), grid(2400)) == []
 

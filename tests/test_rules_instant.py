@@ -44,6 +44,7 @@ alerts:
     validation_loss_high: false
     learning_rate_low: false
     loss_plateau: false
+    train_loss_plateau: false
     inference_latency_high: false
     inference_timeouts: false
     batch_queue_high: false

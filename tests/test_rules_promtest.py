@@ -53,7 +53,7 @@ def test_series_notation_and_names() -> None:
 
 CROSS_RULES = """\
 alerts:
-  builtin: {loss_plateau: false}
+  builtin: {loss_plateau: false, train_loss_plateau: false}
   rules:
     mem_high:
       condition: "memory_usage > 90%"

@@ -39,6 +39,7 @@ from llamamon.rules.lang import (
     Unary,
     duration_text,
     render,
+    selectors,
     subtrees,
     to_base,
 )
@@ -150,7 +151,13 @@ def _sides(node: Binary) -> tuple[frozenset[str] | None, frozenset[str] | None] 
     if node.op == "or" or _is_scalar(node.left) or _is_scalar(node.right):
         return None  # `or` matches identical label sets in llamamon too
     left, right = label_names(node.left), label_names(node.right)
-    return None if left is not None and left == right else (left, right)
+    if left is not None and left == right:
+        return None
+    # Both sides of one series (max(x, 5m) == min(x, 5m)): identical label sets, whatever x's labels are.
+    same = {(s.metric, s.matchers) for s in selectors(node.left)} == {
+        (s.metric, s.matchers) for s in selectors(node.right)
+    }
+    return None if same and len({s.metric for s in selectors(node)}) == 1 else (left, right)
 
 
 def _matching(node: Binary) -> str:

@@ -16,10 +16,11 @@ validation_loss_high     ``validation_loss > training.validation_loss_max``     
 learning_rate_low        ``learning_rate < training.learning_rate_min and max(learning_rate,  warning   0s
                          5m) == min(learning_rate, 5m) and count(learning_rate, 5m) >= 3``
                          (flat below the minimum; an annealed schedule's falling tail is not)
-loss_plateau             ``evals_since_best(validation_loss) >= P or (p50(loss, 15m) >=       warning   0s
-                         p50(loss, 30m) - (p50(loss, 30m) - quantile(0.25, loss, 30m)) / 8
-                         and count(loss, 30m) > 1.5 * count(loss, 15m) unless
-                         validation_loss)``, P = training.loss_plateau_patience
+loss_plateau             ``evals_since_best(validation_loss) >= P``,                          warning   0s
+                         P = training.loss_plateau_patience
+train_loss_plateau       ``p50(loss, 15m) >= p50(loss, 30m) - (p50(loss, 30m) -               warning   2m
+                         quantile(0.25, loss, 30m)) / 8 and count(loss, 30m) > 1.5 *
+                         count(loss, 15m) unless validation_loss`` (runs without validation)
 inference_latency_high   ``p95(inference_latency, 5m) > <inference.latency_max>ms``           warning   2m
 inference_timeouts       ``timeout_rate > 0`` (requests over inference.timeout)               warning   1m
 batch_queue_high         ``batch_queue_size > inference.batch_queue_max``                     warning   2m
@@ -107,18 +108,27 @@ BUILTINS: tuple[Builtin, ...] = (
     ),
     Builtin(
         "loss_plateau",
-        "evals_since_best(validation_loss) >= {training.loss_plateau_patience}"
-        # Why medians of windows for the training loss: its per-step values are noise around a trend, so a
-        # count of steps without a new best fired while it still fell. A plateau: the median of the last 15m
-        # is not below that of the last 30m by more than an eighth of the 30m's spread (its median less its
-        # 25th percentile: the noise where flat, the fall where falling), once 30m of it are there.
-        " or (p50(loss, 15m) >= p50(loss, 30m) - (p50(loss, 30m) - quantile(0.25, loss, 30m)) / 8"
-        " and count(loss, 30m) > 1.5 * count(loss, 15m) unless validation_loss)",
+        "evals_since_best(validation_loss) >= {training.loss_plateau_patience}",
         "warning",
         0,
         ("training.loss_plateau_patience",),
-        "No better loss for a while ({{ $value }}: evaluations without a new best validation loss, else the"
-        " training loss's 15m median)",
+        "No new best validation loss for {{ $value }} evaluations",
+    ),
+    Builtin(
+        "train_loss_plateau",
+        # Why medians of windows, not evaluations, for the training loss of a run without validation: its
+        # per-step values are noise around a trend, so a count of steps without a new best fired while it
+        # still fell. A plateau: the median of the last 15m is not below that of the last 30m by more than an
+        # eighth of the 30m's spread (its median less its 25th percentile: the noise where flat, the fall
+        # where falling), once 30m of it are there, for 2m. Why a rule apart with a for: a level over windows
+        # needs no evaluation per logged step (loss_plateau's validation events do), and sorting 30m of a
+        # loss logged 100 times a second at every step would stall the live loop.
+        "p50(loss, 15m) >= p50(loss, 30m) - (p50(loss, 30m) - quantile(0.25, loss, 30m)) / 8"
+        " and count(loss, 30m) > 1.5 * count(loss, 15m) unless validation_loss",
+        "warning",
+        120,
+        (),
+        "Training loss not improving: median {{ $value }} over the last 15m",
     ),
     Builtin(
         "inference_latency_high",
