@@ -50,6 +50,9 @@ def llamamon_env(**extra: str) -> dict[str, str]:
     env.pop("LLAMAMON_CONFIG", None)
     env.pop("LLAMAMON_RUN_ID", None)
     env.pop("LLAMAMON_METRICS_DIR", None)
+    # The built-in channels' variables: a developer's real Slack or mail server never hears from a test.
+    env.pop("SLACK_WEBHOOK_URL", None)
+    env.pop("SMTP_SERVER", None)
     env.update(extra)
     return env
 
