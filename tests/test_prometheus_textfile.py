@@ -193,7 +193,8 @@ def test_prune_removes_a_killed_writers_file_and_keeps_a_live_ones(tmp_path):
     other = tmp_path / textfile_name("elsewhere", RUN_ID)
     other.write_bytes(dead.read_bytes())
     assert prune(tmp_path, 0) == [dead]
-    assert live.path.exists() and other.exists()
+    assert live.path.exists()
+    assert other.exists()
 
 
 def test_gc_removes_leftover_prom_files_whatever_keep_says(tmp_path):
@@ -210,7 +211,8 @@ def test_gc_removes_leftover_prom_files_whatever_keep_says(tmp_path):
         timeout=60,
     )
     assert dry.returncode == 0, dry.stderr
-    assert f"would remove {writer.path}" in dry.stdout and writer.path.exists()
+    assert f"would remove {writer.path}" in dry.stdout
+    assert writer.path.exists()
     (tmp_path / "monitoring.yaml").write_text("monitoring:\n  textfile_grace: 1s\n")
     done = subprocess.run(
         [sys.executable, "-m", "llamamon", "gc", "--keep", "3650d", "--metrics-dir", str(metrics)],
