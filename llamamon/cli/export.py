@@ -3,6 +3,7 @@ its metrics as CSV, on demand."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,19 +22,62 @@ def export_command() -> None:
     """Write recorded metrics in other tools' formats."""
 
 
+def _one_run_options(output_help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """--run/--latest, -o and the config/metrics-dir options every single-run export takes."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(
+            (
+                click.option(
+                    "--run", "run_ref", metavar="ID", default=None, help="Run id, id prefix, name or name prefix."
+                ),
+                click.option("--latest", is_flag=True, help="The most recently started run (the default)."),
+                click.option(
+                    "-o",
+                    "--output",
+                    type=click.Path(dir_okay=False, allow_dash=True),
+                    default="-",
+                    show_default=True,
+                    help=output_help,
+                ),
+                config_option,
+                metrics_dir_option,
+            )
+        ):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _one_run(
+    run_ref: str | None, latest: bool, config_path: str | None, metrics_dir: str | None
+) -> tuple[Path, RunInfo]:
+    # Imports here, not at the top: `llamamon --help` must not pay for the store (polars) or the config.
+    from llamamon.config import load_config
+    from llamamon.store import open_store
+    from llamamon.store.runs import resolve_runs
+
+    if run_ref is not None and latest:
+        raise ConfigError("give --run or --latest, not both", path="--latest")
+    folder = open_store(Path(metrics_dir) if metrics_dir else load_config(config_path).monitoring.metrics_path)
+    (run,) = resolve_runs(folder, [run_ref] if run_ref is not None else [], latest=run_ref is None)
+    return folder, run
+
+
+def _write(output: str, text: str) -> None:
+    from llamamon.fsutil import atomic_write
+
+    if output == "-":
+        click.echo(text, nl=False)
+    else:
+        atomic_write(output, text.encode("utf-8"))
+
+
 @export_command.command("prometheus")
-@click.option("--run", "run_ref", metavar="ID", default=None, help="Run id, id prefix, name or name prefix.")
-@click.option("--latest", is_flag=True, help="The most recently started run (the default).")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, allow_dash=True),
-    default="-",
-    show_default=True,
-    help="File to write (replaced atomically, e.g. a .prom file in node_exporter's textfile folder); - for stdout.",
+@_one_run_options(
+    "File to write (replaced atomically, e.g. a .prom file in node_exporter's textfile folder); - for stdout."
 )
-@config_option
-@metrics_dir_option
 def prometheus_command(
     run_ref: str | None, latest: bool, output: str, config_path: str | None, metrics_dir: str | None
 ) -> None:
@@ -41,40 +85,17 @@ def prometheus_command(
 
     The same families and names the live .prom files have, with llamamon_run_active 0 for a finished run.
     """
-    # Imports here, not at the top: `llamamon --help` must not pay for the store (polars) or the config.
-    from llamamon.config import load_config
-    from llamamon.fsutil import atomic_write
-    from llamamon.store import open_store
     from llamamon.store.journal import live_runs
-    from llamamon.store.runs import resolve_runs
 
-    if run_ref is not None and latest:
-        raise ConfigError("give --run or --latest, not both", path="--latest")
-    folder = open_store(Path(metrics_dir) if metrics_dir else load_config(config_path).monitoring.metrics_path)
-    (run,) = resolve_runs(folder, [run_ref] if run_ref is not None else [], latest=run_ref is None)
+    folder, run = _one_run(run_ref, latest, config_path, metrics_dir)
     snapshot = snapshot_from_store(folder, run)
     # A run without an end time whose recorder is gone (killed) is not active either.
     snapshot.active = run.end is None and run.id in live_runs(folder)
-    text = snapshot.render()
-    if output == "-":
-        click.echo(text, nl=False)
-    else:
-        atomic_write(output, text.encode("utf-8"))
+    _write(output, snapshot.render())
 
 
 @export_command.command("csv")
-@click.option("--run", "run_ref", metavar="ID", default=None, help="Run id, unique id or name prefix, or run name.")
-@click.option("--latest", is_flag=True, help="The most recently started run (the default).")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, allow_dash=True),
-    default="-",
-    show_default=True,
-    help="File to write (replaced atomically); - for stdout.",
-)
-@config_option
-@metrics_dir_option
+@_one_run_options("File to write (replaced atomically); - for stdout.")
 def csv_command(
     run_ref: str | None, latest: bool, output: str, config_path: str | None, metrics_dir: str | None
 ) -> None:
@@ -83,20 +104,8 @@ def csv_command(
     Times are ISO 8601 UTC to the microsecond, values Python's shortest exact float text (nan, inf as such),
     so reading the file back gives the stored numbers bit for bit. Rows are in time order.
     """
-    from llamamon.config import load_config
-    from llamamon.fsutil import atomic_write
-    from llamamon.store import open_store
-    from llamamon.store.runs import resolve_runs
-
-    if run_ref is not None and latest:
-        raise ConfigError("give --run or --latest, not both", path="--latest")
-    folder = open_store(Path(metrics_dir) if metrics_dir else load_config(config_path).monitoring.metrics_path)
-    (run,) = resolve_runs(folder, [run_ref] if run_ref is not None else [], latest=run_ref is None)
-    text = run_csv(folder, run.id)
-    if output == "-":
-        click.echo(text, nl=False)
-    else:
-        atomic_write(output, text.encode("utf-8"))
+    folder, run = _one_run(run_ref, latest, config_path, metrics_dir)
+    _write(output, run_csv(folder, run.id))
 
 
 def run_csv(metrics_dir: Path, run_id: str) -> str:
