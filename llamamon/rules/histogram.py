@@ -13,10 +13,13 @@ quantile here are the only place their histogram answers come from, so they agre
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from llamamon import catalog, units
 from llamamon.rules.lang import Binary, Call, Node, Number, Selector
+
+V = TypeVar("V")
 
 QUANTILE_FUNCS = frozenset({"quantile", "p50", "p90", "p95", "p99"})
 FUNCS = QUANTILE_FUNCS | {"avg", "count", "sum"}
@@ -29,6 +32,14 @@ def metric_of(node: Call) -> catalog.Metric | None:
     sel = node.args[1] if node.func == "quantile" else node.args[0]
     metric = catalog.BY_NAME.get(sel.metric) if isinstance(sel, Selector) else None
     return metric if metric is not None and metric.kind == "histogram" else None
+
+
+def with_buckets(
+    node: Call, own: V, from_buckets: Callable[[Call, catalog.Metric], V], concat: Callable[[V, V], V]
+) -> V:
+    """A window function's answer: its samples' (``own``), and for a catalog histogram its buckets' beside."""
+    metric = metric_of(node)
+    return own if metric is None else concat(own, from_buckets(node, metric))
 
 
 def selector_of(node: Call) -> Selector:

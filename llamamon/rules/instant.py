@@ -206,11 +206,7 @@ class Instant:
             return self.instant(node.args[0])  # type: ignore[arg-type]
         if f == "evals_since_best":
             return self.since_best(node.args[0])  # type: ignore[arg-type]
-        sel = node.args[1] if f == "quantile" else node.args[0]
-        assert isinstance(sel, Selector)
-        own = self.window(node, sel)
-        metric = histogram.metric_of(node)
-        return own if metric is None else _concat(own, self.from_buckets(node, metric))
+        return histogram.with_buckets(node, self.window(node, histogram.selector_of(node)), self.from_buckets, _concat)
 
     def from_buckets(self, node: Call, metric: catalog.Metric) -> Vec:
         """A window function of a catalog histogram from its stored parts, as rules.series.Compiler's."""
