@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from llamamon import catalog, units
 from llamamon.rules.lang import Binary, Call, Node, Number, Selector
@@ -35,11 +35,20 @@ def metric_of(node: Call) -> catalog.Metric | None:
 
 
 def with_buckets(
-    node: Call, own: V, from_buckets: Callable[[Call, catalog.Metric], V], concat: Callable[[V, V], V]
+    node: Call,
+    own: V,
+    evaluate: Callable[[Node], Any],  # the engine's eval: a parts tree always gives its vector
+    quantiles: Callable[[Call, V, catalog.Metric], V],
+    concat: Callable[[V, V], V],
 ) -> V:
-    """A window function's answer: its samples' (``own``), and for a catalog histogram its buckets' beside."""
+    """A window function's answer in either engine: its samples' (``own``), and for a catalog histogram its
+    buckets' beside: ``evaluate`` gives the parts' rates (``parts_tree``), ``quantiles`` turns bucket rates
+    into a quantile per series."""
     metric = metric_of(node)
-    return own if metric is None else concat(own, from_buckets(node, metric))
+    if metric is None:
+        return own
+    parts = evaluate(parts_tree(node, metric))
+    return concat(own, quantiles(node, parts, metric) if node.func in QUANTILE_FUNCS else parts)
 
 
 def selector_of(node: Call) -> Selector:

@@ -206,14 +206,11 @@ class Instant:
             return self.instant(node.args[0])  # type: ignore[arg-type]
         if f == "evals_since_best":
             return self.since_best(node.args[0])  # type: ignore[arg-type]
-        return histogram.with_buckets(node, self.window(node, histogram.selector_of(node)), self.from_buckets, _concat)
+        own = self.window(node, histogram.selector_of(node))
+        return histogram.with_buckets(node, own, self.eval, self.bucket_quantiles, _concat)
 
-    def from_buckets(self, node: Call, metric: catalog.Metric) -> Vec:
-        """A window function of a catalog histogram from its stored parts, as rules.series.Compiler's."""
-        res = self.eval(histogram.parts_tree(node, metric))
-        assert isinstance(res, Vec)
-        if node.func not in histogram.QUANTILE_FUNCS:
-            return res
+    def bucket_quantiles(self, node: Call, res: Vec, metric: catalog.Metric) -> Vec:
+        """A quantile of a catalog histogram per series from its buckets' rates, as rules.series.Compiler's."""
         groups, member = histogram.group_buckets(res.labels)
         found: dict[int, list[tuple[float, float]]] = {}
         for sid, (value, _ok) in sorted(res.rows.items()):

@@ -408,16 +408,13 @@ class Compiler:
             return self.instant(node.args[0])  # type: ignore[arg-type]
         if f == "evals_since_best":
             return self.since_best(node.args[0])  # type: ignore[arg-type]
-        return histogram.with_buckets(node, self.window(node, histogram.selector_of(node)), self.from_buckets, _concat)
+        own = self.window(node, histogram.selector_of(node))
+        return histogram.with_buckets(node, own, self.eval, self.bucket_quantiles, _concat)
 
-    def from_buckets(self, node: Call, metric: catalog.Metric) -> Vec:
-        """A window function of a catalog histogram from its stored parts (``rules.histogram``)."""
+    def bucket_quantiles(self, node: Call, res: Vec, metric: catalog.Metric) -> Vec:
+        """A quantile of a catalog histogram per series from its buckets' rates (``rules.histogram``)."""
         import polars as pl
 
-        res = self.eval(histogram.parts_tree(node, metric))
-        assert isinstance(res, Vec)
-        if node.func not in histogram.QUANTILE_FUNCS:
-            return res
         groups, member = histogram.group_buckets(res.labels)
         if not groups:
             return Vec(empty_vec(), [])
