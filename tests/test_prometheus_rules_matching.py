@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import require_binary, run_llamamon
-from test_rules_promtest import _got
+from test_rules_promtest import _got, pass_under_both
 
 RULES = """\
 alerts:
@@ -79,12 +79,18 @@ def _doc(rule_file: str, expected: dict[tuple[str, int], list] | None) -> dict:
     return {"rule_files": [rule_file], "evaluation_interval": "1m", "tests": [test]}
 
 
+def export(tmp_path: Path, rules: str) -> subprocess.CompletedProcess[bytes]:
+    """``rules`` as rules.yaml, exported by `llamamon alerts export` to exported.yml (which must succeed)."""
+    (tmp_path / "rules.yaml").write_text(rules)
+    exported = run_llamamon("alerts", "export", "--config", "rules.yaml", "-o", "exported.yml", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr.decode()
+    return exported
+
+
 @pytest.mark.integration
 def test_two_metrics_with_different_labels_fire_alike_in_promtool_and_llamamon(tmp_path: Path) -> None:
     promtool = require_binary("promtool")
-    (tmp_path / "rules.yaml").write_text(RULES)
-    exported = run_llamamon("alerts", "export", "--config", "rules.yaml", "-o", "exported.yml", cwd=tmp_path)
-    assert exported.returncode == 0, exported.stderr.decode()
+    exported = export(tmp_path, RULES)
     assert exported.stderr == b""  # every rule here translates faithfully: nothing skipped, nothing warned
     text = (tmp_path / "exported.yml").read_text()
     assert "(llamamon_gpu_utilization_ratio < 0.2) and on(host, run) (llamamon_memory_usage_ratio > 0.9)" in text
@@ -98,13 +104,7 @@ def test_two_metrics_with_different_labels_fire_alike_in_promtool_and_llamamon(t
     idle = {m: [a["exp_labels"] for a in alerts] for (n, m), alerts in truth.items() if n == "idle_gpu_full_ram"}
     assert idle[3] == [{"gpu": "0", "host": "box1", "run": "r1", "severity": "warning"}]
     assert idle[10] == [{"gpu": "1", "host": "box2", "run": "r2", "severity": "warning"}]
-    for rule_file, name in (("exported.yml", "prom.yaml"), ("rules.yaml", "llamamon.yaml")):
-        (tmp_path / name).write_text(yaml.safe_dump(_doc(rule_file, truth), allow_unicode=True))
-    prom = subprocess.run([promtool, "test", "rules", "prom.yaml"], cwd=tmp_path, capture_output=True, text=True)
-    assert prom.returncode == 0, prom.stdout[-3000:]
-    ours = run_llamamon("alerts", "test", "--unit", "llamamon.yaml", cwd=tmp_path)
-    assert ours.returncode == 0, ours.stdout.decode()[-3000:]
-    assert ours.stdout.decode().endswith("  SUCCESS\n")
+    pass_under_both(tmp_path, promtool, lambda rule_file: _doc(rule_file, truth))
 
 
 def test_what_promql_cannot_pair_is_skipped_and_what_it_cannot_know_is_warned(tmp_path: Path) -> None:
@@ -147,9 +147,7 @@ alerts:
 def test_a_finished_runs_frozen_values_never_fire(tmp_path: Path) -> None:
     """The issue's crashed run: queue 166 left in its file. Live, the rule fires; finished, it never does."""
     promtool = require_binary("promtool")
-    (tmp_path / "rules.yaml").write_text(LIVE_RULES)
-    exported = run_llamamon("alerts", "export", "--config", "rules.yaml", "-o", "exported.yml", cwd=tmp_path)
-    assert exported.returncode == 0, exported.stderr.decode()
+    export(tmp_path, LIVE_RULES)
     series = [
         ('llamamon_batch_queue_size{host="h", run="crashed"}', "166x14"),
         ('llamamon_run_active{host="h", run="crashed"}', "1 0x13"),  # ended after a minute: for 2m never met

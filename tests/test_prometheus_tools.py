@@ -197,6 +197,23 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=5)
 
 
+def start_prometheus(
+    home: Path, config: str, what: str = "Prometheus", *flags: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A real Prometheus with this prometheus.yml in ``home`` (made if need be), listening on loopback: (process, URL)."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "prometheus.yml").write_text(config)
+    address = f"127.0.0.1:{free_port()}"
+    args = [
+        require_binary("prometheus"),
+        f"--config.file={home / 'prometheus.yml'}",
+        f"--storage.tsdb.path={home / 'data'}",
+        f"--web.listen-address={address}",
+        *flags,
+    ]
+    return _start(args, home / "prometheus.log", f"http://{address}/-/ready", what), f"http://{address}"
+
+
 @pytest.fixture(scope="module")
 def node_exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     binary = require_binary("prometheus-node-exporter", "node_exporter")
@@ -222,26 +239,16 @@ class PrometheusServer:
 
 @pytest.fixture(scope="module")
 def prometheus(node_exporter: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
-    binary = require_binary("prometheus")
     home = tmp_path_factory.mktemp("prometheus")
-    config = home / "prometheus.yml"
-    config.write_text(
+    config = (
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         f"rule_files: ['{home / 'rules'}/*.yml']\n"
         "scrape_configs:\n  - job_name: node\n    static_configs:\n"
         f"      - targets: ['{node_exporter[0]}']\n"
     )
     (home / "rules").mkdir()
-    address = f"127.0.0.1:{free_port()}"
-    args = [
-        binary,
-        f"--config.file={config}",
-        f"--storage.tsdb.path={home / 'data'}",
-        f"--web.listen-address={address}",
-        "--web.enable-lifecycle",
-    ]
-    proc = _start(args, home / "prometheus.log", f"http://{address}/-/ready", "Prometheus")
-    yield PrometheusServer(f"http://{address}", home / "rules")
+    proc, url = start_prometheus(home, config, "Prometheus", "--web.enable-lifecycle")
+    yield PrometheusServer(url, home / "rules")
     _stop(proc)
 
 
@@ -471,24 +478,15 @@ def test_honor_labels_keeps_the_scraped_servers_instance(node_exporter, promethe
     run = "20260901T141414Z-gpu-box-inst"
     writer = TextfileWriter(folder, HOST, run)
     writer.write([Sample("batch_queue_size", 7.0, make_labels(instance="127.0.0.1:8000", model="m"))])
-    home = tmp_path / "honoring"
-    home.mkdir()
-    (home / "prometheus.yml").write_text(
+    config = (
         "global:\n  scrape_interval: 1s\n"
         "scrape_configs:\n  - job_name: node\n    honor_labels: true\n    static_configs:\n"
         f"      - targets: ['{node_exporter[0]}']\n"
     )
-    address = f"127.0.0.1:{free_port()}"
-    args = [
-        require_binary("prometheus"),
-        f"--config.file={home / 'prometheus.yml'}",
-        f"--storage.tsdb.path={home / 'data'}",
-        f"--web.listen-address={address}",
-    ]
-    honoring = _start(args, home / "prometheus.log", f"http://{address}/-/ready", "Prometheus (honor_labels)")
+    honoring, url = start_prometheus(tmp_path / "honoring", config, "Prometheus (honor_labels)")
     try:
         selector = f'llamamon_batch_queue_size{{run="{run}"}}'
-        (kept,) = wait_for(lambda: query(f"http://{address}", selector), "the honoring Prometheus to scrape")
+        (kept,) = wait_for(lambda: query(url, selector), "the honoring Prometheus to scrape")
         assert kept["metric"]["instance"] == "127.0.0.1:8000"
         assert "exported_instance" not in kept["metric"]
         # Without it (the default), Prometheus renames the label and puts node_exporter's address in its place.
@@ -496,7 +494,7 @@ def test_honor_labels_keeps_the_scraped_servers_instance(node_exporter, promethe
         assert renamed["metric"]["exported_instance"] == "127.0.0.1:8000"
         assert renamed["metric"]["instance"] == node_exporter[0]
         # The llamamon series that have no instance of their own still get node_exporter's.
-        (active,) = query(f"http://{address}", f'llamamon_run_active{{run="{run}"}}')
+        (active,) = query(url, f'llamamon_run_active{{run="{run}"}}')
         assert active["metric"]["instance"] == node_exporter[0]
     finally:
         _stop(honoring)

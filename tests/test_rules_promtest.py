@@ -5,13 +5,27 @@ from __future__ import annotations
 import math
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from conftest import promtool_labels, require_binary, run_llamamon
 
 from llamamon.rules import promtest
+
+
+def pass_under_both(tmp_path: Path, promtool: str, doc: Callable[[str], dict[str, Any]]) -> None:
+    """The same `promtool test rules` file, ``doc(rule file)``, passes under promtool with the exported rules
+    (exported.yml) and under `llamamon alerts test --unit` with llamamon's own (rules.yaml)."""
+    for rule_file, name in (("exported.yml", "prom.yaml"), ("rules.yaml", "llamamon.yaml")):
+        (tmp_path / name).write_text(yaml.safe_dump(doc(rule_file), allow_unicode=True))
+    prom = subprocess.run([promtool, "test", "rules", "prom.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    assert prom.returncode == 0, prom.stdout[-3000:]
+    ours = run_llamamon("alerts", "test", "--unit", "llamamon.yaml", cwd=tmp_path)
+    assert ours.returncode == 0, ours.stdout.decode()[-3000:]
+    assert ours.stdout.decode().endswith("  SUCCESS\n")
 
 
 @pytest.mark.parametrize(
@@ -165,10 +179,4 @@ def test_same_alerts_as_promtool(tmp_path: Path) -> None:
     assert len(truth) >= 40, probe.stdout[-2000:]  # many ticks with alerts: the scenario is not trivial
     assert {name for name, _ in truth} == set(ALERTS)
     # 2. the same test file, with Prometheus' answers as expectations, passes under both tools
-    for rule_file, name in (("exported.yml", "prom.yaml"), ("rules.yaml", "llamamon.yaml")):
-        (tmp_path / name).write_text(yaml.safe_dump(_test_doc(rule_file, truth), allow_unicode=True))
-    prom = subprocess.run([promtool, "test", "rules", "prom.yaml"], cwd=tmp_path, capture_output=True, text=True)
-    assert prom.returncode == 0, prom.stdout[-3000:]
-    ours = run_llamamon("alerts", "test", "--unit", "llamamon.yaml", cwd=tmp_path)
-    assert ours.returncode == 0, ours.stdout.decode()[-3000:]
-    assert ours.stdout.decode().endswith("  SUCCESS\n")
+    pass_under_both(tmp_path, promtool, lambda rule_file: _test_doc(rule_file, truth))

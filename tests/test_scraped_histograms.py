@@ -20,8 +20,8 @@ import pytest
 from llamamon.prometheus.text import parse
 from llamamon.report.dashboards import format_value, unit_of
 from llamamon.rules.histogram import bucket_quantile
-from tests.conftest import llamamon_env, require_binary, run_llamamon
-from tests.test_prometheus_tools import _start, _stop, free_port, node_exporter, query, wait_for  # noqa: F401
+from tests.conftest import llamamon_env, run_llamamon
+from tests.test_prometheus_tools import _stop, node_exporter, query, start_prometheus, wait_for  # noqa: F401
 
 pytest.importorskip("prometheus_client", reason="prometheus_client is in the test extra")
 pytestmark = pytest.mark.integration
@@ -104,23 +104,13 @@ alerts:
         for value, n in LATENCIES:
             send(app, f"observe {value} {n}")
 
-        home = tmp_path / "prometheus"
-        home.mkdir()
-        (home / "prometheus.yml").write_text(
+        config = (
             "global:\n  scrape_interval: 1s\n"
             "scrape_configs:\n"
             f"  - job_name: vllm\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
             f"  - job_name: node\n    static_configs:\n      - targets: ['{ne_address}']\n"
         )
-        address = f"127.0.0.1:{free_port()}"
-        args = [
-            require_binary("prometheus"),
-            f"--config.file={home / 'prometheus.yml'}",
-            f"--storage.tsdb.path={home / 'data'}",
-            f"--web.listen-address={address}",
-        ]
-        server = _start(args, home / "prometheus.log", f"http://{address}/-/ready", "Prometheus")
-        base = f"http://{address}"
+        server, base = start_prometheus(tmp_path / "prometheus", config)
         ours = f'llamamon_inference_latency_seconds_bucket{{run="{run}"}}'
         # (the name as Prometheus has it: some prometheus_client versions write the colon as "_")
         theirs = '{__name__=~"vllm.e2e_request_latency_seconds_bucket", job="vllm"}'

@@ -145,35 +145,16 @@ def test_job_fields_survive_the_owners_later_writes(metrics_dir):
 
 
 def test_select_runs_by_tag_name_glob_and_status(metrics_dir):
+    def ended(k: int, name: str, lr: str, **how: int) -> RunInfo:
+        start = NOW + k
+        return RunInfo(
+            new_run_id("h", start, token=f"a00{k}"), "h", start, name=name, tags={"lr": lr}, end=start + 1, **how
+        )
+
     made = [
-        RunInfo(
-            id=new_run_id("h", NOW, token="a000"),
-            host="h",
-            start=NOW,
-            name="sweep-1",
-            tags={"lr": "1"},
-            end=NOW + 1,
-            exit_code=0,
-        ),
-        RunInfo(
-            id=new_run_id("h", NOW + 1, token="a001"),
-            host="h",
-            start=NOW + 1,
-            name="sweep-2",
-            tags={"lr": "2"},
-            end=NOW + 2,
-            exit_code=1,
-        ),
-        RunInfo(
-            id=new_run_id("h", NOW + 2, token="a002"),
-            host="h",
-            start=NOW + 2,
-            name="base",
-            tags={"lr": "1"},
-            end=NOW + 3,
-            signal=15,
-            exit_code=143,
-        ),
+        ended(0, "sweep-1", "1", exit_code=0),
+        ended(1, "sweep-2", "2", exit_code=1),
+        ended(2, "base", "1", signal=15, exit_code=143),
         RunInfo(id=new_run_id("h", NOW + 3, token="a003"), host="h", start=NOW + 3, name="live"),
         RunInfo(id=new_run_id("h", NOW + 4, token="a004"), host="h", start=NOW + 4, name="killed"),
     ]
