@@ -163,3 +163,9 @@ alerts:
     lines = [line for line in (tmp_path / "report.md").read_text().splitlines() if "p95 latency" in line]
     assert lines, (tmp_path / "report.md").read_text()
     assert format_value(p95_ms, unit_of("inference_latency")) in lines[0], lines
+    # The HTML's latency histogram is the server's buckets, and its note says so (not the 1.5 x p95 cap).
+    html = run_llamamon("report", "--html", "-o", "report.html", cwd=tmp_path)
+    assert html.returncode == 0, html.stderr.decode()
+    page = (tmp_path / "report.html").read_text()
+    assert "Bars are the server&#39;s buckets" in page or "Bars are the server's buckets" in page
+    assert "1.5 × p95" not in page

@@ -924,7 +924,13 @@ def _histogram_panel(ctx: Context, pid: str, metric: str, title: str) -> Panel |
     th = ctx.data.thresholds
     marker = HLine(th.latency_max, f"latency_max {th.latency_max:g} ms") if th.latency_max is not None else None
     image = ctx.image(pid, lambda: charts.bar_histogram(title, _aligned(groups), axis_label(metric), marker))
-    return Panel(pid, title, image, f"Histogram of {metric}", "Values above 1.5 × p95 fall in the last bin.")
+    latency = ctx.data.latency
+    if latency is not None and metric in set(latency["metric"].to_list()):
+        # Bars of a scraped histogram are its own buckets: the +Inf one has no bound to draw.
+        note = "Bars are the server's buckets; requests above its last finite bound are not drawn."
+    else:
+        note = "Values above 1.5 × p95 fall in the last bin."
+    return Panel(pid, title, image, f"Histogram of {metric}", note)
 
 
 def _aligned(groups: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> list[tuple[str, ...]]:
