@@ -120,3 +120,26 @@ alerts:
     failures = [f.text or "" for f in ET.parse(junit).iter("failure")]
     assert len(failures) == 2
     assert all("resolved at -" not in text and "resolved at None" not in text for text in failures), failures
+
+
+def test_a_failed_delivery_of_the_runs_last_alert_is_still_counted(tmp_path):
+    """The job logs a bad loss and ends: the alert is evaluated after the last tick, its delivery fails, and
+    notification_failures still reaches the store."""
+    (tmp_path / "monitoring.yaml").write_text(
+        f"""alerts:
+  channels:
+    hook: {{type: webhook, url: "http://127.0.0.1:{closed_port()}/hook", attempts: 1, timeout: 2s}}
+  builtin: {{memory_warning: false, memory_critical: false, gpu_underutilized: false, gpu_memory_high: false}}
+  rules:
+    loss_exploded: {{condition: "loss > 100", channels: [hook]}}
+"""
+    )
+    job = "import llamamon; llamamon.log({'loss': 1000.0}, step=1)"
+    done = run_llamamon("record", "--no-gpu", "--", sys.executable, "-c", job, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    assert "FIRING" in done.stderr.decode()
+    csv = run_llamamon("export", "csv", "--latest", cwd=tmp_path)
+    assert csv.returncode == 0, csv.stderr.decode()
+    failures = [line for line in csv.stdout.decode().splitlines() if ",notification_failures," in line]
+    assert failures, csv.stdout.decode()
+    assert float(failures[-1].split(",")[3]) >= 1.0, failures

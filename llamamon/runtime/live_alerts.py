@@ -442,6 +442,10 @@ class RunAlerts:
         if now >= self._next_eval and (self._task is None or self._task.done()):
             self._next_eval = now + self.period
             self._task = asyncio.get_running_loop().create_task(self._evaluate(now))
+        return self.failure_rows(now)
+
+    def failure_rows(self, now: float) -> list[Row]:
+        """The channels' failed deliveries so far, as notification_failures rows at ``now``."""
         group = catalog.group_of("notification_failures")
         return [Row(now, group, s.metric, s.value, s.labels, None) for s in self.live.failure_samples()]
 

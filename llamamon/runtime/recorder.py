@@ -351,6 +351,8 @@ class Recorder:
                     # The job's end, as the run's metadata says, not this later moment: the rules judge
                     # the run as `alerts test` does, up to its end.
                     await self.alerts.finish(self._job_ended if self._job_ended is not None else time.time())
+                    # What failed to go out after the last tick (an alert of the run's end) is counted too.
+                    writer.append(self.alerts.failure_rows(time.time()))
                 except Exception as exc:  # noqa: BLE001 - the recording itself is complete
                     log.error("final alert evaluation failed: %s", exc)
             if ticker.skipped:
