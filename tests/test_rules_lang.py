@@ -104,6 +104,18 @@ def test_unknown_metric_suggests() -> None:
     )
 
 
+def test_a_quantile_label_on_a_histogram_points_at_the_window_functions() -> None:
+    """Scraped latency is stored as buckets: a selector on the old quantile series would never match."""
+    cond = lang.parse('inference_latency{quantile="0.99"} > 500')
+    with pytest.raises(RuleError) as exc:
+        lang.check_names(cond, {"inference_latency"}, file="m.yaml", line=4, path="alerts.rules.slow.condition")
+    assert _first_line(exc).startswith(
+        "m.yaml:4: alerts.rules.slow.condition: inference_latency is a histogram (buckets, not quantile series): "
+        "write p99(inference_latency, 5m)"
+    )
+    lang.check_names(lang.parse("p99(inference_latency, 5m) > 500"), {"inference_latency"})  # the way to say it
+
+
 def test_deep_nesting_is_a_rule_error() -> None:
     with pytest.raises(RuleError, match="nested too deeply"):
         lang.parse("(" * 500 + "x" + ")" * 500)

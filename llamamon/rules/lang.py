@@ -440,6 +440,15 @@ def check_names(
             hint = catalog.suggest(sel.name, sorted(known))
             extra = f' (did you mean "{hint}"?)' if hint else (f" ({unknown_hint})" if unknown_hint else "")
             raise place.error(sel.pos, f"unknown metric {sel.name!r}{extra}")
+        known_metric = catalog.get(sel.metric)
+        histogram = known_metric is not None and known_metric.kind == "histogram"
+        if histogram and any(m.label in ("quantile", "le") for m in sel.matchers):
+            # Why an error: scraped histograms are stored as buckets, so such a selector never matches.
+            raise place.error(
+                sel.pos,
+                f"{sel.name} is a histogram (buckets, not quantile series): write p99({sel.name}, 5m) or "
+                f"quantile(0.99, {sel.name}, 5m) instead of a quantile or le label",
+            )
 
 
 def selectors(node: Node) -> list[Selector]:
