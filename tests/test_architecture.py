@@ -1,4 +1,4 @@
-"""The layers' import rules (STYLE B2), checked by walking every module's imports."""
+"""The layers' import rules, checked by walking every module's imports."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "llamamon.report": ("llamamon.collectors", "llamamon.channels", "llamamon.runtime", "llamamon.cli"),
     "llamamon.runtime": ("llamamon.cli", "llamamon.report"),
 }
-# Modules a layer may use although its package is otherwise off-limits (STYLE B2 table).
+# Modules a layer may use although its package is otherwise off-limits.
 ALLOWED_EXCEPTIONS: dict[str, tuple[str, ...]] = {
     **{leaf: LEAF for leaf in LEAF},
     "llamamon.collectors": ("llamamon.prometheus.text",),

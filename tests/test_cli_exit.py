@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import llamamon
 from tests.conftest import run_python
 
 
@@ -18,7 +19,7 @@ def test_the_console_entry_runs_exit_handlers_and_flushes_output_before_it_ends(
         tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["llamamon, version 0.1.0", "exit handler ran"]
+    assert done.stdout.splitlines() == [f"llamamon, version {llamamon.__version__}", "exit handler ran"]
 
 
 def test_a_non_daemon_thread_still_running_gets_the_normal_exit_that_waits_for_it(tmp_path):

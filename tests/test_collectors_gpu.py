@@ -1,4 +1,4 @@
-"""GpuCollector through the NVML fake, which raises pynvml's real exception classes (STYLE B6)."""
+"""GpuCollector through the NVML fake, which raises pynvml's real exception classes."""
 
 from __future__ import annotations
 

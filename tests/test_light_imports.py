@@ -1,4 +1,4 @@
-"""``import llamamon``, ``llamamon.log()`` and ``llamamon --help`` must not pull in heavy libraries (STYLE B5).
+"""``import llamamon``, ``llamamon.log()`` and ``llamamon --help`` must not pull in heavy libraries.
 
 Each check runs in a fresh interpreter and lists what got imported; wall time belongs to bench/.
 """

@@ -1,4 +1,4 @@
-"""The report templates ship inside the wheel (STYLE B4): only a real wheel build can show a missing one."""
+"""The report templates ship inside the wheel: only a real wheel build can show a missing one."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The one place that imports pynvml (nvidia-ml-py): start/stop, per-field queries, error tiers.
 
-Why one wrapper: NVML fails in three very different ways and each needs its own answer (STYLE B6):
+Why one wrapper: NVML fails in three very different ways and each needs its own answer:
 
 * **unavailable** — pynvml cannot be imported; ``nvmlInit`` raises LibraryNotFound, DriverNotLoaded,
   LibRmVersionMismatch or NoPermission; or there are no devices. The collector turns itself off with a

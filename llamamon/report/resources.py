@@ -1,4 +1,4 @@
-"""Where the shipped report templates live, in a wheel and in a checkout (STYLE B4)."""
+"""Where the shipped report templates live, in a wheel and in a checkout."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Stand-ins for things that cannot run here; only NVML qualifies (STYLE B6)."""
+"""Stand-ins for things that cannot run here; only NVML qualifies."""

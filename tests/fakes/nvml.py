@@ -1,4 +1,4 @@
-"""The one allowed fake: an NVML module stand-in for GpuCollector(nvml=...) (STYLE B6).
+"""The one allowed fake: an NVML module stand-in for GpuCollector(nvml=...).
 
 It has the functions llamamon calls, under pynvml's names, and raises pynvml's **real** exception
 classes (``pynvml.NVMLError(code)`` builds the matching subclass), so ``collectors/_nvml.py`` classifies
