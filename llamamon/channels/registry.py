@@ -59,8 +59,7 @@ def build_channel(name: str, type: str | None, options: Mapping[str, Any]) -> Ch
     unset = _unset_variable(options)
     if unset is not None:
         key, variable = unset
-        option = OptionReader.path(name, key)
-        return UnsetChannel(name, kind, f"{option}: environment variable {variable} is not set", variable, option)
+        return UnsetChannel(name, kind, variable, OptionReader.path(name, key))
     module, cls = CHANNEL_TYPES[kind]
     reader = OptionReader(name, options)
     channel = getattr(importlib.import_module(module), cls)(name, reader)
@@ -91,12 +90,12 @@ class UnsetChannel:
 
     send_resolved = True
 
-    def __init__(self, name: str, type: str, reason: str, variable: str = "", option: str = "") -> None:
+    def __init__(self, name: str, type: str, variable: str, option: str) -> None:
         self.name = name
         self.type = type
-        self.reason = reason
         self.variable = variable
         self.option = option
+        self.reason = f"{option}: environment variable {variable} is not set"
         self._warned = False
 
     def off_line(self) -> str:

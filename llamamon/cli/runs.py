@@ -72,10 +72,10 @@ def runs_command(
 
         samples.update((run_id, stored_ticks(folder, run_id)) for run_id in unended)
 
-    def status(run: RunInfo) -> str:
+    def status_text(run: RunInfo) -> str:
         if run.end is not None:
             return "exit ?" if run.exit_code is None else f"exit {run.exit_code}"
-        return "running" if run.id in live else "unfinished"
+        return run_status(run, live)  # running or unfinished
 
     if as_json:
         out = []
@@ -87,7 +87,7 @@ def runs_command(
                     "start": run.start,
                     "end": run.end,
                     "duration": run.duration,
-                    "status": status(run),
+                    "status": status_text(run),
                     "state": run_status(run, live),
                     "exit_code": run.exit_code,
                     "signal": run.signal,
@@ -112,7 +112,7 @@ def runs_command(
             run.name or "-",
             datetime.fromtimestamp(run.start).astimezone().strftime("%Y-%m-%d %H:%M:%S"),
             format_duration(run.duration) if run.duration is not None else "-",
-            status(run),
+            status_text(run),
             run.host,
             str(samples[run.id]),
             format_bytes(sizes.get(run.id, 0)),

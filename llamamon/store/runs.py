@@ -180,9 +180,6 @@ def resolve_runs(
     return sorted(chosen.values(), key=lambda r: (r.start, r.id))
 
 
-STATUSES = ("running", "finished", "unfinished", "failed")
-
-
 def run_status(run: RunInfo, live: set[str]) -> str:
     """running (a live recorder or job), unfinished (no end and nobody writing: killed), failed (a non-zero
     exit or a signal) or finished."""
