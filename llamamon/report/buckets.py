@@ -43,7 +43,11 @@ def tables(rows: pl.DataFrame, bounds: pl.DataFrame, columns: int) -> tuple[pl.D
     import polars as pl
 
     if not rows.height:
-        return _empty_time(), _empty_run(), _empty_bars()
+        return (
+            pl.DataFrame(schema=_time_schema()),
+            pl.DataFrame(schema=_run_schema()),
+            pl.DataFrame(schema=_bar_schema()),
+        )
     rows = rows.with_columns(
         metric=pl.col("metric").str.replace(r"_bucket$", ""),
         le=pl.col("labels").str.json_path_match("$.le").cast(pl.Float64, strict=False),
@@ -122,21 +126,3 @@ def _bar_schema() -> dict:
     import polars as pl
 
     return {"run": pl.String, "metric": pl.String, "lo": pl.Float64, "hi": pl.Float64, "count": pl.UInt32}
-
-
-def _empty_time() -> pl.DataFrame:
-    import polars as pl
-
-    return pl.DataFrame(schema=_time_schema())
-
-
-def _empty_run() -> pl.DataFrame:
-    import polars as pl
-
-    return pl.DataFrame(schema=_run_schema())
-
-
-def _empty_bars() -> pl.DataFrame:
-    import polars as pl
-
-    return pl.DataFrame(schema=_bar_schema())

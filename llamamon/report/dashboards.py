@@ -19,7 +19,7 @@ import numpy as np
 from llamamon import catalog
 from llamamon.report import charts
 from llamamon.report.charts import Axis, Chart, HLine, Line, Span
-from llamamon.report.data import DASHBOARD_GROUPS, AlertSpan, ReportData, label_text, merge_intervals
+from llamamon.report.data import DASHBOARD_GROUPS, AlertSpan, ReportData, label_dict, label_text, merge_intervals
 from llamamon.samples import RunInfo
 from llamamon.severity import SEVERITIES
 from llamamon.units import format_bytes, format_duration
@@ -352,7 +352,7 @@ def _series_lines(
         for i, (key, part) in enumerate(df.group_by("metric", "run", "labels", maintain_order=True).__iter__())
         if label_filter is None or label_filter in key[2]
     ]
-    legends = charts.legend_labels([_label_dict(key[2]) for _, key, _ in groups])
+    legends = charts.legend_labels([label_dict(key[2]) for _, key, _ in groups])
     lines: list[Line] = []
     for (i, (metric, run, labels), part), legend in zip(groups, legends, strict=True):
         if keys is not None:
@@ -375,18 +375,6 @@ def _series_lines(
             )
         )
     return lines
-
-
-def _label_dict(labels: str) -> dict[str, str]:
-    """Stored label JSON -> dict (a legend's raw material); text that is not JSON is one unnamed label."""
-    import json
-
-    if not labels:
-        return {}
-    try:
-        return {str(k): str(v) for k, v in json.loads(labels).items()}
-    except (ValueError, AttributeError):
-        return {"": labels}
 
 
 def _has(ctx: Context, *metrics: str) -> bool:
@@ -674,7 +662,7 @@ def _step_lines(ctx: Context, metric: str, *, smooth: bool) -> tuple[list[Line],
     lines: list[Line] = []
     keys: list[StepKey] = []
     groups = list(df.group_by("run", "labels", maintain_order=True).__iter__())
-    legends = charts.legend_labels([_label_dict(labels) for (_run, labels), _part in groups])
+    legends = charts.legend_labels([label_dict(labels) for (_run, labels), _part in groups])
     for i, (((run, labels), part), legend) in enumerate(zip(groups, legends, strict=True)):
         c = charts.colour(i)
         name = " · ".join(b for b in (ctx.run_labels.get(run, run) if ctx.multi else "", legend) if b)

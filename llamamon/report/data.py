@@ -640,11 +640,16 @@ def _pivot_validation(df: pl.DataFrame) -> pl.DataFrame:
 
 def label_text(labels: str) -> str:
     """Stored label JSON -> ``gpu=0, reason=power`` for legends and tables."""
+    return ", ".join(f"{k}={v}" if k else v for k, v in label_dict(labels).items())
+
+
+def label_dict(labels: str) -> dict[str, str]:
+    """Stored label JSON -> dict (a legend's raw material); text that is not JSON is one unnamed label."""
     import json
 
     if not labels:
-        return ""
+        return {}
     try:
-        return ", ".join(f"{k}={v}" for k, v in json.loads(labels).items())
-    except ValueError:
-        return labels
+        return {str(k): str(v) for k, v in json.loads(labels).items()}
+    except (ValueError, AttributeError):
+        return {"": labels}

@@ -42,7 +42,7 @@ def environment(template_dir: Path | None = None) -> jinja2.Environment:
     search.append(str(templates_dir()))
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(search),
-        autoescape=_autoescape,
+        autoescape=jinja2.select_autoescape(disabled_extensions=("md.j2",), default=True, default_for_string=True),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -50,10 +50,6 @@ def environment(template_dir: Path | None = None) -> jinja2.Environment:
     )
     env.filters["md"] = markdown_cell
     return env
-
-
-def _autoescape(name: str | None) -> bool:
-    return name is None or not name.endswith(".md.j2")
 
 
 def markdown_cell(value: object) -> str:
