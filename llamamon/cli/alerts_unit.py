@@ -129,11 +129,10 @@ def _episode_line(rule: Rule, a: Alert, step: int | None) -> str:
     value = f"{a.value:.6g}" + (f" {unit}" if unit and unit != "ratio" else "")
     where = f"at step {step}, " if step is not None else ""
     resolved = f"resolved {_iso(a.resolved_at)}" if a.resolved_at is not None else "still firing"
-    shown = [f"{k}={v}" for k, v in a.labels if k not in ("alertname", "severity", "run", "host")]
-    context = ", ".join([f"run {a.run}" if a.run else "", *shown])
-    return f"{rule.name}: value {value} {where}{_iso(a.fired_at)}, {resolved}" + (
-        f" ({context.strip(', ')})" if context.strip(", ") else ""
-    )
+    shown = [f"run {a.run}"] if a.run else []
+    shown += [f"{k}={v}" for k, v in a.labels if k not in ("alertname", "severity", "run", "host")]
+    context = f" ({', '.join(shown)})" if shown else ""
+    return f"{rule.name}: value {value} {where}{_iso(a.fired_at)}, {resolved}{context}"
 
 
 def _iso(ts: float | None) -> str:

@@ -206,11 +206,8 @@ class _Checker:
         self.file = str(raw.source) if raw.source else "built-in defaults"
         self.errors = errors
 
-    def fail(self, path: str, message: str) -> ConfigError:
-        return ConfigError(message, file=self.file, line=_line_of(self.raw.lines, path), path=path)
-
     def report(self, path: str, message: str) -> None:
-        self.errors.append(self.fail(path, message))
+        self.errors.append(ConfigError(message, file=self.file, line=_line_of(self.raw.lines, path), path=path))
 
     def _bad(self, path: str, message: str, fallback: Any) -> Any:
         self.report(path, message)
@@ -482,7 +479,7 @@ def _scrape(check: _Checker, value: Any) -> tuple[ScrapeTarget, ...]:
     out = []
     for i, item in enumerate(value):
         path = f"scrape[{i}]"
-        if isinstance(item, str) or not isinstance(item, dict):
+        if not isinstance(item, dict):
             out.append(ScrapeTarget(check.string(item, path)))
             continue
         body = check.mapping(item, path, SCRAPE_KEYS)

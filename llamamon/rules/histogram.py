@@ -29,8 +29,7 @@ def metric_of(node: Call) -> catalog.Metric | None:
     """The catalog histogram whose buckets a window function also reads; None for any other call."""
     if node.func not in FUNCS:
         return None
-    sel = node.args[1] if node.func == "quantile" else node.args[0]
-    metric = catalog.BY_NAME.get(sel.metric) if isinstance(sel, Selector) else None
+    metric = catalog.BY_NAME.get(selector_of(node).metric)
     return metric if metric is not None and metric.kind == "histogram" else None
 
 
@@ -66,16 +65,16 @@ def parts_tree(node: Call, metric: catalog.Metric) -> Node:
     def over(func: str, part: str) -> Call:
         return Call(func, (Selector(part, sel.matchers, sel.pos, part),), node.pos, node.window)
 
-    def in_unit(tree: Node) -> Node:
-        factor = units.unscale(1.0, catalog.UNITS[metric.unit].to_base)  # seconds -> ms: 1000
+    def scaled(tree: Node) -> Node:
+        factor = in_unit(metric, 1.0)  # seconds -> ms: 1000
         return tree if factor == 1.0 else Binary("*", tree, Number(factor, None, repr(factor), node.pos), node.pos)
 
     if node.func in QUANTILE_FUNCS:
         return over("rate", bucket)
     if node.func == "avg":
-        return in_unit(Binary("/", over("rate", total), over("rate", count), node.pos))
+        return scaled(Binary("/", over("rate", total), over("rate", count), node.pos))
     if node.func == "sum":
-        return in_unit(over("increase", total))
+        return scaled(over("increase", total))
     return over("increase", count)
 
 
