@@ -12,7 +12,6 @@ freshness is ``llamamon_last_sample_timestamp_seconds``. Each file names its wri
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -62,9 +61,11 @@ class TextfileWriter:
         buckets: Sequence[float] = DEFAULT_BUCKETS,
         clock: Callable[[], float] = time.time,
         refresh: float = 0.0,
+        grace: float = 0.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = Path(folder) / textfile_name(host, name)
+        self.grace = grace  # monitoring.textfile_grace: how long the file stays once finished
         self._writer = f"# llamamon writer pid={os.getpid()} started={_started(os.getpid())!r}\n"
         self.snapshot = RunSnapshot({"host": host, "run": name} if labels is None else labels, buckets)
         self._clock = clock
@@ -92,16 +93,24 @@ class TextfileWriter:
             self.snapshot.alerts_firing = dict(alerts_firing)
         return self._flush() if self.due() else self.path
 
-    def finish(self, alerts_firing: Mapping[str, int] | None = None, *, grace: float = 0.0) -> Path:
-        """The run ended: remove the file, or with a ``grace`` (seconds) rewrite it with
-        ``llamamon_run_active 0`` and its last values, for ``prune`` to remove once the grace is over."""
+    def finish(self, alerts_firing: Mapping[str, int] | None = None, *, grace: float | None = None) -> Path:
+        """The run ended: remove the file, or with a grace (seconds; ``self.grace`` unless given) rewrite it
+        with ``llamamon_run_active 0`` and its last values, for ``prune`` to remove once the grace is over;
+        then prune what others left in the folder."""
         self.snapshot.active = False
         if alerts_firing is not None:
             self.snapshot.alerts_firing = dict(alerts_firing)
+        grace = self.grace if grace is None else grace
         if grace <= 0:
             self.path.unlink(missing_ok=True)
-            return self.path
-        return self._flush()
+        else:
+            self._flush()
+        self.prune(grace)
+        return self.path
+
+    def prune(self, grace: float | None = None) -> list[Path]:
+        """Remove the files in this writer's folder that ended runs (past the grace) or killed writers left."""
+        return prune(self.path.parent, self.grace if grace is None else grace)
 
     def _flush(self) -> Path:
         # Why not durable: rewritten every tick and only a view of the latest values; an fsync per tick
@@ -163,8 +172,13 @@ def prune(folder: str | Path, grace: float, now: float | None = None) -> list[Pa
     """Remove what ``stale_textfiles`` finds; returns what was removed."""
     removed = []
     for path in stale_textfiles(folder, grace, now):
-        with contextlib.suppress(FileNotFoundError):
+        try:
             path.unlink()
-            removed.append(path)
-            log.info("removed %s (its run ended or its writer is gone)", path)
+        except FileNotFoundError:
+            continue  # another llamamon removed it meanwhile
+        except OSError as exc:  # a folder we may write into but not delete from: the next one may
+            log.debug("cannot remove %s: %s", path, exc)
+            continue
+        removed.append(path)
+        log.info("removed %s (its run ended or its writer is gone)", path)
     return removed

@@ -378,8 +378,8 @@ class Recorder:
             # and the helper turns them into Parquet.
             writer.close(write_parquet=self._folder is None or _parquet_loaded())
             if self._textfile is not None:
-                textfile = self._textfile
-                self._export(lambda: self._end_textfile(textfile))
+                # The run's file goes (or says llamamon_run_active 0 for its grace), its alerts with it.
+                self._export(self._textfile.finish)
 
     async def _open_collectors(self, pid: int, born: float) -> list[MetricsCollector]:
         from llamamon.collectors.process import ProcessTreeCollector
@@ -498,20 +498,11 @@ class Recorder:
         from llamamon.prometheus.textfile import TextfileWriter, textfile_folder
 
         folder = textfile_folder(self.metrics_dir, monitoring.textfile_dir)
-        writer = TextfileWriter(folder, self.host, self.info.id, refresh=monitoring.textfile_refresh)
-        self._export(self._prune_textfiles)  # what ended runs and killed recorders left
+        writer = TextfileWriter(
+            folder, self.host, self.info.id, refresh=monitoring.textfile_refresh, grace=monitoring.textfile_grace
+        )
+        self._export(writer.prune)  # what ended runs and killed recorders left
         return writer
-
-    def _prune_textfiles(self) -> None:
-        from llamamon.prometheus.textfile import prune, textfile_folder
-
-        monitoring = self.config.monitoring
-        prune(textfile_folder(self.metrics_dir, monitoring.textfile_dir), monitoring.textfile_grace)
-
-    def _end_textfile(self, textfile: TextfileWriter) -> None:
-        """The run's file goes (or says ``llamamon_run_active 0`` for its grace), its alerts with it."""
-        textfile.finish(grace=self.config.monitoring.textfile_grace)
-        self._prune_textfiles()
 
     def _export(self, write: Callable[[], object]) -> None:
         try:

@@ -262,7 +262,12 @@ class Watcher:
             # This host's samples and the alerts firing; the runs' own textfiles come from `record`.
             folder = textfile_folder(metrics_dir, config.monitoring.textfile_dir)
             self.textfile = TextfileWriter(
-                folder, self.host, "watch", labels={"host": self.host}, refresh=config.monitoring.textfile_refresh
+                folder,
+                self.host,
+                "watch",
+                labels={"host": self.host},
+                refresh=config.monitoring.textfile_refresh,
+                grace=config.monitoring.textfile_grace,
             )
 
     def _observe(self, rows: Iterable[Row], run: str, host: str) -> None:
@@ -295,26 +300,12 @@ class Watcher:
                     await collector.close()
             await self.live.close()
             if self.textfile is not None:
-                self._end_textfile(self.textfile)
+                try:  # watch's file goes (or says llamamon_run_active 0 for its grace): nothing it showed looks live
+                    self.textfile.finish()
+                except OSError as exc:
+                    log.warning("removing the Prometheus textfile failed: %s", exc)
         worst = self.live.worst_firing()
         return 1 if worst == "critical" else 0
-
-    def _end_textfile(self, textfile: TextfileWriter) -> None:
-        """watch's file goes (or says ``llamamon_run_active 0`` for its grace): nothing it showed looks live."""
-        try:
-            textfile.finish(grace=self.config.monitoring.textfile_grace)
-        except OSError as exc:
-            log.warning("removing the Prometheus textfile failed: %s", exc)
-
-    def _prune_textfiles(self) -> None:
-        """Remove the files of runs that ended (past their grace) or whose recorder was killed."""
-        from llamamon.prometheus.textfile import prune
-
-        assert self.textfile is not None
-        try:
-            prune(self.textfile.path.parent, self.config.monitoring.textfile_grace)
-        except OSError as exc:
-            log.debug("pruning the Prometheus textfiles failed: %s", exc)
 
     async def _open_collectors(self) -> list[MetricsCollector]:
         from llamamon.collectors.system import SystemCollector
@@ -367,7 +358,7 @@ class Watcher:
         if self.textfile is not None:
             counts = {sev: sum(e.severity == sev for e in firing) for sev in SEVERITIES}
             if self.textfile.due():  # as often as the file is rewritten: a directory listing, a few reads
-                await asyncio.to_thread(self._prune_textfiles)
+                await asyncio.to_thread(self.textfile.prune)
             try:
                 self.textfile.write([*rows, *self.live.failure_samples()], alerts_firing=counts)
             except (OSError, ValueError) as exc:  # an unwritable textfile folder must not stop watching
