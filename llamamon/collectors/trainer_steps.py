@@ -53,7 +53,7 @@ class TrainerSteps:
         if line.strip(" ") == "":
             self._cleared = bool(line) and self.total is not None  # tqdm.write's clear: the bar's width in spaces
             return []
-        bar = _BAR.search(line)
+        bar = _BAR.search(line) if "/" in line else None  # most output has no bar: no regex over it
         if bar is None or "\x1b" in line:
             return []  # other output, or the evaluation bar (drawn one line down, so with cursor moves)
         count, total = int(bar.group(1)), int(bar.group(2))
