@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import threading
 import time
 from bisect import bisect_left, bisect_right
@@ -408,63 +407,3 @@ def describe(event: AlertEvent) -> str:
     if event.run:
         parts.append(f"run={event.run}")
     return " ".join(parts)
-
-
-class RunAlerts:
-    """``record``'s hook: its own run's rows in, notifications out; one call per tick, one at exit.
-
-    Evaluation runs beside the sampler, never inside its tick: a slow evaluation (a long window, a
-    store catch-up of the job's rows) skips an evaluation, never a sample; the next one sees every row. What the job logs
-    itself (``llamamon.log()``, its own journal segments) is followed as ``watch`` follows a run.
-    """
-
-    def __init__(self, config: Config, metrics_dir: Path, run_id: str, host: str) -> None:
-        from llamamon.runtime.watcher import RunFollower
-
-        self.live = LiveAlerts(config, metrics_dir)
-        self.run_id = run_id
-        self.host = host
-        self.job = RunFollower(Path(metrics_dir), self.live, {run_id}, skip_pid=os.getpid())
-        # Why: the run's file appearing is no news to its own recorder (its rows come from on_tick and the
-        # job's journal tails); catching the run up from the store would re-read our own rows through polars.
-        self.job.known_files.add(f"{run_id}.json")
-        # Why not every sample tick: rules are defined on the update_frequency grid (as `alerts test`
-        # evaluates them), so `--interval 0.1` gives the same alerts as `alerts test` replays.
-        self.period = config.update_frequency
-        self._next_eval = -math.inf
-        self._task: asyncio.Task[None] | None = None
-        self._failed = False
-
-    def on_tick(self, rows: Sequence[Row], now: float) -> list[Row]:
-        """Feed the tick's rows, start an evaluation unless one is under way; returns the
-        notification_failures rows to store with the tick."""
-        self.live.add(rows, self.run_id, self.host)
-        if now >= self._next_eval and (self._task is None or self._task.done()):
-            self._next_eval = now + self.period
-            self._task = asyncio.get_running_loop().create_task(self._evaluate(now))
-        return self.failure_rows(now)
-
-    def failure_rows(self, now: float) -> list[Row]:
-        """The channels' failed deliveries so far, as notification_failures rows at ``now``."""
-        group = catalog.group_of("notification_failures")
-        return [Row(now, group, s.metric, s.value, s.labels, None) for s in self.live.failure_samples()]
-
-    async def _evaluate(self, now: float, *, final_at: float | None = None) -> None:
-        try:
-            await asyncio.to_thread(self.job.poll, now)
-            if final_at is not None:
-                # At the marker: the run's end is stepped first, then everything of it resolves there.
-                now = self.live.end_run(self.run_id, final_at)
-            for event in await self.live.tick(now):
-                log.info("alert %s", describe(event))
-        except Exception as exc:  # noqa: BLE001 - alerting must never stop the recording
-            if not self._failed:
-                self._failed = True
-                log.error("evaluating alert rules failed: %s (logged once; recording goes on)", exc)
-
-    async def finish(self, ended: float) -> None:
-        """The job ended at ``ended``: its alerts resolve, the last notifications get a short while to go out."""
-        if self._task is not None:
-            await self._task
-        await self._evaluate(time.time(), final_at=ended)
-        await self.live.close()

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from llamamon.config import Config
     from llamamon.prometheus.textfile import TextfileWriter
     from llamamon.runtime.fold_helper import FoldHelper
-    from llamamon.runtime.live_alerts import RunAlerts
+    from llamamon.runtime.run_alerts import RunAlerts
     from llamamon.store.writer import StoreWriter
 
 log = logging.getLogger("llamamon.record")
@@ -164,7 +164,7 @@ class Recorder:
         self._sampler_error: BaseException | None = None
         self.alerts: RunAlerts | None = None
         if options.alerts:
-            from llamamon.runtime.live_alerts import RunAlerts
+            from llamamon.runtime.run_alerts import RunAlerts
 
             # Built before the job starts: a bad rule or channel is a config error (exit 2), not a surprise later.
             self.alerts = RunAlerts(config, self.metrics_dir, self.info.id, self.host)
