@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from llamamon.prometheus.text import parse
-from llamamon.report.dashboards import format_value, unit_of
+from llamamon.report.dashboards.values import format_value, unit_of
 from llamamon.rules.histogram import bucket_quantile
 from tests.conftest import llamamon_env, run_llamamon
 from tests.test_prometheus_tools import _stop, node_exporter, query, start_prometheus, wait_for  # noqa: F401

@@ -80,33 +80,36 @@ def build_model(
 
     ``emit`` turns a panel's figure into its image reference; None draws no figure (the Markdown summary).
     """
-    from llamamon.report import charts, dashboards
+    from llamamon.report import charts
+    from llamamon.report.dashboards import alerts, header, inference, model, summary, system, training
+    from llamamon.report.dashboards.context import build_context
+    from llamamon.report.dashboards.values import format_time
 
     tick = progress or (lambda _label: None)
-    ctx = dashboards.build_context(data, "svg" if fmt == "html" else "png", emit, zone, since)  # type: ignore[arg-type]
+    ctx = build_context(data, "svg" if fmt == "html" else "png", emit, zone, since)  # type: ignore[arg-type]
     builders = {
-        "system": dashboards.system_dashboard,
-        "training": dashboards.training_dashboard,
-        "inference": dashboards.inference_dashboard,
+        "system": system.system_dashboard,
+        "training": training.training_dashboard,
+        "inference": inference.inference_dashboard,
     }
     boards = []
-    for name in dashboards.dashboard_order(selected, data):
+    for name in model.dashboard_order(selected, data):
         boards.append(builders[name](ctx))
         tick(name)
-    timeline, alert_table = dashboards.alerts_section(ctx)
-    custom = dashboards.custom_table(ctx)
+    timeline, alert_table = alerts.alerts_section(ctx)
+    custom = summary.custom_table(ctx)
     generated = datetime.now(timezone.utc)
     first = data.runs[0]
     title = first.name or first.id if len(data.runs) == 1 else f"{len(data.runs)} runs"
     return {
         "title": title,
         "version": __version__,
-        "generated": dashboards.format_time(generated.timestamp(), ctx.zone),
+        "generated": format_time(generated.timestamp(), ctx.zone),
         "zone": charts.zone_label(ctx.zone),
         "metrics_dir": str(metrics_dir),
-        "runs": [dashboards.run_header(r, data, ctx.zone) for r in data.runs],
+        "runs": [header.run_header(r, data, ctx.zone) for r in data.runs],
         "multi": ctx.multi,
-        "alert_counts": dashboards.alert_counts(data.alerts),
+        "alert_counts": alerts.alert_counts(data.alerts),
         "alert_timeline": timeline,
         "alert_table": alert_table,
         "dashboards": boards,
@@ -115,7 +118,7 @@ def build_model(
         "key_figures": key_figures(data),
         "run_labels": [ctx.run_labels.get(r.id, r.id) for r in data.runs],
         "thresholds_note": thresholds_note(data.thresholds),
-        "window": "" if since is None else f"data from {dashboards.format_time(since, ctx.zone)} on",
+        "window": "" if since is None else f"data from {format_time(since, ctx.zone)} on",
     }
 
 
@@ -141,7 +144,7 @@ def key_figures(data: ReportData) -> list[tuple[str, list[str]]]:
     """(what, value per run) for the page top and the Markdown summary: the numbers people look for first."""
     import polars as pl
 
-    from llamamon.report import dashboards
+    from llamamon.report.dashboards.values import format_value, unit_of
 
     s = data.summary
     out = []
@@ -152,14 +155,14 @@ def key_figures(data: ReportData) -> list[tuple[str, list[str]]]:
             scraped = _scraped(data, run.id, metric, stat)
             if scraped is not None:
                 # A scraped histogram's figure is of the run's requests, from its buckets.
-                cells.append(dashboards.format_value(scraped, dashboards.unit_of(metric)))
+                cells.append(format_value(scraped, unit_of(metric)))
                 continue
             if not rows.height:
                 cells.append("–")
                 continue
             col = rows[stat]
             value = col.max() if stat in ("max", "p95") else col.min() if stat == "min" else col.mean()
-            cells.append(dashboards.format_value(value, dashboards.unit_of(metric)))  # type: ignore[arg-type]
+            cells.append(format_value(value, unit_of(metric)))  # type: ignore[arg-type]
         if any(c != "–" for c in cells):
             out.append((what, cells))
     if data.energy.height:
@@ -241,7 +244,9 @@ def render_report(
 
 
 # What drawing the charts imports (matplotlib, about a second): loaded while polars reads the samples.
-CHART_MODULES = ("llamamon.report.dashboards",)
+CHART_MODULES = tuple(
+    f"llamamon.report.dashboards.{name}" for name in ("system", "training", "inference", "alerts", "header")
+)
 
 
 def _warm_up(modules: Sequence[str]) -> threading.Thread:
