@@ -3,7 +3,7 @@
 TensorBoard smooths a scalar curve with ``s_i = w·s_{i-1} + (1 - w)·x_i`` started at zero and divides by
 ``1 - w^(i+1)`` (debiasing), so the first points are not dragged towards zero; it applies that to the
 points it draws, not to every logged value. The report does the same over the columns it draws (at most
-``report.data.BUCKETS`` per curve), but picks ``w`` from how many there are instead of a fixed slider.
+``report.tables.BUCKETS`` per curve), but picks ``w`` from how many there are instead of a fixed slider.
 """
 
 from __future__ import annotations
