@@ -3,12 +3,11 @@
 The calling thread only stamps the time and extends a flat list by ``(time, step, name, value)``: one
 C call, atomic under the GIL, so no lock on the hot path, and no tuple kept per point (a kept object per
 point is memory to allocate and, in a long loop, page faults: ~0.1 us a call). A daemon thread wakes every
-``FLUSH_INTERVAL`` seconds, takes what is there with a slice (columns are strided slices of it), turns
-the entries into rows (alias resolution, float conversion, rank labels) and appends them to the run's
-journal as one column block of packed arrays per batch (``llamamon.store.journal``, stdlib only: polars,
-pyarrow and psutil are never imported here). The flusher shares the GIL with the training thread, so its
-CPU per point is also what each ``log()`` call waits for: hence arrays built in C, not text per row.
-The journal is folded into Parquet by the recorder or by the next llamamon command that opens the store.
+``FLUSH_INTERVAL`` seconds, takes what is there with a slice, turns the entries into one column block of
+packed arrays per batch (``llamamon.log_encoding``: alias resolution, float conversion, rank labels) and
+appends it to the run's journal (``llamamon.log_destination``, ``llamamon.store.journal``; stdlib only:
+polars, pyarrow and psutil are never imported here). The journal is folded into Parquet by the recorder
+or by the next llamamon command that opens the store.
 
 Under ``llamamon record`` the job's metrics join the recorder's run (``LLAMAMON_RUN_ID`` and
 ``LLAMAMON_METRICS_DIR`` in the environment); alone, the first flush starts a run of its own
@@ -22,24 +21,19 @@ from __future__ import annotations
 
 import atexit
 import logging
-import math
 import os
-import socket
 import sys
 import threading
 import time
-from array import array
 from collections import deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from llamamon.catalog import canonical, group_of
-from llamamon.errors import LlamamonError, RunNotFound
-from llamamon.samples import NO_LABELS, Labels, Row, RunInfo, labels_to_str, make_labels
-
-if TYPE_CHECKING:
-    from llamamon.store.journal import Journal
+from llamamon.errors import LlamamonError
+from llamamon.log_destination import Destination, config_dict
+from llamamon.log_encoding import SEVERAL, WIDTH, Converter
+from llamamon.samples import Labels, Row
 
 __all__ = ["claim_output", "current_run", "flush", "init", "log", "owns_run", "record_rows"]
 
@@ -47,13 +41,8 @@ logger = logging.getLogger("llamamon.api")
 
 FLUSH_INTERVAL = 1.0  # seconds between background flushes; the journal is the crash-safety net
 BATCH = 16384  # entries converted and written per journal append
-SEGMENT_BYTES = 64 << 20  # a journal segment this large is closed and a new one started (~2 M points)
 EXIT_TIMEOUT = 10.0  # longest the interpreter waits at exit for the last flush
-_STEP_END = 2**63  # steps are stored as 64-bit integers
 
-WIDTH = 4  # items per point in the buffer: time, step, name, value
-# A call with several metrics is one point whose name is _DICT and whose value is a dict of them.
-_DICT = type("_Dict", (), {"__repr__": lambda self: "<several metrics>"})()
 
 _buffer: list[Any] = []
 _extend = _buffer.extend
@@ -87,7 +76,7 @@ def log(metrics: Mapping[str, Any] | None = None, /, step: int | None = None, **
         ((key, value),) = data.items()
         _extend((_time(), step, key, value))
     else:
-        _extend((_time(), step, _DICT, dict(data) if data is metrics else data))  # the caller may mutate its dict
+        _extend((_time(), step, SEVERAL, dict(data) if data is metrics else data))  # the caller may mutate its dict
     if not _started:
         _ensure_started()
 
@@ -112,7 +101,7 @@ def init(
     fields: dict[str, Any] = {
         "name": sanitize_run_name(name) if name is not None else None,
         "tags": {str(k): str(v) for k, v in (tags or {}).items()},
-        "config": _config_dict(config),
+        "config": config_dict(config),
     }
     with _start_lock:
         if not _started:
@@ -164,406 +153,16 @@ def current_run() -> tuple[str, Path] | None:
     return dest.journal.run_id, dest.metrics_dir
 
 
-class _Destination:
-    """Where this process's rows go: the run's journal, plus the run's metadata when the API owns it."""
-
-    def __init__(self) -> None:
-        self.journal: Journal | None = None
-        self.run: RunInfo | None = None  # set only when this process started the run
-        self.metrics_dir: Path | None = None
-        self.aliases: dict[str, str] | None = None
-        self.labels: Labels = NO_LABELS
-        self.labels_str = ""
-        self.rows = 0
-        self.rows_before = 0  # a resumed run's sample count from its earlier processes
-
-    @property
-    def run_id(self) -> str | None:
-        return self.journal.run_id if self.journal is not None else None
-
-    def open(self, resume: str | None = None, fields: dict[str, Any] | None = None) -> None:
-        from llamamon.store.journal import Journal
-
-        self.labels = _rank_labels(os.environ)
-        self.labels_str = labels_to_str(self.labels)
-        run_id = os.environ.get("LLAMAMON_RUN_ID")
-        env_dir = os.environ.get("LLAMAMON_METRICS_DIR")
-        config = _load_config()
-        if config is not None:
-            self.aliases = dict(config.aliases) or None
-        host = socket.gethostname()
-        if run_id and env_dir:
-            self.metrics_dir = Path(env_dir)
-            if resume is not None and resume != run_id:
-                logger.warning(
-                    "llamamon.init: resume=%r ignored: the metrics join the recorder's run %s", resume, run_id
-                )
-        else:
-            self.metrics_dir = Path(env_dir) if env_dir else _metrics_path(config)
-            self.run = self._resume_run(resume) if resume is not None else self._start_run(host, config)
-            run_id = self.run.id
-        self.journal = Journal(self.metrics_dir, run_id, host)
-        if fields:
-            self.annotate(fields)
-
-    def annotate(self, fields: dict[str, Any]) -> None:
-        """Name, tags and config from ``llamamon.init``: into the run's metadata when this process owns the
-        run, else into the side file the recorder's metadata merges (``store.runs.annotate_run``)."""
-        assert self.journal is not None, "open() first"
-        assert self.metrics_dir is not None, "open() first"
-        from llamamon.store.runs import annotate_run, write_run
-
-        if self.run is None:
-            annotate_run(self.metrics_dir, self.journal.run_id, **fields)
-            return
-        if fields["name"] is not None:
-            self.run.name = fields["name"]
-        self.run.tags.update(fields["tags"])
-        self.run.config.update(fields["config"])
-        write_run(self.metrics_dir, self.run)
-
-    def _resume_run(self, ref: str) -> RunInfo:
-        """The earlier run named by ``ref``, reopened by this process: no end, its exit code cleared."""
-        from llamamon.store.journal import live_runs
-        from llamamon.store.runs import resolve_run, write_run
-
-        metrics_dir = self.metrics_dir
-        assert metrics_dir is not None
-        info = resolve_run(metrics_dir, ref)
-        if info.end is None and info.id in live_runs(metrics_dir):
-            raise RunNotFound(f"run {info.id} is still being recorded; it cannot be resumed")
-        info.end = info.exit_code = info.signal = None
-        info.pid = os.getpid()
-        self.rows_before = info.samples
-        write_run(metrics_dir, info)
-        os.environ["LLAMAMON_RUN_ID"] = info.id
-        os.environ["LLAMAMON_METRICS_DIR"] = str(metrics_dir)
-        return info
-
-    def _start_run(self, host: str, config: Any) -> RunInfo:
-        from llamamon import __version__
-        from llamamon.masking import mask_command
-        from llamamon.store.runs import new_run_id, write_run
-
-        start = time.time()
-        tags = {"world_size": os.environ["WORLD_SIZE"]} if os.environ.get("WORLD_SIZE") else {}
-        info = RunInfo(
-            id=new_run_id(host, start),
-            host=host,
-            start=start,
-            tags=tags,
-            command=mask_command([sys.executable, *sys.argv], config.monitoring.secret_options if config else ()),
-            cwd=os.getcwd(),
-            user=_user(),
-            pid=os.getpid(),
-            python_version=sys.version.split()[0],
-            llamamon_version=__version__,
-            config_file=str(config.source) if config is not None and config.source else None,
-            source="api",
-        )
-        self.metrics_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-        write_run(self.metrics_dir, info)  # type: ignore[arg-type]
-        # Why: subprocesses this job starts (spawned dataloader workers, eval scripts) join this run.
-        os.environ["LLAMAMON_RUN_ID"] = info.id
-        os.environ["LLAMAMON_METRICS_DIR"] = str(self.metrics_dir)
-        return info
-
-    def write(self, rows: list[Row]) -> None:
-        assert self.journal is not None, "open() first"
-        self.rows += self.journal.append(rows)
-
-    def write_lines(self, data: bytes, count: int) -> None:
-        assert self.journal is not None, "open() first"
-        self.rows += self.journal.append_lines(data, count)
-        if self.journal.size >= SEGMENT_BYTES:
-            segment = self.journal.rotate()
-            if segment is not None:
-                # Complete and unlocked: `llamamon record` folds it into Parquet while the job runs (or
-                # the next llamamon command does), so a long run's journal never grows without bound.
-                segment.release()
-
-    def close(self) -> None:
-        if self.journal is not None:
-            self.journal.close()
-        if self.run is not None and self.run.pid == os.getpid() and self.metrics_dir is not None:
-            from llamamon.store.runs import write_run
-
-            self.run.end = time.time()
-            self.run.exit_code = _exit_code()
-            self.run.samples = self.rows_before + self.rows
-            write_run(self.metrics_dir, self.run)
-
-
-def _config_dict(config: Any) -> dict[str, Any]:
-    """The job's hyperparameters as a JSON object (see ``init``)."""
-    import dataclasses
-
-    if config is None:
-        return {}
-    if isinstance(config, Mapping):
-        data = config
-    elif dataclasses.is_dataclass(config) and not isinstance(config, type):
-        data = dataclasses.asdict(config)
-    elif callable(getattr(config, "to_dict", None)):
-        data = config.to_dict()
-    elif hasattr(config, "__dict__"):
-        data = vars(config)
-    else:
-        raise TypeError(
-            f"llamamon.init: config must be a mapping, a dataclass or a namespace, not {type(config).__name__}"
-        )
-    return {str(k): _jsonable(v) for k, v in data.items()}
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    item = getattr(value, "item", None)  # numpy and torch scalars
-    if callable(item) and getattr(value, "ndim", None) == 0:
-        return _jsonable(item())
-    return str(value)
-
-
-def _rank_labels(env: Mapping[str, str]) -> Labels:
-    """rank/local_rank labels for distributed jobs; none for a single process (keeps cardinality low)."""
-    if not env.get("RANK") and not env.get("LOCAL_RANK"):
-        return NO_LABELS
-    return make_labels(rank=env.get("RANK"), local_rank=env.get("LOCAL_RANK"))
-
-
 def _merge(labels: Labels, extra: Labels) -> Labels:
     return tuple(sorted({**dict(labels), **dict(extra)}.items())) if labels else extra
-
-
-def _load_config() -> Any:
-    from llamamon.config import load_config
-    from llamamon.errors import ConfigError
-
-    try:
-        return load_config()
-    except ConfigError as exc:
-        logger.warning("llamamon.log: ignoring the config (%s); using defaults", exc)
-        return None
-
-
-def _metrics_path(config: Any) -> Path:
-    return Path(config.metrics_path) if config is not None else Path(".metrics")
-
-
-def _user() -> str:
-    try:
-        import getpass
-
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return ""
-
-
-def _exit_code() -> int | None:
-    # Why: atexit cannot see the interpreter's exit status; an uncaught exception is the one sure sign (1).
-    return 1 if getattr(sys, "last_value", None) is not None else None
-
-
-class _Converter:
-    """Entries -> journal lines. Holds the per-name caches, so each distinct name is resolved once."""
-
-    def __init__(self) -> None:
-        # key -> (line template with a step, without one, metric, group), or None for a key not stored
-        self.templates: dict[Any, tuple[str, ...] | None] = {}
-        self.labels: str | None = None
-        self.bad: set[str] = set()
-
-    def encode(self, flat: list[Any], labels: str, aliases: dict[str, str] | None) -> tuple[bytes, int]:
-        """(journal bytes, rows) for a batch of log() calls, ``WIDTH`` items each as the buffer holds them;
-        ``labels`` is the stored labels string.
-
-        The batch goes into one column block (``_columns``) when its values are numbers and its steps
-        integers; otherwise (a value that is a string, a step given as a float) it takes the line path
-        (``_lines``), which converts or skips each value on its own.
-        """
-        if labels != self.labels:  # templates embed the labels string
-            self.templates.clear()
-            self.labels = labels
-        last = _last_step(flat)
-        keys = flat[2::WIDTH]
-        distinct = set(keys)
-        if _DICT in distinct:
-            flat = _flattened(flat)
-            keys = flat[2::WIDTH]
-            distinct = set(keys)
-        block = self._columns(flat, keys, distinct, labels, aliases) if flat else None
-        if block is None:
-            data, count = self._lines(flat, labels, aliases)
-        else:
-            data, count = block, len(keys)
-        if last is not None:
-            from llamamon.store.journal import encode_fields
-
-            # Why: one step row per flush lets rules see progress (stalls) without doubling the rows.
-            data += encode_fields([(last[0], "training", "step", float(last[1]), labels, last[1])])
-            count += 1
-        return data, count
-
-    def _columns(
-        self, flat: list[Any], keys: list[Any], distinct: set[Any], labels: str, aliases: dict[str, str] | None
-    ) -> bytes | None:
-        """Single-metric points as one column block, or None when one of them needs the line path.
-
-        Every step of this runs while the training thread waits for the GIL, so each column is one
-        C-level pass (a strided slice, an array) over the batch.
-        """
-        from llamamon.store.journal import NO_STEP, encode_columns
-
-        if "step" in distinct or any(type(key) is not str for key in distinct):
-            return None
-        steps = flat[1::WIDTH]
-        try:
-            # array() converts in C what float() would (ints, bools, numpy scalars); a str or None raises
-            values = array("d", flat[3::WIDTH])
-            try:
-                packed_steps: array[int] | None = array("q", steps)  # a negative step reads back as none
-            except TypeError:  # None among them (or a step that is no integer: the line path converts it)
-                missing = steps.count(None)
-                packed_steps = None
-                if missing != len(steps):
-                    packed_steps = array("q", [NO_STEP if step is None else step for step in steps])
-        except (TypeError, ValueError, OverflowError):
-            return None
-        templates = self.templates
-        series: list[tuple[str, str]] = []
-        index: dict[Any, int] = {}
-        for key in distinct:
-            template = templates[key] if key in templates else self._template(key, labels, aliases)
-            assert template is not None  # only the "step" key has none
-            index[key] = len(series)
-            series.append((template[3], template[2]))
-        codes = array("H" if len(series) <= 0xFFFF else "I", map(index.__getitem__, keys)) if len(series) > 1 else None
-        return encode_columns(series, labels, codes, array("d", flat[0::WIDTH]), values, packed_steps)
-
-    def _lines(self, flat: list[Any], labels: str, aliases: dict[str, str] | None) -> tuple[bytes, int]:
-        """Journal row lines for single-metric points (``_flattened``) the column block does not take.
-
-        Why templates: a line per value formatted from a template cached per name (time and value by
-        ``%r``, the float repr JSON uses) is most of the flush's CPU saved; NaN and infinities, which JSON
-        spells differently, take ``encode_fields``.
-        """
-        templates = self.templates
-        lines: list[str] = []
-        add = lines.append
-        last_key = template = None
-        for t, step, key, raw in _points(flat):
-            if step is None:
-                if key == "step":
-                    continue  # the step row is written once per flush
-            elif not (type(step) is int and 0 <= step < _STEP_END):
-                step = _as_step(step)
-            if key is not last_key:  # a loop logging one metric per call repeats the same key object
-                last_key = key
-                template = templates[key] if key in templates else self._template(key, labels, aliases)
-            if template is None:
-                continue
-            if type(raw) is not float:
-                raw = self._float(template[2], raw)
-                if raw is None:
-                    continue
-            if raw - raw == 0.0:  # finite
-                add(template[1] % (t, raw) if step is None else template[0] % (t, raw, step))
-            else:
-                add(self._fields_line(t, template, raw, labels, step))
-        return "".join(lines).encode(), len(lines)
-
-    def _template(self, key: Any, labels: str, aliases: dict[str, str] | None) -> tuple[str, ...] | None:
-        from llamamon.store.journal import line_templates
-
-        name = str(key) if key != "step" else ""
-        template = None
-        if name:
-            name = canonical(name, aliases)
-            group = group_of(name)
-            template = (*line_templates(group, name, labels), name, group)
-        if isinstance(key, str):
-            self.templates[key] = template
-        return template
-
-    @staticmethod
-    def _fields_line(t: float, template: tuple[str, ...], value: float, labels: str, step: Any) -> str:
-        from llamamon.store.journal import encode_fields
-
-        return encode_fields([(t, template[3], template[2], value, labels, step)]).decode()
-
-    def _float(self, name: str, raw: Any) -> float | None:
-        try:
-            return float(raw)
-        except (TypeError, ValueError):
-            if name not in self.bad:
-                self.bad.add(name)
-                logger.warning("llamamon.log: %s=%r is not a number; such values are skipped", name, raw)
-            return None
-
-
-def _points(flat: list[Any]) -> Iterable[tuple[Any, Any, Any, Any]]:
-    """(time, step, name, value) of each point in a buffer slice."""
-    return zip(flat[0::WIDTH], flat[1::WIDTH], flat[2::WIDTH], flat[3::WIDTH], strict=True)
-
-
-def _flattened(flat: list[Any]) -> list[Any]:
-    """The buffer with each several-metrics point as single-metric ones; a dict's ``"step"`` key is the step
-    of its other metrics, never a metric row of its own (the line path skips it too)."""
-    out: list[Any] = []
-    add = out.extend
-    for t, step, key, value in _points(flat):
-        if key is not _DICT:
-            add((t, step, key, value))
-            continue
-        if step is None:
-            step = value.get("step")
-        for name, raw in value.items():
-            if name != "step":
-                add((t, step, name, raw))
-    return out
-
-
-def _last_step(flat: list[Any]) -> tuple[float, int] | None:
-    """(time, step) of the last point that names a valid step: the batch's step row."""
-    for i in range(len(flat) - WIDTH, -1, -WIDTH):
-        t, step, key, value = flat[i : i + WIDTH]
-        if step is None:
-            if key is _DICT:
-                step = value.get("step")
-            elif key == "step":
-                step = value
-            if step is None:
-                continue
-        if not (type(step) is int and 0 <= step < _STEP_END):
-            step = _as_step(step)
-        if step is not None:
-            return t, step
-    return None
-
-
-def _as_step(step: Any) -> int | None:
-    """The step as the store keeps it (a 64-bit integer >= 0), or None when it is not one."""
-    if step is None:
-        return None
-    try:
-        value = int(step)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return value if 0 <= value < _STEP_END and (not isinstance(step, float) or math.isfinite(step)) else None
 
 
 class _Flusher:
     """The background thread that drains the queue into the journal; one per process."""
 
     def __init__(self) -> None:
-        self.destination = _Destination()
-        self.converter = _Converter()
+        self.destination = Destination()
+        self.converter = Converter()
         self.lock = threading.Lock()  # one drain at a time (background thread, flush(), exit)
         self.wake = threading.Event()
         self.stop = threading.Event()

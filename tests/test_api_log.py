@@ -14,7 +14,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llamamon.api import _DICT, _as_step, _Converter, _flattened, _last_step, _rank_labels
+from llamamon.log_destination import rank_labels
+from llamamon.log_encoding import SEVERAL, Converter, as_step, flattened, last_step
 from llamamon.samples import Row, labels_to_str, make_labels
 from llamamon.store.journal import (
     _read_lines,
@@ -228,7 +229,7 @@ def test_unwritable_metrics_folder_warns_once_and_never_breaks_the_job(tmp_path)
 
 
 def test_converter_resolves_aliases_keeps_non_finite_and_skips_non_numbers(caplog):
-    conv = _Converter()
+    conv = Converter()
     entries = [
         (1.0, None, {"step": 7, "lr": 1e-3, "loss": float("nan"), "bad": "x", "flag": True}),
         (2.0, 8, {"eval_loss": float("inf"), "bad": object()}),
@@ -270,7 +271,7 @@ _entries = st.lists(
 
 def _flat(entries: list[tuple]) -> list:
     """The buffer log() fills for these calls: (time, step, name, value) or (time, step, {name: value})."""
-    return [item for entry in entries for item in (entry if len(entry) == 4 else (*entry[:2], _DICT, entry[2]))]
+    return [item for entry in entries for item in (entry if len(entry) == 4 else (*entry[:2], SEVERAL, entry[2]))]
 
 
 def _rows(data: bytes) -> list[tuple]:
@@ -283,10 +284,10 @@ def _rows(data: bytes) -> list[tuple]:
 @given(_entries, st.sampled_from(["", labels_to_str(make_labels(rank="1"))]))
 def test_column_blocks_hold_the_same_rows_as_the_line_path(entries, labels):
     flat = _flat(entries)
-    data, count = _Converter().encode(flat, labels, {"lr": "learning_rate"})
-    lines = _Converter()
-    line_data, line_count = lines._lines(_flattened(flat), labels, {"lr": "learning_rate"})
-    last = _last_step(flat)
+    data, count = Converter().encode(flat, labels, {"lr": "learning_rate"})
+    lines = Converter()
+    line_data, line_count = lines._lines(flattened(flat), labels, {"lr": "learning_rate"})
+    last = last_step(flat)
     if last is not None:
         line_data += encode_fields([(last[0], "training", "step", float(last[1]), labels, last[1])])
         line_count += 1
@@ -297,14 +298,14 @@ def test_column_blocks_hold_the_same_rows_as_the_line_path(entries, labels):
 def test_a_batch_of_numbers_is_written_as_one_column_block():
     entries = [(1e9 + i, i, "loss", 0.5 * i) for i in range(1000)]
     entries += [(1e9 + 1000, 1000, {"loss": 1, "lr": np_like(3e-4)})]
-    data, count = _Converter().encode(_flat(entries), "", None)
+    data, count = Converter().encode(_flat(entries), "", None)
     lines = data.splitlines()
     assert len(lines) == 2  # the block, then the step row
     assert lines[0].startswith(b"{")
     assert count == 1003
     assert ("learning_rate", repr(3e-4), 1000) in [(r[2], r[3], r[5]) for r in _rows(data)]
     # one value that is not a number sends the batch down the line path, which skips just that value
-    data, count = _Converter().encode(_flat([*entries, (1e9 + 1001, 1001, "loss", "n/a")]), "", None)
+    data, count = Converter().encode(_flat([*entries, (1e9 + 1001, 1001, "loss", "n/a")]), "", None)
     assert not data.startswith(b"{")
     assert count == 1003
 
@@ -318,13 +319,13 @@ class np_like:  # stands in for a numpy scalar: a number only through __float__
 
 
 def test_step_and_rank_helpers():
-    assert _as_step(3) == 3
-    assert _as_step(3.0) == 3
-    assert _as_step(float("nan")) is None
-    assert _as_step(-1) is None
-    assert _as_step("12") == 12
-    assert _rank_labels({}) == ()
-    assert _rank_labels({"RANK": "0", "WORLD_SIZE": "2"}) == (("rank", "0"),)
+    assert as_step(3) == 3
+    assert as_step(3.0) == 3
+    assert as_step(float("nan")) is None
+    assert as_step(-1) is None
+    assert as_step("12") == 12
+    assert rank_labels({}) == ()
+    assert rank_labels({"RANK": "0", "WORLD_SIZE": "2"}) == (("rank", "0"),)
 
 
 @settings(max_examples=300, deadline=None)

@@ -210,9 +210,9 @@ def test_scrape_during_record(tmp_path):
 ROTATING_JOB = r"""
 import os, sys, time
 from pathlib import Path
-import llamamon, llamamon.api
+import llamamon, llamamon.api, llamamon.log_destination
 
-llamamon.api.SEGMENT_BYTES = 2000  # a few hundred points per segment
+llamamon.log_destination.SEGMENT_BYTES = 2000  # a few hundred points per segment
 for step in range(3000):
     llamamon.log(loss=1.0 / (step + 1), step=step)
     if step % 100 == 99:
