@@ -8,16 +8,15 @@ through ``Config.error(path, message)`` so the line number is never lost.
 from __future__ import annotations
 
 import difflib
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llamamon.config.checker import Checker, line_of, show
 from llamamon.config.loader import RawConfig, UnsetVariable
 from llamamon.errors import ConfigError, raise_errors
 from llamamon.severity import SEVERITIES
-from llamamon.units import parse_duration
 
 CHANNEL_TYPES = ("slack", "email", "webhook", "alertmanager")
 EXPORT_FORMATS = ("prometheus", "none")
@@ -154,20 +153,12 @@ class Config:
         what came from them (no file, or a file without an alerts: section)."""
         alerts = path == "alerts" or path.startswith("alerts.")
         source, lines = (self.alerts_source, self.alerts_lines) if alerts else (self.source, self.lines)
-        return (str(source) if source else "built-in defaults"), _line_of(lines, path)
+        return (str(source) if source else "built-in defaults"), line_of(lines, path)
 
     def error(self, path: str, message: str) -> ConfigError:
         """A ConfigError pointing at ``path`` in the file it was read from (or "built-in defaults")."""
         file, line = self.where(path)
         return ConfigError(message, file=file, line=line, path=path)
-
-
-def _line_of(lines: dict[str, int], path: str) -> int | None:
-    """Line of ``path``, or of its nearest parent key that has one (a value inside a flow mapping has none)."""
-    probe = path
-    while probe and probe not in lines:
-        probe = probe.rsplit(".", 1)[0] if "." in probe else ""
-    return lines.get(probe) if probe else None
 
 
 TOP_KEYS = ("monitoring", "alerts", "parsers", "aliases", "scrape", "collectors", "metrics")
@@ -193,130 +184,6 @@ ALERTS_KEYS = ("channels", "rules", "builtin", "repeat_interval")
 RULE_KEYS = ("condition", "severity", "channels", "for", "keep_firing_for", "labels", "annotations", "enabled")
 
 
-class _Checker:
-    """Validation helpers bound to one raw config, so each error carries file, line and key path.
-
-    Why the fallbacks: a mistake is recorded and the check goes on with a stand-in value, so one pass
-    reports every mistake in the file (``build_config`` raises them together at the end, up to a bound); no Config is
-    ever built from a stand-in.
-    """
-
-    def __init__(self, raw: RawConfig, errors: list[ConfigError]) -> None:
-        self.raw = raw
-        self.file = str(raw.source) if raw.source else "built-in defaults"
-        self.errors = errors
-
-    def report(self, path: str, message: str) -> None:
-        self.errors.append(ConfigError(message, file=self.file, line=_line_of(self.raw.lines, path), path=path))
-
-    def _bad(self, path: str, message: str, fallback: Any) -> Any:
-        self.report(path, message)
-        return fallback
-
-    def mapping(self, value: Any, path: str, allowed: tuple[str, ...] | None = None) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            return self._bad(path, f"expected a mapping (got {_show(value)})", {})
-        if allowed is None:
-            return value
-        for key in value:
-            if key not in allowed:
-                hint = difflib.get_close_matches(key, allowed, n=1)
-                extra = f' (did you mean "{hint[0]}"?)' if hint else f" (known: {', '.join(allowed)})"
-                self.report(f"{path}.{key}" if path else key, f"unknown key{extra}")
-        return {key: item for key, item in value.items() if key in allowed}
-
-    def number(self, value: Any, path: str, *, lo: float | None = None, hi: float | None = None) -> float:
-        fallback = lo if lo is not None else 0.0
-        number = _as_number(value)
-        if number is None:
-            return self._bad(path, f"expected a number (got {_show(value)})", fallback)
-        if not math.isfinite(number):
-            return self._bad(path, f"must be finite (got {_show(value)})", fallback)
-        if lo is not None and number < lo:
-            return self._bad(path, f"must be at least {lo:g} (got {_show(value)})", fallback)
-        if hi is not None and number > hi:
-            return self._bad(path, f"must be at most {hi:g} (got {_show(value)})", fallback)
-        return number
-
-    def ratio(self, value: Any, path: str) -> float:
-        number = self.number(value, path)
-        if not 0.0 <= number <= 1.0:
-            return self._bad(path, f"ratios are 0..1, e.g. 0.80 for 80 % (got {_show(value)})", 0.0)
-        return number
-
-    def integer(self, value: Any, path: str, *, lo: int = 0) -> int:
-        number = self.number(value, path, lo=lo)
-        if number != int(number):
-            return self._bad(path, f"expected a whole number (got {_show(value)})", lo)
-        return int(number)
-
-    def boolean(self, value: Any, path: str) -> bool:
-        if not isinstance(value, bool):
-            return self._bad(path, f"expected true or false (got {_show(value)})", False)
-        return value
-
-    def string(self, value: Any, path: str) -> str:
-        if not isinstance(value, str) or not value.strip():
-            return self._bad(path, f"expected a non-empty string (got {_show(value)})", "?")
-        return value
-
-    def duration(self, value: Any, path: str, *, positive: bool = False) -> float:
-        try:
-            seconds = parse_duration(value, path=path)
-        except ConfigError as exc:
-            return self._bad(path, exc.message, 1.0)
-        if positive and seconds <= 0:
-            return self._bad(path, f"must be more than 0 (got {_show(value)})", 1.0)
-        return seconds
-
-    def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str:
-        if value not in choices:
-            hint = difflib.get_close_matches(str(value), choices, n=1)
-            extra = f' (did you mean "{hint[0]}"?)' if hint else ""
-            return self._bad(path, f"must be one of {', '.join(choices)}{extra} (got {_show(value)})", choices[0])
-        return value
-
-    def string_list(self, value: Any, path: str) -> tuple[str, ...]:
-        if value is None:
-            return ()
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list):
-            return self._bad(path, f"expected a list (got {_show(value)})", ())
-        return tuple(self.string(item, f"{path}[{i}]") for i, item in enumerate(value))
-
-    def string_map(self, value: Any, path: str) -> dict[str, str]:
-        mapping = self.mapping(value, path)
-        out: dict[str, str] = {}
-        for key, item in mapping.items():
-            if isinstance(item, (dict, list)) or item is None:
-                self.report(f"{path}.{key}", f"expected a string (got {_show(item)})")
-                continue
-            out[str(key)] = str(item)
-        return out
-
-
-def _as_number(value: Any) -> float | None:
-    # Why strings too: YAML 1.1 reads 1e-6 (no dot) as a string.
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
-
-
-def _show(value: Any) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def build_config(raw: RawConfig, defaults: RawConfig) -> Config:
     """Validate ``raw`` (a user's file) over ``defaults`` (the shipped example) into a Config.
 
@@ -324,13 +191,13 @@ def build_config(raw: RawConfig, defaults: RawConfig) -> Config:
     mapping belongs) stops the check there, as its keys cannot be looked at.
     """
     errors: list[ConfigError] = []
-    check = _Checker(raw, errors)
+    check = Checker(raw, errors)
     data = check.mapping(raw.data, "", TOP_KEYS)
     base = defaults.data
     monitoring = _monitoring(check, _merge(base.get("monitoring", {}), data.get("monitoring")))
     # Why not merged: a user who writes their own rules or channels wants exactly those.
     alerts_from = raw if "alerts" in data else defaults
-    alerts = _alerts(_Checker(alerts_from, errors), data["alerts"] if "alerts" in data else base.get("alerts", {}))
+    alerts = _alerts(Checker(alerts_from, errors), data["alerts"] if "alerts" in data else base.get("alerts", {}))
     parsers = _parsers(check, data.get("parsers"))
     aliases = check.string_map(data.get("aliases"), "aliases")
     scrape = _scrape(check, data.get("scrape"))
@@ -371,7 +238,7 @@ def _merge(base: Any, override: Any) -> Any:
     return base if override is None else override
 
 
-def _monitoring(check: _Checker, value: Any) -> Monitoring:
+def _monitoring(check: Checker, value: Any) -> Monitoring:
     m = check.mapping(value, "monitoring", MONITORING_KEYS)
     thresholds = check.mapping(m.get("thresholds"), "monitoring.thresholds", tuple(THRESHOLD_KEYS))
     for section, keys in THRESHOLD_KEYS.items():
@@ -425,7 +292,7 @@ def _monitoring(check: _Checker, value: Any) -> Monitoring:
     )
 
 
-def _alerts(check: _Checker, value: Any) -> Alerts:
+def _alerts(check: Checker, value: Any) -> Alerts:
     a = check.mapping(value, "alerts", ALERTS_KEYS)
     channels: dict[str, ChannelConfig] = {}
     for name, options in check.mapping(a.get("channels"), "alerts.channels").items():
@@ -469,13 +336,13 @@ def _alerts(check: _Checker, value: Any) -> Alerts:
 SCRAPE_KEYS = ("url", "headers", "bearer_token", "basic_auth", "timeout")
 
 
-def _scrape(check: _Checker, value: Any) -> tuple[ScrapeTarget, ...]:
+def _scrape(check: Checker, value: Any) -> tuple[ScrapeTarget, ...]:
     if value is None:
         return ()
     if isinstance(value, (str, dict)):
         value = [value]
     if not isinstance(value, list):
-        return check._bad("scrape", f"expected a list of URLs or {{url: ...}} mappings (got {_show(value)})", ())
+        return check.bad("scrape", f"expected a list of URLs or {{url: ...}} mappings (got {show(value)})", ())
     out = []
     for i, item in enumerate(value):
         path = f"scrape[{i}]"
@@ -510,18 +377,18 @@ def _scrape(check: _Checker, value: Any) -> tuple[ScrapeTarget, ...]:
     return tuple(out)
 
 
-def _secret(check: _Checker, value: Any, path: str) -> str:
+def _secret(check: Checker, value: Any, path: str) -> str:
     """A string option that may be a secret: the value as loaded (an UnsetVariable stays one)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     return check.string(value, path)
 
 
-def _parsers(check: _Checker, value: Any) -> tuple[ParserConfig, ...]:
+def _parsers(check: Checker, value: Any) -> tuple[ParserConfig, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        return check._bad("parsers", f"expected a list of {{pattern: REGEX}} (got {_show(value)})", ())
+        return check.bad("parsers", f"expected a list of {{pattern: REGEX}} (got {show(value)})", ())
     out = []
     for i, item in enumerate(value):
         path = f"parsers[{i}]"
