@@ -10,16 +10,14 @@ import pty
 import select
 import subprocess
 import sys
-from array import array
 from pathlib import Path
 
 from conftest import llamamon_env
 
 from llamamon.config import load_config
 from llamamon.runtime.live_alerts import LiveAlerts
-from llamamon.runtime.watcher import RunFollower
 from llamamon.samples import Row, labels_to_str, make_labels
-from llamamon.store.journal import Journal, encode_columns, tail_segment
+from llamamon.store.journal import Journal, tail_segment
 
 T0 = 1_790_000_000.0
 RUN = "20260911T000000Z-box-0001"
@@ -178,27 +176,6 @@ def test_only_the_metrics_rules_need_enter_the_window(tmp_path, metrics_dir):
     live._trim(T0)
     assert [metric for _run, _host, metric, _labels in live._series] == ["gpu_temperature"]
     assert live._seen == {RUN: round(T0 * 1_000_000)}
-
-
-def test_the_follower_decodes_only_the_rows_rules_need_from_a_column_block(tmp_path, metrics_dir):
-    live = LiveAlerts(config(tmp_path, FLAPPY), metrics_dir)
-    journal = Journal(metrics_dir, RUN, "box")
-    series = [("system", "cpu_usage"), ("gpu", "gpu_temperature"), ("training", "tokens_per_second")]
-    codes = array("H", [0, 1, 2] * 100 + [2])  # the block's very last row is of a metric no rule uses
-    times = array("d", [T0 + i / 10 for i in range(len(codes))])
-    values = array("d", [float(i) for i in range(len(codes))])
-    journal.append_lines(encode_columns(series, '{"gpu":"0"}', codes, times, values, None), len(codes))
-    follower = RunFollower(metrics_dir, live, {RUN})
-    seen: list[Row] = []
-    follower.on_rows = lambda rows, run, host: (seen.extend(rows), live.add(rows, run, host))
-    follower.poll(T0 + 40)
-    journal.close()
-    temperatures = [r for r in seen if r.metric == "gpu_temperature"]
-    assert [r.value for r in temperatures] == [float(i) for i in range(1, 300, 3)]  # every row a rule needs
-    assert all(r.labels == make_labels(gpu="0") for r in temperatures)
-    others = [(r.metric, r.value) for r in seen if r.metric != "gpu_temperature"]
-    assert others == [("tokens_per_second", 300.0)]  # of the rest, only the latest row
-    assert live._seen == {RUN: round(times[-1] * 1_000_000)}  # how far the run has got counts every metric
 
 
 def test_tail_segment_reads_whole_new_lines_only(metrics_dir):

@@ -34,7 +34,6 @@ from llamamon import __version__, catalog
 from llamamon.errors import ConfigError
 from llamamon.masking import mask_command
 from llamamon.runtime.child import Child, ChildResult
-from llamamon.runtime.job_rows import JobJournalTail
 from llamamon.runtime.output_claim import ENV as OUTPUT_CLAIM_ENV
 from llamamon.runtime.output_claim import OutputClaim
 from llamamon.runtime.ticker import Stop, Ticker, TickStamps, run_ticks
@@ -48,6 +47,7 @@ if TYPE_CHECKING:
     from llamamon.prometheus.textfile import TextfileWriter
     from llamamon.runtime.fold_helper import FoldHelper
     from llamamon.runtime.run_alerts import RunAlerts
+    from llamamon.store.follower import RunFollower
     from llamamon.store.writer import StoreWriter
 
 log = logging.getLogger("llamamon.record")
@@ -163,14 +163,24 @@ class Recorder:
         self._stop: Stop | None = None
         self._sampler_error: BaseException | None = None
         self.alerts: RunAlerts | None = None
+        # What the job logs itself (step, loss ...) is read once, for its live alerts and its .prom file both.
+        textfile = config.monitoring.export_format == "prometheus"
+        self._job: RunFollower | None = None
         if options.alerts:
+            from llamamon.runtime.live_alerts import LiveAlerts
             from llamamon.runtime.run_alerts import RunAlerts
+            from llamamon.store.follower import RunFollower
 
             # Built before the job starts: a bad rule or channel is a config error (exit 2), not a surprise later.
-            self.alerts = RunAlerts(config, self.metrics_dir, self.info.id, self.host)
+            live = LiveAlerts(config, self.metrics_dir)
+            self._job = RunFollower.own_run(self.metrics_dir, self.info.id, live, latest=textfile)
+            self.alerts = RunAlerts(config, live, self._job, self.info.id, self.host)
+        elif textfile:
+            from llamamon.store.follower import RunFollower
+
+            self._job = RunFollower.own_run(self.metrics_dir, self.info.id, None, latest=True)
         self._textfile: TextfileWriter | None = None
         self._job_ended: float | None = None  # set before the sampler is told to stop
-        self._job_rows: JobJournalTail | None = None
         self._folder = folder
 
     # -- main thread ------------------------------------------------------------------------------
@@ -312,9 +322,6 @@ class Recorder:
                 stop.set()
         writer = StoreWriter(self.metrics_dir, self.info.id, self.host, flush_interval=FLUSH_INTERVAL_S)
         self._textfile = self._open_textfile()
-        if self._textfile is not None:
-            # What the job logs itself (step, loss ...) belongs in the live .prom file too.
-            self._job_rows = JobJournalTail(self.metrics_dir, self.info.id, os.getpid())
         # In a thread beside the collectors and the first samples: git on a big repository may take a
         # moment, and most of it is waiting on git, which leaves the GIL to the sampler.
         describe = asyncio.ensure_future(asyncio.to_thread(self._describe))
@@ -448,9 +455,9 @@ class Recorder:
             # Evaluates beside the sampler, never inside its tick.
             rows.extend(self.alerts.on_tick([*output, *rows], now))
         if self._textfile is not None:
-            # The job's journal is only read when the file is rewritten: poll() returns every row since the last.
+            # The job's rows are only taken when the file is rewritten: every series' latest since the last.
             due = self._textfile.due()
-            job_rows = self._job_rows.poll() if self._job_rows is not None and due else []
+            job_rows = self._job.take_latest() if self._job is not None and due else []
             self._export(lambda: self._textfile.write([*output, *rows, *job_rows]))
         if self._append(writer, rows):
             self.samples += 1

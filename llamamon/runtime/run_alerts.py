@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llamamon import catalog
@@ -17,6 +15,7 @@ from llamamon.samples import Row
 
 if TYPE_CHECKING:
     from llamamon.config import Config
+    from llamamon.store.follower import RunFollower
 
 log = logging.getLogger("llamamon.alerts")
 
@@ -26,19 +25,15 @@ class RunAlerts:
 
     Evaluation runs beside the sampler, never inside its tick: a slow evaluation (a long window, a
     store catch-up of the job's rows) skips an evaluation, never a sample; the next one sees every row. What the job logs
-    itself (``llamamon.log()``, its own journal segments) is followed as ``watch`` follows a run.
+    itself (``llamamon.log()``, its own journal segments) comes from the run's follower, read by the .prom
+    file too.
     """
 
-    def __init__(self, config: Config, metrics_dir: Path, run_id: str, host: str) -> None:
-        from llamamon.runtime.watcher import RunFollower
-
-        self.live = LiveAlerts(config, metrics_dir)
+    def __init__(self, config: Config, live: LiveAlerts, job: RunFollower, run_id: str, host: str) -> None:
+        self.live = live
         self.run_id = run_id
         self.host = host
-        self.job = RunFollower(Path(metrics_dir), self.live, {run_id}, skip_pid=os.getpid())
-        # Why: the run's file appearing is no news to its own recorder (its rows come from on_tick and the
-        # job's journal tails); catching the run up from the store would re-read our own rows through polars.
-        self.job.known_files.add(f"{run_id}.json")
+        self.job = job  # the run's follower, feeding ``live`` what the job writes itself
         # Why not every sample tick: rules are defined on the update_frequency grid (as `alerts test`
         # evaluates them), so `--interval 0.1` gives the same alerts as `alerts test` replays.
         self.period = config.update_frequency

@@ -1,7 +1,7 @@
 """Composition root of ``llamamon watch``: this host's collectors + the runs being recorded -> live alerts.
 
 Each tick samples the host (system, GPU), reads what the recorded runs appended since the last tick
-(their live journal segments, tailed by byte offset; a segment folded away meanwhile is caught up from
+(store.follower: their live journal segments, tailed by byte offset; a segment folded away meanwhile is caught up from
 the Parquet file it became; a run that ended gets its series marked stale) and steps the rules over the
 trailing window (runtime.live_alerts). The store is scanned once at start for that window, never per tick.
 Rendering belongs to the CLI: each tick hands it a ``Snapshot``.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 import time
@@ -21,17 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llamamon.errors import ConfigError, RunNotFound
-from llamamon.runtime.live_alerts import Entry, LiveAlerts
+from llamamon.errors import ConfigError
+from llamamon.runtime.live_alerts import LiveAlerts
 from llamamon.runtime.ticker import Stop, Ticker, run_ticks
 from llamamon.samples import AlertEvent, Row, labels_to_str
 from llamamon.severity import SEVERITIES
+from llamamon.store.follower import RunFollower
 
 if TYPE_CHECKING:
     from llamamon.collectors.base import MetricsCollector
     from llamamon.config import Config
     from llamamon.prometheus.textfile import TextfileWriter
-    from llamamon.store.journal import ColumnBlock
 
 log = logging.getLogger("llamamon.watch")
 
@@ -94,144 +93,6 @@ def _resolve(metrics_dir: Path, refs: Iterable[str]) -> set[str]:
     return {resolve_run(metrics_dir, ref, runs).id for ref in refs}
 
 
-class RunFollower:
-    """Follows the runs recorded into a metrics folder, feeding their new rows into ``live``."""
-
-    def __init__(
-        self, metrics_dir: Path, live: LiveAlerts, only: set[str] | None = None, *, skip_pid: int | None = None
-    ) -> None:
-        self.metrics_dir = metrics_dir
-        self.live = live
-        self.only = only
-        self.skip_pid = skip_pid  # segments this process writes itself (record's own samples)
-        self.skipped: set[Path] = set()
-        self.offsets: dict[Path, int] = {}
-        self.segment_run: dict[Path, tuple[str, str]] = {}
-        self.hosts: dict[str, str] = {}  # followed run -> host
-        self.ended: dict[str, float] = {}
-        self.known_files: set[str] = set()
-        self.on_rows: Callable[[Iterable[Row], str, str], None] = live.add
-        # Metrics whose every row on_rows needs; of the others a column block gives only its latest row.
-        self.metrics: set[str] = set(live.raw_metrics)
-
-    def _wanted(self, run: str) -> bool:
-        return self.only is None or run in self.only
-
-    def start(self, now: float) -> None:
-        """Load the trailing window from the store, once."""
-        from llamamon.store.layout import runs_dir
-
-        self.known_files = set(_names(runs_dir(self.metrics_dir)))
-        self._catch_up(None, now - self.live.window)
-
-    def _catch_up(self, run: str | None, since: float) -> None:
-        """Rows already folded into Parquet (of one run, or of all followed runs) from ``since`` on."""
-        import polars as pl
-
-        from llamamon.store.reader import scan
-
-        runs = [run] if run is not None else (sorted(self.only) if self.only is not None else None)
-        frame = (
-            scan(self.metrics_dir, runs=runs, since=since)
-            .filter(pl.col("metric").is_in(sorted(self.live.raw_metrics)))
-            .select(
-                pl.col("time").dt.epoch("us"),
-                pl.col("run").cast(pl.String),
-                pl.col("host").fill_null(""),
-                "metric",
-                "value",
-                pl.col("labels").fill_null(""),
-                pl.lit(False).alias("stale"),
-            )
-            .collect()
-        )
-        entries: list[Entry] = list(frame.iter_rows())
-        self.live.add_entries(entries)
-        for _t, run_id, host, *_ in entries:
-            self.hosts.setdefault(run_id, host)
-
-    def poll(self, now: float) -> None:
-        from llamamon.store.journal import segment_paths, tail_segment
-        from llamamon.store.layout import runs_dir
-
-        present = set()
-        for path in segment_paths(self.metrics_dir):
-            run = path.parent.name
-            if not self._wanted(run) or run in self.ended or path in self.skipped:
-                continue
-            present.add(path)
-            header, rows, blocks, offset = tail_segment(path, self.offsets.get(path, 0))
-            if header is not None and self.skip_pid is not None and header.get("pid") == self.skip_pid:
-                # Why before the offset is kept: a tracked segment that vanishes is caught up from the
-                # store, and record's own segments vanish into Parquet every flush.
-                self.skipped.add(path)
-                continue
-            self.offsets[path] = offset
-            if header is not None:
-                host = str(header.get("host") or "")
-                self.segment_run[path] = (str(header.get("run") or run), host)
-            run, host = self.segment_run.get(path, (run, ""))
-            self.hosts.setdefault(run, host)
-            for block in blocks:
-                rows.extend(self._rows_of(block))
-            if rows:
-                self.on_rows(rows, run, host)
-        for path in [p for p in self.offsets if p not in present]:
-            # Folded into Parquet since the last tick: its last rows may never have been tailed.
-            del self.offsets[path]
-            run, _host = self.segment_run.pop(path, (path.parent.name, ""))
-            if run not in self.ended:
-                self._catch_up(run, self.live.last_time(run) or now - self.live.window)
-        folder = runs_dir(self.metrics_dir)
-        for name in _names(folder):
-            if name in self.known_files:
-                continue
-            self.known_files.add(name)
-            run = name.removesuffix(".json")
-            if self._wanted(run) and run not in self.hosts:
-                # Started (and maybe already ended) between two ticks, before we saw a journal of it.
-                self._catch_up(run, now - self.live.window)
-        self._check_ends(now)
-
-    def _rows_of(self, block: ColumnBlock) -> list[Row]:
-        """The rows of the metrics wanted, and the block's latest row: a job logging many metrics at a high
-        rate is never decoded whole, and the window still learns how far the run has got."""
-        rows = block.rows_of(self.metrics)
-        if block.times:
-            latest = block.times.index(max(block.times))
-            if block.series[block.codes[latest]][1] not in self.metrics:
-                rows.append(block.row(latest))
-        return rows
-
-    def _check_ends(self, now: float) -> None:
-        from llamamon.store.runs import read_run
-
-        for run in [r for r in self.hosts if r not in self.ended]:
-            try:
-                info = read_run(self.metrics_dir, run)
-            except (RunNotFound, OSError, ValueError):
-                continue  # rows logged without `record` (llamamon.log): the lookback ends them
-            if info.end is None:
-                continue
-            # Everything the run wrote is on disk by the time its end is: take what we have not seen.
-            self._catch_up(run, self.live.last_time(run) or now - self.live.window)
-            self.ended[run] = self.live.end_run(run, info.end)
-        cutoff = now - self.live.window
-        for run in [r for r, t in self.ended.items() if t < cutoff]:
-            del self.ended[run]
-            self.hosts.pop(run, None)
-
-    def running(self) -> list[str]:
-        return sorted(r for r in self.hosts if r not in self.ended)
-
-
-def _names(folder: Path) -> list[str]:
-    try:
-        return [n for n in os.listdir(folder) if n.endswith(".json")]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
 class Watcher:
     def __init__(
         self,
@@ -250,9 +111,7 @@ class Watcher:
         self.on_tick = on_tick
         self.host = socket.gethostname()
         self.live = LiveAlerts(config, metrics_dir, scope="watch")
-        self.follower = RunFollower(metrics_dir, self.live, only)
-        self.follower.on_rows = self._observe
-        self.follower.metrics.update(VIEW_METRICS)
+        self.follower = RunFollower(metrics_dir, self.live, only, metrics=VIEW_METRICS)
         self.latest: dict[tuple[str, str, str, str], tuple[float, float]] = {}
         self._failed: set[str] = set()
         self.textfile: TextfileWriter | None = None
@@ -270,9 +129,8 @@ class Watcher:
                 grace=config.monitoring.textfile_grace,
             )
 
-    def _observe(self, rows: Iterable[Row], run: str, host: str) -> None:
-        rows = list(rows)
-        self.live.add(rows, run, host)
+    def _show(self, rows: Iterable[Row], run: str, host: str) -> None:
+        """The latest value of each shown series (VIEW_METRICS), for the live view."""
         for row in rows:
             if row.metric in VIEW_METRICS:
                 key = (run, host, row.metric, labels_to_str(row.labels))
@@ -347,11 +205,15 @@ class Watcher:
             for s in samples:
                 group = catalog.group_of(s.metric)
                 rows.append(Row(s.time if s.time is not None else now, group, s.metric, s.value, s.labels, s.step))
-        self._observe(rows, "", self.host)
+        self.live.add(rows, "", self.host)
+        self._show(rows, "", self.host)
         try:
-            await asyncio.to_thread(self.follower.poll, now)
+            batches = await asyncio.to_thread(self.follower.poll, now)
         except Exception as exc:  # noqa: BLE001 - a store hiccup must not end the watch
+            batches = []
             log.warning("reading recorded runs failed: %s", exc)
+        for batch in batches:
+            self._show(*batch)
         changes = await self.live.tick(now)
         self._forget(now)
         firing = self.live.firing_events(now)
