@@ -39,7 +39,6 @@ import logging
 import os
 import select
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +46,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from llamamon.errors import LlamamonError
+from llamamon.runtime.output_keeper import start_keeper
+from llamamon.runtime.terminal import Terminal, copy_window_size, suspend_requested
 
 log = logging.getLogger(__name__)
 
@@ -89,60 +90,6 @@ def exit_code_of(status: int) -> tuple[int, int | None]:
         sig = os.WTERMSIG(status)
         return 128 + sig, sig
     return os.waitstatus_to_exitcode(status), None
-
-
-# The keeper: stdlib only, started with -I -S so it costs a few milliseconds. argv: lifeline fd, then
-# "<letter>:<source fd>:<target fd>" per stream. It sleeps on the lifeline; "q" means all is well, a letter
-# means "the reader of that stream went away, drop it" (so the job gets its SIGPIPE as without llamamon),
-# "r" means "llamamon restored the terminal itself". End of file on the lifeline means llamamon died or
-# left output behind: restore the terminal's saved modes ("t:<fd>:<attrs>") unless told "r", then copy
-# until the sources close.
-_KEEPER = """
-import os, select, sys
-life = int(sys.argv[1])
-streams = {}
-terminals = []
-for spec in sys.argv[2:]:
-    letter, fd, rest = spec.split(":", 2)
-    if letter == "t":
-        terminals.append((int(fd), rest))
-    else:
-        streams[letter] = (int(fd), int(rest))
-while True:
-    msg = os.read(life, 64)
-    if not msg:
-        break
-    if b"q" in msg:
-        sys.exit(0)
-    if b"r" in msg:
-        terminals = []
-    for letter in msg.decode("ascii", "replace"):
-        if letter in streams:
-            os.close(streams.pop(letter)[0])
-if terminals:
-    import ast, termios
-    for fd, attrs in reversed(terminals):
-        try:
-            termios.tcsetattr(fd, termios.TCSADRAIN, ast.literal_eval(attrs))
-        except (termios.error, OSError, ValueError):
-            pass
-        os.close(fd)
-targets = dict(streams.values())
-while targets:
-    for src in select.select(list(targets), [], [])[0]:
-        try:
-            data = os.read(src, 65536)
-        except OSError:
-            data = b""
-        try:
-            if not data:
-                raise EOFError
-            while data:
-                data = data[os.write(targets[src], data):]
-        except (OSError, EOFError):
-            os.close(src)
-            del targets[src]
-"""
 
 
 class _Stream:
@@ -188,7 +135,7 @@ class Child:
         self._master: int | None = None
         self._stdin_to_master = False
         self._pending_input = b""
-        self._saved_modes: list[tuple[int, list]] = []
+        self._terminal = Terminal()
         self._sigset: set[signal.Signals] = set(FORWARDED)
         self._old_mask: set[signal.Signals] | None = None
         self._signal_thread: threading.Thread | None = None
@@ -202,7 +149,7 @@ class Child:
     @property
     def raw_terminal(self) -> bool:
         """True while our terminal is in raw mode (a line we print then needs "\r\n", not "\n")."""
-        return bool(self._saved_modes)
+        return self._terminal.raw
 
     # -- starting -------------------------------------------------------------------------------
 
@@ -217,9 +164,12 @@ class Child:
             self._signal_thread = threading.Thread(target=self._forward_signals, name="llamamon-signals", daemon=True)
             self._signal_thread.start()
             if self._use_keeper:
-                self._start_keeper()
+                streams = [(s.letter, s.source, s.target) for s in self._streams]
+                started = start_keeper(streams, self._terminal.saved)
+                if started is not None:
+                    self._keeper_pid, self._lifeline = started
         except BaseException:
-            self._restore_terminal()
+            self._terminal.restore()
             self._close_fds()
             signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
             raise
@@ -231,7 +181,7 @@ class Child:
             master, slave = os.openpty()
             self._master = master
             child_ends.append(slave)
-            self._prepare_pty(slave)
+            self._terminal.prepare_pty(slave)
             on_tty = [fd for fd in (0, 1, 2) if fd == 1 or os.isatty(fd)]
             actions.append((os.POSIX_SPAWN_OPEN, on_tty[0], os.ttyname(slave), os.O_RDWR, 0))
             actions.extend((os.POSIX_SPAWN_DUP2, on_tty[0], fd) for fd in on_tty[1:])
@@ -268,73 +218,6 @@ class Child:
             for fd in child_ends:
                 os.close(fd)
 
-    def _prepare_pty(self, slave: int) -> None:
-        """Give the pty the real terminal's settings and size, then make the real terminal transparent."""
-        import termios
-
-        source = 0 if os.isatty(0) else 1
-        with contextlib.suppress(termios.error):
-            termios.tcsetattr(slave, termios.TCSANOW, termios.tcgetattr(source))
-        self._copy_window_size(slave)
-        self._make_raw()
-
-    def _make_raw(self) -> None:
-        import termios
-        import tty
-
-        if _in_background(1):
-            # A mode change would stop us with SIGTTOU; output then gets "\r\r\n", which looks the same.
-            return
-        raw_device = None
-        if os.isatty(0):
-            self._saved_modes.append((0, termios.tcgetattr(0)))
-            tty.setraw(0, termios.TCSANOW)
-            raw_device = os.fstat(0).st_rdev
-        if os.isatty(1) and os.fstat(1).st_rdev != raw_device:
-            # Output only: the pty already turned "\n" into "\r\n"; the real terminal must not do it again.
-            attrs = termios.tcgetattr(1)
-            self._saved_modes.append((1, [*attrs]))
-            attrs[1] &= ~termios.OPOST
-            termios.tcsetattr(1, termios.TCSANOW, attrs)
-
-    def _copy_window_size(self, pty_fd: int) -> None:
-        import fcntl
-        import termios
-
-        with contextlib.suppress(OSError):
-            size = fcntl.ioctl(1, termios.TIOCGWINSZ, b"\0" * 8)
-            fcntl.ioctl(pty_fd, termios.TIOCSWINSZ, size)
-
-    def _start_keeper(self) -> None:
-        sources = [(s.letter, s.source, s.target) for s in self._streams]
-        life_r, life_w = os.pipe()
-        base = max([life_r, *(fd for _, src, dst in sources for fd in (src, dst))]) + 1
-        actions: list[tuple] = [(os.POSIX_SPAWN_DUP2, life_r, base)]
-        specs = []
-        for i, (letter, src, dst) in enumerate(sources):
-            actions.append((os.POSIX_SPAWN_DUP2, src, base + 1 + 2 * i))
-            actions.append((os.POSIX_SPAWN_DUP2, dst, base + 2 + 2 * i))
-            specs.append(f"{letter}:{base + 1 + 2 * i}:{base + 2 + 2 * i}")
-        for j, (fd, attrs) in enumerate(self._saved_modes):
-            actions.append((os.POSIX_SPAWN_DUP2, fd, base + 1 + 2 * len(sources) + j))
-            specs.append(f"t:{base + 1 + 2 * len(sources) + j}:{attrs!r}")
-        actions.extend((os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2))
-        try:
-            self._keeper_pid = os.posix_spawn(
-                sys.executable,
-                [sys.executable, "-I", "-S", "-c", _KEEPER, str(base), *specs],
-                {},
-                file_actions=actions,
-                setsid=True,  # out of reach of the terminal's Ctrl-C and hang-up
-                setsigmask=(),
-            )
-            self._lifeline = life_w
-        except OSError as exc:
-            os.close(life_w)
-            log.debug("keeper process not started (%s); the job depends on llamamon staying alive", exc)
-        finally:
-            os.close(life_r)
-
     def _tell_keeper(self, message: bytes) -> None:
         if self._lifeline is not None:
             with contextlib.suppress(OSError):
@@ -350,43 +233,13 @@ class Child:
                 return
             if sig == signal.SIGWINCH:
                 if self._master is not None:
-                    self._copy_window_size(self._master)  # the kernel then signals the job itself
+                    copy_window_size(self._master)  # the kernel then signals the job itself
                 continue
             if info.si_code == SI_KERNEL and not self.pty:
                 continue  # the terminal sent it to our whole foreground group: the job has it already
             if self.result is None:  # once reaped, the pid may belong to someone else
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, sig)
-
-    def _suspend_requested(self, data: bytes) -> bool:
-        """Whether typed input holds the job terminal's suspend key (Ctrl-Z) while that terminal has ISIG on.
-
-        The kernel turns it into SIGTSTP for the job, but discards it: a job alone in its own session is an
-        orphaned process group, which the terminal may not stop (nobody could continue it). So llamamon
-        does what the shell would have: stop the job and itself, and continue both on ``fg``.
-        """
-        import termios
-
-        if self._master is None:
-            return False
-        try:
-            attrs = termios.tcgetattr(self._master)
-        except termios.error:
-            return False
-        suspend = attrs[6][termios.VSUSP]
-        return bool(attrs[3] & termios.ISIG) and suspend not in (b"\0", 0) and suspend in data
-
-    def _suspend(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGSTOP)  # the job leads its own session and process group
-        self._restore_terminal()
-        os.kill(os.getpid(), signal.SIGSTOP)  # the shell sees its job stop and takes the terminal back
-        # … continued by `fg` or `bg` (SIGCONT):
-        self._make_raw()
-        if self._master is not None:
-            self._copy_window_size(self._master)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGCONT)
 
     # -- pumping --------------------------------------------------------------------------------
 
@@ -504,8 +357,8 @@ class Child:
             return
         self._pending_input += data
         self._send_input()
-        if self._suspend_requested(data):
-            self._suspend()
+        if self._master is not None and suspend_requested(self._master, data):
+            self._terminal.suspend(self.pid, self._master)
 
     def _send_input(self) -> None:
         assert self._master is not None
@@ -533,7 +386,7 @@ class Child:
             # Leaving before the child ended (an exception in the recorder): it keeps running, the
             # keeper takes over its output.
             self._keeper_done = True
-        self._restore_terminal()
+        self._terminal.restore()
         if self._lifeline is not None:
             self._tell_keeper(b"q" if not self._keeper_done else b"r")
             os.close(self._lifeline)
@@ -553,14 +406,6 @@ class Child:
             signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
             self._old_mask = None
 
-    def _restore_terminal(self) -> None:
-        import termios
-
-        while self._saved_modes:
-            fd, attrs = self._saved_modes.pop()
-            with contextlib.suppress(termios.error):
-                termios.tcsetattr(fd, termios.TCSADRAIN, attrs)
-
     def _close_fds(self) -> None:
         for stream in self._streams:
             if stream.source != self._master:
@@ -571,14 +416,6 @@ class Child:
             with contextlib.suppress(OSError):
                 os.close(self._master)
             self._master = None
-
-
-def _in_background(fd: int) -> bool:
-    """True when fd is our controlling terminal and another process group owns it (``llamamon … &``)."""
-    try:
-        return os.tcgetpgrp(fd) != os.getpgrp()
-    except OSError:
-        return False  # not our controlling terminal: no job control applies
 
 
 def run(argv: Sequence[str], **kwargs: object) -> ChildResult:
