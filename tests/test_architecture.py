@@ -125,3 +125,81 @@ def test_layer_imports(path):
                 )
                 if hit and not name.startswith(layer):
                     pytest.fail(f"{module} imports {name}, which the {layer} layer must not import")
+
+
+def _runtime_imports(path: Path, modules: set[str]) -> set[str]:
+    """The llamamon modules ``path`` imports when it runs: module-level and inside functions alike (a lazy
+    import is still a dependency, only a later one); not under ``if TYPE_CHECKING:``, which never runs.
+    ``from package import name`` counts as importing ``package.name`` when that is a module."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                for other in child.orelse:
+                    visit_node(other)
+                continue
+            visit_node(child)
+
+    def visit_node(node: ast.AST) -> None:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                found.add(full if full in modules else node.module)
+        visit(node)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")))
+    return found & modules
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return found
+
+
+def test_no_import_cycle_among_llamamon_modules():
+    modules = {_module_name(p): p for p in MODULES}
+    graph = {name: _runtime_imports(path, set(modules)) - {name} for name, path in modules.items()}
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_check_sees_function_level_imports_and_not_type_checking_ones(tmp_path):
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x.b\n"
+        "def f():\n    from x import a\n    from x.c import name\n"
+    )
+    assert _runtime_imports(probe, {"x", "x.a", "x.b", "x.c"}) == {"x.a", "x.c"}

@@ -17,7 +17,7 @@ import pytest
 
 from llamamon.errors import StoreError
 from llamamon.samples import Row, RunInfo, make_labels
-from llamamon.store import compaction, open_store
+from llamamon.store import layout, open_store
 from llamamon.store.compaction import compact, compaction_lock
 from llamamon.store.reader import scan
 from llamamon.store.retention import gc, store_stats
@@ -61,7 +61,7 @@ def test_compact_rewrites_finished_partitions_sorted_and_is_idempotent(metrics_d
     assert _direct(metrics_dir) == before
     stats = store_stats(metrics_dir)
     assert (stats.files, stats.uncompacted_files) == (2, 0)
-    assert not list((metrics_dir / compaction.COMPACT_DIR).glob("*.json"))
+    assert not list((metrics_dir / layout.COMPACT_DIR).glob("*.json"))
 
     for path in metrics_dir.rglob("compact-*.parquet"):
         df = pl.read_parquet(path)
@@ -110,7 +110,7 @@ def test_reader_exact_at_every_step_of_an_interrupted_compaction(metrics_dir):
     folder = next(metrics_dir.glob("group=system/*/*"))
     files = partition_files(folder)
     names = [f.name for f in files]
-    intent = metrics_dir / compaction.COMPACT_DIR / "dead.json"
+    intent = metrics_dir / layout.COMPACT_DIR / "dead.json"
     intent.parent.mkdir(exist_ok=True)
     intent.write_text(
         json.dumps(
@@ -153,7 +153,7 @@ def test_kill_9_at_random_points_never_loses_or_duplicates(metrics_dir):
     for run in runs:
         _fill(metrics_dir, run, flushes=2, per=3)
     rng = random.Random(20251127)
-    intents = metrics_dir / compaction.COMPACT_DIR
+    intents = metrics_dir / layout.COMPACT_DIR
     for attempt in range(4):
         for run in runs:  # fresh flush files, so every attempt has work to interrupt
             _add_flushes(metrics_dir, run, base=1000.0 * (attempt + 1), flushes=4)
@@ -201,7 +201,7 @@ def test_gc_dry_run_then_real(metrics_dir):
     old_partitions_b = sum(p.stat().st_size for p in metrics_dir.glob(f"group=*/date=2025-11-27/run={RUN_B}/*"))
 
     def listing():
-        return sorted(p for p in metrics_dir.rglob("*") if compaction.COMPACT_DIR not in p.parts)
+        return sorted(p for p in metrics_dir.rglob("*") if layout.COMPACT_DIR not in p.parts)
 
     before = listing()
     assert gc(metrics_dir, keep, dry_run=True, now=now) == size_a + old_partitions_b

@@ -31,7 +31,7 @@ def open_store(metrics_dir: str | os.PathLike[str]) -> Path:
     if not root.is_dir():
         raise StoreError(f"metrics folder {root} is not a directory")
     from llamamon.store import journal
-    from llamamon.store.compaction import recover
+    from llamamon.store.compaction_intents import recover
 
     recover(root)
     if journal.segment_paths(root):

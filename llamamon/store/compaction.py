@@ -10,31 +10,26 @@ llamamon's reader leaves out every file named in a valid compacted file's footer
 row twice or misses one, whether compaction is running or was killed at any step. Plain globbing
 readers (``polars.scan_parquet("**/*.parquet")``, DuckDB) see the replaced files alongside the new one
 only between steps 2 and 3 (or, after a kill there, until the next llamamon command opens the store:
-``recover`` finishes step 3 from the intent without needing pyarrow). A kill before step 2 leaves only
-the untouched sources and, at worst, a hidden temporary that ``recover`` removes.
+``compaction_intents.recover`` finishes step 3 from the intent without needing pyarrow). A kill before
+step 2 leaves only the untouched sources and, at worst, a hidden temporary that ``recover`` removes.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import logging
 import os
 import secrets
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 from llamamon.errors import StoreError
-from llamamon.fsutil import atomic_write
 from llamamon.store import journal
+from llamamon.store.compaction_intents import compaction_lock, remove_files, resolve_intents, write_intent
 from llamamon.store.layout import COMPACT_PREFIX, DATA_SUFFIX, is_data_file, iter_partitions
 
 log = logging.getLogger("llamamon.store")
-
-COMPACT_DIR = "_compact"
 
 
 @dataclass
@@ -46,76 +41,6 @@ class CompactResult:
     bytes_after: int = 0
     skipped_live: int = 0
     skipped_recent: int = 0
-
-
-@contextlib.contextmanager
-def compaction_lock(metrics_dir: Path) -> Iterator[bool]:
-    """Hold the store's compaction lock; yields False (without waiting) when another process has it."""
-    folder = Path(metrics_dir) / COMPACT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
-
-
-def recover(metrics_dir: str | os.PathLike[str]) -> int:
-    """Finish or roll back compactions a kill interrupted (stdlib only); returns the intents resolved."""
-    root = Path(metrics_dir)
-    folder = root / COMPACT_DIR
-    if not folder.is_dir() or not any(p.suffix == ".json" for p in folder.iterdir()):
-        return 0
-    with compaction_lock(root) as held:
-        if not held:
-            return 0  # a compaction is running: its intents are not stale
-        return _resolve_all(root)
-
-
-def _resolve_all(root: Path) -> int:
-    folder = root / COMPACT_DIR
-    for tmp in folder.glob(".*.tmp"):  # an intent whose writing was killed: nothing was started
-        tmp.unlink(missing_ok=True)
-    return sum(_resolve_intent(root, path) for path in sorted(folder.glob("*.json")))
-
-
-def _resolve_intent(root: Path, intent: Path) -> int:
-    try:
-        data = json.loads(intent.read_text(encoding="utf-8"))
-        partition = root / data["partition"]
-        new_file = str(data["file"])
-        replaces = [str(n) for n in data["replaces"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("%s: unreadable compaction intent (%s); removed", intent, exc)
-        intent.unlink(missing_ok=True)
-        return 1
-    if (partition / new_file).exists():
-        _remove(partition, replaces)  # the new file is whole (atomic): finish the job
-    # Killed mid-write, the sources are untouched; either way a temporary may be left.
-    for tmp in partition.glob(f".{new_file}.*.tmp"):
-        tmp.unlink(missing_ok=True)
-    intent.unlink(missing_ok=True)
-    return 1
-
-
-def _remove(partition: Path, names: list[str]) -> None:
-    for name in names:
-        (partition / name).unlink(missing_ok=True)
-    _fsync_dir(partition)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _ended_runs(root: Path) -> set[str]:
@@ -146,7 +71,7 @@ def compact(
     with compaction_lock(root) as held:
         if not held:
             raise StoreError(f"another compaction or gc is running on {root}; try again when it is done")
-        _resolve_all(root)
+        resolve_intents(root)
         live = journal.live_runs(root)
         ended = _ended_runs(root)
         for _group, _date, run, folder in iter_partitions(root, runs=set(runs) if runs is not None else None):
@@ -204,12 +129,10 @@ def _compact_partition(root: Path, folder: Path, files: list[Path], result: Comp
     token = secrets.token_hex(4)
     new_name = f"{COMPACT_PREFIX}{token}{DATA_SUFFIX}"
     names = [f.name for f in files]
-    intent = root / COMPACT_DIR / f"{token}.json"
-    payload = {"partition": str(folder.relative_to(root)), "file": new_name, "replaces": names}
-    atomic_write(intent, json.dumps(payload).encode())
+    intent = write_intent(root, token, folder, new_name, names)
     before = sum(f.stat().st_size for f in files)
     new_path = parquet.write_table(folder / new_name, table, replaces=names, **parquet.COMPACT_OPTIONS)
-    _remove(folder, names)
+    remove_files(folder, names)
     intent.unlink(missing_ok=True)
     result.partitions += 1
     result.files_before += len(files)

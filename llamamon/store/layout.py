@@ -7,6 +7,7 @@ gc agree on one layout::
     <metrics_dir>/group=<group>/date=<YYYY-MM-DD UTC>/run=<run_id>/compact-<token>.parquet
     <metrics_dir>/runs/<run_id>.json
     <metrics_dir>/_journal/<run_id>/<writer>-<seq>.jsonl
+    <metrics_dir>/_compact/<token>.json                     compaction intents, .lock
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from llamamon.errors import ConfigError, StoreError
 
 JOURNAL_DIR = "_journal"
 RUNS_DIR = "runs"
+COMPACT_DIR = "_compact"
 DATA_SUFFIX = ".parquet"
 JOURNAL_SUFFIX = ".jsonl"
 COMPACT_PREFIX = "compact-"
@@ -127,6 +129,10 @@ def runs_dir(metrics_dir: Path) -> Path:
 
 def run_file(metrics_dir: Path, run_id: str) -> Path:
     return runs_dir(metrics_dir) / f"{check_run_id(run_id)}.json"
+
+
+def compaction_dir(metrics_dir: Path) -> Path:
+    return Path(metrics_dir) / COMPACT_DIR
 
 
 def job_fields_file(metrics_dir: Path, run_id: str) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from llamamon.errors import StoreError
 from llamamon.store import journal
-from llamamon.store.compaction import compaction_lock
+from llamamon.store.compaction_intents import compaction_lock
 from llamamon.store.layout import (
     COMPACT_PREFIX,
     is_data_file,
