@@ -10,23 +10,16 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+CONFIG_HELP = "monitoring.yaml to use (default: $LLAMAMON_CONFIG, then ./monitoring.yaml, then built-in defaults)."
+METRICS_DIR_HELP = "Metrics folder (default: monitoring.metrics_path, .metrics)."
+
+
 def config_option(fn: F) -> F:
-    return click.option(
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="monitoring.yaml to use (default: $LLAMAMON_CONFIG, then ./monitoring.yaml, then built-in defaults).",
-    )(fn)
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)(fn)
 
 
 def metrics_dir_option(fn: F) -> F:
-    return click.option(
-        "--metrics-dir",
-        type=click.Path(file_okay=False),
-        default=None,
-        help="Metrics folder (default: monitoring.metrics_path, .metrics).",
-    )(fn)
+    return click.option("--metrics-dir", type=click.Path(file_okay=False), help=METRICS_DIR_HELP)(fn)
 
 
 def verbosity_options(fn: F) -> F:
@@ -38,8 +31,12 @@ def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")(fn)
 
 
-def interval_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    """``--interval`` as seconds: a number or a duration such as 500ms, 2s; more than 0."""
+def interval_option(help_text: str) -> Callable[[F], F]:
+    """``--interval SECONDS``, read as seconds: a number or a duration such as 500ms, 2s; more than 0."""
+    return click.option("--interval", default=None, metavar="SECONDS", callback=_seconds, help=help_text)
+
+
+def _seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     if value is None:
         return None
     from llamamon.units import parse_duration

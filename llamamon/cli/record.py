@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from llamamon.cli.options import config_option, interval_callback, metrics_dir_option, verbosity_options
+from llamamon.cli.options import config_option, interval_option, metrics_dir_option, verbosity_options
 
 
 @click.command(
@@ -13,13 +13,7 @@ from llamamon.cli.options import config_option, interval_callback, metrics_dir_o
 )
 @click.option("--name", default=None, help="A name for the run (shown by `llamamon runs`, usable as a run reference).")
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Attach a tag to the run (repeatable).")
-@click.option(
-    "--interval",
-    default=None,
-    metavar="SECONDS",
-    callback=interval_callback,
-    help="Seconds between samples, e.g. 1, 0.5 or 500ms (default: monitoring.update_frequency).",
-)
+@interval_option("Seconds between samples, e.g. 1, 0.5 or 500ms (default: monitoring.update_frequency).")
 @click.option("--no-gpu", is_flag=True, help="Do not sample GPUs (NVML is not even loaded).")
 @click.option("--no-alerts", is_flag=True, help="Do not evaluate alert rules or send notifications for this run.")
 @click.option(

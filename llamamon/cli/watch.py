@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from llamamon.cli.options import config_option, interval_callback, metrics_dir_option, verbosity_options
+from llamamon.cli.options import config_option, interval_option, metrics_dir_option, verbosity_options
 
 if TYPE_CHECKING:
     from llamamon.runtime.watcher import Snapshot
@@ -18,13 +18,7 @@ CLEAR = "\x1b[H\x1b[2J"  # cursor home + clear screen: redraw in place without c
 @click.command("watch")
 @config_option
 @metrics_dir_option
-@click.option(
-    "--interval",
-    default=None,
-    metavar="SECONDS",
-    callback=interval_callback,
-    help="Seconds between evaluations (default: monitoring.update_frequency).",
-)
+@interval_option("Seconds between evaluations (default: monitoring.update_frequency).")
 @click.option("--once", is_flag=True, help="Evaluate one tick and exit (for cron): exit 1 if a critical alert fires.")
 @click.option(
     "--run", "run_ids", multiple=True, help="Follow only this run (id, id prefix, name or name prefix; repeatable)."
