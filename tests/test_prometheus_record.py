@@ -46,6 +46,29 @@ def recording(tmp_path: Path, metrics: Path, job: str, *options: str) -> Iterato
         proc.stderr.close()
 
 
+def record_python(tmp_path: Path, code: str, *options: str) -> subprocess.CompletedProcess[bytes]:
+    """`llamamon record --no-gpu OPTIONS -- python -c CODE` in ``tmp_path``, run to its end."""
+    return run_llamamon("record", "--no-gpu", *options, "--", sys.executable, "-c", code, cwd=tmp_path)
+
+
+def finished_textfile(tmp_path: Path, seconds: float) -> Path:
+    """The .prom file of a job that ran ``seconds`` under record at 0.2 s, kept after its end (GRACE), into m/."""
+    (tmp_path / "grace.yaml").write_text(GRACE)
+    code = f"import time; time.sleep({seconds})"
+    done = record_python(tmp_path, code, "--config", "grace.yaml", "--interval", "0.2", "--metrics-dir", "m")
+    assert done.returncode == 0, done.stderr.decode()
+    (prom,) = (tmp_path / "m" / "prometheus").glob("*.prom")
+    return prom
+
+
+def wait_for_run(metrics: Path, deadline: float) -> str:
+    """The id of the one run being recorded into ``metrics``, once its metadata is written."""
+    while not (metrics / "runs").is_dir() or not list((metrics / "runs").glob("*.json")):
+        assert time.monotonic() < deadline, "no run metadata"
+        time.sleep(0.02)
+    return the_run(metrics)
+
+
 def the_run(metrics: Path) -> str:
     (run,) = [json.loads(p.read_text())["id"] for p in (metrics / "runs").glob("*.json")]
     return run
@@ -56,10 +79,7 @@ def test_record_writes_live_values_then_marks_the_run_inactive(tmp_path):
     (tmp_path / "grace.yaml").write_text(GRACE)
     with recording(tmp_path, metrics, HOLD, "--config", "grace.yaml") as proc:
         deadline = time.monotonic() + 20
-        while not (metrics / "runs").is_dir() or not list((metrics / "runs").glob("*.json")):
-            assert time.monotonic() < deadline, "no run metadata"
-            time.sleep(0.02)
-        prom = metrics / "prometheus" / textfile_name(socket.gethostname(), the_run(metrics))
+        prom = metrics / "prometheus" / textfile_name(socket.gethostname(), wait_for_run(metrics, deadline))
         seen_times = set()
         while len(seen_times) < 3:  # rewritten on every tick, not only at the end
             assert time.monotonic() < deadline, f"{prom} not rewritten every tick ({seen_times})"
@@ -81,10 +101,7 @@ def test_a_finished_runs_file_leaves_and_a_killed_recorders_is_cleaned_by_the_ne
     metrics = tmp_path / "m"
     with recording(tmp_path, metrics, HOLD) as proc:
         deadline = time.monotonic() + 20
-        while not (metrics / "runs").is_dir() or not list((metrics / "runs").glob("*.json")):
-            assert time.monotonic() < deadline, "no run metadata"
-            time.sleep(0.02)
-        killed = metrics / "prometheus" / textfile_name(socket.gethostname(), the_run(metrics))
+        killed = metrics / "prometheus" / textfile_name(socket.gethostname(), wait_for_run(metrics, deadline))
         while not killed.exists():
             assert time.monotonic() < deadline, "no .prom file"
             time.sleep(0.02)
@@ -92,9 +109,7 @@ def test_a_finished_runs_file_leaves_and_a_killed_recorders_is_cleaned_by_the_ne
         proc.wait()
     assert values(killed)["llamamon_run_active"] == 1.0  # frozen values that look live
     (tmp_path / "release").touch()
-    done = run_llamamon(
-        "record", "--no-gpu", "--metrics-dir", str(metrics), "--", sys.executable, "-c", "pass", cwd=tmp_path
-    )
+    done = record_python(tmp_path, "pass", "--metrics-dir", str(metrics))
     assert done.returncode == 0, done.stderr.decode()
     assert list((metrics / "prometheus").glob("*.prom")) == []  # the killed one pruned, the finished one gone
 
@@ -104,37 +119,13 @@ def test_textfile_dir_and_export_format_none(tmp_path):
         "monitoring:\n  textfile_dir: node-exporter-textfiles\n  textfile_grace: 1h\n"
     )
     (tmp_path / "off.yaml").write_text("monitoring:\n  export_format: none\n")
-    done = run_llamamon(
-        "record",
-        "--no-gpu",
-        "--config",
-        "elsewhere.yaml",
-        "--metrics-dir",
-        "a",
-        "--",
-        sys.executable,
-        "-c",
-        "pass",
-        cwd=tmp_path,
-    )
+    done = record_python(tmp_path, "pass", "--config", "elsewhere.yaml", "--metrics-dir", "a")
     assert done.returncode == 0, done.stderr.decode()
     (prom,) = (tmp_path / "node-exporter-textfiles").glob("*.prom")
     assert prom.name == textfile_name(socket.gethostname(), the_run(tmp_path / "a"))
     assert values(prom)["llamamon_run_active"] == 0.0
     assert not (tmp_path / "a" / "prometheus").exists()
-    done = run_llamamon(
-        "record",
-        "--no-gpu",
-        "--config",
-        "off.yaml",
-        "--metrics-dir",
-        "b",
-        "--",
-        sys.executable,
-        "-c",
-        "pass",
-        cwd=tmp_path,
-    )
+    done = record_python(tmp_path, "pass", "--config", "off.yaml", "--metrics-dir", "b")
     assert done.returncode == 0, done.stderr.decode()
     assert not (tmp_path / "b" / "prometheus").exists()
 
@@ -142,20 +133,8 @@ def test_textfile_dir_and_export_format_none(tmp_path):
 def test_unwritable_textfile_folder_warns_once_and_records_anyway(tmp_path):
     (tmp_path / "blocked").write_text("a file where the folder should be\n")
     (tmp_path / "m.yaml").write_text("monitoring:\n  textfile_dir: blocked/sub\n")
-    done = run_llamamon(
-        "record",
-        "--no-gpu",
-        "--interval",
-        "0.1",
-        "--config",
-        "m.yaml",
-        "--metrics-dir",
-        "m",
-        "--",
-        sys.executable,
-        "-c",
-        "import time; time.sleep(0.5)",
-        cwd=tmp_path,
+    done = record_python(
+        tmp_path, "import time; time.sleep(0.5)", "--interval", "0.1", "--config", "m.yaml", "--metrics-dir", "m"
     )
     assert done.returncode == 0
     warnings = [line for line in done.stderr.decode().splitlines() if "Prometheus textfile" in line]
@@ -167,48 +146,14 @@ def test_unwritable_textfile_folder_warns_once_and_records_anyway(tmp_path):
 @pytest.mark.integration
 def test_a_recorded_run_passes_promtool(tmp_path):
     promtool = require_binary("promtool")
-    (tmp_path / "grace.yaml").write_text(GRACE)  # the finished run's file stays, to be checked
-    done = run_llamamon(
-        "record",
-        "--no-gpu",
-        "--config",
-        "grace.yaml",
-        "--interval",
-        "0.2",
-        "--metrics-dir",
-        "m",
-        "--",
-        sys.executable,
-        "-c",
-        "import time; time.sleep(0.5)",
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr.decode()
-    (prom,) = (tmp_path / "m" / "prometheus").glob("*.prom")
+    prom = finished_textfile(tmp_path, 0.5)
     with prom.open("rb") as fh:
         check = subprocess.run([promtool, "check", "metrics"], stdin=fh, capture_output=True, text=True, check=False)
     assert (check.returncode, check.stdout + check.stderr) == (0, "")
 
 
 def test_export_of_a_recorded_run_matches_its_textfile(tmp_path):
-    (tmp_path / "grace.yaml").write_text(GRACE)
-    done = run_llamamon(
-        "record",
-        "--no-gpu",
-        "--config",
-        "grace.yaml",
-        "--interval",
-        "0.2",
-        "--metrics-dir",
-        "m",
-        "--",
-        sys.executable,
-        "-c",
-        "import time; time.sleep(0.6)",
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr.decode()
-    (prom,) = (tmp_path / "m" / "prometheus").glob("*.prom")
+    prom = finished_textfile(tmp_path, 0.6)
     exported = run_llamamon("export", "prometheus", "--metrics-dir", "m", "--latest", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr.decode()
 
