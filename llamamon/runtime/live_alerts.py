@@ -31,6 +31,8 @@ from llamamon.fsutil import atomic_write
 from llamamon.rules.instant import Best, Series, fold_best, step_at
 from llamamon.rules.series import US, series_labels
 from llamamon.samples import AlertEvent, Row, Sample, labels_to_str
+from llamamon.store.follower import Entry
+from llamamon.store.layout import alert_states_file
 
 if TYPE_CHECKING:
     from llamamon.config import Config
@@ -41,8 +43,6 @@ log = logging.getLogger("llamamon.alerts")
 DRAIN_TIMEOUT_S = 5.0
 MARGIN_S = 5.0
 
-# (time in microseconds as the store rounds it, run, host, metric, value, labels, stale)
-Entry = tuple[int, str, str, str, float, str, bool]
 # A stored series: (run, host, metric as recorded, labels)
 Key = tuple[str, str, str, str]
 # A series as rules see it (an alias and its canonical name are one): (run, host, canonical metric, labels)
@@ -130,7 +130,7 @@ class LiveAlerts:
         self.channels = {name: channel for name, channel in channels.items() if name not in off}
         self.dispatcher = Dispatcher(self.channels, off=off)
         self.ledger = NotificationLedger(metrics_dir, config.alerts.repeat_interval)
-        self.state_path = Path(metrics_dir) / "alerts" / f"engine-{scope}.json" if scope else None
+        self.state_path = alert_states_file(metrics_dir, scope) if scope else None
         self.states = AlertStates()
         self._saved = ""
         if self.state_path is not None and self.state_path.exists():
