@@ -28,7 +28,6 @@ from typing import Any
 
 from llamamon import catalog, units
 from llamamon.prometheus.snapshot import family_name
-from llamamon.rules.engine import Rule
 from llamamon.rules.lang import (
     COMPARISONS,
     Binary,
@@ -43,6 +42,7 @@ from llamamon.rules.lang import (
     subtrees,
     to_base,
 )
+from llamamon.rules.model import Rule
 
 _OVER_TIME = {
     "avg": "avg_over_time",
