@@ -1,14 +1,18 @@
 """The data passed between layers: samples, run metadata and alert events.
 
 Frozen, slotted dataclasses with no behaviour beyond small derived views, so that collectors, the
-store, rules, channels and reports agree on shape without importing each other.
+store, rules, channels and reports agree on shape without importing each other; and the one way a
+sample becomes a stored row (:class:`RowMaker`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from llamamon.catalog import group_of
 
 Labels = tuple[tuple[str, str], ...]
 NO_LABELS: Labels = ()
@@ -58,6 +62,34 @@ class Row:
     value: float
     labels: Labels = NO_LABELS
     step: int | None = None
+
+
+class RowMaker:
+    """One source's samples as stored rows: a metric the catalog knows goes to the catalog's group, any
+    other to the source's own ``group`` (a user collector's, ``"custom"`` for a job's output lines); a
+    sample without a time gets ``now``, the tick's.
+
+    Why one per source, with its cache: this runs for every sample on the sampler's hot path, and the
+    group of a name never changes.
+    """
+
+    __slots__ = ("_groups", "group")
+
+    def __init__(self, group: str = "custom") -> None:
+        self.group = group
+        self._groups: dict[str, str] = {}
+
+    def __call__(self, samples: Iterable[Sample], now: float) -> list[Row]:
+        groups = self._groups
+        rows = []
+        for sample in samples:
+            group = groups.get(sample.metric)
+            if group is None:
+                group = group_of(sample.metric)
+                groups[sample.metric] = group = self.group if group == "custom" else group
+            time = sample.time if sample.time is not None else now
+            rows.append(Row(time, group, sample.metric, sample.value, sample.labels, sample.step))
+        return rows
 
 
 @dataclass(slots=True)

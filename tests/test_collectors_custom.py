@@ -1,4 +1,5 @@
-"""User collectors from monitoring.yaml: loading with file:line errors, and the guard that keeps recording alive."""
+"""User collectors from monitoring.yaml: loading with file:line errors, and the guard (through the collector
+session, which gives it its timeout and says each failure once) that keeps recording alive."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import time
 
 import pytest
 
-from llamamon.collectors.custom import close_custom, load_collector, load_collectors, run_custom
+from llamamon.collectors.custom import load_collector, load_collectors
+from llamamon.collectors.session import CollectorSession
 from llamamon.config import load_config
 from llamamon.errors import ConfigError
 
@@ -98,16 +100,18 @@ def test_load_errors_name_the_line(tmp_path, user_module, spec, message):
     assert message in str(info.value)
 
 
+async def ticks(collectors, timeout, count):
+    """``count`` ticks of a session of user collectors: per tick, each collector's samples in order."""
+    async with CollectorSession([], timeout=timeout, user=collectors) as session:
+        return [[samples for _, samples in await session.collect()] for _ in range(count)]
+
+
 def test_good_collectors_give_samples(user_module):
     good = load_collector("my_collectors:Good")
     labelled = load_collector("my_collectors:Labelled")
 
     async def main():
-        first = await run_custom(good, 1.0)
-        second = await run_custom(good, 1.0)
-        tagged = await run_custom(labelled, 1.0)
-        await close_custom(good, 1.0)
-        await close_custom(labelled, 1.0)
+        (first, tagged), (second, _) = await ticks([good, labelled], 1.0, 2)
         return first, second, tagged
 
     first, second, tagged = asyncio.run(main())
@@ -119,9 +123,7 @@ def test_raising_collector_is_reported_once_and_skipped(user_module, caplog):
     raises = load_collector("my_collectors:Raises")
 
     async def main():
-        results = [await run_custom(raises, 1.0) for _ in range(5)]
-        await close_custom(raises, 1.0)
-        return results
+        return [samples for (samples,) in await ticks([raises], 1.0, 5)]
 
     with caplog.at_level(logging.WARNING, logger="llamamon.collectors"):
         results = asyncio.run(main())
@@ -138,20 +140,18 @@ def test_hanging_collectors_time_out_without_stopping_the_loop(user_module, capl
     good = load_collector("my_collectors:Good")
 
     async def main():
-        ticks = []
-        for _ in range(3):
-            start = time.monotonic()
-            got = await asyncio.gather(run_custom(hangs, 0.2), run_custom(blocks, 0.2), run_custom(good, 0.2))
-            ticks.append((time.monotonic() - start, got))
-        type(blocks).release.set()
-        await close_custom(hangs, 1.0)
-        await close_custom(blocks, 1.0)
-        await close_custom(good, 1.0)
-        return ticks
+        timed = []
+        async with CollectorSession([], timeout=0.2, user=[hangs, blocks, good]) as session:
+            for _ in range(3):
+                start = time.monotonic()
+                got = [samples for _, samples in await session.collect()]
+                timed.append((time.monotonic() - start, got))
+            type(blocks).release.set()
+        return timed
 
     with caplog.at_level(logging.WARNING, logger="llamamon.collectors"):
-        ticks = asyncio.run(main())
-    for elapsed, (hung, blocked, fine) in ticks:
+        timed = asyncio.run(main())
+    for elapsed, (hung, blocked, fine) in timed:
         assert hung == []
         assert blocked == []
         assert [s.metric for s in fine] == ["queue_depth"]
@@ -164,9 +164,7 @@ def test_non_numeric_result_is_reported(user_module, caplog):
     bad = load_collector("my_collectors:BadValue")
 
     async def main():
-        out = [await run_custom(bad, 1.0), await run_custom(bad, 1.0)]
-        await close_custom(bad, 1.0)
-        return out
+        return [samples for (samples,) in await ticks([bad], 1.0, 2)]
 
     with caplog.at_level(logging.WARNING, logger="llamamon.collectors"):
         assert asyncio.run(main()) == [[], []]

@@ -38,7 +38,7 @@ def stop(self):
     return real_stop(self)
 fold_helper.FoldHelper.fold, fold_helper.FoldHelper.stop = fold, stop
 recorder.FLUSH_INTERVAL_S = float(os.environ.get("FLUSH_S", "30"))
-recorder.COMPACT_AT_EXIT_FILES = int(os.environ.get("COMPACT_FILES", str(recorder.COMPACT_AT_EXIT_FILES)))
+fold_helper.COMPACT_AT_EXIT_FILES = int(os.environ.get("COMPACT_FILES", str(fold_helper.COMPACT_AT_EXIT_FILES)))
 atexit.register(lambda: print(json.dumps({{"calls": calls, "pyarrow": "pyarrow" in sys.modules}}), flush=True))
 sys.argv = ["llamamon", "record", "-q", "--interval", "0.2", "--metrics-dir", "m", "--", *{command!r}]
 import llamamon.cli

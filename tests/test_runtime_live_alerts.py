@@ -236,8 +236,8 @@ def replayed(tmp_path: Path, cfg, rows: list[Row], end: float):
     """What `alerts test` finds over the same rows of a run that ended at ``end``."""
     import polars as pl
 
+    from llamamon.rules import engine
     from llamamon.rules.builtin import rules_from_config
-    from llamamon.rules.history import replay
 
     frame = pl.DataFrame(
         {
@@ -249,7 +249,9 @@ def replayed(tmp_path: Path, cfg, rows: list[Row], end: float):
             "host": ["box"] * len(rows),
         }
     ).with_columns(pl.from_epoch(pl.col("time") * 1_000_000, time_unit="us").dt.replace_time_zone("UTC"))
-    return replay(rules_from_config(cfg), frame, step_s=cfg.update_frequency, aliases=cfg.aliases, ends={RUN: end})
+    rules = [r for r in rules_from_config(cfg) if r.enabled]
+    samples = engine.prepare(frame, engine.needed_metrics(rules), cfg.aliases, {RUN: end})
+    return engine.evaluate_runs(rules, samples, cfg.update_frequency, {RUN: end})
 
 
 def test_the_last_alert_before_a_run_ends_fires_live_as_alerts_test_fires_it(tmp_path, metrics_dir):

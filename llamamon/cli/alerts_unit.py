@@ -1,6 +1,6 @@
-"""The I/O behind ``llamamon alerts test``: read configs, test files and the store, then replay the rules.
+"""The I/O behind ``llamamon alerts test``: read configs, test files and the store, then call the engine.
 
-Imported only inside the ``alerts test`` command (it pulls in polars through the history evaluator).
+Imported only inside the ``alerts test`` command (it pulls in polars through the engine).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from llamamon.errors import ConfigError
 if TYPE_CHECKING:
     import polars as pl
 
-    from llamamon.rules.model import Alert, Rule
+    from llamamon.rules.engine import Alert, Rule
 
 
 def evaluate_recorded(
@@ -36,8 +36,8 @@ def evaluate_recorded(
     training step each fired at (the run's last logged step by then; None without one)."""
 
     from llamamon.config import load_config
+    from llamamon.rules import engine
     from llamamon.rules.builtin import rules_from_config
-    from llamamon.rules.history import replay
     from llamamon.store import open_store
     from llamamon.store.reader import metric_names, scan
     from llamamon.store.runs import resolve_runs, run_ends
@@ -55,7 +55,8 @@ def evaluate_recorded(
     recorded = partial(metric_names, root, runs=ids)
     rules = [r for r in rules_from_config(cfg, recorded=recorded, recorded_where=str(root)) if r.enabled]
     ends = run_ends(runs)
-    alerts = replay(rules, frame, step_s=cfg.update_frequency, aliases=cfg.aliases, ends=ends)
+    samples = engine.prepare(frame, engine.needed_metrics(rules), cfg.aliases, ends)
+    alerts = engine.evaluate_runs(rules, samples, cfg.update_frequency, ends)
     return alerts, rules, _steps_at(frame, alerts) if steps and alerts else [None] * len(alerts)
 
 

@@ -8,8 +8,8 @@ A user adds metrics by subclassing :class:`MetricsCollector` and naming the clas
             return {"queue_depth": len(os.listdir("/var/spool/jobs"))}
 
 ``collect()`` may return a plain ``{name: number}`` dict (the common case) or a list of
-:class:`~llamamon.samples.Sample` when labels or per-sample times are needed; the recorder passes either
-through :func:`normalize`, so a wrong value fails with the collector's and the metric's names instead of
+:class:`~llamamon.samples.Sample` when labels or per-sample times are needed; the collector session
+(session.py) passes either through :func:`normalize`, so a wrong value fails with the collector's and the metric's names instead of
 somewhere deep in the store.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -37,7 +38,8 @@ class MetricsCollector(abc.ABC):
 
     ``name`` defaults to the class name and ``group`` (the store partition) to ``"custom"``.
     A collector that cannot work on this machine sets ``available = False`` and a human ``reason``
-    in ``open()``; the recorder then says so once and stops asking it, instead of failing the run.
+    in ``open()``; the collector session then says so once (:meth:`off_notice`) and stops asking it,
+    instead of failing the run.
     """
 
     name: ClassVar[str] = "MetricsCollector"
@@ -59,6 +61,15 @@ class MetricsCollector(abc.ABC):
     @abc.abstractmethod
     async def collect(self) -> CollectResult:
         """The metrics now: ``{name: number}`` or a list of Samples (labels, own timestamps)."""
+
+    def off_notice(self) -> tuple[int, str]:
+        """(log level, line) said once when this collector is off after ``open()``. A warning by default:
+        a collector the user asked for that cannot work is news; an expected absence can say less."""
+        return logging.WARNING, f"collector {self.name} off: {self.reason or 'no reason given'}"
+
+    def run_metadata(self) -> dict[str, Any]:
+        """Fields of the run's metadata (``RunInfo``) this collector fills in once it is open."""
+        return {}
 
     async def __aenter__(self) -> MetricsCollector:
         await self.open()
@@ -83,7 +94,8 @@ def on_grid(samples: list[Sample]) -> list[Sample]:
     """Built-in collectors' samples rounded to the resolution their source really measures (the catalog's).
 
     Why: a rate computed as bytes / elapsed, or a share as busy / total, carries a full 52-bit mantissa
-    of which only the top bits were measured; the rest is noise that costs ~6 bytes a sample on disk.
+    of which only the top bits were measured; the rest is noise that the compressed store pays for in
+    bytes per sample (bench/RESULTS.md, "Storage after compaction", is measured on values rounded so).
     Only the built-in collectors call this: a user's collector or a job's metric is stored as given.
     """
     out = samples

@@ -2,9 +2,10 @@
 
 A user's ``collect()`` may raise, hang on a socket, or block the event loop with a ``time.sleep``; none
 of that may stop the recording. So each custom collector runs on an event loop of its own, in its own
-daemon thread, and the recorder waits for it at most its interval (:func:`run_custom`). A failure or a
-timeout is reported once (per kind of failure) and that tick's samples are skipped; while a hung call is
-still running the collector is skipped without asking it again, and it is asked again once it returns.
+daemon thread (:class:`CollectorGuard`), and the collector session (session.py) waits for it at most its
+timeout. A failure or a timeout is reported (the session says each kind once) and that tick's samples are
+skipped; while a hung call is still running the collector is skipped without asking it again, and it is
+asked again once it returns.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import importlib
-import logging
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from llamamon.collectors.base import MetricsCollector, normalize
@@ -25,9 +25,7 @@ from llamamon.samples import Sample
 if TYPE_CHECKING:
     from llamamon.config import Config
 
-log = logging.getLogger("llamamon.collectors")
-
-__all__ = ["CollectorGuard", "load_collector", "load_collectors", "run_custom"]
+__all__ = ["CollectorGuard", "load_collector", "load_collectors"]
 
 
 def load_collector(spec: str, path: str = "collectors") -> MetricsCollector:
@@ -66,41 +64,41 @@ def load_collectors(config: Config) -> list[MetricsCollector]:
     return collectors
 
 
-class CollectorGuard:
-    """One collector on its own event loop thread, so that no call of it can block or break the caller."""
+def _settle(target: asyncio.Future[Any] | concurrent.futures.Future[Any], source: Any) -> None:
+    """End ``target`` as ``source`` (a done future or task) ended: cancelled, raised or returned."""
+    if source.cancelled():
+        target.cancel()
+    elif source.exception() is not None:
+        target.set_exception(source.exception())
+    else:
+        target.set_result(source.result())
 
-    def __init__(self, collector: MetricsCollector) -> None:
+
+class CollectorGuard:
+    """One collector on its own event loop thread, so that no call of it can block or break the caller.
+
+    ``report(kind, message)`` hears of each failure (``kind``: timeout, error:<type>, bad-result).
+    """
+
+    def __init__(self, collector: MetricsCollector, report: Callable[[str, str], None]) -> None:
         self.collector = collector
         self.name = collector.name
+        self._report = report
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"llamamon-{self.name}", daemon=True)
         self._thread.start()
         self._busy: concurrent.futures.Future[Any] | None = None
         self._task: asyncio.Task[Any] | None = None
-        self._reported: set[str] = set()
         self.opened = False
         self.failures = 0
-
-    def _report(self, kind: str, message: str) -> None:
-        if kind not in self._reported:
-            self._reported.add(kind)
-            log.warning("collector %s %s (logged once; recording goes on)", self.name, message)
 
     def _submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
         """Run ``coro`` as a task on the collector's loop; the future is done only when the task really ended."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
-        def finished(task: asyncio.Task[Any]) -> None:
-            if task.cancelled():
-                future.cancel()
-            elif task.exception() is not None:
-                future.set_exception(task.exception())  # type: ignore[arg-type]
-            else:
-                future.set_result(task.result())
-
         def start() -> None:
             self._task = self._loop.create_task(coro)
-            self._task.add_done_callback(finished)
+            self._task.add_done_callback(lambda task: _settle(future, task))
 
         self._loop.call_soon_threadsafe(start)
         return future
@@ -116,12 +114,7 @@ class CollectorGuard:
 
         def transfer(done: concurrent.futures.Future[Any]) -> None:
             if not waiter.done():
-                if done.cancelled():
-                    waiter.cancel()
-                elif done.exception() is not None:
-                    waiter.set_exception(done.exception())  # type: ignore[arg-type]
-                else:
-                    waiter.set_result(done.result())
+                _settle(waiter, done)
 
         def notify(done: concurrent.futures.Future[Any]) -> None:
             # Why not asyncio.wrap_future: a late answer after our timeout, or after the caller's loop
@@ -147,11 +140,10 @@ class CollectorGuard:
             return False, None
 
     async def open(self, timeout: float) -> bool:
+        """Whether ``open()`` returned in time; the collector may still have found itself unavailable."""
         ok, _ = await self._call(self.collector.open(), timeout)
         self.opened = ok and self.collector.available
-        if ok and not self.collector.available:
-            log.warning("collector %s off: %s", self.name, self.collector.reason or "no reason given")
-        return self.opened
+        return ok
 
     async def collect(self, timeout: float) -> list[Sample]:
         if not self.collector.available:
@@ -175,23 +167,3 @@ class CollectorGuard:
         await asyncio.to_thread(self._thread.join, timeout)
         if not self._thread.is_alive():
             self._loop.close()  # else: a call is stuck in user code; the daemon thread keeps the loop
-
-
-# By id: a user's class may define __eq__ without __hash__. close_custom() removes the entry.
-_guards: dict[int, CollectorGuard] = {}
-
-
-async def run_custom(collector: MetricsCollector, timeout: float) -> list[Sample]:
-    """One tick of a user collector: its samples, or ``[]`` if it raised, hung past ``timeout`` or is stuck."""
-    guard = _guards.get(id(collector))
-    if guard is None or guard.collector is not collector:
-        guard = _guards[id(collector)] = CollectorGuard(collector)
-        if not await guard.open(timeout):
-            return []
-    return await guard.collect(timeout)
-
-
-async def close_custom(collector: MetricsCollector, timeout: float) -> None:
-    guard = _guards.pop(id(collector), None)
-    if guard is not None:
-        await guard.close(timeout)

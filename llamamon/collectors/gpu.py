@@ -20,6 +20,7 @@ pids literally.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,13 @@ class GpuCollector(MetricsCollector):
         if self._opened:
             self._opened = False
             await asyncio.to_thread(self._session.stop)
+
+    def off_notice(self) -> tuple[int, str]:
+        # Info, not a warning: most machines llamamon runs on have no NVIDIA GPU, and that is no fault.
+        return logging.INFO, f"GPU metrics off: {self.reason}"
+
+    def run_metadata(self) -> dict[str, Any]:
+        return {"gpu": self.describe(), "gpu_names": self.gpu_names()}
 
     def gpu_names(self) -> list[str]:
         """Names of the GPUs being recorded, in index order (run metadata); [] when unavailable."""

@@ -23,17 +23,13 @@ from typing import TYPE_CHECKING, Any
 from llamamon import api
 from llamamon.catalog import canonical
 from llamamon.monitors._config import monitor_config
-from llamamon.samples import Row, Sample
+from llamamon.samples import Row
 
 if TYPE_CHECKING:
-    from llamamon.collectors.base import MetricsCollector
+    from llamamon.collectors.session import CollectorSession
     from llamamon.config import Config
 
 logger = logging.getLogger("llamamon.monitors")
-
-
-def _rows(samples: list[Sample], group: str, now: float) -> list[Row]:
-    return [Row(s.time if s.time is not None else now, group, s.metric, s.value, s.labels, s.step) for s in samples]
 
 
 class _Best:
@@ -70,11 +66,10 @@ class TrainingMonitor:
         self._val = _Best()
         self._lr: float | None = None
         self._steps: deque[tuple[float, int]] = deque(maxlen=64)  # (monotonic time, step) for steps/s
-        self._collectors: list[tuple[str, MetricsCollector]] = []
+        self._collectors: CollectorSession | None = None  # None under `llamamon record`, which samples instead
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._ready = threading.Event()
-        self._reported: set[str] = set()
 
     def log(self, metrics: Mapping[str, Any] | None = None, /, step: int | None = None, **values: Any) -> None:
         """Same as :func:`llamamon.log`; also feeds the summary (latest/best loss, learning rate, steps/s)."""
@@ -179,58 +174,29 @@ class TrainingMonitor:
                     next_at = time.monotonic() + self.interval
                 loop.run_until_complete(self._tick())
             loop.run_until_complete(self._tick())  # one last sample at the end of the block
-            loop.run_until_complete(self._close_collectors())
+            if self._collectors is not None:
+                loop.run_until_complete(self._collectors.close())
+                self._collectors = None
         finally:
             self._ready.set()
             loop.close()
 
-    async def _close_collectors(self) -> None:
-        for _, collector in self._collectors:
-            try:
-                await collector.close()
-            except Exception as exc:  # noqa: BLE001 - isolation: closing one collector must not hide the job's error
-                logger.warning("collector %s: close failed: %s", collector.name, exc)
-        self._collectors = []
-
-    async def _open_collectors(self, metrics_dir: Path) -> list[tuple[str, MetricsCollector]]:
+    async def _open_collectors(self, metrics_dir: Path) -> CollectorSession:
         # Why imported here: psutil and pynvml are only needed once a monitor really starts.
         from llamamon.collectors.gpu import GpuCollector
         from llamamon.collectors.process import ProcessTreeCollector
+        from llamamon.collectors.session import CollectorSession
         from llamamon.collectors.system import SystemCollector
 
         process = ProcessTreeCollector(os.getpid())
-        candidates: list[MetricsCollector] = [
-            SystemCollector(metrics_dir),
-            process,
-            GpuCollector(pids=process.pids),
-        ]
-        opened = []
-        for collector in candidates:
-            try:
-                await collector.open()
-            except Exception as exc:  # noqa: BLE001 - isolation: a collector that cannot start is skipped
-                logger.warning("collector %s: cannot start: %s", collector.name, exc)
-                continue
-            if not collector.available:
-                logger.info("%s metrics off: %s", collector.name, collector.reason)
-                continue
-            opened.append((collector.group, collector))
-        return opened
+        wanted = [SystemCollector(metrics_dir), process, GpuCollector(pids=process.pids)]
+        session = CollectorSession(wanted, timeout=self.interval, goes_on="sampling")
+        await session.open()
+        return session
 
     async def _tick(self) -> None:
-        from llamamon.collectors.base import normalize
-
         now = time.time()
-        rows: list[Row] = []
-        for group, collector in self._collectors:
-            try:
-                samples = normalize(await asyncio.wait_for(collector.collect(), self.interval), collector.name)
-            except Exception as exc:  # noqa: BLE001 - isolation: one collector's tick
-                if collector.name not in self._reported:
-                    self._reported.add(collector.name)
-                    logger.warning("collector %s failed: %s; its samples are skipped", collector.name, exc)
-                continue
-            rows.extend(_rows(samples, group, now))
+        rows = await self._collectors.rows(now) if self._collectors is not None else []
         sps = self.steps_per_second()
         if sps is not None:
             rows.append(Row(now, "training", "steps_per_second", sps))

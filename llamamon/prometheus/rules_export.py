@@ -28,6 +28,7 @@ from typing import Any
 
 from llamamon import catalog, units
 from llamamon.prometheus.snapshot import family_name
+from llamamon.rules.engine import Rule
 from llamamon.rules.lang import (
     COMPARISONS,
     Binary,
@@ -42,7 +43,6 @@ from llamamon.rules.lang import (
     subtrees,
     to_base,
 )
-from llamamon.rules.model import Rule
 
 _OVER_TIME = {
     "avg": "avg_over_time",

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from llamamon import catalog
 from llamamon.errors import ConfigError, RuleError, raise_errors
 from llamamon.rules import lang, template
-from llamamon.rules.model import Rule
+from llamamon.rules.engine import Rule
 
 if TYPE_CHECKING:
     from llamamon.config import Config, RuleConfig

@@ -2,7 +2,7 @@
 
 Our own recursive-descent parser into a small syntax tree (never eval/exec or an expression library);
 every error is a RuleError pointing at the column, with the text and a caret. Pure: no files, no clock.
-Evaluation lives in ``llamamon.rules.history`` and ``llamamon.rules.instant``, the PromQL rendering in ``llamamon.prometheus.rules_export``.
+Evaluation lives in ``llamamon.rules.engine``, the PromQL rendering in ``llamamon.prometheus.rules_export``.
 
 Grammar, loosest binding first::
 

@@ -1,15 +1,22 @@
-"""``record``'s fold helper: a forked process that imports pyarrow while the job runs, then folds the journal
-into Parquet when ``record`` asks, so that a short run's exit does not wait for that import.
+"""How ``record``'s rows become Parquet, decided in one place (:class:`ParquetRoute`), and the fold helper it may
+use: a forked process that imports pyarrow while the job runs, then folds the journal when ``record`` asks.
 
-Why a process: importing pyarrow with numpy is ~170 ms of CPU that holds the GIL (~250 ms on a slow
-2-core VM). In record's own process it competed with the recorder's start-up and then sat on a short
-run's exit, before the last rows could be written. Forked first thing (no second interpreter to start),
-the helper does it on another core while record reads its config and starts the job. A run longer than
-the writer's flush interval has loaded pyarrow itself by then, writes its own Parquet and stops the
-helper (``Recorder`` decides). The fold is the same ``fold_orphans`` any llamamon command runs on a
-journal left behind, so a helper that fails or dies only means ``record`` folds in-process, as it would
-without one.
+Every row is journaled first, so a ``kill -9`` of ``record`` loses at most what was not journaled yet, and
+a journal left behind is folded by the next llamamon command. Turning it into Parquet costs an import of
+pyarrow with numpy, CPU that holds the GIL: for ``record -- true`` it would be most of the exit
+(bench/RESULTS.md, "Start-up: `llamamon record -- true` wall time", whose phases show the fold). Hence
+one rule, :meth:`ParquetRoute.writes_here`:
 
+* while this process has not imported pyarrow (a run shorter than the store writer's first flush), it
+  writes no Parquet: at exit it leaves the journal to the helper, which imported pyarrow on another core
+  meanwhile, folds it and compacts the run, so a short run's exit does not wait for that import;
+* once it has (the writer's first flush, or a fold of the job's own journals), it writes its Parquet
+  itself from then on and the helper is ended, which would only idle;
+* without a helper (not Linux, a thread already running, a failed fork) or when the helper fails, this
+  process does the same exit work itself. The fold is always ``fold_orphans``, the one any llamamon
+  command runs on a journal left behind.
+
+The helper forks first thing (no second interpreter to start), before ``record`` reads its config.
 Protocol, over two pipes: ``record`` writes ``fold <run id> <max files> <max bytes> <metrics folder>``; the helper
 folds every orphaned segment of that store, compacts the run when that is cheap (``compact_ended_run``)
 and answers ``folded <rows>``. End of input (``record`` killed, or done without it) makes the helper
@@ -19,18 +26,69 @@ exit, folding nothing: the journal is then folded by the next llamamon command.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
+log = logging.getLogger("llamamon.record")
+
 # Parent side reads at most this much of the answer; it is one short line.
 _ANSWER_LIMIT = 4096
+# A run with at most this many files, and bytes, is compacted as it ends, where the wait is short (500
+# files: an hour of four partitions in the writer's 30 s flushes); a bigger one is left for `llamamon
+# compact`, which a user runs when the wait suits them.
+COMPACT_AT_EXIT_FILES = 500
+COMPACT_AT_EXIT_BYTES = 8 << 20
+
+
+class ParquetRoute:
+    """Which process writes ``record``'s Parquet, and the folds it does (the module docstring says why)."""
+
+    def __init__(self, helper: FoldHelper | None) -> None:
+        self._helper = helper
+
+    def writes_here(self) -> bool:
+        """Whether this process writes its Parquet itself; the moment that becomes true, the helper is ended."""
+        if self._helper is not None and "llamamon.store.parquet" in sys.modules:
+            self.stop()
+        return self._helper is None
+
+    def stop(self) -> None:
+        """End the helper now (not needed, or the run ended early), rather than let it idle."""
+        helper, self._helper = self._helper, None
+        if helper is not None:
+            helper.stop()
+
+    def fold_journals(self, metrics_dir: Path) -> None:
+        """Fold here what the job wrote with llamamon.log() (its own journal segments, once it has finished them)."""
+        from llamamon.store.writer import fold_orphans
+
+        try:
+            fold_orphans(metrics_dir)  # a segment still locked (a job's child lives on) waits for next time
+        except Exception as exc:  # noqa: BLE001 - the rows stay in the journal; the next store open folds them
+            log.warning("folding the job's metrics journal failed: %s (kept for the next llamamon command)", exc)
+
+    def finish(self, metrics_dir: Path, run_id: str) -> None:
+        """At exit: the rows still in journals (the writer's last ones, the job's) into Parquet, then the run
+        compacted when that is cheap; by the helper when it is there, else here."""
+        bounds = (COMPACT_AT_EXIT_FILES, COMPACT_AT_EXIT_BYTES)
+        helper, self._helper = self._helper, None
+        if helper is not None and helper.fold(metrics_dir, run_id, *bounds) is not None:
+            return
+        self.fold_journals(metrics_dir)
+        from llamamon.store.compaction import compact_ended_run
+
+        try:
+            compact_ended_run(metrics_dir, run_id, *bounds)
+        except Exception as exc:  # noqa: BLE001 - the run is recorded; `llamamon compact` can do this later
+            log.warning("compacting the run failed: %s (its files stay as they are)", exc)
 
 
 class FoldHelper:
-    """The helper process, seen from ``record``."""
+    """The helper process, seen from ``record`` (through its :class:`ParquetRoute`)."""
 
     def __init__(self, pid: int, command_fd: int, answer_fd: int) -> None:
         self.pid = pid
@@ -40,7 +98,7 @@ class FoldHelper:
 
     @classmethod
     def start(cls) -> FoldHelper | None:
-        """Fork the helper, or None where forking is not safe or possible (record then folds in-process).
+        """Fork the helper, or None where forking is not safe or possible (record then folds itself).
 
         Only from a process with no other thread: a fork copies locks as other threads held them, and
         the helper imports modules. ``llamamon record`` calls this before it starts any thread. Only on

@@ -6,9 +6,8 @@ ticker and appends rows to the store writer (which journals them at once and wri
 on the sampler thread, so pyarrow's import and conversion never stall the job's output either). The metric
 lines parsed from the job's output are journaled by the same loop a few times per interval, on their own
 schedule, so a ``kill -9`` of ``record`` loses well under an interval of them however long the collectors
-take. The rows a run has not written as Parquet by its end are folded by a helper forked at start, which
-imports pyarrow on another core meanwhile (fold_helper.py), so a short run's exit does not wait for that
-import.
+take. Which process turns the journal into Parquet, and when, is the ``ParquetRoute``'s decision
+(fold_helper.py).
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import os
 import platform
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,22 +28,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llamamon import __version__, catalog
+from llamamon import __version__
 from llamamon.errors import ConfigError
 from llamamon.masking import mask_command
 from llamamon.runtime.child import Child, ChildResult
 from llamamon.runtime.output_claim import ENV as OUTPUT_CLAIM_ENV
 from llamamon.runtime.output_claim import OutputClaim
 from llamamon.runtime.ticker import Stop, Ticker, TickStamps, run_ticks
-from llamamon.samples import Row, RunInfo, Sample
+from llamamon.samples import Row, RowMaker, RunInfo, Sample
 from llamamon.units import format_duration
 
 if TYPE_CHECKING:
     from llamamon.collectors.base import MetricsCollector
+    from llamamon.collectors.session import CollectorSession
     from llamamon.collectors.stdout import OutputParser
     from llamamon.config import Config
     from llamamon.prometheus.textfile import TextfileWriter
-    from llamamon.runtime.fold_helper import FoldHelper
+    from llamamon.runtime.fold_helper import FoldHelper, ParquetRoute
     from llamamon.runtime.run_alerts import RunAlerts
     from llamamon.store.follower import RunFollower
     from llamamon.store.writer import StoreWriter
@@ -54,11 +53,6 @@ log = logging.getLogger("llamamon.record")
 
 GIT_TIMEOUT_S = 2.0
 FLUSH_INTERVAL_S = 30.0
-# A run with at most this many files, and bytes, is compacted as it ends: ~1 s of work on a slow 2-core VM
-# (500 files: an hour of four partitions in 30 s flushes; 7.4 MB in 4,800 files took 9.9 s). A bigger one
-# is left for `llamamon compact`.
-COMPACT_AT_EXIT_FILES = 500
-COMPACT_AT_EXIT_BYTES = 8 << 20
 # The job's parsed metric lines are journaled this many times per interval, and at least every second: a
 # kill -9 loses only what was parsed since. Why not at the tick alone: its collectors (NVML, a scrape up to
 # its timeout) may take most of an interval, and rows waiting for them in memory are what a kill loses.
@@ -85,24 +79,25 @@ def record(options: RecordOptions, folder: FoldHelper | None = None) -> int:
 
     ``folder``: a fold helper started for this run (fold_helper.py), which this ends in every case.
     """
+    from llamamon.runtime.fold_helper import ParquetRoute
+
+    route = ParquetRoute(folder)
     try:
         from llamamon.config import load_config
 
         config = load_config(options.config_path)
         if not config.monitoring.enabled:
             log.info("monitoring.enabled is false in %s: running the command without recording", config.source)
-            if folder is not None:
-                folder.stop()  # now, not after a job that may run for days
+            route.stop()  # now, not after a job that may run for days
             with Child(options.command) as child:
                 return child.wait().exit_code
         interval = options.interval if options.interval is not None else config.monitoring.update_frequency
         if not interval > 0:
             raise ConfigError(f"must be more than 0 seconds (got {interval})", path="--interval")
         metrics_dir = Path(options.metrics_dir or config.monitoring.metrics_path).absolute()
-        return Recorder(options, config, metrics_dir, float(interval), folder).run()
+        return Recorder(options, config, metrics_dir, float(interval), route).run()
     finally:
-        if folder is not None:
-            folder.stop()  # done with it already, or the run ended early
+        route.stop()  # done with it already, or the run ended early
 
 
 class Recorder:
@@ -112,7 +107,7 @@ class Recorder:
         config: Config,
         metrics_dir: Path,
         interval: float,
-        folder: FoldHelper | None = None,
+        route: ParquetRoute,
     ) -> None:
         from llamamon.store import open_store
         from llamamon.store.layout import sanitize_run_name
@@ -156,7 +151,7 @@ class Recorder:
         self.claim: OutputClaim | None = None  # where the job may say that it logs what it prints
         self.samples = 0
         self._failed: set[str] = set()
-        self._groups: dict[str, dict[str, str]] = {}  # collector -> metric -> store group, looked up once
+        self._output_rows = RowMaker("custom")  # the job's metric lines as rows
         self._stop_lock = threading.Lock()
         self._stop_requested = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -181,7 +176,7 @@ class Recorder:
             self._job = RunFollower.own_run(self.metrics_dir, self.info.id, None, latest=True)
         self._textfile: TextfileWriter | None = None
         self._job_ended: float | None = None  # set before the sampler is told to stop
-        self._folder = folder
+        self._route = route
 
     # -- main thread ------------------------------------------------------------------------------
 
@@ -214,7 +209,7 @@ class Recorder:
                 finally:
                     self._request_stop()
                     sampler.join()
-                self._fold_at_exit()
+                self._route.finish(self.metrics_dir, self.info.id)
                 self._finish(result, ended)
                 try:
                     write_run(self.metrics_dir, info)
@@ -237,31 +232,6 @@ class Recorder:
             _shown(self.metrics_dir),
         )
         return result.exit_code
-
-    def _fold_at_exit(self) -> None:
-        """The rows still in journals (the sampler's last ones, the job's) into Parquet before record exits,
-        then the run compacted when that is cheap: by the fold helper when it is there (this process never
-        imported pyarrow), else here."""
-        folder, self._folder = self._folder, None
-        bounds = (COMPACT_AT_EXIT_FILES, COMPACT_AT_EXIT_BYTES)
-        if folder is not None and folder.fold(self.metrics_dir, self.info.id, *bounds) is not None:
-            return
-        self._fold_job_journals()
-        from llamamon.store.compaction import compact_ended_run
-
-        try:
-            compact_ended_run(self.metrics_dir, self.info.id, *bounds)
-        except Exception as exc:  # noqa: BLE001 - the run is recorded; `llamamon compact` can do this later
-            log.warning("compacting the run failed: %s (its files stay as they are)", exc)
-
-    def _fold_job_journals(self) -> None:
-        """What the job wrote with llamamon.log() (its own journal segments) into Parquet, now that it ended."""
-        from llamamon.store.writer import fold_orphans
-
-        try:
-            fold_orphans(self.metrics_dir)  # a segment still locked (a job's child lives on) waits for next time
-        except Exception as exc:  # noqa: BLE001 - the rows stay in the journal; the next store open folds them
-            log.warning("folding the job's metrics journal failed: %s (kept for the next llamamon command)", exc)
 
     def _on_output(self, stream: int, data: bytes) -> None:
         """Called with each chunk of the job's output before it is passed on (the bytes are not changed)."""
@@ -325,7 +295,7 @@ class Recorder:
         # In a thread beside the collectors and the first samples: git on a big repository may take a
         # moment, and most of it is waiting on git, which leaves the GIL to the sampler.
         describe = asyncio.ensure_future(asyncio.to_thread(self._describe))
-        collectors: list[MetricsCollector] = []
+        collectors: CollectorSession | None = None
         fold: asyncio.Future[None] | None = None
         # Started before the collectors open (NVML's start-up can take a second): the job prints meanwhile.
         output = asyncio.ensure_future(self._journal_output(writer)) if self.parsers else None
@@ -342,14 +312,12 @@ class Recorder:
                 nonlocal fold, next_fold
                 await tick()
                 now = time.monotonic()
-                if self._folder is not None and _parquet_loaded():
-                    self._folder.stop()  # the writer's flushes loaded pyarrow here: record folds itself at exit
-                    self._folder = None
+                self._route.writes_here()  # ends the fold helper once this process has loaded pyarrow
                 if now >= next_fold and (fold is None or fold.done()):
                     # Segments the job's llamamon.log() has finished (it rotates them) go into Parquet while
                     # it runs, beside the ticks: a long run's journal stays small and its exit quick.
                     next_fold = now + FLUSH_INTERVAL_S
-                    fold = asyncio.ensure_future(asyncio.to_thread(self._fold_job_journals))
+                    fold = asyncio.ensure_future(asyncio.to_thread(self._route.fold_journals, self.metrics_dir))
 
             await run_ticks(ticker, tick_then_fold, stop)
             await tick()  # the last sample, at exit
@@ -371,25 +339,17 @@ class Recorder:
                     await output
             await describe  # never raises: _describe reports its own failure
             if fold is not None:
-                await fold  # never raises: _fold_job_journals reports its own failure
-            for collector in collectors:
-                try:
-                    await collector.close()
-                except Exception as exc:  # noqa: BLE001 - one collector's cleanup must not block the others
-                    log.debug("closing collector %s failed: %s", collector.name, exc)
-            from llamamon.collectors.custom import close_custom
-
-            for collector in self.user_collectors:
-                await close_custom(collector, self.interval)
-            # With the fold helper there (this process never loaded pyarrow), the last rows stay in the journal
-            # and the helper turns them into Parquet.
-            writer.close(write_parquet=self._folder is None or _parquet_loaded())
+                await fold  # never raises: fold_journals reports its own failure
+            if collectors is not None:
+                await collectors.close()
+            writer.close(write_parquet=self._route.writes_here())
             if self._textfile is not None:
                 # The run's file goes (or says llamamon_run_active 0 for its grace), its alerts with it.
                 self._export(self._textfile.finish)
 
-    async def _open_collectors(self, pid: int, born: float) -> list[MetricsCollector]:
+    async def _open_collectors(self, pid: int, born: float) -> CollectorSession:
         from llamamon.collectors.process import ProcessTreeCollector
+        from llamamon.collectors.session import CollectorSession
 
         process = ProcessTreeCollector(pid, born=born)
         wanted: list[MetricsCollector] = [self._system, process]
@@ -400,56 +360,17 @@ class Recorder:
         else:
             self.info.gpu = {"available": False, "reason": "disabled with --no-gpu"}
         wanted.extend(self.scrapers)
-        opened = []
-        for collector in wanted:
-            try:
-                await collector.open()
-            except Exception as exc:  # noqa: BLE001 - a collector that cannot start is reported, not fatal
-                log.warning("collector %s not started: %s", collector.name, exc)
-                continue
-            if not collector.available:
-                if collector.name == "gpu":
-                    log.info("GPU metrics off: %s", collector.reason)
-                else:
-                    log.warning("collector %s off: %s", collector.name, collector.reason)
-                continue
-            opened.append(collector)
-            if collector.name == "gpu":
-                self.info.gpu_names = collector.gpu_names()  # type: ignore[attr-defined]
-        for collector in wanted:
-            if collector.name == "gpu":
-                self.info.gpu = collector.describe()  # type: ignore[attr-defined]
-        return opened
+        # User collectors wait at most one interval each, on loops of their own (collectors/custom.py).
+        session = CollectorSession(wanted, timeout=self.interval, user=self.user_collectors)
+        await session.open()
+        for key, value in session.run_metadata().items():
+            setattr(self.info, key, value)
+        return session
 
-    async def _tick(self, collectors: Sequence[MetricsCollector], writer: StoreWriter) -> None:
-        from llamamon.collectors.base import normalize
-        from llamamon.collectors.custom import run_custom
-
+    async def _tick(self, collectors: CollectorSession, writer: StoreWriter) -> None:
         now = self._stamps(time.time())
         self._store_output(writer, now)  # before the collectors, which may take most of an interval
-        rows: list[Row] = []
-        # User collectors run on their own loops, at most one interval each, all at once: one that raises
-        # or hangs is reported once and skipped (collectors/custom.py).
-        custom = await asyncio.gather(*(run_custom(c, self.interval) for c in self.user_collectors))
-        for collector, samples in zip(self.user_collectors, custom, strict=True):
-            rows.extend(_rows(samples, collector.group, now))
-        for collector in collectors:
-            try:
-                samples = normalize(await collector.collect(), collector.name)
-            except Exception as exc:  # noqa: BLE001 - one collector's bad tick must not stop the recording
-                if collector.name not in self._failed:
-                    self._failed.add(collector.name)
-                    log.warning("collector %s failed: %s (logged once; recording goes on)", collector.name, exc)
-                continue
-            groups = self._groups.setdefault(collector.name, {})
-            for sample in samples:
-                group = groups.get(sample.metric)
-                if group is None:
-                    # The catalog's group for a known metric, else the collector's (custom collectors).
-                    group = catalog.group_of(sample.metric)
-                    groups[sample.metric] = group = collector.group if group == "custom" else group
-                time_ = sample.time if sample.time is not None else now
-                rows.append(Row(time_, group, sample.metric, sample.value, sample.labels, sample.step))
+        rows = await collectors.rows(now)
         output, self._journaled_output = self._journaled_output, []
         if self.alerts is not None:
             # Evaluates beside the sampler, never inside its tick.
@@ -483,7 +404,7 @@ class Recorder:
         if not self.parsed:
             return
         samples = [self.parsed.popleft() for _ in range(len(self.parsed))]
-        rows = _rows(samples, "custom", now)
+        rows = self._output_rows(samples, now)
         self._journaled_output.extend(rows)
         self._append(writer, rows)
 
@@ -502,8 +423,7 @@ class Recorder:
         monitoring = self.config.monitoring
         if monitoring.export_format != "prometheus":
             return None
-        from llamamon.prometheus.textfile import TextfileWriter
-        from llamamon.store.layout import textfile_folder
+        from llamamon.prometheus.textfile import TextfileWriter, textfile_folder
 
         folder = textfile_folder(self.metrics_dir, monitoring.textfile_dir)
         writer = TextfileWriter(
@@ -531,22 +451,6 @@ class Recorder:
             write_run(self.metrics_dir, self.info)
         except Exception as exc:  # noqa: BLE001 - metadata that cannot be found must not stop the recording
             log.warning("cannot complete the run metadata: %s", exc)
-
-
-def _parquet_loaded() -> bool:
-    return "llamamon.store.parquet" in sys.modules
-
-
-def _rows(samples: Sequence[Sample], fallback_group: str, now: float) -> list[Row]:
-    """Samples as stored rows: the catalog's group for known metrics, else the source's group."""
-    rows = []
-    for sample in samples:
-        group = catalog.group_of(sample.metric)
-        if group == "custom":
-            group = fallback_group
-        time_ = sample.time if sample.time is not None else now
-        rows.append(Row(time_, group, sample.metric, sample.value, sample.labels, sample.step))
-    return rows
 
 
 def _scrapers(config: Config, urls: Sequence[str], interval: float) -> list[MetricsCollector]:

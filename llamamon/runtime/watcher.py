@@ -10,7 +10,6 @@ Rendering belongs to the CLI: each tick hands it a ``Snapshot``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import socket
@@ -29,6 +28,7 @@ from llamamon.store.follower import RunFollower
 
 if TYPE_CHECKING:
     from llamamon.collectors.base import MetricsCollector
+    from llamamon.collectors.session import CollectorSession
     from llamamon.config import Config
     from llamamon.prometheus.textfile import TextfileWriter
 
@@ -116,8 +116,7 @@ class Watcher:
         self._failed: set[str] = set()
         self.textfile: TextfileWriter | None = None
         if config.monitoring.export_format == "prometheus":
-            from llamamon.prometheus.textfile import TextfileWriter
-            from llamamon.store.layout import textfile_folder
+            from llamamon.prometheus.textfile import TextfileWriter, textfile_folder
 
             # This host's samples and the alerts firing; the runs' own textfiles come from `record`.
             folder = textfile_folder(metrics_dir, config.monitoring.textfile_dir)
@@ -154,9 +153,7 @@ class Watcher:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-            for collector in collectors:
-                with contextlib.suppress(Exception):
-                    await collector.close()
+            await collectors.close()
             await self.live.close()
             if self.textfile is not None:
                 try:  # watch's file goes (or says llamamon_run_active 0 for its grace): nothing it showed looks live
@@ -166,7 +163,8 @@ class Watcher:
         worst = self.live.worst_firing()
         return 1 if worst == "critical" else 0
 
-    async def _open_collectors(self) -> list[MetricsCollector]:
+    async def _open_collectors(self) -> CollectorSession:
+        from llamamon.collectors.session import CollectorSession
         from llamamon.collectors.system import SystemCollector
 
         wanted: list[MetricsCollector] = [SystemCollector(self.metrics_dir)]
@@ -174,38 +172,13 @@ class Watcher:
             from llamamon.collectors.gpu import GpuCollector
 
             wanted.append(GpuCollector())
-        opened = []
-        for collector in wanted:
-            try:
-                await collector.open()
-            except Exception as exc:  # noqa: BLE001 - a collector that cannot start is reported, not fatal
-                log.warning("collector %s not started: %s", collector.name, exc)
-                continue
-            if collector.available:
-                opened.append(collector)
-            elif collector.name == "gpu":
-                log.info("GPU metrics off: %s", collector.reason)
-            else:
-                log.warning("collector %s off: %s", collector.name, collector.reason)
-        return opened
+        session = CollectorSession(wanted, timeout=self.interval, goes_on="watching")
+        await session.open()
+        return session
 
-    async def _tick(self, collectors: list[MetricsCollector]) -> None:
-        from llamamon import catalog
-        from llamamon.collectors.base import normalize
-
+    async def _tick(self, collectors: CollectorSession) -> None:
         now = time.time()
-        rows: list[Row] = []
-        for collector in collectors:
-            try:
-                samples = normalize(await collector.collect(), collector.name)
-            except Exception as exc:  # noqa: BLE001 - one collector's bad tick must not stop watching
-                if collector.name not in self._failed:
-                    self._failed.add(collector.name)
-                    log.warning("collector %s failed: %s (logged once; watching goes on)", collector.name, exc)
-                continue
-            for s in samples:
-                group = catalog.group_of(s.metric)
-                rows.append(Row(s.time if s.time is not None else now, group, s.metric, s.value, s.labels, s.step))
+        rows = await collectors.rows(now)
         self.live.add(rows, "", self.host)
         self._show(rows, "", self.host)
         try:
