@@ -90,7 +90,7 @@ def run_child(lib: str, width: int, points: int, empty: bool) -> tuple[float, fl
         if result.returncode != 0:
             raise SystemExit(f"{lib} x{width} failed:\n{result.stderr}")
         if lib.startswith("llamamon.log") and not empty:
-            from llamamon.store.journal import read_segment
+            from llamamon.store.segment_reader import read_segment
 
             rows = sum(len(read_segment(p)[1]) for p in Path(tmp, ".metrics", "_journal").rglob("*.jsonl"))
             if rows < points:  # (plus one "step" row per flush)

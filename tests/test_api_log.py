@@ -17,13 +17,8 @@ from hypothesis import strategies as st
 from llamamon.log_destination import rank_labels
 from llamamon.log_encoding import SEVERAL, Converter, as_step, flattened, last_step
 from llamamon.samples import Row, labels_to_str, make_labels
-from llamamon.store.journal import (
-    _read_lines,
-    encode_fields,
-    line_templates,
-    read_segment,
-    segment_paths,
-)
+from llamamon.store.journal import encode_fields, line_templates, segment_paths
+from llamamon.store.segment_reader import _read_lines, read_segment
 from tests.conftest import json_row_lines, run_python
 
 

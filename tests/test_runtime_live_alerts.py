@@ -17,7 +17,8 @@ from conftest import llamamon_env
 from llamamon.config import load_config
 from llamamon.runtime.live_alerts import LiveAlerts
 from llamamon.samples import Row, labels_to_str, make_labels
-from llamamon.store.journal import Journal, tail_segment
+from llamamon.store.journal import Journal
+from llamamon.store.segment_reader import tail_segment
 
 T0 = 1_790_000_000.0
 RUN = "20260911T000000Z-box-0001"
@@ -236,8 +237,8 @@ def replayed(tmp_path: Path, cfg, rows: list[Row], end: float):
     """What `alerts test` finds over the same rows of a run that ended at ``end``."""
     import polars as pl
 
-    from llamamon.rules import engine
     from llamamon.rules.builtin import rules_from_config
+    from llamamon.rules.history import replay
 
     frame = pl.DataFrame(
         {
@@ -249,9 +250,7 @@ def replayed(tmp_path: Path, cfg, rows: list[Row], end: float):
             "host": ["box"] * len(rows),
         }
     ).with_columns(pl.from_epoch(pl.col("time") * 1_000_000, time_unit="us").dt.replace_time_zone("UTC"))
-    rules = [r for r in rules_from_config(cfg) if r.enabled]
-    samples = engine.prepare(frame, engine.needed_metrics(rules), cfg.aliases, {RUN: end})
-    return engine.evaluate_runs(rules, samples, cfg.update_frequency, {RUN: end})
+    return replay(rules_from_config(cfg), frame, step_s=cfg.update_frequency, aliases=cfg.aliases, ends={RUN: end})
 
 
 def test_the_last_alert_before_a_run_ends_fires_live_as_alerts_test_fires_it(tmp_path, metrics_dir):

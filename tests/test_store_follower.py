@@ -10,7 +10,7 @@ import test_runtime_live_alerts as live_tests
 
 from llamamon.runtime.live_alerts import LiveAlerts
 from llamamon.samples import Row, make_labels
-from llamamon.store import journal
+from llamamon.store import journal, segment_reader
 from llamamon.store.follower import RunFollower, latest_rows
 from tests.conftest import json_row_lines
 
@@ -40,14 +40,14 @@ def test_latest_rows_keeps_each_series_last_row_by_time_and_every_histogram_row(
         [1, 4, journal.NO_STEP, 3, 5],
         labels=json.dumps({"rank": "1"}),
     )
-    got = sorted(latest_rows(journal.parse_columns(data)), key=lambda r: r.metric)
+    got = sorted(latest_rows(segment_reader.parse_columns(data)), key=lambda r: r.metric)
     labels = make_labels(rank="1")
     assert got == [
         Row(T0 + 5, "training", "learning_rate", 2e-4, labels, 5),
         Row(T0 + 4, "training", "loss", 0.4, labels, 4),
     ]
     latencies = block([("inference", "inference_latency")], [0, 0, 0], [T0, T0 + 1, T0 + 2], [10.0, 12.0, 11.0])
-    assert [r.value for r in latest_rows(journal.parse_columns(latencies))] == [10.0, 12.0, 11.0]
+    assert [r.value for r in latest_rows(segment_reader.parse_columns(latencies))] == [10.0, 12.0, 11.0]
 
 
 def test_poll_reads_new_lines_only_skips_the_recorders_segments_and_sorts_by_time(tmp_path):

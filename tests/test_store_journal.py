@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from llamamon.samples import Row, make_labels
-from llamamon.store import journal, open_store
+from llamamon.store import journal, open_store, segment_reader
 from llamamon.store.reader import scan
 from llamamon.store.writer import StoreWriter, fold_orphans, write_partitions
 from tests.conftest import json_row_lines, llamamon_env
@@ -349,9 +349,9 @@ def test_a_column_block_reads_back_as_the_rows_it_was_given(labels):
     line = _block(rows)
     assert line.endswith(b"\n")
     assert line.count(b"\n") == 1
-    assert _same(journal.parse_columns(line).rows(), rows)
+    assert _same(segment_reader.parse_columns(line).rows(), rows)
     one_series = [Row(T0 + i, "training", "loss", float(i), labels, None) for i in range(5)]
-    assert _same(journal.parse_columns(_block(one_series)).rows(), one_series)
+    assert _same(segment_reader.parse_columns(_block(one_series)).rows(), one_series)
 
 
 def test_segments_mixing_row_lines_and_column_blocks_fold_completely(metrics_dir, caplog):
@@ -364,7 +364,7 @@ def test_segments_mixing_row_lines_and_column_blocks_fold_completely(metrics_dir
     bad_block = block.replace(b'"rows": 1000', b'"rows": 999')  # columns longer than it says: unreadable
     torn = block[: len(block) // 2]  # a block cut short by a kill
     segment.write_bytes(header.encode() + b"\n" + block + row_line.encode() + b"\n" + bad_block + torn)
-    head, rows, _blocks, offset = journal.tail_segment(segment, keep_blocks=False)
+    head, rows, _blocks, offset = segment_reader.tail_segment(segment, keep_blocks=False)
     assert head is not None
     assert len(rows) == 1001
     assert offset == len(segment.read_bytes()) - len(torn)
@@ -394,7 +394,7 @@ def test_segments_mixing_row_lines_and_column_blocks_fold_completely(metrics_dir
 def test_a_damaged_column_block_is_an_unreadable_line_not_a_crash(mangle):
     line = mangle(_block([Row(T0, "training", "loss", 1.0, (), 1), Row(T0 + 1, "training", "loss", 2.0, (), 2)]))
     with pytest.raises(ValueError, match=r"column block|multiple of item size|Expecting|Incorrect padding"):
-        journal.parse_columns(line)
+        segment_reader.parse_columns(line)
 
 
 def test_folding_column_blocks_writes_the_same_files_as_folding_their_rows(tmp_path):
@@ -423,7 +423,7 @@ def test_folding_column_blocks_writes_the_same_files_as_folding_their_rows(tmp_p
     by_blocks = fold(tmp_path / "blocks")
     assert fold_orphans(by_blocks) == 231
     by_rows = tmp_path / "rows"
-    _header, decoded = journal.read_segment(fold(by_rows) / "_journal" / RUN / "4242-abcdef-000001.jsonl")
+    _header, decoded = segment_reader.read_segment(fold(by_rows) / "_journal" / RUN / "4242-abcdef-000001.jsonl")
     assert len(decoded) == 231
     write_partitions(by_rows, RUN, "h", "4242-abcdef-000001", decoded)
 

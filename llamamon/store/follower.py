@@ -24,8 +24,9 @@ from typing import Protocol
 from llamamon import catalog
 from llamamon.errors import RunNotFound
 from llamamon.samples import Row, labels_from_str
-from llamamon.store.journal import ColumnBlock, segment_paths, tail_segment
+from llamamon.store.journal import segment_paths
 from llamamon.store.layout import run_file, runs_dir
+from llamamon.store.segment_reader import ColumnBlock, tail_segment
 
 # A row in the live window's shape: (time in microseconds as the store rounds it, run, host, metric, value,
 # labels, stale)

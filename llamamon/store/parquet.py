@@ -34,8 +34,8 @@ import pyarrow.parquet as pq
 
 from llamamon.fsutil import atomic_write
 from llamamon.samples import Row, labels_to_str
-from llamamon.store.journal import ColumnBlock
 from llamamon.store.layout import utc_date
+from llamamon.store.segment_reader import ColumnBlock
 
 SCHEMA = pa.schema(
     [

@@ -17,8 +17,9 @@ from pathlib import Path
 import polars as pl
 
 from llamamon.store import parquet
-from llamamon.store.journal import segment_paths, tail_segment
+from llamamon.store.journal import segment_paths
 from llamamon.store.layout import is_data_file, iter_partitions, utc_date
+from llamamon.store.segment_reader import tail_segment
 
 log = logging.getLogger("llamamon.store")
 

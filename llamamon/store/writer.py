@@ -25,6 +25,7 @@ from llamamon.errors import StoreError
 from llamamon.samples import Row
 from llamamon.store import journal
 from llamamon.store.layout import data_file, journal_dir, utc_date
+from llamamon.store.segment_reader import ColumnBlock, read_segment_blocks
 
 log = logging.getLogger("llamamon.store")
 
@@ -35,7 +36,7 @@ def write_partitions(
     host: str,
     stem: str,
     rows: Sequence[Row],
-    blocks: Sequence[journal.ColumnBlock] = (),
+    blocks: Sequence[ColumnBlock] = (),
 ) -> list[Path]:
     """Write ``rows`` (and the journal's column ``blocks``) as ``<stem>.parquet`` in each (group, date)
     partition they touch; skip files already there."""
@@ -69,7 +70,7 @@ def write_partitions(
 def fold_segment(metrics_dir: Path, segment: journal.Segment) -> int:
     """Move one claimed, writer-less segment into Parquet and remove it; returns the rows folded."""
     try:
-        header, rows, blocks = journal.read_segment_blocks(segment.path)
+        header, rows, blocks = read_segment_blocks(segment.path)
         if rows or blocks:
             host = str(header.get("host") or "")
             run_id = str(header.get("run") or segment.run_id)
