@@ -6,7 +6,6 @@ import fcntl
 import json
 import os
 import re
-import select
 import signal
 import struct
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import llamamon_env, require_binary, run_llamamon
+from tests.terminal_io import read_all, read_until
 
 PY = sys.executable
 
@@ -36,22 +36,6 @@ def frame(folder: Path, run: str | None = None):
     from llamamon.store.reader import scan
 
     return scan(folder, runs=[run] if run else None).collect()
-
-
-def read_until(fd: int, needle: bytes, deadline_s: float = 20) -> bytes:
-    got = b""
-    deadline = time.monotonic() + deadline_s
-    while needle not in got and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            got += chunk
-    return got
 
 
 def wait_for(predicate, deadline_s: float = 20) -> bool:
@@ -334,17 +318,7 @@ def test_pty_mode_through_the_cli(tmp_path):
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
             ) as proc:
-                out = b""
-                while True:
-                    ready, _, _ = select.select([master], [], [], 0.2)
-                    if ready:
-                        try:
-                            chunk = os.read(master, 65536)
-                        except OSError:
-                            break
-                        out += chunk
-                    elif proc.poll() is not None:
-                        break
+                out = read_all(master, proc)
                 return proc.wait(timeout=30), out
         finally:
             os.close(slave)

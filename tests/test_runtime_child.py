@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import select
 import signal
 import struct
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import llamamon_env
+from tests.terminal_io import read_all, read_until
 
 RUNNER = (
     "import sys\n"
@@ -37,46 +37,28 @@ def runner_argv(*child: str) -> list[str]:
     return [PY, "-c", RUNNER, *child]
 
 
+def on_pty(argv: list[str], slave: int) -> subprocess.Popen[bytes]:
+    """argv with the pty ``slave`` as its stdin, stdout and stderr, in a session of its own (as a shell starts a job)."""
+    return subprocess.Popen(argv, env=llamamon_env(), stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+
+
+def runner_on_pty(code: str, slave: int) -> subprocess.Popen[bytes]:
+    """The runner of ``python -c code`` on the pty ``slave`` (``on_pty``)."""
+    return on_pty(runner_argv(PY, "-c", code), slave)
+
+
+def ready_then_wait_for(go: Path, seconds: float) -> str:
+    """Job code: write "ready" and a newline, then wait up to ``seconds`` until the file ``go`` exists."""
+    return (
+        "import os, sys, time\n"
+        "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
+        f"deadline = time.monotonic() + {seconds}\n"
+        f"while not os.path.exists({str(go)!r}) and time.monotonic() < deadline: time.sleep(0.01)\n"
+    )
+
+
 def run_child(*child: str, **kw) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(runner_argv(*child), env=llamamon_env(), capture_output=True, timeout=60, check=False, **kw)
-
-
-def read_until(fd: int, needle: bytes, deadline_s: float = 20) -> bytes:
-    """Read fd until ``needle`` shows up (or EOF / deadline); polls, never sleeps blindly."""
-    got = b""
-    deadline = time.monotonic() + deadline_s
-    while needle not in got and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:  # EIO: the pty's other side closed
-                break
-            if not chunk:
-                break
-            got += chunk
-    return got
-
-
-def read_all(fd: int, proc: subprocess.Popen, deadline_s: float = 30) -> bytes:
-    got = b""
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            got += chunk
-        elif proc.poll() is not None:
-            # The process is gone and nothing is left to read.
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if not ready:
-                break
-    return got
 
 
 @pytest.mark.parametrize("code", [0, 3])
@@ -200,7 +182,7 @@ def _on_pty(argv: list[str], winsize: tuple[int, int], stdin_text: bytes = b"") 
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", winsize[0], winsize[1], 0, 0))
     before = termios.tcgetattr(slave)
-    proc = subprocess.Popen(argv, env=llamamon_env(), stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    proc = on_pty(argv, slave)
     try:
         out = read_until(master, b"ready")
         if stdin_text:
@@ -294,14 +276,7 @@ def test_pty_mode_follows_window_size_changes():
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     try:
-        with subprocess.Popen(
-            runner_argv(PY, "-c", code),
-            env=llamamon_env(),
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            start_new_session=True,
-        ) as proc:
+        with runner_on_pty(code, slave) as proc:
             first = read_until(master, b"ready")
             assert b"columns=80, lines=24" in first
             fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 132, 0, 0))
@@ -374,24 +349,14 @@ def test_kill_9_of_the_runner_in_pty_mode_keeps_the_job_and_restores_the_termina
     go = tmp_path / "go"
     done = tmp_path / "done"
     code = (
-        "import os, sys, time\n"
-        "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
-        "deadline = time.monotonic() + 20\n"
-        f"while not os.path.exists({str(go)!r}) and time.monotonic() < deadline: time.sleep(0.01)\n"
-        "print('after the kill', flush=True)\n"  # no SIGHUP from a closed pty: the keeper holds it open
+        ready_then_wait_for(go, 20)
+        + "print('after the kill', flush=True)\n"  # no SIGHUP from a closed pty: the keeper holds it open
         f"open({str(done)!r}, 'w').close()\n"
     )
     master, slave = os.openpty()
     before = termios.tcgetattr(slave)
     try:
-        with subprocess.Popen(
-            runner_argv(PY, "-c", code),
-            env=llamamon_env(),
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            start_new_session=True,
-        ) as proc:
+        with runner_on_pty(code, slave) as proc:
             assert b"ready" in read_until(master, b"ready")
             assert termios.tcgetattr(slave) != before  # raw while the runner lives
             proc.kill()
@@ -436,24 +401,11 @@ def _poll(predicate, deadline_s: float = 20) -> bool:
 
 def test_ctrl_z_in_pty_mode_stops_the_runner_too_and_fg_resumes_both(tmp_path: Path):
     go = tmp_path / "go"
-    code = (
-        "import os, sys, time\n"
-        "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
-        "deadline = time.monotonic() + 30\n"
-        f"while not os.path.exists({str(go)!r}) and time.monotonic() < deadline: time.sleep(0.01)\n"
-        "print('resumed', flush=True)\n"
-    )
+    code = ready_then_wait_for(go, 30) + "print('resumed', flush=True)\n"
     master, slave = os.openpty()
     before = termios.tcgetattr(slave)
     try:
-        with subprocess.Popen(
-            runner_argv(PY, "-c", code),
-            env=llamamon_env(),
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            start_new_session=True,
-        ) as proc:
+        with runner_on_pty(code, slave) as proc:
             job = None
             try:
                 assert b"ready" in read_until(master, b"ready")
