@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llamamon.errors import RuleError
-from llamamon.rules import lang
+from llamamon.rules import lang, tree
 
 
 @pytest.mark.parametrize(
@@ -40,7 +40,7 @@ from llamamon.rules import lang
     ],
 )
 def test_parse_and_render(text: str, canonical: str) -> None:
-    assert lang.render(lang.parse(text).tree) == canonical
+    assert tree.render(lang.parse(text).tree) == canonical
 
 
 def test_aliases_resolve_to_stored_names() -> None:
@@ -124,10 +124,10 @@ def test_deep_nesting_is_a_rule_error() -> None:
 
 
 def test_to_base_factor_follows_the_metric() -> None:
-    assert lang.to_base(lang.parse("p95(inference_latency, 5m) > 1").tree) == pytest.approx(1e-3)
-    assert lang.to_base(lang.parse("memory_usage > 1").tree) == 1.0
-    assert lang.duration_text(5400) == "1h30m"
-    assert lang.duration_text(0.5) == "500ms"
+    assert tree.to_base(lang.parse("p95(inference_latency, 5m) > 1").tree) == pytest.approx(1e-3)
+    assert tree.to_base(lang.parse("memory_usage > 1").tree) == 1.0
+    assert tree.duration_text(5400) == "1h30m"
+    assert tree.duration_text(0.5) == "500ms"
 
 
 ALPHABET = st.sampled_from(
@@ -159,7 +159,7 @@ def test_fuzz_tokens_parse_or_rule_error(text: str) -> None:
         assert "at column" in message
     else:
         assert cond.metrics  # a condition that parses names at least one metric
-        lang.parse(lang.render(cond.tree))  # and renders to text that parses again
+        lang.parse(tree.render(cond.tree))  # and renders to text that parses again
 
 
 @settings(max_examples=150, deadline=None)

@@ -33,7 +33,7 @@ def check_command(config_path: str | None, metrics_dir: str | None, strict: bool
     """
     from llamamon.config import load_config
     from llamamon.rules.builtin import known_metrics, rules_from_config
-    from llamamon.rules.lang import duration_text
+    from llamamon.rules.tree import duration_text
 
     cfg = load_config(config_path)
     root = Path(metrics_dir) if metrics_dir else cfg.metrics_path

@@ -1,6 +1,6 @@
-"""The I/O behind ``llamamon alerts test``: read configs, test files and the store, then call the engine.
+"""The I/O behind ``llamamon alerts test``: read configs, test files and the store, then replay the rules.
 
-Imported only inside the ``alerts test`` command (it pulls in polars through the engine).
+Imported only inside the ``alerts test`` command (it pulls in polars through the history evaluator).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from llamamon.errors import ConfigError
 if TYPE_CHECKING:
     import polars as pl
 
-    from llamamon.rules.engine import Alert, Rule
+    from llamamon.rules.model import Alert, Rule
 
 
 def evaluate_recorded(
@@ -36,8 +36,8 @@ def evaluate_recorded(
     training step each fired at (the run's last logged step by then; None without one)."""
 
     from llamamon.config import load_config
-    from llamamon.rules import engine
     from llamamon.rules.builtin import rules_from_config
+    from llamamon.rules.history import replay
     from llamamon.store import open_store
     from llamamon.store.reader import metric_names, scan
     from llamamon.store.runs import resolve_runs, run_ends
@@ -55,8 +55,7 @@ def evaluate_recorded(
     recorded = partial(metric_names, root, runs=ids)
     rules = [r for r in rules_from_config(cfg, recorded=recorded, recorded_where=str(root)) if r.enabled]
     ends = run_ends(runs)
-    samples = engine.prepare(frame, engine.needed_metrics(rules), cfg.aliases, ends)
-    alerts = engine.evaluate_runs(rules, samples, cfg.update_frequency, ends)
+    alerts = replay(rules, frame, step_s=cfg.update_frequency, aliases=cfg.aliases, ends=ends)
     return alerts, rules, _steps_at(frame, alerts) if steps and alerts else [None] * len(alerts)
 
 
@@ -123,7 +122,7 @@ def _rank(severity: str, order: tuple[str, ...]) -> int:
 
 def _episode_line(rule: Rule, a: Alert, step: int | None) -> str:
     """``validation_loss_high: value 2.31 at step 120, 2026-01-01T00:02:00Z, resolved ... (run R, gpu=0)``."""
-    from llamamon.rules.lang import unit_of
+    from llamamon.rules.tree import unit_of
 
     unit = unit_of(rule.condition.tree)
     value = f"{a.value:.6g}" + (f" {unit}" if unit and unit != "ratio" else "")

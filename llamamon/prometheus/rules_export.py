@@ -28,8 +28,8 @@ from typing import Any
 
 from llamamon import catalog, units
 from llamamon.prometheus.snapshot import family_name
-from llamamon.rules.engine import Rule
-from llamamon.rules.lang import (
+from llamamon.rules.model import Rule
+from llamamon.rules.tree import (
     COMPARISONS,
     Binary,
     Call,

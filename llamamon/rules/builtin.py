@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING
 
 from llamamon import catalog
 from llamamon.errors import ConfigError, RuleError, raise_errors
-from llamamon.rules import lang, template
-from llamamon.rules.engine import Rule
+from llamamon.rules import lang, template, tree
+from llamamon.rules.model import Rule
 
 if TYPE_CHECKING:
     from llamamon.config import Config, RuleConfig
@@ -246,7 +246,7 @@ def rules_from_config(
             continue
         parsed.append((name, rc, cond, path, file, line))
     unknown = {
-        n for _, _, cond, *_ in parsed for sel in lang.selectors(cond.tree) for n in (sel.name, sel.metric)
+        n for _, _, cond, *_ in parsed for sel in tree.selectors(cond.tree) for n in (sel.name, sel.metric)
     } - known
     if unknown and recorded is not None:
         known |= recorded(unknown)
@@ -280,7 +280,7 @@ def _check_rule(
     cfg: Config,
     name: str,
     rc: RuleConfig,
-    cond: lang.Condition,
+    cond: tree.Condition,
     where: tuple[str, int | None, str],
     known: set[str],
     recorded: Callable[[set[str] | None], set[str]] | None,

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from llamamon import catalog, units
-from llamamon.rules.lang import Binary, Call, Node, Number, Selector
+from llamamon.rules.tree import Binary, Call, Node, Number, Selector
 
 V = TypeVar("V")
 

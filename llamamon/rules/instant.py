@@ -1,14 +1,14 @@
 """Conditions evaluated at one instant over in-memory series, in plain Python: the live loop's evaluator.
 
-Why not ``rules.series`` here: it compiles a condition into polars operations over a grid of ticks, the
+Why not the history evaluator (``rules.history``) here: it compiles a condition into polars operations over a grid of ticks, the
 right tool for a history; for one tick over a trailing window it costs hundreds of tiny polars calls
 (tens of ms) plus polars' import, which ``record`` would pay every evaluation and at exit. Here each
 selector is a binary search into sorted per-series lists and each window a slice of them.
 
-Same answers as ``engine.step_all`` at the same instant (``tests/test_rules_instant.py`` checks it differentially), including
-where the vectorised code leans on polars' ordering of NaN above every number (``_lt``: counter resets,
-``evals_since_best``, rate extrapolation); windowed min/max/quantiles treat NaN as PromQL does, through
-the functions both engines share (``series.window_extreme``, ``series.window_quantile``). Pure: no I/O,
+Same answers as the history evaluator on a one-tick grid (``tests/test_rules_instant.py``, the contract
+between the two), including where the vectorised code leans on polars' ordering of NaN above every number
+(``_lt``: counter resets, ``evals_since_best``, rate extrapolation); what both compute alike (comparisons,
+division, NaN in windowed min/max/quantiles, which series pair up) is ``rules.promql``'s. Pure: no I/O,
 no clock.
 """
 
@@ -22,25 +22,28 @@ from typing import TYPE_CHECKING
 
 from llamamon import catalog
 from llamamon.rules import histogram
-from llamamon.rules.lang import COMPARISONS, Binary, Call, Node, Number, Selector, Unary
-from llamamon.rules.series import (
+from llamamon.rules.promql import (
     LOOKBACK,
     SHORT_WINDOW,
     US,
-    _agree,
-    _matches,
-    _scalar_op,
+    NodeDispatch,
+    agree,
     arith,
     divide,
     holds,
+    matches,
     neumaier_sum,
+    pair_series,
+    scalar_op,
     window_extreme,
     window_quantile,
 )
+from llamamon.rules.tree import COMPARISONS, Binary, Call, Node, Selector, Unary
 from llamamon.samples import AlertEvent, Labels, make_labels
 
 if TYPE_CHECKING:
-    from llamamon.rules.engine import AlertStates, Rule
+    from llamamon.rules.model import Rule
+    from llamamon.rules.states import AlertStates
 
 
 @dataclass(slots=True)
@@ -74,7 +77,7 @@ def fold_best(best: Best | None, values: Sequence[float], stop: int | None = Non
 
 @dataclass(slots=True)
 class Series:
-    """One series as ``rules.series.prepare`` would make it: samples sorted by time (stale = a run's end)."""
+    """One series as ``rules.history_input.prepare`` would make it: samples sorted by time (stale = a run's end)."""
 
     metric: str  # canonical name
     labels: dict[str, str]  # including run and host where set
@@ -101,7 +104,7 @@ def _lt(a: float, b: float) -> bool:
 
 
 def _finite_sum(values: list[float]) -> float:
-    """Sum with polars' treatment in rules.series: any NaN or both infinities is NaN, else the infinity."""
+    """Sum with polars' treatment in rules.history_windows: any NaN or both infinities is NaN, else the infinity."""
     nan = pinf = ninf = False
     finite = []
     for v in values:
@@ -113,7 +116,7 @@ def _finite_sum(values: list[float]) -> float:
             ninf = True
         else:
             finite.append(v)
-    # (short windows compensated as rules.series sums them; long ones in order, within its prefix error)
+    # (short windows compensated as rules.history_windows sums them; long ones in order, within its prefix error)
     total = neumaier_sum(finite) if len(values) <= SHORT_WINDOW else sum(finite)
     if nan or (pinf and ninf):
         return math.nan
@@ -124,9 +127,9 @@ def _finite_sum(values: list[float]) -> float:
     return total
 
 
-class Instant:
-    """Evaluates condition trees at time ``t`` (us) over ``series``, as ``rules.series.Compiler`` does on a
-    one-tick grid."""
+class Instant(NodeDispatch[Vec]):
+    """Evaluates condition trees at time ``t`` (us) over ``series``, as ``rules.history_compiler.Compiler``
+    does on a one-tick grid."""
 
     def __init__(self, series: Sequence[Series], t: int, lookback: float = LOOKBACK) -> None:
         self.series = series
@@ -142,15 +145,7 @@ class Instant:
         return {make_labels(res.labels[sid]): value for sid, (value, ok) in sorted(res.rows.items()) if ok}
 
     def eval(self, node: Node) -> Vec | float:
-        if isinstance(node, Number):
-            return node.value
-        if isinstance(node, Selector):
-            return self.instant(node)
-        if isinstance(node, Call):
-            return self.call(node)
-        if isinstance(node, Unary):
-            return self.unary(node)
-        return self.binary(node)
+        return self.dispatch(node)
 
     # -- selectors -----------------------------------------------------------------------------------
 
@@ -160,7 +155,7 @@ class Instant:
             found = [
                 i
                 for i, s in enumerate(self.series)
-                if s.metric == sel.metric and all(_matches(m, s.labels) for m in sel.matchers)
+                if s.metric == sel.metric and all(matches(m, s.labels) for m in sel.matchers)
             ]
             self._selected[sel] = found
         return found
@@ -210,7 +205,7 @@ class Instant:
         return histogram.with_buckets(node, own, self.eval, self.bucket_quantiles, _concat)
 
     def bucket_quantiles(self, node: Call, res: Vec, metric: catalog.Metric) -> Vec:
-        """A quantile of a catalog histogram per series from its buckets' rates, as rules.series.Compiler's."""
+        """A quantile of a catalog histogram per series from its buckets' rates, as the history's Compiler's."""
         groups, member = histogram.group_buckets(res.labels)
         found: dict[int, list[tuple[float, float]]] = {}
         for sid, (value, _ok) in sorted(res.rows.items()):
@@ -243,7 +238,7 @@ class Instant:
         return Vec([self.series[i].labels for i in sids], rows)
 
     def window(self, node: Call, sel: Selector) -> Vec:
-        """``f(x, w)`` over the samples in ``[t - w, t]``, as rules.series.Compiler.window."""
+        """``f(x, w)`` over the samples in ``[t - w, t]``, as the history's ``Compiler.window``."""
         sids = self.select(sel)
         w = round(node.window * US)
         f = node.func
@@ -276,7 +271,7 @@ class Instant:
         return Vec([self.series[i].labels for i in sids], rows)
 
     def _extrapolated(self, f: str, times: Sequence[int], values: Sequence[float], lo: int, hi: int, w: int) -> float:
-        """Prometheus' extrapolatedRate, step for step as rules.series.Compiler._extrapolate computes it."""
+        """Prometheus' extrapolatedRate, step for step as ``rules.history_windows.extrapolated`` computes it."""
         counter = f != "delta"
         first, last = lo, hi - 1
         t0, v0, t1, v1 = times[first], values[first], times[last], values[last]
@@ -321,7 +316,7 @@ class Instant:
         left, right = self.eval(node.left), self.eval(node.right)
         op = node.op
         if not isinstance(left, Vec) and not isinstance(right, Vec):
-            return _scalar_op(op, left, right)
+            return scalar_op(op, left, right)
         if op in ("and", "or", "unless"):
             if not (isinstance(left, Vec) and isinstance(right, Vec)):
                 raise TypeError("lang.parse rejects set operators without a metric on both sides")
@@ -343,7 +338,7 @@ class Instant:
 
 
 def _concat(a: Vec, b: Vec) -> Vec:
-    """Both vectors' series side by side (b's renumbered after a's), as rules.series._concat."""
+    """Both vectors' series side by side (b's renumbered after a's), as ``history_vectors.concat``."""
     if not b.labels:
         return a
     if not a.labels:
@@ -354,28 +349,17 @@ def _concat(a: Vec, b: Vec) -> Vec:
 
 def _vector_op(op: str, left: Vec, right: Vec) -> Vec:
     """Series that agree on every shared label pair up; the first pair of each merged label set counts."""
-    labels: list[dict[str, str]] = []
-    seen: set[tuple[tuple[str, str], ...]] = set()
+    pairs, labels = pair_series(left.labels, right.labels)
     rows: dict[int, tuple[float, bool]] = {}
-    for i, a in enumerate(left.labels):
-        for j, b in enumerate(right.labels):
-            if not _agree(a, b):
-                continue
-            merged = {**b, **a}
-            key = tuple(sorted(merged.items()))
-            if key in seen:
-                continue
-            seen.add(key)
-            out = len(labels)
-            labels.append(merged)
-            lrow, rrow = left.rows.get(i), right.rows.get(j)
-            if lrow is None or rrow is None:
-                continue
-            (lv, lok), (rv, rok) = lrow, rrow
-            if op in COMPARISONS:
-                rows[out] = (lv, lok and rok and holds(op, lv, rv))
-            else:
-                rows[out] = (arith(op, lv, rv), lok and rok)
+    for i, j, out in pairs:
+        lrow, rrow = left.rows.get(i), right.rows.get(j)
+        if lrow is None or rrow is None:
+            continue
+        (lv, lok), (rv, rok) = lrow, rrow
+        if op in COMPARISONS:
+            rows[out] = (lv, lok and rok and holds(op, lv, rv))
+        else:
+            rows[out] = (arith(op, lv, rv), lok and rok)
     return Vec(labels, rows)
 
 
@@ -384,7 +368,7 @@ def _and_unless(op: str, left: Vec, right: Vec) -> Vec:
     rows: dict[int, tuple[float, bool]] = {}
     for sid, (v, ok) in left.rows.items():
         a = left.labels[sid]
-        partners = [right.rows[j][1] for j, b in enumerate(right.labels) if j in right.rows and _agree(a, b)]
+        partners = [right.rows[j][1] for j, b in enumerate(right.labels) if j in right.rows and agree(a, b)]
         if op == "and":
             if partners:
                 rows[sid] = (v, ok and any(partners))

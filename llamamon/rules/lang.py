@@ -1,8 +1,9 @@
 """The condition language: tokenize and parse ``gpu_utilization{gpu="0"} < 20% and p95(x, 5m) > 500ms``.
 
-Our own recursive-descent parser into a small syntax tree (never eval/exec or an expression library);
-every error is a RuleError pointing at the column, with the text and a caret. Pure: no files, no clock.
-Evaluation lives in ``llamamon.rules.engine``, the PromQL rendering in ``llamamon.prometheus.rules_export``.
+Our own recursive-descent parser into the syntax tree of ``llamamon.rules.tree`` (never eval/exec or an
+expression library); every error is a RuleError pointing at the column, with the text and a caret. Pure:
+no files, no clock. Evaluation lives in ``llamamon.rules.history`` and ``llamamon.rules.instant``, the
+PromQL rendering in ``llamamon.prometheus.rules_export``.
 
 Grammar, loosest binding first::
 
@@ -23,16 +24,27 @@ milliseconds); next to a metric without a catalog unit they are in base units (s
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from llamamon import catalog, units
 from llamamon.errors import RuleError
-
-COMPARISONS = ("<", "<=", ">", ">=", "==", "!=")
-ARITHMETIC = ("+", "-", "*", "/")
-SET_OPS = ("and", "or", "unless")
-KEYWORDS = ("and", "or", "unless", "not")
+from llamamon.rules.tree import (
+    COMPARISONS,
+    KEYWORDS,
+    SET_OPS,
+    Binary,
+    Call,
+    Condition,
+    Matcher,
+    Node,
+    Number,
+    Selector,
+    Unary,
+    metric_names,
+    selectors,
+    unit_of,
+)
 
 # name -> (number of arguments, kind). "window": f(metric, duration); "quantile": f(q, metric, duration);
 # "pNN": f(metric, duration) = quantile(NN/100, ...); "series": f(metric); "value": f(expr).
@@ -76,65 +88,6 @@ class Token:
     kind: str  # number, name, string, op, end
     text: str
     pos: int  # 0-based offset
-
-
-@dataclass(frozen=True, slots=True)
-class Number:
-    value: float
-    dim: str | None  # "seconds", "bytes", "ratio" ... when written with a unit; value is then in base units
-    text: str
-    pos: int
-
-
-@dataclass(frozen=True, slots=True)
-class Matcher:
-    label: str
-    op: str  # =, !=, =~, !~
-    value: str
-
-
-@dataclass(frozen=True, slots=True)
-class Selector:
-    name: str  # as written
-    matchers: tuple[Matcher, ...]
-    pos: int
-    metric: str = ""  # canonical name (aliases resolved) once resolved
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    func: str
-    args: tuple[Node, ...]
-    pos: int
-    window: float = 0.0  # seconds, for window functions
-    q: float = 0.0  # for quantile / pNN
-
-
-@dataclass(frozen=True, slots=True)
-class Unary:
-    op: str  # "-" or "not"
-    operand: Node
-    pos: int
-
-
-@dataclass(frozen=True, slots=True)
-class Binary:
-    op: str
-    left: Node
-    right: Node
-    pos: int
-
-
-Node = Number | Selector | Call | Unary | Binary
-
-
-@dataclass(frozen=True, slots=True)
-class Condition:
-    """A parsed, resolved condition and where it came from (for messages)."""
-
-    text: str
-    tree: Node
-    metrics: frozenset[str] = field(default_factory=frozenset)
 
 
 class _Place:
@@ -225,19 +178,19 @@ class _Parser:
             raise self.unexpected()
         return node
 
-    def or_(self) -> Node:
-        node = self.and_()
-        while self.tok.kind == "name" and self.tok.text == "or":
+    def chain(self, kind: str, ops: tuple[str, ...], operand: Callable[[], Node]) -> Node:
+        """``operand (op operand)*`` for the operators ``ops`` (tokens of ``kind``), binding to the left."""
+        node = operand()
+        while self.tok.kind == kind and self.tok.text in ops:
             tok = self.take()
-            node = Binary("or", node, self.and_(), tok.pos)
+            node = Binary(tok.text, node, operand(), tok.pos)
         return node
 
+    def or_(self) -> Node:
+        return self.chain("name", ("or",), self.and_)
+
     def and_(self) -> Node:
-        node = self.not_()
-        while self.tok.kind == "name" and self.tok.text in ("and", "unless"):
-            tok = self.take()
-            node = Binary(tok.text, node, self.not_(), tok.pos)
-        return node
+        return self.chain("name", ("and", "unless"), self.not_)
 
     def not_(self) -> Node:
         if self.tok.kind == "name" and self.tok.text == "not":
@@ -265,18 +218,10 @@ class _Parser:
         return node
 
     def sum(self) -> Node:
-        node = self.prod()
-        while self.tok.kind == "op" and self.tok.text in ("+", "-"):
-            tok = self.take()
-            node = Binary(tok.text, node, self.prod(), tok.pos)
-        return node
+        return self.chain("op", ("+", "-"), self.prod)
 
     def prod(self) -> Node:
-        node = self.unary()
-        while self.tok.kind == "op" and self.tok.text in ("*", "/"):
-            tok = self.take()
-            node = Binary(tok.text, node, self.unary(), tok.pos)
-        return node
+        return self.chain("op", ("*", "/"), self.unary)
 
     def unary(self) -> Node:
         if self.tok.kind == "op" and self.tok.text == "-":
@@ -451,66 +396,6 @@ def check_names(
             )
 
 
-def selectors(node: Node) -> list[Selector]:
-    if isinstance(node, Selector):
-        return [node]
-    if isinstance(node, Call):
-        return [s for a in node.args for s in selectors(a)]
-    if isinstance(node, Unary):
-        return selectors(node.operand)
-    if isinstance(node, Binary):
-        return selectors(node.left) + selectors(node.right)
-    return []
-
-
-def subtrees(node: Node) -> Iterator[Node]:
-    """Every node of a condition tree, the node itself first."""
-    yield node
-    if isinstance(node, Call):
-        for arg in node.args:
-            yield from subtrees(arg)
-    elif isinstance(node, Unary):
-        yield from subtrees(node.operand)
-    elif isinstance(node, Binary):
-        yield from subtrees(node.left)
-        yield from subtrees(node.right)
-
-
-def metric_names(node: Node) -> set[str]:
-    return {s.metric for s in selectors(node)}
-
-
-def unit_of(node: Node) -> str | None:
-    """The catalog unit an expression's values are in (None: unknown or a plain number)."""
-    if isinstance(node, Selector):
-        metric = catalog.BY_NAME.get(node.metric)
-        return metric.unit if metric is not None and metric.unit else None
-    if isinstance(node, Call):
-        if node.func in ("count", "evals_since_best", "isnan", "isinf", "isfinite"):
-            return None if node.func in ("count", "evals_since_best") else unit_of(node.args[0])
-        return unit_of(node.args[1] if node.func == "quantile" else node.args[0])
-    if isinstance(node, Unary):
-        return unit_of(node.operand) if node.op == "-" else None
-    if isinstance(node, Binary):
-        if node.op in ("*", "/"):
-            # Why: scaling by a plain number keeps the unit (latency * 2 is still milliseconds).
-            if isinstance(node.right, Number):
-                return unit_of(node.left)
-            if isinstance(node.left, Number) and node.op == "*":
-                return unit_of(node.right)
-            return None
-        if node.op in ("or",):
-            return unit_of(node.left) or unit_of(node.right)
-        return unit_of(node.left) if not isinstance(node.left, Number) else unit_of(node.right)
-    return None
-
-
-def to_base(node: Node) -> float:
-    """Factor from an expression's stored unit to base units (ms -> s is 1e-3); 1 where unknown."""
-    unit = unit_of(node)
-    return catalog.UNITS[unit].to_base if unit in catalog.UNITS else 1.0
-
-
 def _dimension(unit: str) -> str:
     return catalog.UNITS[unit].prometheus_suffix if unit in catalog.UNITS else unit
 
@@ -565,57 +450,3 @@ def _strip_units(node: Node) -> Node:
     if isinstance(node, Binary):
         return replace(node, left=_strip_units(node.left), right=_strip_units(node.right))
     return node
-
-
-def render(node: Node) -> str:
-    """Canonical text of a (resolved) tree, fully parenthesised; for listings and tests."""
-    if isinstance(node, Number):
-        return _num(node.value)
-    if isinstance(node, Selector):
-        inner = ", ".join(f'{m.label}{m.op}"{_escape(m.value)}"' for m in node.matchers)
-        return node.name + (f"{{{inner}}}" if node.matchers else "")
-    if isinstance(node, Call):
-        args = [render(a) for a in node.args]
-        if node.window:
-            args[-1] = duration_text(node.window)
-        return f"{node.func}({', '.join(args)})"
-    if isinstance(node, Unary):
-        return f"not {render(node.operand)}" if node.op == "not" else f"-{render(node.operand)}"
-    return f"({render(node.left)} {node.op} {render(node.right)})"
-
-
-def duration_text(seconds: float) -> str:
-    """Seconds as a Prometheus duration: 300 -> "5m", 5400 -> "1h30m", 0.5 -> "500ms"."""
-    ms = round(seconds * 1000)
-    out = ""
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
-        n, ms = divmod(ms, size)
-        if n:
-            out += f"{n}{unit}"
-    return out or "0s"
-
-
-def _num(value: float) -> str:
-    if value != value:
-        return "NaN"
-    if value in (float("inf"), float("-inf")):
-        return "inf" if value > 0 else "-inf"
-    return repr(value) if not float(value).is_integer() or abs(value) >= 1e16 else str(int(value))
-
-
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def top_comparison(node: Node) -> str | None:
-    """The comparison a condition is about (">" for "x > 5 and y"), to tell peaks from troughs."""
-    if isinstance(node, Binary):
-        if node.op in COMPARISONS:
-            return node.op
-        if node.op in SET_OPS:
-            return top_comparison(node.left)
-    if isinstance(node, Unary) and node.op == "not":
-        inner = top_comparison(node.operand)
-        flip = {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}
-        return flip.get(inner or "", inner)
-    return None

@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from llamamon import catalog
 from llamamon.errors import ConfigError
-from llamamon.rules import engine
+from llamamon.rules import history
+from llamamon.rules.history_input import Grid, prepare
+from llamamon.rules.model import Rule, needed_metrics
+from llamamon.rules.promql import US
 from llamamon.samples import labels_to_str
 from llamamon.units import parse_duration
 
@@ -212,7 +215,7 @@ def series_frame(group: Group) -> pl.DataFrame:
     import polars as pl
 
     rows: dict[str, list[Any]] = {"time": [], "metric": [], "value": [], "labels": [], "stale": []}
-    step = round(group.interval * engine.US)
+    step = round(group.interval * US)
     for name, labels, values in group.series:
         metric, factor = metric_of(name)
         lab = labels_to_str(tuple(sorted(labels.items())))
@@ -250,7 +253,7 @@ def _key(item: tuple[dict[str, str], dict[str, str]]) -> str:
 
 def run_group(
     group: Group,
-    rules: Sequence[engine.Rule],
+    rules: Sequence[Rule],
     every: float,
     replay: Callable[[dict[str, str]], pl.DataFrame] | None = None,
 ) -> list[str]:
@@ -258,19 +261,15 @@ def run_group(
     frame = replay(group.replay) if group.replay is not None and replay is not None else series_frame(group)
     if not group.cases:
         return []
-    t_max = max(c.eval_time for c in group.cases)
-    grid = engine.Grid(0, round(every * engine.US), int(t_max // every) + 1)
-    samples = engine.prepare(frame, engine.needed_metrics(rules))
-    wanted = {int(c.eval_time // every): [] for c in group.cases}
+    samples = prepare(frame, needed_metrics(rules))
     snapshots: dict[int, dict[str, list[tuple[dict[str, str], dict[str, str]]]]] = {}
-    for k, states, _events in engine.replay(rules, samples, grid):
-        if k in wanted:
-            snap: dict[str, list[tuple[dict[str, str], dict[str, str]]]] = {}
-            for table in states.active.values():
-                for inst in table.values():
-                    if inst.state == "firing":
-                        snap.setdefault(inst.rule, []).append((dict(inst.labels), dict(inst.annotations)))
-            snapshots[k] = snap
+    for k in sorted({int(c.eval_time // every) for c in group.cases}):
+        # What fires at tick k: the episodes of the ticks up to it still firing at its end.
+        snap: dict[str, list[tuple[dict[str, str], dict[str, str]]]] = {}
+        for alert in history.replay(rules, samples, grid=Grid(0, round(every * US), k + 1)):
+            if alert.resolved_at is None:
+                snap.setdefault(alert.rule, []).append((dict(alert.labels), dict(alert.annotations)))
+        snapshots[k] = snap
     failures = []
     for case in group.cases:
         got = sorted(snapshots[int(case.eval_time // every)].get(case.alertname, []), key=_key)
@@ -290,6 +289,6 @@ def run_group(
 
 
 def _when(seconds: float) -> str:
-    from llamamon.rules.lang import duration_text
+    from llamamon.rules.tree import duration_text
 
     return duration_text(seconds)

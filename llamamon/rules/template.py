@@ -5,6 +5,9 @@
 between braces must match this grammar, checked once when the rule is loaded (``check``), so a typo
 is a config error and not a surprise when an alert fires. ``$value`` prints like Go's ``%v`` (what
 Prometheus prints), so the same rule gives the same text under llamamon and Prometheus.
+
+An alert's labels and annotations are a rule's templates rendered for one series and value
+(``alert_labels``, ``annotations``); both evaluators and the history's episodes build them here.
 """
 
 from __future__ import annotations
@@ -12,6 +15,14 @@ from __future__ import annotations
 import math
 import re
 from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from llamamon import units
+from llamamon.rules.tree import to_base
+from llamamon.samples import Labels, make_labels
+
+if TYPE_CHECKING:
+    from llamamon.rules.model import Rule
 
 _ACTION = re.compile(r"\{\{-?\s*(.*?)\s*-?\}\}", re.DOTALL)
 _TERM = re.compile(r"^\$(value|labels\.([A-Za-z_][A-Za-z0-9_]*)|labels)$")
@@ -126,12 +137,7 @@ def _humanize(v: float) -> str:
     if v == 0 or not math.isfinite(v):
         return _g4(v)
     if abs(v) >= 1:
-        prefix = ""
-        for p in ("k", "M", "G", "T", "P", "E", "Z", "Y"):
-            if abs(v) < 1000:
-                break
-            prefix, v = p, v / 1000
-        return _g4(v) + prefix
+        return _large(v, 1000, ("k", "M", "G", "T", "P", "E", "Z", "Y"))
     v, prefix = _small(v)
     return _g4(v) + prefix
 
@@ -139,11 +145,16 @@ def _humanize(v: float) -> str:
 def _humanize1024(v: float) -> str:
     if abs(v) <= 1 or not math.isfinite(v):
         return _g4(v)
+    return _large(v, 1024, ("ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi"))
+
+
+def _large(v: float, base: int, prefixes: tuple[str, ...]) -> str:
+    """``v`` divided by ``base`` until under it, with the prefix of the last division."""
     prefix = ""
-    for p in ("ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi"):
-        if abs(v) < 1024:
+    for p in prefixes:
+        if abs(v) < base:
             break
-        prefix, v = p, v / 1024
+        prefix, v = p, v / base
     return _g4(v) + prefix
 
 
@@ -189,3 +200,60 @@ def go_float(v: float) -> str:
     if len(ds) <= x + 1:
         return prefix + ds + "0" * (x + 1 - len(ds))
     return f"{prefix}{ds[: x + 1]}.{ds[x + 1 :]}"
+
+
+def _base(rule: Rule, value: float) -> float:
+    # Why: templates see $value in base units (seconds, bytes), as Prometheus does on exported series.
+    return units.scale(value, to_base(rule.condition.tree))
+
+
+def alert_labels(rule: Rule, series: dict[str, str], value: float) -> dict[str, str]:
+    """Series labels + rule labels (templated) + alertname + severity, as Prometheus builds them."""
+    labels = dict(series)
+    for k, v in rule.labels.items():
+        labels[k] = render(v, _base(rule, value), series)
+    labels["severity"] = rule.severity
+    labels["alertname"] = rule.name
+    return labels
+
+
+def annotations(rule: Rule, series: dict[str, str], value: float) -> Labels:
+    return make_labels({k: render(v, _base(rule, value), series) for k, v in rule.annotations.items()})
+
+
+class AlertTexts:
+    """One rule's alert labels and annotations per series and value, rendered once per series where
+    no template reads ``$value``.
+
+    Why: a flapping condition gives thousands of episodes of the same few series; rendering the same
+    templates and sorting the same labels for each one cost more than finding the episodes.
+    """
+
+    def __init__(self, rule: Rule, series: list[dict[str, str]]) -> None:
+        self.rule = rule
+        self.series = series
+        self.fixed_labels = not any(_reads_value(v) for v in rule.labels.values())
+        self.fixed_annotations = not any(_reads_value(v) for v in rule.annotations.values())
+        self.labels: dict[int, Labels] = {}
+        self.annotations: dict[int, Labels] = {}
+
+    def labels_of(self, sid: int, value: float) -> Labels:
+        labels = self.labels.get(sid) if self.fixed_labels else None
+        if labels is None:
+            labels = make_labels(alert_labels(self.rule, self.series[sid], value))
+            if self.fixed_labels:
+                self.labels[sid] = labels
+        return labels
+
+    def annotations_of(self, sid: int, value: float) -> Labels:
+        ann = self.annotations.get(sid) if self.fixed_annotations else None
+        if ann is None:
+            ann = annotations(self.rule, self.series[sid], value)
+            if self.fixed_annotations:
+                self.annotations[sid] = ann
+        return ann
+
+
+def _reads_value(text: str) -> bool:
+    # Why a substring test is enough: the template grammar's only way to the value is the term $value.
+    return "$value" in text

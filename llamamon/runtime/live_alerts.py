@@ -3,10 +3,10 @@
 Composition: samples go into a trailing window kept in memory, one time-sorted buffer per series (only
 the metrics some rule needs, trimmed as the window moves, never a store scan; what ``evals_since_best``
 counts is folded into a running minimum as it leaves, so that count spans the run); each tick
-``rules.instant.step_at`` evaluates the rules in plain Python (the same answers as ``engine.step_all``,
+``rules.instant.step_at`` evaluates the rules in plain Python (the same answers as the history evaluator,
 without polars' import and per-call overhead) at the tick, at each run's last sample and, for rules with
 ``for: 0``, at every new sample of what they read (the evaluation points ``alerts test`` uses, see
-``engine.evaluation_grids``), and advances the persistent ``AlertStates``; the resulting resolves plus every instance still firing go to the shared
+``history.evaluation_grids``), and advances the persistent ``AlertStates``; the resulting resolves plus every instance still firing go to the shared
 ``NotificationLedger`` (once on firing, once on resolve, again every repeat_interval, never twice across
 record and watch); what it lets through goes to ``Dispatcher.submit`` in the background, so delivery never
 holds up a tick. A run that ends gets a staleness marker after its last sample, as Prometheus does for a
@@ -29,20 +29,20 @@ from typing import TYPE_CHECKING
 from llamamon import catalog
 from llamamon.fsutil import atomic_write
 from llamamon.rules.instant import Best, Series, fold_best, step_at
-from llamamon.rules.series import US, series_labels
+from llamamon.rules.promql import US, series_labels
 from llamamon.samples import AlertEvent, Row, Sample, labels_to_str
+from llamamon.store.follower import Entry
+from llamamon.store.layout import alert_states_file
 
 if TYPE_CHECKING:
     from llamamon.config import Config
-    from llamamon.rules.engine import Rule
+    from llamamon.rules.model import Rule
 
 log = logging.getLogger("llamamon.alerts")
 
 DRAIN_TIMEOUT_S = 5.0
 MARGIN_S = 5.0
 
-# (time in microseconds as the store rounds it, run, host, metric, value, labels, stale)
-Entry = tuple[int, str, str, str, float, str, bool]
 # A stored series: (run, host, metric as recorded, labels)
 Key = tuple[str, str, str, str]
 # A series as rules see it (an alias and its canonical name are one): (run, host, canonical metric, labels)
@@ -73,8 +73,8 @@ def trailing_window(rules: Sequence[Rule]) -> float:
 
     ``for`` and ``keep_firing_for`` need no history: AlertStates carries them from tick to tick.
     """
-    from llamamon.rules.engine import LOOKBACK
-    from llamamon.rules.lang import Call, subtrees
+    from llamamon.rules.promql import LOOKBACK
+    from llamamon.rules.tree import Call, subtrees
 
     longest = max((n.window for r in rules for n in subtrees(r.condition.tree) if isinstance(n, Call)), default=0.0)
     return LOOKBACK + longest + MARGIN_S
@@ -91,8 +91,9 @@ class LiveAlerts:
         from llamamon.channels.dispatch import Dispatcher
         from llamamon.channels.registry import UnsetChannel, build_channels
         from llamamon.rules.builtin import rules_from_config
-        from llamamon.rules.engine import AlertStates, needed_metrics, reads
-        from llamamon.rules.lang import Call, subtrees
+        from llamamon.rules.model import needed_metrics, reads
+        from llamamon.rules.states import AlertStates
+        from llamamon.rules.tree import Call, subtrees
         from llamamon.runtime.alert_ledger import NotificationLedger
 
         def recorded(names: set[str] | None) -> set[str]:
@@ -130,7 +131,7 @@ class LiveAlerts:
         self.channels = {name: channel for name, channel in channels.items() if name not in off}
         self.dispatcher = Dispatcher(self.channels, off=off)
         self.ledger = NotificationLedger(metrics_dir, config.alerts.repeat_interval)
-        self.state_path = Path(metrics_dir) / "alerts" / f"engine-{scope}.json" if scope else None
+        self.state_path = alert_states_file(metrics_dir, scope) if scope else None
         self.states = AlertStates()
         self._saved = ""
         if self.state_path is not None and self.state_path.exists():
@@ -365,7 +366,7 @@ class LiveAlerts:
 
     def firing_events(self, now: float) -> list[AlertEvent]:
         return [
-            self.states._event(rule, inst, "firing", now)  # the engine's own event builder
+            self.states.event(rule, inst, "firing", now)
             for rule in self.rules
             for inst in self.states.firing(rule.name)
         ]

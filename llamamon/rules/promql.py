@@ -1,0 +1,172 @@
+"""PromQL's meaning of numbers and labels, the one definition both rule evaluators use.
+
+Why one module: the history evaluator (``rules.history``, polars over a grid of ticks) and the live one
+(``rules.instant``, plain Python at one instant) must give the same answers; where they compute a value the
+same way (a comparison, a division by zero, NaN in a window, which series pair up across an operator) they
+call these functions instead of keeping two copies that could drift. Pure: no polars, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from typing import Any, Generic, TypeVar
+
+from llamamon.rules.tree import COMPARISONS, Binary, Call, Node, Number, Selector, Unary
+from llamamon.samples import labels_from_str
+
+US = 1_000_000
+LOOKBACK = 300.0  # seconds, Prometheus' default lookback delta
+# Windows of at most this many samples are summed in order (see neumaier_sum); longer ones by prefix sums.
+SHORT_WINDOW = 16
+
+V = TypeVar("V")
+
+
+class NodeDispatch(Generic[V]):
+    """A condition tree's node to the evaluator's method for its kind; numbers are their value.
+
+    Why a base class: both evaluators walk the same five node kinds; one dispatch keeps them from
+    disagreeing on which method a node goes to.
+    """
+
+    def dispatch(self, node: Node) -> V | float:
+        if isinstance(node, Number):
+            return node.value
+        if isinstance(node, Selector):
+            return self.instant(node)
+        if isinstance(node, Call):
+            return self.call(node)
+        if isinstance(node, Unary):
+            return self.unary(node)
+        assert isinstance(node, Binary)
+        return self.binary(node)
+
+    def instant(self, sel: Selector) -> V:
+        raise NotImplementedError
+
+    def call(self, node: Call) -> V | float:
+        raise NotImplementedError
+
+    def unary(self, node: Unary) -> V | float:
+        raise NotImplementedError
+
+    def binary(self, node: Binary) -> V | float:
+        raise NotImplementedError
+
+
+def series_labels(labels: str, run: str, host: str) -> dict[str, str]:
+    """A stored series' label set as rules match it: its labels plus ``run`` and ``host`` where known."""
+    found = dict(labels_from_str(labels))
+    if run:
+        found["run"] = run
+    if host:
+        found["host"] = host
+    return found
+
+
+def matches(m: Any, labels: dict[str, str]) -> bool:
+    """One label matcher (``=``, ``!=``, ``=~``, ``!~``; regexes anchored as PromQL's) against a label set."""
+    have = labels.get(m.label, "")
+    if m.op == "=":
+        return have == m.value
+    if m.op == "!=":
+        return have != m.value
+    hit = re.fullmatch(m.value, have) is not None
+    return hit if m.op == "=~" else not hit
+
+
+def agree(a: dict[str, str], b: dict[str, str]) -> bool:
+    """Two series match across a binary operator when they agree on every label both carry."""
+    return all(b[k] == v for k, v in a.items() if k in b)
+
+
+def pair_series(
+    left: list[dict[str, str]], right: list[dict[str, str]], *, exact: bool = False
+) -> tuple[list[tuple[int, int, int]], list[dict[str, str]]]:
+    """(left sid, right sid, output sid) for the series that pair up, and the output series' labels.
+
+    Pairs agree on every shared label (``exact``: identical labels); the first pair of each merged label
+    set counts, a later pair giving the same labels is dropped.
+    """
+    rows: list[tuple[int, int, int]] = []
+    out: list[dict[str, str]] = []
+    seen: set[tuple[tuple[str, str], ...]] = set()
+    for i, a in enumerate(left):
+        for j, b in enumerate(right):
+            if (a == b) if exact else agree(a, b):
+                merged = {**b, **a}
+                key = tuple(sorted(merged.items()))
+                if key not in seen:
+                    seen.add(key)
+                    rows.append((i, j, len(out)))
+                    out.append(merged)
+    return rows, out
+
+
+def neumaier_sum(values: Iterable[float]) -> float:
+    """Compensated sum of finite values, as PromQL's sum_over_time adds (kahanSumInc, Neumaier's variant)."""
+    acc = comp = 0.0
+    for v in values:
+        t = acc + v
+        comp += (acc - t) + v if abs(acc) >= abs(v) else (v - t) + acc
+        acc = t
+    return acc + comp
+
+
+def window_extreme(f: str, values: Iterable[float]) -> float:
+    """min/max over a window as PromQL's min_over_time/max_over_time: NaN only when every value is NaN."""
+    kept = [v for v in values if v == v]
+    if not kept:
+        return math.nan
+    return min(kept) if f == "min" else max(kept)
+
+
+def window_quantile(values: Iterable[float], q: float) -> float:
+    """PromQL's quantile_over_time: NaN sorts first, ``lo * (1 - w) + hi * w`` (so inf * 0 gives NaN)."""
+    vals = sorted(values, key=lambda v: (v == v, v if v == v else 0.0))
+    rank = q * (len(vals) - 1)
+    lo = math.floor(rank)
+    hi = min(len(vals) - 1, lo + 1)
+    weight = rank - lo
+    return vals[lo] * (1 - weight) + vals[hi] * weight
+
+
+def divide(a: float, b: float) -> float:
+    """IEEE division, as polars divides (x/0 is ±inf, 0/0 NaN)."""
+    if b != 0:
+        return a / b
+    if a == 0 or a != a:
+        return math.nan
+    return math.copysign(math.inf, a) * math.copysign(1.0, b)
+
+
+def arith(op: str, a: float, b: float) -> float:
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    return divide(a, b)
+
+
+def holds(op: str, a: float, b: float) -> bool:
+    """A comparison on two numbers; Python's float comparisons are IEEE already (NaN false, != true)."""
+    if op == "<":
+        return a < b
+    if op == "<=":
+        return a <= b
+    if op == ">":
+        return a > b
+    if op == ">=":
+        return a >= b
+    if op == "==":
+        return a == b
+    return a != b
+
+
+def scalar_op(op: str, a: float, b: float) -> float:
+    """An operator between two numbers: a comparison gives 1.0 or 0.0, as PromQL's ``bool`` does."""
+    return float(holds(op, a, b)) if op in COMPARISONS else arith(op, a, b)
