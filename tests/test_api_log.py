@@ -323,18 +323,19 @@ def test_step_and_rank_helpers():
     assert rank_labels({"RANK": "0", "WORLD_SIZE": "2"}) == (("rank", "0"),)
 
 
+def records(*, finite: bool, labels: st.SearchStrategy) -> st.SearchStrategy:
+    """Up to 20 (time, group, metric, value, labels, step) rows; times and values finite or also NaN and infinite."""
+    number = st.floats(allow_nan=not finite, allow_infinity=not finite)
+    groups = st.sampled_from(["training", "custom", "inference"])
+    steps = st.one_of(st.none(), st.integers(0, 2**62))
+    return st.lists(st.tuples(number, groups, st.text(max_size=12), number, labels, steps), max_size=20)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
-    st.lists(
-        st.tuples(
-            st.floats(allow_nan=True, allow_infinity=True),
-            st.sampled_from(["training", "custom", "inference"]),
-            st.text(max_size=12),
-            st.floats(allow_nan=True, allow_infinity=True),
-            st.dictionaries(st.text(min_size=1, max_size=5), st.text(min_size=1, max_size=5), max_size=2),
-            st.one_of(st.none(), st.integers(0, 2**62)),
-        ),
-        max_size=20,
+    records(
+        finite=False,
+        labels=st.dictionaries(st.text(min_size=1, max_size=5), st.text(min_size=1, max_size=5), max_size=2),
     )
 )
 def test_encode_fields_writes_the_same_bytes_as_json_dumps(records):
@@ -344,19 +345,7 @@ def test_encode_fields_writes_the_same_bytes_as_json_dumps(records):
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.floats(allow_nan=False, allow_infinity=False),
-            st.sampled_from(["training", "custom", "inference"]),
-            st.text(max_size=12),
-            st.floats(allow_nan=False, allow_infinity=False),
-            st.text(max_size=12),
-            st.one_of(st.none(), st.integers(0, 2**62)),
-        ),
-        max_size=20,
-    )
-)
+@given(records(finite=True, labels=st.text(max_size=12)))
 def test_line_templates_write_the_same_bytes_as_encode_fields(records):
     # names and labels may hold "%" (and "%r"): the templates must escape them, not format into them
     lines = []
