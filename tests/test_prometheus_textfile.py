@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 from llamamon.prometheus.text import parse
-from llamamon.prometheus.textfile import TextfileWriter, prune, textfile_folder, textfile_name
+from llamamon.prometheus.textfile import TextfileWriter, prune, textfile_name
 from llamamon.samples import Sample, make_labels
+from llamamon.store.layout import textfile_folder
 from tests.conftest import llamamon_env
 
 RUN_ID = "20260901T101500Z-gpu-box-3f2a"
@@ -22,9 +23,7 @@ def values(path: Path) -> dict[tuple[str, tuple], float]:
     return {(p.name, p.labels): p.value for f in parse(path.read_text(encoding="utf-8")) for p in f.points}
 
 
-def test_folder_and_file_name(tmp_path):
-    assert textfile_folder(tmp_path / ".metrics") == tmp_path / ".metrics" / "prometheus"
-    assert textfile_folder(tmp_path / ".metrics", "/var/lib/node_exporter") == Path("/var/lib/node_exporter")
+def test_file_name():
     assert textfile_name("gpu-box.lan", RUN_ID) == f"llamamon-gpu-box.lan-{RUN_ID}.prom"
     assert textfile_name("a/b c", "watch") == "llamamon-a_b_c-watch.prom"
 

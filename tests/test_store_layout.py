@@ -100,3 +100,12 @@ def test_partition_paths_round_trip(tmp_path):
 def test_utc_date_is_utc():
     assert layout.utc_date(1_764_287_999.0) == "2025-11-27"
     assert layout.utc_date(1_764_288_000.0) == "2025-11-28"
+
+
+def test_the_folders_beside_the_data(tmp_path):
+    metrics = tmp_path / ".metrics"
+    assert layout.textfile_folder(metrics) == metrics / "prometheus"
+    assert layout.textfile_folder(metrics, "/var/lib/node_exporter") == Path("/var/lib/node_exporter")
+    assert layout.alert_ledger_file(metrics) == metrics / "alerts" / "state.json"
+    assert layout.alert_states_file(metrics, "watch") == metrics / "alerts" / "engine-watch.json"
+    assert layout.compaction_dir(metrics) == metrics / "_compact"

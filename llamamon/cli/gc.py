@@ -50,7 +50,8 @@ def gc_command(config_path: str | None, metrics_dir: str | None, keep: str | Non
 
 
 def _prune_textfiles(cfg: Config, metrics_dir: str | None, dry_run: bool) -> None:
-    from llamamon.prometheus.textfile import prune, stale_textfiles, textfile_folder
+    from llamamon.prometheus.textfile import prune, stale_textfiles
+    from llamamon.store.layout import textfile_folder
 
     folder = textfile_folder(metrics_dir or cfg.monitoring.metrics_path, cfg.monitoring.textfile_dir)
     grace = cfg.monitoring.textfile_grace

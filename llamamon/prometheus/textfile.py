@@ -31,11 +31,6 @@ _WRITER = re.compile(rb"^# llamamon writer pid=(\d+) started=([0-9.]+)$", re.MUL
 _INACTIVE = re.compile(rb"^llamamon_run_active(\{[^}]*\})? 0(\.0)?$", re.MULTILINE)
 
 
-def textfile_folder(metrics_path: str | Path, textfile_dir: str | Path | None = None) -> Path:
-    """Where .prom files go: ``monitoring.textfile_dir`` if set, else ``<metrics_path>/prometheus``."""
-    return Path(textfile_dir) if textfile_dir is not None else Path(metrics_path) / "prometheus"
-
-
 def textfile_name(host: str, name: str) -> str:
     """``llamamon-<host>-<run id or "watch">.prom``; anything unsafe in a file name becomes ``_``."""
     return f"llamamon-{_UNSAFE.sub('_', host)}-{_UNSAFE.sub('_', name)}.prom"

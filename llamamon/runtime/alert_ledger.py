@@ -19,11 +19,10 @@ from typing import Any
 
 from llamamon.fsutil import atomic_write
 from llamamon.samples import AlertEvent
+from llamamon.store.layout import alert_ledger_file
 
 log = logging.getLogger("llamamon.alerts")
 
-STATE_FILE = Path("alerts") / "state.json"
-LOCK_FILE = Path("alerts") / "state.lock"
 DEFAULT_REPEAT_INTERVAL = 4 * 3600.0
 # Resolved entries are kept a while so a lagging process cannot re-announce an episode that ended.
 KEEP_RESOLVED = 7 * 86400.0
@@ -33,8 +32,8 @@ class NotificationLedger:
     """``due(events, now)`` -> the subset of events to notify, recorded as notified in one locked step."""
 
     def __init__(self, metrics_dir: str | os.PathLike[str], repeat_interval: float = DEFAULT_REPEAT_INTERVAL) -> None:
-        self.path = Path(metrics_dir) / STATE_FILE
-        self.lock_path = Path(metrics_dir) / LOCK_FILE
+        self.path = alert_ledger_file(Path(metrics_dir))
+        self.lock_path = self.path.with_suffix(".lock")
         self.repeat_interval = repeat_interval
 
     @contextlib.contextmanager

@@ -423,7 +423,8 @@ class Recorder:
         monitoring = self.config.monitoring
         if monitoring.export_format != "prometheus":
             return None
-        from llamamon.prometheus.textfile import TextfileWriter, textfile_folder
+        from llamamon.prometheus.textfile import TextfileWriter
+        from llamamon.store.layout import textfile_folder
 
         folder = textfile_folder(self.metrics_dir, monitoring.textfile_dir)
         writer = TextfileWriter(

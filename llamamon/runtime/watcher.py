@@ -116,7 +116,8 @@ class Watcher:
         self._failed: set[str] = set()
         self.textfile: TextfileWriter | None = None
         if config.monitoring.export_format == "prometheus":
-            from llamamon.prometheus.textfile import TextfileWriter, textfile_folder
+            from llamamon.prometheus.textfile import TextfileWriter
+            from llamamon.store.layout import textfile_folder
 
             # This host's samples and the alerts firing; the runs' own textfiles come from `record`.
             folder = textfile_folder(metrics_dir, config.monitoring.textfile_dir)

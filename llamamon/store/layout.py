@@ -8,6 +8,9 @@ gc agree on one layout::
     <metrics_dir>/runs/<run_id>.json
     <metrics_dir>/_journal/<run_id>/<writer>-<seq>.jsonl
     <metrics_dir>/_compact/<token>.json                     compaction intents, .lock
+    <metrics_dir>/alerts/state.json                        notifications sent (record and watch share it)
+    <metrics_dir>/alerts/engine-<scope>.json               a live evaluator's alert states (``watch``)
+    <metrics_dir>/prometheus/llamamon-<host>-<name>.prom   unless monitoring.textfile_dir says elsewhere
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from llamamon.errors import ConfigError, StoreError
 JOURNAL_DIR = "_journal"
 RUNS_DIR = "runs"
 COMPACT_DIR = "_compact"
+ALERTS_DIR = "alerts"
+TEXTFILE_DIR = "prometheus"
 DATA_SUFFIX = ".parquet"
 JOURNAL_SUFFIX = ".jsonl"
 COMPACT_PREFIX = "compact-"
@@ -133,6 +138,21 @@ def run_file(metrics_dir: Path, run_id: str) -> Path:
 
 def compaction_dir(metrics_dir: Path) -> Path:
     return Path(metrics_dir) / COMPACT_DIR
+
+
+def alert_ledger_file(metrics_dir: Path) -> Path:
+    """The notifications sent, shared by every ``record`` and ``watch`` on the folder; its lock beside it."""
+    return Path(metrics_dir) / ALERTS_DIR / "state.json"
+
+
+def alert_states_file(metrics_dir: Path, scope: str) -> Path:
+    """A live evaluator's alert states kept between its processes (``scope``: ``watch``)."""
+    return Path(metrics_dir) / ALERTS_DIR / f"engine-{scope}.json"
+
+
+def textfile_folder(metrics_dir: str | Path, textfile_dir: str | Path | None = None) -> Path:
+    """Where .prom files go: ``monitoring.textfile_dir`` if set, else ``<metrics_dir>/prometheus``."""
+    return Path(textfile_dir) if textfile_dir is not None else Path(metrics_dir) / TEXTFILE_DIR
 
 
 def job_fields_file(metrics_dir: Path, run_id: str) -> Path:
