@@ -124,20 +124,21 @@ def child(kind: str, folder: Path, step: float) -> dict:
         rows = df.height
         result = {"rows": rows}
     else:
-        from llamamon.rules import engine, lang
+        from llamamon.rules import history, lang
+        from llamamon.rules.history_input import prepare
+        from llamamon.rules.model import Rule, needed_metrics
         from llamamon.units import parse_duration
 
         rules = [
-            engine.Rule(name, lang.parse(cond), "warning", for_=parse_duration(for_))
-            for name, (cond, for_) in RULES.items()
+            Rule(name, lang.parse(cond), "warning", for_=parse_duration(for_)) for name, (cond, for_) in RULES.items()
         ]
         lf = frame(folder)
         t_prep, c_prep = time.perf_counter(), cpu_now()
-        samples = engine.prepare(lf, engine.needed_metrics(rules))
+        samples = prepare(lf, needed_metrics(rules))
         t_rules, c_rules = time.perf_counter(), cpu_now()
         # What `alerts test` runs: each rule on its evaluation points (the grid, the run's end, and for
         # `for: 0` rules every sample of what they read).
-        alerts = engine.evaluate_runs(rules, samples, step)
+        alerts = history.replay(rules, samples, step_s=step)
         result = {
             "prepare_cpu_s": c_rules - c_prep,
             "rules_cpu_s": cpu_now() - c_rules,
@@ -146,7 +147,7 @@ def child(kind: str, folder: Path, step: float) -> dict:
             "prepare_s": t_rules - t_prep,
             "rules_s": time.perf_counter() - t_rules,
         }
-        result["ticks"] = max(g.n for g, _ in engine.evaluation_grids(rules, samples, step))
+        result["ticks"] = max(g.n for g, _ in history.evaluation_grids(rules, samples, step))
     result["seconds"] = time.perf_counter() - t
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["cpu_s"] = usage.ru_utime + usage.ru_stime

@@ -199,14 +199,16 @@ def test_refused_connection_is_retried_then_reported():
 
 def test_value_is_in_the_unit_of_the_rules_templates_with_its_unit(plain_smtp):
     # A latency rule: stored in ms, $value in seconds (as Prometheus); the mail's Value says the same.
-    from llamamon.rules import engine, lang
+    from llamamon.rules import lang
+    from llamamon.rules.model import Rule
+    from llamamon.rules.states import AlertStates
 
-    rule = engine.Rule(
+    rule = Rule(
         "latency_high",
         lang.parse("p95(inference_latency, 5m) > 500ms"),
         annotations={"summary": "p95 latency {{ $value }}s", "description": "{{ $value | humanizeDuration }}"},
     )
-    states = engine.AlertStates()
+    states = AlertStates()
     labels = make_labels(host="box", run="20260901T101500Z-box-3f2a")
     [fired] = states.step(rule, 1_790_000_000.0, {labels: 97840.0})
     [resolved] = states.step(rule, 1_790_000_060.0, {})

@@ -17,15 +17,16 @@ import polars as pl
 import pytest
 
 from llamamon.config import load_config
-from llamamon.rules import engine
 from llamamon.rules.builtin import builtin_rules
+from llamamon.rules.history import replay
+from llamamon.rules.model import Alert
 
 T0 = 1_767_225_600
 RULES = {r.name: r for r in builtin_rules(load_config())}
 SEEDS = range(60)
 
 
-def alerts(rule: str, rows: list[tuple[float, str, float]]) -> list[engine.Alert]:
+def alerts(rule: str, rows: list[tuple[float, str, float]]) -> list[Alert]:
     frame = pl.DataFrame(
         {
             "time": [datetime.fromtimestamp(T0 + t, tz=timezone.utc) for t, _, _ in rows],
@@ -37,8 +38,7 @@ def alerts(rule: str, rows: list[tuple[float, str, float]]) -> list[engine.Alert
         },
     ).with_columns(pl.col("time").cast(pl.Datetime("us", "UTC")))
     ends = {"r1": T0 + rows[-1][0]}
-    samples = engine.prepare(frame, engine.needed_metrics([RULES[rule]]), None, ends)
-    return engine.evaluate_runs([RULES[rule]], samples, 10.0, ends)
+    return replay([RULES[rule]], frame, step_s=10.0, ends=ends)
 
 
 def falling_loss(seed: int) -> list[tuple[float, str, float]]:

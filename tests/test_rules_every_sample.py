@@ -19,7 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llamamon.config import load_config
-from llamamon.rules import engine, lang
+from llamamon.rules import history, lang
+from llamamon.rules.history_input import Grid, prepare
+from llamamon.rules.model import Alert, Rule, needed_metrics
 from llamamon.runtime.live_alerts import LiveAlerts
 from llamamon.samples import Row
 
@@ -50,10 +52,10 @@ def frame(rows: list[tuple[float, str, float, str]]) -> pl.DataFrame:
     ).with_columns(pl.col("time").cast(pl.Datetime("us", "UTC")))
 
 
-def offline(condition: str, rows, step: float, ends: dict[str, float], for_: float = 0.0) -> list[engine.Alert]:
-    rules = [engine.Rule("r", lang.parse(condition), severity="warning", for_=for_)]
-    samples = engine.prepare(frame(rows), engine.needed_metrics(rules), None, ends)
-    return engine.evaluate_runs(rules, samples, step)
+def offline(condition: str, rows, step: float, ends: dict[str, float], for_: float = 0.0) -> list[Alert]:
+    rules = [Rule("r", lang.parse(condition), severity="warning", for_=for_)]
+    samples = prepare(frame(rows), needed_metrics(rules), None, ends)
+    return history.replay(rules, samples, step_s=step)
 
 
 def live_config(tmp_path: Path, condition: str, step: float, for_: str = "0s"):
@@ -149,12 +151,12 @@ def test_for_counts_seconds_on_ticks_that_samples_add() -> None:
     rows = [(T0 + 0.5 * i, "memory_usage", 0.95, RUN) for i in range(20)]
     (alert,) = offline("memory_usage > 0.9", rows, 10.0, {RUN: T0 + 9.5}, for_=3.0)
     assert alert.fired_at == T0 + 9.5  # on the 10 s grid plus the run's end: seen at 0 s and 9.5 s only
-    rules = [engine.Rule("r", lang.parse("memory_usage > 0.9"), severity="warning", for_=3.0)]
-    samples = engine.prepare(frame(rows), {"memory_usage"}, None, {RUN: T0 + 9.5})
-    grid = engine.Grid.covering(round(T0 * 1e6), round((T0 + 9.5) * 1e6), 10.0).with_times(
+    rules = [Rule("r", lang.parse("memory_usage > 0.9"), severity="warning", for_=3.0)]
+    samples = prepare(frame(rows), {"memory_usage"}, None, {RUN: T0 + 9.5})
+    grid = Grid.covering(round(T0 * 1e6), round((T0 + 9.5) * 1e6), 10.0).with_times(
         [round((T0 + 0.5 * i) * 1e6) for i in range(20)]
     )
-    (alert,) = engine.evaluate(rules, samples, grid)
+    (alert,) = history.evaluate(rules, samples, grid)
     assert alert.fired_at == pytest.approx(T0 + 3.0)
 
 

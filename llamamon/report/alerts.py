@@ -1,4 +1,4 @@
-"""The alerts a report shows: the rules engine replayed over the chosen runs, as firing spans.
+"""The alerts a report shows: the rules replayed over the chosen runs (``rules.history.replay``, as ``alerts test``), as firing spans.
 
 The same rules and thresholds as ``llamamon alerts test`` and ``watch`` (monitoring.yaml plus the
 built-in ones), so the report, CI and live alerting never disagree about what fired. Replayed, not
@@ -42,8 +42,9 @@ def replay_alerts(
     import polars as pl
 
     from llamamon import catalog
-    from llamamon.rules import engine
     from llamamon.rules.builtin import rules_from_config
+    from llamamon.rules.history import replay
+    from llamamon.rules.model import needed_metrics
 
     def frame(metrics: set[str] | None) -> pl.LazyFrame:
         if callable(samples):
@@ -55,15 +56,15 @@ def replay_alerts(
     if not names:
         return []
     rules = [r for r in rules_from_config(cfg, extra_names=names) if r.enabled]
-    needed = engine.needed_metrics(rules)
-    # The stored names that can mean a needed metric: itself and its aliases (prepare renames them).
+    needed = needed_metrics(rules)
+    # The stored names that can mean a needed metric: itself and its aliases (replay renames them); a
+    # function of metric names reads only those.
     aliases = {**catalog.ALIASES, **(cfg.aliases or {})}
     stored = needed | {alias for alias, target in aliases.items() if target in needed}
-    prepared = engine.prepare(frame(stored), needed, cfg.aliases, ends)
     shown_labels: dict[Labels, Labels] = {}
     metrics = {r.name: tuple(sorted(r.condition.metrics)) for r in rules}
     spans = []
-    for alert in engine.evaluate_runs(rules, prepared, cfg.update_frequency, ends):
+    for alert in replay(rules, frame(stored), step_s=cfg.update_frequency, aliases=cfg.aliases, ends=ends):
         shown = shown_labels.get(alert.labels)
         if shown is None:  # why cached: a flapping alert repeats the same label set thousands of times
             shown = shown_labels[alert.labels] = make_labels({k: v for k, v in alert.labels if k not in HIDDEN_LABELS})

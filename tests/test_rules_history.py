@@ -1,4 +1,4 @@
-"""The rules engine: built-in thresholds, for / keep_firing_for, per-series alerts, history == stepping."""
+"""The history evaluator: built-in thresholds, for / keep_firing_for, per-series alerts, history == stepping."""
 
 from __future__ import annotations
 
@@ -11,10 +11,16 @@ import pytest
 from conftest import write_samples
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from rules_reference import step_all, step_over
 
 from llamamon.config import load_config
-from llamamon.rules import engine, lang
+from llamamon.rules import history, lang
 from llamamon.rules.builtin import BUILTIN_NAMES, builtin_rules
+from llamamon.rules.history_compiler import Compiler
+from llamamon.rules.history_input import Grid, prepare
+from llamamon.rules.model import Alert, Rule
+from llamamon.rules.promql import LOOKBACK, US
+from llamamon.rules.states import AlertStates
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 
@@ -43,16 +49,16 @@ def frame(rows: list[tuple], run: str = "r1", host: str = "h1") -> pl.DataFrame:
     )
 
 
-def grid(seconds: int, step: int = 10) -> engine.Grid:
-    return engine.Grid(T0 * engine.US, step * engine.US, seconds // step + 1)
+def grid(seconds: int, step: int = 10) -> Grid:
+    return Grid(T0 * US, step * US, seconds // step + 1)
 
 
-def rule(condition: str, **kw) -> engine.Rule:
+def rule(condition: str, **kw) -> Rule:
     kw.setdefault("severity", "warning")
-    return engine.Rule(kw.pop("name", "r"), lang.parse(condition), **kw)
+    return Rule(kw.pop("name", "r"), lang.parse(condition), **kw)
 
 
-def fired(alerts: list[engine.Alert]) -> list[tuple[float, float | None]]:
+def fired(alerts: list[Alert]) -> list[tuple[float, float | None]]:
     return [(a.fired_at - T0, None if a.resolved_at is None else a.resolved_at - T0) for a in alerts]
 
 
@@ -99,16 +105,16 @@ def test_builtin_fires_just_over_and_not_just_under(name: str) -> None:
     rules = [r for r in builtin_rules(load_config()) if r.name == name]
     over, under = CASES[name]
     seconds = 2400 if name == "train_loss_plateau" else 900
-    hits = engine.evaluate(rules, frame(over), grid(seconds))
+    hits = history.evaluate(rules, frame(over), grid(seconds))
     assert [a.rule for a in hits] == [name]
     assert hits[0].severity == ("critical" if name in ("memory_critical", "loss_not_finite") else "warning")
-    assert engine.evaluate(rules, frame(under), grid(seconds)) == []
+    assert history.evaluate(rules, frame(under), grid(seconds)) == []
 
 
 def test_builtin_gpu_rule_is_silent_on_an_idle_machine() -> None:
     rules = [r for r in builtin_rules(load_config()) if r.name == "gpu_underutilized"]
     idle = series("gpu_utilization", [0.0] * 91, labels=GPU) + series("gpu_process_memory_used", [0] * 91, labels=GPU)
-    assert engine.evaluate(rules, frame(idle), grid(900)) == []
+    assert history.evaluate(rules, frame(idle), grid(900)) == []
 
 
 def test_builtins_switch_off(tmp_path: Path) -> None:
@@ -116,7 +122,7 @@ def test_builtins_switch_off(tmp_path: Path) -> None:
     path.write_text("alerts:\n  builtin:\n    memory_warning: false\n")
     rules = {r.name: r for r in builtin_rules(load_config(path))}
     assert not rules["memory_warning"].enabled
-    assert engine.evaluate([rules["memory_warning"]], frame(CASES["memory_warning"][0]), grid(900)) == []
+    assert history.evaluate([rules["memory_warning"]], frame(CASES["memory_warning"][0]), grid(900)) == []
     assert "thresholds.memory.warning" in rules["memory_warning"].source
 
 
@@ -126,38 +132,38 @@ def test_builtins_switch_off(tmp_path: Path) -> None:
 def test_for_boundary_matches_prometheus_worked_example() -> None:
     # 0.5@0m, 0.95@1m..5m, then 0.5: pending at 1m and 2m, firing at 3m (2m >= 2m), resolved at 6m.
     rows = series("memory_usage", [0.5, 0.95, 0.95, 0.95, 0.95, 0.95, 0.5, 0.5], step=60)
-    alerts = engine.evaluate([rule("memory_usage > 0.9", for_=120)], frame(rows), grid(420, 60))
+    alerts = history.evaluate([rule("memory_usage > 0.9", for_=120)], frame(rows), grid(420, 60))
     assert fired(alerts) == [(180, 360)]
     assert alerts[0].active_at - T0 == 60
 
 
 def test_for_not_reached_never_fires() -> None:
     rows = series("memory_usage", [0.5, 0.95, 0.95, 0.5], step=60)
-    assert engine.evaluate([rule("memory_usage > 0.9", for_=121)], frame(rows), grid(240, 60)) == []
-    assert fired(engine.evaluate([rule("memory_usage > 0.9", for_=60)], frame(rows), grid(240, 60))) == [(120, 180)]
+    assert history.evaluate([rule("memory_usage > 0.9", for_=121)], frame(rows), grid(240, 60)) == []
+    assert fired(history.evaluate([rule("memory_usage > 0.9", for_=60)], frame(rows), grid(240, 60))) == [(120, 180)]
 
 
 def test_keep_firing_for_bridges_gaps_and_delays_resolve() -> None:
     values = [0.95, 0.95, 0.5, 0.5, 0.95, 0.5, 0.5, 0.5, 0.5, 0.5]
     rows = series("memory_usage", values, step=60)
-    plain = engine.evaluate([rule("memory_usage > 0.9")], frame(rows), grid(540, 60))
+    plain = history.evaluate([rule("memory_usage > 0.9")], frame(rows), grid(540, 60))
     assert fired(plain) == [(0, 120), (240, 300)]
-    kept = engine.evaluate([rule("memory_usage > 0.9", keep_firing_for=180)], frame(rows), grid(540, 60))
+    kept = history.evaluate([rule("memory_usage > 0.9", keep_firing_for=180)], frame(rows), grid(540, 60))
     # the dip at 2m-3m is bridged; after the last true tick (4m) it keeps firing at 5m, 6m, 7m; resolved at 8m
     assert fired(kept) == [(0, 480)]
 
 
 def test_still_firing_at_the_end_has_no_resolve() -> None:
     rows = series("memory_usage", [0.5, 0.95, 0.95], step=60)
-    assert fired(engine.evaluate([rule("memory_usage > 0.9")], frame(rows), grid(120, 60))) == [(60, None)]
+    assert fired(history.evaluate([rule("memory_usage > 0.9")], frame(rows), grid(120, 60))) == [(60, None)]
 
 
 def test_lookback_ends_a_series_after_five_minutes() -> None:
     rows = [(0, "memory_usage", 0.95)]
     # (a series of no run: a recorded run's series end with the run, see the test below)
-    assert fired(engine.evaluate([rule("memory_usage > 0.9")], frame(rows, run=""), grid(600, 60))) == [(0, 360)]
+    assert fired(history.evaluate([rule("memory_usage > 0.9")], frame(rows, run=""), grid(600, 60))) == [(0, 360)]
     # within a run the lookback holds as long as the run goes on (its end from its metadata)
-    alerts = engine.evaluate([rule("memory_usage > 0.9")], frame(rows), grid(600, 60), ends={"r1": T0 + 600})
+    alerts = history.evaluate([rule("memory_usage > 0.9")], frame(rows), grid(600, 60), ends={"r1": T0 + 600})
     assert fired(alerts) == [(0, 360)]
 
 
@@ -165,9 +171,9 @@ def test_a_runs_series_end_with_the_run_whatever_the_grid_covers() -> None:
     # Why: another run selected beside it (`alerts test --all`) stretches the grid; the run's own verdict
     # must not change, so nothing of it answers after its last sample (as live, after its staleness marker).
     rows = [(0, "memory_usage", 0.95), (30, "memory_usage", 0.95)]
-    alerts = engine.evaluate([rule("memory_usage > 0.9", for_=60)], frame(rows), grid(600, 10))
+    alerts = history.evaluate([rule("memory_usage > 0.9", for_=60)], frame(rows), grid(600, 10))
     assert alerts == []
-    alerts = engine.evaluate([rule("memory_usage > 0.9")], frame(rows), grid(600, 10))
+    alerts = history.evaluate([rule("memory_usage > 0.9")], frame(rows), grid(600, 10))
     assert fired(alerts) == [(0, 40)]
 
 
@@ -187,7 +193,7 @@ def test_each_gpu_fires_its_own_alert_with_labels_and_annotations() -> None:
         labels={"team": "ml"},
         annotations={"summary": "GPU {{ $labels.gpu }} at {{ $value | humanizePercentage }} on {{ $labels.host }}"},
     )
-    alerts = engine.evaluate([r], frame(rows), grid(90))
+    alerts = history.evaluate([r], frame(rows), grid(90))
     assert [(dict(a.labels)["gpu"], a.fired_at - T0) for a in alerts] == [("0", 0), ("1", 50)]
     assert dict(alerts[0].labels) == {
         "alertname": "idle",
@@ -220,7 +226,7 @@ def test_flapping_alerts_render_their_own_value_and_share_the_rest() -> None:
         labels={"level": "{{ $value | humanizePercentage }}"},
         annotations={"summary": "GPU {{ $labels.gpu }} at {{ $value }}"},
     )
-    alerts = engine.evaluate([fixed, valued], frame(rows), grid(50))
+    alerts = history.evaluate([fixed, valued], frame(rows), grid(50))
     got = [(a.rule, dict(a.labels)["gpu"], a.fired_at - T0, a.value) for a in alerts]
     assert got == [
         (r, gpu, t, pytest.approx(v - (gpu == "1") * 0.01))
@@ -242,9 +248,7 @@ def test_flapping_alerts_render_their_own_value_and_share_the_rest() -> None:
     # Stepping the state machine tick by tick (no caching there) gives the same texts.
     stepped = [
         (e.rule, e.labels, e.annotations)
-        for _k, _states, events in engine.replay(
-            [fixed, valued], engine.prepare(frame(rows), ["gpu_memory_usage"]), grid(50)
-        )
+        for _k, _states, events in step_over([fixed, valued], prepare(frame(rows), ["gpu_memory_usage"]), grid(50))
         for e in events
         if e.state == "firing"
     ]
@@ -256,7 +260,7 @@ def test_a_series_with_fewer_labels_is_broadcast() -> None:
         "gpu_utilization", [0.1] * 3, labels={"gpu": "1"}
     )
     rows += series("memory_usage", [0.95] * 3)
-    alerts = engine.evaluate([rule("gpu_utilization < 0.2 and memory_usage > 0.9")], frame(rows), grid(20))
+    alerts = history.evaluate([rule("gpu_utilization < 0.2 and memory_usage > 0.9")], frame(rows), grid(20))
     assert sorted(dict(a.labels)["gpu"] for a in alerts) == ["0", "1"]
 
 
@@ -264,14 +268,14 @@ def test_runs_are_separate_series() -> None:
     both = pl.concat(
         [frame(series("memory_usage", [0.95] * 3), run="a"), frame(series("memory_usage", [0.5] * 3), run="b")]
     )
-    alerts = engine.evaluate([rule("memory_usage > 0.9")], both, grid(20))
+    alerts = history.evaluate([rule("memory_usage > 0.9")], both, grid(20))
     assert [a.run for a in alerts] == ["a"]
 
 
 def test_nan_compares_false_and_not_isfinite_catches_it() -> None:
     rows = series("loss", [1.0, math.nan, math.inf, 2.0])
-    assert engine.evaluate([rule("loss > 0")], frame(rows), grid(30))[0].resolved_at - T0 == 10
-    alerts = engine.evaluate([rule("not isfinite(loss)")], frame(rows), grid(30))
+    assert history.evaluate([rule("loss > 0")], frame(rows), grid(30))[0].resolved_at - T0 == 10
+    alerts = history.evaluate([rule("not isfinite(loss)")], frame(rows), grid(30))
     assert fired(alerts) == [(10, 30)]
     assert math.isnan(alerts[0].value)
 
@@ -280,7 +284,7 @@ def test_plateau_patience_three_then_recovery() -> None:
     vals = [1.0, 0.9, 0.95, 0.92, 0.91, 0.93, 0.85, 0.86]
     rows = series("validation_loss", vals, step=60)
     rules = [r for r in builtin_rules(load_config()) if r.name == "loss_plateau"]
-    alerts = engine.evaluate(rules, frame(rows), grid(7 * 60, 60))
+    alerts = history.evaluate(rules, frame(rows), grid(7 * 60, 60))
     # best 0.9 at eval 2; evals 3, 4, 5 bring nothing better -> fires at the 5th (4m); 0.85 at 6m resolves
     assert fired(alerts) == [(240, 360)]
     assert alerts[0].value == 3
@@ -294,10 +298,10 @@ def test_plateau_uses_training_loss_when_no_validation_is_logged() -> None:
     rules = [r for r in builtin_rules(load_config()) if r.name in ("loss_plateau", "train_loss_plateau")]
     # (true from 35m, for 2m: fires at 37m; the run's last sample is at 39m50s: at 40m, after its end, the
     # alert resolves, as it does live)
-    assert fired(engine.evaluate(rules, frame(rows), grid(2400))) == [(2220, 2400)]
-    assert {a.rule for a in engine.evaluate(rules, frame(rows), grid(2400))} == {"train_loss_plateau"}
+    assert fired(history.evaluate(rules, frame(rows), grid(2400))) == [(2220, 2400)]
+    assert {a.rule for a in history.evaluate(rules, frame(rows), grid(2400))} == {"train_loss_plateau"}
     rows += series("validation_loss", [1.0, 0.5, 0.4, 0.3, 0.2], step=600)
-    assert engine.evaluate(rules, frame(rows), grid(2400)) == []
+    assert history.evaluate(rules, frame(rows), grid(2400)) == []
 
 
 def test_window_functions() -> None:
@@ -305,9 +309,9 @@ def test_window_functions() -> None:
     f, g = frame(rows), grid(300, 60)
 
     def value_at_end(cond: str) -> float:
-        alerts = engine.evaluate([rule(cond)], f, g)
-        states = engine.AlertStates()
-        engine.step_all(states, [rule(cond)], f, T0 + 300)
+        alerts = history.evaluate([rule(cond)], f, g)
+        states = AlertStates()
+        step_all(states, [rule(cond)], f, T0 + 300)
         last = [i.value for t in states.active.values() for i in t.values()]
         assert alerts
         assert last
@@ -326,8 +330,8 @@ def test_window_functions() -> None:
 
 def test_counter_reset_is_corrected_in_increase() -> None:
     rows = series("gpu_energy", [10, 20, 30, 5, 15], step=60)
-    states = engine.AlertStates()
-    engine.step_all(states, [rule("increase(gpu_energy, 4m) > 0")], frame(rows), T0 + 240)
+    states = AlertStates()
+    step_all(states, [rule("increase(gpu_energy, 4m) > 0")], frame(rows), T0 + 240)
     (inst,) = states.firing("r")
     assert inst.value == pytest.approx(10 + 10 + 5 + 10)
 
@@ -346,28 +350,28 @@ def test_vectorised_history_equals_stepping(values: list[float], for_ticks: int,
     r = rule("memory_usage > 0.9", for_=60.0 * for_ticks, keep_firing_for=60.0 * keep_ticks)
     f = frame(series("memory_usage", values, step=60))
     g = grid(60 * (len(values) - 1), 60)
-    history = [(a.fired_at, a.resolved_at) for a in engine.evaluate([r], f, g)]
+    episodes = [(a.fired_at, a.resolved_at) for a in history.evaluate([r], f, g)]
     stepped: list[tuple[float, float | None]] = []
-    for _k, _states, events in engine.replay([r], engine.prepare(f, ["memory_usage"]), g):
+    for _k, _states, events in step_over([r], prepare(f, ["memory_usage"]), g):
         for e in events:
             if e.state == "firing":
                 stepped.append((e.started_at, None))
             else:
                 stepped[-1] = (stepped[-1][0], e.ended_at)
-    assert history == stepped
+    assert episodes == stepped
 
 
 def test_states_round_trip_through_json() -> None:
     r = rule("memory_usage > 0.9", for_=120, keep_firing_for=60, annotations={"summary": "{{ $value }}"})
     f = frame(series("memory_usage", [0.95, 0.95, 0.95, 0.5, 0.5, 0.5], step=60))
-    straight = engine.AlertStates()
-    resumed = engine.AlertStates()
+    straight = AlertStates()
+    resumed = AlertStates()
     a_events, b_events = [], []
     for k in range(6):
         t = T0 + 60 * k
-        a_events += engine.step_all(straight, [r], f, t)
-        b_events += engine.step_all(resumed, [r], f, t)
-        resumed = engine.AlertStates.from_json(resumed.to_json())
+        a_events += step_all(straight, [r], f, t)
+        b_events += step_all(resumed, [r], f, t)
+        resumed = AlertStates.from_json(resumed.to_json())
     assert a_events == b_events
     assert [(e.state, e.started_at - T0, e.ended_at and e.ended_at - T0) for e in a_events] == [
         ("firing", 120, None),
@@ -378,7 +382,7 @@ def test_states_round_trip_through_json() -> None:
 def test_evaluate_over_parquet_in_the_store_layout(metrics_dir: Path) -> None:
     write_samples(metrics_dir, [(T0 + i * 10, "memory_usage", 0.95 if 3 <= i < 6 else 0.5) for i in range(10)])
     lf = pl.scan_parquet(str(metrics_dir / "group=*" / "*" / "*" / "*.parquet"), hive_partitioning=True)
-    alerts = engine.evaluate([rule("memory_usage > 0.9")], lf, grid(90))
+    alerts = history.evaluate([rule("memory_usage > 0.9")], lf, grid(90))
     assert fired(alerts) == [(30, 60)]
     assert alerts[0].run == "20260101T000000Z-testhost-0001"
     assert alerts[0].host == "testhost"
@@ -387,8 +391,8 @@ def test_evaluate_over_parquet_in_the_store_layout(metrics_dir: Path) -> None:
 def test_a_nan_only_spoils_the_windows_that_contain_it() -> None:
     rows = series("loss", [1, 1, math.nan, 1, 1, 1, 1, 1])
     for cond in ("avg(loss, 30s) > 0", "sum(loss, 30s) > 0"):
-        assert fired(engine.evaluate([rule(cond)], frame(rows), grid(70))) == [(0, 20), (60, None)], cond
-    assert fired(engine.evaluate([rule("count(loss, 30s) >= 4")], frame(rows), grid(70))) == [(30, None)]
+        assert fired(history.evaluate([rule(cond)], frame(rows), grid(70))) == [(0, 20), (60, None)], cond
+    assert fired(history.evaluate([rule("count(loss, 30s) >= 4")], frame(rows), grid(70))) == [(30, None)]
 
 
 # --- windows against a brute-force reference; rules that share parts ---------------------------------------
@@ -432,7 +436,7 @@ def test_windows_match_a_brute_force_reference(
     # (no run: the ticks after the last sample see windows reaching back to it, as Prometheus' do)
     f = frame([(t, "batch_queue_size", v) for t, v in samples], run="")
     g = grid(times[-1] + width + 2, step)
-    comp = engine.Compiler(engine.prepare(f, ["batch_queue_size"]), g, engine.LOOKBACK)
+    comp = Compiler(prepare(f, ["batch_queue_size"]), g, LOOKBACK)
     for func in ("count", "sum", "avg", "min", "max", "p50"):
         vec = comp.eval(lang.parse(f"{func}(batch_queue_size, {width}s)").tree)
         got = {k: v for k, _sid, v, _ok in vec.df.iter_rows()}
@@ -457,8 +461,8 @@ def test_rules_sharing_parts_give_the_alerts_they_give_alone() -> None:
         rule("memory_usage > 0.95", name="d"),
         rule("memory_usage > 0.9", name="e", keep_firing_for=10),
     ]
-    together = [(a.rule, a.fired_at, a.resolved_at, a.value, a.peak) for a in engine.evaluate(rules, f, g)]
-    alone = [(a.rule, a.fired_at, a.resolved_at, a.value, a.peak) for r in rules for a in engine.evaluate([r], f, g)]
+    together = [(a.rule, a.fired_at, a.resolved_at, a.value, a.peak) for a in history.evaluate(rules, f, g)]
+    alone = [(a.rule, a.fired_at, a.resolved_at, a.value, a.peak) for r in rules for a in history.evaluate([r], f, g)]
     assert sorted(together) == sorted(alone)
     assert {r for r, *_ in together} == {"a", "b", "c", "d", "e"}
 
@@ -466,10 +470,10 @@ def test_rules_sharing_parts_give_the_alerts_they_give_alone() -> None:
 def test_and_with_no_partner_rows_at_the_tick_is_empty_not_an_error() -> None:
     # memory_usage's only sample is older than the lookback at the tick: the right side has no rows.
     rows = [(0, "memory_usage", 0.9), *series("gpu_utilization", [0.9] * 40, labels=GPU)]
-    states = engine.AlertStates()
+    states = AlertStates()
     cond = "avg(gpu_utilization, 1m) > 0.5 and memory_usage > 0.5"
-    assert engine.step_all(states, [rule(cond)], frame(rows), T0 + 390) == []
-    assert engine.step_all(states, [rule(cond)], frame(rows), T0 + 120) != []
+    assert step_all(states, [rule(cond)], frame(rows), T0 + 390) == []
+    assert step_all(states, [rule(cond)], frame(rows), T0 + 120) != []
 
 
 # --- the numpy shortcuts give what the polars and binary-search formulations give -------------------------
@@ -478,7 +482,7 @@ def test_and_with_no_partner_rows_at_the_tick_is_empty_not_an_error() -> None:
 @settings(max_examples=80, deadline=None)
 @given(values=st.lists(st.sampled_from([0.0, 1.0, 2.5, -3.0, 7.0, math.nan, math.inf, -math.inf]), max_size=30))
 def test_counter_resets_order_nan_as_polars_does(values: list[float]) -> None:
-    from llamamon.rules.series import _resets
+    from llamamon.rules.history_windows import _resets
 
     df = pl.DataFrame({"value": values}, schema={"value": pl.Float64})
     prev = pl.col("value").shift(1)
@@ -503,7 +507,7 @@ def test_counter_resets_order_nan_as_polars_does(values: list[float]) -> None:
 def test_partner_positions_agree_with_a_binary_search(series_ticks: list[list[int]], wanted: list[tuple]) -> None:
     import numpy as np
 
-    from llamamon.rules.series import _positions
+    from llamamon.rules.history_vectors import _positions
 
     rkey = np.array([sid * 2**32 + k for sid, ks in enumerate(series_ticks) for k in ks], dtype=np.int64)
     if rkey.size == 0:
