@@ -15,6 +15,7 @@ from typing import NoReturn
 
 import pytest
 from click.testing import CliRunner
+from loopback import HttpSink, SmtpServer
 
 from llamamon.samples import Row, labels_to_str
 
@@ -112,6 +113,22 @@ def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LLAMAMON_CONFIG", raising=False)
     monkeypatch.delenv("LLAMAMON_RUN_ID", raising=False)
     monkeypatch.delenv("LLAMAMON_METRICS_DIR", raising=False)
+
+
+@pytest.fixture
+def sink():
+    """A loopback HTTP server that records every request (Slack, webhooks, Alertmanager)."""
+    server = HttpSink()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def smtp():
+    """A loopback SMTP server that keeps every mail."""
+    server = SmtpServer()
+    yield server
+    server.close()
 
 
 @pytest.fixture(autouse=True)

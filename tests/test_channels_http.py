@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 
-import pytest
 from loopback import HttpSink, closed_port
 
 from llamamon.channels.dispatch import Dispatcher
@@ -15,13 +14,6 @@ from llamamon.samples import AlertEvent, make_labels
 
 SECRET_PATH = "/services/T0SECRET/B0SECRET/xoxbTOPSECRETTOKEN"
 FAST = {"timeout": "2s", "attempts": 3, "backoff": "10ms"}
-
-
-@pytest.fixture
-def sink():
-    server = HttpSink()
-    yield server
-    server.close()
 
 
 def event(rule="gpu_memory_high", state="firing", severity="critical", **kw) -> AlertEvent:
@@ -39,12 +31,6 @@ def event(rule="gpu_memory_high", state="firing", severity="critical", **kw) -> 
     )
     base.update(kw)
     return AlertEvent(**base)
-
-
-@pytest.fixture(autouse=True)
-def _logs_reach_caplog(monkeypatch):
-    # Why: a CLI run earlier in the session sets propagate=False on the llamamon logger.
-    monkeypatch.setattr(logging.getLogger("llamamon"), "propagate", True)
 
 
 def send(channel, events):

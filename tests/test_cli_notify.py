@@ -7,26 +7,12 @@ import logging
 import re
 
 import pytest
-from loopback import HttpSink, SmtpServer, closed_port, wait_until
+from loopback import closed_port, wait_until
 
 from llamamon.cli.notify import notify_test_command
 from llamamon.errors import ChannelError, ConfigError
 
 TOKEN_PATH = "/services/T0NOTIFY/B0NOTIFY/n0tifyS3CRET"
-
-
-@pytest.fixture
-def sink():
-    server = HttpSink()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def smtp():
-    server = SmtpServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture(autouse=True)

@@ -6,9 +6,8 @@ import json
 import sys
 from datetime import datetime, timezone
 
-import pytest
 from conftest import llamamon_env, run_llamamon
-from loopback import HttpSink, wait_until
+from loopback import wait_until
 
 JOB = """
 import time, llamamon
@@ -30,13 +29,6 @@ alerts:
       condition: max(batch_queue_size, 5m) > 10
       channels: [hook]
 """
-
-
-@pytest.fixture
-def sink():
-    server = HttpSink()
-    yield server
-    server.close()
 
 
 def test_report_shows_resolved_at_the_run_end_what_the_channels_heard_resolve(tmp_path, sink):
