@@ -93,7 +93,7 @@ def compact(
 def compact_ended_run(metrics_dir: Path, run_id: str, max_files: int, max_bytes: int) -> CompactResult | None:
     """What ``record`` does as its run ends: compact the run's partitions, when one holds more than one
     file and all together hold at most ``max_files`` files and ``max_bytes`` bytes (the cost is mostly per
-    file: ~2.3 ms each on a slow 2-core VM). None when there is nothing to merge, when it is not cheap
+    file). None when there is nothing to merge, when it is not cheap
     (``llamamon compact`` does it later), or when another compaction holds the store. Files are only
     listed here: polars and pyarrow are imported when there is work to do.
     """

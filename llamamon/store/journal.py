@@ -123,7 +123,8 @@ def _json_float(value: float) -> str:
 
 
 def encode_fields(records: Iterable[Fields]) -> bytes:
-    """Row lines as ``json.dumps`` of ``[time, group, metric, value, labels, step]`` writes them, at about half the CPU.
+    """Row lines exactly as ``json.dumps`` of ``[time, group, metric, value, labels, step]`` writes them,
+    without its cost per row.
 
     ``time`` and ``value`` must be floats and ``step`` an int or None; names and label strings are
     JSON-encoded once each and reused.

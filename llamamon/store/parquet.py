@@ -3,20 +3,20 @@
 Only ever imported from inside functions (writer flush, journal fold, reader, compaction), never on
 the ``llamamon --help`` or ``import llamamon`` path.
 
-Encodings (measured by ``bench/storage.py``; figures are bytes per sample of one day of 16 series):
-rows sorted by (metric, labels, time) make every column run-friendly; ``host``/``metric``/``labels`` are
-dictionary-encoded (~0 B); ``time`` and ``step`` use DELTA_BINARY_PACKED (a 1 Hz series is a
-near-constant delta); ``value`` uses BYTE_STREAM_SPLIT, because the built-in collectors store values
-on power-of-two grids (catalog resolutions), so a value's low mantissa bytes are zero and its byte
-streams compress (1.46 -> 1.16 B for the value column; with decimal-rounded values it was the other
-way round: PLAIN 1.6, BYTE_STREAM_SPLIT 3.3). Dictionary-encoded values were larger still (1.9).
-BYTE_STREAM_SPLIT on the int64 ``time`` column would save another ~0.1-0.15 B, but readers only
-learned it in 2024 (DuckDB only in 2026), so the store keeps DELTA there: any DuckDB, polars or
-pandas reads it. Compacted files use zstd level 19 (~3 s of CPU per day of data, once, against 9's
-0.5 s; -0.08 B) and a single page per column (see COMPACT_OPTIONS).
+Encodings (each compared with its alternatives by ``python bench/store_io.py``; what the store ends up
+with, bytes per sample by column, is in bench/RESULTS.md, row "Storage after compaction, one day at 1 Hz
+x 16 series"): rows sorted by (metric, labels, time) make every column run-friendly;
+``host``/``metric``/``labels`` are dictionary-encoded; ``time`` and ``step`` use DELTA_BINARY_PACKED (a
+1 Hz series is a near-constant delta); ``value`` uses BYTE_STREAM_SPLIT, because the built-in collectors
+store values on power-of-two grids (catalog resolutions), so a value's low mantissa bytes are zero and
+its byte streams compress (with decimal-rounded values PLAIN was the smaller; dictionary-encoded values
+are larger than either). BYTE_STREAM_SPLIT on the int64 ``time`` column would be smaller still, but
+readers only learned it in 2024 (DuckDB only in 2026), so the store keeps DELTA there: any DuckDB,
+polars or pandas reads it. Compacted files use zstd level 19 (more CPU than level 9, spent once per
+file, for a smaller one) and a single page per column (see COMPACT_OPTIONS).
 
 No ``ARROW:schema`` footer entry is written: it repeats the schema (and every metadata key, base64'd)
-in ~0.6 KiB per file, and the Parquet types alone read back as the same Arrow schema.
+in every file, and the Parquet types alone read back as the same Arrow schema.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ SCHEMA = pa.schema(
 )
 SORT_KEYS = [("metric", "ascending"), ("labels", "ascending"), ("time", "ascending")]
 REPLACES_KEY = b"llamamon.replaces"  # plain JSON list: files written before the compressed form
-# The files a compacted file supersedes, as base64(zlib(JSON list)). A day of 30 s flushes is 2,880
-# names per partition: 27 B each as JSON (63 B with the ARROW:schema copy), ~3.3 B each compressed.
+# The files a compacted file supersedes, as base64(zlib(JSON list)): a day of 30 s flushes is 2,880
+# names per partition, and names that share their writer's prefix compress to a few bytes each (the
+# footer's bytes per replaced file: bench/RESULTS.md, notes of "Storage after compaction ...").
 REPLACES_Z_KEY = b"llamamon.replaces.z"
 ZSTD_LEVEL = 9
 COMPACT_ZSTD_LEVEL = 19
@@ -65,8 +66,8 @@ WRITE_OPTIONS: dict[str, Any] = {
 
 # Compacted files: one row group and one page per column. pyarrow's default pages (20,000 rows) split a
 # day's time column so zstd never sees that every series repeats the same (jittered) timestamps; one
-# page lets it, which takes `time` from ~1.5 to ~0.2 bytes/sample (bench/store_io.py). Reads here are
-# whole-partition scans, so page-level skipping is not lost.
+# page lets it (``python bench/store_io.py``: "llamamon flush-file options" against "llamamon
+# compacted"). Reads here are whole-partition scans, so page-level skipping is not lost.
 COMPACT_OPTIONS: dict[str, Any] = {
     **WRITE_OPTIONS,
     "compression_level": COMPACT_ZSTD_LEVEL,
@@ -86,7 +87,8 @@ def rows_to_table(rows: Sequence[Row], host: str) -> pa.Table:
 
     Sorted in Python, in the order of SORT_KEYS (str order is UTF-8 byte order, as pyarrow's): a flush
     is a few thousand rows at most, and leaving pyarrow.compute unimported (it is also what
-    ``Array.cast`` pulls in) saves ~100 ms of CPU at the end of every short ``llamamon record``.
+    ``Array.cast`` pulls in) keeps its import off the end of every short ``llamamon record`` (whose
+    phases are in bench/RESULTS.md, notes of "Start-up: `llamamon record -- true` wall time").
     """
     keyed = sorted(((r.metric, labels_to_str(r.labels), round(r.time * 1_000_000), r) for r in rows), key=_key)
     return pa.table(
@@ -105,8 +107,8 @@ def rows_to_table(rows: Sequence[Row], host: str) -> pa.Table:
 def block_tables(block: ColumnBlock, host: str) -> dict[tuple[str, str], pa.Table]:
     """A column block (all rows storable) as unsorted tables in the store schema, per (group, date).
 
-    Column operations from the block's packed arrays: no Row object per value, so folding a job's
-    million logged points takes a fraction of a second instead of seconds.
+    Column operations from the block's packed arrays: no Row object per value, however many points a
+    job logged.
     """
     import numpy as np  # pyarrow's own dependency
 
