@@ -17,8 +17,8 @@ from llamamon.rules import histogram
 from llamamon.rules.history_input import Grid, Samples
 from llamamon.rules.history_vectors import Vec, compare, concat, empty_vec, pairs_frame, set_op
 from llamamon.rules.history_windows import by_search, extrapolate, rolling
-from llamamon.rules.promql import US, NodeDispatch, matches, scalar_op
-from llamamon.rules.tree import COMPARISONS, Binary, Call, Node, Number, Selector, Unary, subtrees
+from llamamon.rules.promql import US, NodeDispatch, matches
+from llamamon.rules.tree import COMPARISONS, Call, Node, Number, Selector, Unary, subtrees
 
 if TYPE_CHECKING:
     import polars as pl
@@ -152,29 +152,25 @@ class Compiler(NodeDispatch[Vec]):
 
     # -- functions -----------------------------------------------------------------------------------
 
-    def call(self, node: Call) -> Vec | float:
+    def value_function(self, node: Call) -> Vec | float:
+        """abs, isnan, isinf, isfinite of a number or of each series' value."""
         import polars as pl
 
         f = node.func
-        if f in ("abs", "isnan", "isinf", "isfinite"):
-            arg = self.eval(node.args[0])
-            if not isinstance(arg, Vec):
-                ok = {"isnan": math.isnan, "isinf": math.isinf, "isfinite": math.isfinite}
-                return abs(arg) if f == "abs" else float(ok[f](arg))
-            if f == "abs":
-                return Vec(arg.df.with_columns(pl.col("value").abs()), arg.labels)
-            test = {
-                "isnan": pl.col("value").is_nan(),
-                "isinf": pl.col("value").is_infinite(),
-                "isfinite": pl.col("value").is_finite(),
-            }[f]
-            return Vec(arg.df.with_columns(ok=pl.col("ok") & test), arg.labels)
-        if f == "last":
-            return self.instant(node.args[0])  # type: ignore[arg-type]
-        if f == "evals_since_best":
-            return self.since_best(node.args[0])  # type: ignore[arg-type]
-        own = self.window(node, histogram.selector_of(node))
-        return histogram.with_buckets(node, own, self.eval, self.bucket_quantiles, concat)
+        arg = self.eval(node.args[0])
+        if not isinstance(arg, Vec):
+            ok = {"isnan": math.isnan, "isinf": math.isinf, "isfinite": math.isfinite}
+            return abs(arg) if f == "abs" else float(ok[f](arg))
+        if f == "abs":
+            return Vec(arg.df.with_columns(pl.col("value").abs()), arg.labels)
+        test = {
+            "isnan": pl.col("value").is_nan(),
+            "isinf": pl.col("value").is_infinite(),
+            "isfinite": pl.col("value").is_finite(),
+        }[f]
+        return Vec(arg.df.with_columns(ok=pl.col("ok") & test), arg.labels)
+
+    concat = staticmethod(concat)
 
     def bucket_quantiles(self, node: Call, res: Vec, metric: catalog.Metric) -> Vec:
         """A quantile of a catalog histogram per series from its buckets' rates (``rules.histogram``)."""
@@ -240,27 +236,21 @@ class Compiler(NodeDispatch[Vec]):
 
     # -- operators -----------------------------------------------------------------------------------
 
-    def unary(self, node: Unary) -> Vec | float:
+    def negated(self, arg: Vec) -> Vec:
         import polars as pl
 
-        arg = self.eval(node.operand)
-        if not isinstance(arg, Vec):
-            return -arg if node.op == "-" else float(not arg)
-        if node.op == "-":
-            return Vec(arg.df.with_columns(-pl.col("value")), arg.labels)
+        return Vec(arg.df.with_columns(-pl.col("value")), arg.labels)
+
+    def inverted(self, arg: Vec) -> Vec:
+        import polars as pl
+
         return Vec(arg.df.with_columns(~pl.col("ok")), arg.labels)
 
-    def binary(self, node: Binary) -> Vec | float:
+    set_operation = staticmethod(set_op)
+
+    def operation(self, op: str, left: Vec | float, right: Vec | float) -> Vec:
         import polars as pl
 
-        left, right = self.eval(node.left), self.eval(node.right)
-        op = node.op
-        if not isinstance(left, Vec) and not isinstance(right, Vec):
-            return scalar_op(op, left, right)
-        if op in ("and", "or", "unless"):
-            if not (isinstance(left, Vec) and isinstance(right, Vec)):
-                raise TypeError("lang.parse rejects set operators without a metric on both sides")
-            return set_op(op, left, right)
         if isinstance(left, Vec) and isinstance(right, Vec):
             pairs, labels = pairs_frame(left.labels, right.labels)
             r = right.df.rename({"sid": "r_sid", "value": "r_value", "ok": "r_ok"})

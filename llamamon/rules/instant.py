@@ -34,11 +34,10 @@ from llamamon.rules.promql import (
     matches,
     neumaier_sum,
     pair_series,
-    scalar_op,
     window_extreme,
     window_quantile,
 )
-from llamamon.rules.tree import COMPARISONS, Binary, Call, Node, Selector, Unary
+from llamamon.rules.tree import COMPARISONS, Call, Node, Selector
 from llamamon.samples import AlertEvent, Labels, make_labels
 
 if TYPE_CHECKING:
@@ -144,9 +143,6 @@ class Instant(NodeDispatch[Vec]):
             return {}
         return {make_labels(res.labels[sid]): value for sid, (value, ok) in sorted(res.rows.items()) if ok}
 
-    def eval(self, node: Node) -> Vec | float:
-        return self.dispatch(node)
-
     # -- selectors -----------------------------------------------------------------------------------
 
     def select(self, sel: Selector) -> list[int]:
@@ -187,22 +183,25 @@ class Instant(NodeDispatch[Vec]):
 
     # -- functions -----------------------------------------------------------------------------------
 
-    def call(self, node: Call) -> Vec | float:
-        f = node.func
-        if f in ("abs", "isnan", "isinf", "isfinite"):
-            arg = self.eval(node.args[0])
-            test = {"isnan": math.isnan, "isinf": math.isinf, "isfinite": math.isfinite}.get(f)
-            if not isinstance(arg, Vec):
-                return abs(arg) if test is None else float(test(arg))
-            if test is None:
-                return Vec(arg.labels, {sid: (abs(v), ok) for sid, (v, ok) in arg.rows.items()})
-            return Vec(arg.labels, {sid: (v, ok and test(v)) for sid, (v, ok) in arg.rows.items()})
-        if f == "last":
-            return self.instant(node.args[0])  # type: ignore[arg-type]
-        if f == "evals_since_best":
-            return self.since_best(node.args[0])  # type: ignore[arg-type]
-        own = self.window(node, histogram.selector_of(node))
-        return histogram.with_buckets(node, own, self.eval, self.bucket_quantiles, _concat)
+    def value_function(self, node: Call) -> Vec | float:
+        """abs, isnan, isinf, isfinite of a number or of each series' value."""
+        arg = self.eval(node.args[0])
+        test = {"isnan": math.isnan, "isinf": math.isinf, "isfinite": math.isfinite}.get(node.func)
+        if not isinstance(arg, Vec):
+            return abs(arg) if test is None else float(test(arg))
+        if test is None:
+            return Vec(arg.labels, {sid: (abs(v), ok) for sid, (v, ok) in arg.rows.items()})
+        return Vec(arg.labels, {sid: (v, ok and test(v)) for sid, (v, ok) in arg.rows.items()})
+
+    @staticmethod
+    def concat(a: Vec, b: Vec) -> Vec:
+        """Both vectors' series side by side (b's renumbered after a's), as ``history_vectors.concat``."""
+        if not b.labels:
+            return a
+        if not a.labels:
+            return b
+        n = len(a.labels)
+        return Vec([*a.labels, *b.labels], {**a.rows, **{sid + n: row for sid, row in b.rows.items()}})
 
     def bucket_quantiles(self, node: Call, res: Vec, metric: catalog.Metric) -> Vec:
         """A quantile of a catalog histogram per series from its buckets' rates, as the history's Compiler's."""
@@ -304,23 +303,17 @@ class Instant(NodeDispatch[Vec]):
 
     # -- operators -----------------------------------------------------------------------------------
 
-    def unary(self, node: Unary) -> Vec | float:
-        arg = self.eval(node.operand)
-        if not isinstance(arg, Vec):
-            return -arg if node.op == "-" else float(not arg)
-        if node.op == "-":
-            return Vec(arg.labels, {sid: (-v, ok) for sid, (v, ok) in arg.rows.items()})
+    def negated(self, arg: Vec) -> Vec:
+        return Vec(arg.labels, {sid: (-v, ok) for sid, (v, ok) in arg.rows.items()})
+
+    def inverted(self, arg: Vec) -> Vec:
         return Vec(arg.labels, {sid: (v, not ok) for sid, (v, ok) in arg.rows.items()})
 
-    def binary(self, node: Binary) -> Vec | float:
-        left, right = self.eval(node.left), self.eval(node.right)
-        op = node.op
-        if not isinstance(left, Vec) and not isinstance(right, Vec):
-            return scalar_op(op, left, right)
-        if op in ("and", "or", "unless"):
-            if not (isinstance(left, Vec) and isinstance(right, Vec)):
-                raise TypeError("lang.parse rejects set operators without a metric on both sides")
-            return _or(left, right) if op == "or" else _and_unless(op, left, right)
+    @staticmethod
+    def set_operation(op: str, left: Vec, right: Vec) -> Vec:
+        return _or(left, right) if op == "or" else _and_unless(op, left, right)
+
+    def operation(self, op: str, left: Vec | float, right: Vec | float) -> Vec:
         if isinstance(left, Vec) and isinstance(right, Vec):
             return _vector_op(op, left, right)
         vec, scalar = (left, right) if isinstance(left, Vec) else (right, left)
@@ -335,16 +328,6 @@ class Instant(NodeDispatch[Vec]):
             else:
                 rows[sid] = (arith(op, a, b), ok)
         return Vec(vec.labels, rows)
-
-
-def _concat(a: Vec, b: Vec) -> Vec:
-    """Both vectors' series side by side (b's renumbered after a's), as ``history_vectors.concat``."""
-    if not b.labels:
-        return a
-    if not a.labels:
-        return b
-    n = len(a.labels)
-    return Vec([*a.labels, *b.labels], {**a.rows, **{sid + n: row for sid, row in b.rows.items()}})
 
 
 def _vector_op(op: str, left: Vec, right: Vec) -> Vec:

@@ -13,7 +13,8 @@ import re
 from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
-from llamamon.rules.tree import COMPARISONS, Binary, Call, Node, Number, Selector, Unary
+from llamamon.rules import histogram
+from llamamon.rules.tree import COMPARISONS, SET_OPS, Binary, Call, Node, Number, Selector, Unary
 from llamamon.samples import labels_from_str
 
 US = 1_000_000
@@ -25,11 +26,15 @@ V = TypeVar("V")
 
 
 class NodeDispatch(Generic[V]):
-    """A condition tree's node to the evaluator's method for its kind; numbers are their value.
+    """A condition tree's node to the evaluator's method for its kind (numbers are their value), and a
+    function call to the method for that function.
 
-    Why a base class: both evaluators walk the same five node kinds; one dispatch keeps them from
-    disagreeing on which method a node goes to.
+    Why a base class: both evaluators walk the same node kinds and functions; one dispatch keeps them
+    from disagreeing on which method a node goes to.
     """
+
+    def eval(self, node: Node) -> V | float:
+        return self.dispatch(node)
 
     def dispatch(self, node: Node) -> V | float:
         if isinstance(node, Number):
@@ -47,12 +52,61 @@ class NodeDispatch(Generic[V]):
         raise NotImplementedError
 
     def call(self, node: Call) -> V | float:
+        f = node.func
+        if f in ("abs", "isnan", "isinf", "isfinite"):
+            return self.value_function(node)
+        if f == "last":
+            return self.instant(node.args[0])  # type: ignore[arg-type]
+        if f == "evals_since_best":
+            return self.since_best(node.args[0])  # type: ignore[arg-type]
+        own = self.window(node, histogram.selector_of(node))
+        return histogram.with_buckets(node, own, self.eval, self.bucket_quantiles, self.concat)
+
+    def value_function(self, node: Call) -> V | float:
+        raise NotImplementedError
+
+    def since_best(self, sel: Selector) -> V:
+        raise NotImplementedError
+
+    def window(self, node: Call, sel: Selector) -> V:
+        raise NotImplementedError
+
+    def bucket_quantiles(self, node: Call, res: V, metric: Any) -> V:
+        raise NotImplementedError
+
+    @staticmethod
+    def concat(a: V, b: V) -> V:
         raise NotImplementedError
 
     def unary(self, node: Unary) -> V | float:
-        raise NotImplementedError
+        arg = self.eval(node.operand)
+        if isinstance(arg, (int, float)):
+            return -arg if node.op == "-" else float(not arg)
+        return self.negated(arg) if node.op == "-" else self.inverted(arg)
 
     def binary(self, node: Binary) -> V | float:
+        left, right = self.eval(node.left), self.eval(node.right)
+        numbers = isinstance(left, (int, float)), isinstance(right, (int, float))
+        if all(numbers):
+            return scalar_op(node.op, left, right)  # type: ignore[arg-type]
+        if node.op in SET_OPS:
+            if any(numbers):
+                raise TypeError("lang.parse rejects set operators without a metric on both sides")
+            return self.set_operation(node.op, left, right)  # type: ignore[arg-type]
+        return self.operation(node.op, left, right)
+
+    def negated(self, arg: V) -> V:
+        raise NotImplementedError
+
+    def inverted(self, arg: V) -> V:
+        """``not``: each series' truth flipped, its value kept."""
+        raise NotImplementedError
+
+    def set_operation(self, op: str, left: V, right: V) -> V:
+        raise NotImplementedError
+
+    def operation(self, op: str, left: V | float, right: V | float) -> V:
+        """An arithmetic or comparison operator with a vector on at least one side."""
         raise NotImplementedError
 
 
