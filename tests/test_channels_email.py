@@ -24,13 +24,6 @@ def certificate(tmp_path_factory):
 
 
 @pytest.fixture
-def plain_smtp():
-    server = SmtpServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def starttls_smtp(certificate):
     server = SmtpServer(users={"alice": PASSWORD}, tls=server_tls_context(*certificate))
     yield server
@@ -63,12 +56,6 @@ def mail_channel(port, **options):
     return build_channel("mail", "email", settings)
 
 
-@pytest.fixture(autouse=True)
-def _logs_reach_caplog(monkeypatch):
-    # Why: a CLI run earlier in the session sets propagate=False on the llamamon logger.
-    monkeypatch.setattr(logging.getLogger("llamamon"), "propagate", True)
-
-
 def send(channel, events):
     return asyncio.run(channel.send(events))
 
@@ -78,12 +65,12 @@ def parts(mail):
     return message, message.get_body(("plain",)).get_content(), message.get_body(("html",)).get_content()
 
 
-def test_one_mail_per_batch_with_text_and_html_parts(plain_smtp):
-    channel = mail_channel(plain_smtp.port, tls="none")
+def test_one_mail_per_batch_with_text_and_html_parts(smtp):
+    channel = mail_channel(smtp.port, tls="none")
     delivery = send(channel, [event(), event("disk_full", "resolved", "warning")])
 
     assert delivery.ok, delivery.error
-    [mail] = plain_smtp.mails
+    [mail] = smtp.mails
     assert mail.mail_from == "llamamon@box.example"
     assert mail.rcpt_tos == ["ops@example.org", "oncall@example.org"]
     message, text, html = parts(mail)
@@ -99,9 +86,9 @@ def test_one_mail_per_batch_with_text_and_html_parts(plain_smtp):
     assert "#2eb886" in html
 
 
-def test_auto_mode_uses_plain_smtp_when_no_starttls_is_offered(plain_smtp):
-    assert send(mail_channel(plain_smtp.port), [event()]).ok
-    assert plain_smtp.mails[0].tls is False
+def test_auto_mode_uses_plain_smtp_when_no_starttls_is_offered(smtp):
+    assert send(mail_channel(smtp.port), [event()]).ok
+    assert smtp.mails[0].tls is False
 
 
 def test_starttls_with_authentication(starttls_smtp, certificate):
@@ -182,8 +169,8 @@ def test_untrusted_certificate_is_reported_and_not_retried(starttls_smtp):
     assert PASSWORD not in delivery.error
 
 
-def test_starttls_required_but_not_offered(plain_smtp):
-    delivery = send(mail_channel(plain_smtp.port, tls="starttls"), [event()])
+def test_starttls_required_but_not_offered(smtp):
+    delivery = send(mail_channel(smtp.port, tls="starttls"), [event()])
     assert not delivery.ok
     assert delivery.attempts == 1
     assert "STARTTLS" in delivery.error
@@ -197,7 +184,7 @@ def test_refused_connection_is_retried_then_reported():
     assert delivery.error.startswith(f"cannot reach 127.0.0.1:{port}")
 
 
-def test_value_is_in_the_unit_of_the_rules_templates_with_its_unit(plain_smtp):
+def test_value_is_in_the_unit_of_the_rules_templates_with_its_unit(smtp):
     # A latency rule: stored in ms, $value in seconds (as Prometheus); the mail's Value says the same.
     from llamamon.rules import lang
     from llamamon.rules.model import Rule
@@ -212,8 +199,8 @@ def test_value_is_in_the_unit_of_the_rules_templates_with_its_unit(plain_smtp):
     labels = make_labels(host="box", run="20260901T101500Z-box-3f2a")
     [fired] = states.step(rule, 1_790_000_000.0, {labels: 97840.0})
     [resolved] = states.step(rule, 1_790_000_060.0, {})
-    assert send(mail_channel(plain_smtp.port, tls="none"), [fired, resolved]).ok
-    _message, text, html = parts(plain_smtp.mails[0])
+    assert send(mail_channel(smtp.port, tls="none"), [fired, resolved]).ok
+    _message, text, html = parts(smtp.mails[0])
     assert text.count("Value:       97.84 s (1m38s)") == 2
     assert "Summary:     p95 latency 97.84s" in text
     assert "Description: 1m 37s" in text
