@@ -44,6 +44,9 @@ class MetricsCollector(abc.ABC):
 
     name: ClassVar[str] = "MetricsCollector"
     group: ClassVar[str] = "custom"
+    # True for a built-in collector whose collect() waits on something that can stall (a driver call in a
+    # thread, the network): the collector session then bounds each call by its timeout (session.py).
+    may_stall: ClassVar[bool] = False
     available: bool = True
     reason: str | None = None
 

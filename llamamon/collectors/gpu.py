@@ -70,6 +70,7 @@ class GpuCollector(MetricsCollector):
 
     name = "gpu"
     group = "gpu"
+    may_stall = True
 
     def __init__(
         self,

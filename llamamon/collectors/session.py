@@ -2,14 +2,17 @@
 ``TrainingMonitor``.
 
 Why one place: what a collector that fails, hangs or is off does to a recording is a promise (said once,
-skipped, never fatal), and three copies of it had drifted apart. Every tick asks all collectors at once
-and waits for each at most ``timeout``:
+skipped, never fatal), and three copies of it had drifted apart. Each tick:
 
-* a built-in collector runs on the caller's event loop (its blocking work already sits in threads: NVML,
-  a scrape). One that has not answered in time is skipped for that tick and, while its call runs on, is
-  not asked again: a stuck NVML call never gets a second one beside it.
-* a user's collector (``user=``) runs on a loop of its own in a thread (custom.CollectorGuard): its code
-  may block its loop, which must not be the recorder's.
+* a built-in collector that may stall (``MetricsCollector.may_stall``: NVML in a thread, a scrape) is
+  asked beside the others and waited for at most ``timeout``. One that has not answered in time is
+  skipped for that tick and, while its call runs on, not asked again: a stuck NVML call never gets a
+  second one beside it. Its late answer is the samples of the first tick after it came, so an endpoint
+  slower than the interval is still recorded, less often.
+* the other built-ins (reads of /proc) are awaited in turn, on the caller's loop: a task each would cost
+  the sampler's hot path more than their reads do.
+* a user's collector (``user=``) runs on a loop of its own in a thread (custom.CollectorGuard), waited
+  for at most ``timeout``: its code may block its loop, which must not be the recorder's.
 
 A collector says itself how its being off is logged and what it adds to the run's metadata
 (``MetricsCollector.off_notice`` / ``run_metadata``); its samples become rows through one
@@ -24,7 +27,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from llamamon.collectors.base import MIN_WINDOW, MetricsCollector, normalize
+from llamamon.collectors.base import MetricsCollector, normalize
 from llamamon.collectors.custom import CollectorGuard
 from llamamon.samples import Row, RowMaker, Sample
 
@@ -34,12 +37,12 @@ log = logging.getLogger("llamamon.collectors")
 class _Member:
     """A built-in collector of the session, asked on the caller's loop."""
 
-    __slots__ = ("busy", "collector", "rows")
+    __slots__ = ("collector", "late", "rows")
 
     def __init__(self, collector: MetricsCollector) -> None:
         self.collector = collector
         self.rows = RowMaker(collector.group)
-        self.busy: asyncio.Future[Any] | None = None  # its last call, still running past its tick's timeout
+        self.late: asyncio.Future[Any] | None = None  # its last call, which ran past its tick's timeout
 
 
 class _Guarded:
@@ -74,7 +77,6 @@ class CollectorSession:
         self._said: set[tuple[str, str]] = set()
         self._members: list[_Member] = []
         self._guarded: list[_Guarded] = []
-        self._first = True
 
     def _report(self, name: str, kind: str, message: str) -> None:
         if (name, kind) not in self._said:
@@ -121,45 +123,53 @@ class CollectorSession:
 
     async def _tick(self) -> list[tuple[_Member | _Guarded, list[Sample]]]:
         guarded = [asyncio.ensure_future(item.guard.collect(self.timeout)) for item in self._guarded]
-        calls: dict[_Member, asyncio.Future[Any]] = {}
+        calls: dict[_Member, asyncio.Future[Any] | None] = {}
         for member in self._members:
-            if member.busy is not None:
-                if not member.busy.done():
-                    continue
-                member.busy = None
-            calls[member] = asyncio.ensure_future(member.collector.collect())
-        if calls:
-            # A first collect may wait out what is left of a rate's MIN_WINDOW (base.py) before it reads.
-            wait = self.timeout + MIN_WINDOW if self._first else self.timeout
-            await asyncio.wait(calls.values(), timeout=wait)
-        self._first = False
-        found: list[tuple[_Member | _Guarded, list[Sample]]] = list(
-            zip(self._guarded, await asyncio.gather(*guarded), strict=True)
-        )
+            if not member.collector.may_stall:
+                continue
+            late, member.late = member.late, None
+            if late is None:
+                calls[member] = asyncio.ensure_future(member.collector.collect())
+            elif late.done():
+                calls[member] = late  # answered since: this tick's samples
+            else:
+                member.late, calls[member] = late, None  # still busy: skipped, not asked again
+        found: list[tuple[_Member | _Guarded, list[Sample]]] = []
         for member in self._members:
-            call = calls.get(member)
+            if not member.collector.may_stall:
+                try:
+                    found.append((member, normalize(await member.collector.collect(), member.collector.name)))
+                except Exception as exc:  # noqa: BLE001 - one collector's bad tick must not stop the others
+                    self._failed(member, exc)
+        waits = [call for call in calls.values() if call is not None]
+        if waits:
+            await asyncio.wait(waits, timeout=self.timeout)
+        for member, call in calls.items():
             found.append((member, [] if call is None else self._result(member, call)))
+        found.extend(zip(self._guarded, await asyncio.gather(*guarded), strict=True))
         return found
 
     def _result(self, member: _Member, call: asyncio.Future[Any]) -> list[Sample]:
-        name = member.collector.name
         if not call.done():
-            member.busy = call
-            call.add_done_callback(_forget)
-            self._report(name, "timeout", f"gave no answer within {self.timeout:g}s")
+            member.late = call
+            self._report(member.collector.name, "timeout", f"gave no answer within {self.timeout:g}s")
             return []
         try:
-            return normalize(call.result(), name)
+            return normalize(call.result(), member.collector.name)
         except Exception as exc:  # noqa: BLE001 - one collector's bad tick must not stop the others
-            self._report(name, f"error:{type(exc).__name__}", f"failed: {exc}")
+            self._failed(member, exc)
             return []
+
+    def _failed(self, member: _Member, exc: Exception) -> None:
+        self._report(member.collector.name, f"error:{type(exc).__name__}", f"failed: {exc}")
 
     async def close(self) -> None:
         """Close every collector that was opened; one that fails to close does not keep the others open."""
         members, self._members = self._members, []
         for member in members:
-            if member.busy is not None:
-                member.busy.cancel()
+            if member.late is not None:
+                member.late.cancel()
+                member.late.add_done_callback(_forget)
             try:
                 await member.collector.close()
             except Exception as exc:  # noqa: BLE001 - one collector's cleanup must not block the others
@@ -177,6 +187,6 @@ class CollectorSession:
 
 
 def _forget(call: asyncio.Future[Any]) -> None:
-    """A late answer goes nowhere; its exception is taken so that asyncio does not log it at exit."""
+    """A late answer at close goes nowhere; its exception is taken so that asyncio does not log it at exit."""
     if not call.cancelled():
         call.exception()

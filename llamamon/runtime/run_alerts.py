@@ -9,9 +9,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from llamamon import catalog
 from llamamon.runtime.live_alerts import LiveAlerts, describe
-from llamamon.samples import Row
+from llamamon.samples import Row, RowMaker
 
 if TYPE_CHECKING:
     from llamamon.config import Config
@@ -40,6 +39,7 @@ class RunAlerts:
         self._next_eval = -math.inf
         self._task: asyncio.Task[None] | None = None
         self._failed = False
+        self._rows = RowMaker()  # the channels' failure counts as rows
 
     def on_tick(self, rows: Sequence[Row], now: float) -> list[Row]:
         """Feed the tick's rows, start an evaluation unless one is under way; returns the
@@ -52,8 +52,7 @@ class RunAlerts:
 
     def failure_rows(self, now: float) -> list[Row]:
         """The channels' failed deliveries so far, as notification_failures rows at ``now``."""
-        group = catalog.group_of("notification_failures")
-        return [Row(now, group, s.metric, s.value, s.labels, None) for s in self.live.failure_samples()]
+        return self._rows(self.live.failure_samples(), now)
 
     async def _evaluate(self, now: float, *, final_at: float | None = None) -> None:
         try:
