@@ -41,10 +41,9 @@ def replay_alerts(
     """
     import polars as pl
 
-    from llamamon import catalog
     from llamamon.rules.builtin import rules_from_config
     from llamamon.rules.history import replay
-    from llamamon.rules.model import needed_metrics
+    from llamamon.rules.model import needed_metrics, stored_names
 
     def frame(metrics: set[str] | None) -> pl.LazyFrame:
         if callable(samples):
@@ -56,11 +55,8 @@ def replay_alerts(
     if not names:
         return []
     rules = [r for r in rules_from_config(cfg, extra_names=names) if r.enabled]
-    needed = needed_metrics(rules)
-    # The stored names that can mean a needed metric: itself and its aliases (replay renames them); a
-    # function of metric names reads only those.
-    aliases = {**catalog.ALIASES, **(cfg.aliases or {})}
-    stored = needed | {alias for alias, target in aliases.items() if target in needed}
+    # (a function of metric names reads only those: the needed metrics under every name they are stored as)
+    stored = stored_names(needed_metrics(rules), cfg.aliases)
     shown_labels: dict[Labels, Labels] = {}
     metrics = {r.name: tuple(sorted(r.condition.metrics)) for r in rules}
     spans = []

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llamamon import catalog
+from llamamon.rules.model import stored_names
 from llamamon.rules.promql import US, series_labels
 
 if TYPE_CHECKING:
@@ -153,11 +154,8 @@ def prepare(
     if metrics is not None:
         # Why no pass over the data to list names: the raw names that can mean a wanted metric are known
         # (itself, catalog aliases, config aliases), so the filter is pushed down into the scan.
-        wanted = set(metrics)
-        table = {**catalog.ALIASES, **(aliases or {})}
-        raw = wanted | {alias for alias, target in table.items() if target in wanted}
-        renamed = {alias: catalog.canonical(alias, aliases) for alias in raw if alias in table}
-        renamed = {a: c for a, c in renamed.items() if a != c}
+        raw = stored_names(metrics, aliases)
+        renamed = {a: c for a in raw if (c := catalog.canonical(a, aliases)) != a}
         lf = lf.filter(pl.col("metric").is_in(sorted(raw)))
     else:
         raw_names = lf.select(pl.col("metric").unique()).collect()["metric"].to_list()

@@ -79,3 +79,13 @@ def reads(rule: Rule) -> frozenset[str]:
 
 def needed_metrics(rules: Iterable[Rule]) -> set[str]:
     return {m for r in rules for m in reads(r)}
+
+
+def stored_names(metrics: Iterable[str], aliases: dict[str, str] | None = None) -> set[str]:
+    """The names these metrics may be stored under: themselves and their catalog and config aliases.
+
+    Why: a reader filters the store on them before anything is renamed, so an alias's rows come too.
+    """
+    wanted = set(metrics)
+    table = {**catalog.ALIASES, **(aliases or {})}
+    return wanted | {alias for alias, target in table.items() if target in wanted}

@@ -91,7 +91,7 @@ class LiveAlerts:
         from llamamon.channels.dispatch import Dispatcher
         from llamamon.channels.registry import UnsetChannel, build_channels
         from llamamon.rules.builtin import rules_from_config
-        from llamamon.rules.model import needed_metrics, reads
+        from llamamon.rules.model import needed_metrics, reads, stored_names
         from llamamon.rules.states import AlertStates
         from llamamon.rules.tree import Call, subtrees
         from llamamon.runtime.alert_ledger import NotificationLedger
@@ -109,9 +109,7 @@ class LiveAlerts:
         self.by_name = {r.name: r for r in self.rules}
         self.aliases = dict(getattr(config, "aliases", None) or {})
         self.window = trailing_window(self.rules)
-        wanted = needed_metrics(self.rules)
-        table = {**catalog.ALIASES, **self.aliases}
-        self.raw_metrics = wanted | {alias for alias, target in table.items() if target in wanted}
+        self.raw_metrics = stored_names(needed_metrics(self.rules), self.aliases)
         self._held_metrics = {
             m for m in self.raw_metrics if catalog.group_of(catalog.canonical(m, self.aliases)) == "training"
         }
