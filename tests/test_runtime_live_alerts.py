@@ -1,5 +1,5 @@
-"""LiveAlerts in process: for / keep_firing_for against flapping, repeats, restarts, run ends; journal tails;
-the live view. Times are explicit (``evaluate(now)``), so nothing waits on a clock."""
+"""LiveAlerts in process: for / keep_firing_for against flapping, repeats, restarts, run ends; the live
+view. Times are explicit (``evaluate(now)``), so nothing waits on a clock."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from conftest import llamamon_env
 from llamamon.config import load_config
 from llamamon.runtime.live_alerts import LiveAlerts
 from llamamon.samples import Row, labels_to_str, make_labels
-from llamamon.store.journal import Journal
-from llamamon.store.segment_reader import tail_segment
 
 T0 = 1_790_000_000.0
 RUN = "20260911T000000Z-box-0001"
@@ -177,24 +175,6 @@ def test_only_the_metrics_rules_need_enter_the_window(tmp_path, metrics_dir):
     live._trim(T0)
     assert [metric for _run, _host, metric, _labels in live._series] == ["gpu_temperature"]
     assert live._seen == {RUN: round(T0 * 1_000_000)}
-
-
-def test_tail_segment_reads_whole_new_lines_only(metrics_dir):
-    journal = Journal(metrics_dir, RUN, "box")
-    journal.append([hot(T0, 90)])
-    path = journal.path
-    header, rows, _blocks, offset = tail_segment(path)
-    assert header["run"] == RUN
-    assert header["host"] == "box"
-    assert [r.value for r in rows] == [90]
-    with open(path, "ab") as fh:
-        fh.write(b'[1790000001.0, "gpu", "gpu_temperature", 91.0, "{\\"gpu\\":\\"0\\"}", null]\n[17900')
-    header, rows, _blocks, offset2 = tail_segment(path, offset)
-    assert header is None
-    assert [(r.time, r.value, r.labels) for r in rows] == [(T0 + 1, 91.0, make_labels(gpu="0"))]
-    assert tail_segment(path, offset2) == (None, [], [], offset2)  # the torn line waits for its end
-    journal.close()
-    assert tail_segment(metrics_dir / "gone.jsonl", 5) == (None, [], [], 5)
 
 
 def test_watch_on_a_terminal_redraws_a_live_view_in_place(tmp_path):

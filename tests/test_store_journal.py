@@ -1,4 +1,5 @@
-"""Crash safety: the journal, its fold after a real kill -9, idempotence, and concurrent writers."""
+"""Crash safety: the journal, its fold after a real kill -9, idempotence, concurrent writers, and reading
+segments back (whole, or tailed as they grow)."""
 
 from __future__ import annotations
 
@@ -435,3 +436,21 @@ def test_folding_column_blocks_writes_the_same_files_as_folding_their_rows(tmp_p
         assert got.schema == want.schema
         for column in got.column_names:  # to_pylist: NaN values compare through their repr
             assert list(map(repr, got[column].to_pylist())) == list(map(repr, want[column].to_pylist())), column
+
+
+def test_tail_segment_reads_whole_new_lines_only(metrics_dir):
+    writer = journal.Journal(metrics_dir, RUN, "box")
+    writer.append([Row(T0, "gpu", "gpu_temperature", 90.0, make_labels(gpu="0"), None)])
+    path = writer.path
+    header, rows, _blocks, offset = segment_reader.tail_segment(path)
+    assert header["run"] == RUN
+    assert header["host"] == "box"
+    assert [r.value for r in rows] == [90]
+    with open(path, "ab") as fh:
+        fh.write(json.dumps([T0 + 1, "gpu", "gpu_temperature", 91.0, '{"gpu":"0"}', None]).encode() + b"\n[17900")
+    header, rows, _blocks, offset2 = segment_reader.tail_segment(path, offset)
+    assert header is None
+    assert [(r.time, r.value, r.labels) for r in rows] == [(T0 + 1, 91.0, make_labels(gpu="0"))]
+    assert segment_reader.tail_segment(path, offset2) == (None, [], [], offset2)  # the torn line waits for its end
+    writer.close()
+    assert segment_reader.tail_segment(metrics_dir / "gone.jsonl", 5) == (None, [], [], 5)
