@@ -203,3 +203,29 @@ def test_the_cycle_check_sees_function_level_imports_and_not_type_checking_ones(
         "def f():\n    from x import a\n    from x.c import name\n"
     )
     assert _runtime_imports(probe, {"x", "x.a", "x.b", "x.c"}) == {"x.a", "x.c"}
+
+
+LAYOUT_OWNER = "llamamon.store.layout"
+# The metrics folder's own folder names (store/layout.py draws the whole layout).
+FOLDER_NAMES = {"_journal", "runs", "_compact", "alerts", "prometheus"}
+
+
+def _folder_name(node: ast.AST) -> str | None:
+    """The folder name a path expression starts from or joins: ``x / "alerts"``, ``Path("alerts") / x``."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Path" and node.args:
+        node = node.args[0]
+    if isinstance(node, ast.Constant) and node.value in FOLDER_NAMES:
+        return str(node.value)
+    return None
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: _module_name(p))
+def test_only_the_layout_joins_the_metrics_folders_names(path):
+    if _module_name(path) == LAYOUT_OWNER:
+        return
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            for side in (node.left, node.right):
+                name = _folder_name(side)
+                if name is not None:
+                    pytest.fail(f"{_module_name(path)}:{node.lineno} builds a path with {name!r}: use store.layout")
