@@ -56,8 +56,8 @@ wrap(recorder.Recorder, "__init__", "Recorder(): open_store, run metadata")
 wrap(recorder.Recorder, "_open_collectors", "open collectors (psutil, NVML probe)", True)
 wrap(recorder.Recorder, "_tick", "tick", True)
 wrap(writer.StoreWriter, "flush", "final flush (pyarrow import + Parquet)")
-from llamamon.runtime import fold_helper
-wrap(fold_helper.FoldHelper, "fold", "fold the journal into Parquet (the helper; waits for its pyarrow import)")
+from llamamon.runtime import parquet_route
+wrap(parquet_route.FoldHelper, "fold", "fold the journal into Parquet (the helper; waits for its pyarrow import)")
 def report():  # main() ends the process itself (after the exit handlers), as the real command does
     stamp("main() returned")
     print(json.dumps(marks), flush=True)

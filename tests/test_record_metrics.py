@@ -232,9 +232,9 @@ print("folded during the run", len(finished))
 
 def test_the_jobs_finished_journal_segments_are_folded_while_it_runs(tmp_path, monkeypatch, capfd):
     from llamamon.cli import main
-    from llamamon.runtime import recorder
+    from llamamon.runtime import parquet_route
 
-    monkeypatch.setattr(recorder, "FLUSH_INTERVAL_S", 0.5)  # the fold's period too
+    monkeypatch.setattr(parquet_route, "FLUSH_INTERVAL_S", 0.5)  # the fold's period too
     monkeypatch.chdir(tmp_path)
     for name, value in llamamon_env().items():
         monkeypatch.setenv(name, value)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
+
+from llamamon.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,3 +47,14 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> f
     if not seconds > 0:
         raise click.BadParameter(f"must be more than 0 seconds (got {value})", ctx=ctx, param=param)
     return seconds
+
+
+def parse_tags(pairs: Sequence[str]) -> dict[str, str]:
+    """``--tag team=nlp --tag gpu=a100`` -> dict; a pair without ``=`` or with an empty key is a ConfigError."""
+    tags: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"expected KEY=VALUE (got {pair!r})", path="--tag")
+        tags[key.strip()] = value
+    return tags

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from llamamon.cli.options import config_option, interval_option, metrics_dir_option, verbosity_options
+from llamamon.cli.options import config_option, interval_option, metrics_dir_option, parse_tags, verbosity_options
 
 
 @click.command(
@@ -59,13 +59,13 @@ def record_command(
       llamamon record --scrape http://127.0.0.1:8000/metrics -- vllm serve my-model
     """
     from llamamon.cli import setup_logging
-    from llamamon.runtime.fold_helper import FoldHelper
+    from llamamon.runtime.parquet_route import FoldHelper
 
     setup_logging(verbose, quiet)
-    # First, before any thread: it imports pyarrow on another core while the rest starts (fold_helper.py).
+    # First, before any thread: it imports pyarrow on another core while the rest starts (parquet_route.py).
     folder = FoldHelper.start()
     # Deferred: the recorder pulls in asyncio, psutil and the store; `llamamon --help` must not pay for it.
-    from llamamon.runtime.recorder import RecordOptions, parse_tags, record
+    from llamamon.runtime.recorder import RecordOptions, record
 
     options = RecordOptions(
         command=list(command),

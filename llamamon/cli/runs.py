@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from llamamon.cli.options import config_option, json_option, metrics_dir_option, verbosity_options
+from llamamon.cli.options import config_option, json_option, metrics_dir_option, parse_tags, verbosity_options
 
 if TYPE_CHECKING:
     from llamamon.samples import RunInfo
@@ -47,7 +47,6 @@ def runs_command(
 
     from llamamon.cli import setup_logging
     from llamamon.config import load_config
-    from llamamon.runtime.recorder import parse_tags
     from llamamon.store import open_store
     from llamamon.store.journal import live_runs
     from llamamon.store.retention import store_stats

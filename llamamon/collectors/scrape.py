@@ -20,8 +20,9 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from llamamon import catalog
@@ -29,9 +30,13 @@ from llamamon.catalog import sanitize_name
 from llamamon.collectors.base import MetricsCollector
 from llamamon.config.loader import UnsetVariable
 from llamamon.config.schema import ScrapeTarget
+from llamamon.errors import ConfigError
 from llamamon.masking import scrub
 from llamamon.prometheus.text import ExpositionError, Family, Point, parse
 from llamamon.samples import Labels, Sample
+
+if TYPE_CHECKING:
+    from llamamon.config import Config
 
 log = logging.getLogger("llamamon.collectors")
 
@@ -293,6 +298,7 @@ class ScrapeCollector(MetricsCollector):
     """One endpoint, scraped once per tick (``record --scrape URL`` / ``scrape:`` in monitoring.yaml)."""
 
     group = "custom"
+    may_stall = True
 
     def __init__(
         self,
@@ -355,6 +361,22 @@ class ScrapeCollector(MetricsCollector):
 
 
 _AUTH_TROUBLE = frozenset({"HTTP 401", "HTTP 403"})
+
+
+def scrapers_for(config: Config, urls: Sequence[str], interval: float) -> list[ScrapeCollector]:
+    """One collector per endpoint (monitoring.yaml's scrape: and record's --scrape), each URL checked now: a bad
+    one is a ConfigError naming its entry. A scrape waits at most the interval, and never over 10 s."""
+    entries = [(target, f"scrape[{i}]", True) for i, target in enumerate(config.scrape)]
+    entries += [(ScrapeTarget(url), "--scrape", False) for url in urls]
+    found: dict[str, ScrapeCollector] = {}
+    for target, path, in_config in entries:
+        if target.url in found:
+            continue
+        try:
+            found[target.url] = ScrapeCollector.from_target(target, default_timeout=min(interval, 10.0))
+        except ValueError as exc:
+            raise (config.error(path, str(exc)) if in_config else ConfigError(str(exc), path=path)) from None
+    return list(found.values())
 
 
 def _request_headers(

@@ -31,24 +31,35 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from llamamon.store.writer import StoreWriter
 
 log = logging.getLogger("llamamon.record")
 
+FLUSH_INTERVAL_S = 30.0  # the store writer's Parquet flushes, and the folds of the job's journals
 # Parent side reads at most this much of the answer; it is one short line.
 _ANSWER_LIMIT = 4096
 # A run with at most this many files, and bytes, is compacted as it ends, where the wait is short (500
-# files: an hour of four partitions in the writer's 30 s flushes); a bigger one is left for `llamamon
+# files: an hour of four partitions in FLUSH_INTERVAL_S flushes); a bigger one is left for `llamamon
 # compact`, which a user runs when the wait suits them.
 COMPACT_AT_EXIT_FILES = 500
 COMPACT_AT_EXIT_BYTES = 8 << 20
 
 
 class ParquetRoute:
-    """Which process writes ``record``'s Parquet, and the folds it does (the module docstring says why)."""
+    """``record``'s store writer and the folds beside it; which process writes Parquet is :meth:`writes_here`
+    (the module docstring says why). Used from the sampler's loop, but for :meth:`finish` and :meth:`stop`."""
 
     def __init__(self, helper: FoldHelper | None) -> None:
         self._helper = helper
+        self._fold: asyncio.Future[None] | None = None
+        self._next_fold = 0.0
 
     def writes_here(self) -> bool:
         """Whether this process writes its Parquet itself; the moment that becomes true, the helper is ended."""
@@ -62,14 +73,30 @@ class ParquetRoute:
         if helper is not None:
             helper.stop()
 
-    def fold_journals(self, metrics_dir: Path) -> None:
-        """Fold here what the job wrote with llamamon.log() (its own journal segments, once it has finished them)."""
-        from llamamon.store.writer import fold_orphans
+    def open_writer(self, metrics_dir: Path, run_id: str, host: str) -> StoreWriter:
+        """The run's writer: it journals every row at once and writes Parquet every FLUSH_INTERVAL_S."""
+        from llamamon.store.writer import StoreWriter
 
-        try:
-            fold_orphans(metrics_dir)  # a segment still locked (a job's child lives on) waits for next time
-        except Exception as exc:  # noqa: BLE001 - the rows stay in the journal; the next store open folds them
-            log.warning("folding the job's metrics journal failed: %s (kept for the next llamamon command)", exc)
+        self._next_fold = time.monotonic() + FLUSH_INTERVAL_S
+        return StoreWriter(metrics_dir, run_id, host, flush_interval=FLUSH_INTERVAL_S)
+
+    def after_tick(self, metrics_dir: Path) -> None:
+        """Segments the job's llamamon.log() has finished (it rotates them) go into Parquet while it runs, in a
+        thread beside the ticks, every FLUSH_INTERVAL_S: a long run's journal stays small and its exit quick."""
+        self.writes_here()
+        now = time.monotonic()
+        if now >= self._next_fold and (self._fold is None or self._fold.done()):
+            import asyncio  # here: `llamamon record` imports this module before it forks the helper, as light as it can
+
+            self._next_fold = now + FLUSH_INTERVAL_S
+            self._fold = asyncio.ensure_future(asyncio.to_thread(_fold_journals, metrics_dir))
+
+    async def close_writer(self, writer: StoreWriter) -> None:
+        """After the last tick: the fold under way done; the writer's last rows written as Parquet here, or
+        left in its journal for the helper."""
+        if self._fold is not None:
+            await self._fold  # never raises: _fold_journals says what failed
+        writer.close(write_parquet=self.writes_here())
 
     def finish(self, metrics_dir: Path, run_id: str) -> None:
         """At exit: the rows still in journals (the writer's last ones, the job's) into Parquet, then the run
@@ -78,13 +105,23 @@ class ParquetRoute:
         helper, self._helper = self._helper, None
         if helper is not None and helper.fold(metrics_dir, run_id, *bounds) is not None:
             return
-        self.fold_journals(metrics_dir)
+        _fold_journals(metrics_dir)
         from llamamon.store.compaction import compact_ended_run
 
         try:
             compact_ended_run(metrics_dir, run_id, *bounds)
         except Exception as exc:  # noqa: BLE001 - the run is recorded; `llamamon compact` can do this later
             log.warning("compacting the run failed: %s (its files stay as they are)", exc)
+
+
+def _fold_journals(metrics_dir: Path) -> None:
+    """Fold here every journal segment whose writer is gone (the job's, once it has finished them)."""
+    from llamamon.store.writer import fold_orphans
+
+    try:
+        fold_orphans(metrics_dir)  # a segment still locked (a job's child lives on) waits for next time
+    except Exception as exc:  # noqa: BLE001 - the rows stay in the journal; the next store open folds them
+        log.warning("folding the job's metrics journal failed: %s (kept for the next llamamon command)", exc)
 
 
 class FoldHelper:

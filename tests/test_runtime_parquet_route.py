@@ -24,9 +24,9 @@ from tests.conftest import llamamon_env, run_python
 # noted; prints them, and whether this process imported pyarrow, as one JSON line at exit.
 RECORD = """
 import atexit, json, os, sys
-from llamamon.runtime import fold_helper, recorder
+from llamamon.runtime import parquet_route
 calls = []
-real_fold, real_stop = fold_helper.FoldHelper.fold, fold_helper.FoldHelper.stop
+real_fold, real_stop = parquet_route.FoldHelper.fold, parquet_route.FoldHelper.stop
 def fold(self, *args):
     calls.append("fold")
     if os.environ.get("KILL_HELPER"):
@@ -36,9 +36,9 @@ def stop(self):
     if not self._done:
         calls.append("stop")
     return real_stop(self)
-fold_helper.FoldHelper.fold, fold_helper.FoldHelper.stop = fold, stop
-recorder.FLUSH_INTERVAL_S = float(os.environ.get("FLUSH_S", "30"))
-fold_helper.COMPACT_AT_EXIT_FILES = int(os.environ.get("COMPACT_FILES", str(fold_helper.COMPACT_AT_EXIT_FILES)))
+parquet_route.FoldHelper.fold, parquet_route.FoldHelper.stop = fold, stop
+parquet_route.FLUSH_INTERVAL_S = float(os.environ.get("FLUSH_S", "30"))
+parquet_route.COMPACT_AT_EXIT_FILES = int(os.environ.get("COMPACT_FILES", str(parquet_route.COMPACT_AT_EXIT_FILES)))
 atexit.register(lambda: print(json.dumps({{"calls": calls, "pyarrow": "pyarrow" in sys.modules}}), flush=True))
 sys.argv = ["llamamon", "record", "-q", "--interval", "0.2", "--metrics-dir", "m", "--", *{command!r}]
 import llamamon.cli
