@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from llamamon import catalog
 from llamamon.errors import ConfigError
-from llamamon.rules import history
+from llamamon.rules import history, template
 from llamamon.rules.history_input import Grid, prepare
 from llamamon.rules.model import Rule, needed_metrics
 from llamamon.rules.promql import US
@@ -262,13 +262,24 @@ def run_group(
     if not group.cases:
         return []
     samples = prepare(frame, needed_metrics(rules))
+    step = round(every * US)
+    ticks = sorted({int(c.eval_time // every) for c in group.cases})
+    # What fires at tick k: the episodes that fired by then and resolve after it. Why a replay up to k
+    # for a rule whose annotations read $value: a firing alert shows its latest value's, which an episode
+    # of the whole grid has only at its end.
+    valued = {r.name: r for r in rules if any(template.reads_value(v) for v in r.annotations.values())}
+    whole = history.replay(rules, samples, grid=Grid(0, step, ticks[-1] + 1))
     snapshots: dict[int, dict[str, list[tuple[dict[str, str], dict[str, str]]]]] = {}
-    for k in sorted({int(c.eval_time // every) for c in group.cases}):
-        # What fires at tick k: the episodes of the ticks up to it still firing at its end.
+    for k in ticks:
+        t = k * step / US
+        found = [a for a in whole if a.fired_at <= t and (a.resolved_at is None or a.resolved_at > t)]
+        again = [valued[n] for n in sorted({a.rule for a in found if a.rule in valued})]
+        if again:
+            found = [a for a in found if a.rule not in valued]
+            found += [a for a in history.replay(again, samples, grid=Grid(0, step, k + 1)) if a.resolved_at is None]
         snap: dict[str, list[tuple[dict[str, str], dict[str, str]]]] = {}
-        for alert in history.replay(rules, samples, grid=Grid(0, round(every * US), k + 1)):
-            if alert.resolved_at is None:
-                snap.setdefault(alert.rule, []).append((dict(alert.labels), dict(alert.annotations)))
+        for alert in found:
+            snap.setdefault(alert.rule, []).append((dict(alert.labels), dict(alert.annotations)))
         snapshots[k] = snap
     failures = []
     for case in group.cases:

@@ -232,8 +232,8 @@ class AlertTexts:
     def __init__(self, rule: Rule, series: list[dict[str, str]]) -> None:
         self.rule = rule
         self.series = series
-        self.fixed_labels = not any(_reads_value(v) for v in rule.labels.values())
-        self.fixed_annotations = not any(_reads_value(v) for v in rule.annotations.values())
+        self.fixed_labels = not any(reads_value(v) for v in rule.labels.values())
+        self.fixed_annotations = not any(reads_value(v) for v in rule.annotations.values())
         self.labels: dict[int, Labels] = {}
         self.annotations: dict[int, Labels] = {}
 
@@ -254,6 +254,6 @@ class AlertTexts:
         return ann
 
 
-def _reads_value(text: str) -> bool:
+def reads_value(text: str) -> bool:
     # Why a substring test is enough: the template grammar's only way to the value is the term $value.
     return "$value" in text
