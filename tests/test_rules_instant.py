@@ -228,7 +228,7 @@ class PolarsWindow:
 
 
 def reference(window: PolarsWindow, now: float) -> dict[str, list]:
-    """Per rule, the elements engine.step_all would step the states with (in its order)."""
+    """Per rule, the elements the history's conditions on a one-tick grid give (in its order)."""
     results = conditions(window.live.rules, window.samples(now), Grid(round(now * US), US, 1))
     out = {}
     for rule in window.live.rules:

@@ -6,7 +6,7 @@ writes as ``histogram_quantile(0.95, rate(x_bucket[5m]))``: one value per series
 ``le``), so one alert per incident. ``avg`` is ``rate(x_sum) / rate(x_count)``, ``count`` is
 ``increase(x_count)`` and ``sum`` ``increase(x_sum)``, each in the catalog unit (ms). Samples a job logs
 under the metric's own name stay observations, one a sample, and both engines evaluate them as before,
-beside these. Shared by ``rules.series`` (offline) and ``rules.instant`` (live): the trees and the
+beside these. Shared by ``rules.history_compiler`` (offline) and ``rules.instant`` (live): the trees and the
 quantile here are the only place their histogram answers come from, so they agree to the bit.
 """
 
