@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from llamamon.runtime.ticker import Stop, Ticker, run_ticks
+from llamamon.runtime.ticker import LoopThread, Stop, Ticker, run_ticks
 
 
 class Clock:
@@ -120,3 +120,32 @@ def test_run_ticks_takes_one_sample_even_when_stopped_before_starting():
         return calls
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_a_loop_thread_stopped_before_its_loop_runs_sees_the_stop_and_keeps_what_main_raised():
+    seen = []
+
+    async def main(stop: Stop) -> None:
+        seen.append(stop.is_set())
+        await stop.sleep(3600)  # ends at once: the stop came first
+        raise RuntimeError("disk full")
+
+    thread = LoopThread(main, name="test-loop")
+    with thread._lock:  # the stop arrives while the thread is starting, before its loop exists
+        thread.start()
+        thread._requested = True
+    thread.stop()
+    assert seen == [True]
+    assert isinstance(thread.error, RuntimeError)
+    assert str(thread.error) == "disk full"
+
+
+def test_a_loop_thread_is_stopped_from_another_thread_while_it_waits():
+    async def main(stop: Stop) -> None:
+        while not stop.is_set():
+            await stop.sleep(3600)
+
+    thread = LoopThread(main, name="test-loop")
+    thread.start()
+    thread.stop()  # returns only once main has: a stop that went missing would hang here
+    assert thread.error is None

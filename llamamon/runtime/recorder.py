@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from llamamon.errors import ConfigError
 from llamamon.runtime.child import Child
-from llamamon.runtime.ticker import Stop, Ticker, TickStamps, run_ticks
+from llamamon.runtime.ticker import LoopThread, Stop, Ticker, TickStamps, run_ticks
 
 if TYPE_CHECKING:
     from llamamon.collectors.base import MetricsCollector
@@ -114,11 +113,6 @@ class Recorder:
             self.output = JobOutput(config, interval)
         self.samples = 0
         self._failed: set[str] = set()
-        self._stop_lock = threading.Lock()
-        self._stop_requested = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: Stop | None = None
-        self._sampler_error: BaseException | None = None
         self.alerts: RunAlerts | None = None
         # What the job logs itself (step, loss ...) is read once, for its live alerts and its .prom file both.
         textfile = config.monitoring.export_format == "prometheus"
@@ -164,7 +158,8 @@ class Recorder:
                     write_run(self.metrics_dir, info)  # listed by `llamamon runs` from the start
                 except OSError as exc:
                     log.warning("cannot write run metadata: %s", exc)  # the job is running: keep recording
-                sampler = threading.Thread(target=self._sampler_main, args=(child.pid, born), name="llamamon-sampler")
+                pid = child.pid
+                sampler = LoopThread(lambda stop: self._sample(stop, pid, born), name="llamamon-sampler")
                 sampler.start()
                 try:
                     result = child.wait()
@@ -172,8 +167,7 @@ class Recorder:
                     if output is not None:
                         output.end()
                 finally:
-                    self._request_stop()
-                    sampler.join()
+                    sampler.stop()
                 self._route.finish(self.metrics_dir, info.id)
                 info.end, info.exit_code, info.signal = self._job_ended, result.exit_code, result.signal
                 info.samples = self.samples
@@ -184,35 +178,17 @@ class Recorder:
         finally:
             if output is not None:
                 output.close()
-        if self._sampler_error is not None:
-            log.error("recording failed: %s (the job ran to completion)", self._sampler_error)
+        if sampler.error is not None:
+            log.error("recording failed: %s (the job ran to completion)", sampler.error)
+            log.debug("sampler thread failed", exc_info=sampler.error)
         say_ended(info, self.metrics_dir)
         return result.exit_code
 
-    def _request_stop(self) -> None:
-        with self._stop_lock:
-            self._stop_requested = True
-            if self._loop is not None and self._stop is not None:
-                self._loop.call_soon_threadsafe(self._stop.set)
-
     # -- sampler thread ---------------------------------------------------------------------------
 
-    def _sampler_main(self, pid: int, born: float) -> None:
-        try:
-            asyncio.run(self._sample(pid, born))
-        except BaseException as exc:  # recording may fail; the job and its exit code must not
-            self._sampler_error = exc
-            log.debug("sampler thread failed", exc_info=True)
-
-    async def _sample(self, pid: int, born: float) -> None:
+    async def _sample(self, stop: Stop, pid: int, born: float) -> None:
         from llamamon.runtime.run_info import complete_run_info
 
-        stop = Stop()
-        with self._stop_lock:
-            self._loop = asyncio.get_running_loop()
-            self._stop = stop
-            if self._stop_requested:
-                stop.set()
         writer = self._route.open_writer(self.metrics_dir, self.info.id, self.host)
         append = self._appender(writer)
         self._textfile = self._open_textfile()

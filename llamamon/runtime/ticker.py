@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -136,3 +137,46 @@ async def run_ticks(
             await stop.sleep(delay)
         if stop.is_set():
             return
+
+
+class LoopThread:
+    """``main(stop)`` on an asyncio loop in a thread of its own, which another thread ends with :meth:`stop`.
+
+    Why the lock: a stop may come before the loop has started (a job that exits at once); it is then set
+    as the loop starts. What ``main`` raised is kept in ``error``: a recording may fail, the job must not.
+    """
+
+    def __init__(self, main: Callable[[Stop], Awaitable[None]], name: str) -> None:
+        self.error: BaseException | None = None
+        self._main = main
+        self._lock = threading.Lock()
+        self._requested = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: Stop | None = None
+        self._thread = threading.Thread(target=self._run, name=name)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Set its Stop (from any thread) and wait until ``main`` has returned."""
+        with self._lock:
+            self._requested = True
+            if self._loop is not None and self._stop is not None:
+                self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # noqa: BLE001 - kept for the caller, which says it
+            self.error = exc
+
+    async def _serve(self) -> None:
+        stop = Stop()
+        with self._lock:
+            self._loop = asyncio.get_running_loop()
+            self._stop = stop
+            if self._requested:
+                stop.set()
+        await self._main(stop)
