@@ -28,6 +28,12 @@ def record(tmp_path: Path, *child: str, opts: tuple[str, ...] = (), **kw) -> sub
     )
 
 
+def start_record(tmp_path: Path, code: str, *options: str, stderr: int = subprocess.PIPE) -> subprocess.Popen[bytes]:
+    """`llamamon record --no-gpu OPTIONS -- python -c CODE` started in ``tmp_path``, its stdout piped."""
+    argv = [PY, "-m", "llamamon", "record", "--no-gpu", *options, "--", PY, "-c", code]
+    return subprocess.Popen(argv, cwd=tmp_path, env=llamamon_env(), stdout=subprocess.PIPE, stderr=stderr)
+
+
 def runs_of(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((folder / "runs").glob("*.json"))]
 
@@ -124,13 +130,7 @@ def test_run_metadata_is_complete(tmp_path):
 
 def test_sigterm_to_llamamon_reaches_the_child(tmp_path):
     code = "import signal, sys, time\nprint('ready', flush=True)\ntime.sleep(30)\n"
-    with subprocess.Popen(
-        [PY, "-m", "llamamon", "record", "--no-gpu", "--metrics-dir", "m", "--", PY, "-c", code],
-        cwd=tmp_path,
-        env=llamamon_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    ) as proc:
+    with start_record(tmp_path, code, "--metrics-dir", "m") as proc:
         assert read_until(proc.stdout.fileno(), b"ready\n") == b"ready\n"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 143
@@ -219,26 +219,8 @@ def test_kill_9_of_llamamon_the_child_finishes_and_the_journal_is_folded(tmp_pat
         f"open({str(done_marker)!r}, 'w').close()\n"
     )
     folder = tmp_path / "m"
-    with subprocess.Popen(
-        [
-            PY,
-            "-m",
-            "llamamon",
-            "record",
-            "--no-gpu",
-            "--interval",
-            "0.1",
-            "--metrics-dir",
-            str(folder),
-            "--",
-            PY,
-            "-c",
-            code,
-        ],
-        cwd=tmp_path,
-        env=llamamon_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+    with start_record(
+        tmp_path, code, "--interval", "0.1", "--metrics-dir", str(folder), stderr=subprocess.DEVNULL
     ) as proc:
         assert read_until(proc.stdout.fileno(), b"started\n") == b"started\n"
         # Some samples journaled before the kill.
@@ -261,17 +243,8 @@ def test_kill_9_of_llamamon_the_child_finishes_and_the_journal_is_folded(tmp_pat
 
 def test_two_recorders_into_one_folder(tmp_path):
     folder = tmp_path / "m"
-    argv = [PY, "-m", "llamamon", "record", "--no-gpu", "--interval", "0.2", "--metrics-dir", str(folder), "--"]
-    procs = [
-        subprocess.Popen(
-            [*argv, PY, "-c", f"import time; time.sleep(1); print({i})"],
-            cwd=tmp_path,
-            env=llamamon_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for i in range(2)
-    ]
+    options = ("--interval", "0.2", "--metrics-dir", str(folder))
+    procs = [start_record(tmp_path, f"import time; time.sleep(1); print({i})", *options) for i in range(2)]
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     assert [o[0] for o in outs] == [b"0\n", b"1\n"]
