@@ -9,6 +9,7 @@ import time
 import urllib.request
 
 import pytest
+from alert_events import gpu_alert
 from conftest import require_binary
 from loopback import HttpSink, closed_port, wait_until
 
@@ -89,18 +90,8 @@ def listed(url: str) -> list[dict]:
 
 
 def event(state: str, started: float, ended: float | None = None) -> AlertEvent:
-    return AlertEvent(
-        rule="gpu_memory_high",
-        state=state,
-        severity="critical",
-        labels=make_labels(gpu="0"),
-        annotations=make_labels(summary="GPU 0 memory above 95%"),
-        value=0.97,
-        started_at=started,
-        ended_at=ended,
-        run="20260901T101500Z-box-3f2a",
-        host="box",
-    )
+    summary = make_labels(summary="GPU 0 memory above 95%")
+    return gpu_alert(state=state, annotations=summary, started_at=started, ended_at=ended)
 
 
 def find(alerts: list[dict], run: str) -> dict | None:

@@ -9,6 +9,7 @@ import logging
 
 import psutil
 import pytest
+from alert_events import FIRED_AT, gpu_alert
 from loopback import SmtpServer, closed_port, self_signed_cert, server_tls_context
 
 from llamamon.channels.registry import build_channel
@@ -31,17 +32,9 @@ def starttls_smtp(certificate):
 
 
 def event(rule="gpu_memory_high", state="firing", severity="critical") -> AlertEvent:
-    return AlertEvent(
-        rule=rule,
-        state=state,
-        severity=severity,
-        labels=make_labels(gpu="0"),
-        annotations=make_labels(summary=f"{rule} <b>on</b> gpu 0"),
-        value=0.97,
-        started_at=1_790_000_000.0,
-        ended_at=1_790_000_060.0 if state == "resolved" else None,
-        run="20260901T101500Z-box-3f2a",
-        host="box",
+    summary = make_labels(summary=f"{rule} <b>on</b> gpu 0")
+    return gpu_alert(
+        rule, state, severity, annotations=summary, ended_at=FIRED_AT + 60 if state == "resolved" else None
     )
 
 

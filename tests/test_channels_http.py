@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 
+from alert_events import FIRED_AT, gpu_alert
 from loopback import HttpSink, closed_port
 
 from llamamon.channels.dispatch import Dispatcher
@@ -17,20 +18,9 @@ FAST = {"timeout": "2s", "attempts": 3, "backoff": "10ms"}
 
 
 def event(rule="gpu_memory_high", state="firing", severity="critical", **kw) -> AlertEvent:
-    base = dict(
-        rule=rule,
-        state=state,
-        severity=severity,
-        labels=make_labels(alertname=rule, severity=severity, gpu="0", host="box"),
-        annotations=make_labels(summary=f"{rule} on gpu 0"),
-        value=0.97,
-        started_at=1_790_000_000.0,
-        ended_at=1_790_000_600.0 if state == "resolved" else None,
-        run="20260901T101500Z-box-3f2a",
-        host="box",
-    )
-    base.update(kw)
-    return AlertEvent(**base)
+    kw.setdefault("labels", make_labels(alertname=rule, severity=severity, gpu="0", host="box"))
+    kw.setdefault("ended_at", FIRED_AT + 600 if state == "resolved" else None)
+    return gpu_alert(rule, state, severity, **kw)
 
 
 def send(channel, events):
