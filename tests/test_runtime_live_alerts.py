@@ -111,6 +111,23 @@ def test_a_run_end_resolves_at_once_not_a_lookback_later(tmp_path, metrics_dir):
     assert due[0].run == RUN
 
 
+def test_a_run_that_ended_before_watching_began_pages_nothing(tmp_path, metrics_dir):
+    rule = """    running:
+      condition: process_tree_size > 0
+"""
+    live = LiveAlerts(config(tmp_path, rule), metrics_dir)
+    live.follow_from(T0 + 10)  # watch starts after the run ended at T0 + 2.5
+    live.add([Row(T0 + i, "process", "process_tree_size", 2.0, (), None) for i in range(3)], RUN, "box")
+    live.end_run(RUN, T0 + 2.5)
+    changes, due = live.evaluate(T0 + 10)
+    assert changes == due == []
+    # The same rows seen live (no follow_from) fire at their own time and resolve at the end.
+    seen = LiveAlerts(config(tmp_path, rule), metrics_dir, scope="live")
+    seen.add([Row(T0 + i, "process", "process_tree_size", 2.0, (), None) for i in range(3)], RUN, "box")
+    seen.end_run(RUN, T0 + 2.5)
+    assert states(seen.evaluate(T0 + 10)[1]) == ["firing", "resolved"]
+
+
 def test_a_training_metric_holds_its_last_value_beyond_the_window_until_the_run_ends(tmp_path, metrics_dir):
     rule = """    loss_high:
       condition: loss > 1

@@ -158,9 +158,20 @@ class LiveAlerts:
                     self._events_of.setdefault(m, []).append(r.name)
         self._points: dict[int, set[str]] = {}
         self._stepped: dict[str, float] = {}  # rule -> its last step (s)
+        self._since: int | None = None  # us: evaluation points before it are context, not news (follow_from)
         self.sent = 0
 
     # -- samples ----------------------------------------------------------------------------------
+
+    def follow_from(self, t: float) -> None:
+        """Judge only what happens from ``t`` on: the rows loaded from before it are history for windows
+        and ``for``, never stepped at their own times.
+
+        Why: ``watch`` started after a run ended loads that run's last minutes, and stepping them would page
+        an alert that fired and resolved before anyone watched (``alerts test`` is where that history is
+        judged). Each evaluation still judges every rule at its own ``now``.
+        """
+        self._since = round(t * US)
 
     def wants(self, metric: str) -> bool:
         return metric in self.raw_metrics
@@ -338,6 +349,8 @@ class LiveAlerts:
         with self._lock:
             # Why under the lock: the series are the live buffers, not copies (record adds from its loop).
             points, self._points = self._points, {}
+            if self._since is not None:
+                points = {t: names for t, names in points.items() if t >= self._since}
             points.setdefault(round(now * US), set()).update(self.by_name)
             changes = step_at(self.states, self.rules, self._view(now), points, self._stepped)
             for run, t in [(r, t) for r, t in self._closing.items() if t <= round(now * US)]:

@@ -146,7 +146,9 @@ class Watcher:
             loop.add_signal_handler(sig, stop.set)
         collectors = await self._open_collectors()
         try:
-            self.follower.start(time.time())
+            started = time.time()
+            self.live.follow_from(started)
+            self.follower.start(started)
             if once:
                 await self._tick(collectors)
             else:
