@@ -18,8 +18,47 @@ LEAF = (
     "llamamon.fsutil",
     "llamamon.masking",
 )
+# What runs inside the user's job (``import llamamon``, ``llamamon.log``, the monitors, the framework
+# integrations): the engine's layers never import it, and it reaches the engine only through the store's
+# journal and the run metadata.
+JOB_SIDE = (
+    "llamamon.api",
+    "llamamon.log_encoding",
+    "llamamon.log_destination",
+    "llamamon.monitors",
+    "llamamon.integrations",
+)
+API = ("llamamon.api", "llamamon.log_encoding", "llamamon.log_destination")
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     **{leaf: ("llamamon.",) for leaf in LEAF},
+    **{
+        module: (
+            "llamamon.collectors",
+            "llamamon.rules",
+            "llamamon.channels",
+            "llamamon.report",
+            "llamamon.runtime",
+            "llamamon.cli",
+            "llamamon.prometheus",
+            "llamamon.monitors",
+            "llamamon.integrations",
+        )
+        for module in API
+    },
+    "llamamon.monitors": (
+        "llamamon.store",
+        "llamamon.rules",
+        "llamamon.channels",
+        "llamamon.report",
+        "llamamon.runtime",
+        "llamamon.cli",
+        "llamamon.prometheus",
+        "llamamon.integrations",
+    ),
+    # A framework callback drives the public API and the monitors, nothing deeper.
+    "llamamon.integrations": ("llamamon.",),
+    # The CLI drives the engine; what runs inside the job is not its business.
+    "llamamon.cli": JOB_SIDE,
     "llamamon.config": (
         "llamamon.collectors",
         "llamamon.store",
@@ -29,6 +68,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "llamamon.runtime",
         "llamamon.cli",
         "llamamon.prometheus",
+        *JOB_SIDE,
     ),
     "llamamon.collectors": (
         "llamamon.store",
@@ -37,6 +77,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "llamamon.report",
         "llamamon.runtime",
         "llamamon.cli",
+        *JOB_SIDE,
     ),
     "llamamon.store": (
         "llamamon.collectors",
@@ -45,6 +86,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "llamamon.report",
         "llamamon.runtime",
         "llamamon.cli",
+        *JOB_SIDE,
     ),
     "llamamon.prometheus": (
         "llamamon.store",
@@ -53,6 +95,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "llamamon.report",
         "llamamon.runtime",
         "llamamon.cli",
+        *JOB_SIDE,
     ),
     "llamamon.rules": (
         "llamamon.store",
@@ -61,6 +104,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "llamamon.report",
         "llamamon.runtime",
         "llamamon.cli",
+        *JOB_SIDE,
     ),
     "llamamon.channels": (
         "llamamon.store",
@@ -69,16 +113,22 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "llamamon.report",
         "llamamon.runtime",
         "llamamon.cli",
+        *JOB_SIDE,
     ),
-    "llamamon.report": ("llamamon.collectors", "llamamon.channels", "llamamon.runtime", "llamamon.cli"),
-    "llamamon.runtime": ("llamamon.cli", "llamamon.report"),
+    "llamamon.report": ("llamamon.collectors", "llamamon.channels", "llamamon.runtime", "llamamon.cli", *JOB_SIDE),
+    "llamamon.runtime": ("llamamon.cli", "llamamon.report", *JOB_SIDE),
 }
 # Modules a layer may use although its package is otherwise off-limits.
 ALLOWED_EXCEPTIONS: dict[str, tuple[str, ...]] = {
     **{leaf: LEAF for leaf in LEAF},
     "llamamon.collectors": ("llamamon.prometheus.text",),
     "llamamon.report": ("llamamon.store.reader", "llamamon.store.runs", "llamamon.store"),
+    # The job and its recorder agree on where the job may say that it logs what it prints.
+    **{module: ("llamamon.runtime.output_claim",) for module in API},
+    "llamamon.integrations": (*LEAF, "llamamon.api", "llamamon.monitors"),
 }
+# ``from llamamon import log`` imports what the package loads lazily (llamamon/__init__.py's _LAZY).
+LAZY_NAMES = {f"llamamon.{name}": module for name, module in __import__("llamamon")._LAZY.items()}
 # Only this module may import pynvml.
 PYNVML_OWNER = "llamamon.collectors._nvml"
 
@@ -113,6 +163,7 @@ def test_layer_imports(path):
         (layer, banned) for layer, banned in FORBIDDEN.items() if module == layer or module.startswith(layer + ".")
     ]
     for name in _imports(path):
+        name = LAZY_NAMES.get(name, name)
         if name == "pynvml" or name.startswith("pynvml."):
             assert module == PYNVML_OWNER, f"{module} imports pynvml; only {PYNVML_OWNER} may"
         for layer, banned in rules:
@@ -229,3 +280,17 @@ def test_only_the_layout_joins_the_metrics_folders_names(path):
                 name = _folder_name(side)
                 if name is not None:
                     pytest.fail(f"{_module_name(path)}:{node.lineno} builds a path with {name!r}: use store.layout")
+
+
+# The rules' model (what a rule is, how it is written and templated, its alert states) is apart from the
+# two evaluators: the CLI, the exporter and the channels read rules without loading either, and polars
+# stays out of anything the live path imports for a rule's shape.
+RULE_MODEL = ("llamamon.rules.model", "llamamon.rules.lang", "llamamon.rules.tree", "llamamon.rules.template")
+EVALUATORS = ("llamamon.rules.history", "llamamon.rules.instant", "llamamon.rules.promql", "polars")
+
+
+@pytest.mark.parametrize("module", RULE_MODEL)
+def test_the_rule_model_imports_no_evaluator(module):
+    path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+    for name in _imports(path):
+        assert not any(name == e or name.startswith(e) for e in EVALUATORS), f"{module} imports {name}"
