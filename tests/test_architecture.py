@@ -29,99 +29,47 @@ JOB_SIDE = (
     "llamamon.integrations",
 )
 API = ("llamamon.api", "llamamon.log_encoding", "llamamon.log_destination")
+LAYERS = (
+    "llamamon.config",
+    "llamamon.collectors",
+    "llamamon.store",
+    "llamamon.prometheus",
+    "llamamon.rules",
+    "llamamon.channels",
+    "llamamon.report",
+    "llamamon.runtime",
+    "llamamon.cli",
+    *JOB_SIDE,
+)
+ENGINE = tuple(layer for layer in LAYERS if layer not in JOB_SIDE and layer != "llamamon.cli")
+
+
+def only(*may: str) -> tuple[str, ...]:
+    """Every layer but these (and the layer itself) is off-limits."""
+    return tuple(layer for layer in LAYERS if layer not in may)
+
+
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     **{leaf: ("llamamon.",) for leaf in LEAF},
-    **{
-        module: (
-            "llamamon.collectors",
-            "llamamon.rules",
-            "llamamon.channels",
-            "llamamon.report",
-            "llamamon.runtime",
-            "llamamon.cli",
-            "llamamon.prometheus",
-            "llamamon.monitors",
-            "llamamon.integrations",
-        )
-        for module in API
-    },
-    "llamamon.monitors": (
-        "llamamon.store",
-        "llamamon.rules",
-        "llamamon.channels",
-        "llamamon.report",
-        "llamamon.runtime",
-        "llamamon.cli",
-        "llamamon.prometheus",
-        "llamamon.integrations",
-    ),
+    "llamamon.config": only(),
+    "llamamon.collectors": only("llamamon.config"),
+    "llamamon.store": only("llamamon.config"),
+    "llamamon.prometheus": only("llamamon.config", "llamamon.rules"),
+    "llamamon.rules": only("llamamon.config"),
+    "llamamon.channels": only("llamamon.config"),
+    "llamamon.report": only("llamamon.config", "llamamon.store", "llamamon.prometheus", "llamamon.rules"),
+    "llamamon.runtime": only(*ENGINE),
+    **{module: only("llamamon.config", "llamamon.store", *API) for module in API},
+    "llamamon.monitors": only("llamamon.config", "llamamon.collectors", *API),
     # A framework callback drives the public API and the monitors, nothing deeper.
     "llamamon.integrations": ("llamamon.",),
     # The CLI drives the engine; what runs inside the job is not its business.
-    "llamamon.cli": JOB_SIDE,
-    "llamamon.config": (
-        "llamamon.collectors",
-        "llamamon.store",
-        "llamamon.rules",
-        "llamamon.channels",
-        "llamamon.report",
-        "llamamon.runtime",
-        "llamamon.cli",
-        "llamamon.prometheus",
-        *JOB_SIDE,
-    ),
-    "llamamon.collectors": (
-        "llamamon.store",
-        "llamamon.rules",
-        "llamamon.channels",
-        "llamamon.report",
-        "llamamon.runtime",
-        "llamamon.cli",
-        *JOB_SIDE,
-    ),
-    "llamamon.store": (
-        "llamamon.collectors",
-        "llamamon.rules",
-        "llamamon.channels",
-        "llamamon.report",
-        "llamamon.runtime",
-        "llamamon.cli",
-        *JOB_SIDE,
-    ),
-    "llamamon.prometheus": (
-        "llamamon.store",
-        "llamamon.collectors",
-        "llamamon.channels",
-        "llamamon.report",
-        "llamamon.runtime",
-        "llamamon.cli",
-        *JOB_SIDE,
-    ),
-    "llamamon.rules": (
-        "llamamon.store",
-        "llamamon.collectors",
-        "llamamon.channels",
-        "llamamon.report",
-        "llamamon.runtime",
-        "llamamon.cli",
-        *JOB_SIDE,
-    ),
-    "llamamon.channels": (
-        "llamamon.store",
-        "llamamon.collectors",
-        "llamamon.rules",
-        "llamamon.report",
-        "llamamon.runtime",
-        "llamamon.cli",
-        *JOB_SIDE,
-    ),
-    "llamamon.report": ("llamamon.collectors", "llamamon.channels", "llamamon.runtime", "llamamon.cli", *JOB_SIDE),
-    "llamamon.runtime": ("llamamon.cli", "llamamon.report", *JOB_SIDE),
+    "llamamon.cli": only(*ENGINE),
 }
 # Modules a layer may use although its package is otherwise off-limits.
 ALLOWED_EXCEPTIONS: dict[str, tuple[str, ...]] = {
     **{leaf: LEAF for leaf in LEAF},
-    "llamamon.collectors": ("llamamon.prometheus.text",),
+    "llamamon.collectors": ("llamamon.prometheus.text",),  # the exposition parser, for scrapes
     "llamamon.report": ("llamamon.store.reader", "llamamon.store.runs", "llamamon.store"),
     # The job and its recorder agree on where the job may say that it logs what it prints.
     **{module: ("llamamon.runtime.output_claim",) for module in API},
