@@ -158,8 +158,7 @@ class Recorder:
                     write_run(self.metrics_dir, info)  # listed by `llamamon runs` from the start
                 except OSError as exc:
                     log.warning("cannot write run metadata: %s", exc)  # the job is running: keep recording
-                pid = child.pid
-                sampler = LoopThread(lambda stop: self._sample(stop, pid, born), name="llamamon-sampler")
+                sampler = LoopThread(lambda stop: self._sample(stop, child.pid, born), name="llamamon-sampler")
                 sampler.start()
                 try:
                     result = child.wait()
