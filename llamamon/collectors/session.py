@@ -123,6 +123,15 @@ class CollectorSession:
 
     async def _tick(self) -> list[tuple[_Member | _Guarded, list[Sample]]]:
         guarded = [asyncio.ensure_future(item.guard.collect(self.timeout)) for item in self._guarded]
+        found: list[tuple[_Member | _Guarded, list[Sample]]] = []
+        for member in self._members:
+            if not member.collector.may_stall:
+                try:
+                    found.append((member, normalize(await member.collector.collect(), member.collector.name)))
+                except Exception as exc:  # noqa: BLE001 - one collector's bad tick must not stop the others
+                    self._failed(member, exc)
+        # Asked after the /proc readers, as they always were: the GPU's process memory is summed over the pids
+        # the process tree's collector has just found.
         calls: dict[_Member, asyncio.Future[Any] | None] = {}
         for member in self._members:
             if not member.collector.may_stall:
@@ -134,13 +143,6 @@ class CollectorSession:
                 calls[member] = late  # answered since: this tick's samples
             else:
                 member.late, calls[member] = late, None  # still busy: skipped, not asked again
-        found: list[tuple[_Member | _Guarded, list[Sample]]] = []
-        for member in self._members:
-            if not member.collector.may_stall:
-                try:
-                    found.append((member, normalize(await member.collector.collect(), member.collector.name)))
-                except Exception as exc:  # noqa: BLE001 - one collector's bad tick must not stop the others
-                    self._failed(member, exc)
         waits = [call for call in calls.values() if call is not None]
         if waits:
             await asyncio.wait(waits, timeout=self.timeout)
