@@ -148,7 +148,8 @@ class CollectorSession:
             await asyncio.wait(waits, timeout=self.timeout)
         for member, call in calls.items():
             found.append((member, [] if call is None else self._result(member, call)))
-        found.extend(zip(self._guarded, await asyncio.gather(*guarded), strict=True))
+        if guarded:
+            found.extend(zip(self._guarded, await asyncio.gather(*guarded), strict=True))
         return found
 
     def _result(self, member: _Member, call: asyncio.Future[Any]) -> list[Sample]:
