@@ -24,18 +24,16 @@ from typing import TYPE_CHECKING
 
 from llamamon.errors import ConfigError
 from llamamon.runtime.child import Child
+from llamamon.runtime.live_run import LiveRun
 from llamamon.runtime.ticker import LoopThread, Stop, Ticker, TickStamps, run_ticks
 
 if TYPE_CHECKING:
     from llamamon.collectors.base import MetricsCollector
     from llamamon.collectors.session import CollectorSession
     from llamamon.config import Config
-    from llamamon.prometheus.textfile import TextfileWriter
     from llamamon.runtime.job_output import JobOutput
     from llamamon.runtime.parquet_route import FoldHelper, ParquetRoute
-    from llamamon.runtime.run_alerts import RunAlerts
     from llamamon.samples import Row
-    from llamamon.store.follower import RunFollower
     from llamamon.store.writer import StoreWriter
 
 log = logging.getLogger("llamamon.record")
@@ -112,25 +110,8 @@ class Recorder:
 
             self.output = JobOutput(config, interval)
         self.samples = 0
-        self._failed: set[str] = set()
-        self.alerts: RunAlerts | None = None
-        # What the job logs itself (step, loss ...) is read once, for its live alerts and its .prom file both.
-        textfile = config.monitoring.export_format == "prometheus"
-        self._job: RunFollower | None = None
-        if options.alerts:
-            from llamamon.runtime.live_alerts import LiveAlerts
-            from llamamon.runtime.run_alerts import RunAlerts
-            from llamamon.store.follower import RunFollower
-
-            # Built before the job starts: a bad rule or channel is a config error (exit 2), not a surprise later.
-            live = LiveAlerts(config, self.metrics_dir)
-            self._job = RunFollower.own_run(self.metrics_dir, self.info.id, live, latest=textfile)
-            self.alerts = RunAlerts(config, live, self._job, self.info.id, self.host)
-        elif textfile:
-            from llamamon.store.follower import RunFollower
-
-            self._job = RunFollower.own_run(self.metrics_dir, self.info.id, None, latest=True)
-        self._textfile: TextfileWriter | None = None
+        self._store_failed = False
+        self.live = LiveRun(config, self.metrics_dir, self.info.id, self.host, alerts=options.alerts)
         self._job_ended: float | None = None  # set before the sampler is told to stop
         self._route = route
 
@@ -190,7 +171,7 @@ class Recorder:
 
         writer = self._route.open_writer(self.metrics_dir, self.info.id, self.host)
         append = self._appender(writer)
-        self._textfile = self._open_textfile()
+        self.live.open()
         # In a thread beside the collectors and the first samples (run_info.py says why).
         describe = asyncio.ensure_future(asyncio.to_thread(complete_run_info, self.info, self.metrics_dir))
         collectors: CollectorSession | None = None
@@ -206,15 +187,8 @@ class Recorder:
 
             await run_ticks(ticker, tick_then_fold, stop)
             await self._tick(collectors, append)  # the last sample, at exit
-            if self.alerts is not None:
-                try:
-                    # The job's end, as the run's metadata says, not this later moment: the rules judge
-                    # the run as `alerts test` does, up to its end.
-                    await self.alerts.finish(self._job_ended if self._job_ended is not None else time.time())
-                    # What failed to go out after the last tick (an alert of the run's end) is counted too.
-                    writer.append(self.alerts.failure_rows(time.time()))
-                except Exception as exc:  # noqa: BLE001 - the recording itself is complete
-                    log.error("final alert evaluation failed: %s", exc)
+            # What failed to go out after the last tick (an alert of the run's end) is counted too.
+            append(await self.live.finish(self._job_ended))
             if ticker.skipped:
                 log.debug("%d ticks skipped because sampling overran the interval", ticker.skipped)
         finally:
@@ -226,9 +200,7 @@ class Recorder:
             if collectors is not None:
                 await collectors.close()
             await self._route.close_writer(writer)
-            if self._textfile is not None:
-                # The run's file goes (or says llamamon_run_active 0 for its grace), its alerts with it.
-                self._export(self._textfile.finish)
+            self.live.close()
 
     async def _open_collectors(self, pid: int, born: float) -> CollectorSession:
         from llamamon.collectors.process import ProcessTreeCollector
@@ -256,14 +228,7 @@ class Recorder:
             self.output.store(append, now)  # before the collectors, which may take most of an interval
         rows = await collectors.rows(now)
         output = self.output.take() if self.output is not None else []  # journaled during this interval
-        if self.alerts is not None:
-            # Evaluates beside the sampler, never inside its tick.
-            rows.extend(self.alerts.on_tick([*output, *rows], now))
-        if self._textfile is not None:
-            # The job's rows are only taken when the file is rewritten: every series' latest since the last.
-            due = self._textfile.due()
-            job_rows = self._job.take_latest() if self._job is not None and due else []
-            self._export(lambda: self._textfile.write([*output, *rows, *job_rows]))
+        rows.extend(self.live.on_tick(output, rows, now))
         if append(rows):
             self.samples += 1
 
@@ -274,33 +239,10 @@ class Recorder:
             try:
                 writer.append(rows)
             except Exception as exc:  # noqa: BLE001 - isolation: the job goes on without its recording
-                if "store" not in self._failed:
-                    self._failed.add("store")
+                if not self._store_failed:
+                    self._store_failed = True
                     log.error("writing samples failed: %s (logged once; the job goes on)", exc)
                 return False
             return True
 
         return append
-
-    def _open_textfile(self) -> TextfileWriter | None:
-        """The .prom file for node_exporter's textfile collector, unless monitoring.export_format is none."""
-        monitoring = self.config.monitoring
-        if monitoring.export_format != "prometheus":
-            return None
-        from llamamon.prometheus.textfile import TextfileWriter
-        from llamamon.store.layout import textfile_folder
-
-        folder = textfile_folder(self.metrics_dir, monitoring.textfile_dir)
-        writer = TextfileWriter(
-            folder, self.host, self.info.id, refresh=monitoring.textfile_refresh, grace=monitoring.textfile_grace
-        )
-        self._export(writer.prune)  # what ended runs and killed recorders left
-        return writer
-
-    def _export(self, write: Callable[[], object]) -> None:
-        try:
-            write()
-        except (OSError, ValueError) as exc:  # an unwritable textfile folder must not stop the recording
-            if "textfile" not in self._failed:
-                self._failed.add("textfile")
-                log.warning("writing the Prometheus textfile failed: %s (logged once; recording goes on)", exc)
