@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamamon.errors import RunNotFound
-from llamamon.samples import NO_LABELS, Labels, Row, RunInfo, labels_to_str, make_labels
+from llamamon.samples import NO_LABELS, Labels, Row, RunInfo, labels_to_str, make_labels, user_name
 
 if TYPE_CHECKING:
     from llamamon.store.journal import Journal
@@ -117,7 +117,7 @@ class Destination:
             tags=tags,
             command=mask_command([sys.executable, *sys.argv], config.monitoring.secret_options if config else ()),
             cwd=os.getcwd(),
-            user=_user(),
+            user=user_name(),
             pid=os.getpid(),
             python_version=sys.version.split()[0],
             llamamon_version=__version__,
@@ -213,15 +213,6 @@ def _load_config() -> Any:
 
 def _metrics_path(config: Any) -> Path:
     return Path(config.metrics_path) if config is not None else Path(".metrics")
-
-
-def _user() -> str:
-    try:
-        import getpass
-
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return ""
 
 
 def _exit_code() -> int | None:

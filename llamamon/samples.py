@@ -92,6 +92,18 @@ class RowMaker:
         return rows
 
 
+def user_name() -> str:
+    """Who runs the job, for the run metadata: the login name, else the uid (a container user with no
+    passwd entry has no name)."""
+    import getpass
+    import os
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
 @dataclass(slots=True)
 class RunInfo:
     """A run's metadata, written at start and completed at exit (runs/<id>.json in the store)."""

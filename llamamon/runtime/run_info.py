@@ -7,7 +7,6 @@ for git on a big repository or for the CPU's model name; those are added beside 
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
 import platform
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from llamamon import __version__
 from llamamon.masking import mask_command
-from llamamon.samples import RunInfo
+from llamamon.samples import RunInfo, user_name
 
 if TYPE_CHECKING:
     from llamamon.config import Config
@@ -42,7 +41,7 @@ def new_run_info(
         tags=dict(tags),
         command=mask_command(command, config.monitoring.secret_options),
         cwd=os.getcwd(),
-        user=_user(),
+        user=user_name(),
         python_version=platform.python_version(),
         llamamon_version=__version__,
         config_file=str(config.source) if config.source else None,
@@ -87,10 +86,3 @@ def _git_state(cwd: str) -> tuple[str | None, bool | None]:
         return None, None
     status = git("status", "--porcelain", "--untracked-files=no")
     return commit.strip(), (None if status is None else bool(status.strip()))
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
