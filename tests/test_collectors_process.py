@@ -196,8 +196,10 @@ def test_busy_tree_with_grandchildren_is_summed(job: Job):
         per_process = {pid: (after[pid] - before[pid]) / elapsed for pid in procs}
         tree = sample["process_cpu_usage"]
         assert tree == pytest.approx(sum(per_process.values()), rel=0.15, abs=0.03)
-        # Four equally busy loops: the sum is several times the busiest single one.
-        assert tree > 2.5 * max(per_process.values())
+        # Not the busiest member alone: the others' CPU is in the figure too. (Four busy loops share the
+        # cores as the scheduler likes on a loaded machine, so no ratio to the busiest is assumed.)
+        busiest = max(per_process.values())
+        assert tree - busiest > 0.5 * (sum(per_process.values()) - busiest) > 0.05
         assert tree <= psutil.cpu_count() + 0.2
         await collector.close()
 
