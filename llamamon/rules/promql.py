@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
@@ -25,7 +26,7 @@ SHORT_WINDOW = 16
 V = TypeVar("V")
 
 
-class NodeDispatch(Generic[V]):
+class NodeDispatch(ABC, Generic[V]):
     """A condition tree's node to the evaluator's method for its kind (numbers are their value), and a
     function call to the method for that function.
 
@@ -48,8 +49,8 @@ class NodeDispatch(Generic[V]):
         assert isinstance(node, Binary)
         return self.binary(node)
 
-    def instant(self, sel: Selector) -> V:
-        raise NotImplementedError
+    @abstractmethod
+    def instant(self, sel: Selector) -> V: ...
 
     def call(self, node: Call) -> V | float:
         f = node.func
@@ -62,21 +63,21 @@ class NodeDispatch(Generic[V]):
         own = self.window(node, histogram.selector_of(node))
         return histogram.with_buckets(node, own, self.eval, self.bucket_quantiles, self.concat)
 
-    def value_function(self, node: Call) -> V | float:
-        raise NotImplementedError
+    @abstractmethod
+    def value_function(self, node: Call) -> V | float: ...
 
-    def since_best(self, sel: Selector) -> V:
-        raise NotImplementedError
+    @abstractmethod
+    def since_best(self, sel: Selector) -> V: ...
 
-    def window(self, node: Call, sel: Selector) -> V:
-        raise NotImplementedError
+    @abstractmethod
+    def window(self, node: Call, sel: Selector) -> V: ...
 
-    def bucket_quantiles(self, node: Call, res: V, metric: Any) -> V:
-        raise NotImplementedError
+    @abstractmethod
+    def bucket_quantiles(self, node: Call, res: V, metric: Any) -> V: ...
 
     @staticmethod
-    def concat(a: V, b: V) -> V:
-        raise NotImplementedError
+    @abstractmethod
+    def concat(a: V, b: V) -> V: ...
 
     def unary(self, node: Unary) -> V | float:
         arg = self.eval(node.operand)
@@ -95,19 +96,19 @@ class NodeDispatch(Generic[V]):
             return self.set_operation(node.op, left, right)  # type: ignore[arg-type]
         return self.operation(node.op, left, right)
 
-    def negated(self, arg: V) -> V:
-        raise NotImplementedError
+    @abstractmethod
+    def negated(self, arg: V) -> V: ...
 
+    @abstractmethod
     def inverted(self, arg: V) -> V:
         """``not``: each series' truth flipped, its value kept."""
-        raise NotImplementedError
 
-    def set_operation(self, op: str, left: V, right: V) -> V:
-        raise NotImplementedError
+    @abstractmethod
+    def set_operation(self, op: str, left: V, right: V) -> V: ...
 
+    @abstractmethod
     def operation(self, op: str, left: V | float, right: V | float) -> V:
         """An arithmetic or comparison operator with a vector on at least one side."""
-        raise NotImplementedError
 
 
 def series_labels(labels: str, run: str, host: str) -> dict[str, str]:
