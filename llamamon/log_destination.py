@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamamon.errors import RunNotFound
+from llamamon.host import this_host
 from llamamon.samples import NO_LABELS, Labels, Row, RunInfo, labels_to_str, make_labels, user_name
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class Destination:
         config = _load_config()
         if config is not None:
             self.aliases = dict(config.aliases) or None
-        host = socket.gethostname()
+        host = this_host()
         if run_id and env_dir:
             self.metrics_dir = Path(env_dir)
             if resume is not None and resume != run_id:

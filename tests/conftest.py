@@ -51,6 +51,7 @@ def llamamon_env(**extra: str) -> dict[str, str]:
     env.pop("LLAMAMON_CONFIG", None)
     env.pop("LLAMAMON_RUN_ID", None)
     env.pop("LLAMAMON_METRICS_DIR", None)
+    env.pop("LLAMAMON_HOST", None)
     # The built-in channels' variables: a developer's real Slack or mail server never hears from a test.
     env.pop("SLACK_WEBHOOK_URL", None)
     env.pop("SMTP_SERVER", None)

@@ -438,3 +438,19 @@ def test_our_own_lines_do_not_staircase_while_the_terminal_is_raw(tmp_path):
     assert b"collector Broken failed: sensor unplugged (logged once; recording goes on)\r\n" in out
     assert b"job line\r\n" in out
     assert out.count(b"\n") == out.count(b"\r\n")
+
+
+def test_llamamon_host_names_the_run_its_rows_and_the_api_run(tmp_path: Path) -> None:
+    """Two "hosts" on one machine (how the multi-node tests simulate a cluster): LLAMAMON_HOST is the host
+    the run id, the run's metadata and every row carry, the recorder's and the job's own rows alike."""
+    code = "import llamamon; [llamamon.log({'loss': 1.0 / (s + 1)}, step=s) for s in range(3)]"
+    done = run_llamamon(
+        "record", "--no-gpu", "--metrics-dir", str(tmp_path / "m"), "--", PY, "-c", code,
+        cwd=tmp_path, env=llamamon_env(LLAMAMON_HOST="node-7"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (run,) = runs_of(tmp_path / "m")
+    assert run["host"] == "node-7"
+    assert "-node-7-" in run["id"]
+    hosts = frame(tmp_path / "m")["host"].unique().to_list()
+    assert hosts == ["node-7"]

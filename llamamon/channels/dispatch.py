@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 
 from llamamon.channels.base import Channel, Delivery
 from llamamon.channels.render import TEST_LABEL
+from llamamon.host import this_host
 from llamamon.samples import AlertEvent, Sample, make_labels
 
 log = logging.getLogger("llamamon.channels")
@@ -111,7 +111,7 @@ def make_test_notification(*, host: str | None = None, now: float | None = None)
     It carries an end five minutes ahead so that an Alertmanager receiving it lets it expire by itself.
     """
     now = time.time() if now is None else now
-    host = host or socket.gethostname()
+    host = host or this_host()
     return AlertEvent(
         rule="llamamon_test_notification",
         state="firing",

@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from llamamon.fsutil import atomic_write
+from llamamon.host import this_host
 from llamamon.prometheus.snapshot import DEFAULT_BUCKETS, RunSnapshot
 from llamamon.samples import Row, Sample
 
@@ -142,7 +142,7 @@ def stale_textfiles(folder: str | Path, grace: float, now: float | None = None) 
     file is stale once it says ``llamamon_run_active 0`` and its grace is over.
     """
     now = time.time() if now is None else now
-    here = f"llamamon-{_UNSAFE.sub('_', socket.gethostname())}-"
+    here = f"llamamon-{_UNSAFE.sub('_', this_host())}-"
     try:
         paths = sorted(Path(folder).glob("llamamon-*.prom"))
     except OSError:

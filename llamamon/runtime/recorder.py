@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llamamon.errors import ConfigError
+from llamamon.host import this_host
 from llamamon.runtime.child import Child
 from llamamon.runtime.live_run import LiveRun
 from llamamon.runtime.ticker import LoopThread, Stop, Ticker, TickStamps, run_ticks
@@ -95,7 +95,7 @@ class Recorder:
         self.metrics_dir = open_store(metrics_dir)
         self._system = SystemCollector(self.metrics_dir)
         self._system.prime()  # its first window runs while the rest starts up: no wait at the first sample
-        self.host = socket.gethostname()
+        self.host = this_host()
         self.info = new_run_info(options.command, options.name, options.tags, config, interval, self.host, time.time())
         # Mistakes in these are ConfigErrors before the job starts.
         self.user_collectors = load_collectors(config)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llamamon.errors import ConfigError
+from llamamon.host import this_host
 from llamamon.runtime.live_alerts import LiveAlerts
 from llamamon.runtime.ticker import Stop, Ticker, run_ticks
 from llamamon.samples import AlertEvent, Row, labels_to_str
@@ -109,7 +109,7 @@ class Watcher:
         self.interval = interval
         self.gpu = gpu
         self.on_tick = on_tick
-        self.host = socket.gethostname()
+        self.host = this_host()
         self.live = LiveAlerts(config, metrics_dir, scope="watch")
         self.follower = RunFollower(metrics_dir, self.live, only, metrics=VIEW_METRICS)
         self.latest: dict[tuple[str, str, str, str], tuple[float, float]] = {}
