@@ -342,6 +342,7 @@ def test_exposition_modules_import_only_leaf_modules():
         "llamamon.severity",
         "llamamon.units",
         "llamamon.fsutil",
+        "llamamon.host",
         "llamamon.errors",
     }
     for name in ("__init__", "text", "snapshot", "textfile"):
