@@ -15,7 +15,8 @@ into a running Grafana. Instead, with the real things that do install:
 - **A real Prometheus** scraping a real node_exporter whose textfile folder llamamon's ``TextfileWriter``
   feeds for two hosts: every panel query returns data, and every template variable's ``label_values``
   (asked the way Grafana's Prometheus data source asks it, ``/api/v1/label/<name>/values?match[]=``) lists
-  the hosts, runs, ranks and GPUs that were written.
+  the hosts, runs, ranks and GPUs that were written; then two real ``llamamon record`` runs as two nodes
+  (``LLAMAMON_HOST``, ``RANK``) writing into the same folder appear in the host, rank and panel queries.
 - The rest of what Grafana's import needs and the schema does not say (the ``__inputs`` data source
   prompt, unique panel ids, a grid that does not overlap, variables every query uses being defined) is
   asserted below on the JSON.
@@ -28,6 +29,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 import time
 import urllib.parse
 from pathlib import Path
@@ -40,12 +42,13 @@ from llamamon.prometheus import grafana
 from llamamon.prometheus.snapshot import RUN_METRICS
 from llamamon.prometheus.textfile import TextfileWriter
 from llamamon.samples import Sample, make_labels
-from tests.conftest import REPO, missing_integration, require_binary, run_llamamon
+from tests.conftest import REPO, llamamon_env, missing_integration, require_binary, run_llamamon
 from tests.test_prometheus_tools import (  # noqa: F401 - node_exporter and prometheus are fixtures
     http_get,
     node_exporter,
     prometheus,
     query,
+    wait_for,
 )
 
 FILES = ("llamamon-system.json", "llamamon-training.json", "llamamon-inference.json")
@@ -311,3 +314,63 @@ def test_template_variables_list_what_was_written(fed_prometheus):
     assert label_values(fed_prometheus, variables["run"]["query"], {"host": "node-a"}) == {HOSTS["node-a"]}
     assert label_values(fed_prometheus, variables["rank"]["query"], ALL) == {"0", "1"}
     assert label_values(fed_prometheus, variables["gpu"]["query"], {"host": "node-b"}) == {"0", "1"}
+
+
+RANKED_JOB = """
+import time, llamamon
+for i in range(10):
+    llamamon.log(loss=1.0 / (i + 1), steps_per_second=4.0, step=i)
+    time.sleep(0.1)
+"""
+
+
+def test_two_recorded_hosts_show_up_in_the_dashboards(node_exporter, fed_prometheus, tmp_path):  # noqa: F811
+    """`llamamon record` on two "nodes" (LLAMAMON_HOST, one rank each) into the folder node_exporter reads."""
+    _, folder = node_exporter
+    config = tmp_path / "monitoring.yaml"
+    config.write_text(
+        f"monitoring:\n  textfile_dir: {json.dumps(str(folder))}\n  textfile_refresh: 0\n  textfile_grace: 1h\n"
+    )
+    jobs = []
+    for host, rank in (("node-c", "0"), ("node-d", "1")):
+        args = [
+            "record",
+            "--no-gpu",
+            "--interval",
+            "0.2",
+            "--config",
+            str(config),
+            "--metrics-dir",
+            str(tmp_path / host),
+        ]
+        env = llamamon_env(LLAMAMON_HOST=host, RANK=rank)
+        jobs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "llamamon", *args, "--", sys.executable, "-c", RANKED_JOB],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        )
+    for job in jobs:
+        _, err = job.communicate(timeout=120)
+        assert job.returncode == 0, err.decode()
+    variables = {v["name"]: v for board in boards().values() for v in board["templating"]["list"]}
+    (loss,) = [p for p in boards()["llamamon-training.json"]["panels"] if p["title"] == "loss"]
+    (cpu,) = [p for p in boards()["llamamon-system.json"]["panels"] if p["title"] == "cpu_usage"]
+
+    def seen() -> bool:
+        hosts = label_values(fed_prometheus, variables["host"]["query"], ALL)
+        return {"node-c", "node-d"} <= hosts
+
+    wait_for(seen, "Prometheus to scrape both recorded hosts")
+    ranks = label_values(fed_prometheus, variables["rank"]["query"], {**ALL, "host": "node-d"})
+    assert ranks == {"1"}
+    losses = query(fed_prometheus, interpolate(loss["targets"][0]["expr"], {**ALL, "host": "node-c|node-d"}))
+    assert {(r["metric"]["host"], r["metric"]["rank"], float(r["value"][1])) for r in losses} == {
+        ("node-c", "0", 0.1),
+        ("node-d", "1", 0.1),
+    }
+    cpus = query(fed_prometheus, interpolate(cpu["targets"][0]["expr"], {**ALL, "host": "node-c|node-d"}))
+    assert sorted(r["metric"]["host"] for r in cpus) == ["node-c", "node-d"]
