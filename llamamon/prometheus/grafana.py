@@ -63,6 +63,8 @@ class Row:
 
 @dataclass(frozen=True, slots=True)
 class Board:
+    """One dashboard: its fixed uid (a re-import replaces it instead of adding a copy) and its rows."""
+
     uid: str
     title: str
     file: str
@@ -107,20 +109,6 @@ def dashboards() -> dict[str, dict[str, Any]]:
 
 def dashboard(board: Board) -> dict[str, Any]:
     """One dashboard, with the ``__inputs``/``__requires`` header of Grafana's "export for sharing"."""
-    panels: list[dict[str, Any]] = []
-    y = 0
-    for row in board.rows:
-        panels.append({"type": "row", "id": len(panels) + 1, "title": row.title, "collapsed": False, "panels": []})
-        panels[-1]["gridPos"] = {"x": 0, "y": y, "w": _WIDTH * _COLUMNS, "h": 1}
-        y += 1
-        last = -1
-        for index, panel in enumerate(_row_panels(row)):
-            x, line = (index % _COLUMNS) * _WIDTH, index // _COLUMNS
-            panel["id"] = len(panels) + 1
-            panel["gridPos"] = {"x": x, "y": y + line * _HEIGHT, "w": _WIDTH, "h": _HEIGHT}
-            panels.append(panel)
-            last = line
-        y += (last + 1) * _HEIGHT
     return {
         "__inputs": [
             {
@@ -149,8 +137,28 @@ def dashboard(board: Board) -> dict[str, Any]:
         "timezone": "browser",
         "annotations": {"list": [_builtin_annotations()]},
         "templating": {"list": [_datasource_variable(), *(_VARIABLES[name]() for name in board.variables)]},
-        "panels": panels,
+        "panels": _layout(board),
     }
+
+
+def _layout(board: Board) -> list[dict[str, Any]]:
+    """Rows in order, each followed by its panels two abreast; ids in that order, so they stay put between
+    exports as long as the catalog does."""
+    panels: list[dict[str, Any]] = []
+    y = 0
+    for row in board.rows:
+        panels.append({"type": "row", "id": len(panels) + 1, "title": row.title, "collapsed": False, "panels": []})
+        panels[-1]["gridPos"] = {"x": 0, "y": y, "w": _WIDTH * _COLUMNS, "h": 1}
+        y += 1
+        lines = 0
+        for index, panel in enumerate(_row_panels(row)):
+            line = index // _COLUMNS
+            panel["id"] = len(panels) + 1
+            panel["gridPos"] = {"x": (index % _COLUMNS) * _WIDTH, "y": y + line * _HEIGHT, "w": _WIDTH, "h": _HEIGHT}
+            panels.append(panel)
+            lines = line + 1
+        y += lines * _HEIGHT
+    return panels
 
 
 def _row_panels(row: Row) -> Iterator[dict[str, Any]]:
