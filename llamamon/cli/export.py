@@ -1,5 +1,5 @@
-"""``llamamon export prometheus|csv``: a recorded run's latest values in the Prometheus text format, or all of
-its metrics as CSV, on demand."""
+"""``llamamon export prometheus|csv|grafana``: a recorded run's latest values in the Prometheus text format, all
+of its metrics as CSV, on demand; or Grafana dashboards over the names the Prometheus export writes."""
 
 from __future__ import annotations
 
@@ -106,6 +106,42 @@ def csv_command(
     """
     folder, run = _one_run(run_ref, latest, config_path, metrics_dir)
     _write(output, run_csv(folder, run.id))
+
+
+DEFAULT_GRAFANA_DIR = "llamamon-grafana"
+
+
+@export_command.command("grafana")
+@click.option(
+    "-o",
+    "--output",
+    "folder",
+    metavar="DIR",
+    default=DEFAULT_GRAFANA_DIR,
+    show_default=True,
+    help="Folder to write the dashboards into (made if missing; files in it of the same names are replaced).",
+)
+def grafana_command(folder: str) -> None:
+    """Write Grafana dashboards (System, Training, Inference) over the names the .prom files carry.
+
+    llamamon-system.json, llamamon-training.json and llamamon-inference.json, for Grafana's Dashboards >
+    New > Import: it asks for the Prometheus data source that scrapes node_exporter's textfile folder.
+    """
+    import json
+
+    from llamamon.fsutil import atomic_write
+    from llamamon.prometheus.grafana import dashboards
+
+    target = Path(folder)
+    if target.exists() and not target.is_dir():
+        raise ConfigError("is a file, not a folder", path=f"-o {folder}")
+    for name, board in dashboards().items():
+        path = target / name
+        try:
+            atomic_write(path, (json.dumps(board, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot write {path}: {exc.strerror or exc}", path=f"-o {folder}") from None
+        click.echo(f"wrote {path}")
 
 
 def run_csv(metrics_dir: Path, run_id: str) -> str:

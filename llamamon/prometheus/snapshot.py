@@ -33,7 +33,8 @@ HIGH_CARDINALITY_LABELS = frozenset(
 # Label names a gauge must not carry (promtool: "non-histogram metrics should not have "le" label").
 _RESERVED_LABELS = frozenset({"le", "quantile"})
 
-_RUN_METRICS = ("run_active", "last_sample", "step", "alerts_firing")
+# Written once per run with the run's constant labels (host, run; alerts_firing adds severity), never a sample's.
+RUN_METRICS = ("run_active", "last_sample", "step", "alerts_firing")
 
 
 @dataclass(slots=True)
@@ -291,7 +292,7 @@ class RunSnapshot:
         out = self._run_families(grouped)
         order = {m.name: i for i, m in enumerate(catalog.METRICS)}
         rest = sorted(
-            (m for m in grouped if m not in _RUN_METRICS),
+            (m for m in grouped if m not in RUN_METRICS),
             key=lambda m: (m not in order, order.get(m, 0), self._names.get(m, "")),
         )
         out.extend(self._family(metric, grouped[metric]) for metric in rest)
@@ -316,7 +317,7 @@ class RunSnapshot:
                 for s in severities
             ]
         families = []
-        for metric in _RUN_METRICS:
+        for metric in RUN_METRICS:
             # A value the job (or the store) gave for the same metric wins over the derived one.
             series = grouped.get(metric) or run_series[metric]
             if series:
