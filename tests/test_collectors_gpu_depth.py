@@ -290,3 +290,47 @@ def test_doctor_lists_what_each_gpu_will_not_record():
     unavailable = description["gpus"][0]["unavailable"]
     assert set(unavailable) == {"nvlink", "gpm"}
     assert unavailable["gpm"] == "this GPU has no NVML GPM (Hopper or later needed)"
+
+
+def test_a_gpu_lost_while_probed_at_open_is_probed_again_when_it_answers():
+    fake = fake_nvml.h100_sxm(1)
+    lost = {"on": True}  # GpuIsLost from the GPM support query at open, then the GPU answers again
+    real_query = fake.nvmlGpmQueryDeviceSupport
+
+    def flaky(device):
+        if lost["on"]:
+            fake.calls["nvmlGpmQueryDeviceSupport"] += 1
+            raise fake_nvml.real.NVMLError(fake_nvml.real.NVML_ERROR_GPU_IS_LOST)
+        return real_query(device)
+
+    fake.nvmlGpmQueryDeviceSupport = flaky
+
+    def back(fake, tick):
+        lost["on"] = False
+
+    ticks, description = run_ticks(fake, 2, back)
+    assert "gpm" not in description["gpus"][0]["unavailable"]
+    assert not set(table(ticks[0])) & GPM  # its first tick took the first GPM sample
+    assert set(table(ticks[1])) >= GPM
+    assert fake.gpm_buffers == {}
+
+
+def test_nvlinks_probed_late_give_their_first_rate_a_tick_later():
+    fake = fake_nvml.h100_sxm(1)
+    lost = {"on": True}
+    real_state = fake.nvmlDeviceGetNvLinkState
+
+    def flaky(device, link):
+        if lost["on"]:
+            raise fake_nvml.real.NVMLError(fake_nvml.real.NVML_ERROR_GPU_IS_LOST)
+        return real_state(device, link)
+
+    fake.nvmlDeviceGetNvLinkState = flaky
+
+    def traffic(fake, tick):
+        lost["on"] = False
+        fake.gpus[0].nvlink_kib[(0, NVLINK_RX)] = 1000 * (tick + 1)
+
+    ticks, _ = run_ticks(fake, 2, traffic)
+    assert not set(table(ticks[0])) & NVLINK  # the baseline, not a rate over no time
+    assert table(ticks[1])["gpu_nvlink_rx_throughput"][(("gpu", "0"), ("link", "0"))] == 1000 * 1024 / 2.0

@@ -33,8 +33,17 @@ class Gpm:
         self._probed: set[int] = set()
 
     def probe(self, index: int) -> None:
-        """Whether GPU ``index`` has GPM; if so, its buffers and first sample."""
+        """Whether GPU ``index`` has GPM; if so, its buffers and first sample. A transient error (DeviceSkipped)
+        leaves it unprobed, to be asked again at its next tick."""
         self._probed.add(index)
+        try:
+            self._probe(index)
+        except DeviceSkipped:
+            self._free(index)
+            self._probed.discard(index)
+            raise
+
+    def _probe(self, index: int) -> None:
         try:
             support = self._session.attempt(index, "nvmlGpmQueryDeviceSupport")
         except Unsupported as exc:
@@ -54,18 +63,13 @@ class Gpm:
         for slot, (_, metric_id) in enumerate(GPM_METRICS):
             request.metrics[slot].metricId = metric_id
         self._state[index] = [*samples, request]
-        try:
-            usable = self._sample(index, samples[0])
-        except DeviceSkipped:
-            self._free(index)
-            self._probed.discard(index)  # asked again when the GPU answers
-            raise
-        if not usable:
+        if not self._sample(index, samples[0]):
             self._free(index)
 
     def samples(self, index: int) -> list[Sample]:
         if index not in self._probed:
             self.probe(index)
+            return []  # that took the first sample: this tick is the baseline of the next
         state = self._state.get(index)
         if state is None:
             return []

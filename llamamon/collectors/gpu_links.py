@@ -83,8 +83,8 @@ class Links:
             if kilobytes is not None:
                 out.append(Sample(metric, float(kilobytes) * KIB, labels))
         if index not in self._nvlinks:
-            self.probe(index)  # open() could not (the GPU was skipped then)
-        if self._nvlinks[index]:
+            self.probe(index)  # open() could not (the GPU was skipped then): this tick reads the baseline
+        elif self._nvlinks[index]:
             out.extend(self._nvlink_rates(index))
         return out
 
