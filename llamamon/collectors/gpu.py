@@ -9,6 +9,11 @@ without persistence mode and a tick on an 8-GPU box makes over a hundred calls, 
 loop keeps forwarding signals and output meanwhile. One collect runs at a time, so NVML is never called
 from two threads at once.
 
+Topics beyond the basic fields live beside this module, each owning its NVML state: ``gpu_links`` (PCIe,
+NVLink), ``gpu_gpm`` (GPM sample buffers), ``gpu_events`` (the XID event set). Each probes what a GPU has
+at ``open()`` and says once, per GPU and with the reason, what it lacks (``describe()["gpus"][i]
+["unavailable"]``, which doctor prints and the run's metadata keeps).
+
 Containers: NVML lists compute processes by *host* pid, while the tree's pids are the ones this process
 sees. ``/proc/<pid>/status`` ``NSpid`` lists a process's pid in every namespace the proc mount can see,
 outermost first; the outermost is matched against NVML. That finds the host pid when the procfs shows

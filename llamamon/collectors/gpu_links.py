@@ -6,7 +6,8 @@ also drop the generation at idle to save power, so the generation is only tellin
 should not move.
 
 PCIe throughput is ``nvmlDeviceGetPcieThroughput``: NVML counts bytes over 20 ms when asked, so each
-sample is a snapshot of that 20 ms, not the interval's mean. NVLink throughput comes from NVML's per-link
+sample is a snapshot of that 20 ms, not the interval's mean (and each of its two calls per GPU may take
+that long, in the collector's worker thread). NVLink throughput comes from NVML's per-link
 data counters (``nvmlDeviceGetFieldValues``, KiB), turned into bytes per second over the sample interval
 the way the system collector turns its counters into rates.
 """
