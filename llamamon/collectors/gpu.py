@@ -245,21 +245,27 @@ class GpuCollector(MetricsCollector):
         if fan is not None:
             add("gpu_fan_speed", fan / 100.0)
         out += self._clock_events(index)
-
-        for kind, error_type in (
-            ("corrected", nvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
-            ("uncorrected", nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
-        ):
-            errors = call(f"ecc_{kind}", "nvmlDeviceGetTotalEccErrors", error_type, nvml.NVML_VOLATILE_ECC)
-            if errors is not None:
-                out.append(Sample("gpu_ecc_errors", float(errors), make_labels(gpu=index, type=kind)))
-
+        out += self._ecc_errors(index)
         if outer_pids is not None:
             processes = call("processes", "nvmlDeviceGetComputeRunningProcesses")
             if processes is not None:
                 # usedGpuMemory is None where the driver cannot tell (MIG without privileges, WDDM).
                 used = sum(p.usedGpuMemory or 0 for p in processes if p.pid in outer_pids)
                 add("gpu_process_memory_used", used)
+        return out
+
+    def _ecc_errors(self, index: int) -> list[Sample]:
+        nvml = self._session.module
+        out: list[Sample] = []
+        for kind, error_type in (
+            ("corrected", nvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
+            ("uncorrected", nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
+        ):
+            errors = self._session.call(
+                index, f"ecc_{kind}", "nvmlDeviceGetTotalEccErrors", error_type, nvml.NVML_VOLATILE_ECC
+            )
+            if errors is not None:
+                out.append(Sample("gpu_ecc_errors", float(errors), make_labels(gpu=index, type=kind)))
         return out
 
     def _clock_events(self, index: int) -> list[Sample]:
