@@ -285,11 +285,27 @@ def test_an_event_storm_is_drained_in_bounded_batches():
     assert counts == [256.0, 300.0]  # the rest waits for the next tick instead of stalling this one
 
 
-def test_doctor_lists_what_each_gpu_will_not_record():
+def test_doctor_lists_what_each_gpu_will_not_record(tmp_path):
+    from llamamon.cli.doctor import _metrics_folder, _text
+    from llamamon.collectors.describe import describe_process, describe_system
+
     description = describe_gpu(fake_nvml.consumer_pcie(1))
     unavailable = description["gpus"][0]["unavailable"]
     assert set(unavailable) == {"nvlink", "gpm"}
     assert unavailable["gpm"] == "this GPU has no NVML GPM (Hopper or later needed)"
+    report = {
+        "system": describe_system(tmp_path),
+        "process": describe_process(),
+        "gpu": description,
+        "config": {"error": "not needed here"},
+        "metrics_folder": _metrics_folder(str(tmp_path)),
+    }
+    lines = _text(report)
+    at = lines.index("  GPU 0          NVIDIA GeForce RTX 4090 (24.0 GiB)")
+    assert lines[at + 1 : at + 3] == [
+        "    no nvlink      nvmlDeviceGetNvLinkState: Not Supported (no NVLink)",
+        "    no gpm         this GPU has no NVML GPM (Hopper or later needed)",
+    ]
 
 
 def test_a_gpu_lost_while_probed_at_open_is_probed_again_when_it_answers():
