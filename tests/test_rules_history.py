@@ -78,6 +78,11 @@ CASES = {
         series("gpu_utilization", [0.71] * 91, labels=GPU) + HELD,
     ),
     "gpu_memory_high": (series("gpu_memory_usage", [0.96] * 91, labels=GPU), series("gpu_memory_usage", [0.94] * 91)),
+    # (an XID at 5m: the per-GPU count steps from 0 to 1; without one it stays 0)
+    "gpu_xid_error": (
+        series("gpu_xid_events", [0.0] * 30 + [1.0] * 61, labels=GPU),
+        series("gpu_xid_events", [0.0] * 91, labels=GPU),
+    ),
     "validation_loss_high": (series("validation_loss", [2.01], step=60), series("validation_loss", [1.99], step=60)),
     "learning_rate_low": (series("learning_rate", [0.9e-6] * 31), series("learning_rate", [1.1e-6] * 31)),
     "loss_plateau": (
@@ -107,7 +112,8 @@ def test_builtin_fires_just_over_and_not_just_under(name: str) -> None:
     seconds = 2400 if name == "train_loss_plateau" else 900
     hits = history.evaluate(rules, frame(over), grid(seconds))
     assert [a.rule for a in hits] == [name]
-    assert hits[0].severity == ("critical" if name in ("memory_critical", "loss_not_finite") else "warning")
+    critical = ("memory_critical", "loss_not_finite", "gpu_xid_error")
+    assert hits[0].severity == ("critical" if name in critical else "warning")
     assert history.evaluate(rules, frame(under), grid(seconds)) == []
 
 

@@ -72,6 +72,8 @@ def _text(report: dict[str, Any]) -> list[str]:
         for device in gpu["gpus"]:
             memory_total = f" ({format_bytes(device['memory_total'])})" if device.get("memory_total") else ""
             lines.append(f"  GPU {device['index']:<10} {device.get('name') or 'unnamed'}{memory_total}")
+            for what, why in (device.get("unavailable") or {}).items():
+                lines.append(f"    no {what:<11} {why}")
     else:
         lines.append(f"  off: {gpu['reason']}")
 

@@ -52,6 +52,14 @@ class NvmlUnavailable(Exception):
         self.reason = reason
 
 
+class Unsupported(Exception):
+    """This query cannot be answered on this device, now or later (NotSupported, no such function...)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class DeviceSkipped(Exception):
     """A transient NVML error: leave this device out of this tick only."""
 
@@ -95,6 +103,8 @@ class Nvml:
         self._started = False
         self._dropped: set[tuple[int, str]] = set()
         self._warned: set[tuple[int, str]] = set()
+        # GPU index -> {field: why it is not recorded}: what doctor and the run's metadata say is missing.
+        self.unavailable: dict[int, dict[str, str]] = {}
 
     def start(self) -> None:
         """Initialise NVML and open every device; NvmlUnavailable with the reason when that is impossible."""
@@ -168,29 +178,63 @@ class Nvml:
         key = (index, field)
         if key in self._dropped:
             return None
+        try:
+            return self.attempt(index, function, *args)
+        except Unsupported as exc:
+            self.drop(index, field, f"{function}: {exc.reason}")
+            return None
+
+    def attempt(self, index: int, function: str, *args: Any) -> Any:
+        """``function(handle, *args)``, raising Unsupported (nothing recorded: the caller decides what that
+        means, e.g. the end of a device's NVLinks) or DeviceSkipped (transient, warned once)."""
         fn: Callable[..., Any] | None = getattr(self.module, function, None)
         if fn is None:
-            self._drop(key, function, "this pynvml has no such function")
-            return None
+            raise Unsupported("this pynvml has no such function")
         try:
             return fn(self.handles[index], *args)
         except Exception as exc:
             if not _is_nvml_error(exc, self.module):
                 raise
             if _isinstance(exc, self.module, _FIELD_UNSUPPORTED):
-                self._drop(key, function, str(exc))
-                return None
-            kind = (index, type(exc).__name__)
-            if kind not in self._warned:
-                self._warned.add(kind)
-                log.warning(
-                    "GPU %d: %s (%s); skipping this GPU for now, will retry every sample (said once)",
-                    index,
-                    exc,
-                    function,
-                )
+                raise Unsupported(str(exc)) from exc
+            self.transient(index, function, exc)
             raise DeviceSkipped(index, exc) from exc
 
-    def _drop(self, key: tuple[int, str], function: str, why: str) -> None:
+    def plain(self, function: str, *args: Any) -> Any:
+        """A call that takes no device handle first (event sets, GPM samples): Unsupported when this driver
+        or pynvml cannot do it; any other NVML error is raised as is, for the caller to judge."""
+        fn: Callable[..., Any] | None = getattr(self.module, function, None)
+        if fn is None:
+            raise Unsupported("this pynvml has no such function")
+        try:
+            return fn(*args)
+        except Exception as exc:
+            if _is_nvml_error(exc, self.module) and _isinstance(exc, self.module, _FIELD_UNSUPPORTED):
+                raise Unsupported(str(exc)) from exc
+            raise
+
+    def transient(self, index: int, function: str, exc: BaseException, skipped: str = "this GPU") -> None:
+        """Warn once per (device, error class) about an error that may pass; ``skipped`` says what is left out."""
+        kind = (index, type(exc).__name__)
+        if kind not in self._warned:
+            self._warned.add(kind)
+            log.warning(
+                "GPU %d: %s (%s); skipping %s for now, will retry every sample (said once)",
+                index,
+                exc,
+                function,
+                skipped,
+            )
+
+    def is_error(self, exc: BaseException, *names: str) -> bool:
+        """Whether ``exc`` is one of the module's NVML error classes ``names`` (any NVML error if none)."""
+        return _isinstance(exc, self.module, names) if names else _is_nvml_error(exc, self.module)
+
+    def drop(self, index: int, field: str, why: str) -> None:
+        """``field`` is not recorded for GPU ``index`` this run: said once (debug), kept for describe()."""
+        key = (index, field)
+        if key in self._dropped:
+            return
         self._dropped.add(key)
-        log.debug("GPU %d: %s not available (%s: %s); not asked again this run", key[0], key[1], function, why)
+        self.unavailable.setdefault(index, {})[field] = why
+        log.debug("GPU %d: %s not available (%s); not asked again this run", index, field, why)

@@ -9,6 +9,11 @@ without persistence mode and a tick on an 8-GPU box makes over a hundred calls, 
 loop keeps forwarding signals and output meanwhile. One collect runs at a time, so NVML is never called
 from two threads at once.
 
+Topics beyond the basic fields live beside this module, each owning its NVML state: ``gpu_links`` (PCIe,
+NVLink), ``gpu_gpm`` (GPM sample buffers), ``gpu_events`` (the XID event set). Each probes what a GPU has
+at ``open()`` and says once, per GPU and with the reason, what it lacks (``describe()["gpus"][i]
+["unavailable"]``, which doctor prints and the run's metadata keeps).
+
 Containers: NVML lists compute processes by *host* pid, while the tree's pids are the ones this process
 sees. ``/proc/<pid>/status`` ``NSpid`` lists a process's pid in every namespace the proc mount can see,
 outermost first; the outermost is matched against NVML. That finds the host pid when the procfs shows
@@ -21,12 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from llamamon.collectors._nvml import DeviceSkipped, Nvml, NvmlUnavailable
 from llamamon.collectors.base import MetricsCollector, on_grid
+from llamamon.collectors.gpu_events import XidEvents
+from llamamon.collectors.gpu_gpm import Gpm
+from llamamon.collectors.gpu_links import Links
 from llamamon.samples import Sample, make_labels
 
 # Clock-event ("throttle") reason bits, from nvml.h (nvmlClocksEventReason*; stable ABI, and older pynvml
@@ -41,6 +50,12 @@ CLOCK_EVENT_REASONS: tuple[tuple[str, int], ...] = (
     ("hw_thermal_slowdown", 0x40),
     ("hw_power_brake_slowdown", 0x80),
     ("display_clock_setting", 0x100),
+)
+# gpu_throttled{cause}: the reasons that are plainly power or heat. hw_slowdown (0x8) is left out of both:
+# the board raises it for either (over temperature, power brake, fast power trigger).
+THROTTLE_CAUSES: tuple[tuple[str, int], ...] = (
+    ("power", 0x4 | 0x80),  # sw_power_cap, hw_power_brake_slowdown
+    ("thermal", 0x20 | 0x40),  # sw_thermal_slowdown, hw_thermal_slowdown
 )
 
 
@@ -65,7 +80,8 @@ class GpuCollector(MetricsCollector):
     """One sample per field per GPU (label ``gpu`` = NVML index), group ``gpu``.
 
     ``pids`` returns the recorded tree's pids (``ProcessTreeCollector.pids``); without it there is no
-    ``gpu_process_memory_used``. ``proc_root`` is where NSpid is read (a fixture tree in tests).
+    ``gpu_process_memory_used``. ``proc_root`` is where NSpid is read (a fixture tree in tests); ``clock``
+    times the NVLink counters' rates (injected in tests).
     """
 
     name = "gpu"
@@ -77,8 +93,12 @@ class GpuCollector(MetricsCollector):
         nvml: Any | None = None,
         pids: Callable[[], set[int]] | None = None,
         proc_root: Path = Path("/proc"),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = Nvml(nvml)
+        self._links = Links(self._session, clock)
+        self._gpm = Gpm(self._session)
+        self._xid = XidEvents(self._session)
         self._pids = pids
         self._proc_root = Path(proc_root)
         self._nspid: dict[int, int] = {}  # our pid -> its outermost visible pid
@@ -102,7 +122,12 @@ class GpuCollector(MetricsCollector):
     async def close(self) -> None:
         if self._opened:
             self._opened = False
-            await asyncio.to_thread(self._session.stop)
+            await asyncio.to_thread(self._stop)
+
+    def _stop(self) -> None:
+        self._gpm.close()
+        self._xid.close()
+        self._session.stop()
 
     def off_notice(self) -> tuple[int, str]:
         # Info, not a warning: most machines llamamon runs on have no NVIDIA GPU, and that is no fault.
@@ -137,7 +162,15 @@ class GpuCollector(MetricsCollector):
             device["name"] = _text(name) if name is not None else None
             device["uuid"] = _text(uuid) if uuid is not None else None
             device["memory_total"] = int(memory.total) if memory is not None else None
+            # What this GPU will not record, and why (GPM, NVLink, XID events ...); filled in as found.
+            device["unavailable"] = self._session.unavailable.setdefault(index, {})
             devices.append(device)
+            try:
+                self._links.probe(index)
+                self._gpm.probe(index)
+            except DeviceSkipped:
+                pass  # probed again at its first tick
+        self._xid.open()
         return devices
 
     # -- sampling ---------------------------------------------------------------------------------
@@ -150,12 +183,15 @@ class GpuCollector(MetricsCollector):
 
     def _collect(self, pids: set[int] | None) -> list[Sample]:
         outer = self._outer_pids(pids) if pids is not None else None
+        self._xid.drain()
         samples: list[Sample] = []
         for index in list(self._session.handles):
             try:
-                samples.extend(self._device(index, outer))
+                rows = self._device(index, outer)
+                rows += self._links.samples(index) + self._gpm.samples(index) + self._xid.samples(index)
             except DeviceSkipped:
-                continue  # said once by the session; the other GPUs are unaffected
+                continue  # said once by the session; the other GPUs are unaffected, and no partial rows
+            samples.extend(on_grid(rows))
         return samples
 
     def _outer_pids(self, pids: set[int]) -> set[int]:
@@ -205,30 +241,52 @@ class GpuCollector(MetricsCollector):
         memory_clock = call("memory_clock", "nvmlDeviceGetClockInfo", nvml.NVML_CLOCK_MEM)
         if memory_clock is not None:
             add("gpu_memory_clock", memory_clock)
-
-        reasons = call("clock_events", "nvmlDeviceGetCurrentClocksEventReasons")
-        if reasons is None:
-            # Drivers before r535 only have the older name for the same bit mask.
-            reasons = call("clock_events_legacy", "nvmlDeviceGetCurrentClocksThrottleReasons")
-        if reasons is not None:
-            # Why every reason with 0 or 1, not only the active ones: a rule on
-            # gpu_clock_event{reason="hw_thermal_slowdown"} needs the 0 to resolve, and a chart its baseline.
-            for reason, bit in CLOCK_EVENT_REASONS:
-                active = 1.0 if int(reasons) & bit else 0.0
-                out.append(Sample("gpu_clock_event", active, make_labels(gpu=index, reason=reason)))
-
-        for kind, error_type in (
-            ("corrected", nvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
-            ("uncorrected", nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
-        ):
-            errors = call(f"ecc_{kind}", "nvmlDeviceGetTotalEccErrors", error_type, nvml.NVML_VOLATILE_ECC)
-            if errors is not None:
-                out.append(Sample("gpu_ecc_errors", float(errors), make_labels(gpu=index, type=kind)))
-
+        fan = call("fan_speed", "nvmlDeviceGetFanSpeed")  # NotSupported on passively cooled boards
+        if fan is not None:
+            add("gpu_fan_speed", fan / 100.0)
+        out += self._clock_events(index)
+        out += self._ecc_errors(index)
         if outer_pids is not None:
             processes = call("processes", "nvmlDeviceGetComputeRunningProcesses")
             if processes is not None:
                 # usedGpuMemory is None where the driver cannot tell (MIG without privileges, WDDM).
                 used = sum(p.usedGpuMemory or 0 for p in processes if p.pid in outer_pids)
                 add("gpu_process_memory_used", used)
-        return on_grid(out)
+        return out
+
+    def _ecc_errors(self, index: int) -> list[Sample]:
+        nvml = self._session.module
+        out: list[Sample] = []
+        for kind, error_type in (
+            ("corrected", nvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
+            ("uncorrected", nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
+        ):
+            errors = self._session.call(
+                index, f"ecc_{kind}", "nvmlDeviceGetTotalEccErrors", error_type, nvml.NVML_VOLATILE_ECC
+            )
+            if errors is not None:
+                out.append(Sample("gpu_ecc_errors", float(errors), make_labels(gpu=index, type=kind)))
+        return out
+
+    def _clock_events(self, index: int) -> list[Sample]:
+        """gpu_clock_event per reason and gpu_throttled per cause, each 0 or 1.
+
+        Why every reason with 0 or 1, not only the active ones: a rule on
+        gpu_clock_event{reason="hw_thermal_slowdown"} needs the 0 to resolve, and a chart its baseline.
+        """
+        reasons = self._session.call(index, "clock_events", "nvmlDeviceGetCurrentClocksEventReasons")
+        if reasons is None:
+            # Drivers before r535 only have the older name for the same bit mask.
+            reasons = self._session.call(index, "clock_events_legacy", "nvmlDeviceGetCurrentClocksThrottleReasons")
+        if reasons is None:
+            return []
+        mask = int(reasons)
+        out = [
+            Sample("gpu_clock_event", 1.0 if mask & bit else 0.0, make_labels(gpu=index, reason=reason))
+            for reason, bit in CLOCK_EVENT_REASONS
+        ]
+        out += [
+            Sample("gpu_throttled", 1.0 if mask & bits else 0.0, make_labels(gpu=index, cause=cause))
+            for cause, bits in THROTTLE_CAUSES
+        ]
+        return out

@@ -88,6 +88,16 @@ BUILTINS: tuple[Builtin, ...] = (
         "GPU {{ $labels.gpu }} memory at {{ $value | humanizePercentage }}",
     ),
     Builtin(
+        "gpu_xid_error",
+        # Why gpu_xid_events, not gpu_xid_errors{xid}: a code's series starts with its first event, which an
+        # increase cannot see; the per-GPU count is there from the first sample (collectors/gpu_events.py).
+        "increase(gpu_xid_events, 10m) > 0",
+        "critical",
+        0,
+        (),
+        'GPU {{ $labels.gpu }} reported {{ $value | printf "%.0f" }} XID error(s) in 10m (codes: gpu_xid_errors)',
+    ),
+    Builtin(
         "validation_loss_high",
         "validation_loss > {training.validation_loss_max}",
         "warning",

@@ -8,6 +8,7 @@ tests need; ``calls`` counts every function call so a test can prove a dropped f
 
 from __future__ import annotations
 
+import ctypes
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,21 @@ class FakeGpu:
     ecc_corrected: int = 3
     ecc_uncorrected: int = 0
     processes: list[tuple[int, int | None]] = field(default_factory=list)  # (host pid, bytes)
+    # Defaults: an H100 SXM. No fan (passively cooled: NotSupported), 18 NVLinks, GPM, XID events.
+    fan_speed: int | None = None  # percent of max; None: NotSupported
+    pcie_gen: int = 5
+    pcie_gen_max: int = 5
+    pcie_width: int = 16
+    pcie_width_max: int = 16
+    pcie_tx_kb: int = 1_200_000  # KB/s over NVML's 20 ms
+    pcie_rx_kb: int = 800_000
+    nvlinks: int = 18  # 0: a PCIe card, nvmlDeviceGetNvLinkState raises NotSupported
+    nvlink_down: set[int] = field(default_factory=set)  # links whose state is 0
+    nvlink_kib: dict[tuple[int, int], int] = field(default_factory=dict)  # (link, field id) -> KiB counter
+    nvlink_throughput_return: int = real.NVML_SUCCESS  # per-value nvmlReturn of the throughput fields
+    gpm: bool = True  # nvmlGpmQueryDeviceSupport().isSupportedDevice
+    gpm_percent: dict[int, float] = field(default_factory=lambda: {2: 62.5, 5: 41.25, 10: 55.0})
+    event_types: int = real.nvmlEventTypeXidCriticalError | real.nvmlEventTypeDoubleBitEccError
 
 
 class FakeNvml:
@@ -66,6 +82,7 @@ class FakeNvml:
     NVML_MEMORY_ERROR_TYPE_CORRECTED = real.NVML_MEMORY_ERROR_TYPE_CORRECTED
     NVML_MEMORY_ERROR_TYPE_UNCORRECTED = real.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
     NVML_VOLATILE_ECC = real.NVML_VOLATILE_ECC
+    c_nvmlGpmMetricsGet_t = real.c_nvmlGpmMetricsGet_t
 
     def __init__(
         self,
@@ -76,10 +93,19 @@ class FakeNvml:
         lost_index: int | None = None,
         lost_after: int | None = None,
         driver_version: str = "575.57.08",
+        missing: set[str] | frozenset[str] = frozenset(),
     ) -> None:
         self.gpus = list(gpus or [])
         self.init_error = init_error
         self.unsupported = set(unsupported)
+        # Functions this pynvml has but the driver's libnvidia-ml lacks: FunctionNotFound, as pynvml raises
+        # from _nvmlGetFunctionPointer on an older driver.
+        self.missing = set(missing)
+        self.pending_events: list[tuple[int, int, int]] = []  # (handle, event type, event data)
+        self.registered: dict[int, int] = {}  # handle -> event types registered
+        self.wait_timeouts: list[int] = []
+        self.event_sets: set[int] = set()  # ids of the event sets not yet freed
+        self.gpm_buffers: dict[int, tuple[int, dict[int, float]] | None] = {}  # address -> (handle, values)
         self.lost_index = lost_index
         self.lost_after = lost_after
         self.driver_version = driver_version
@@ -116,6 +142,8 @@ class FakeNvml:
         self.calls[function] += 1
         if not self.initialised:
             raise _error(real.NVML_ERROR_UNINITIALIZED)
+        if function in self.missing:
+            raise _error(real.NVML_ERROR_FUNCTION_NOT_FOUND)
         if function in self.unsupported:
             raise _error(real.NVML_ERROR_NOT_SUPPORTED)
 
@@ -192,6 +220,156 @@ class FakeNvml:
         gpu = self._gpu("nvmlDeviceGetComputeRunningProcesses", handle)
         return [SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in gpu.processes]
 
+    def nvmlDeviceGetIndex(self, handle: int) -> int:
+        self._check("nvmlDeviceGetIndex")
+        return handle
+
+    def nvmlDeviceGetFanSpeed(self, handle: int) -> int:
+        gpu = self._gpu("nvmlDeviceGetFanSpeed", handle)
+        if gpu.fan_speed is None:
+            raise _error(real.NVML_ERROR_NOT_SUPPORTED)
+        return gpu.fan_speed
+
+    # -- PCIe and NVLink ----------------------------------------------------------------------------
+
+    def nvmlDeviceGetCurrPcieLinkGeneration(self, handle: int) -> int:
+        return self._gpu("nvmlDeviceGetCurrPcieLinkGeneration", handle).pcie_gen
+
+    def nvmlDeviceGetMaxPcieLinkGeneration(self, handle: int) -> int:
+        return self._gpu("nvmlDeviceGetMaxPcieLinkGeneration", handle).pcie_gen_max
+
+    def nvmlDeviceGetCurrPcieLinkWidth(self, handle: int) -> int:
+        return self._gpu("nvmlDeviceGetCurrPcieLinkWidth", handle).pcie_width
+
+    def nvmlDeviceGetMaxPcieLinkWidth(self, handle: int) -> int:
+        return self._gpu("nvmlDeviceGetMaxPcieLinkWidth", handle).pcie_width_max
+
+    def nvmlDeviceGetPcieThroughput(self, device: int, counter: int) -> int:
+        gpu = self._gpu("nvmlDeviceGetPcieThroughput", device)
+        if counter == real.NVML_PCIE_UTIL_TX_BYTES:
+            return gpu.pcie_tx_kb
+        if counter == real.NVML_PCIE_UTIL_RX_BYTES:
+            return gpu.pcie_rx_kb
+        raise _error(real.NVML_ERROR_INVALID_ARGUMENT)
+
+    def nvmlDeviceGetNvLinkState(self, device: int, link: int) -> int:
+        gpu = self._gpu("nvmlDeviceGetNvLinkState", device)
+        if gpu.nvlinks == 0:
+            raise _error(real.NVML_ERROR_NOT_SUPPORTED)
+        if not 0 <= link < gpu.nvlinks:
+            raise _error(real.NVML_ERROR_INVALID_ARGUMENT)
+        return real.NVML_FEATURE_DISABLED if link in gpu.nvlink_down else real.NVML_FEATURE_ENABLED
+
+    def nvmlDeviceGetFieldValues(self, handle: int, fieldIds: list[Any]) -> Any:
+        """pynvml's return: a ctypes array of c_nvmlFieldValue_t, each with its own nvmlReturn."""
+        gpu = self._gpu("nvmlDeviceGetFieldValues", handle)
+        values = (real.c_nvmlFieldValue_t * len(fieldIds))()
+        for slot, field_id in enumerate(fieldIds):
+            fid, scope = field_id if isinstance(field_id, tuple) else (field_id, 0)
+            value = values[slot]
+            value.fieldId, value.scopeId = fid, scope
+            value.valueType = real.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+            known = fid in (real.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, real.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX)
+            if not known or not 0 <= scope < gpu.nvlinks:
+                value.nvmlReturn = real.NVML_ERROR_NOT_SUPPORTED
+                continue
+            value.nvmlReturn = gpu.nvlink_throughput_return
+            value.value.ullVal = gpu.nvlink_kib.get((scope, fid), 0)
+        return values
+
+    # -- GPM ----------------------------------------------------------------------------------------
+
+    def nvmlGpmQueryDeviceSupport(self, device: int) -> Any:
+        gpu = self._gpu("nvmlGpmQueryDeviceSupport", device)
+        support = real.c_nvmlGpmSupport_t()
+        support.version = real.NVML_GPM_SUPPORT_VERSION
+        support.isSupportedDevice = 1 if gpu.gpm else 0
+        return support
+
+    def nvmlGpmSampleAlloc(self) -> Any:
+        self._check("nvmlGpmSampleAlloc")
+        buffer = ctypes.pointer(real.struct_c_nvmlGpmSample_t())
+        self.gpm_buffers[ctypes.addressof(buffer.contents)] = None
+        return buffer
+
+    def nvmlGpmSampleFree(self, gpmSample: Any) -> None:
+        self._check("nvmlGpmSampleFree")
+        address = ctypes.addressof(gpmSample.contents)
+        if address not in self.gpm_buffers:
+            raise _error(real.NVML_ERROR_INVALID_ARGUMENT)
+        del self.gpm_buffers[address]
+
+    def nvmlGpmSampleGet(self, device: int, gpmSample: Any) -> Any:
+        gpu = self._gpu("nvmlGpmSampleGet", device)
+        address = ctypes.addressof(gpmSample.contents)
+        if address not in self.gpm_buffers or not gpu.gpm:
+            raise _error(real.NVML_ERROR_INVALID_ARGUMENT if gpu.gpm else real.NVML_ERROR_NOT_SUPPORTED)
+        self.gpm_buffers[address] = (device, dict(gpu.gpm_percent))
+        return gpmSample
+
+    def nvmlGpmMetricsGet(self, metricsGet: Any) -> Any:
+        """Fills each requested metric from the second sample (a real driver: the two samples' difference)."""
+        self._check("nvmlGpmMetricsGet")
+        if metricsGet.version != real.NVML_GPM_METRICS_GET_VERSION:
+            raise _error(real.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+        one, two = (ctypes.addressof(metricsGet.sample1.contents), ctypes.addressof(metricsGet.sample2.contents))
+        first, second = self.gpm_buffers.get(one), self.gpm_buffers.get(two)
+        if first is None or second is None or first[0] != second[0] or one == two:
+            raise _error(real.NVML_ERROR_INVALID_ARGUMENT)
+        for slot in range(metricsGet.numMetrics):
+            metric = metricsGet.metrics[slot]
+            if metric.metricId in second[1]:
+                metric.nvmlReturn, metric.value = real.NVML_SUCCESS, second[1][metric.metricId]
+            else:
+                metric.nvmlReturn = real.NVML_ERROR_NOT_SUPPORTED
+        return metricsGet
+
+    # -- events -------------------------------------------------------------------------------------
+
+    def nvmlEventSetCreate(self) -> Any:
+        self._check("nvmlEventSetCreate")
+        event_set = real.c_nvmlEventSet_t()
+        self.event_sets.add(id(event_set))
+        return event_set
+
+    def nvmlEventSetFree(self, eventSet: Any) -> None:
+        self._check("nvmlEventSetFree")
+        if id(eventSet) not in self.event_sets:
+            raise _error(real.NVML_ERROR_INVALID_ARGUMENT)
+        self.event_sets.discard(id(eventSet))
+
+    def nvmlDeviceGetSupportedEventTypes(self, handle: int) -> int:
+        return self._gpu("nvmlDeviceGetSupportedEventTypes", handle).event_types
+
+    def nvmlDeviceRegisterEvents(self, handle: int, eventTypes: int, eventSet: Any) -> None:
+        gpu = self._gpu("nvmlDeviceRegisterEvents", handle)
+        if id(eventSet) not in self.event_sets:
+            raise _error(real.NVML_ERROR_INVALID_ARGUMENT)
+        if eventTypes & ~gpu.event_types:
+            raise _error(real.NVML_ERROR_NOT_SUPPORTED)
+        self.registered[handle] = self.registered.get(handle, 0) | eventTypes
+
+    def nvmlEventSetWait_v2(self, eventSet: Any, timeoutms: int) -> Any:
+        """The oldest waiting event of a registered type, else Timeout (at once: the fake never sleeps)."""
+        self._check("nvmlEventSetWait_v2")
+        self.wait_timeouts.append(timeoutms)
+        if id(eventSet) not in self.event_sets:
+            raise _error(real.NVML_ERROR_INVALID_ARGUMENT)
+        for position, (handle, event_type, data) in enumerate(self.pending_events):
+            if self.registered.get(handle, 0) & event_type:
+                del self.pending_events[position]
+                return SimpleNamespace(
+                    device=handle, eventType=event_type, eventData=data, gpuInstanceId=0, computeInstanceId=0
+                )
+        raise _error(real.NVML_ERROR_TIMEOUT)
+
+    def nvmlEventSetWait(self, eventSet: Any, timeoutms: int) -> Any:
+        return self.nvmlEventSetWait_v2(eventSet, timeoutms)
+
+    def xid(self, index: int, code: int) -> None:
+        """The driver reports XID ``code`` on GPU ``index`` (delivered only if it is registered)."""
+        self.pending_events.append((index, real.nvmlEventTypeXidCriticalError, code))
+
 
 # -- scenarios ----------------------------------------------------------------------------------------
 
@@ -229,3 +407,36 @@ def processes(pids: dict[int, int | None], nspid_map: dict[int, int] | None = No
     fake.gpus[0].processes = list(pids.items())
     fake.nspid_map = dict(nspid_map or {})
     return fake
+
+
+def h100_sxm(n: int = 1) -> FakeNvml:
+    """A data-centre HGX node: H100 SXM boards, 18 NVLinks each, GPM, XID events, no fans."""
+    return FakeNvml([FakeGpu(uuid=f"GPU-h100-{index:04d}") for index in range(n)])
+
+
+def consumer_pcie(n: int = 1) -> FakeNvml:
+    """A workstation's GeForce cards on PCIe Gen4: fans, no ECC, no NVLink, no GPM (Ada is not Hopper)."""
+    cards = [
+        FakeGpu(
+            name="NVIDIA GeForce RTX 4090",
+            uuid=f"GPU-4090-{index:04d}",
+            memory_total=24 * 1024**3,
+            fan_speed=38,
+            pcie_gen=4,
+            pcie_gen_max=4,
+            nvlinks=0,
+            gpm=False,
+            ecc_corrected=0,
+        )
+        for index in range(n)
+    ]
+    return FakeNvml(cards, unsupported={"nvmlDeviceGetTotalEccErrors"})
+
+
+def old_driver(n: int = 1) -> FakeNvml:
+    """H100s under a driver older than GPM (r515): this pynvml has the GPM functions, the library does not."""
+    return FakeNvml(
+        [FakeGpu(uuid=f"GPU-old-{index:04d}") for index in range(n)],
+        driver_version="515.105.01",
+        missing={"nvmlGpmQueryDeviceSupport", "nvmlGpmSampleAlloc", "nvmlGpmSampleGet", "nvmlGpmMetricsGet"},
+    )

@@ -1,0 +1,139 @@
+"""A GPU's interconnects: PCIe link state and throughput, NVLink throughput per link (GpuCollector's part).
+
+Why current *and* maximum PCIe generation and width: a GPU that trained at Gen4 x16 and now runs at x4 (a
+reseated riser, a failing slot) is a silent slowdown that only shows as the two disagreeing. Many boards
+also drop the generation at idle to save power, so the generation is only telling under load; the width
+should not move.
+
+PCIe throughput is ``nvmlDeviceGetPcieThroughput``: NVML counts bytes over 20 ms when asked, so each
+sample is a snapshot of that 20 ms, not the interval's mean (and each of its two calls per GPU may take
+that long, in the collector's worker thread). NVLink throughput comes from NVML's per-link
+data counters (``nvmlDeviceGetFieldValues``, KiB), turned into bytes per second over the sample interval
+the way the system collector turns its counters into rates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from llamamon.collectors._nvml import Nvml, Unsupported
+from llamamon.samples import Sample, make_labels
+
+# nvml.h values (stable ABI; older pynvml releases lack some names).
+PCIE_UTIL_TX_BYTES = 0
+PCIE_UTIL_RX_BYTES = 1
+FI_NVLINK_THROUGHPUT_DATA_TX = 138  # KiB, scopeId = link
+FI_NVLINK_THROUGHPUT_DATA_RX = 139
+NVLINK_MAX_LINKS = 36  # NVML_NVLINK_MAX_LINKS of r550+; a device answers InvalidArgument past its own count
+NVML_SUCCESS = 0
+KIB = 1024  # NVML's "KB" of PCIe throughput and "KiB" of NVLink counters: 1024 bytes (as nvtop reads them)
+
+PCIE_LINK: tuple[tuple[str, str, str], ...] = (
+    ("gpu_pcie_link_gen", "pcie_link_gen", "nvmlDeviceGetCurrPcieLinkGeneration"),
+    ("gpu_pcie_link_gen_max", "pcie_link_gen_max", "nvmlDeviceGetMaxPcieLinkGeneration"),
+    ("gpu_pcie_link_width", "pcie_link_width", "nvmlDeviceGetCurrPcieLinkWidth"),
+    ("gpu_pcie_link_width_max", "pcie_link_width_max", "nvmlDeviceGetMaxPcieLinkWidth"),
+)
+PCIE_THROUGHPUT: tuple[tuple[str, str, int], ...] = (
+    ("gpu_pcie_tx_throughput", "pcie_tx", PCIE_UTIL_TX_BYTES),
+    ("gpu_pcie_rx_throughput", "pcie_rx", PCIE_UTIL_RX_BYTES),
+)
+NVLINK_FIELDS: tuple[tuple[str, int], ...] = (
+    ("gpu_nvlink_tx_throughput", FI_NVLINK_THROUGHPUT_DATA_TX),
+    ("gpu_nvlink_rx_throughput", FI_NVLINK_THROUGHPUT_DATA_RX),
+)
+
+
+class Links:
+    """PCIe and NVLink samples per GPU; ``probe()`` finds a GPU's active NVLinks and reads their baseline."""
+
+    def __init__(self, session: Nvml, clock: Callable[[], float]) -> None:
+        self._session = session
+        self._clock = clock
+        self._nvlinks: dict[int, list[int]] = {}  # GPU -> its active links ([] for none)
+        self._last: dict[int, tuple[float, dict[tuple[int, int], int]]] = {}  # GPU -> (time, {(link, id): KiB})
+
+    def probe(self, index: int) -> None:
+        """Which NVLinks are up on GPU ``index``; a PCIe card's NotSupported is said once, as "nvlink"."""
+        links: list[int] = []
+        for link in range(NVLINK_MAX_LINKS):
+            try:
+                active = self._session.attempt(index, "nvmlDeviceGetNvLinkState", link)
+            except Unsupported as exc:
+                if link == 0:
+                    self._session.drop(index, "nvlink", f"nvmlDeviceGetNvLinkState: {exc.reason} (no NVLink)")
+                break  # past the device's last link: InvalidArgument
+            if active:
+                links.append(link)
+        if not links and not self._session.dropped(index, "nvlink"):
+            self._session.drop(index, "nvlink", "no NVLink is active on this GPU")
+        self._nvlinks[index] = links
+        if links and (reading := self._read(index)) is not None:
+            self._last[index] = reading  # the baseline: the first sample already has a rate
+
+    def samples(self, index: int) -> list[Sample]:
+        labels = make_labels(gpu=index)
+        out: list[Sample] = []
+        for metric, field, function in PCIE_LINK:
+            value = self._session.call(index, field, function)
+            if value is not None:
+                out.append(Sample(metric, float(value), labels))
+        for metric, field, counter in PCIE_THROUGHPUT:
+            kilobytes = self._session.call(index, field, "nvmlDeviceGetPcieThroughput", counter)
+            if kilobytes is not None:
+                out.append(Sample(metric, float(kilobytes) * KIB, labels))
+        if index not in self._nvlinks:
+            self.probe(index)  # open() could not (the GPU was skipped then): this tick reads the baseline
+        elif self._nvlinks[index]:
+            out.extend(self._nvlink_rates(index))
+        return out
+
+    def _read(self, index: int) -> tuple[float, dict[tuple[int, int], int]] | None:
+        """(when, every active link's data counters in KiB), or None once the query is unsupported."""
+        ids = [(field_id, link) for link in self._nvlinks[index] for _, field_id in NVLINK_FIELDS]
+        values = self._session.call(index, "nvlink_throughput", "nvmlDeviceGetFieldValues", ids)
+        if values is None:
+            return None
+        at = self._clock()
+        counters: dict[tuple[int, int], int] = {}
+        failed: set[int] = set()
+        for value in values:
+            if value.nvmlReturn == NVML_SUCCESS:
+                counters[(int(value.scopeId), int(value.fieldId))] = int(value.value.ullVal)
+            else:
+                failed.add(int(value.nvmlReturn))
+        if not counters:
+            why = ", ".join(self._error_text(code) for code in sorted(failed)) or "no values"
+            self._session.drop(index, "nvlink_throughput", f"nvmlDeviceGetFieldValues(NVLINK_THROUGHPUT_DATA): {why}")
+            return None
+        return at, counters
+
+    def _nvlink_rates(self, index: int) -> list[Sample]:
+        reading = self._read(index)
+        if reading is None:
+            return []
+        previous = self._last.get(index)
+        self._last[index] = reading
+        if previous is None:
+            return []
+        at, counters = reading
+        elapsed = at - previous[0]
+        if elapsed <= 0:
+            return []
+        out: list[Sample] = []
+        for (link, field_id), now in counters.items():
+            before = previous[1].get((link, field_id))
+            # A smaller value is a counter reset (the driver reloaded): no rate this tick rather than a wrong one.
+            if before is None or now < before:
+                continue
+            metric = next(name for name, fid in NVLINK_FIELDS if fid == field_id)
+            out.append(Sample(metric, (now - before) * KIB / elapsed, make_labels(gpu=index, link=link)))
+        return out
+
+    def _error_text(self, code: int) -> str:
+        error_class: Any = getattr(self._session.module, "NVMLError", None)
+        try:
+            return str(error_class(code)) if error_class is not None else f"NVML error {code}"
+        except Exception:  # noqa: BLE001 - a message for a log line must never fail the tick
+            return f"NVML error {code}"
