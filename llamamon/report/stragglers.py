@@ -1,0 +1,136 @@
+"""Which ranks of a distributed job are slower than the others, from their step times: pure polars, no I/O.
+
+A rank is a series of rows with a ``rank`` label, told apart by (run, labels): in a job of several nodes
+each node's ``llamamon record`` is its own run. Its step time is the ``step_time`` it logs, or else what its
+steps' timestamps say (seconds between two logged steps over the steps between them).
+
+The condition (``STRAGGLER``): a rank is a straggler when, in more than half of the run's step columns,
+its step time is more than 15% above the median of all ranks in that column. Ordinary jitter moves a
+rank above and below the median from column to column; a slow node, a throttled GPU or a rank with more
+data-loading work stays above it. The report and the straggler rule read the same numbers from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from llamamon.report.ranks import rank_expr
+
+if TYPE_CHECKING:
+    import polars as pl
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    slower: float = 0.15  # more than this much above the ranks' median step time ...
+    most: float = 0.5  # ... in more than this share of the step columns the rank is in
+    columns: int = 100  # step columns the run is cut into
+
+
+STRAGGLER = Condition()
+RANK_KEY = ("run", "labels")
+
+
+@dataclass(frozen=True, slots=True)
+class RankTiming:
+    """One rank's step time against the others'."""
+
+    run: str
+    labels: str
+    rank: int
+    step_time: float  # median over the run, seconds
+    vs_median: float  # step_time / the median of all ranks' step_time, minus 1 (+0.23: 23% slower)
+    slow_share: float  # share of its step columns where it was over the condition's limit
+    steps_behind: int  # the ranks' median step minus its own, when the first rank logged its last step
+    straggler: bool
+
+
+def step_times(rows: pl.DataFrame) -> pl.DataFrame:
+    """(run, labels, rank, step, time, step_time) of every ranked series; ``rows`` has run, labels, metric,
+    step, time and value (store samples, or the report's per-step columns with their mean as value).
+
+    A rank's logged ``step_time`` is used where it has one; else the times of its steps: the seconds between
+    two steps it logged anything at, over the steps between them. Why any metric's steps and not the ``step``
+    rows: ``llamamon.log`` writes one of those per flush (about a second), too few to see a slow stretch.
+    """
+    import polars as pl
+
+    ranked = rows.filter(pl.col("step").is_not_null()).with_columns(rank_expr()).filter(pl.col("rank").is_not_null())
+    logged = ranked.filter(pl.col("metric") == "step_time").select(
+        *RANK_KEY, "rank", "step", "time", pl.col("value").alias("step_time")
+    )
+    has_logged = logged.select(*RANK_KEY).unique()
+    counter = (
+        ranked.join(has_logged, on=list(RANK_KEY), how="anti")
+        .group_by(*RANK_KEY, "rank", "step")
+        .agg(pl.col("time").max())
+        .sort(*RANK_KEY, "step")
+        .with_columns(
+            (pl.col("time").diff().dt.total_microseconds() / 1e6).over(RANK_KEY).alias("dt"),
+            pl.col("step").diff().over(RANK_KEY).alias("ds"),
+        )
+        .filter(pl.col("ds") > 0)
+        .select(*RANK_KEY, "rank", "step", "time", (pl.col("dt") / pl.col("ds")).alias("step_time"))
+    )
+    return pl.concat([logged, counter.cast(logged.schema)]).filter(pl.col("step_time").is_finite())  # type: ignore[arg-type]
+
+
+def step_columns(times: pl.DataFrame, cond: Condition = STRAGGLER) -> pl.DataFrame:
+    """Per rank and step column: its step time (mean), the column's last step, and the median, p10 and p90 of
+    all ranks' step times in that column (columns with one rank only are left out: nothing to compare)."""
+    import polars as pl
+
+    if not times.height:
+        return times.select(*RANK_KEY, "rank", "step", "step_time").with_columns(
+            pl.lit(0, pl.Int64).alias("column"), *(pl.lit(0.0).alias(c) for c in ("median", "p10", "p90"))
+        )
+    s0, s1 = times["step"].min(), times["step"].max()
+    column = ((pl.col("step") - s0) * cond.columns // (s1 - s0 + 1)).alias("column")  # type: ignore[operator]
+    per = times.group_by(*RANK_KEY, "rank", column).agg(pl.col("step").max(), pl.col("step_time").mean())
+    v = pl.col("step_time")
+    stats = per.group_by("column").agg(
+        v.median().alias("median"), v.quantile(0.1).alias("p10"), v.quantile(0.9).alias("p90"), pl.len().alias("n")
+    )
+    return per.join(stats.filter(pl.col("n") > 1).drop("n"), on="column").sort("column", "rank", *RANK_KEY)
+
+
+def rank_timings(times: pl.DataFrame, cond: Condition = STRAGGLER) -> list[RankTiming]:
+    """Every rank's timing, slowest first (by its step time against the median); empty with fewer than two ranks."""
+    import polars as pl
+
+    cols = step_columns(times, cond)
+    if not cols.height:
+        return []
+    slow = (pl.col("step_time") > pl.col("median") * (1 + cond.slower)).mean().alias("slow_share")
+    per = cols.group_by(*RANK_KEY, "rank").agg(slow)
+    medians = times.group_by(*RANK_KEY).agg(pl.col("step_time").median().alias("own"))
+    overall = medians["own"].median()
+    behind = _steps_behind(times)
+    table = per.join(medians, on=list(RANK_KEY)).join(behind, on=list(RANK_KEY), how="left")
+    table = table.sort(pl.col("own"), descending=True)
+    return [
+        RankTiming(
+            run,
+            labels,
+            rank,
+            own,
+            own / overall - 1 if overall else 0.0,  # type: ignore[operator]
+            share,
+            int(lag or 0),
+            share > cond.most,
+        )
+        for run, labels, rank, share, own, lag in table.select(
+            *RANK_KEY, "rank", "slow_share", "own", "behind"
+        ).iter_rows()
+    ]
+
+
+def _steps_behind(times: pl.DataFrame) -> pl.DataFrame:
+    """(run, labels, behind): the ranks' median step minus each rank's (whole steps), when the first rank was done."""
+    import polars as pl
+
+    done = times.group_by(*RANK_KEY).agg(pl.col("time").max())["time"].min()
+    reached = times.filter(pl.col("time") <= done).group_by(*RANK_KEY).agg(pl.col("step").max())
+    middle = reached["step"].median()
+    return reached.select(*RANK_KEY, (pl.lit(middle) - pl.col("step")).clip(lower_bound=0).floor().alias("behind"))
