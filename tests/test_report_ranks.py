@@ -17,10 +17,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 from conftest import llamamon_env, run_llamamon
+from report_store import T0, run_info, save_run, write_rows
+from test_report_panels import panels, svg_texts
 
+from llamamon.report.render import render_report
 from llamamon.report.stragglers import rank_timings, step_times
+from llamamon.samples import Row, make_labels
 
 PY = sys.executable
+RUN = "20261118T000000Z-node-a-0001"
 
 # Rank r logs 500 steps; its loss ends at 0.3339 + 0.01 r, its step time is 2 ms + 0.1 ms r. The sleep keeps two
 # steps from sharing a microsecond timestamp (a real step takes longer): the summary's last value is the one
@@ -222,3 +227,58 @@ def test_step_time_is_derived_from_the_step_counter_and_logged_step_time_wins():
 def test_one_rank_or_none_has_no_timings():
     rows = [('{"rank":"0"}', "step", s, 2.0 * s) for s in range(20)] + [("", "step", s, 1.0 * s) for s in range(20)]
     assert rank_timings(step_times(frame(rows))) == []
+
+
+def stored_ranks(tmp_path: Path, seconds: list[float], steps: int = 60, warmup: float | None = None) -> str:
+    """One run whose rank r takes seconds[r] a step (step 1, the first one timed, ``warmup`` s where given):
+    its HTML report."""
+    metrics = tmp_path / ".metrics"
+    info = run_info(RUN, T0, T0 + steps * max(seconds), host="node-a")
+    save_run(metrics, info)
+    rows = []
+    for rank, dt in enumerate(seconds):
+        labels = make_labels(rank=rank, local_rank=rank % 8, node_rank=rank // 8)
+        t = T0
+        for s in range(steps):
+            t += warmup if warmup is not None and s == 1 else dt
+            rows.append(Row(t, "training", "loss", 1.0 / (s + 1), labels, step=s))
+    write_rows(metrics, rows, run=RUN, host="node-a")
+    return render_report(metrics, [info], tmp_path / "r.html").read_text()
+
+
+def test_many_ranks_draw_the_median_band_and_the_slowest_ranks_only(tmp_path):
+    html = stored_ranks(tmp_path, [1.0] * 19 + [1.4] + [1.0] * 4)
+    _alt, svg = panels(html)["stragglers"]
+    legend = [t for t in svg_texts(svg) if " · rank " in t or t.startswith("median")]
+    assert legend[0] == "median of ranks (band p10–p90)"
+    assert legend[1] == "node-a · rank 19"  # the slowest first
+    assert len(legend) == 1 + 4  # not 24 lines
+    rows = slowest_rows(html)
+    assert len(rows) == 8
+    assert rows[0][:4] == ["node-a · rank 19 (straggler)", "2", "1.4s", "+40%"]
+    assert "median with p10–p90 band, and the slowest ranks" in text(html)
+
+
+def test_a_slow_first_step_does_not_flatten_the_ranks(tmp_path):
+    html = stored_ranks(tmp_path, [1.0, 1.05], warmup=40.0)
+    _alt, svg = panels(html)["stragglers"]
+    assert "The axis stops at 1.6s: slower steps (warm-up, evaluation) go above it." in text(html)
+    texts = svg_texts(svg)
+    y_ticks = texts[texts.index("step") + 1 : texts.index("step_time (s)")]
+    assert y_ticks[-1] == "1.4"  # the axis ends at 1.6 s, not at the warm-up step's 40 s
+    assert not any("(straggler)" in r[0] for r in slowest_rows(html))
+
+
+def test_one_process_gets_a_step_time_chart_and_no_straggler_view(tmp_path):
+    metrics = tmp_path / ".metrics"
+    info = run_info(RUN, T0, T0 + 100)
+    save_run(metrics, info)
+    rows = [Row(T0 + s, "training", "step_time", 0.5 + 0.001 * s, step=s) for s in range(100)]
+    rows += [Row(T0 + s, "training", "loss", 1.0 / (s + 1), step=s) for s in range(100)]
+    write_rows(metrics, rows, run=RUN)
+    html = render_report(metrics, [info], tmp_path / "r.html").read_text()
+    found = panels(html)
+    assert "step-time" in found
+    assert "stragglers" not in found
+    assert "<h3>Slowest ranks</h3>" not in html
+    assert "<td>step_time</td>" in table(html, "Training summary")

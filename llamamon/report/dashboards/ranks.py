@@ -41,6 +41,9 @@ def straggler_view(ctx: Context) -> tuple[Panel | None, Table | None]:
     named = {(t.run, t.labels): _rank_name(t, hosts) for t in timings}
     chart = Chart("Step time per rank", Axis(axis_label("step_time"), "seconds"), x_mode="step")
     chart.lines = _lines(cols, timings, named)
+    cut = _warmup_cut(chart.lines)
+    if cut is not None:
+        chart.axis.ylim = (0.0, cut)
     stragglers = [t for t in timings if t.straggler]
     limit = f"more than {STRAGGLER.slower:.0%} over the ranks' median step time in over {STRAGGLER.most:.0%} of the run"
     if stragglers:
@@ -50,8 +53,24 @@ def straggler_view(ctx: Context) -> tuple[Panel | None, Table | None]:
     source = "logged step_time" if rows.filter(pl.col("metric") == "step_time").height else "the times of its steps"
     how = "one line per rank" if len(timings) <= MAX_LINES else "median with p10–p90 band, and the slowest ranks"
     note = f"Step time per rank from {source}, {how}. {verdict}."
+    if cut is not None:
+        note += f" The axis stops at {format_value(cut, 'seconds')}: slower steps (warm-up, evaluation) go above it."
     panel = chart_panel(ctx, "stragglers", chart, "Step time per rank (straggler view)", note)
     return panel, _table(timings, named, len(stragglers))
+
+
+def _warmup_cut(lines: list[Line]) -> float | None:
+    """The y axis' top when a few steps (the first, compiling; an evaluation) are over 3x the usual step time.
+
+    Why: a first step of 40 s over steps of 0.3 s leaves every rank's line flat on the floor of the chart.
+    """
+    import numpy as np
+
+    ys = np.concatenate([ln.y[np.isfinite(ln.y)] for ln in lines] or [np.zeros(0)])
+    if not len(ys):
+        return None
+    usual = float(np.quantile(ys, 0.95))
+    return usual * 1.5 if ys.max() > 3 * usual > 0 else None
 
 
 def _rank_name(t: RankTiming, hosts: dict[str, str]) -> str:
