@@ -21,8 +21,8 @@ from report_store import T0, run_info, save_run, write_rows
 from test_report_panels import panels, svg_texts
 
 from llamamon.report.render import render_report
-from llamamon.report.stragglers import rank_timings, step_times
 from llamamon.samples import Row, make_labels
+from llamamon.stragglers import rank_timings, step_times
 
 PY = sys.executable
 RUN = "20261118T000000Z-node-a-0001"

@@ -8,15 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from llamamon.stragglers import rank_expr
+
 if TYPE_CHECKING:
     import polars as pl
-
-
-def rank_expr() -> pl.Expr:
-    """The ``rank`` label of the stored label JSON, as an integer (null where there is none)."""
-    import polars as pl
-
-    return pl.col("labels").str.json_path_match("$.rank").cast(pl.Int64, strict=False).alias("rank")
 
 
 def _combine(stat: str) -> pl.Expr:

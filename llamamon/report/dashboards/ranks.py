@@ -1,6 +1,6 @@
 """The Training dashboard's straggler view: every rank's step time by step, and the slowest ranks named.
 
-The numbers come from ``report.stragglers``; this module only draws them.
+The numbers come from ``llamamon.stragglers``; this module only draws them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from llamamon.report.data import label_dict
 if TYPE_CHECKING:
     import polars as pl
 
-    from llamamon.report.stragglers import RankTiming
+    from llamamon.stragglers import RankTiming
 
 MAX_LINES = 16  # ranks drawn one line each; beyond, the median and p10–p90 band and the slowest ranks only
 SLOWEST_LINES = 4
@@ -29,7 +29,7 @@ def straggler_view(ctx: Context) -> tuple[Panel | None, Table | None]:
     """The panel and table, or (None, None) where fewer than two ranks logged steps."""
     import polars as pl
 
-    from llamamon.report.stragglers import STRAGGLER, rank_timings, step_columns, step_times
+    from llamamon.stragglers import STRAGGLER, rank_timings, step_columns, step_times
 
     rows = ctx.data.steps.rename({"mean": "value"})
     times = step_times(rows)

@@ -7,15 +7,14 @@ steps' timestamps say (seconds between two logged steps over the steps between t
 The condition (``STRAGGLER``): a rank is a straggler when, in more than half of the run's step columns,
 its step time is more than 15% above the median of all ranks in that column. Ordinary jitter moves a
 rank above and below the median from column to column; a slow node, a throttled GPU or a rank with more
-data-loading work stays above it. The report and the straggler rule read the same numbers from here.
+data-loading work stays above it. The report and the straggler rule read the same numbers from here: a leaf module (it imports no layer), so
+``rules`` may use it as ``report`` does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-from llamamon.report.ranks import rank_expr
 
 if TYPE_CHECKING:
     import polars as pl
@@ -44,6 +43,13 @@ class RankTiming:
     slow_share: float  # share of its step columns where it was over the condition's limit
     steps_behind: int  # the ranks' median step minus its own, when the first rank logged its last step
     straggler: bool
+
+
+def rank_expr() -> pl.Expr:
+    """The ``rank`` label of the stored label JSON, as an integer (null where there is none)."""
+    import polars as pl
+
+    return pl.col("labels").str.json_path_match("$.rank").cast(pl.Int64, strict=False).alias("rank")
 
 
 def step_times(rows: pl.DataFrame) -> pl.DataFrame:
