@@ -82,61 +82,74 @@ def step_times(rows: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([logged, counter.cast(logged.schema)]).filter(pl.col("step_time").is_finite())  # type: ignore[arg-type]
 
 
-def step_columns(times: pl.DataFrame, cond: Condition = STRAGGLER) -> pl.DataFrame:
-    """Per rank and step column: its step time (mean), the column's last step, and the median, p10 and p90 of
-    all ranks' step times in that column (columns with one rank only are left out: nothing to compare)."""
+def with_jobs(times: pl.DataFrame) -> pl.DataFrame:
+    """``times`` with a ``job`` column: the ranks compared with each other.
+
+    Runs whose ranks are all different are one job's nodes (each node's ``record`` is a run); where a rank
+    number comes back in another run, the runs are separate jobs laid side by side, and each run's ranks
+    are compared among themselves only.
+    """
     import polars as pl
 
+    pairs = times.select("run", "rank").unique()
+    separate = pairs["rank"].n_unique() < pairs.height
+    return times.with_columns((pl.col("run") if separate else pl.lit("")).alias("job"))
+
+
+def step_columns(times: pl.DataFrame, cond: Condition = STRAGGLER) -> pl.DataFrame:
+    """Per rank and step column: its step time (mean), the column's last step, and the median, p10 and p90 of
+    its job's ranks' step times in that column (columns with one rank only are left out: nothing to compare)."""
+    import polars as pl
+
+    times = with_jobs(times)
     if not times.height:
-        return times.select(*RANK_KEY, "rank", "step", "step_time").with_columns(
+        return times.select("job", *RANK_KEY, "rank", "step", "step_time").with_columns(
             pl.lit(0, pl.Int64).alias("column"), *(pl.lit(0.0).alias(c) for c in ("median", "p10", "p90"))
         )
     s0, s1 = times["step"].min(), times["step"].max()
     column = ((pl.col("step") - s0) * cond.columns // (s1 - s0 + 1)).alias("column")  # type: ignore[operator]
-    per = times.group_by(*RANK_KEY, "rank", column).agg(pl.col("step").max(), pl.col("step_time").mean())
+    per = times.group_by("job", *RANK_KEY, "rank", column).agg(pl.col("step").max(), pl.col("step_time").mean())
     v = pl.col("step_time")
-    stats = per.group_by("column").agg(
+    stats = per.group_by("job", "column").agg(
         v.median().alias("median"), v.quantile(0.1).alias("p10"), v.quantile(0.9).alias("p90"), pl.len().alias("n")
     )
-    return per.join(stats.filter(pl.col("n") > 1).drop("n"), on="column").sort("column", "rank", *RANK_KEY)
+    kept = stats.filter(pl.col("n") > 1).drop("n")
+    return per.join(kept, on=["job", "column"]).sort("job", "column", "rank", *RANK_KEY)
 
 
 def rank_timings(times: pl.DataFrame, cond: Condition = STRAGGLER) -> list[RankTiming]:
-    """Every rank's timing, slowest first (by its step time against the median); empty with fewer than two ranks."""
+    """Every rank's timing, slowest first (by its step time against its job's median); empty with fewer than
+    two ranks in a job."""
     import polars as pl
 
     cols = step_columns(times, cond)
     if not cols.height:
         return []
     slow = (pl.col("step_time") > pl.col("median") * (1 + cond.slower)).mean().alias("slow_share")
-    per = cols.group_by(*RANK_KEY, "rank").agg(slow)
-    medians = times.group_by(*RANK_KEY).agg(pl.col("step_time").median().alias("own"))
-    overall = medians["own"].median()
-    behind = _steps_behind(times)
-    table = per.join(medians, on=list(RANK_KEY)).join(behind, on=list(RANK_KEY), how="left")
-    table = table.sort(pl.col("own"), descending=True)
+    per = cols.group_by("job", *RANK_KEY, "rank").agg(slow)
+    times = with_jobs(times)
+    medians = times.group_by("job", *RANK_KEY).agg(pl.col("step_time").median().alias("own"))
+    vs = pl.col("own") / pl.col("own").median().over("job") - 1
+    medians = medians.with_columns(pl.when(vs.is_finite()).then(vs).otherwise(0.0).alias("vs"))
+    keys = ["job", *RANK_KEY]
+    table = per.join(medians, on=keys).join(_steps_behind(times), on=keys, how="left")
+    table = table.sort("vs", "rank", descending=[True, False])
+    columns = table.select(*RANK_KEY, "rank", "own", "vs", "slow_share", pl.col("behind").fill_null(0))
     return [
-        RankTiming(
-            run,
-            labels,
-            rank,
-            own,
-            own / overall - 1 if overall else 0.0,  # type: ignore[operator]
-            share,
-            int(lag or 0),
-            share > cond.most,
-        )
-        for run, labels, rank, share, own, lag in table.select(
-            *RANK_KEY, "rank", "slow_share", "own", "behind"
-        ).iter_rows()
+        RankTiming(run, labels, rank, own, vs, share, int(lag), share > cond.most)
+        for run, labels, rank, own, vs, share, lag in columns.iter_rows()
     ]
 
 
 def _steps_behind(times: pl.DataFrame) -> pl.DataFrame:
-    """(run, labels, behind): the ranks' median step minus each rank's (whole steps), when the first rank was done."""
+    """(job, run, labels, behind): the job's ranks' median step minus each rank's (whole steps), when the job's
+    first rank was done."""
     import polars as pl
 
-    done = times.group_by(*RANK_KEY).agg(pl.col("time").max())["time"].min()
-    reached = times.filter(pl.col("time") <= done).group_by(*RANK_KEY).agg(pl.col("step").max())
-    middle = reached["step"].median()
-    return reached.select(*RANK_KEY, (pl.lit(middle) - pl.col("step")).clip(lower_bound=0).floor().alias("behind"))
+    keys = ["job", *RANK_KEY]
+    done = times.group_by(keys).agg(pl.col("time").max()).group_by("job").agg(pl.col("time").min().alias("done"))
+    reached = (
+        times.join(done, on="job").filter(pl.col("time") <= pl.col("done")).group_by(keys).agg(pl.col("step").max())
+    )
+    behind = (pl.col("step").median().over("job") - pl.col("step")).clip(lower_bound=0).floor()
+    return reached.select(*keys, behind.alias("behind"))

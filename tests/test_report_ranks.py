@@ -282,3 +282,18 @@ def test_one_process_gets_a_step_time_chart_and_no_straggler_view(tmp_path):
     assert "stragglers" not in found
     assert "<h3>Slowest ranks</h3>" not in html
     assert "<td>step_time</td>" in table(html, "Training summary")
+
+
+def test_separate_jobs_side_by_side_compare_their_ranks_among_themselves():
+    """Two runs that both have ranks 0 and 1 are two jobs: the slower job's ranks are no stragglers of the other."""
+    fast = [(f'{{"rank":"{r}"}}', "step", s, 1.0 * s) for r in (0, 1) for s in range(40)]
+    slow = [(f'{{"rank":"{r}"}}', "step", s, 1.5 * s) for r in (0, 1) for s in range(40)]
+    times = pl.concat([step_times(frame(fast)), step_times(frame(slow).with_columns(pl.lit("b").alias("run")))])
+    timings = rank_timings(times)
+    assert len(timings) == 4
+    assert not any(t.straggler for t in timings)
+    assert {round(t.vs_median, 6) for t in timings} == {0.0}
+    # The same four ranks numbered 0-3 are one job of two nodes: run b's are behind.
+    renumbered = times.with_columns(pl.when(pl.col("run") == "b").then(pl.col("rank") + 2).otherwise("rank"))
+    one_job = rank_timings(renumbered)
+    assert [(t.run, t.straggler) for t in one_job] == [("b", True), ("b", True), ("r", False), ("r", False)]

@@ -38,6 +38,8 @@ def straggler_view(ctx: Context) -> tuple[Panel | None, Table | None]:
         return None, None
     cols = step_columns(times)
     hosts = {r.id: r.host for r in ctx.data.runs}
+    if len(set(hosts.values())) < len(hosts):  # several runs on one host: the run tells them apart
+        hosts = {r.id: ctx.run_labels.get(r.id, r.id) for r in ctx.data.runs}
     named = {(t.run, t.labels): _rank_name(t, hosts) for t in timings}
     chart = Chart("Step time per rank", Axis(axis_label("step_time"), "seconds"), x_mode="step")
     chart.lines = _lines(cols, timings, named)
@@ -97,19 +99,15 @@ def _lines(cols: pl.DataFrame, timings: list[RankTiming], named: dict[tuple[str,
 
     if len(timings) <= MAX_LINES:
         return [rank_line(i, t) for i, t in enumerate(timings)]
-    per_column = cols.group_by("column").agg(pl.col("step").max(), pl.col("median", "p10", "p90").first()).sort("step")
-    x = per_column["step"].to_numpy().astype(float)
-    median = Line(
-        "median of ranks (band p10–p90)",
-        x,
-        per_column["median"].to_numpy(),
-        per_column["p10"].to_numpy(),
-        per_column["p90"].to_numpy(),
-        colour=charts.MUTED,
-        width=1.8,
-    )
+    bands = []
+    jobs = cols.group_by("job", "column").agg(pl.col("step").max(), pl.col("median", "p10", "p90").first())
+    for (job,), part in jobs.sort("job", "step").group_by("job", maintain_order=True):
+        label = "median of ranks (band p10–p90)" + (f" · {job}" if job else "")
+        x = part["step"].to_numpy().astype(float)
+        y, lo, hi = (part[c].to_numpy() for c in ("median", "p10", "p90"))
+        bands.append(Line(label, x, y, lo, hi, colour=charts.MUTED, width=1.8))
     slowest = timings[: max(SLOWEST_LINES, sum(t.straggler for t in timings))]
-    return [median] + [rank_line(i, t) for i, t in enumerate(slowest)]
+    return bands + [rank_line(i, t) for i, t in enumerate(slowest)]
 
 
 def _table(timings: list[RankTiming], named: dict[tuple[str, str], str], stragglers: int) -> Table:
