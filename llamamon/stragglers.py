@@ -7,8 +7,10 @@ steps' timestamps say (seconds between two logged steps over the steps between t
 The condition (``STRAGGLER``): a rank is a straggler when, in more than half of the run's step columns,
 its step time is more than 15% above the median of all ranks in that column. Ordinary jitter moves a
 rank above and below the median from column to column; a slow node, a throttled GPU or a rank with more
-data-loading work stays above it. The report and the straggler rule read the same numbers from here: a leaf module (it imports no layer), so
-``rules`` may use it as ``report`` does.
+data-loading work stays above it. Runs whose rank numbers repeat are separate jobs (``with_jobs``).
+
+The report and the straggler rule read the same numbers from here: a leaf module (it imports no layer),
+so ``rules`` may use it as ``report`` does.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Condition:
+    """When a rank is a straggler; a rule may pass its own (from its config) instead of ``STRAGGLER``."""
+
     slower: float = 0.15  # more than this much above the ranks' median step time ...
     most: float = 0.5  # ... in more than this share of the step columns the rank is in
     columns: int = 100  # step columns the run is cut into
@@ -79,7 +83,8 @@ def step_times(rows: pl.DataFrame) -> pl.DataFrame:
         .filter(pl.col("ds") > 0)
         .select(*RANK_KEY, "rank", "step", "time", (pl.col("dt") / pl.col("ds")).alias("step_time"))
     )
-    return pl.concat([logged, counter.cast(logged.schema)]).filter(pl.col("step_time").is_finite())  # type: ignore[arg-type]
+    both = pl.concat([logged, counter.cast(logged.schema)])  # type: ignore[arg-type]
+    return both.filter(pl.col("step_time").is_finite())
 
 
 def with_jobs(times: pl.DataFrame) -> pl.DataFrame:

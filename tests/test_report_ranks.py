@@ -117,8 +117,8 @@ def test_two_ranks_of_an_api_owned_run_are_reported_per_rank(tmp_path):
         import os, subprocess, sys, llamamon
         llamamon.init(name="two-ranks")
         procs = [
-            subprocess.Popen([sys.executable, {str(script)!r}], env={{**os.environ, "RANK": str(r), "LOCAL_RANK": str(r)}})
-            for r in (0, 1)
+            subprocess.Popen([sys.executable, {str(script)!r}], env={{**os.environ, "RANK": r, "LOCAL_RANK": r}})
+            for r in ("0", "1")
         ]
         sys.exit(max(p.wait() for p in procs))
     """

@@ -175,7 +175,8 @@ def key_figures(data: ReportData) -> list[tuple[str, list[str]]]:
 
 
 def _figure_text(rows: pl.DataFrame, stat: str, unit: str) -> str:
-    """A run's figure as text; per rank, the lowest rank's and the ranks' range: ``0.3339 (rank 0); ranks 0.3339–0.3439``."""
+    """A run's figure as text; per rank, the lowest rank's and the ranks' range:
+    ``0.3339 (rank 0); ranks 0.3339–0.3439``."""
     from llamamon.report.dashboards.values import format_value
     from llamamon.report.ranks import run_figure
 
@@ -183,7 +184,8 @@ def _figure_text(rows: pl.DataFrame, stat: str, unit: str) -> str:
     text = format_value(value, unit)
     if not ranks.height:
         return text
-    lo, hi = format_value(ranks["value"].min(), unit), format_value(ranks["value"].max(), unit)  # type: ignore[arg-type]
+    values = ranks["value"]
+    lo, hi = format_value(values.min(), unit), format_value(values.max(), unit)  # type: ignore[arg-type]
     if lo == hi:
         return f"{text} (all ranks)"
     return f"{text} (rank {ranks['rank'][0]}); ranks {lo}–{hi}"
