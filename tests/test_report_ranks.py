@@ -297,3 +297,16 @@ def test_separate_jobs_side_by_side_compare_their_ranks_among_themselves():
     renumbered = times.with_columns(pl.when(pl.col("run") == "b").then(pl.col("rank") + 2).otherwise("rank"))
     one_job = rank_timings(renumbered)
     assert [(t.run, t.straggler) for t in one_job] == [("b", True), ("b", True), ("r", False), ("r", False)]
+
+
+def test_the_markdown_summary_lists_the_slowest_ranks(tmp_path):
+    stored_ranks(tmp_path, [1.0, 1.0, 1.5, 1.0])
+    metrics = tmp_path / ".metrics"
+    info = run_info(RUN, T0, T0 + 90, host="node-a")
+    md = render_report(metrics, [info], tmp_path / "r.md", fmt="markdown").read_text()
+    section = md[md.index("### Slowest ranks") : md.index("### Charts")]
+    lines = [ln for ln in section.splitlines() if ln.startswith("| ")]
+    assert lines[0].startswith("| rank | node rank | step time (median) | vs median |")
+    assert lines[1].startswith("| node-a · rank 2 (straggler) | 0 | 1.5s | +50% |")
+    assert len(lines) == 1 + 4
+    assert "Steps behind: the ranks' median step minus the rank's" in section

@@ -82,7 +82,7 @@ def build_model(
     ``emit`` turns a panel's figure into its image reference; None draws no figure (the Markdown summary).
     """
     from llamamon.report import charts
-    from llamamon.report.dashboards import alerts, header, inference, model, summary, system, training
+    from llamamon.report.dashboards import alerts, header, inference, model, ranks, summary, system, training
     from llamamon.report.dashboards.context import build_context
     from llamamon.report.dashboards.values import format_time
 
@@ -117,6 +117,7 @@ def build_model(
         "custom_table": custom,
         "skipped": data.skipped,
         "key_figures": key_figures(data),
+        "slowest_ranks": ranks.slowest_ranks(boards),
         "run_labels": [ctx.run_labels.get(r.id, r.id) for r in data.runs],
         "thresholds_note": thresholds_note(data.thresholds),
         "window": "" if since is None else f"data from {format_time(since, ctx.zone)} on",

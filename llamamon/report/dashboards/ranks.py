@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from llamamon.report import charts
 from llamamon.report.charts import Axis, Chart, Line
 from llamamon.report.dashboards.context import Context
-from llamamon.report.dashboards.model import Panel, Table
+from llamamon.report.dashboards.model import Dashboard, Panel, Table
 from llamamon.report.dashboards.panels import chart_panel
 from llamamon.report.dashboards.values import axis_label, format_value
 from llamamon.report.data import label_dict
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 MAX_LINES = 16  # ranks drawn one line each; beyond, the median and p10–p90 band and the slowest ranks only
 SLOWEST_LINES = 4
 TABLE_ROWS = 8
+SLOWEST_RANKS = "Slowest ranks"
 
 
 def straggler_view(ctx: Context) -> tuple[Panel | None, Table | None]:
@@ -129,4 +130,9 @@ def _table(timings: list[RankTiming], named: dict[tuple[str, str], str], straggl
         f"The slowest {len(rows)} of {len(timings)} ranks. Steps behind: the ranks' median step minus the rank's, "
         "when the first rank logged its last step."
     )
-    return Table("Slowest ranks", cols, rows, note=note)
+    return Table(SLOWEST_RANKS, cols, rows, note=note)
+
+
+def slowest_ranks(boards: list[Dashboard]) -> Table | None:
+    """The slowest-ranks table of the dashboards, for the Markdown summary (which shows no dashboard's tables)."""
+    return next((t for d in boards for t in d.tables if t.title == SLOWEST_RANKS), None)
