@@ -257,6 +257,8 @@ def test_many_ranks_draw_the_median_band_and_the_slowest_ranks_only(tmp_path):
     assert len(rows) == 8
     assert rows[0][:4] == ["node-a · rank 19 (straggler)", "2", "1.4s", "+40%"]
     assert "median with p10–p90 band, and the slowest ranks" in text(html)
+    summary = text(table(html, "Training summary"))
+    assert summary.index("rank=2 ") < summary.index("rank=10 ")  # ranks in number order
 
 
 def test_a_slow_first_step_does_not_flatten_the_ranks(tmp_path):
