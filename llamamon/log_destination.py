@@ -193,11 +193,20 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+# Where launchers put the node's index in the job: torchrun (NODE_RANK, or GROUP_RANK in its workers), SLURM.
+NODE_RANK_VARIABLES = ("NODE_RANK", "GROUP_RANK", "SLURM_NODEID")
+
+
 def rank_labels(env: Mapping[str, str]) -> Labels:
-    """rank/local_rank labels for distributed jobs; none for a single process (keeps cardinality low)."""
+    """rank/local_rank/node_rank labels for distributed jobs; none for a single process (keeps cardinality low).
+
+    Why node_rank: a multi-node report names a slow rank by its node, and host names in clusters are often
+    pod names that say nothing of the node's place in the job.
+    """
     if not env.get("RANK") and not env.get("LOCAL_RANK"):
         return NO_LABELS
-    return make_labels(rank=env.get("RANK"), local_rank=env.get("LOCAL_RANK"))
+    node = next((env[v] for v in NODE_RANK_VARIABLES if env.get(v)), None)
+    return make_labels(rank=env.get("RANK"), local_rank=env.get("LOCAL_RANK"), node_rank=node)
 
 
 def _load_config() -> Any:

@@ -188,9 +188,10 @@ def test_rank_environment_becomes_labels_and_world_size_a_tag(tmp_path):
         RANK="3",
         LOCAL_RANK="1",
         WORLD_SIZE="4",
+        SLURM_NODEID="1",
     )
     (row,) = all_rows(tmp_path / ".metrics")
-    assert row.labels == (("local_rank", "1"), ("rank", "3"))
+    assert row.labels == (("local_rank", "1"), ("node_rank", "1"), ("rank", "3"))
     meta = json.loads((tmp_path / ".metrics" / "runs" / f"{result.stdout.strip()}.json").read_text())
     assert meta["tags"] == {"world_size": "4"}
 
@@ -321,6 +322,11 @@ def test_step_and_rank_helpers():
     assert as_step("12") == 12
     assert rank_labels({}) == ()
     assert rank_labels({"RANK": "0", "WORLD_SIZE": "2"}) == (("rank", "0"),)
+    # The node's index in the job, from torchrun's or SLURM's variable (NODE_RANK first); never alone.
+    assert rank_labels({"RANK": "5", "GROUP_RANK": "2", "SLURM_NODEID": "9"}) == (("node_rank", "2"), ("rank", "5"))
+    assert rank_labels({"RANK": "5", "NODE_RANK": "1", "GROUP_RANK": "2"}) == (("node_rank", "1"), ("rank", "5"))
+    assert rank_labels({"LOCAL_RANK": "0", "SLURM_NODEID": "3"}) == (("local_rank", "0"), ("node_rank", "3"))
+    assert rank_labels({"NODE_RANK": "1"}) == ()
 
 
 def records(*, finite: bool, labels: st.SearchStrategy) -> st.SearchStrategy:

@@ -15,7 +15,7 @@ from report_store import T0, inference_rows, run_info, save_run, system_rows, tr
 
 from llamamon.report.data import AlertSpan
 from llamamon.report.render import render_report
-from llamamon.samples import make_labels
+from llamamon.samples import Row, make_labels
 
 pytestmark = pytest.mark.integration
 
@@ -160,3 +160,32 @@ def test_comparison_tables_stay_within_the_page(tmp_path, runs, width):
     assert m["spill"] == [], m
     assert m["page"] <= m["view"], m
     assert m["scrolled"] >= 1, m  # some table is wider than its box and scrolls there
+
+
+def test_straggler_view_renders_and_stays_within_a_narrow_page(tmp_path):
+    """Two nodes' runs of two ranks each, one rank slow: the straggler panel and its table load in Chromium
+    and fit a 600 px window (the rank names and the key figures' per-rank ranges are the long cells)."""
+    binary = require_binary("chromium", "chromium-browser", "google-chrome")
+    metrics_dir = tmp_path / ".metrics"
+    infos = []
+    for node in range(2):
+        run = f"20261118T03400{node}Z-node-{node}-a1b{node}"
+        info = run_info(run, T0, T0 + 400, name=None, host=f"node-{node}")
+        save_run(metrics_dir, info)
+        rows = []
+        for local in range(2):
+            rank = 2 * node + local
+            labels = make_labels(rank=rank, local_rank=local, node_rank=node)
+            dt = 1.5 if rank == 3 else 1.0
+            rows += [Row(T0 + s * dt, "training", "loss", 1.0 / (s + 1), labels, step=s) for s in range(200)]
+        write_rows(metrics_dir, rows, run=run)
+        infos.append(info)
+    page = render_report(metrics_dir, infos, tmp_path / "ranks.html")
+    r = chromium(binary, tmp_path / "profile-dom", "--dump-dom", page.as_uri())
+    assert r.returncode == 0, r.stderr[-2000:]
+    panel = re.search(r'<figure class="panel" id="panel-stragglers">\s*<img src="data:image/svg', r.stdout)
+    assert panel, "no straggler panel in the rendered page"
+    assert "node-1 · rank 3 (straggler)" in r.stdout
+    m = measured_layout(binary, page, tmp_path / "profile", 600)
+    assert m["spill"] == [], m
+    assert m["page"] <= m["view"], m

@@ -23,6 +23,7 @@ from llamamon.samples import RunInfo
 
 if TYPE_CHECKING:
     import jinja2
+    import polars as pl
     from matplotlib.figure import Figure
 
 
@@ -81,7 +82,7 @@ def build_model(
     ``emit`` turns a panel's figure into its image reference; None draws no figure (the Markdown summary).
     """
     from llamamon.report import charts
-    from llamamon.report.dashboards import alerts, header, inference, model, summary, system, training
+    from llamamon.report.dashboards import alerts, header, inference, model, ranks, summary, system, training
     from llamamon.report.dashboards.context import build_context
     from llamamon.report.dashboards.values import format_time
 
@@ -116,6 +117,7 @@ def build_model(
         "custom_table": custom,
         "skipped": data.skipped,
         "key_figures": key_figures(data),
+        "slowest_ranks": ranks.slowest_ranks(boards),
         "run_labels": [ctx.run_labels.get(r.id, r.id) for r in data.runs],
         "thresholds_note": thresholds_note(data.thresholds),
         "window": "" if since is None else f"data from {format_time(since, ctx.zone)} on",
@@ -129,6 +131,7 @@ KEY_FIGURES: tuple[tuple[str, str, str], ...] = (
     ("validation_loss", "min", "best validation loss"),
     ("tokens_per_second", "mean", "mean tokens/s"),
     ("steps_per_second", "mean", "mean steps/s"),
+    ("step_time", "mean", "mean step time"),
     ("cpu_usage", "mean", "mean CPU"),
     ("memory_usage", "max", "peak memory"),
     ("gpu_utilization", "mean", "mean GPU utilisation"),
@@ -160,9 +163,7 @@ def key_figures(data: ReportData) -> list[tuple[str, list[str]]]:
             if not rows.height:
                 cells.append("–")
                 continue
-            col = rows[stat]
-            value = col.max() if stat in ("max", "p95") else col.min() if stat == "min" else col.mean()
-            cells.append(format_value(value, unit_of(metric)))  # type: ignore[arg-type]
+            cells.append(_figure_text(rows, stat, unit_of(metric)))
         if any(c != "–" for c in cells):
             out.append((what, cells))
     if data.energy.height:
@@ -172,6 +173,23 @@ def key_figures(data: ReportData) -> list[tuple[str, list[str]]]:
             cells.append(f"{energy['wh'].sum():,.1f} Wh" if energy.height else "–")
         out.append(("GPU energy", cells))
     return out
+
+
+def _figure_text(rows: pl.DataFrame, stat: str, unit: str) -> str:
+    """A run's figure as text; per rank, the lowest rank's and the ranks' range:
+    ``0.3339 (rank 0); ranks 0.3339–0.3439``."""
+    from llamamon.report.dashboards.values import format_value
+    from llamamon.report.ranks import run_figure
+
+    value, ranks = run_figure(rows, stat)
+    text = format_value(value, unit)
+    if not ranks.height:
+        return text
+    values = ranks["value"]
+    lo, hi = format_value(values.min(), unit), format_value(values.max(), unit)  # type: ignore[arg-type]
+    if lo == hi:
+        return f"{text} (all ranks)"
+    return f"{text} (rank {ranks['rank'][0]}); ranks {lo}–{hi}"
 
 
 def _scraped(data: ReportData, run: str, metric: str, stat: str) -> float | None:

@@ -9,6 +9,7 @@ from llamamon.report.dashboards.context import Context
 from llamamon.report.dashboards.model import Table
 from llamamon.report.dashboards.values import format_value, unit_of
 from llamamon.report.data import label_text
+from llamamon.stragglers import rank_expr
 
 STATS = ("min", "mean", "p95", "max", "last")
 
@@ -19,7 +20,9 @@ def summary_table(ctx: Context, groups: Sequence[str], title: str, exclude: Sequ
 
     s = ctx.data.summary.filter(pl.col("group").is_in(list(groups)) & ~pl.col("metric").is_in(list(exclude)))
     runs = [r.id for r in ctx.data.runs if r.id in set(s["run"].to_list())]
-    keys = s.select("metric", "labels").unique(maintain_order=True).sort("metric", "labels")
+    # Ranks in number order (rank=2 before rank=10), other label sets by their text.
+    keys = s.select("metric", "labels").unique().with_columns(rank_expr()).sort("metric", "rank", "labels")
+    keys = keys.select("metric", "labels")
     by = {
         (r, m, lbl): rec
         for r, m, lbl, rec in zip(s["run"], s["metric"], s["labels"], s.iter_rows(named=True), strict=False)

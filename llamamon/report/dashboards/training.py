@@ -11,6 +11,7 @@ from llamamon.report.charts import Axis, Chart, HLine, Line, Span
 from llamamon.report.dashboards.context import Context, merge_span_arrays
 from llamamon.report.dashboards.model import Dashboard, Panel, Table, dashboard_for
 from llamamon.report.dashboards.panels import chart_panel, metric_panel, pct, series_lines, threshold_lines
+from llamamon.report.dashboards.ranks import straggler_view
 from llamamon.report.dashboards.summary import summary_table
 from llamamon.report.dashboards.values import axis_label, format_value, unit_of
 from llamamon.report.data import label_dict
@@ -26,6 +27,9 @@ def training_dashboard(ctx: Context) -> Dashboard:
     lr_th = threshold_lines(th.learning_rate_min, "learning_rate_min")
     panels.append(_step_panel(ctx, "lr", "Learning rate", "learning_rate", log=True, thresholds=lr_th))
     panels.append(_step_panel(ctx, "grad-norm", "Gradient norm", "grad_norm"))
+    stragglers, slowest = straggler_view(ctx)
+    # With several ranks the straggler view draws step time per rank; the plain step-time chart would repeat it.
+    panels.append(stragglers or _step_panel(ctx, "step-time", "Step time", "step_time"))
     tp = ["steps_per_second", "samples_per_second", "tokens_per_second"]
     for metric in tp:
         panels.append(metric_panel(ctx, f"tp-{metric}", f"Throughput: {metric.replace('_', ' ')}", [metric]))
@@ -43,6 +47,8 @@ def training_dashboard(ctx: Context) -> Dashboard:
         d.tables.append(_validation_table(ctx))
     # The step is the x axis of these metrics, not one of them: its min/mean/p95 say nothing.
     d.tables.append(summary_table(ctx, ("training",), "Training summary", exclude=("step",)))
+    if slowest is not None:
+        d.tables.append(slowest)
     return d
 
 
