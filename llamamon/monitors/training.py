@@ -3,7 +3,8 @@
 It samples on a thread of its own, so a training loop that never yields (the plain synchronous loop, or
 one inside ``async with`` that blocks the event loop) is sampled at the interval all the same. It writes
 through ``llamamon.api`` (the same run and journal as ``llamamon.log``) and keeps a small summary of what
-was logged. psutil and pynvml are imported only when it starts.
+was logged. psutil and pynvml are imported only when it starts; torch's CUDA allocator figures are read
+when the job itself uses CUDA (monitors.cuda_memory), also under ``llamamon record``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from llamamon import api
 from llamamon.catalog import canonical
 from llamamon.monitors._config import monitor_config
+from llamamon.monitors.cuda_memory import job_cuda_memory_rows
 from llamamon.samples import Row
 
 if TYPE_CHECKING:
@@ -200,5 +202,7 @@ class TrainingMonitor:
         sps = self.steps_per_second()
         if sps is not None:
             rows.append(Row(now, "training", "steps_per_second", sps))
+        # Also under `llamamon record`: only the job itself can read its torch allocator.
+        rows.extend(job_cuda_memory_rows(now))
         if rows:
             api.record_rows(rows)
