@@ -17,6 +17,7 @@ LEAF = (
     "llamamon.severity",
     "llamamon.fsutil",
     "llamamon.masking",
+    "llamamon.gpu_peaks",
 )
 # What runs inside the user's job (``import llamamon``, ``llamamon.log``, the monitors, the framework
 # integrations): the engine's layers never import it, and it reaches the engine only through the store's
