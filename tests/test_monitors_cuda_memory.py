@@ -74,14 +74,16 @@ def test_training_monitor_and_log_helper_store_the_job_figures(tmp_path):
         from llamamon.monitors import log_cuda_memory
 
         install(FakeCuda([FakeDevice(1000, 2048, 4096, {"num_alloc_retries": 2, "num_ooms": 0})]))
-        with TrainingMonitor(interval=0.05) as monitor:
+        with TrainingMonitor(interval=0.05, flops_per_token=4.2e10) as monitor:
             monitor.log(loss=1.0, step=1)
             time.sleep(0.2)
         assert log_cuda_memory(step=5)
         """,
         tmp_path,
     )
-    rows = [r for r in all_rows(tmp_path / ".metrics") if r.metric in TORCH_NAMES]
+    every = all_rows(tmp_path / ".metrics")
+    assert [r.value for r in every if r.metric == "model_flops_per_token"] == [4.2e10]  # once, for the report's MFU
+    rows = [r for r in every if r.metric in TORCH_NAMES]
     assert {r.labels for r in rows} == {make_labels(device="cuda:0")}
     assert {(r.metric, r.value) for r in rows} == {
         ("torch_cuda_memory_allocated", 1000),
