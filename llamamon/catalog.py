@@ -269,7 +269,7 @@ METRICS: tuple[Metric, ...] = (
     ),
     _m("run_gpu_energy", "joules", "gauge", "run", "Energy all GPUs used over the run (derived)."),
     _m("energy_per_token", "joules", "gauge", "run", "GPU energy per trained token over the run (derived)."),
-    _m("tokens_per_second_per_gpu", "per_second", "gauge", "run", "Tokens per second per GPU over the run (derived)."),
+    _m("gpu_tokens_per_second", "per_second", "gauge", "run", "Tokens per second per GPU over the run (derived)."),
     _m(
         "mfu",
         "ratio",

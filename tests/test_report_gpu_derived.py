@@ -125,3 +125,29 @@ def test_key_figures_leave_out_what_cannot_be_derived(metrics_dir):
     got = _figures(metrics_dir, _store(metrics_dir, counter=True, tokens=False, names=("NVIDIA A10G",) * 2))
     assert got["GPU energy"] == "500.0 Wh"
     assert not {"GPU energy per token", "tokens/s per GPU", "MFU"} & set(got)
+
+
+def test_export_prometheus_carries_the_derived_figures(metrics_dir, runner):
+    from llamamon.cli import cli
+    from llamamon.prometheus.text import parse
+
+    _store(metrics_dir, counter=True)
+    result = runner.invoke(cli, ["export", "prometheus", "--metrics-dir", str(metrics_dir), "--run", RUN])
+    assert result.exit_code == 0, result.output
+    got = {p.name: p.value for family in parse(result.stdout) for p in family.points if p.name in DERIVED}
+    assert got == pytest.approx(
+        {
+            "llamamon_run_gpu_energy_joules": 500.0 * 3600,
+            "llamamon_energy_per_token_joules": 0.25,
+            "llamamon_gpu_tokens_per_second": 1000.0,
+            "llamamon_mfu_ratio": 1000.0 * 6e9 / 989.5e12,
+        }
+    )
+
+
+DERIVED = (
+    "llamamon_run_gpu_energy_joules",
+    "llamamon_energy_per_token_joules",
+    "llamamon_gpu_tokens_per_second",
+    "llamamon_mfu_ratio",
+)

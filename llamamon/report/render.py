@@ -144,7 +144,7 @@ def key_figures(data: ReportData) -> list[tuple[str, list[str]]]:
     """(what, value per run) for the page top and the Markdown summary: the numbers people look for first."""
     import polars as pl
 
-    from llamamon.report.dashboards import summary
+    from llamamon.report import gpu_figures
     from llamamon.report.dashboards.values import format_value, unit_of
 
     s = data.summary
@@ -166,7 +166,7 @@ def key_figures(data: ReportData) -> list[tuple[str, list[str]]]:
             cells.append(format_value(value, unit_of(metric)))  # type: ignore[arg-type]
         if any(c != "–" for c in cells):
             out.append((what, cells))
-    out.extend(summary.gpu_key_figures(data))
+    out.extend(gpu_figures.key_figure_rows(data))
     return out
 
 
