@@ -22,11 +22,12 @@ def _two_devices() -> FakeCuda:
         [
             FakeDevice(3 * GIB, 4 * GIB, 5 * GIB, {"num_alloc_retries": 7, "num_ooms": 1}),
             FakeDevice(GIB, 2 * GIB, GIB, {"num_alloc_retries": 0}),  # a torch without num_ooms
+            FakeDevice(0, 0, 0, {"num_alloc_retries": 0, "num_ooms": 0}),  # another rank's GPU: never used here
         ]
     )
 
 
-def test_rows_per_device_with_exact_figures():
+def test_rows_per_device_the_job_used_with_exact_figures():
     rows = cuda_memory.cuda_memory_rows(_two_devices(), now=100.0, step=12)
     got = {(r.metric, dict(r.labels)["device"]): r.value for r in rows}
     assert got == {

@@ -36,19 +36,23 @@ def job_cuda() -> Any | None:
     if cuda is None:
         return None
     try:
-        return cuda if cuda.is_available() and cuda.is_initialized() else None
+        # is_initialized() first: it touches nothing, where is_available() may load the driver.
+        return cuda if cuda.is_initialized() and cuda.is_available() else None
     except Exception:  # Why broad: a broken CUDA install must not break the job that is being monitored
         logger.debug("torch.cuda is not usable", exc_info=True)
         return None
 
 
 def cuda_memory_rows(cuda: Any, now: float, step: int | None = None) -> list[Row]:
-    """One row per figure per device of ``cuda`` (torch.cuda, or a stand-in with its functions)."""
+    """One row per figure per device of ``cuda`` (torch.cuda, or a stand-in with its functions) that the job
+    has used: a DDP rank sees every GPU of the node but allocates on one, and the others' zeros say nothing."""
     rows = []
     for index in range(cuda.device_count()):
+        values = [(metric, float(getattr(cuda, function)(index))) for metric, function in GAUGES]
+        if not any(value for _, value in values):
+            continue
         labels = make_labels({"device": f"cuda:{index}"})
-        for metric, function in GAUGES:
-            rows.append(Row(now, "gpu", metric, float(getattr(cuda, function)(index)), labels, step))
+        rows.extend(Row(now, "gpu", metric, value, labels, step) for metric, value in values)
         stats = cuda.memory_stats(index)
         for metric, key in COUNTERS:
             if key in stats:  # older torch releases lack num_ooms
