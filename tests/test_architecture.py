@@ -18,6 +18,7 @@ LEAF = (
     "llamamon.fsutil",
     "llamamon.masking",
     "llamamon.stragglers",
+    "llamamon.gpu_peaks",
 )
 # What runs inside the user's job (``import llamamon``, ``llamamon.log``, the monitors, the framework
 # integrations): the engine's layers never import it, and it reaches the engine only through the store's

@@ -47,3 +47,32 @@ def test_on_log_records_what_the_trainer_logs(tmp_path):
     assert got[("eval_runtime", 30)] == 1.25
     assert not any(r.metric == "total_flos" for r in rows)
     assert 123.0 not in [r.value for r in rows]
+
+
+@pytest.mark.slow
+def test_on_log_records_torch_cuda_allocator_figures_when_the_trainer_runs_on_cuda(tmp_path):
+    run_script(
+        f"""
+        from transformers import TrainingArguments
+        from transformers.trainer_callback import CallbackHandler, TrainerControl, TrainerState
+        from llamamon.integrations.transformers import LlamamonCallback
+        from tests.fakes.torch_cuda import FakeCuda, FakeDevice, install
+
+        args = TrainingArguments(output_dir={str(tmp_path / "out")!r}, report_to=[])
+        state, control = TrainerState(), TrainerControl()
+        handler = CallbackHandler([LlamamonCallback()], None, None, None, None)
+        install(FakeCuda([FakeDevice(100, 200, 300, {{"num_alloc_retries": 4, "num_ooms": 0}})]))
+        state.global_step = 10
+        handler.on_log(args, state, control, {{"loss": 0.9}})
+        handler.on_train_end(args, state, control)
+        """,
+        tmp_path,
+    )
+    got = {(r.metric, r.step, r.value) for r in all_rows(tmp_path / ".metrics") if r.metric.startswith("torch_cuda")}
+    assert got == {
+        ("torch_cuda_memory_allocated", 10, 100),
+        ("torch_cuda_memory_reserved", 10, 200),
+        ("torch_cuda_memory_peak", 10, 300),
+        ("torch_cuda_alloc_retries", 10, 4),
+        ("torch_cuda_ooms", 10, 0),
+    }

@@ -83,12 +83,15 @@ def prometheus_command(
 ) -> None:
     """Write the latest values of a run (gauges, counters, latency histograms) as Prometheus text.
 
-    The same families and names the live .prom files have, with llamamon_run_active 0 for a finished run.
+    The same families and names the live .prom files have, with llamamon_run_active 0 for a finished run,
+    and the run's derived GPU figures where it has their inputs (energy, J/token, tokens/s per GPU, MFU).
     """
+    from llamamon.report.gpu_figures import stored_run_samples
     from llamamon.store.journal import live_runs
 
     folder, run = _one_run(run_ref, latest, config_path, metrics_dir)
     snapshot = snapshot_from_store(folder, run)
+    snapshot.add(stored_run_samples(folder, run))
     # A run without an end time whose recorder is gone (killed) is not active either.
     snapshot.active = run.end is None and run.id in live_runs(folder)
     _write(output, snapshot.render())

@@ -5,7 +5,8 @@ The Trainer calls ``on_log`` with the same dict it prints (``loss``, ``grad_norm
 Trainer's global step, so the names go through the same alias table (``eval_loss`` -> ``validation_loss``).
 Under ``llamamon record`` it tells the recorder, before the Trainer prints anything, that the job reports
 through llamamon (:func:`llamamon.api.claim_output`): the dicts the Trainer prints are then not parsed as well,
-so each value is stored once, exact and with its step.
+so each value is stored once, exact and with its step. With each log it records torch.cuda's allocator
+figures (allocated, reserved, peak, allocation retries) when the Trainer runs on CUDA.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from llamamon import api
+from llamamon.monitors.cuda_memory import log_cuda_memory
 
 __all__ = ["LlamamonCallback"]
 
@@ -64,6 +66,7 @@ class LlamamonCallback(TrainerCallback):
                 values[key] = number
         if values:
             api.log(values, step=state.global_step)
+        log_cuda_memory(step=state.global_step)  # records nothing unless the Trainer runs on CUDA
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

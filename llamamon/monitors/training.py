@@ -3,7 +3,8 @@
 It samples on a thread of its own, so a training loop that never yields (the plain synchronous loop, or
 one inside ``async with`` that blocks the event loop) is sampled at the interval all the same. It writes
 through ``llamamon.api`` (the same run and journal as ``llamamon.log``) and keeps a small summary of what
-was logged. psutil and pynvml are imported only when it starts.
+was logged. psutil and pynvml are imported only when it starts; torch's CUDA allocator figures are read
+when the job itself uses CUDA (monitors.cuda_memory), also under ``llamamon record``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from llamamon import api
 from llamamon.catalog import canonical
 from llamamon.monitors._config import monitor_config
+from llamamon.monitors.cuda_memory import job_cuda_memory_rows
 from llamamon.samples import Row
 
 if TYPE_CHECKING:
@@ -55,10 +57,18 @@ class TrainingMonitor:
     block runs, every ``interval`` seconds on a background thread, and once more as it ends.
 
     ``monitor.log(...)`` is ``llamamon.log`` plus a running summary for ``training_metrics()``.
+    ``flops_per_token`` (the model's training FLOPs per token, e.g. 6 x parameters) is recorded once as
+    ``model_flops_per_token``, from which the report derives MFU where it knows the GPU's peak.
     """
 
-    def __init__(self, config: Config | str | os.PathLike[str] | None = None, interval: float | None = None) -> None:
+    def __init__(
+        self,
+        config: Config | str | os.PathLike[str] | None = None,
+        interval: float | None = None,
+        flops_per_token: float | None = None,
+    ) -> None:
         self.config = monitor_config(config)
+        self.flops_per_token = flops_per_token
         self.interval = float(interval) if interval is not None else self.config.update_frequency
         self._aliases = dict(self.config.aliases) or None
         self._lock = threading.Lock()
@@ -125,6 +135,8 @@ class TrainingMonitor:
         """Start sampling (what entering the block does); returns once the collectors are open."""
         if self._thread is None:
             api.current_run()  # first, so that at exit the last sample is written before the API's flush
+            if self.flops_per_token is not None:
+                api.log(model_flops_per_token=float(self.flops_per_token))  # the report's MFU needs it
             self._stop = threading.Event()
             self._ready = threading.Event()
             self._thread = threading.Thread(target=self._run, name="llamamon-training-monitor", daemon=True)
@@ -200,5 +212,7 @@ class TrainingMonitor:
         sps = self.steps_per_second()
         if sps is not None:
             rows.append(Row(now, "training", "steps_per_second", sps))
+        # Also under `llamamon record`: only the job itself can read its torch allocator.
+        rows.extend(job_cuda_memory_rows(now))
         if rows:
             api.record_rows(rows)

@@ -147,6 +147,7 @@ def key_figures(data: ReportData) -> list[tuple[str, list[str]]]:
     """(what, value per run) for the page top and the Markdown summary: the numbers people look for first."""
     import polars as pl
 
+    from llamamon.report import gpu_figures
     from llamamon.report.dashboards.values import format_value, unit_of
 
     s = data.summary
@@ -166,12 +167,7 @@ def key_figures(data: ReportData) -> list[tuple[str, list[str]]]:
             cells.append(_figure_text(rows, stat, unit_of(metric)))
         if any(c != "–" for c in cells):
             out.append((what, cells))
-    if data.energy.height:
-        cells = []
-        for run in data.runs:
-            energy = data.energy.filter(pl.col("run") == run.id)
-            cells.append(f"{energy['wh'].sum():,.1f} Wh" if energy.height else "–")
-        out.append(("GPU energy", cells))
+    out.extend(gpu_figures.key_figure_rows(data))
     return out
 
 
