@@ -129,6 +129,19 @@ def test_two_hosts_one_bucket_runs_report_and_gate_from_a_fresh_mirror(tmp_path,
     assert rows > 20
 
 
+def test_watch_and_export_read_the_bucket(tmp_path, moto):
+    assert record(tmp_path, moto.port, "host-a", "node-a").returncode == 0
+    run = json.loads(llamamon(tmp_path, moto.port, "reader", "runs", "--json").stdout)[0]["id"]
+    watched = llamamon(tmp_path, moto.port, "watcher", "watch", "--once", "--no-gpu", "--run", run)
+    assert watched.returncode == 0, watched.stderr
+    check_clean(watched)
+    mirror = tmp_path / "watcher" / "buckets" / BUCKET / "team" / "metrics"
+    assert list(mirror.glob(f"group=*/date=*/run={run}/*.parquet"))  # the watched run's data was pulled
+    exported = llamamon(tmp_path, moto.port, "exporter", "export", "csv", "--run", run, "-o", "-")
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stdout.decode().count("\n") > 20
+
+
 def test_report_of_one_run_downloads_only_that_runs_objects(tmp_path, moto):
     record(tmp_path, moto.port, "host-a", "node-a")
     record(tmp_path, moto.port, "host-b", "node-b")
