@@ -51,20 +51,23 @@ class Shipper:
 
     def _ship(self, deadline: float | None = None, runs: set[str] | None = None) -> str | None:
         """One pass over the waiting files; returns what failed (a line), or None."""
-        with self._lock:
-            try:
-                self.location.ship(deadline=deadline, runs=runs)
-            except BucketError as exc:
-                return str(exc)
-            except OSError as exc:  # the mirror itself (a full disk): the files stay as they are
-                return f"shipping to {self.location.shown} failed: {exc}"
+        wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._lock.acquire(timeout=wait):  # the thread's PUT is stuck (a black-holed network)
+            return f"{self.location.shown}: uploading timed out"
+        try:
+            self.location.ship(deadline=deadline, runs=runs)
+        except BucketError as exc:
+            return str(exc)
+        except OSError as exc:  # the mirror itself (a full disk): the files stay as they are
+            return f"shipping to {self.location.shown} failed: {exc}"
+        finally:
+            self._lock.release()
         return None
 
     def pause(self) -> None:
-        """Stop the thread (before the run's end compacts its files); the last ship is :meth:`finish`'s."""
+        """Stop the thread's passes (before the run's end compacts its files: a pass under way holds the lock,
+        and a file it finds gone is skipped); the last ship is :meth:`finish`'s."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=SHIP_AT_EXIT_S)
 
     def finish(self, wait: float = SHIP_AT_EXIT_S) -> None:
         """Ship what is left (this run's and any earlier run's), at most ``wait`` seconds; say what still waits."""

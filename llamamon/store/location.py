@@ -202,13 +202,17 @@ class Location:
         if self.bucket is None:
             return
         self._sync(f"{RUNS_DIR}/", self.bucket.listing(f"{RUNS_DIR}/"))
-        if runs is None:
-            for group in GROUPS:
-                self._sync(f"group={group}/", self.bucket.listing(f"group={group}/"))
-            return
+        prefixes = [f"group={group}/" for group in GROUPS] if runs is None else []
+        for prefix in prefixes:
+            self._sync(prefix, self.bucket.listing(prefix))
+        runs = runs or set()
         for run_id in sorted(runs):
             for prefix in self._run_prefixes(run_id):
                 self._sync(prefix, self.bucket.listing(prefix))
+        bucket = self.bucket
+        log.debug(
+            "%s: %d objects (%d bytes) downloaded", bucket.url, bucket.downloaded_objects, bucket.downloaded_bytes
+        )
 
     def _run_prefixes(self, run_id: str) -> list[str]:
         """The key prefixes one run's partitions can have: each group x each UTC day the run spans."""
