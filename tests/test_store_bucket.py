@@ -154,6 +154,28 @@ def test_report_of_one_run_downloads_only_that_runs_objects(tmp_path, moto):
     assert len(list((mirror / "runs").glob("*.json"))) == 2  # every run's metadata, to choose from
 
 
+def test_a_pull_of_many_runs_lists_days_but_downloads_only_those_runs(tmp_path, moto):
+    from conftest import run_python, write_samples
+
+    mirror = tmp_path / "host-a" / "buckets" / BUCKET / "team" / "metrics"
+    now = time.time()
+    runs = [f"20261207T00000{i}Z-node-a-000{i}" for i in range(7)]
+    for i, run in enumerate(runs):
+        write_samples(mirror, [(now - 50 + i, "cpu_percent", float(i))], run=run, host="node-a")
+    assert llamamon(tmp_path, moto.port, "host-a", "runs").returncode == 0  # ships all seven
+    code = f"""
+        from llamamon.store.location import open_location
+        from llamamon.store.reader import scan
+        location = open_location({URL!r})
+        location.pull(set({runs[:6]!r}))
+        print(location.bucket.downloaded_objects, scan(location.root).collect()["run"].n_unique())
+    """
+    out = run_python(code, tmp_path, **_env(moto.port, tmp_path / "fresh"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["13", "6"]  # seven run files and six data files; the seventh run's data stays
+    assert not list((tmp_path / "fresh").rglob(f"run={runs[6]}"))
+
+
 def test_kill_9_while_shipping_loses_nothing_and_doubles_nothing(tmp_path, moto):
     # The recordings go out while the network is down (a stopped proxy), so their files all wait ...
     proxy = TcpProxy(moto.port, delay=0.05)

@@ -47,6 +47,7 @@ from llamamon.store.layout import (
 log = logging.getLogger("llamamon.store")
 
 CACHE_ENV = "LLAMAMON_CACHE_DIR"
+RUNS_LISTED_ONE_BY_ONE = 4  # above this many runs, a pull lists whole days of a group (location.pull)
 _RUN_SUFFIXES = (".json", ".job")  # run metadata, and what a job set with llamamon.init
 
 
@@ -202,37 +203,56 @@ class Location:
         if self.bucket is None:
             return
         self._sync(f"{RUNS_DIR}/", self.bucket.listing(f"{RUNS_DIR}/"))
-        prefixes = [f"group={group}/" for group in GROUPS] if runs is None else []
-        for prefix in prefixes:
-            self._sync(prefix, self.bucket.listing(prefix))
-        runs = runs or set()
-        for run_id in sorted(runs):
-            for prefix in self._run_prefixes(run_id):
-                self._sync(prefix, self.bucket.listing(prefix))
+        if runs is None:
+            listings: dict[str, set[str] | None] = {f"group={group}/": None for group in GROUPS}
+        else:
+            listings = dict(self._data_listings(runs))
+        for prefix, wanted in listings.items():
+            self._sync(prefix, self.bucket.listing(prefix), wanted)
         bucket = self.bucket
         log.debug(
             "%s: %d objects (%d bytes) downloaded", bucket.url, bucket.downloaded_objects, bucket.downloaded_bytes
         )
 
-    def _run_prefixes(self, run_id: str) -> list[str]:
-        """The key prefixes one run's partitions can have: each group x each UTC day the run spans."""
+    def _data_listings(self, runs: set[str]) -> dict[str, set[str]]:
+        """{key prefix to list: the runs wanted under it}: partition pruning by group, day and run.
+
+        A few runs: one listing per run partition (``group=g/date=d/run=<id>/``); many: one per group and day,
+        kept to the wanted runs (fewer requests, and still no object of another run downloaded). A run without
+        readable metadata is looked for in every day of each group.
+        """
+        days = {run_id: self._run_days(run_id) for run_id in sorted(runs)}
+        listings: dict[str, set[str]] = {}
+        for run_id, span in days.items():
+            for group in GROUPS:
+                if span is None:
+                    prefixes = [f"group={group}/"]
+                elif len(runs) <= RUNS_LISTED_ONE_BY_ONE:
+                    prefixes = [f"group={group}/date={day}/run={run_id}/" for day in span]
+                else:
+                    prefixes = [f"group={group}/date={day}/" for day in span]
+                for prefix in prefixes:
+                    listings.setdefault(prefix, set()).add(run_id)
+        return listings
+
+    def _run_days(self, run_id: str) -> list[str] | None:
+        """The UTC days (``date=`` partitions) a run spans, None when its metadata cannot be read."""
         from llamamon.store.runs import read_run
 
         try:
             info = read_run(self.root, run_id)
-        except Exception:  # noqa: BLE001 - no readable metadata: look in every day of the groups
-            return [f"group={group}/" for group in GROUPS]
+        except Exception:  # noqa: BLE001 - unknown or unreadable: the caller looks in every day
+            return None
         first = datetime.fromtimestamp(info.start, tz=timezone.utc).date()
         last = datetime.fromtimestamp(info.end if info.end is not None else time.time(), tz=timezone.utc).date()
-        days = [first + timedelta(days=i) for i in range(max(0, (last - first).days) + 1)]
-        return [f"group={g}/date={d.isoformat()}/run={run_id}/" for g in GROUPS for d in days]
+        return [(first + timedelta(days=i)).isoformat() for i in range(max(0, (last - first).days) + 1)]
 
-    def _sync(self, prefix: str, remote: dict[str, tuple[int, int]]) -> None:
-        """Make the mirror's files under ``prefix`` match the remote listing, waiting files aside."""
+    def _sync(self, prefix: str, remote: dict[str, tuple[int, int]], wanted: set[str] | None = None) -> None:
+        """Make the mirror's files under ``prefix`` (of the ``wanted`` runs only, when given) match the remote
+        listing, waiting files aside."""
         assert self.bucket is not None
+        remote = {k: v for k, v in remote.items() if _travels(k) and (wanted is None or _run_of(k) in wanted)}
         for key, (size, mtime) in remote.items():
-            if not _travels(key):
-                continue
             local = self.root / key
             entry = self.ledger.entries.get(key)
             try:
@@ -248,11 +268,12 @@ class Location:
                 continue
             atomic_write(local, self.bucket.get(key))
             self.ledger.record(key, local.stat(), mtime)
-        self._drop_deleted(prefix, remote)
+        self._drop_deleted(prefix, remote, wanted)
 
-    def _drop_deleted(self, prefix: str, remote: dict[str, tuple[int, int]]) -> None:
+    def _drop_deleted(self, prefix: str, remote: dict[str, tuple[int, int]], wanted: set[str] | None) -> None:
         """Mirror files shipped or pulled before whose object is gone (another host's gc or compaction)."""
-        for key in [k for k in self.ledger.entries if k.startswith(prefix) and k not in remote]:
+        gone = [k for k in self.ledger.entries if k.startswith(prefix) and k not in remote]
+        for key in [k for k in gone if wanted is None or _run_of(k) in wanted]:
             path = self.root / key
             with contextlib.suppress(FileNotFoundError):
                 st = path.stat()
@@ -260,6 +281,12 @@ class Location:
                     continue  # changed since: waiting to ship
                 path.unlink()
             self.ledger.forget(key)
+
+
+def _run_of(key: str) -> str | None:
+    """The run id of a data key (``group=g/date=d/run=<id>/file``), None for anything else."""
+    parts = key.split("/")
+    return parts[2][4:] if len(parts) == 4 and parts[2].startswith("run=") else None
 
 
 def _travels(key: str) -> bool:
