@@ -72,3 +72,14 @@ def test_waiting_is_data_files_and_run_metadata_not_journals_or_temporaries(tmp_
     assert location.waiting() == []
     run_json.write_text(run_json.read_text() + " ")
     assert [key for key, _, _ in location.waiting()] == [f"runs/{RUN}.json"]
+
+
+def test_the_ledger_is_rewritten_when_mostly_superseded(tmp_path):
+    data = tmp_path / "f"
+    data.write_bytes(b"x")
+    ledger = Ledger(tmp_path)
+    for _ in range(1200):
+        ledger.record("runs/a.json", data.stat())
+    again = Ledger(tmp_path)
+    assert len(again.path.read_text().splitlines()) == 1
+    assert again.current("runs/a.json", data.stat())

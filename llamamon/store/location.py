@@ -74,13 +74,17 @@ class Ledger:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return
-        for line in text.splitlines():
+        lines = text.splitlines()
+        for line in lines:
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 item = json.loads(line)
                 if item.get("gone"):
                     self.entries.pop(item["k"], None)
                 else:
                     self.entries[item["k"]] = (int(item["s"]), int(item["m"]), int(item.get("r", 0)))
+        if len(lines) > 2 * len(self.entries) + 1000:  # mostly superseded lines: rewrite it, atomically
+            rows = ({"k": k, "s": s, "m": m, "r": r} for k, (s, m, r) in self.entries.items())
+            atomic_write(self.path, "".join(json.dumps(row, separators=(",", ":")) + "\n" for row in rows).encode())
 
     def _append(self, item: dict[str, object]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
