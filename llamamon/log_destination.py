@@ -221,7 +221,9 @@ def _load_config() -> Any:
 
 
 def _metrics_path(config: Any) -> Path:
-    return Path(config.metrics_path) if config is not None else Path(".metrics")
+    from llamamon.store.location import local_root  # a bucket URL: its mirror (the next command ships it)
+
+    return local_root(config.metrics_path) if config is not None else Path(".metrics")
 
 
 def _exit_code() -> int | None:

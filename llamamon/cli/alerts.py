@@ -36,7 +36,9 @@ def check_command(config_path: str | None, metrics_dir: str | None, strict: bool
     from llamamon.rules.tree import duration_text
 
     cfg = load_config(config_path)
-    root = Path(metrics_dir) if metrics_dir else cfg.metrics_path
+    from llamamon.store.location import local_root  # a bucket: the names its mirror has seen
+
+    root = local_root(metrics_dir or cfg.metrics_path)
     asked: set[str] = set()
 
     def recorded(names: set[str] | None) -> set[str]:

@@ -38,19 +38,22 @@ def evaluate_recorded(
     from llamamon.config import load_config
     from llamamon.rules.builtin import rules_from_config
     from llamamon.rules.history import replay
-    from llamamon.store import open_store
+    from llamamon.store.location import open_location
     from llamamon.store.reader import metric_names, scan
     from llamamon.store.runs import resolve_runs, run_ends
 
     cfg = load_config(config_path)
-    root = open_store(metrics_dir or cfg.metrics_path)
+    location = open_location(metrics_dir or cfg.metrics_path)
+    location.pull(set())
+    root = location.root
     if all_runs and (run_ids or latest or since):
         raise ConfigError("--all cannot be combined with --run, --latest or --since", path="alerts test")
     runs = resolve_runs(root, run_ids, latest, since)
     if not runs:
-        click.echo(f"llamamon: no runs recorded in {root}", err=True)
+        click.echo(f"llamamon: no runs recorded in {location.shown}", err=True)
         return [], rules_from_config(cfg), []
     ids = [r.id for r in runs]
+    location.pull(set(ids))
     frame = scan(root, runs=ids)
     recorded = partial(metric_names, root, runs=ids)
     rules = [r for r in rules_from_config(cfg, recorded=recorded, recorded_where=str(root)) if r.enabled]

@@ -25,11 +25,14 @@ def compact_command(config_path: str | None, metrics_dir: str | None, older_than
     # Imported here, not at module level: pyarrow loads only when the command runs (`llamamon --help` stays fast).
     from llamamon.config import load_config
     from llamamon.store.compaction import compact
+    from llamamon.store.location import open_location
     from llamamon.units import format_bytes, parse_duration
 
     seconds = parse_duration(older_than, path="--older-than")
-    folder = metrics_dir or load_config(config_path).monitoring.metrics_path
-    result = compact(folder, older_than=seconds)
+    location = open_location(metrics_dir or load_config(config_path).monitoring.metrics_path)
+    location.pull()  # a bucket's every partition: compaction rewrites what it finds
+    with location.tracking():  # then ships the compacted files and deletes the objects they replace
+        result = compact(location.root, older_than=seconds)
     click.echo(
         f"compacted {result.partitions} partition(s): {result.files_before} file(s) -> {result.files_after}, "
         f"{format_bytes(result.bytes_before)} -> {format_bytes(result.bytes_after)}"

@@ -100,10 +100,40 @@ def _text(report: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append("  Size           does not exist yet (the first `llamamon record` creates it)")
+    bucket = report.get("bucket")
+    if bucket is not None:
+        lines.append(
+            f"  Bucket         {bucket['url']}: {bucket['waiting_files']} files"
+            f" ({format_bytes(bucket['waiting_bytes'])}) waiting to be shipped"
+        )
     fs = system["metrics_filesystem"]
     if fs is not None:
         lines.append(f"  Filesystem     {format_bytes(fs['free'])} free ({_percent(fs['usage'])} used)")
     return lines
+
+
+def _shown(where: object) -> str:
+    """A metrics path as it may be shown: a bucket URL without its query."""
+    from llamamon.store.bucket import is_bucket_url, parse_url
+
+    return parse_url(where).url if isinstance(where, str) and is_bucket_url(where) else str(where)
+
+
+def _bucket(where: str) -> dict[str, Any] | None:
+    """A bucket's files still waiting in its local mirror (counted without the network: nothing is sent)."""
+    from llamamon.store.bucket import is_bucket_url
+    from llamamon.store.location import open_location
+
+    if not is_bucket_url(where):
+        return None
+    location = open_location(where, sync=False)
+    waiting = location.waiting()
+    return {
+        "url": location.shown,
+        "mirror": str(location.root),
+        "waiting_files": len(waiting),
+        "waiting_bytes": sum(w[2] for w in waiting),
+    }
 
 
 def _metrics_folder(folder: str) -> dict[str, Any]:
@@ -151,7 +181,7 @@ def doctor_command(config_path: str | None, metrics_dir: str | None, no_gpu: boo
             "source": str(cfg.source) if cfg.source is not None else None,
             "origin": _config_origin(config_path, cfg.source),
             "update_frequency": cfg.monitoring.update_frequency,
-            "metrics_path": str(cfg.monitoring.metrics_path),
+            "metrics_path": _shown(cfg.monitoring.metrics_path),
             "export_format": cfg.monitoring.export_format,
             "rules": len(cfg.alerts.rules),
             # (a rule of yours named like a built-in replaces it)
@@ -163,13 +193,18 @@ def doctor_command(config_path: str | None, metrics_dir: str | None, no_gpu: boo
         }
         folder = metrics_dir or str(cfg.monitoring.metrics_path)
 
+    from llamamon.store.location import local_root
+
     report = {
-        "system": describe_system(folder),
+        "system": describe_system(local_root(folder)),
         "process": describe_process(),
         "gpu": describe_gpu(enabled=not no_gpu),
         "config": config,
-        "metrics_folder": _metrics_folder(folder),
+        "metrics_folder": _metrics_folder(str(local_root(folder))),
     }
+    bucket = _bucket(folder)
+    if bucket is not None:
+        report["bucket"] = bucket
     if as_json:
         import json
 

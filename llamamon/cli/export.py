@@ -55,13 +55,16 @@ def _one_run(
 ) -> tuple[Path, RunInfo]:
     # Imports here, not at the top: `llamamon --help` must not pay for the store (polars) or the config.
     from llamamon.config import load_config
-    from llamamon.store import open_store
+    from llamamon.store.location import open_location
     from llamamon.store.runs import resolve_runs
 
     if run_ref is not None and latest:
         raise ConfigError("give --run or --latest, not both", path="--latest")
-    folder = open_store(Path(metrics_dir) if metrics_dir else load_config(config_path).monitoring.metrics_path)
+    location = open_location(metrics_dir or load_config(config_path).monitoring.metrics_path)
+    location.pull(set())
+    folder = location.root
     (run,) = resolve_runs(folder, [run_ref] if run_ref is not None else [], latest=run_ref is None)
+    location.pull({run.id})
     return folder, run
 
 

@@ -10,6 +10,8 @@ from llamamon.cli.options import config_option, metrics_dir_option
 from llamamon.errors import ConfigError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from llamamon.config import Config
 
 
@@ -29,12 +31,13 @@ def gc_command(config_path: str | None, metrics_dir: str | None, keep: str | Non
     recorders that were killed, whatever --keep says: their values are frozen and no longer live.
     """
     from llamamon.config import load_config
-    from llamamon.store import open_store
+    from llamamon.store.location import open_location
     from llamamon.store.retention import gc
     from llamamon.units import format_bytes, format_duration, parse_duration
 
     cfg = load_config(config_path)
-    _prune_textfiles(cfg, metrics_dir, dry_run)
+    location = open_location(metrics_dir or cfg.monitoring.metrics_path)
+    _prune_textfiles(cfg, location.root, dry_run)
     if keep is not None:
         seconds = parse_duration(keep, path="--keep")
     elif cfg.monitoring.retention is not None:
@@ -42,18 +45,19 @@ def gc_command(config_path: str | None, metrics_dir: str | None, keep: str | Non
     else:
         # Why: monitoring.yaml's default is to keep everything; deleting data needs an explicit horizon.
         raise ConfigError("no retention set: pass --keep (e.g. --keep 30d) or set monitoring.retention", path="--keep")
-    root = open_store(metrics_dir or cfg.monitoring.metrics_path)
-    freed = gc(root, seconds, dry_run=dry_run)
+    location.pull()  # a bucket's every run: gc removes what it finds expired, locally then remotely
+    with location.tracking():
+        freed = gc(location.root, seconds, dry_run=dry_run)
     click.echo(
         f"{'would free' if dry_run else 'freed'} {format_bytes(freed)} (keeping the last {format_duration(seconds)})"
     )
 
 
-def _prune_textfiles(cfg: Config, metrics_dir: str | None, dry_run: bool) -> None:
+def _prune_textfiles(cfg: Config, metrics_dir: Path, dry_run: bool) -> None:
     from llamamon.prometheus.textfile import prune, stale_textfiles
     from llamamon.store.layout import textfile_folder
 
-    folder = textfile_folder(metrics_dir or cfg.monitoring.metrics_path, cfg.monitoring.textfile_dir)
+    folder = textfile_folder(metrics_dir, cfg.monitoring.textfile_dir)
     grace = cfg.monitoring.textfile_grace
     stale = stale_textfiles(folder, grace) if dry_run else prune(folder, grace)
     for path in stale:

@@ -13,7 +13,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 CONFIG_HELP = "monitoring.yaml to use (default: $LLAMAMON_CONFIG, then ./monitoring.yaml, then built-in defaults)."
-METRICS_DIR_HELP = "Metrics folder (default: monitoring.metrics_path, .metrics)."
+METRICS_DIR_HELP = "Metrics folder, or s3://bucket/prefix (default: monitoring.metrics_path, .metrics)."
 
 
 def config_option(fn: F) -> F:

@@ -74,12 +74,17 @@ def report_command(
     from llamamon.report.config import report_settings
     from llamamon.report.render import render_report
     from llamamon.report.source import resolve_runs
+    from llamamon.store.location import open_location
     from llamamon.units import parse_duration
 
     setup_logging(verbose, quiet)
     settings = report_settings(config_path, metrics_dir)
     since_s = parse_duration(since, path="--since") if since else None
-    runs = resolve_runs(settings.metrics_dir, run_ids, latest=latest, since=since_s)
+    location = open_location(settings.metrics_dir)
+    location.pull(set())  # a bucket's run metadata first, then the partitions of the runs chosen only
+    settings.metrics_dir = location.root
+    runs = resolve_runs(location.root, run_ids, latest=latest, since=since_s)
+    location.pull({run.id for run in runs})
     suffix = ".html" if fmt == "html" else ".md"
     out = Path(output) if output else Path("llamamon-report" + suffix)
     stages = len(dashboards) + 2
@@ -94,7 +99,7 @@ def report_command(
     }
     if sys.stderr.isatty() and not quiet:
         with click.progressbar(length=stages, label="Rendering report", file=sys.stderr) as bar:
-            written = render_report(settings.metrics_dir, runs, out, progress=lambda _label: bar.update(1), **kwargs)
+            written = render_report(location.root, runs, out, progress=lambda _label: bar.update(1), **kwargs)
     else:
-        written = render_report(settings.metrics_dir, runs, out, **kwargs)
+        written = render_report(location.root, runs, out, **kwargs)
     click.echo(str(written))

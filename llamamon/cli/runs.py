@@ -47,14 +47,16 @@ def runs_command(
 
     from llamamon.cli import setup_logging
     from llamamon.config import load_config
-    from llamamon.store import open_store
     from llamamon.store.journal import live_runs
+    from llamamon.store.location import open_location
     from llamamon.store.retention import store_stats
     from llamamon.store.runs import list_runs, run_status, select_runs
     from llamamon.units import format_bytes, format_duration
 
     setup_logging(verbose, quiet)
-    folder = open_store(metrics_dir or load_config(config_path).monitoring.metrics_path)
+    location = open_location(metrics_dir or load_config(config_path).monitoring.metrics_path)
+    location.pull(set())  # a bucket's run metadata; the data of runs that have not ended, below
+    folder = location.root
     tags = parse_tags(tag_pairs)
     runs = list_runs(folder)
     live = live_runs(folder) if any(run.end is None for run in runs) else set()
@@ -69,6 +71,7 @@ def runs_command(
     if unended:
         from llamamon.store.reader import stored_ticks
 
+        location.pull(set(unended))
         samples.update((run_id, stored_ticks(folder, run_id)) for run_id in unended)
 
     def status_text(run: RunInfo) -> str:

@@ -60,7 +60,7 @@ class Thresholds:
 class Monitoring:
     enabled: bool
     update_frequency: float
-    metrics_path: Path
+    metrics_path: Path | str  # a folder, or an object storage URL (s3://bucket/prefix) kept as written
     export_format: str
     textfile_dir: Path | None
     textfile_refresh: float
@@ -145,7 +145,7 @@ class Config:
         return self.monitoring.update_frequency
 
     @property
-    def metrics_path(self) -> Path:
+    def metrics_path(self) -> Path | str:
         return self.monitoring.metrics_path
 
     def where(self, path: str) -> tuple[str, int | None]:
@@ -265,7 +265,7 @@ def _monitoring(check: Checker, value: Any) -> Monitoring:
     return Monitoring(
         enabled=check.boolean(m["enabled"], "monitoring.enabled"),
         update_frequency=check.duration(m["update_frequency"], "monitoring.update_frequency", positive=True),
-        metrics_path=Path(check.string(m["metrics_path"], "monitoring.metrics_path")),
+        metrics_path=_metrics_path(check.string(m["metrics_path"], "monitoring.metrics_path")),
         export_format=export_format,
         textfile_dir=Path(check.string(textfile, "monitoring.textfile_dir")) if textfile is not None else None,
         textfile_refresh=refresh,
@@ -290,6 +290,11 @@ def _monitoring(check: Checker, value: Any) -> Monitoring:
         ),
         secret_options=secret_options,
     )
+
+
+def _metrics_path(text: str) -> Path | str:
+    """A URL (``s3://bucket/prefix``) stays a string: ``Path`` would fold its ``//``; the store checks it."""
+    return text if "://" in text else Path(text)
 
 
 def _alerts(check: Checker, value: Any) -> Alerts:

@@ -12,7 +12,7 @@ from llamamon.report.data import AlertReplay, Thresholds, thresholds_from_config
 
 @dataclass(slots=True)
 class ReportSettings:
-    metrics_dir: Path
+    metrics_dir: Path | str  # a folder, or a bucket URL the command opens (store.location)
     thresholds: Thresholds
     config: Any = None
 
@@ -29,4 +29,6 @@ def report_settings(config_path: str | None, metrics_dir: str | None) -> ReportS
 
     cfg = load_config(config_path)
     chosen = metrics_dir or os.environ.get("LLAMAMON_METRICS_DIR") or cfg.monitoring.metrics_path
-    return ReportSettings(Path(chosen), thresholds_from_config(cfg), cfg)
+    return ReportSettings(
+        chosen if isinstance(chosen, Path) or "://" in chosen else Path(chosen), thresholds_from_config(cfg), cfg
+    )

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from llamamon.runtime.job_output import JobOutput
     from llamamon.runtime.parquet_route import FoldHelper, ParquetRoute
     from llamamon.samples import Row
+    from llamamon.store.location import Location
     from llamamon.store.writer import StoreWriter
 
 log = logging.getLogger("llamamon.record")
@@ -73,26 +74,31 @@ def record(options: RecordOptions, folder: FoldHelper | None = None) -> int:
         interval = options.interval if options.interval is not None else config.monitoring.update_frequency
         if not interval > 0:
             raise ConfigError(f"must be more than 0 seconds (got {interval})", path="--interval")
-        metrics_dir = Path(options.metrics_dir or config.monitoring.metrics_path).absolute()
-        return Recorder(options, config, metrics_dir, float(interval), route).run()
+        from llamamon.store.location import open_location
+
+        where = options.metrics_dir or config.monitoring.metrics_path
+        local = isinstance(where, Path) or "://" not in where
+        # A bucket is not asked anything before the job starts: a problem with it is a warning, later.
+        location = open_location(Path(where).absolute() if local else where, sync=False)
+        return Recorder(options, config, location, float(interval), route).run()
     finally:
         route.stop()  # done with it already, or the run ended early
 
 
 class Recorder:
     def __init__(
-        self, options: RecordOptions, config: Config, metrics_dir: Path, interval: float, route: ParquetRoute
+        self, options: RecordOptions, config: Config, location: Location, interval: float, route: ParquetRoute
     ) -> None:
         from llamamon.collectors.custom import load_collectors
         from llamamon.collectors.system import SystemCollector
         from llamamon.runtime.run_info import new_run_info
-        from llamamon.store import open_store
+        from llamamon.runtime.shipper import Shipper
 
         self.options = options
         self.config = config
         self.interval = interval
         self._stamps = TickStamps(interval)  # tick times on the grid, within 2 ms (ticker.py)
-        self.metrics_dir = open_store(metrics_dir)
+        self.metrics_dir = location.root  # a bucket's local mirror: the journal and Parquet files are written here
         self._system = SystemCollector(self.metrics_dir)
         self._system.prime()  # its first window runs while the rest starts up: no wait at the first sample
         self.host = this_host()
@@ -114,6 +120,7 @@ class Recorder:
         self.live = LiveRun(config, self.metrics_dir, self.info.id, self.host, alerts=options.alerts)
         self._job_ended: float | None = None  # set before the sampler is told to stop
         self._route = route
+        self._shipper = Shipper(location, self.info.id)
 
     # -- main thread ------------------------------------------------------------------------------
 
@@ -139,6 +146,7 @@ class Recorder:
                     write_run(self.metrics_dir, info)  # listed by `llamamon runs` from the start
                 except OSError as exc:
                     log.warning("cannot write run metadata: %s", exc)  # the job is running: keep recording
+                self._shipper.start()
                 sampler = LoopThread(lambda stop: self._sample(stop, child.pid, born), name="llamamon-sampler")
                 sampler.start()
                 try:
@@ -148,6 +156,7 @@ class Recorder:
                         output.end()
                 finally:
                     sampler.stop()
+                self._shipper.pause()  # the run's end may compact the files it would be shipping
                 self._route.finish(self.metrics_dir, info.id)
                 info.end, info.exit_code, info.signal = self._job_ended, result.exit_code, result.signal
                 info.samples = self.samples
@@ -155,6 +164,7 @@ class Recorder:
                     write_run(self.metrics_dir, info)
                 except OSError as exc:
                     log.error("cannot write run metadata: %s", exc)  # the exit code stays the job's
+                self._shipper.finish()
         finally:
             if output is not None:
                 output.close()

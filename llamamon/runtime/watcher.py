@@ -10,6 +10,7 @@ Rendering belongs to the CLI: each tick hands it a ``Snapshot``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -74,16 +75,33 @@ class Snapshot:
 def watch(options: WatchOptions, on_tick: Callable[[Snapshot], None]) -> int:
     """Watch until stopped (SIGINT/SIGTERM) or, with ``once``, for one tick; returns the exit status."""
     from llamamon.config import load_config
-    from llamamon.store import open_store
+    from llamamon.store.location import open_location
+    from llamamon.store.runs import list_runs
 
     config = load_config(options.config_path)
     interval = options.interval if options.interval is not None else config.monitoring.update_frequency
     if not interval > 0:
         raise ConfigError(f"must be more than 0 seconds (got {interval})", path="--interval")
-    metrics_dir = open_store(Path(options.metrics_dir or config.monitoring.metrics_path).absolute())
+    location = open_location(_absolute(options.metrics_dir or config.monitoring.metrics_path))
+    location.pull(set())  # a bucket: its run metadata first, to resolve the runs asked for
+    metrics_dir = location.root
     only = _resolve(metrics_dir, options.runs) if options.runs else None
-    watcher = Watcher(config, metrics_dir, float(interval), only=only, gpu=options.gpu, on_tick=on_tick)
+
+    def pull() -> None:
+        """A bucket's metadata, then the partitions of the runs watched (those asked for, else the running)."""
+        location.pull(set())
+        location.pull(only if only is not None else {r.id for r in list_runs(metrics_dir) if r.end is None})
+
+    pull()
+    refresh = pull if location.bucket is not None else None
+    watcher = Watcher(
+        config, metrics_dir, float(interval), only=only, gpu=options.gpu, on_tick=on_tick, refresh=refresh
+    )
     return asyncio.run(watcher.main(once=options.once))
+
+
+def _absolute(where: str | Path) -> str | Path:
+    return where if isinstance(where, str) and "://" in where else Path(where).absolute()
 
 
 def _resolve(metrics_dir: Path, refs: Iterable[str]) -> set[str]:
@@ -91,6 +109,9 @@ def _resolve(metrics_dir: Path, refs: Iterable[str]) -> set[str]:
 
     runs = list_runs(metrics_dir)
     return {resolve_run(metrics_dir, ref, runs).id for ref in refs}
+
+
+PULL_EVERY_S = 10.0  # how often watch brings a bucket's new files into its mirror
 
 
 class Watcher:
@@ -103,8 +124,12 @@ class Watcher:
         only: set[str] | None = None,
         gpu: bool = True,
         on_tick: Callable[[Snapshot], None],
+        refresh: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        self._refresh = refresh  # a bucket's pull, in a thread every PULL_EVERY_S (never awaited by a tick)
+        self._pulling: asyncio.Future[None] | None = None
+        self._next_pull = 0.0
         self.metrics_dir = metrics_dir
         self.interval = interval
         self.gpu = gpu
@@ -129,6 +154,16 @@ class Watcher:
                 refresh=config.monitoring.textfile_refresh,
                 grace=config.monitoring.textfile_grace,
             )
+
+    def _pull(self, now: float) -> None:
+        """Start the next pull of the bucket when due and the last one is done; say a failure once."""
+        if self._refresh is None or now < self._next_pull or (self._pulling is not None and not self._pulling.done()):
+            return
+        if self._pulling is not None and self._pulling.exception() is not None and "pull" not in self._failed:
+            self._failed.add("pull")
+            log.warning("pulling the bucket failed: %s (logged once; watching goes on)", self._pulling.exception())
+        self._next_pull = now + PULL_EVERY_S
+        self._pulling = asyncio.ensure_future(asyncio.to_thread(self._refresh))
 
     def _show(self, rows: Iterable[Row], run: str, host: str) -> None:
         """The latest value of each shown series (VIEW_METRICS), for the live view."""
@@ -158,6 +193,9 @@ class Watcher:
                 loop.remove_signal_handler(sig)
             await collectors.close()
             await self.live.close()
+            if self._pulling is not None:
+                with contextlib.suppress(Exception):  # said already, or the next watch says it
+                    await self._pulling
             if self.textfile is not None:
                 try:  # watch's file goes (or says llamamon_run_active 0 for its grace): nothing it showed looks live
                     self.textfile.finish()
@@ -191,6 +229,7 @@ class Watcher:
             log.warning("reading recorded runs failed: %s", exc)
         for batch in batches:
             self._show(*batch)
+        self._pull(now)
         changes = await self.live.tick(now)
         self._forget(now)
         firing = self.live.firing_events(now)

@@ -11,6 +11,7 @@ gc agree on one layout::
     <metrics_dir>/alerts/state.json                        notifications sent (record and watch share it)
     <metrics_dir>/alerts/engine-<scope>.json               a live evaluator's alert states (``watch``)
     <metrics_dir>/prometheus/llamamon-<host>-<name>.prom   unless monitoring.textfile_dir says elsewhere
+    <metrics_dir>/_shipped.jsonl                           a bucket mirror's ledger (store/location.py)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ TEXTFILE_DIR = "prometheus"
 DATA_SUFFIX = ".parquet"
 JOURNAL_SUFFIX = ".jsonl"
 COMPACT_PREFIX = "compact-"
+SHIPPED_LEDGER = "_shipped.jsonl"
 
 RUN_ID_RE = re.compile(r"^(?P<stamp>\d{8}T\d{6}Z)-(?P<host>[A-Za-z0-9-]{1,32})-(?P<token>[0-9a-f]{4})$")
 _HOST_BAD = re.compile(r"[^A-Za-z0-9-]+")
@@ -138,6 +140,11 @@ def run_file(metrics_dir: Path, run_id: str) -> Path:
 
 def compaction_dir(metrics_dir: Path) -> Path:
     return Path(metrics_dir) / COMPACT_DIR
+
+
+def shipped_ledger(metrics_dir: Path) -> Path:
+    """A bucket mirror's record of the files it shipped or downloaded (store/location.py)."""
+    return Path(metrics_dir) / SHIPPED_LEDGER
 
 
 def alert_ledger_file(metrics_dir: Path) -> Path:
