@@ -93,6 +93,15 @@ CASES = {
     "inference_timeouts": (series("timeout_rate", [0.01] * 91), series("timeout_rate", [0.0] * 91)),
     "batch_queue_high": (series("batch_queue_size", [101] * 91), series("batch_queue_size", [100] * 91)),
     "loss_not_finite": (series("loss", [1.0, math.nan, 0.5]), series("loss", [1.0, 0.9, 0.5])),
+    # three ranks; rank 2 steps 1.26 (1.24) times slower than the median rank
+    "training_straggler": tuple(
+        [
+            row
+            for r in range(3)
+            for row in series("step", [i / (slow if r == 2 else 1) for i in range(91)], labels={"rank": str(r)})
+        ]
+        for slow in (1.26, 1.24)
+    ),
 }
 
 
