@@ -200,7 +200,8 @@ def _aggregate_matching(node: Binary) -> str | None:
     match = f" {'on' if agg.by else 'ignoring'}({', '.join(agg.labels)})"
     if node.op in ("and", "unless"):
         return match
-    return match + (" group_right" if left is not None else " group_left")
+    # Why "()": a "(" after a bare group_left would be read as its label list.
+    return match + (" group_right()" if left is not None else " group_left()")
 
 
 def _matching(node: Binary) -> str:
