@@ -5,7 +5,9 @@ run (as each node's `llamamon record` makes one), written with the store's write
 One rank 30% slower than the others fires, naming that rank and host; a balanced job whose steps jitter
 by +-10% never does, and its ratio to the median stays far from the threshold (the margin is what makes
 "never" hold for other seeds too). With two ranks the median is their mean, so a rank fires only when it
-is 2R - 1 = 1.5 times slower than the other (docs/alerts.md).
+is 2R - 1 = 1.5 times slower than the other (docs/alerts.md). Last, the same job as 8 real processes
+logging with llamamon.log under the launcher's environment (RANK, LOCAL_RANK, WORLD_SIZE, a host each
+node), their clock injected so that 30 minutes of steps take a second.
 """
 
 from __future__ import annotations
@@ -126,3 +128,50 @@ def test_a_single_process_job_without_ranks_never_fires(metrics_dir: Path) -> No
         rows = [Row(T0 + i * step_s * 5, "training", "step", float(i * 5), (), i * 5) for i in range(400)]
         write_partitions(metrics_dir, _run_id(node), f"node{node}", "w-1", rows)
     assert replayed(metrics_dir, straggler_rule()) == []
+
+
+JOB = """
+import os, random, time
+import llamamon, llamamon.api
+
+# The job's clock, injected: 30 simulated minutes of steps that end now, written in well under a second,
+# flushed every 60 steps as the background flush would every second of a real job (a step row each).
+rank = int(os.environ["RANK"])
+rng = random.Random(rank)
+factor = float(os.environ.get("SLOW_FACTOR", "1"))
+clock = [time.time() - 1800]
+llamamon.api._time = lambda: clock[0]
+step = 0
+while clock[0] < time.time():
+    if step % 5 == 0:
+        llamamon.log(loss=1.0 / (1 + step), step=step)
+    if step % 60 == 0:
+        llamamon.api.flush()
+    clock[0] += 0.5 * factor * rng.uniform(0.9, 1.1)
+    step += 1
+"""
+
+
+@pytest.mark.parametrize("slow", [None, 5])
+def test_a_job_of_8_ranks_on_4_nodes_logging_with_the_launchers_environment(tmp_path: Path, slow: int | None) -> None:
+    """8 real processes logging with llamamon.log, each with RANK/LOCAL_RANK/WORLD_SIZE as torchrun sets
+    them and its node's host name (LLAMAMON_HOST), each its own run in one metrics folder: the rank made
+    30% slower is the one alert, named by rank and host; the balanced job has none."""
+    import subprocess
+    import sys
+
+    from conftest import llamamon_env
+
+    script = tmp_path / "job.py"
+    script.write_text(JOB)
+    procs = []
+    for rank in range(NODES * PER_NODE):
+        env = llamamon_env(RANK=str(rank), LOCAL_RANK=str(rank % PER_NODE), WORLD_SIZE=str(NODES * PER_NODE))
+        env["LLAMAMON_HOST"] = f"node{rank // PER_NODE}"
+        env["SLOW_FACTOR"] = "1.3" if rank == slow else "1"
+        procs.append(subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, stderr=subprocess.PIPE))
+    errors = [proc.communicate(timeout=120)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * len(procs), b"".join(errors).decode()
+    code, fired = alerts_test(tmp_path / ".metrics", tmp_path)
+    got = sorted((a["labels"]["rank"], a["labels"]["local_rank"], a["host"]) for a in fired)
+    assert (code, got) == ((1, [("5", "1", "node2")]) if slow else (0, []))
