@@ -200,8 +200,7 @@ def _aggregate_matching(node: Binary) -> str | None:
     match = f" {'on' if agg.by else 'ignoring'}({', '.join(agg.labels)})"
     if node.op in ("and", "unless"):
         return match
-    # Why "()": a "(" after a bare group_left would be read as its label list.
-    return match + (" group_right()" if left is not None else " group_left()")
+    return match + (" group_right()" if left is not None else " group_left()")  # (the "()": see _matching)
 
 
 def _matching(node: Binary) -> str:
@@ -228,7 +227,8 @@ def _matching(node: Binary) -> str:
             f"({', '.join(sorted(left - right))} / {', '.join(sorted(right - left))}); "
             "PromQL cannot pair such series one to many"
         )
-    return on + (" group_left" if smaller == right else " group_right")
+    # Why "()": a "(" after a bare group_left (``x > on(host) group_left (y * 2)``) is read as its label list.
+    return on + (" group_left()" if smaller == right else " group_right()")
 
 
 def mismatch_warnings(node: Node) -> list[str]:
