@@ -39,6 +39,7 @@ def test_defaults_are_the_issue_values_when_no_file_exists():
         2.0,
         1e-6,
     )
+    assert t.training.straggler_ratio == 1.25
     assert (t.inference.latency_max, t.inference.timeout, t.inference.batch_queue_max) == (1000, 30, 100)
     rules = cfg.alerts.rules
     assert rules["memory_usage"].condition == "memory_usage > 0.90"
@@ -120,6 +121,10 @@ def test_own_rules_replace_the_example_rules(tmp_path):
         (
             "alerts:\n  channels:\n    pager: {url: x}\n",
             "monitoring.yaml:3: alerts.channels.pager: must be one of slack, email, webhook, alertmanager (got 'pager')",
+        ),
+        (
+            "monitoring:\n  thresholds:\n    training:\n      straggler_ratio: 0.8\n",
+            "monitoring.yaml:4: monitoring.thresholds.training.straggler_ratio: must be at least 1.01 (got 0.8)",
         ),
         ("monitorin: {}\n", 'monitoring.yaml:1: monitorin: unknown key (did you mean "monitoring"?)'),
         (

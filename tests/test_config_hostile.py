@@ -168,7 +168,7 @@ def test_an_unset_variable_in_a_channel_a_rule_uses_is_a_warning_and_strict_fail
       builtin: {memory_warning: false, memory_critical: false, gpu_underutilized: false, gpu_memory_high: false, gpu_xid_error: false,
         validation_loss_high: false, learning_rate_low: false, loss_plateau: false, train_loss_plateau: false,
         inference_latency_high: false,
-        inference_timeouts: false, batch_queue_high: false, loss_not_finite: false}
+        inference_timeouts: false, batch_queue_high: false, loss_not_finite: false, training_straggler: false}
     """
     env = {k: v for k, v in llamamon_env().items() if k != "LLAMAMON_TEST_UNSET_URL"}
     code, err, path = check(tmp_path, text, env=env)

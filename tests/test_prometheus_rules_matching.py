@@ -31,6 +31,8 @@ alerts:
       condition: "memory_used < gpu_memory_used"
     vram_share:
       condition: "gpu_memory_used / memory_used > 1.5"
+    vram_over_half_ram:
+      condition: "gpu_memory_used > memory_available * 0.5"
     busy_unless_loaded:
       condition: "gpu_utilization > 0.5 unless load1 > 8"
 """
@@ -40,6 +42,7 @@ ALERTS = (
     "vram_over_ram",
     "ram_under_vram",
     "vram_share",
+    "vram_over_half_ram",
     "busy_unless_loaded",
 )
 
@@ -94,8 +97,10 @@ def test_two_metrics_with_different_labels_fire_alike_in_promtool_and_llamamon(t
     assert exported.stderr == b""  # every rule here translates faithfully: nothing skipped, nothing warned
     text = (tmp_path / "exported.yml").read_text()
     assert "(llamamon_gpu_utilization_ratio < 0.2) and on(host, run) (llamamon_memory_usage_ratio > 0.9)" in text
-    assert "llamamon_gpu_memory_used_bytes > on(host, run) group_left llamamon_memory_available_bytes" in text
-    assert "llamamon_memory_used_bytes < on(host, run) group_right llamamon_gpu_memory_used_bytes" in text
+    assert "llamamon_gpu_memory_used_bytes > on(host, run) group_left() llamamon_memory_available_bytes" in text
+    assert "llamamon_memory_used_bytes < on(host, run) group_right() llamamon_gpu_memory_used_bytes" in text
+    # (a bare group_left before "(" would be read as its label list: promtool refused this one)
+    assert "llamamon_gpu_memory_used_bytes > on(host, run) group_left() (llamamon_memory_available_bytes * 0.5)" in text
     (tmp_path / "probe.yaml").write_text(yaml.safe_dump(_doc("exported.yml", None)))
     probe = subprocess.run([promtool, "test", "rules", "probe.yaml"], cwd=tmp_path, capture_output=True, text=True)
     truth = _got(probe.stdout + probe.stderr)

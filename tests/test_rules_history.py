@@ -98,6 +98,15 @@ CASES = {
     "inference_timeouts": (series("timeout_rate", [0.01] * 91), series("timeout_rate", [0.0] * 91)),
     "batch_queue_high": (series("batch_queue_size", [101] * 91), series("batch_queue_size", [100] * 91)),
     "loss_not_finite": (series("loss", [1.0, math.nan, 0.5]), series("loss", [1.0, 0.9, 0.5])),
+    # three ranks; rank 2 steps 1.26 (1.24) times slower than the median rank
+    "training_straggler": tuple(
+        [
+            row
+            for r in range(3)
+            for row in series("step", [i / (slow if r == 2 else 1) for i in range(91)], labels={"rank": str(r)})
+        ]
+        for slow in (1.26, 1.24)
+    ),
 }
 
 
@@ -525,3 +534,46 @@ def test_partner_positions_agree_with_a_binary_search(series_ticks: list[list[in
     hit = rkey[ref] == lkey
     assert (rkey[pos] == lkey).tolist() == hit.tolist()
     assert pos[hit].tolist() == ref[hit].tolist()
+
+
+# --- aggregations across series -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        # (gpu 0..3 on two hosts: 1, 2, 3 and NaN on a; 10, 20 on b; the run is r1 everywhere)
+        ("sum by (host) (gpu_utilization)", {(("host", "a"),): math.nan, (("host", "b"),): 30.0}),
+        ("count by (host) (gpu_utilization)", {(("host", "a"),): 4.0, (("host", "b"),): 2.0}),
+        (
+            "max without (gpu) (gpu_utilization)",
+            {(("host", "a"), ("run", "r1")): 3.0, (("host", "b"), ("run", "r1")): 20.0},
+        ),
+        ("min by () (gpu_utilization)", {(): 1.0}),  # NaN skipped
+        ("quantile by () (0.5, gpu_utilization)", {(): 2.5}),  # NaN sorts first: NaN 1 2 3 10 20
+        ("avg by (run) (gpu_utilization > 1)", {(("run", "r1"),): 8.75}),  # only where it holds: 2 3 10 20
+        ("count by (host) (gpu_utilization > 5)", {(("host", "b"),): 2.0}),  # a group with none has no result
+    ],
+)
+def test_aggregations_group_and_combine_as_promql(text: str, want: dict) -> None:
+    rows = [(0, "gpu_utilization", v, {"gpu": str(i)}) for i, v in enumerate([1.0, 2.0, 3.0, math.nan])]
+    f = pl.concat(
+        [
+            frame(rows, host="a"),
+            frame([(0, "gpu_utilization", v, {"gpu": str(i)}) for i, v in enumerate([10.0, 20.0])], host="b"),
+        ]
+    )
+    vec = Compiler(prepare(f, ["gpu_utilization"]), grid(0), LOOKBACK).eval(lang.parse(text).tree)
+    got = {tuple(sorted(vec.labels[sid].items())): v for _k, sid, v, _ok in vec.df.iter_rows()}
+    assert got.keys() == want.keys()
+    assert all(got[k] == pytest.approx(v, nan_ok=True) for k, v in want.items()), got
+
+
+def test_a_rank_against_the_median_pairs_with_its_own_series() -> None:
+    """``x / quantile without (rank) (0.5, x)``: one result per rank, with the rank's labels."""
+    rows = [(0, "step", v, {"rank": str(i)}) for i, v in enumerate([10.0, 12.0, 30.0])]
+    vec = Compiler(prepare(frame(rows), ["step"]), grid(0), LOOKBACK).eval(
+        lang.parse("step / quantile without (rank) (0.5, step)").tree
+    )
+    got = {vec.labels[sid]["rank"]: v for _k, sid, v, _ok in vec.df.iter_rows()}
+    assert got == {"0": pytest.approx(10 / 12), "1": 1.0, "2": 2.5}

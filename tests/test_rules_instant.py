@@ -58,6 +58,7 @@ alerts:
     inference_timeouts: false
     batch_queue_high: false
     loss_not_finite: false
+    training_straggler: false
 """
 
 # raw metric name -> the labels its series carry (an alias stores under its own raw name)
@@ -92,6 +93,10 @@ NUMBERS = ["0", "1", "0.5", "2", "-1", "100", "250", "inf", "nan", "1e6", "50%",
 NUMBERS += ["(0 / 0)", "-(2 * 3)", "(1 + 1)"]
 EDGES = [0.0, 0.5, 1.0, 7.5, 10.0, 30.0, 60.0, 150.0, 300.0, 302.5, 305.0, 450.0, 600.0]
 WINDOW_FUNCS = ["avg", "min", "max", "sum", "count", "rate", "delta", "increase", "p50", "p90", "p95", "p99"]
+# aggregations across series: what each groups by (labels the data has, and ones it lacks)
+AGGREGATIONS = ["sum", "avg", "min", "max", "count", "quantile"]
+GROUPINGS = ["by ()", "without ()", "by (host)", "without (run)", "without (rank, run, host)", "by (gpu, run)"]
+GROUPINGS += ["without (le)", "by (nothing)"]
 
 number = st.sampled_from(NUMBERS)
 
@@ -110,11 +115,33 @@ def _combine(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
         st.builds(lambda a, op, b: f"({a} {op} {b})", inner, cmp, inner),
         st.builds(lambda f, v: f"{f}({v})", st.sampled_from(["isnan", "isinf", "isfinite"]), inner),
         st.builds(lambda v: f"(not {v})", inner),
+        st.builds(_aggregation, st.sampled_from(AGGREGATIONS), st.sampled_from(GROUPINGS), inner),
+        # over the series where a comparison holds; and a series against its group's aggregate
+        st.builds(
+            lambda op, g, a, c, n: _aggregation(op, g, f"({a} {c} {n})"),
+            st.sampled_from(AGGREGATIONS),
+            st.sampled_from(GROUPINGS),
+            inner,
+            cmp,
+            number,
+        ),
+        st.builds(
+            lambda a, op, agg, g: f"({a} {op} {_aggregation(agg, g, a)})",
+            inner,
+            st.sampled_from(["/", "-", ">", "<=", "and", "unless"]),
+            st.sampled_from(AGGREGATIONS),
+            st.sampled_from(GROUPINGS),
+        ),
         st.builds(lambda a, op, b: f"({a} {op} {b})", inner, st.sampled_from(["and", "or", "unless"]), inner),
         # the same series on both sides: merged by or, partnered by and/unless
         st.builds(lambda v, op: f"({v} {op} -({v}))", inner, st.sampled_from(["and", "or", "unless"])),
         st.builds(lambda v, op: f"({v} {op} ({v} > 1))", inner, st.sampled_from(["and", "or", "unless"])),
     )
+
+
+def _aggregation(op: str, grouping: str, inner: str) -> str:
+    # (an inner condition that holds nowhere has nothing to aggregate: the result has no series)
+    return f"{op} {grouping} ({'0.5, ' if op == 'quantile' else ''}{inner})"
 
 
 def conditions_over(names: list[str]) -> st.SearchStrategy[str]:
@@ -311,19 +338,21 @@ PALETTE = [0.0, 1e-7, 0.05, 0.5, 0.85, 0.92, 0.97, 1.5, 3.0, 150.0, 2000.0, math
 TIMINGS = [None, (30.0, 0.0), (0.0, 45.0), (20.0, 25.0)]  # (for, keep_firing_for); None: the rule's own
 
 
-def flapping(metrics: list[str], seed: int, for_: float) -> list[tuple[float, str, float]]:
-    """Blocks of 20 s to 7 min (longer for a long ``for``) of one value per metric, sampled every 2 s from T0."""
+def flapping(metrics: list[str], seed: int, for_: float, ranks: int = 0) -> list[tuple[float, str, float, tuple]]:
+    """Blocks of 20 s to 7 min (longer for a long ``for``) of one value per metric, sampled every 2 s from T0;
+    ``ranks``: that many series of each, labelled rank 0, 1, ..., each flapping on its own."""
     import random
 
     rng = random.Random(seed)
     rows = []
     span = 1800 + 4 * int(for_)
     for metric in metrics:
-        t = 0
-        while t < span:
-            value, length = rng.choice(PALETTE), rng.randrange(20, 420 + 2 * int(for_), 2)
-            rows += [(T0 + u, metric, value) for u in range(t, min(t + length, span + 1), 2)]
-            t += length
+        for labels in [make_labels({"rank": str(r)}) for r in range(ranks)] or [()]:
+            t = 0
+            while t < span:
+                value, length = rng.choice(PALETTE), rng.randrange(20, 420 + 2 * int(for_), 2)
+                rows += [(T0 + u, metric, value, labels) for u in range(t, min(t + length, span + 1), 2)]
+                t += length
     return sorted(rows)
 
 
@@ -343,7 +372,7 @@ def test_every_builtin_rule_fires_and_resolves_live_as_replayed(name, timing, me
     from llamamon.rules.builtin import rules_from_config
     from llamamon.rules.history import replay
     from llamamon.rules.lang import parse
-    from llamamon.rules.tree import metric_names
+    from llamamon.rules.tree import metric_names, selectors
 
     text, for_, keep = BUILTIN[name]
     for_, keep = (for_, keep) if timing is None else timing
@@ -355,10 +384,13 @@ def test_every_builtin_rule_fires_and_resolves_live_as_replayed(name, timing, me
         alerts=replace(base.alerts, rules={name: rule}),
         monitoring=replace(base.monitoring, update_frequency=STEP_S),
     )
-    metrics = sorted(metric_names(parse(text).tree))
+    tree = parse(text).tree
+    metrics = sorted(metric_names(tree))
+    # Why ranks: a rule across ranks (training_straggler) compares series told apart by their rank label.
+    ranks = 3 if any(m.label == "rank" for sel in selectors(tree) for m in sel.matchers) else 0
     for seed in range(60):  # the first samples that break the rule at least once (deterministic)
         # (odd seeds: the first metric alone, for rules that an absent metric lets fire, `... unless x`)
-        rows = flapping(metrics if seed % 2 == 0 else metrics[:1], seed, for_)
+        rows = flapping(metrics if seed % 2 == 0 else metrics[:1], seed, for_, ranks)
         if replay(rules_from_config(cfg), store_frame(rows), step_s=STEP_S, ends={RUN: rows[-1][0] + 0.5}):
             break
     end = rows[-1][0] + 0.5  # the run ends just after its last sample, as record ends it
@@ -370,7 +402,7 @@ def test_every_builtin_rule_fires_and_resolves_live_as_replayed(name, timing, me
         while i < len(rows) and rows[i][0] <= now:
             batch.append(rows[i])
             i += 1
-        live.add([Row(t, "custom", m, v, (), None) for t, m, v in batch], RUN, "box")
+        live.add([Row(t, "custom", m, v, labels, None) for t, m, v, labels in batch], RUN, "box")
         events += live.evaluate(now)[0]
         now += STEP_S
     events += live.evaluate(live.end_run(RUN, end))[0]
@@ -396,12 +428,13 @@ def test_every_builtin_rule_fires_and_resolves_live_as_replayed(name, timing, me
 RUN = "20260911T000000Z-box-0001"
 
 
-def store_frame(rows: list[tuple[float, str, float]]) -> pl.DataFrame:
+def store_frame(rows: list[tuple[float, str, float, tuple]]) -> pl.DataFrame:
     return pl.DataFrame(
         {
-            "time": [round(t * US) for t, _, _ in rows],
-            "metric": [m for _, m, _ in rows],
-            "value": [v for _, _, v in rows],
+            "time": [round(row[0] * US) for row in rows],
+            "metric": [row[1] for row in rows],
+            "value": [row[2] for row in rows],
+            "labels": [labels_to_str(row[3]) for row in rows],
             "run": [RUN] * len(rows),
             "host": ["box"] * len(rows),
         }

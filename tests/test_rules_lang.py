@@ -37,6 +37,16 @@ from llamamon.rules import lang, tree
         ("val_loss > 2", "(val_loss > 2)"),
         ("not isfinite(loss)", "not isfinite(loss)"),
         ("x > inf or x != NaN", "((x > inf) or (x != NaN))"),
+        # aggregations across series, PromQL's spelling (by/without required: avg(x, 5m) is a window)
+        (
+            "quantile without (rank, host) (0.5, rate(step, 10m)) / rate(step, 10m) > 1.25",
+            "((quantile without (rank, host) (0.5, rate(step, 10m)) / rate(step, 10m)) > 1.25)",
+        ),
+        ("sum by (host) (gpu_power) > 1000", "(sum by (host) (gpu_power) > 1000)"),
+        ("count without () (x > 1) >= 3", "(count without () ((x > 1)) >= 3)"),
+        ("avg by(gpu,)(x) < avg(x, 5m)", "(avg by (gpu) (x) < avg(x, 5m))"),
+        # the aggregate keeps its argument's unit: 1s next to latency (ms) is 1000
+        ("max by (model) (p95(inference_latency, 5m)) > 1s", "(max by (model) (p95(inference_latency, 5m)) > 1000)"),
     ],
 )
 def test_parse_and_render(text: str, canonical: str) -> None:
@@ -85,6 +95,14 @@ def test_error_points_at_the_column_with_caret() -> None:
         ("x > 1 and 2", "'and' joins conditions on metrics, not numbers at column 11"),
         ("x > 1 $", "unexpected '$' at column 7"),
         ("((x > 1)", "unexpected end of condition at column 9: expected ')'"),
+        ("quantile by (rank) (x) > 1", "quantile by/without needs a number from 0 to 1 first at column 21"),
+        ("quantile by (rank) (1.5, x) > 1", "quantile by/without needs a number from 0 to 1 first at column 21"),
+        ("quantile by (rank) (50%, x) > 1", "quantile by/without needs a number from 0 to 1 first at column 21"),
+        ('sum by ("rank") (x) > 1', "unexpected '\"rank\"' at column 9: expected a label name"),
+        ("sum by (rank host) (x) > 1", "unexpected 'host' at column 14: expected ',' or ')'"),
+        ("sum without (rank) (1) > x", "sum without needs a metric to aggregate at column 1"),
+        ("sum by (rank) x > 1", "unexpected 'x' at column 15: expected '('"),
+        ("sum by (rank) (x, 5m) > 1", "unexpected ',' at column 17: expected ')'"),
     ],
 )
 def test_errors(text: str, message: str) -> None:
@@ -141,6 +159,10 @@ ALPHABET = st.sampled_from(
         "avg(",
         "p95(",
         "quantile(",
+        "sum ",
+        " by (",
+        " without (",
+        "rank",
         "5m",
         "ms",
         "GiB",

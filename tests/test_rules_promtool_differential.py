@@ -290,3 +290,114 @@ def test_generated_cases_agree_with_promtool(tmp_path: Path, seed: int) -> None:
     ]
     print(f"seed {seed}: {_cases(doc)} cases, {len(truth)} with alerts, {len(disagreements)} disagreements")
     assert not disagreements, f"{len(disagreements)} of {_cases(doc)} cases disagree:\n" + "\n".join(disagreements[:15])
+
+
+# --- aggregations across series ------------------------------------------------------------------------
+
+AGGREGATIONS = ("sum", "avg", "min", "max", "count", "quantile")
+GROUPINGS = ("by ()", "without ()", "by (gpu)", "without (gpu)")
+
+
+def _aggregated(rng: random.Random) -> str:
+    """An aggregation over a gauge's two gpu series: compared with a number, over a comparison, or a series
+    against its group's aggregate (a straggler's shape: ``x / median without (gpu) (x)``)."""
+    metric = rng.choice(GAUGES)
+    sel = _selector(rng, metric) if rng.random() < 0.3 else metric
+    func = rng.choice(("avg", "max", "min", "delta", ""))
+    inner = f"{func}({sel}, {rng.choice(WINDOWS)})" if func else sel
+    agg, grouping = rng.choice(AGGREGATIONS), rng.choice(GROUPINGS)
+    q = f"{rng.choice([0, 0.25, 0.5, 1])}, " if agg == "quantile" else ""
+    cmp = rng.choice(("<", "<=", ">", ">="))
+    kind = rng.random()
+    if kind < 0.35:
+        threshold = str(rng.randint(0, 2)) if agg == "count" else _threshold(rng, metric, func or None)
+        return f"{agg} {grouping} ({q}{inner}) {cmp} {threshold}"
+    if kind < 0.55:
+        threshold = str(rng.randint(0, 2)) if agg == "count" else _threshold(rng, metric, None)
+        return f"{agg} {grouping} ({q}{_atom(rng, metric)}) {cmp} {threshold}"
+    agg = rng.choice(("avg", "min", "max", "quantile"))  # (of the series' own unit)
+    q = f"{rng.choice([0, 0.5, 1])}, " if agg == "quantile" else ""
+    grouping = rng.choice(("by ()", "without (gpu)"))
+    if kind < 0.8:
+        return f"{inner} {cmp} {rng.choice([0.5, 0.9, 1, 1.1, 2])} * {agg} {grouping} ({q}{inner})"
+    return f"{agg} {grouping} ({q}{inner}) / {inner} {cmp} {rng.choice([0.5, 0.9, 1.1, 1.25, 2])}"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("seed", SEEDS)
+def test_generated_aggregations_agree_with_promtool(tmp_path: Path, seed: int) -> None:
+    """Rules with an aggregation across series, exported as PromQL's aggregators (a series paired with its
+    group's aggregate ``ignoring``/``on`` the grouping labels, one to many), judged by both tools."""
+    promtool = require_binary("promtool")
+    rng = random.Random(1000 + seed)
+    rules = {f"a{i}": {"condition": _aggregated(rng), "severity": "warning"} for i in range(RULES_PER_FILE)}
+    for rule in rules.values():
+        if rng.random() < 0.3:
+            rule["for"] = rng.choice(["1m", "2m"])
+    builtin = {"loss_plateau": False, "validation_loss_high": False}
+    config = {"metrics": ["my_metric"], "alerts": {"builtin": builtin, "rules": rules}}
+    truth, got, cases = _judge(tmp_path, promtool, config, _groups(rng, list(rules)))
+    assert len(truth) >= 50, sorted(truth)[:5]
+    fired = {name for _, name, _ in truth}
+    assert len(fired) >= RULES_PER_FILE // 4, sorted(fired)  # the scenario is not trivial
+    disagreements = [
+        f"{key}: {rules[key[1]]}\n  promtool: {truth.get(key)}\n  llamamon: {got.get(key)}"
+        for key in sorted(set(truth) | set(got))
+        if truth.get(key, []) != got.get(key, [])
+    ]
+    print(f"seed {seed}: {cases} cases, {len(truth)} with alerts, {len(disagreements)} disagreements")
+    assert not disagreements, f"{len(disagreements)} of {cases} cases disagree:\n" + "\n".join(disagreements[:15])
+
+
+def _judge(tmp_path: Path, promtool: str, config: dict, groups: list[dict]) -> tuple[dict, dict, int]:
+    """Export ``config``'s rules, run both tools on ``groups`` (every case expects nothing): what fired."""
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    exported = run_llamamon("alerts", "export", "--config", "rules.yaml", "-o", "exported.yml", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr.decode()
+    assert b"not exported" not in exported.stdout + exported.stderr  # every generated rule has a PromQL twin
+    for rule_file, name in (("exported.yml", "prom.yaml"), ("rules.yaml", "ours.yaml")):
+        doc = {"rule_files": [rule_file], "evaluation_interval": "1m", "tests": groups}
+        (tmp_path / name).write_text(yaml.safe_dump(doc, sort_keys=False))
+    prom = subprocess.run([promtool, "test", "rules", "prom.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    ours = run_llamamon("alerts", "test", "--unit", "ours.yaml", cwd=tmp_path, timeout=300)
+    prom_report = prom.stdout + prom.stderr
+    assert "error" not in prom_report, prom_report[-3000:]
+    assert "Traceback" not in ours.stderr.decode(), ours.stderr.decode()[-3000:]
+    return _report(prom_report), _report(ours.stdout.decode()), _cases(doc)
+
+
+def _ranks(per_minute: tuple[int, ...], ends: int, minutes: int = 45) -> list[dict]:
+    """promtool input series: llamamon_step of 2 ranks per node (a run each), node 0's run ending (its
+    steps frozen, its llamamon_run_active 0) after ``ends`` minutes."""
+    series = []
+    for rank, rate in enumerate(per_minute):
+        node = rank // 2
+        labels = f'rank="{rank}", local_rank="{rank % 2}", host="n{node}", run="r{node}"'
+        values = f"0+{rate}x{minutes}" if node or ends >= minutes else f"0+{rate}x{ends} {rate * ends}x{minutes - ends}"
+        series.append({"series": f"llamamon_step{{{labels}}}", "values": values})
+    for node in range(len(per_minute) // 2):
+        live = f"1x{minutes}" if node or ends >= minutes else f"1x{ends} 0x{minutes - ends}"
+        series.append({"series": f'llamamon_run_active{{host="n{node}", run="r{node}"}}', "values": live})
+    return series
+
+
+@pytest.mark.integration
+def test_the_straggler_builtin_agrees_with_promtool(tmp_path: Path) -> None:
+    """training_straggler as exported, over 2 nodes x 2 ranks (a run each node) whose rank 3 steps 4/3 times
+    slower: the same alerts at the same times. And in Prometheus alone (``--unit`` has no run ends): once a
+    node's run ends, its frozen steps (rate 0) do not pull the median down: 3 nodes, node 0 ending at 30m,
+    rank 5 at 42 steps/min against 60 keeps firing to the end (counting the frozen ranks, the median would
+    be 51 and rank 5 only 1.21 times slower)."""
+    promtool = require_binary("promtool")
+    groups = []
+    for name, series in (("job", _ranks((60, 60, 61, 45), 45)), ("ended", _ranks((60, 60, 60, 60, 60, 42), 30))):
+        cases = [{"eval_time": f"{t}s", "alertname": "training_straggler"} for t in range(0, 45 * 60, 150)]
+        groups.append({"name": name, "interval": "1m", "input_series": series, "alert_rule_test": cases})
+    builtin = {"loss_plateau": False, "validation_loss_high": False}
+    truth, got, _ = _judge(tmp_path, promtool, {"alerts": {"builtin": builtin, "rules": {}}}, groups)
+    job = {key: fired for key, fired in truth.items() if key[0] == "job"}
+    assert {labels["rank"] for fired in job.values() for labels in fired} == {"3"}, job  # the slow rank alone
+    assert min(t for _, _, t in job) >= 600  # after its `for`
+    assert {key: fired for key, fired in got.items() if key[0] == "job"} == job
+    ended = {t: [labels["rank"] for labels in fired] for (group, _, t), fired in truth.items() if group == "ended"}
+    assert ended == {t: ["5"] for t in range(750, 45 * 60, 150)}, ended

@@ -39,6 +39,7 @@ class TrainingThresholds:
     loss_plateau_patience: int
     validation_loss_max: float
     learning_rate_min: float
+    straggler_ratio: float  # training_straggler: the median rank's step rate over a rank's
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +178,7 @@ MONITORING_KEYS = (
 THRESHOLD_KEYS = {
     "memory": ("warning", "critical"),
     "gpu": ("utilization_min", "memory_max"),
-    "training": ("loss_plateau_patience", "validation_loss_max", "learning_rate_min"),
+    "training": ("loss_plateau_patience", "validation_loss_max", "learning_rate_min", "straggler_ratio"),
     "inference": ("latency_max", "timeout", "batch_queue_max"),
 }
 ALERTS_KEYS = ("channels", "rules", "builtin", "repeat_interval")
@@ -281,6 +282,8 @@ def _monitoring(check: Checker, value: Any) -> Monitoring:
                 check.integer(train["loss_plateau_patience"], f"{t}.training.loss_plateau_patience", lo=1),
                 check.number(train["validation_loss_max"], f"{t}.training.validation_loss_max"),
                 check.number(train["learning_rate_min"], f"{t}.training.learning_rate_min", lo=0),
+                # (at 1 every rank slower than the median would fire, about half of a balanced job's)
+                check.number(train["straggler_ratio"], f"{t}.training.straggler_ratio", lo=1.01),
             ),
             inference=InferenceThresholds(
                 check.number(inf["latency_max"], f"{t}.inference.latency_max", lo=0),

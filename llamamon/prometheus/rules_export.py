@@ -9,7 +9,9 @@ with the reason instead of being exported.
 Every expression is gated on the run being live (``... and on(host, run) llamamon_run_active == 1``):
 each .prom file carries ``llamamon_run_active{host,run}`` (``{host}`` for watch's own), 1 while it
 lives and 0 after, so a finished run's frozen last values never fire; the result keeps its labels
-(every translated expression keeps the series' host and run, there are no cross-series aggregations).
+(every translated expression keeps the series' host and run: an aggregation across series, such as
+``quantile without (rank, host, run) (...)``, only appears paired with the series it aggregates, and the
+pair keeps theirs).
 
 Binary operators between two metrics: llamamon matches series that agree on the labels they share,
 PromQL only identical label sets. Where the catalog knows both sides' label names (built-in collector
@@ -31,12 +33,14 @@ from llamamon.prometheus.snapshot import family_name
 from llamamon.rules.model import Rule
 from llamamon.rules.tree import (
     COMPARISONS,
+    Aggregate,
     Binary,
     Call,
     Node,
     Number,
     Selector,
     Unary,
+    aggregate_text,
     duration_text,
     render,
     selectors,
@@ -100,6 +104,10 @@ def promql(node: Node, scale: float = 1.0) -> str:
         return _selector(node)
     if isinstance(node, Call):
         return _call(node)
+    if isinstance(node, Aggregate):
+        # Why gated inside: a finished run's frozen last values stay in its file a while; in llamamon
+        # nothing of a run answers after its end, so they must not move the median of the live ones.
+        return aggregate_text(node, live_only(promql(node.arg)))
     if isinstance(node, Unary):
         if node.op == "-":
             return f"-({promql(node.operand)})"
@@ -130,6 +138,11 @@ def label_names(node: Node) -> frozenset[str] | None:
         return None if known is None or known.labels is None else HOST_RUN | frozenset(known.labels)
     if isinstance(node, Call):
         return label_names(node.args[1] if node.func == "quantile" else node.args[0])
+    if isinstance(node, Aggregate):
+        inner = label_names(node.arg)
+        if node.by:
+            return frozenset(node.labels) if inner is None else inner & frozenset(node.labels)
+        return None if inner is None else inner - frozenset(node.labels)
     if isinstance(node, Unary):
         return label_names(node.operand)
     assert isinstance(node, Binary)
@@ -160,8 +173,41 @@ def _sides(node: Binary) -> tuple[frozenset[str] | None, frozenset[str] | None] 
     return None if same and len({s.metric for s in selectors(node)}) == 1 else (left, right)
 
 
+def _aggregated(node: Node) -> Aggregate | None:
+    """The aggregation an operand is, maybe scaled by a number (``1.25 * quantile by (job) (...)``)."""
+    if isinstance(node, Aggregate):
+        return node
+    if isinstance(node, Unary) and node.op == "-":
+        return _aggregated(node.operand)
+    if isinstance(node, Binary) and node.op in ("+", "-", "*", "/"):
+        if _is_scalar(node.right):
+            return _aggregated(node.left)
+        if _is_scalar(node.left):
+            return _aggregated(node.right)
+    return None
+
+
+def _aggregate_matching(node: Binary) -> str | None:
+    """An operator between a series and an aggregation of such series: PromQL pairs them on the labels the
+    aggregation kept (``ignoring`` what ``without`` dropped, ``on`` what ``by`` kept), one to many, as
+    llamamon pairs series that agree on the labels both carry; None where no single side aggregates."""
+    if node.op == "or" or _is_scalar(node.left) or _is_scalar(node.right):
+        return None
+    left, right = _aggregated(node.left), _aggregated(node.right)
+    agg = left or right
+    if agg is None or (left is not None and right is not None):
+        return None
+    match = f" {'on' if agg.by else 'ignoring'}({', '.join(agg.labels)})"
+    if node.op in ("and", "unless"):
+        return match
+    return match + (" group_right()" if left is not None else " group_left()")  # (the "()": see _matching)
+
+
 def _matching(node: Binary) -> str:
     """`` on(...)`` [``group_left``/``group_right``] so PromQL pairs the series llamamon pairs; "" if equal."""
+    aggregated = _aggregate_matching(node)
+    if aggregated is not None:
+        return aggregated
     sides = _sides(node)
     if sides is None:
         return ""
@@ -181,7 +227,8 @@ def _matching(node: Binary) -> str:
             f"({', '.join(sorted(left - right))} / {', '.join(sorted(right - left))}); "
             "PromQL cannot pair such series one to many"
         )
-    return on + (" group_left" if smaller == right else " group_right")
+    # Why "()": a "(" after a bare group_left (``x > on(host) group_left (y * 2)``) is read as its label list.
+    return on + (" group_left()" if smaller == right else " group_right()")
 
 
 def mismatch_warnings(node: Node) -> list[str]:

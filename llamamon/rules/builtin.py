@@ -25,6 +25,9 @@ inference_latency_high   ``p95(inference_latency, 5m) > <inference.latency_max>m
 inference_timeouts       ``timeout_rate > 0`` (requests over inference.timeout)               warning   1m
 batch_queue_high         ``batch_queue_size > inference.batch_queue_max``                     warning   2m
 loss_not_finite          ``not isfinite(loss) or not isfinite(validation_loss)``              critical  0s
+training_straggler       ``quantile without (rank, local_rank, host, run, instance) (0.5,     warning   10m
+                         rate(step{rank!=""}, 10m)) / rate(step{rank!=""}, 10m) >
+                         training.straggler_ratio`` (the median rank's steps/s over a rank's)
 =======================  ===================================================================  ========  =====
 """
 
@@ -171,6 +174,23 @@ BUILTINS: tuple[Builtin, ...] = (
         0,
         (),
         "Loss is {{ $value }}",
+    ),
+    Builtin(
+        "training_straggler",
+        # Why the step rate: every job that logs with a step (llamamon.log(step=...), the HF Trainer's
+        # callback) stores `step`, where a step time is the job's own metric, if logged at all. Why the
+        # median of the ranks: it is what the job's pace is, and one slow rank of many does not move it.
+        # Why without these labels: what tells ranks apart, across the runs (one a node) of a multi-node
+        # job; any other label (a run group, a model) keeps jobs apart. Why 10m and for 10m: a step rate
+        # over 10 minutes averages per-step jitter out, so only a rank persistently behind fires. A rank
+        # that stopped (rate 0) gives +Inf and fires too; with one rank nothing does.
+        'quantile without (rank, local_rank, host, run, instance) (0.5, rate(step{rank!=""}, 10m))'
+        ' / rate(step{rank!=""}, 10m) > {training.straggler_ratio}',
+        "warning",
+        600,
+        ("training.straggler_ratio",),
+        'Rank {{ $labels.rank }} on {{ $labels.host }} is {{ $value | printf "%.2f" }}x slower than the median'
+        " rank (steps per second over 10m)",
     ),
 )
 BUILTIN_NAMES: tuple[str, ...] = tuple(b.name for b in BUILTINS)

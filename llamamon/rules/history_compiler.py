@@ -17,8 +17,8 @@ from llamamon.rules import histogram
 from llamamon.rules.history_input import Grid, Samples
 from llamamon.rules.history_vectors import Vec, compare, concat, empty_vec, pairs_frame, set_op
 from llamamon.rules.history_windows import by_search, extrapolate, rolling
-from llamamon.rules.promql import US, NodeDispatch, matches
-from llamamon.rules.tree import COMPARISONS, Call, Node, Number, Selector, Unary, subtrees
+from llamamon.rules.promql import US, NodeDispatch, aggregate_groups, aggregate_value, matches
+from llamamon.rules.tree import COMPARISONS, Aggregate, Call, Node, Number, Selector, Unary, subtrees
 
 if TYPE_CHECKING:
     import polars as pl
@@ -32,6 +32,8 @@ def shape(node: Node) -> tuple:
         return ("selector", node.metric, node.matchers)
     if isinstance(node, Call):
         return ("call", node.func, tuple(shape(a) for a in node.args), node.window, node.q)
+    if isinstance(node, Aggregate):
+        return ("aggregate", node.op, node.by, node.labels, node.q, shape(node.arg))
     if isinstance(node, Unary):
         return ("unary", node.op, shape(node.operand))
     return ("binary", node.op, shape(node.left), shape(node.right))
@@ -233,6 +235,28 @@ class Compiler(NodeDispatch[Vec]):
             return Vec(res, labels)
         # Only min, max and quantiles get here (the rest go by binary search above).
         return Vec(rolling(node, df, g, w), labels)
+
+    def aggregate(self, node: Aggregate) -> Vec:
+        """Per group and tick, ``promql.aggregate_value`` of the values (in sid order) where the argument holds.
+
+        Why one Python call per (tick, group), not polars' aggregations: the live evaluator computes the
+        same function over the same lists, so both agree to the bit (NaN, infinities, summation order);
+        an aggregation has ticks x groups cells, far fewer than its input rows.
+        """
+        import polars as pl
+
+        arg = self.eval(node.arg)
+        if not isinstance(arg, Vec):
+            raise TypeError("lang.parse rejects an aggregation without a metric")
+        groups, member = aggregate_groups(node, arg.labels)
+        held = arg.df.filter(pl.col("ok"))
+        if held.height == 0:
+            return Vec(empty_vec(), groups)
+        g = pl.Series(member, dtype=pl.UInt32).gather(held["sid"])
+        per = held.with_columns(g=g).sort("k", "sid").group_by("g", "k", maintain_order=True).agg("value")
+        values = [aggregate_value(node.op, node.q, vs) for vs in per["value"].to_list()]
+        out = per.select("k", pl.col("g").alias("sid"), value=pl.Series(values, dtype=pl.Float64), ok=pl.lit(True))
+        return Vec(out.sort("sid", "k"), groups)
 
     # -- operators -----------------------------------------------------------------------------------
 

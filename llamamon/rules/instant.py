@@ -27,6 +27,8 @@ from llamamon.rules.promql import (
     SHORT_WINDOW,
     US,
     NodeDispatch,
+    aggregate_groups,
+    aggregate_value,
     agree,
     arith,
     divide,
@@ -37,7 +39,7 @@ from llamamon.rules.promql import (
     window_extreme,
     window_quantile,
 )
-from llamamon.rules.tree import COMPARISONS, Call, Node, Selector
+from llamamon.rules.tree import COMPARISONS, Aggregate, Call, Node, Selector
 from llamamon.samples import AlertEvent, Labels, make_labels
 
 if TYPE_CHECKING:
@@ -300,6 +302,19 @@ class Instant(NodeDispatch[Vec]):
         if f == "rate":
             factor = factor / (w / US)
         return result * factor
+
+    def aggregate(self, node: Aggregate) -> Vec:
+        """Per group, ``promql.aggregate_value`` of the values (in sid order) where the argument holds, as
+        the history's ``Compiler.aggregate``."""
+        arg = self.eval(node.arg)
+        if not isinstance(arg, Vec):
+            raise TypeError("lang.parse rejects an aggregation without a metric")
+        groups, member = aggregate_groups(node, arg.labels)
+        found: dict[int, list[float]] = {}
+        for sid, (value, ok) in sorted(arg.rows.items()):
+            if ok:
+                found.setdefault(member[sid], []).append(value)
+        return Vec(groups, {g: (aggregate_value(node.op, node.q, vs), True) for g, vs in found.items()})
 
     # -- operators -----------------------------------------------------------------------------------
 

@@ -14,7 +14,12 @@ Grammar, loosest binding first::
     sum     := prod (("+" | "-") prod)*
     prod    := unary (("*" | "/") unary)*
     unary   := "-" unary | primary
-    primary := NUMBER[unit] | NAME "(" args ")" | NAME ["{" matchers "}"] | "(" expr ")"
+    primary := NUMBER[unit] | NAME "(" args ")" | NAME ["{" matchers "}"] | "(" expr ")" | agg
+    agg     := AGGREGATION ("by" | "without") "(" [NAME ("," NAME)*] ")" "(" [NUMBER ","] expr ")"
+
+An aggregation is PromQL's, across series at each instant (``quantile without (rank) (0.5, rate(step,
+10m))``); its name is also a window function's (``avg(x, 5m)``), so the ``by``/``without`` clause, which
+PromQL leaves optional, is required here.
 
 Numbers with a unit (``500ms``, ``2GiB``, ``80%``) are converted to the unit the metric they are
 compared with is stored in (``inference_latency > 500ms`` compares with 500, latency being stored in
@@ -30,9 +35,11 @@ from dataclasses import dataclass, replace
 from llamamon import catalog, units
 from llamamon.errors import RuleError
 from llamamon.rules.tree import (
+    AGGREGATIONS,
     COMPARISONS,
     KEYWORDS,
     SET_OPS,
+    Aggregate,
     Binary,
     Call,
     Condition,
@@ -249,6 +256,8 @@ class _Parser:
                 self.take()
                 return Number(float(tok.text), None, tok.text, tok.pos)
             self.take()
+            if tok.text in AGGREGATIONS and self.tok.kind == "name" and self.tok.text in ("by", "without"):
+                return self.aggregate(tok)
             if self.tok.kind == "op" and self.tok.text == "(":
                 return self.call(tok)
             matchers: tuple[Matcher, ...] = ()
@@ -271,6 +280,34 @@ class _Parser:
                 args.append(self.nested(self.or_))
         self.expect(")")
         return _check_call(Call(name.text, tuple(args), name.pos), self.place)
+
+    def aggregate(self, name: Token) -> Node:
+        by = self.take().text == "by"
+        self.expect("(")
+        labels: list[str] = []
+        while not (self.tok.kind == "op" and self.tok.text == ")"):
+            if self.tok.kind != "name":
+                raise self.unexpected("expected a label name")
+            labels.append(self.take().text)
+            if self.tok.kind == "op" and self.tok.text == ",":
+                self.take()
+            elif not (self.tok.kind == "op" and self.tok.text == ")"):
+                raise self.unexpected("expected ',' or ')'")
+        self.take()
+        self.expect("(")
+        q = 0.0
+        if name.text == "quantile":
+            qn = self.tok
+            value = _number(self.take(), self.place) if qn.kind == "number" else None
+            if value is None or value.dim is not None or not 0.0 <= value.value <= 1.0:
+                raise self.place.error(qn.pos, "quantile by/without needs a number from 0 to 1 first")
+            q = value.value
+            self.expect(",")
+        arg = self.nested(self.or_)
+        self.expect(")")
+        if not selectors(arg):
+            raise self.place.error(name.pos, f"{name.text} {'by' if by else 'without'} needs a metric to aggregate")
+        return Aggregate(name.text, by, tuple(labels), arg, name.pos, q)
 
     def matchers(self) -> tuple[Matcher, ...]:
         self.expect("{")
@@ -418,6 +455,8 @@ def _resolve(node: Node, aliases: dict[str, str], place: _Place) -> Node:
     if isinstance(node, Call):
         args = tuple(_resolve(a, aliases, place) for a in node.args)
         return replace(node, args=args)
+    if isinstance(node, Aggregate):
+        return replace(node, arg=_resolve(node.arg, aliases, place))
     if isinstance(node, Unary):
         if node.op == "not" and not selectors(node.operand):
             raise place.error(node.pos, "'not' needs a condition on a metric")
@@ -445,6 +484,8 @@ def _strip_units(node: Node) -> Node:
         return replace(node, dim=None) if node.dim is not None else node
     if isinstance(node, Call):
         return replace(node, args=tuple(_strip_units(a) for a in node.args))
+    if isinstance(node, Aggregate):
+        return replace(node, arg=_strip_units(node.arg))
     if isinstance(node, Unary):
         return replace(node, operand=_strip_units(node.operand))
     if isinstance(node, Binary):

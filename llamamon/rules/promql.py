@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
 from llamamon.rules import histogram
-from llamamon.rules.tree import COMPARISONS, SET_OPS, Binary, Call, Node, Number, Selector, Unary
+from llamamon.rules.tree import COMPARISONS, SET_OPS, Aggregate, Binary, Call, Node, Number, Selector, Unary
 from llamamon.samples import labels_from_str
 
 US = 1_000_000
@@ -44,6 +44,8 @@ class NodeDispatch(ABC, Generic[V]):
             return self.instant(node)
         if isinstance(node, Call):
             return self.call(node)
+        if isinstance(node, Aggregate):
+            return self.aggregate(node)
         if isinstance(node, Unary):
             return self.unary(node)
         assert isinstance(node, Binary)
@@ -78,6 +80,11 @@ class NodeDispatch(ABC, Generic[V]):
     @staticmethod
     @abstractmethod
     def concat(a: V, b: V) -> V: ...
+
+    @abstractmethod
+    def aggregate(self, node: Aggregate) -> V:
+        """``op by/without (labels) (expr)``: per group of series (``aggregate_groups``) and instant, the
+        values of its series where ``expr`` holds, combined by ``aggregate_value``."""
 
     def unary(self, node: Unary) -> V | float:
         arg = self.eval(node.operand)
@@ -158,6 +165,42 @@ def pair_series(
                     rows.append((i, j, len(out)))
                     out.append(merged)
     return rows, out
+
+
+def aggregate_groups(node: Aggregate, labels: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[int]]:
+    """The output series of an aggregation (label sets, in order of first appearance) and each input
+    series' group: ``by`` keeps the listed labels, ``without`` every other (as PromQL groups)."""
+    keep = set(node.labels)
+    groups: list[dict[str, str]] = []
+    index: dict[tuple[tuple[str, str], ...], int] = {}
+    member: list[int] = []
+    for lab in labels:
+        out = {k: v for k, v in lab.items() if (k in keep) == node.by}
+        key = tuple(sorted(out.items()))
+        if key not in index:
+            index[key] = len(groups)
+            groups.append(out)
+        member.append(index[key])
+    return groups, member
+
+
+def aggregate_value(op: str, q: float, values: list[float]) -> float:
+    """One group's value at one instant from its series' values (in series order), as PromQL's aggregators:
+    a NaN makes sum and avg NaN (so do both infinities), min and max skip it unless all are NaN."""
+    if op == "count":
+        return float(len(values))
+    if op in ("min", "max"):
+        return window_extreme(op, values)
+    if op == "quantile":
+        return window_quantile(values, q)
+    nan, pinf, ninf = any(v != v for v in values), math.inf in values, -math.inf in values
+    if nan or (pinf and ninf):
+        total = math.nan
+    elif pinf or ninf:
+        total = math.inf if pinf else -math.inf
+    else:
+        total = neumaier_sum(values)
+    return total if op == "sum" else total / len(values)
 
 
 def neumaier_sum(values: Iterable[float]) -> float:

@@ -15,6 +15,7 @@ from llamamon import catalog
 COMPARISONS = ("<", "<=", ">", ">=", "==", "!=")
 SET_OPS = ("and", "or", "unless")
 KEYWORDS = ("and", "or", "unless", "not")
+AGGREGATIONS = ("sum", "avg", "min", "max", "count", "quantile")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,19 @@ class Call:
 
 
 @dataclass(frozen=True, slots=True)
+class Aggregate:
+    """An aggregation across series at each instant, PromQL's ``quantile without (rank) (0.5, expr)``:
+    ``by`` keeps only ``labels``, ``without`` drops them; series whose other labels agree form one group."""
+
+    op: str  # one of AGGREGATIONS
+    by: bool  # True: by (labels); False: without (labels)
+    labels: tuple[str, ...]
+    arg: Node
+    pos: int
+    q: float = 0.0  # for quantile
+
+
+@dataclass(frozen=True, slots=True)
 class Unary:
     op: str  # "-" or "not"
     operand: Node
@@ -64,7 +78,7 @@ class Binary:
     pos: int
 
 
-Node = Number | Selector | Call | Unary | Binary
+Node = Number | Selector | Call | Aggregate | Unary | Binary
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +95,8 @@ def selectors(node: Node) -> list[Selector]:
         return [node]
     if isinstance(node, Call):
         return [s for a in node.args for s in selectors(a)]
+    if isinstance(node, Aggregate):
+        return selectors(node.arg)
     if isinstance(node, Unary):
         return selectors(node.operand)
     if isinstance(node, Binary):
@@ -94,6 +110,8 @@ def subtrees(node: Node) -> Iterator[Node]:
     if isinstance(node, Call):
         for arg in node.args:
             yield from subtrees(arg)
+    elif isinstance(node, Aggregate):
+        yield from subtrees(node.arg)
     elif isinstance(node, Unary):
         yield from subtrees(node.operand)
     elif isinstance(node, Binary):
@@ -114,6 +132,8 @@ def unit_of(node: Node) -> str | None:
         if node.func in ("count", "evals_since_best", "isnan", "isinf", "isfinite"):
             return None if node.func in ("count", "evals_since_best") else unit_of(node.args[0])
         return unit_of(node.args[1] if node.func == "quantile" else node.args[0])
+    if isinstance(node, Aggregate):
+        return None if node.op == "count" else unit_of(node.arg)
     if isinstance(node, Unary):
         return unit_of(node.operand) if node.op == "-" else None
     if isinstance(node, Binary):
@@ -148,9 +168,18 @@ def render(node: Node) -> str:
         if node.window:
             args[-1] = duration_text(node.window)
         return f"{node.func}({', '.join(args)})"
+    if isinstance(node, Aggregate):
+        return aggregate_text(node, render(node.arg))
     if isinstance(node, Unary):
         return f"not {render(node.operand)}" if node.op == "not" else f"-{render(node.operand)}"
     return f"({render(node.left)} {node.op} {render(node.right)})"
+
+
+def aggregate_text(node: Aggregate, arg: str) -> str:
+    """``quantile without (rank) (0.5, arg)``: the aggregation's own text around its argument's (the
+    language's and PromQL's spelling are the same)."""
+    q = f"{_num(node.q)}, " if node.op == "quantile" else ""
+    return f"{node.op} {'by' if node.by else 'without'} ({', '.join(node.labels)}) ({q}{arg})"
 
 
 def duration_text(seconds: float) -> str:
