@@ -64,7 +64,7 @@ def test_doctor_prints_every_section_with_defaults(runner, tmp_path: Path):
     assert f"{psutil.cpu_count()} logical cores" in result.output
     assert "off: turned off (--no-gpu)" in result.output
     assert "built-in defaults" in result.output
-    assert "Alert rules    15: 2 from the config, 13 built-in" in result.output
+    assert "Alert rules    16: 2 from the config, 14 built-in" in result.output
     assert str(tmp_path / ".metrics") in result.output
     assert "does not exist yet" in result.output
 
@@ -82,7 +82,7 @@ def test_doctor_json_matches_the_describe_functions(runner, tmp_path: Path):
     assert report["config"]["source"] == "monitoring.yaml"
     assert report["config"]["origin"] == "monitoring.yaml (found in the current folder)"
     assert report["config"]["update_frequency"] == 2.0
-    assert (report["config"]["rules"], report["config"]["builtin_rules"]) == (1, 11)  # 13, one off, one replaced
+    assert (report["config"]["rules"], report["config"]["builtin_rules"]) == (1, 12)  # 14, one off, one replaced
     folder = report["metrics_folder"]
     assert folder["path"] == str(tmp_path / "data")
     assert (folder["exists"], folder["runs"], folder["data_files"], folder["journal_bytes"]) == (True, 1, 2, 0)

@@ -12,6 +12,7 @@ memory_critical          ``memory_usage > memory.critical``                     
 gpu_underutilized        ``gpu_utilization < gpu.utilization_min and gpu_process_memory_used  warning   10m
                          > 0`` (only while the recorded job holds memory on that GPU)
 gpu_memory_high          ``gpu_memory_usage > gpu.memory_max``                                warning   2m
+gpu_xid_error            ``increase(gpu_xid_events, 10m) > 0`` (any XID the driver reported)  critical  0s
 validation_loss_high     ``validation_loss > training.validation_loss_max``                   warning   0s
 learning_rate_low        ``learning_rate < training.learning_rate_min and max(learning_rate,  warning   0s
                          5m) == min(learning_rate, 5m) and count(learning_rate, 5m) >= 3``
