@@ -46,6 +46,7 @@ class Thresholds:
     learning_rate_min: float | None = None
     latency_max: float | None = None
     batch_queue_max: float | None = None
+    straggler_ratio: float | None = 1.25  # the straggler view's limit, the training_straggler rule's too
 
 
 def thresholds_from_config(cfg: Any | None) -> Thresholds:
@@ -68,6 +69,7 @@ def thresholds_from_config(cfg: Any | None) -> Thresholds:
         learning_rate_min=pick("training", "learning_rate_min", base.learning_rate_min),
         latency_max=pick("inference", "latency_max", base.latency_max),
         batch_queue_max=pick("inference", "batch_queue_max", base.batch_queue_max),
+        straggler_ratio=pick("training", "straggler_ratio", base.straggler_ratio),
     )
 
 

@@ -30,14 +30,17 @@ def straggler_view(ctx: Context) -> tuple[Panel | None, Table | None]:
     """The panel and table, or (None, None) where fewer than two ranks logged steps."""
     import polars as pl
 
-    from llamamon.stragglers import STRAGGLER, rank_timings, step_columns, step_times
+    from llamamon.stragglers import STRAGGLER, Condition, rank_timings, step_columns, step_times
 
+    # One limit for the view and the training_straggler rule: monitoring.thresholds.training.straggler_ratio.
+    ratio = ctx.data.thresholds.straggler_ratio
+    cond = STRAGGLER if ratio is None else Condition(slower=ratio - 1, most=STRAGGLER.most, columns=STRAGGLER.columns)
     rows = ctx.data.steps.rename({"mean": "value"})
     times = step_times(rows)
-    timings = rank_timings(times)
+    timings = rank_timings(times, cond)
     if not timings:
         return None, None
-    cols = step_columns(times)
+    cols = step_columns(times, cond)
     hosts = {r.id: r.host for r in ctx.data.runs}
     if len(set(hosts.values())) < len(hosts):  # several runs on one host: the run tells them apart
         hosts = {r.id: ctx.run_labels.get(r.id, r.id) for r in ctx.data.runs}
@@ -48,7 +51,7 @@ def straggler_view(ctx: Context) -> tuple[Panel | None, Table | None]:
     if cut is not None:
         chart.axis.ylim = (0.0, cut)
     stragglers = [t for t in timings if t.straggler]
-    limit = f"more than {STRAGGLER.slower:.0%} over the ranks' median step time in over {STRAGGLER.most:.0%} of the run"
+    limit = f"more than {cond.slower:.0%} over the ranks' median step time in over {cond.most:.0%} of the run"
     if stragglers:
         verdict = "Stragglers (" + limit + "): " + ", ".join(f"{named[t.run, t.labels]} ({_vs(t)})" for t in stragglers)
     else:
