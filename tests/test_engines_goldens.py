@@ -179,3 +179,19 @@ def test_record_scrape_to_report_and_promtool_checked_export(served, tmp_path):
     with (tmp_path / "run.prom").open("rb") as fh:
         check = subprocess.run([promtool, "check", "metrics"], stdin=fh, capture_output=True, text=True, check=False)
     assert (check.returncode, check.stdout + check.stderr) == (0, "")
+
+
+def test_vllm_v0_without_prefix_caching_has_no_hit_rate():
+    # vLLM V0 serves -1 as the prefix-cache hit rate when prefix caching is off.
+    text = golden("vllm-0.6").replace(
+        'vllm:gpu_prefix_cache_hit_rate{model_name="meta-llama/Llama-3.1-8B-Instruct"} 0.4217',
+        'vllm:gpu_prefix_cache_hit_rate{model_name="meta-llama/Llama-3.1-8B-Instruct"} -1.0',
+    )
+    assert "} -1.0\n# HELP vllm:avg_prompt" in text
+    server = MetricsServer([text])
+    try:
+        samples = ScrapeCollector(server.url, timeout=5, clock=lambda: 1000.0).scrape()
+    finally:
+        server.close()
+    assert [s for s in samples if s.metric == "cache_hit_rate"] == []
+    assert [s.value for s in samples if s.metric == "vllm_gpu_prefix_cache_hit_rate"] == [-1.0]  # stored raw

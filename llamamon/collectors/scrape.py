@@ -169,7 +169,8 @@ class ScrapeState:
                 out.append(Sample(sanitize_name(point.name), point.value, label(point.labels), now))
                 if family.type == "counter" or point.name.endswith("_total"):
                     counters[(_base(point.name), point.labels)] = point.value
-                if family.type in ("gauge", "untyped") and name in GAUGES and mapped:
+                # (a negative serving gauge means "off": vLLM V0 serves -1 as its hit rate without prefix caching)
+                if family.type in ("gauge", "untyped") and name in GAUGES and mapped and point.value >= 0:
                     metric, factor = GAUGES[name]
                     out.append(Sample(metric, point.value * factor, label(point.labels), now))
 
