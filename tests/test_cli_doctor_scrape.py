@@ -81,8 +81,8 @@ def test_nothing_served_gives_the_flags(serve, tmp_path):
     code, out, err = doctor(serve(""), tmp_path)
     assert (code, err) == (0, "")
     assert "Resolves       no llamamon metric" in out
-    assert "SGLang needs --enable-metrics" in out
-    assert "llama-server needs --metrics" in out
+    assert "SGLang serves metrics only with --enable-metrics" in out
+    assert "llama-server only with --metrics" in out
 
 
 def test_an_engine_serving_too_little_gets_its_own_flag(serve, tmp_path):
@@ -107,9 +107,19 @@ def test_unreachable_and_http_errors_are_one_line_exit_2(serve, tmp_path):
     assert (code, out) == (2, "")
     assert err.startswith(f"Error: --scrape: {url}: unreachable ("), err
     assert err.count("\n") == 1, err
-    code, out, err = doctor(serve("no", status=404), tmp_path)
+    code, out, err = doctor(serve("no", status=500), tmp_path)
     assert (code, out) == (2, "")
-    assert err.endswith(": HTTP 404\n"), err
+    assert err.endswith(": HTTP 500\n"), err
+    assert err.count("\n") == 1, err
+
+
+def test_metrics_switched_off_is_told_the_flag(serve, tmp_path):
+    # llama-server without --metrics answers 501 on /metrics (SGLang without --enable-metrics: 404).
+    code, out, err = doctor(serve("This server does not support metrics endpoint.", status=501), tmp_path)
+    assert (code, out) == (2, "")
+    assert err.endswith(
+        ": HTTP 501 (SGLang serves metrics only with --enable-metrics, llama.cpp's llama-server only with --metrics)\n"
+    ), err
     assert err.count("\n") == 1, err
     code, _, err = doctor("ftp://example.invalid/metrics", tmp_path)
     assert code == 2

@@ -13,6 +13,9 @@ from llamamon.errors import ConfigError
 
 # Fewer mapped metrics than this and the endpoint is probably not serving its engine's metrics.
 TOO_FEW = 2
+NO_METRICS = "SGLang serves metrics only with --enable-metrics, llama.cpp's llama-server only with --metrics"
+# What a server answers on /metrics with its metrics off: SGLang 404, llama-server 501.
+OFF_STATUSES = frozenset({"HTTP 404", "HTTP 501"})
 
 
 def scrape_report(url: str, timeout: float = 5.0) -> dict[str, Any]:
@@ -28,7 +31,10 @@ def scrape_report(url: str, timeout: float = 5.0) -> dict[str, Any]:
     try:
         families = parse(fetch(url, timeout))
     except (OSError, ValueError, ExpositionError) as exc:
-        raise ConfigError(f"{shown}: {_trouble(exc)}", path="--scrape") from None
+        trouble = _trouble(exc)
+        if trouble in OFF_STATUSES:
+            trouble += f" ({NO_METRICS})"
+        raise ConfigError(f"{shown}: {trouble}", path="--scrape") from None
     guess = engines.guess(families)
     resolved = engines.resolved(families)
     report: dict[str, Any] = {
@@ -46,8 +52,7 @@ def scrape_report(url: str, timeout: float = 5.0) -> dict[str, Any]:
         report["hint"] = (
             f"{guess.engine} metrics: {flag}"
             if flag
-            else "no serving metrics found; vLLM and TGI serve them by default, SGLang needs --enable-metrics, "
-            "llama.cpp's llama-server needs --metrics"
+            else f"no serving metrics found; vLLM and TGI serve them by default, {NO_METRICS}"
         )
     return report
 
