@@ -160,9 +160,29 @@ def _metrics_folder(folder: str) -> dict[str, Any]:
 @config_option
 @metrics_dir_option
 @click.option("--no-gpu", is_flag=True, help="Do not load NVML (as `record --no-gpu`).")
+@click.option(
+    "--scrape",
+    "scrape_url",
+    metavar="URL",
+    help="Scrape this serving endpoint once instead: engine and version, which llamamon metrics resolve, "
+    "deprecated names, the flag to enable metrics.",
+)
 @json_option
-def doctor_command(config_path: str | None, metrics_dir: str | None, no_gpu: bool, as_json: bool) -> None:
+def doctor_command(
+    config_path: str | None, metrics_dir: str | None, no_gpu: bool, scrape_url: str | None, as_json: bool
+) -> None:
     """Show what llamamon can see here: CPUs, memory, disks, GPUs (or why none), config, metrics folder."""
+    if scrape_url is not None:
+        from llamamon.cli.doctor_scrape import scrape_report, scrape_text
+
+        scraped = scrape_report(scrape_url)
+        if as_json:
+            import json
+
+            click.echo(json.dumps(scraped, indent=2))
+        else:
+            click.echo("\n".join(scrape_text(scraped)))
+        return
     # Imported here so `llamamon --help` does not pay for psutil, asyncio and the config schema.
     from llamamon.collectors.describe import describe_gpu, describe_process, describe_system
     from llamamon.config import load_config

@@ -53,31 +53,49 @@ GAUGES: dict[str, tuple[str, float]] = {
     "tgi_batch_current_size": ("requests_running", 1.0),
     "llamacpp:requests_processing": ("requests_running", 1.0),
     "llamacpp:requests_deferred": ("batch_queue_size", 1.0),
-    "llamacpp:kv_cache_usage_ratio": ("kv_cache_usage", 1.0),
+    "llamacpp:kv_cache_usage_ratio": ("kv_cache_usage", 1.0),  # removed upstream (ggml-org/llama.cpp#13660)
+    "sglang:num_running_reqs": ("requests_running", 1.0),
+    "sglang:num_queue_reqs": ("batch_queue_size", 1.0),
+    "sglang:token_usage": ("kv_cache_usage", 1.0),
+    "sglang:cache_hit_rate": ("cache_hit_rate", 1.0),
+    "sglang:gen_throughput": ("token_throughput", 1.0),
 }
 COUNTER_RATES: dict[str, str] = {
     "vllm:generation_tokens": "token_throughput",
     "vllm:request_success": "batch_throughput",
     "tgi_request_success": "batch_throughput",
     "llamacpp:tokens_predicted": "token_throughput",
+    "sglang:num_requests": "batch_throughput",
+    "vllm:num_preemptions": "preemption_rate",
+    "vllm:estimated_flops_per_gpu": "server_flops_per_gpu",  # --enable-mfu-metrics
+    "vllm:estimated_read_bytes_per_gpu": "server_read_bytes_per_gpu",
+    "vllm:estimated_write_bytes_per_gpu": "server_write_bytes_per_gpu",
 }
 # Histograms (seconds) -> kept whole as the catalog histogram's parts (<metric>_bucket/_sum/_count).
 HISTOGRAMS_KEPT: dict[str, str] = {
     "vllm:e2e_request_latency_seconds": "inference_latency",
     "tgi_request_duration": "inference_latency",
     "vllm:time_to_first_token_seconds": "time_to_first_token",
+    "sglang:e2e_request_latency_seconds": "inference_latency",
+    "sglang:time_to_first_token_seconds": "time_to_first_token",
 }
 # Histograms (seconds) -> mean in milliseconds per interval (delta sum / delta count).
 HISTOGRAM_MEANS: dict[str, str] = {
     "vllm:inter_token_latency_seconds": "inter_token_latency",
     "vllm:time_per_output_token_seconds": "inter_token_latency",  # older vLLM name
     "tgi_request_mean_time_per_token_duration": "inter_token_latency",
+    "sglang:inter_token_latency_seconds": "inter_token_latency",
+    "vllm:request_time_per_output_token_seconds": "request_time_per_output_token",
 }
 # Histograms whose _sum counts things -> rate of the sum.
 HISTOGRAM_SUM_RATES: dict[str, str] = {"tgi_request_generated_tokens": "token_throughput"}
-# (hits, queries) counters -> ratio of their increases.
-COUNTER_RATIOS: dict[str, tuple[str, str]] = {
-    "cache_hit_rate": ("vllm:prefix_cache_hits", "vllm:prefix_cache_queries"),
+# (hits, queries) counter pairs -> ratio of their increases; the first pair the server serves wins (vLLM
+# 0.9-0.10 serve both names; 0.8 only the gpu_ ones).
+COUNTER_RATIOS: dict[str, tuple[tuple[str, str], ...]] = {
+    "cache_hit_rate": (
+        ("vllm:prefix_cache_hits", "vllm:prefix_cache_queries"),
+        ("vllm:gpu_prefix_cache_hits", "vllm:gpu_prefix_cache_queries"),  # deprecated in 0.9
+    ),
 }
 # All-requests counter -> the counter of the failed ones among them; None: the requests counter's own
 # finished_reason abort/error part (vLLM counts aborts as finished requests). error_rate = failed / all.
@@ -151,7 +169,8 @@ class ScrapeState:
                 out.append(Sample(sanitize_name(point.name), point.value, label(point.labels), now))
                 if family.type == "counter" or point.name.endswith("_total"):
                     counters[(_base(point.name), point.labels)] = point.value
-                if family.type in ("gauge", "untyped") and name in GAUGES and mapped:
+                # (a negative serving gauge means "off": vLLM V0 serves -1 as its hit rate without prefix caching)
+                if family.type in ("gauge", "untyped") and name in GAUGES and mapped and point.value >= 0:
                     metric, factor = GAUGES[name]
                     out.append(Sample(metric, point.value * factor, label(point.labels), now))
 
@@ -202,7 +221,9 @@ class ScrapeState:
                 failures = ERROR_RATIOS[name]
                 errors = failed[(name, labels)] if failures is None else increases.get((failures, labels), 0.0)
                 out.append(Sample("error_rate", min(errors / inc, 1.0), label(labels), now))
-        for metric, (hits, queries) in COUNTER_RATIOS.items():
+        for metric, pairs in COUNTER_RATIOS.items():
+            names = {name for name, _ in increases}
+            hits, queries = next(((h, q) for h, q in pairs if q in names), pairs[0])
             for (name, labels), asked in increases.items():
                 if name == queries and asked > 0 and (hits, labels) in increases:
                     out.append(Sample(metric, increases[(hits, labels)] / asked, label(labels), now))
