@@ -42,11 +42,13 @@ waiting = Gauge("vllm:num_requests_waiting", "Requests waiting", LABELS, registr
 running = Gauge("vllm:num_requests_running", "Requests running", LABELS, registry=registry)
 
 scrapes = {"llamamon": 0, "prometheus": 0}
+first_scrape: dict[str, float] = {}  # time.time() as each scraper's first scrape was answered
 seen = threading.Condition()
 
 
 class Metrics(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
+        answered = time.time()
         body = generate_latest(registry)
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
@@ -56,6 +58,7 @@ class Metrics(BaseHTTPRequestHandler):
         who = "prometheus" if self.headers.get("User-Agent", "").startswith("Prometheus/") else "llamamon"
         with seen:
             scrapes[who] += 1
+            first_scrape.setdefault(who, answered)
             seen.notify_all()
 
     def log_message(self, *args: object) -> None:
@@ -151,7 +154,14 @@ def main() -> None:
     with seen:
         after = {w: scrapes[w] + 2 for w in who}
     wait_scrapes(after)
-    figures = {"start": start, "end": end, "latencies": load.latencies, "ttfts": load.ttfts, "tokens": load.tokens}
+    figures = {
+        "start": start,
+        "end": end,
+        "first_scrape": first_scrape,
+        "latencies": load.latencies,
+        "ttfts": load.ttfts,
+        "tokens": load.tokens,
+    }
     results.write_text(json.dumps({**figures, "queue": load.queue_trace}))
     done.write_text("")
     sys.stdin.read()  # serve until the test is done with the server
