@@ -65,9 +65,10 @@ class Metrics(BaseHTTPRequestHandler):
         pass
 
 
-def wait_scrapes(wanted: dict[str, int]) -> None:
+def wait_scrapes(wanted: dict[str, int], timeout: float = 60.0) -> None:
     with seen:
-        seen.wait_for(lambda: all(scrapes[who] >= n for who, n in wanted.items()))
+        if not seen.wait_for(lambda: all(scrapes[who] >= n for who, n in wanted.items()), timeout):
+            sys.exit(f"load app: scrapes {scrapes} after {timeout:.0f} s, wanted {wanted}")
 
 
 class Load:
@@ -146,24 +147,26 @@ def main() -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(server.server_port, flush=True)
-    wait_scrapes({w: 1 for w in who})
-    load = Load(duration)
-    start = time.time()
-    load.run()
-    end = time.time()
-    with seen:
-        after = {w: scrapes[w] + 2 for w in who}
-    wait_scrapes(after)
-    figures = {
-        "start": start,
-        "end": end,
-        "first_scrape": first_scrape,
-        "latencies": load.latencies,
-        "ttfts": load.ttfts,
-        "tokens": load.tokens,
-    }
-    results.write_text(json.dumps({**figures, "queue": load.queue_trace}))
-    done.write_text("")
+    try:
+        wait_scrapes({w: 1 for w in who})
+        load = Load(duration)
+        start = time.time()
+        load.run()
+        end = time.time()
+        with seen:
+            after = {w: scrapes[w] + 2 for w in who}
+        wait_scrapes(after)
+        figures = {
+            "start": start,
+            "end": end,
+            "first_scrape": first_scrape,
+            "latencies": load.latencies,
+            "ttfts": load.ttfts,
+            "tokens": load.tokens,
+        }
+        results.write_text(json.dumps({**figures, "queue": load.queue_trace}))
+    finally:
+        done.write_text("")  # the recorded job ends, with or without figures
     sys.stdin.read()  # serve until the test is done with the server
 
 

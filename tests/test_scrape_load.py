@@ -77,6 +77,7 @@ def recorded(tmp_path_factory):
             check=False,
         )
         assert record.returncode == 0, record.stderr.decode()
+        assert results.exists(), f"the load app gave no figures (exit {app.poll()}); record said: {record.stderr!r}"
         yield home, metrics, json.loads(results.read_text()), base
     finally:
         for proc in reversed(procs):
