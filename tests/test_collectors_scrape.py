@@ -299,3 +299,34 @@ def test_kept_histogram_counts_from_the_runs_first_scrape():
     later = by_metric(state.convert(parse(text(103, 155, 96.0)), 20.0))
     assert buckets(later) == {"1.0": 3, "+Inf": 5}
     assert later["inference_latency_sum"][0].value == pytest.approx(5.5)
+
+
+def test_kept_histogram_restart_seen_after_a_scrape_without_the_series():
+    """A restarted server serves a labelled histogram again only from its first request on (prometheus_client
+    creates a labelled series on first use), so the scrape right after the restart has none: the restart
+    must still be seen when the series comes back with lower counts, and the run's counts go on."""
+    from llamamon.collectors.scrape import ScrapeState
+    from llamamon.prometheus.text import parse
+
+    def text(low: int, total: int, seconds: float) -> str:
+        if total == 0:
+            return "# TYPE vllm:e2e_request_latency_seconds histogram\n"
+        name = "vllm:e2e_request_latency_seconds"
+        return (
+            f"# TYPE {name} histogram\n"
+            f'{name}_bucket{{model_name="m",le="1.0"}} {low}\n'
+            f'{name}_bucket{{model_name="m",le="+Inf"}} {total}\n'
+            f'{name}_sum{{model_name="m"}} {seconds}\n'
+            f'{name}_count{{model_name="m"}} {total}\n'
+        )
+
+    state = ScrapeState()
+    state.convert(parse(text(100, 150, 90.5)), 10.0)  # served before the run
+    state.convert(parse(text(103, 155, 96.0)), 20.0)  # the run: 3 fast, 2 slow
+    assert "inference_latency_count" not in by_metric(state.convert(parse(text(0, 0, 0.0)), 30.0))  # restarted
+    back = by_metric(state.convert(parse(text(2, 4, 4.0)), 40.0))  # its first 4 requests
+    assert buckets(back) == {"1.0": 5, "+Inf": 9}
+    assert back["inference_latency_count"][0].value == 9
+    assert back["inference_latency_sum"][0].value == pytest.approx(5.5 + 4.0)
+    more = by_metric(state.convert(parse(text(3, 6, 7.0)), 50.0))
+    assert buckets(more) == {"1.0": 6, "+Inf": 11}

@@ -145,6 +145,10 @@ class ScrapeState:
         # Per kept histogram: what to add to the server's values to count from the run's first scrape
         # (minus that scrape's values, plus each restart's last values).
         self.offsets: dict[tuple[str, Labels], _Histogram] = {}
+        # Per kept histogram: its values at the last scrape that served it. Kept through scrapes that lack
+        # it: a restarted server serves a labelled series again only from its first request on, and the
+        # lower counts it comes back with are that restart.
+        self.kept_last: dict[tuple[str, Labels], _Histogram] = {}
 
     def convert(self, families: list[Family], now: float, extra: Labels = ()) -> list[Sample]:
         """Raw series plus catalog metrics; updates the state for the next interval."""
@@ -244,7 +248,8 @@ class ScrapeState:
             if name not in HISTOGRAMS_KEPT:
                 continue
             offset = self.offsets.get(key)
-            prev = self.histograms.get(key)
+            prev = self.kept_last.get(key)
+            self.kept_last[key] = cur
             bucket, total, count = catalog.histogram_parts(HISTOGRAMS_KEPT[name])
             if offset is None:
                 # At the first scrape: counted from here. A series new since then started from zero: it
