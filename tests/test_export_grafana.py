@@ -236,7 +236,7 @@ def test_dashboards_match_grafanas_schema(tmp_path):
 
 HOSTS = {"node-a": "20261207T100000Z-node-a-aaaa", "node-b": "20261207T100000Z-node-b-bbbb"}
 CATALOG_LABELS = {"gpu": ("0", "1"), "core": ("0",), "reason": ("sw_thermal",), "type": ("corrected",)}
-CATALOG_LABELS |= {"channel": ("slack",)}
+CATALOG_LABELS |= {"channel": ("slack",), "cause": ("power",), "link": ("0",), "xid": ("79",), "device": ("cuda:0",)}
 
 
 def _samples(tick: int) -> list[Sample]:
