@@ -30,6 +30,8 @@ GROUP_ENV = ("LLAMAMON_GROUP", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")
 NODE_RANK_ENV = ("NODE_RANK", "GROUP_RANK", "SLURM_NODEID")
 MAX_GROUP = 64
 _GROUP_OK = re.compile(r"[\w.\-+@=]+")
+# torchrun's options that take no value (every other one does), dashes for underscores.
+_TORCHRUN_FLAGS = {"--standalone", "--no-python", "--run-path", "-m", "--module", "--virtual-local-rank"}
 _TORCHRUN = re.compile(r"(^|/)(torchrun|torch\.distributed\.run|torch\.distributed\.launch)$")
 
 
@@ -65,18 +67,19 @@ def torchrun_option(command: Sequence[str], option: str) -> str | None:
     start = _torchrun_start(args)
     if start is None:
         return None
-    names = {f"--{option}", f"--{option.replace('-', '_')}", f"--{option.replace('_', '-')}"}
+    wanted = "--" + option.replace("_", "-")
     i = start
     while i < len(args):
         arg = args[i]
         if not arg.startswith("-"):
             return None  # the training script: what follows is its own arguments
         key, eq, value = arg.partition("=")
-        if key in names:
+        key = key.replace("_", "-")
+        if key == wanted:
             if eq:
                 return value
             return args[i + 1] if i + 1 < len(args) else None
-        i += 1
+        i += 1 if eq or key in _TORCHRUN_FLAGS else 2
     return None
 
 
