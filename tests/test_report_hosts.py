@@ -11,6 +11,7 @@ from test_report_panels import panels, svg_texts
 from llamamon.report.config import report_settings
 from llamamon.report.render import render_report
 from llamamon.report.small_multiples import columns_for
+from llamamon.samples import Row
 
 
 def job_store(metrics_dir, hosts: int) -> list:
@@ -63,3 +64,21 @@ def test_one_or_two_hosts_keep_the_single_chart(tmp_path):
 
 def test_grid_columns_keep_64_hosts_a_page_wide():
     assert [columns_for(n) for n in (1, 3, 4, 8, 16, 17, 64)] == [1, 3, 4, 4, 4, 8, 8]
+
+
+def test_an_alert_on_one_hosts_run_shades_that_hosts_cell_only(tmp_path):
+    metrics_dir = tmp_path / ".metrics"
+    runs = job_store(metrics_dir, 4)
+    hot = runs[1]  # node-01: its CPU pinned for two minutes
+    write_rows(
+        metrics_dir, [Row(T0 + 200 + i * 10, "system", "cpu_usage", 1.0) for i in range(12)], run=hot.id, host=hot.host
+    )
+    config = tmp_path / "monitoring.yaml"
+    config.write_text(
+        'alerts:\n  rules:\n    cpu_pinned:\n      condition: "cpu_usage > 0.99"\n      severity: critical\n'
+    )
+    settings = report_settings(str(config), str(metrics_dir))
+    html = render_report(metrics_dir, runs, tmp_path / "r.html", selected=["system"], alerts=settings.alerts())
+    _alt, svg = panels(html.read_text())["cpu"]
+    shaded = re.findall(r"fill: #d55e00; opacity: 0\.18", svg, flags=re.I)
+    assert len(shaded) == 1  # one cell, node-01's; the three others and the lines are not critical-red

@@ -23,6 +23,7 @@ import numpy as np
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from llamamon.report.charts import (
@@ -35,6 +36,7 @@ from llamamon.report.charts import (
     Axis,
     HLine,
     Line,
+    Span,
     _breaks,
     _unit_formatter,
     binary_scale,
@@ -60,6 +62,7 @@ class Grid:
     xlabel: str = ""
     xlim: tuple[float, float] | None = None
     legend: list[tuple[str, str]] = field(default_factory=list)  # (label, colour) told apart in every cell
+    spans: dict[str, list[Span]] = field(default_factory=dict)  # per host: alert spans, in x's coordinates
 
 
 def columns_for(cells: int) -> int:
@@ -184,6 +187,10 @@ def _draw_cell(
     grid_lines = [[(x0, y), (x0 + 1, y)] for y in place.y(i, np.asarray(yticks, dtype=float))]
     ax.add_collection(LineCollection(grid_lines, colors=GRID, linewidths=0.5, zorder=0))
     ax.add_collection(LineCollection(frame, colors=MUTED, linewidths=0.6, zorder=1))
+    for span in grid.spans.get(host, []):
+        a, b = place.x(i, np.asarray([span.start, span.end], dtype=float))
+        shade = SEVERITY_COLOURS.get(span.severity, "#999999")
+        ax.add_patch(Rectangle((a, y0), max(b - a, 0.004), 1.0, color=shade, alpha=0.18, linewidth=0, zorder=0))
     for (xs, ys), line in zip(lines, grid.cells[i][1], strict=True):
         ax.plot(place.x(i, xs), place.y(i, ys), line.style, color=line.colour, linewidth=0.9, alpha=line.alpha)
     if grid.thresholds:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from llamamon.report import charts
-from llamamon.report.charts import Axis, HLine, Line
+from llamamon.report.charts import Axis, HLine, Line, Span
 from llamamon.report.dashboards.context import Context
 from llamamon.report.dashboards.model import Panel
 from llamamon.report.dashboards.values import axis_label, charts_unit_label, unit_of
@@ -67,9 +67,29 @@ def host_grid_panel(
         xlabel=f"time since run start ({ctx.elapsed_unit})" if ctx.multi else "",
         xlim=ctx.xlim() if ctx.multi else None,
         legend=_legend(kinds, len(present) > 1),
+        spans=_host_spans(ctx, present, host_of),
     )
     alt = f"{title}: {', '.join(present)} over time, one chart per host ({len(grid.cells)} hosts)"
     return Panel(pid, grid.title, ctx.image(pid, lambda: render_grid(grid, ctx.zone)), alt, note)
+
+
+def _host_spans(ctx: Context, metrics: list[str], host_of: dict[str, str]) -> dict[str, list[Span]]:
+    """Per host, the alert spans that concern ``metrics`` on its runs (elapsed x, as the cells); an alert
+    of no particular run shades every cell."""
+    rows = ctx.alert_rows()
+    sel = rows.select(metrics)
+    if not ctx.multi or not sel.any():
+        return {}
+    out: dict[str, list[Span]] = {}
+    first = min(b[0] for b in ctx.bounds.values())
+    for run, start, end, severity, label in zip(
+        rows.run[sel], rows.start[sel], rows.end[sel], rows.severity[sel], rows.label[sel], strict=True
+    ):
+        t0 = ctx.bounds.get(run or "", (first, 0.0))[0]
+        span = Span((start - t0) / ctx.elapsed_div, (end - t0) / ctx.elapsed_div, str(severity), str(label))
+        for host in [host_of[run]] if run in host_of else set(host_of.values()):
+            out.setdefault(host, []).append(span)
+    return out
 
 
 def _legend(kinds: dict[tuple[str, str], int], by_metric: bool) -> list[tuple[str, str]]:
