@@ -108,7 +108,7 @@ def test_report_group_covers_every_host_of_the_job_and_no_other(store):
     assert done.returncode == 0, done.stderr
     text = out.read_text()
     for i in range(4):
-        assert f"node-{i}" in text
+        assert f"| host | node-{i} (run group job1, node {i}) |" in text
     assert "other-" not in text
     html = store / "job1.html"
     done = _cli(store, "report", "--group", "job1", "-o", str(html))
