@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from llamamon.errors import ConfigError
 
-GROUP_ENV = ("LLAMAMON_GROUP", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")
+LAUNCHER_GROUP_ENV = ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")  # after --group, LLAMAMON_GROUP, --rdzv-id
 NODE_RANK_ENV = ("NODE_RANK", "GROUP_RANK", "SLURM_NODEID")
 MAX_GROUP = 64
 _GROUP_OK = re.compile(r"[\w.\-+@=]+")
@@ -45,9 +45,9 @@ class Launch:
 
 
 def check_group_name(name: str, where: str = "--group") -> str:
-    """The group name, or a ConfigError naming ``where``: a run group becomes a path component (the store,
-    a bucket prefix) and a filter, so path characters, a leading dot and blanks are refused, not rewritten
-    (two different job ids must never become one group)."""
+    """The group name, or a ConfigError naming ``where``. Why refused rather than rewritten as run names are:
+    two different job ids must never become one group; and a name typed back as ``--group`` and perhaps one
+    day a path component (a partition, a bucket prefix) must hold no path characters."""
     text = unicodedata.normalize("NFC", name).strip()
     if not text:
         raise ConfigError("a run group name cannot be empty", path=where)
@@ -126,7 +126,7 @@ def _group(env: Mapping[str, str], command: Sequence[str], group: str | None) ->
     rdzv = torchrun_option(command, "rdzv-id")
     if rdzv and rdzv != "none":
         return check_group_name(rdzv, "torchrun --rdzv-id")
-    for name in GROUP_ENV[1:]:
+    for name in LAUNCHER_GROUP_ENV:
         value = env.get(name, "").strip()
         if value and value != "none":
             return check_group_name(value, name)
