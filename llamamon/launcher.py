@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from llamamon.errors import ConfigError
 
 LAUNCHER_GROUP_ENV = ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")  # after --group, LLAMAMON_GROUP, --rdzv-id
+# Where launchers put the node's index in the job: torchrun (NODE_RANK, or GROUP_RANK in its workers), SLURM;
+# the run's node_rank here, and its rows' node_rank label (log_destination.rank_labels).
 NODE_RANK_ENV = ("NODE_RANK", "GROUP_RANK", "SLURM_NODEID")
 MAX_GROUP = 64
 _GROUP_OK = re.compile(r"[\w.\-+@=]+")

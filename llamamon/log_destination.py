@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from llamamon.errors import RunNotFound
 from llamamon.host import this_host
+from llamamon.launcher import NODE_RANK_ENV
 from llamamon.samples import NO_LABELS, Labels, Row, RunInfo, labels_to_str, make_labels, user_name
 
 if TYPE_CHECKING:
@@ -198,10 +199,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-# Where launchers put the node's index in the job: torchrun (NODE_RANK, or GROUP_RANK in its workers), SLURM.
-NODE_RANK_VARIABLES = ("NODE_RANK", "GROUP_RANK", "SLURM_NODEID")
-
-
 def rank_labels(env: Mapping[str, str]) -> Labels:
     """rank/local_rank/node_rank labels for distributed jobs; none for a single process (keeps cardinality low).
 
@@ -210,7 +207,7 @@ def rank_labels(env: Mapping[str, str]) -> Labels:
     """
     if not env.get("RANK") and not env.get("LOCAL_RANK"):
         return NO_LABELS
-    node = next((env[v] for v in NODE_RANK_VARIABLES if env.get(v)), None)
+    node = next((env[v] for v in NODE_RANK_ENV if env.get(v)), None)
     return make_labels(rank=env.get("RANK"), local_rank=env.get("LOCAL_RANK"), node_rank=node)
 
 
