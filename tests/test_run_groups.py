@@ -11,6 +11,8 @@ import textwrap
 
 import pytest
 
+from llamamon.samples import RunInfo
+from llamamon.store.runs import group_status
 from tests.conftest import llamamon_env, run_llamamon, run_python
 
 PY = sys.executable
@@ -211,3 +213,14 @@ def test_record_around_torchrun_groups_by_its_rdzv_id(tmp_path):
     )
     assert shown.returncode == 0, shown.stderr
     assert run["id"] in report.read_text()
+
+
+def test_a_groups_status_is_running_while_any_runs_else_failed_if_any_failed():
+    def run(n: int, end: float | None = 2.0, code: int | None = 0) -> RunInfo:
+        return RunInfo(id=f"20260101T000000Z-node-{n}-000{n}", host=f"node-{n}", start=1.0, end=end, exit_code=code)
+
+    done, failed, live, killed = run(0), run(1, code=3), run(2, end=None, code=None), run(3, end=None, code=None)
+    assert group_status([done, failed, live], {live.id}) == "running"
+    assert group_status([done, failed], set()) == "failed"
+    assert group_status([done, killed], set()) == "unfinished"
+    assert group_status([done, run(4)], set()) == "finished"
