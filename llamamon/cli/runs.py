@@ -65,7 +65,7 @@ def runs_command(
     tags = parse_tags(tag_pairs)
     runs = list_runs(folder)
     if group is not None:
-        runs = group_runs(runs, group, folder)
+        runs = group_runs(runs, group, location.shown)
     live = live_runs(folder) if any(run.end is None for run in runs) else set()
     runs = select_runs(runs, tags=tags, name=name_glob, status=status, live=live)
     if limit is not None:
