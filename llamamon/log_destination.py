@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from llamamon.errors import RunNotFound
 from llamamon.host import this_host
+from llamamon.launcher import NODE_RANK_ENV
 from llamamon.samples import NO_LABELS, Labels, Row, RunInfo, labels_to_str, make_labels, user_name
 
 if TYPE_CHECKING:
+    from llamamon.launcher import Launch
     from llamamon.store.journal import Journal
 
 logger = logging.getLogger("llamamon.api")
@@ -110,6 +112,7 @@ class Destination:
 
         start = time.time()
         tags = {"world_size": os.environ["WORLD_SIZE"]} if os.environ.get("WORLD_SIZE") else {}
+        launch = _launch()
         info = RunInfo(
             id=new_run_id(host, start),
             host=host,
@@ -123,6 +126,9 @@ class Destination:
             llamamon_version=__version__,
             config_file=str(config.source) if config is not None and config.source else None,
             source="api",
+            run_group=launch.run_group,
+            node_rank=launch.node_rank,
+            rank=launch.rank,
         )
         self.metrics_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
         write_run(self.metrics_dir, info)  # type: ignore[arg-type]
@@ -193,10 +199,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-# Where launchers put the node's index in the job: torchrun (NODE_RANK, or GROUP_RANK in its workers), SLURM.
-NODE_RANK_VARIABLES = ("NODE_RANK", "GROUP_RANK", "SLURM_NODEID")
-
-
 def rank_labels(env: Mapping[str, str]) -> Labels:
     """rank/local_rank/node_rank labels for distributed jobs; none for a single process (keeps cardinality low).
 
@@ -205,8 +207,21 @@ def rank_labels(env: Mapping[str, str]) -> Labels:
     """
     if not env.get("RANK") and not env.get("LOCAL_RANK"):
         return NO_LABELS
-    node = next((env[v] for v in NODE_RANK_VARIABLES if env.get(v)), None)
+    node = next((env[v] for v in NODE_RANK_ENV if env.get(v)), None)
     return make_labels(rank=env.get("RANK"), local_rank=env.get("LOCAL_RANK"), node_rank=node)
+
+
+def _launch() -> Launch:
+    """The launcher's run group and ranks, as ``llamamon record`` takes them; a bad group name is warned
+    about and left out (the job must not fail for its metadata)."""
+    from llamamon.errors import ConfigError
+    from llamamon.launcher import Launch, launch_from, ranks_from
+
+    try:
+        return launch_from(os.environ)
+    except ConfigError as exc:
+        logger.warning("llamamon.log: no run group: %s", exc)
+        return Launch(None, *ranks_from(os.environ))
 
 
 def _load_config() -> Any:

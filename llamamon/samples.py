@@ -132,6 +132,9 @@ class RunInfo:
     samples: int = 0
     config: dict[str, Any] = field(default_factory=dict)  # the job's hyperparameters (llamamon.init)
     source: Literal["record", "api", "watch"] = "record"
+    run_group: str | None = None  # the multi-node job this run is one node of (llamamon.launcher)
+    node_rank: int | None = None  # the launcher's node index (NODE_RANK, GROUP_RANK, SLURM_NODEID)
+    rank: int | None = None  # the process's global rank when the launcher gave one (RANK, SLURM_PROCID)
 
     @property
     def duration(self) -> float | None:

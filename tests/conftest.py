@@ -44,6 +44,10 @@ def promtool_labels(text: str) -> dict[str, str]:
     return {k: v for k, v in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', text)}
 
 
+LAUNCHER_ENV = ("LLAMAMON_GROUP", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_NODEID", "SLURM_PROCID", "NODE_RANK")
+LAUNCHER_ENV += ("GROUP_RANK", "RANK", "LOCAL_RANK")
+
+
 def llamamon_env(**extra: str) -> dict[str, str]:
     """Environment for a child `python -m llamamon` that imports this checkout, whatever its cwd."""
     env = dict(os.environ)
@@ -52,6 +56,8 @@ def llamamon_env(**extra: str) -> dict[str, str]:
     env.pop("LLAMAMON_RUN_ID", None)
     env.pop("LLAMAMON_METRICS_DIR", None)
     env.pop("LLAMAMON_HOST", None)
+    for name in LAUNCHER_ENV:  # a test run inside a SLURM job or under torchrun must not group its runs
+        env.pop(name, None)
     # The built-in channels' variables: a developer's real Slack or mail server never hears from a test.
     env.pop("SLACK_WEBHOOK_URL", None)
     env.pop("SMTP_SERVER", None)
@@ -114,6 +120,8 @@ def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LLAMAMON_CONFIG", raising=False)
     monkeypatch.delenv("LLAMAMON_RUN_ID", raising=False)
     monkeypatch.delenv("LLAMAMON_METRICS_DIR", raising=False)
+    for name in LAUNCHER_ENV:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

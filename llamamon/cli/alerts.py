@@ -120,6 +120,7 @@ def _check_channels(cfg: Any) -> None:
 @click.option("--latest", is_flag=True, help="The most recent run.")
 @click.option("--all", "all_runs", is_flag=True, help="Every recorded run (the default).")
 @click.option("--since", default=None, help="Runs active within this long, e.g. 2h.")
+@click.option("--group", default=None, metavar="NAME", help="Every run of this run group (a multi-node job).")
 @click.option(
     "--fail-on",
     type=click.Choice(SEVERITIES),
@@ -140,6 +141,7 @@ def test_command(
     latest: bool,
     all_runs: bool,
     since: str | None,
+    group: str | None,
     fail_on: str,
     junit_path: str | None,
     unit: bool,
@@ -159,7 +161,9 @@ def test_command(
         raise ConfigError(f"unexpected argument {files[0]!r} (test files need --unit)", path="alerts test")
     from llamamon.cli.alerts_unit import evaluate_recorded
 
-    found = evaluate_recorded(config_path, metrics_dir, list(run_ids), latest, all_runs, since, steps=bool(junit_path))
+    found = evaluate_recorded(
+        config_path, metrics_dir, list(run_ids), latest, all_runs, since, steps=bool(junit_path), group=group
+    )
     alerts, rules, steps = found
     if as_json:
         import json

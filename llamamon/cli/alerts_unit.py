@@ -31,6 +31,7 @@ def evaluate_recorded(
     since: str | None,
     *,
     steps: bool = False,
+    group: str | None = None,
 ) -> tuple[list[Alert], list[Rule], list[int | None]]:
     """Every alert episode of every enabled rule over the selected recorded runs, and (``steps``) the
     training step each fired at (the run's last logged step by then; None without one)."""
@@ -46,9 +47,9 @@ def evaluate_recorded(
     location = open_location(metrics_dir or cfg.metrics_path)
     location.pull(set())
     root = location.root
-    if all_runs and (run_ids or latest or since):
-        raise ConfigError("--all cannot be combined with --run, --latest or --since", path="alerts test")
-    runs = resolve_runs(root, run_ids, latest, since)
+    if all_runs and (run_ids or latest or since or group):
+        raise ConfigError("--all cannot be combined with --run, --latest, --since or --group", path="alerts test")
+    runs = resolve_runs(root, run_ids, latest, since, group=group)
     if not runs:
         click.echo(f"llamamon: no runs recorded in {location.shown}", err=True)
         return [], rules_from_config(cfg), []

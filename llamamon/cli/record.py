@@ -26,6 +26,13 @@ from llamamon.cli.options import config_option, interval_option, metrics_dir_opt
     metavar="URL",
     help="Also scrape this Prometheus endpoint every interval, e.g. a vLLM or TGI /metrics (repeatable).",
 )
+@click.option(
+    "--group",
+    default=None,
+    metavar="NAME",
+    help="The multi-node job this run is one node of (default: $LLAMAMON_GROUP, torchrun's --rdzv-id, "
+    "$TORCHELASTIC_RUN_ID, $SLURM_JOB_ID).",
+)
 @config_option
 @metrics_dir_option
 @verbosity_options
@@ -40,6 +47,7 @@ def record_command(
     no_alerts: bool,
     no_parse: bool,
     scrape: tuple[str, ...],
+    group: str | None,
     config_path: str | None,
     metrics_dir: str | None,
     quiet: bool,
@@ -57,6 +65,7 @@ def record_command(
       llamamon record -- python train.py --epochs 3
       llamamon record --name baseline --tag lr=3e-4 --interval 2 -- ./train.sh
       llamamon record --scrape http://127.0.0.1:8000/metrics -- vllm serve my-model
+      srun llamamon record -- python train.py          (one run per node, grouped by $SLURM_JOB_ID)
     """
     from llamamon.cli import setup_logging
     from llamamon.runtime.parquet_route import FoldHelper
@@ -78,5 +87,6 @@ def record_command(
         alerts=not no_alerts,
         parse=not no_parse,
         scrape=list(scrape),
+        group=group,
     )
     ctx.exit(record(options, folder))

@@ -37,6 +37,7 @@ def _dashboards(_ctx: click.Context, _param: click.Parameter, value: str | None)
 )
 @click.option("--latest", is_flag=True, help="The most recent run (the default when nothing else is chosen).")
 @click.option("--since", metavar="DURATION", help="Every run active within this long, e.g. 24h.")
+@click.option("--group", metavar="NAME", help="Every run of this run group (a multi-node job): one report.")
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False), help="File to write (default: llamamon-report.html/.md)."
 )
@@ -60,6 +61,7 @@ def report_command(
     run_ids: tuple[str, ...],
     latest: bool,
     since: str | None,
+    group: str | None,
     output: str | None,
     dashboards: tuple[str, ...],
     template_dir: str | None,
@@ -83,7 +85,7 @@ def report_command(
     location = open_location(settings.metrics_dir)
     location.pull(set())  # a bucket's run metadata first, then the partitions of the runs chosen only
     settings.metrics_dir = location.root
-    runs = resolve_runs(location.root, run_ids, latest=latest, since=since_s)
+    runs = resolve_runs(location.root, run_ids, latest=latest, since=since_s, group=group)
     location.pull({run.id for run in runs})
     suffix = ".html" if fmt == "html" else ".md"
     out = Path(output) if output else Path("llamamon-report" + suffix)

@@ -13,9 +13,14 @@ if TYPE_CHECKING:
 
 
 def resolve_runs(
-    metrics_dir: Path, ids: tuple[str, ...] = (), latest: bool = False, since: float | None = None
+    metrics_dir: Path,
+    ids: tuple[str, ...] = (),
+    latest: bool = False,
+    since: float | None = None,
+    group: str | None = None,
 ) -> list[RunInfo]:
-    """Runs chosen on the command line (ids, names or id prefixes; --latest; --since); the latest by default."""
+    """Runs chosen on the command line (ids, names or id prefixes; --latest; --since; --group's runs); the
+    latest by default."""
     from llamamon.store import open_store
     from llamamon.store import runs as store_runs
 
@@ -25,8 +30,8 @@ def resolve_runs(
     open_store(metrics_dir)
     if not store_runs.list_runs(metrics_dir):
         raise StoreError(f"no runs recorded in {metrics_dir} (record one with `llamamon record -- CMD`)")
-    nothing_chosen = not ids and not latest and since is None
-    chosen = store_runs.resolve_runs(metrics_dir, ids, latest=latest or nothing_chosen, since=since)
+    nothing_chosen = not ids and not latest and since is None and group is None
+    chosen = store_runs.resolve_runs(metrics_dir, ids, latest=latest or nothing_chosen, since=since, group=group)
     if not chosen:
         raise StoreError(f"no run in {metrics_dir} was active in the last {since:.0f}s")
     return chosen

@@ -52,6 +52,7 @@ class RecordOptions:
     alerts: bool = True
     parse: bool = True  # recognise metric lines in the job's stdout/stderr
     scrape: list[str] = field(default_factory=list)  # Prometheus endpoints, besides monitoring.yaml's scrape:
+    group: str | None = None  # --group; else the launcher's environment says (llamamon.launcher)
 
 
 def record(options: RecordOptions, folder: FoldHelper | None = None) -> int:
@@ -91,6 +92,7 @@ class Recorder:
     ) -> None:
         from llamamon.collectors.custom import load_collectors
         from llamamon.collectors.system import SystemCollector
+        from llamamon.launcher import launch_from
         from llamamon.runtime.run_info import new_run_info
         from llamamon.runtime.shipper import Shipper
 
@@ -102,7 +104,10 @@ class Recorder:
         self._system = SystemCollector(self.metrics_dir)
         self._system.prime()  # its first window runs while the rest starts up: no wait at the first sample
         self.host = this_host()
-        self.info = new_run_info(options.command, options.name, options.tags, config, interval, self.host, time.time())
+        launch = launch_from(os.environ, options.command, options.group)
+        self.info = new_run_info(
+            options.command, options.name, options.tags, config, interval, self.host, time.time(), launch
+        )
         # Mistakes in these are ConfigErrors before the job starts.
         self.user_collectors = load_collectors(config)
         self.scrapers: list[MetricsCollector] = []
@@ -133,6 +138,8 @@ class Recorder:
         env = dict(os.environ, LLAMAMON_RUN_ID=info.id, LLAMAMON_METRICS_DIR=str(self.metrics_dir))
         if self.config.source is not None:  # llamamon.log() in the job uses the same aliases
             env["LLAMAMON_CONFIG"] = str(Path(self.config.source).absolute())
+        if info.run_group is not None:  # what the job starts outside this run (its own llamamon.init) joins the job
+            env["LLAMAMON_GROUP"] = info.run_group
         output = self.output
         if output is not None:
             env.update(output.claim_env())

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llamamon import __version__
+from llamamon.launcher import Launch
 from llamamon.masking import mask_command
 from llamamon.samples import RunInfo, user_name
 
@@ -27,12 +28,20 @@ GIT_TIMEOUT_S = 2.0
 
 
 def new_run_info(
-    command: list[str], name: str | None, tags: dict[str, str], config: Config, interval: float, host: str, start: float
+    command: list[str],
+    name: str | None,
+    tags: dict[str, str],
+    config: Config,
+    interval: float,
+    host: str,
+    start: float,
+    launch: Launch | None = None,
 ) -> RunInfo:
-    """The metadata of a run starting now: its id, the masked command line, where and by whom."""
+    """The metadata of a run starting now: its id, the masked command line, where, by whom, in which job."""
     from llamamon.store.layout import sanitize_run_name
     from llamamon.store.runs import new_run_id
 
+    launch = launch or Launch()
     return RunInfo(
         id=new_run_id(host, start),
         host=host,
@@ -47,6 +56,9 @@ def new_run_info(
         config_file=str(config.source) if config.source else None,
         interval=interval,
         source="record",
+        run_group=launch.run_group,
+        node_rank=launch.node_rank,
+        rank=launch.rank,
     )
 
 

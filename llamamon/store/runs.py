@@ -29,7 +29,16 @@ from llamamon.units import parse_duration
 
 log = logging.getLogger("llamamon.store")
 
-__all__ = ["annotate_run", "list_runs", "new_run_id", "read_run", "resolve_run", "resolve_runs", "write_run"]
+__all__ = [
+    "annotate_run",
+    "group_runs",
+    "list_runs",
+    "new_run_id",
+    "read_run",
+    "resolve_run",
+    "resolve_runs",
+    "write_run",
+]
 
 _FIELDS = {f.name for f in dataclasses.fields(RunInfo)}
 
@@ -151,8 +160,10 @@ def resolve_runs(
     latest: bool = False,
     since: float | str | None = None,
     now: float | None = None,
+    group: str | None = None,
 ) -> list[RunInfo]:
-    """Runs named by ``ids``, plus the latest, plus those active in the last ``since`` (seconds or "24h").
+    """Runs named by ``ids``, plus the latest, plus those active in the last ``since`` (seconds or "24h"),
+    plus every run of the run ``group`` (a multi-node job: see :func:`group_runs`).
 
     With no selector at all, every run. "Active" means started or ended inside the window, or still
     being recorded (a live journal writer; a run that crashed without an end time is not "running").
@@ -160,9 +171,9 @@ def resolve_runs(
     """
     runs = list_runs(metrics_dir)
     ids = list(ids)
-    if not ids and not latest and since is None:
+    if not ids and not latest and since is None and group is None:
         return runs
-    chosen: dict[str, RunInfo] = {}
+    chosen: dict[str, RunInfo] = {r.id: r for r in group_runs(runs, group, metrics_dir)} if group else {}
     for ref in ids:
         run = resolve_run(metrics_dir, ref, runs)
         chosen[run.id] = run
@@ -178,6 +189,26 @@ def resolve_runs(
             if run.start >= cutoff or (run.end or 0) >= cutoff or run.id in live:
                 chosen[run.id] = run
     return sorted(chosen.values(), key=lambda r: (r.start, r.id))
+
+
+def group_runs(runs: Iterable[RunInfo], group: str, where: str | os.PathLike[str]) -> list[RunInfo]:
+    """The runs of run group ``group``, in ``runs``' order; none is a RunNotFound listing the known groups.
+
+    Why one function: ``runs --group``, ``report --group`` and ``alerts test --group`` must mean the same job."""
+    runs = list(runs)
+    found = [r for r in runs if r.run_group == group]
+    if found:
+        return found
+    known = sorted({r.run_group for r in runs if r.run_group})
+    shown = ", ".join(known[:10]) + (f" and {len(known) - 10} more" if len(known) > 10 else "")
+    raise RunNotFound(f'no run group "{group}" in {where} (' + (f"known: {shown})" if known else "no run has a group)"))
+
+
+def group_status(runs: Iterable[RunInfo], live: set[str]) -> str:
+    """A job's status from its runs': running while any runs, else failed if any failed, else unfinished if
+    any was killed, else finished."""
+    states = {run_status(r, live) for r in runs}
+    return next((s for s in ("running", "failed", "unfinished") if s in states), "finished")
 
 
 def run_status(run: RunInfo, live: set[str]) -> str:

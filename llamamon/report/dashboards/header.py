@@ -55,7 +55,7 @@ def run_header(run: RunInfo, data: ReportData, zone: tzinfo) -> dict[str, object
         "status_class": cls,
         "start": format_time(start, zone),
         "duration": duration + ("" if run.end is not None else " so far"),
-        "host": run.host or "–",
+        "host": (run.host or "–") + _job_text(run),
         "cpu": run.cpu_model or "–",
         "gpus": ", ".join(run.gpu_names) if run.gpu_names else gpu_reason([run]),
         "command": shlex.join(run.command) if run.command else "–",
@@ -64,6 +64,13 @@ def run_header(run: RunInfo, data: ReportData, zone: tzinfo) -> dict[str, object
         "config": config_items(run.config),
         "cwd": run.cwd,
     }
+
+
+def _job_text(run: RunInfo) -> str:
+    """Where the run sits in a multi-node job, beside its host: `` (run group job1, node 2, rank 17)``."""
+    bits = [f"run group {run.run_group}"] if run.run_group else []
+    bits += [f"{what} {n}" for what, n in (("node", run.node_rank), ("rank", run.rank)) if n is not None]
+    return f" ({', '.join(bits)})" if bits else ""
 
 
 def config_items(config: dict[str, object], prefix: str = "") -> list[tuple[str, str]]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from llamamon import catalog
 from llamamon.report.dashboards.context import Context
 from llamamon.report.dashboards.header import gpu_reason
-from llamamon.report.dashboards.model import Dashboard, Table, dashboard_for
+from llamamon.report.dashboards.hosts import host_grid_panel, per_host
+from llamamon.report.dashboards.model import Dashboard, Panel, Table, dashboard_for
 from llamamon.report.dashboards.panels import has_metrics, metric_panel, panels_by_unit, pct, threshold_lines
 from llamamon.report.dashboards.summary import summary_table
-from llamamon.report.dashboards.values import format_value, unit_of
+from llamamon.report.dashboards.values import display_unit, format_value, unit_of
 from llamamon.report.data import label_text
 
 
@@ -22,25 +23,26 @@ def system_dashboard(ctx: Context) -> Dashboard:
     )
     gpu_util = threshold_lines(th.gpu_utilization_min, "utilization_min", pct)
     gpu_mem = threshold_lines(th.gpu_memory_max, "memory_max", pct)
+    # A job on many hosts: one small chart per host, not one line per host on one chart.
+    panel = host_grid_panel if per_host(ctx) else metric_panel
+    cache = sorted(m for m in ctx.data.metrics() if "cache" in m and _in_system(m))
     candidates = [
-        metric_panel(ctx, "cpu", "CPU", ["cpu_usage"], ylim=(0, 1.02)),
-        metric_panel(ctx, "memory", "Memory", ["memory_usage", "swap_usage"], thresholds=mem_lines, ylim=(0, 1.02)),
-        metric_panel(ctx, "gpu-util", "GPU utilisation", ["gpu_utilization"], thresholds=gpu_util, ylim=(0, 1.02)),
-        metric_panel(ctx, "gpu-mem", "GPU memory", ["gpu_memory_usage"], thresholds=gpu_mem, ylim=(0, 1.02)),
-        metric_panel(ctx, "gpu-temp", "GPU temperature", ["gpu_temperature"]),
-        metric_panel(ctx, "gpu-power", "GPU power", ["gpu_power"], note=_energy_note(ctx)),
-        metric_panel(ctx, "gpu-clock", "GPU clocks", ["gpu_sm_clock", "gpu_memory_clock"]),
-        metric_panel(ctx, "gpu-throttle", "GPU clock events (throttling)", ["gpu_clock_event"], ylim=(-0.05, 1.05)),
-        metric_panel(ctx, "disk-io", "Disk I/O", ["disk_read_throughput", "disk_write_throughput"]),
-        metric_panel(ctx, "disk-usage", "Disk usage", ["disk_usage"], ylim=(0, 1.02)),
-        metric_panel(ctx, "network", "Network", _network_metrics(ctx)),
-        metric_panel(ctx, "proc-cpu", "Process tree CPU", ["process_cpu_usage"]),
-        metric_panel(ctx, "proc-rss", "Process tree memory (RSS)", ["process_memory_rss"]),
-        metric_panel(ctx, "proc-gpu", "Process tree GPU memory", ["gpu_process_memory_used"]),
-        metric_panel(
-            ctx, "proc-io", "Process tree disk I/O", ["process_io_read_throughput", "process_io_write_throughput"]
-        ),
-        *panels_by_unit(ctx, "cache", "Cache", sorted(m for m in ctx.data.metrics() if "cache" in m and _in_system(m))),
+        panel(ctx, "cpu", "CPU", ["cpu_usage"], ylim=(0, 1.02)),
+        panel(ctx, "memory", "Memory", ["memory_usage", "swap_usage"], thresholds=mem_lines, ylim=(0, 1.02)),
+        panel(ctx, "gpu-util", "GPU utilisation", ["gpu_utilization"], thresholds=gpu_util, ylim=(0, 1.02)),
+        panel(ctx, "gpu-mem", "GPU memory", ["gpu_memory_usage"], thresholds=gpu_mem, ylim=(0, 1.02)),
+        panel(ctx, "gpu-temp", "GPU temperature", ["gpu_temperature"]),
+        panel(ctx, "gpu-power", "GPU power", ["gpu_power"], note=_energy_note(ctx)),
+        panel(ctx, "gpu-clock", "GPU clocks", ["gpu_sm_clock", "gpu_memory_clock"]),
+        panel(ctx, "gpu-throttle", "GPU clock events (throttling)", ["gpu_clock_event"], ylim=(-0.05, 1.05)),
+        panel(ctx, "disk-io", "Disk I/O", ["disk_read_throughput", "disk_write_throughput"]),
+        panel(ctx, "disk-usage", "Disk usage", ["disk_usage"], ylim=(0, 1.02)),
+        panel(ctx, "network", "Network", _network_metrics(ctx)),
+        panel(ctx, "proc-cpu", "Process tree CPU", ["process_cpu_usage"]),
+        panel(ctx, "proc-rss", "Process tree memory (RSS)", ["process_memory_rss"]),
+        panel(ctx, "proc-gpu", "Process tree GPU memory", ["gpu_process_memory_used"]),
+        panel(ctx, "proc-io", "Process tree disk I/O", ["process_io_read_throughput", "process_io_write_throughput"]),
+        *(panels_by_unit(ctx, "cache", "Cache", cache) if not per_host(ctx) else _host_cache_panels(ctx, cache)),
     ]
     d.panels = [p for p in candidates if p is not None]
     if not has_metrics(ctx, "gpu_utilization", "gpu_memory_usage", "gpu_power"):
@@ -53,6 +55,17 @@ def system_dashboard(ctx: Context) -> Dashboard:
         d.tables.append(proc)
     d.tables.append(summary_table(ctx, ("system", "process", "gpu"), "System summary"))
     return d
+
+
+def _host_cache_panels(ctx: Context, metrics: list[str]) -> list[Panel | None]:
+    """The cache metrics per host, a grid per unit (as ``panels_by_unit`` gives one chart per unit)."""
+    by_unit: dict[str, list[str]] = {}
+    for m in metrics:
+        by_unit.setdefault(display_unit(m), []).append(m)
+    return [
+        host_grid_panel(ctx, f"cache-{unit or 'other'}", f"Cache ({unit or 'other'})", ms)
+        for unit, ms in sorted(by_unit.items())
+    ]
 
 
 def _network_metrics(ctx: Context) -> list[str]:
