@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from llamamon import catalog
 from llamamon.report.dashboards.context import Context
+from llamamon.report.dashboards.gpus import gpu_panels
 from llamamon.report.dashboards.header import gpu_reason
 from llamamon.report.dashboards.model import Dashboard, Table, dashboard_for
 from llamamon.report.dashboards.panels import has_metrics, metric_panel, panels_by_unit, pct, threshold_lines
@@ -31,6 +32,7 @@ def system_dashboard(ctx: Context) -> Dashboard:
         metric_panel(ctx, "gpu-power", "GPU power", ["gpu_power"], note=_energy_note(ctx)),
         metric_panel(ctx, "gpu-clock", "GPU clocks", ["gpu_sm_clock", "gpu_memory_clock"]),
         metric_panel(ctx, "gpu-throttle", "GPU clock events (throttling)", ["gpu_clock_event"], ylim=(-0.05, 1.05)),
+        *gpu_panels(ctx),
         metric_panel(ctx, "disk-io", "Disk I/O", ["disk_read_throughput", "disk_write_throughput"]),
         metric_panel(ctx, "disk-usage", "Disk usage", ["disk_usage"], ylim=(0, 1.02)),
         metric_panel(ctx, "network", "Network", _network_metrics(ctx)),
