@@ -76,7 +76,8 @@ def gpu_panels(ctx: Context) -> list[Panel]:
         pid = f"gpu-{gpu}"
         shown = ", ".join(s[0] for s in strips)
         alt = f"{card.title}: {shown} and throttle reasons over time"
-        panels.append(Panel(pid, card.title, ctx.image(pid, lambda c=card: render_card(c, ctx.zone)), alt))
+        # The short title: the Markdown summary lists panel titles joined by " · ", which the card's own uses.
+        panels.append(Panel(pid, f"GPU {gpu}", ctx.image(pid, lambda c=card: render_card(c, ctx.zone)), alt))
     return panels
 
 
