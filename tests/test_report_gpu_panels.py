@@ -146,3 +146,27 @@ def test_a_recorded_eight_gpu_run_gets_eight_cards(tmp_path):
     assert [p for p in found if p.startswith("gpu-") and p[4:].isdigit()] == [f"gpu-{g}" for g in range(8)]
     assert "GPU 5 · NVIDIA H100 80GB HBM3 · PCIe Gen5 ran at x4 of x16" in svg_texts(found["gpu-5"][1])
     assert "thermal (sw)" in svg_texts(found["gpu-0"][1])  # GPU 3's reason has its row on every card
+
+
+def test_runs_compared_on_a_card_get_a_colour_each_and_the_strips_a_style_key(tmp_path):
+    metrics_dir = tmp_path / ".metrics"
+    infos = []
+    for k in range(3):
+        run = f"2026111{k}T034000Z-gpu-box-a1b{k}"
+        infos.append(run_info(run, T0, T0 + 600, name=f"run-{k}"))
+        save_run(metrics_dir, infos[-1])
+        write_rows(metrics_dir, system_rows(T0, 60, 5.0, seed=k), run=run)
+    figures = {}
+
+    def emit(pid, fig):
+        figures[pid] = fig
+        return pid
+
+    ctx = build_context(load_report_data(metrics_dir, infos, ["system"]), "svg", emit)
+    assert [p.id for p in gpu_panels(ctx)] == ["gpu-0", "gpu-1"]
+    fig = figures["gpu-0"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["run-0", "run-1", "run-2"]
+    util = fig.axes[0]
+    assert [t.get_text() for t in util.get_legend().get_texts()] == ["utilisation", "memory"]
+    colours = {line.get_color() for line in util.get_lines() if line.get_label() == "_nolegend_"}
+    assert len(colours) == 3  # one per run, the same for its utilisation and memory lines

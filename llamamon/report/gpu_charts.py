@@ -15,6 +15,7 @@ import matplotlib
 import numpy as np
 from matplotlib import dates as mdates
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, PercentFormatter
 
 from llamamon.report import charts
@@ -46,6 +47,7 @@ class Strip:
     lines: list[Line] = field(default_factory=list)
     limits: list[Line] = field(default_factory=list)
     ylim: tuple[float, float] | None = None
+    key: list[Line] = field(default_factory=list)  # line styles' meanings, as grey legend entries (several runs)
 
 
 @dataclass(slots=True)
@@ -66,6 +68,7 @@ class Card:
     x_mode: str = "time"
     x_label: str = ""
     xlim: tuple[object, object] | None = None
+    runs: list[tuple[str, str]] = field(default_factory=list)  # (run, colour) when the card compares runs
 
 
 def card_height(card: Card) -> float:
@@ -102,6 +105,17 @@ def render_card(card: Card, zone: tzinfo | None = None) -> Figure:
             fontsize=10,
             fontweight="bold",
         )
+        if card.runs:
+            handles = [Line2D([], [], color=c, linewidth=1.4) for _, c in card.runs]
+            fig.legend(
+                handles,
+                [r for r, _ in card.runs],
+                loc="upper right",
+                bbox_to_anchor=(1 - 0.2 / charts.WIDTH_IN, 1),
+                ncols=min(len(card.runs), 4),
+                fontsize=7,
+                frameon=False,
+            )
         axes = []
         for i, strip in enumerate(card.strips):
             ax = fig.add_subplot(grid[i // 2, i % 2])
@@ -125,9 +139,13 @@ def _strip(ax: matplotlib.axes.Axes, strip: Strip) -> None:
     for line in strip.lines:
         if line.lo is not None and line.hi is not None:
             ax.fill_between(line.x, line.lo / scale, line.hi / scale, color=line.colour, alpha=0.15, linewidth=0)
-        ax.plot(line.x, line.y / scale, color=line.colour, linewidth=1.1, label=line.label)
+        label = line.label if line.legend else "_nolegend_"
+        ax.plot(line.x, line.y / scale, line.style, color=line.colour, linewidth=1.1, label=label)
     for ref in strip.limits:
-        ax.plot(ref.x, ref.y / scale, color=ref.colour, linestyle=(0, (4, 2)), linewidth=1.0, label=ref.label)
+        label = ref.label if ref.legend else "_nolegend_"
+        ax.plot(ref.x, ref.y / scale, color=ref.colour, linestyle=(0, (4, 2)), linewidth=1.0, label=label)
+    for k in strip.key:
+        ax.plot([], [], k.style, color=k.colour, linewidth=1.1, label=k.label)
     if strip.ylim is not None:
         ax.set_ylim(strip.ylim[0] / scale, strip.ylim[1] / scale)
     if strip.unit == "ratio":
@@ -136,13 +154,15 @@ def _strip(ax: matplotlib.axes.Axes, strip: Strip) -> None:
         suffix = {"watts": " W", "celsius": " °C", "bytes_per_second": f" {scale_name}/s"}.get(strip.unit, "")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{charts._si(v)}{suffix}"))
     ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(3))
-    if len(strip.lines) + len(strip.limits) > 1:
+    entries = len(ax.get_legend_handles_labels()[1])
+    if entries > 1:
         # Above the plot at the right, beside the strip's title: inside, it would cover the 80-100 % a busy GPU is at.
+        # Two columns past three entries, so the legend never reaches over to the title on the left.
         ax.legend(
             loc="lower right",
             bbox_to_anchor=(1.0, 1.0),
             fontsize=6.5,
-            ncols=4,
+            ncols=entries if entries <= 3 else 2,
             handlelength=1.2,
             borderaxespad=0.1,
             columnspacing=0.8,
@@ -150,7 +170,7 @@ def _strip(ax: matplotlib.axes.Axes, strip: Strip) -> None:
 
 
 def _band(ax: matplotlib.axes.Axes, rows: Sequence[BandRow]) -> None:
-    """Throttle reasons as a band: a row per reason seen, filled where it was on, darker the longer."""
+    """Throttle reasons as a band: a row per reason seen, filled where it was on, coloured by its cause."""
     ax.set_title("clock events (throttling)", loc="left", pad=3)
     ax.grid(False)
     if not rows:

@@ -44,6 +44,7 @@ CAUSES = {
     "sw_thermal_slowdown": "thermal",
     "hw_thermal_slowdown": "thermal",
 }
+STYLES = ("-", "--", ":", "-.")  # a strip's metrics apart when colours tell runs apart
 IDLE = "gpu_idle"  # clocks down because there is no work: not a throttle, and on at every pause
 CARD_METRICS = [m for _, _, ms, _ in STRIPS for m, _ in ms] + ["gpu_power_limit", "gpu_clock_event"]
 
@@ -72,6 +73,7 @@ def gpu_panels(ctx: Context) -> list[Panel]:
             ctx.x_mode,
             _x_label(ctx),
             ctx.xlim(),
+            [(ctx.run_labels.get(r, r), charts.colour(k)) for k, r in enumerate(ctx.run_labels)] if ctx.multi else [],
         )
         pid = f"gpu-{gpu}"
         shown = ", ".join(s[0] for s in strips)
@@ -148,18 +150,23 @@ def _strip(
     strip = Strip(title, unit, ylim=ylim)
     rows = _summed_links(part)
     for i, (metric, legend) in enumerate(metrics):
-        strip.lines += _lines(ctx, rows, metric, legend, i, len(metrics))
+        lines = _lines(ctx, rows, metric, legend, i)
+        strip.lines += lines
+        if ctx.multi and lines and len(metrics) > 1:
+            strip.key.append(Line(legend, np.array([]), np.array([]), colour=charts.MUTED, style=STYLES[i]))
     if ref is not None:
-        strip.limits = _lines(ctx, rows, ref, "limit", len(metrics), len(metrics) + 1, band=False)
-        for line in strip.limits:
-            line.colour = charts.MUTED
+        strip.limits = _lines(ctx, rows, ref, "limit", 0, band=False)
+        for k, line in enumerate(strip.limits):
+            line.colour, line.legend = charts.MUTED, k == 0
     return strip
 
 
-def _lines(
-    ctx: Context, rows: pl.DataFrame, metric: str, legend: str, i: int, per_run: int, *, band: bool = True
-) -> list[Line]:
-    """One line per run of ``metric`` on this GPU, each run's metrics in their own colours."""
+def _lines(ctx: Context, rows: pl.DataFrame, metric: str, legend: str, i: int, *, band: bool = True) -> list[Line]:
+    """One line per run of ``metric`` (the strip's ``i``-th) on this GPU.
+
+    One run: a colour per metric, named in the strip's legend. Several: a colour per run (the card's legend,
+    the same on every strip) and a line style per metric (the strip's grey key), so legends stay short.
+    """
     import polars as pl
 
     out = []
@@ -167,15 +174,16 @@ def _lines(
     for run, series in rows.filter(pl.col("metric") == metric).sort("time").group_by("run", maintain_order=True):
         run_id = str(run[0])
         k = runs.index(run_id) if run_id in runs else 0
-        label = f"{legend} · {ctx.run_labels.get(run_id, run_id)}" if ctx.multi else legend
         out.append(
             Line(
-                label,
+                legend,
                 ctx.x_of(run_id, series["time"]),
                 series["mean"].to_numpy(),
-                lo=series["min"].to_numpy() if band else None,
-                hi=series["max"].to_numpy() if band else None,
-                colour=charts.colour(i + k * per_run),
+                lo=series["min"].to_numpy() if band and not ctx.multi else None,
+                hi=series["max"].to_numpy() if band and not ctx.multi else None,
+                colour=charts.colour(k if ctx.multi else i),
+                style=STYLES[i] if ctx.multi else "-",
+                legend=not ctx.multi,
             )
         )
     return out
