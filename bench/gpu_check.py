@@ -5,7 +5,8 @@
 Steps, each under its own timeout, all within BUDGET_S: a fresh venv with the project (and, once a GPU is
 seen, a CUDA build of torch from the registry); nvidia-smi sees a GPU (else it stops there, saying so);
 ``llamamon doctor``; ``llamamon record --interval 0.5 -- python bench/gpu_job.py`` with the GPU collector
-and again with ``--no-gpu``; the recorded values against nvidia-smi and torch.cuda (bench/gpu_check_analysis.py);
+and again with ``--no-gpu``; the recorded values against nvidia-smi and torch.cuda (bench/gpu_check_analysis.py),
+and every GPU metric recorded or declared unavailable in the run's metadata;
 the report (HTML, Markdown, and a headless Chromium screenshot where Chromium is installed).
 
 Environment:
@@ -187,7 +188,7 @@ def env() -> dict[str, str]:
     return e
 
 
-def doctor(ck: Check, python: str, smi: list[dict[str, str]]) -> str:
+def doctor(ck: Check, python: str, smi: list[dict[str, str]]) -> None:
     done = ck.run([*llamamon(python), "doctor", "--json"], 60, env=env(), cwd=ck.out)
     try:
         gpu = json.loads(done.stdout)["gpu"]
@@ -197,7 +198,7 @@ def doctor(ck: Check, python: str, smi: list[dict[str, str]]) -> str:
     devices = gpu.get("gpus") or []
     if not gpu.get("available") or not devices:
         ck.say(Verdict("doctor", "FAIL", f"no GPU: {gpu.get('reason')}"))
-        return done.stdout
+        return
     first = devices[0]
     name, driver = str(first.get("name", "")), str(gpu.get("driver_version", ""))
     total = float(first.get("memory_total") or 0) / an.MIB
@@ -205,11 +206,10 @@ def doctor(ck: Check, python: str, smi: list[dict[str, str]]) -> str:
     ck.say(Verdict("doctor", "PASS" if ok else "FAIL", f"{name}, driver {driver} (nvidia-smi: {smi[0]['name']})"))
     if total:
         ck.say(an.within("doctor memory total vs nvidia-smi", total, float(smi[0]["memory.total"]), an.TOLERANCE))
-    return done.stdout
 
 
 def record(ck: Check, python: str, name: str, metrics: Path, gpu: bool) -> dict[str, Any]:
-    """One recorded job (-v: the recorder's log says which GPU fields the board does not support)."""
+    """One recorded job; what the board cannot give is in its runs/<id>.json (``run_metadata``)."""
     job_out = ck.out / f"job-{name}.json"
     seconds = os.environ.get("GPU_CHECK_SECONDS", "15")
     cmd = [
@@ -251,7 +251,16 @@ def gpu_metric_names() -> list[str]:
     return [m.name for m in catalog.METRICS if m.group == "gpu"]
 
 
-def compare(ck: Check, on: dict[str, Any], declared: str) -> None:
+def run_metadata(metrics: Path, name: str) -> dict[str, Any]:
+    """runs/<id>.json of the run recorded as ``name``: its ``gpu`` section says what each GPU could not read."""
+    for path in sorted((metrics / "runs").glob("*.json")):
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if meta.get("name") == name:
+            return meta
+    return {}
+
+
+def compare(ck: Check, on: dict[str, Any], run_meta: dict[str, Any]) -> None:
     rows, job, gpu = on["rows"], on["job"], "0"
     snap = job.get("snapshot")
     ck.figures["job"] = {k: v for k, v in job.items() if k != "snapshot"}
@@ -259,7 +268,8 @@ def compare(ck: Check, on: dict[str, Any], declared: str) -> None:
     ck.say(an.check_samples(rows, gpu), an.check_utilization(rows, gpu, job))
     ck.say(*an.check_memory(rows, gpu, snap), *an.check_process_memory(rows, gpu, snap))
     ck.say(*an.check_energy(rows, gpu), *an.check_plausible(rows, gpu, job), *an.check_torch_figures(rows, snap))
-    ck.say(*an.check_metrics_present(rows, gpu_metric_names(), declared))
+    ck.figures["unavailable"] = [d.get("unavailable") for d in run_meta.get("gpu", {}).get("gpus") or []]
+    ck.say(*an.check_metrics_present(rows, gpu_metric_names(), run_meta, gpu))
 
 
 def report(ck: Check, python: str, metrics: Path, job: dict[str, Any]) -> None:
@@ -269,8 +279,9 @@ def report(ck: Check, python: str, metrics: Path, job: dict[str, Any]) -> None:
     base = [*llamamon(python), "report", "--run", "gpu-on", "--metrics-dir", str(metrics)]
     done = ck.run([*base, "-o", str(html)], 180, env=env())
     page = html.read_text(encoding="utf-8", errors="replace") if html.exists() else ""
-    panels = [t for t in ("GPU utilisation", "GPU memory", "GPU power", "GPU temperature") if t in page]
-    ok = done.returncode == 0 and len(panels) == 4
+    wanted = ("GPU utilisation", "GPU memory", "GPU power", "GPU temperature", 'id="panel-gpu-0"')
+    panels = [t for t in wanted if t in page]
+    ok = done.returncode == 0 and len(panels) == len(wanted)
     ck.say(Verdict("report", "PASS" if ok else "FAIL", f"exit {done.returncode}, {len(page):,} bytes, panels {panels}"))
     ck.run([*base, "--markdown", "-o", str(md)], 180, env=env())
     peak = peak_for(job.get("device_name", ""))
@@ -297,12 +308,11 @@ def main(argv: list[str]) -> int:
         python = setup_python(ck)
         smi = gpu_present(ck)
         ensure_torch(ck, python)
-        declared = doctor(ck, python, smi)
+        doctor(ck, python, smi)
         metrics = Path(tempfile.mkdtemp(prefix="llamamon-gpu-check-metrics-"))
         on = record(ck, python, "gpu-on", metrics, gpu=True)
         off = record(ck, python, "gpu-off", metrics, gpu=False)
-        declared += on["log"] + "".join(p.read_text(errors="replace") for p in (metrics / "runs").glob("*.json"))
-        compare(ck, on, declared)
+        compare(ck, on, run_metadata(metrics, "gpu-on"))
         ck.figures["recorder_cpu"] = {"gpu_on": on["cpu"], "gpu_off": off["cpu"]}
         ck.say(an.check_recorder_cpu(on["cpu"], off["cpu"]))
         report(ck, python, metrics, on["job"])

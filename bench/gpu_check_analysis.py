@@ -192,23 +192,73 @@ def check_torch_figures(rows: Sequence[Row], snap: dict[str, Any] | None) -> lis
     return [within("torch.cuda reserved (logged vs read)", point[1] / MIB, snap["torch_reserved"] / MIB, TOLERANCE)]
 
 
-DECLARING = ("not available", "unavailable", "not supported", "NOT_SUPPORTED")
+# Each GPU metric the NVML collector records -> the fields of llamamon/collectors/gpu*.py (the names it
+# passes to Nvml.call/drop) whose entries in runs/<id>.json gpu.gpus[i].unavailable declare it missing: it
+# is declared when every field of one alternative is there (clock events have a fallback function; the
+# two ECC counts are dropped apart; NVLink is missing for no link or for an unanswered counter query).
+UNAVAILABLE_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "gpu_utilization": (("utilization",),),
+    "gpu_memory_usage": (("memory",),),
+    "gpu_memory_used": (("memory",),),
+    "gpu_memory_total": (("memory",),),
+    "gpu_temperature": (("temperature",),),
+    "gpu_power": (("power",),),
+    "gpu_power_limit": (("power_limit",),),
+    "gpu_energy": (("energy",),),
+    "gpu_sm_clock": (("sm_clock",),),
+    "gpu_memory_clock": (("memory_clock",),),
+    "gpu_fan_speed": (("fan_speed",),),
+    "gpu_clock_event": (("clock_events", "clock_events_legacy"),),
+    "gpu_throttled": (("clock_events", "clock_events_legacy"),),
+    "gpu_ecc_errors": (("ecc_corrected", "ecc_uncorrected"),),
+    "gpu_process_memory_used": (("processes",),),
+    "gpu_pcie_link_gen": (("pcie_link_gen",),),
+    "gpu_pcie_link_gen_max": (("pcie_link_gen_max",),),
+    "gpu_pcie_link_width": (("pcie_link_width",),),
+    "gpu_pcie_link_width_max": (("pcie_link_width_max",),),
+    "gpu_pcie_rx_throughput": (("pcie_rx",),),
+    "gpu_pcie_tx_throughput": (("pcie_tx",),),
+    "gpu_nvlink_rx_throughput": (("nvlink",), ("nvlink_throughput",)),
+    "gpu_nvlink_tx_throughput": (("nvlink",), ("nvlink_throughput",)),
+    "gpu_sm_activity": (("gpm",),),
+    "gpu_tensor_activity": (("gpm",),),
+    "gpu_dram_bandwidth_utilization": (("gpm",),),
+    "gpu_xid_events": (("xid_events",),),
+    "gpu_xid_errors": (("xid_events",),),
+}
+# Recorded only when something happens (one series per XID code seen): the total's series says it was asked.
+ON_EVENT = {"gpu_xid_errors": "gpu_xid_events"}
 
 
-def check_metrics_present(rows: Sequence[Row], names: Sequence[str], declared: str) -> list[Verdict]:
-    """Each catalog GPU metric: recorded, or named (with or without its gpu_ prefix, which the NVML layer's
-    field names lack) on a line where llamamon says what it cannot read (the recorder's -v log, doctor, the
-    run metadata); anything else is a metric silently missing."""
-    seen = {r.metric for r in rows}
-    lines = [line for line in declared.splitlines() if any(word in line for word in DECLARING)]
+def declared_unavailable(run_meta: dict[str, Any], gpu: str, metric: str) -> str | None:
+    """Why the run's metadata says GPU ``gpu`` does not record ``metric`` (the collector's own words), or None."""
+    device = next((d for d in run_meta.get("gpu", {}).get("gpus") or [] if str(d.get("index")) == gpu), {})
+    missing = device.get("unavailable") or {}
+    for fields in UNAVAILABLE_FIELDS.get(metric, ()):
+        if all(f in missing for f in fields):
+            return "; ".join(f"{f}: {missing[f]}" for f in fields)
+    return None
+
+
+def check_metrics_present(
+    rows: Sequence[Row], names: Sequence[str], run_meta: dict[str, Any], gpu: str
+) -> list[Verdict]:
+    """Each catalog GPU metric: recorded for GPU ``gpu``, or declared unavailable for it in the run's metadata
+    (``runs/<id>.json``: gpu.gpus[i].unavailable, what the collector found it cannot read, with the reason);
+    anything else is a metric silently missing."""
+    seen = {r.metric for r in rows if r.labels.get("gpu", gpu) == gpu}
+    collector = run_meta.get("gpu") or {}
     out = []
     for name in names:
-        short = name.removeprefix("gpu_")
-        said = [line for line in lines if re.search(rf"\b({re.escape(name)}|{re.escape(short)})\b", line)]
+        why = declared_unavailable(run_meta, gpu, name)
         if name in seen:
             out.append(Verdict(f"metric {name}", "PASS", "recorded"))
-        elif said:
-            out.append(Verdict(f"metric {name}", "PASS", "declared unavailable", said[0].strip()[:160]))
+        elif name in ON_EVENT and ON_EVENT[name] in seen:
+            out.append(Verdict(f"metric {name}", "PASS", f"none occurred ({ON_EVENT[name]} recorded)"))
+        elif name in UNAVAILABLE_FIELDS and not collector.get("available"):
+            out.append(Verdict(f"metric {name}", "FAIL", f"GPU collector off: {collector.get('reason')}"))
+        elif why is not None:
+            out.append(Verdict(f"metric {name}", "PASS", "declared unavailable", why[:160]))
         else:
             out.append(Verdict(f"metric {name}", "FAIL", "neither recorded nor declared unavailable"))
     return out

@@ -247,7 +247,8 @@ METRICS: tuple[Metric, ...] = (
         "bytes_per_second",
         "gauge",
         "gpu",
-        "PCIe bytes per second into the GPU, as NVML measures them over 20 ms at each sample (not the interval's mean).",
+        "PCIe bytes per second into the GPU: the interval's mean from NVML's PCIe byte counters where the driver has"
+        " them (r550+), else NVML's 20 ms snapshot, taken at most every 5 s.",
         WHOLE,
     ),
     _m(
@@ -255,7 +256,8 @@ METRICS: tuple[Metric, ...] = (
         "bytes_per_second",
         "gauge",
         "gpu",
-        "PCIe bytes per second out of the GPU, as NVML measures them over 20 ms at each sample (not the interval's mean).",
+        "PCIe bytes per second out of the GPU: the interval's mean from NVML's PCIe byte counters where the driver has"
+        " them (r550+), else NVML's 20 ms snapshot, taken at most every 5 s.",
         WHOLE,
     ),
     _m(

@@ -3,6 +3,7 @@ without one, and its verdicts (bench/gpu_check_analysis.py) decide right on made
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -10,9 +11,11 @@ import subprocess
 import sys
 
 import pytest
+from fakes import nvml as fake_nvml
 
 from bench import gpu_check_analysis as an
 from bench.gpu_check_analysis import MIB, Row
+from llamamon.collectors.gpu import GpuCollector
 from tests.conftest import REPO
 from tests.test_report_gpu_derived import _store
 
@@ -78,14 +81,94 @@ def test_process_memory_holds_torch_reserve_and_matches_nvidia_smi():
     assert [v.verdict for v in an.check_process_memory(rows, "0", snap)] == ["FAIL", "FAIL"]
 
 
-def test_each_gpu_metric_recorded_or_declared_unavailable():
-    rows = [Row(1.0, "gpu_power", 100.0, {"gpu": "0"})]
-    log = (
-        "llamamon: GPU 0: energy not available (nvmlDeviceGetTotalEnergyConsumption: Not Supported); not asked again\n"
-        "llamamon: gpu_fan_speed mentioned on a line that declares nothing\n"
-    )
-    got = {v.name: v.verdict for v in an.check_metrics_present(rows, ["gpu_power", "gpu_energy", "gpu_fan_speed"], log)}
-    assert got == {"metric gpu_power": "PASS", "metric gpu_energy": "PASS", "metric gpu_fan_speed": "FAIL"}
+def _recorded(fake, ticks: int = 3) -> tuple[list[Row], dict]:
+    """Rows and run metadata as a recording with this (fake) NVML leaves them: the collector's samples, and
+    its run_metadata() through JSON, as runs/<id>.json holds it."""
+    clock = [0.0]
+
+    def now() -> float:
+        return clock[0]
+
+    collector = GpuCollector(nvml=fake, pids=lambda: {os.getpid()}, clock=now)
+
+    async def go():
+        await collector.open()
+        try:
+            samples = []
+            for tick in range(ticks):
+                clock[0] += 2.0
+                samples += [Row(float(tick), s.metric, s.value, dict(s.labels)) for s in await collector.collect()]
+            return samples, json.loads(json.dumps(collector.run_metadata()))
+        finally:
+            await collector.close()
+
+    return asyncio.run(go())
+
+
+COLLECTED = sorted(an.UNAVAILABLE_FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "declared"),
+    [
+        (fake_nvml.h100_sxm, {"gpu_fan_speed"}),
+        (
+            fake_nvml.consumer_pcie,
+            {
+                "gpu_ecc_errors",
+                "gpu_nvlink_rx_throughput",
+                "gpu_nvlink_tx_throughput",
+                "gpu_sm_activity",
+                "gpu_tensor_activity",
+                "gpu_dram_bandwidth_utilization",
+            },
+        ),
+    ],
+)
+def test_each_gpu_metric_recorded_or_declared_unavailable_in_the_run_metadata(scenario, declared):
+    rows, meta = _recorded(scenario())
+    got = {v.name.removeprefix("metric "): v for v in an.check_metrics_present(rows, COLLECTED, meta, "0")}
+    assert {m for m, v in got.items() if v.verdict != "PASS"} == set()
+    assert {m for m, v in got.items() if v.figure == "declared unavailable"} == declared
+    assert got["gpu_xid_errors"].figure == "none occurred (gpu_xid_events recorded)"
+    if "gpu_sm_activity" in declared:  # the collector's own reason, from runs/<id>.json
+        assert got["gpu_sm_activity"].detail == "gpm: this GPU has no NVML GPM (Hopper or later needed)"
+    # A metric the board gave but that went missing from the rows is silent: no declaration covers it.
+    without = [r for r in rows if r.metric != "gpu_temperature"]
+    missing = {v.name: v.verdict for v in an.check_metrics_present(without, COLLECTED, meta, "0")}
+    assert missing["metric gpu_temperature"] == "FAIL"
+
+
+def test_a_declaration_counts_for_its_own_gpu_and_only_when_every_fallback_is_gone():
+    meta = {
+        "gpu": {
+            "available": True,
+            "gpus": [
+                {"index": 0, "unavailable": {"clock_events": "nvmlDeviceGetCurrentClocksEventReasons: Not Supported"}},
+                {"index": 1, "unavailable": {"energy": "nvmlDeviceGetTotalEnergyConsumption: Not Supported"}},
+            ],
+        }
+    }
+    rows = [Row(1.0, "gpu_power", 100.0, {"gpu": "0"}), Row(1.0, "gpu_power", 100.0, {"gpu": "1"})]
+    names = ["gpu_power", "gpu_energy", "gpu_clock_event"]
+    gpu0 = {v.name: v.verdict for v in an.check_metrics_present(rows, names, meta, "0")}
+    assert gpu0 == {"metric gpu_power": "PASS", "metric gpu_energy": "FAIL", "metric gpu_clock_event": "FAIL"}
+    gpu1 = {v.name: (v.verdict, v.detail) for v in an.check_metrics_present(rows, names, meta, "1")}
+    assert gpu1["metric gpu_energy"] == ("PASS", "energy: nvmlDeviceGetTotalEnergyConsumption: Not Supported")
+    meta["gpu"]["gpus"][0]["unavailable"]["clock_events_legacy"] = "this pynvml has no such function"
+    gpu0 = {v.name: v.verdict for v in an.check_metrics_present(rows, names, meta, "0")}
+    assert gpu0["metric gpu_clock_event"] == "PASS"  # neither function answers: declared
+    off = {"gpu": {"available": False, "reason": "NVML library not found", "gpus": []}}
+    assert [v.figure for v in an.check_metrics_present([], ["gpu_power"], off, "0")] == [
+        "GPU collector off: NVML library not found"
+    ]
+
+
+def test_every_nvml_metric_of_the_catalog_has_its_collector_fields():
+    from llamamon import catalog
+
+    nvml = {m.name for m in catalog.METRICS if m.group == "gpu" and not m.name.startswith("torch_")}
+    assert nvml == set(an.UNAVAILABLE_FIELDS)
 
 
 def test_recorder_cpu_per_sample():

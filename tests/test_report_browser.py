@@ -189,3 +189,28 @@ def test_straggler_view_renders_and_stays_within_a_narrow_page(tmp_path):
     m = measured_layout(binary, page, tmp_path / "profile", 600)
     assert m["spill"] == [], m
     assert m["page"] <= m["view"], m
+
+
+@pytest.mark.parametrize("width", [600, 1280])
+def test_eight_gpu_cards_load_and_stay_within_the_page(tmp_path, width):
+    """The System dashboard of an 8-GPU run: its 8 cards (small multiples) are drawn in Chromium, one below
+    the other, each as wide as the dashboard and no wider, on a laptop's window and a narrow one."""
+    from test_report_gpu_panels import eight_gpu_store
+
+    binary = require_binary("chromium", "chromium-browser", "google-chrome")
+    info = eight_gpu_store(tmp_path / ".metrics")
+    page = render_report(tmp_path / ".metrics", [info], tmp_path / "gpus.html", selected=["system"])
+    r = chromium(binary, tmp_path / "profile-dom", "--dump-dom", page.as_uri())
+    assert r.returncode == 0, r.stderr[-2000:]
+    cards = re.findall(r'<figure class="panel" id="panel-gpu-(\d)">\s*<img src="data:image/svg', r.stdout)
+    assert cards == [str(g) for g in range(8)]
+    m = measured_layout(binary, page, tmp_path / "profile", width)
+    assert m["spill"] == [], m
+    assert m["page"] <= m["view"], m
+    if width == 1280:
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "report-gpu-cards.png"
+        done = chromium(
+            binary, tmp_path / "profile-shot", "--window-size=1280,6000", f"--screenshot={shot}", page.as_uri()
+        )
+        assert done.returncode == 0, done.stderr[-2000:]

@@ -5,11 +5,15 @@ reseated riser, a failing slot) is a silent slowdown that only shows as the two 
 also drop the generation at idle to save power, so the generation is only telling under load; the width
 should not move.
 
-PCIe throughput is ``nvmlDeviceGetPcieThroughput``: NVML counts bytes over 20 ms when asked, so each
-sample is a snapshot of that 20 ms, not the interval's mean (and each of its two calls per GPU may take
-that long, in the collector's worker thread). NVLink throughput comes from NVML's per-link
-data counters (``nvmlDeviceGetFieldValues``, KiB), turned into bytes per second over the sample interval
-the way the system collector turns its counters into rates.
+PCIe throughput comes, where the driver has them, from NVML's PCIe byte counters
+(``nvmlDeviceGetFieldValues`` NVML_FI_DEV_PCIE_COUNT_TX_BYTES/RX_BYTES, r550+): one quick call per GPU,
+and a rate that is the mean over the sample interval. Elsewhere it is ``nvmlDeviceGetPcieThroughput``,
+which counts bytes over 20 ms *when asked*: each of its two calls per GPU blocks ~20 ms inside NVML, so
+8 GPUs at every 0.5 s tick would keep the collector's worker busy 0.3 s of each 0.5 s. That 20 ms
+snapshot is a spot sample, not the interval's mean, however often it is taken, so it is read at most
+every PCIE_SNAPSHOT_EVERY_S per GPU (the ticks between have no PCIe throughput row). NVLink throughput
+comes from NVML's per-link data counters (``nvmlDeviceGetFieldValues``, KiB), turned into bytes per
+second over the sample interval the way the system collector turns its counters into rates.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ PCIE_UTIL_TX_BYTES = 0
 PCIE_UTIL_RX_BYTES = 1
 FI_NVLINK_THROUGHPUT_DATA_TX = 138  # KiB, scopeId = link
 FI_NVLINK_THROUGHPUT_DATA_RX = 139
+FI_PCIE_COUNT_TX_BYTES = 197  # bytes since the driver loaded (may wrap), r550+
+FI_PCIE_COUNT_RX_BYTES = 198
+PCIE_SNAPSHOT_EVERY_S = 5.0  # 8 GPUs x 2 x 20 ms = 0.32 s of NVML's time per read: at most ~6 % of the worker's
 NVLINK_MAX_LINKS = 36  # NVML_NVLINK_MAX_LINKS of r550+; a device answers InvalidArgument past its own count
 NVML_SUCCESS = 0
 KIB = 1024  # NVML's "KB" of PCIe throughput and "KiB" of NVLink counters: 1024 bytes (as nvtop reads them)
@@ -35,10 +42,11 @@ PCIE_LINK: tuple[tuple[str, str, str], ...] = (
     ("gpu_pcie_link_width", "pcie_link_width", "nvmlDeviceGetCurrPcieLinkWidth"),
     ("gpu_pcie_link_width_max", "pcie_link_width_max", "nvmlDeviceGetMaxPcieLinkWidth"),
 )
-PCIE_THROUGHPUT: tuple[tuple[str, str, int], ...] = (
-    ("gpu_pcie_tx_throughput", "pcie_tx", PCIE_UTIL_TX_BYTES),
-    ("gpu_pcie_rx_throughput", "pcie_rx", PCIE_UTIL_RX_BYTES),
+PCIE_THROUGHPUT: tuple[tuple[str, str, int, int], ...] = (
+    ("gpu_pcie_tx_throughput", "pcie_tx", PCIE_UTIL_TX_BYTES, FI_PCIE_COUNT_TX_BYTES),
+    ("gpu_pcie_rx_throughput", "pcie_rx", PCIE_UTIL_RX_BYTES, FI_PCIE_COUNT_RX_BYTES),
 )
+Reading = tuple[float, dict[int, int]]  # (when, {field id: bytes})
 NVLINK_FIELDS: tuple[tuple[str, int], ...] = (
     ("gpu_nvlink_tx_throughput", FI_NVLINK_THROUGHPUT_DATA_TX),
     ("gpu_nvlink_rx_throughput", FI_NVLINK_THROUGHPUT_DATA_RX),
@@ -53,6 +61,8 @@ class Links:
         self._clock = clock
         self._nvlinks: dict[int, list[int]] = {}  # GPU -> its active links ([] for none)
         self._last: dict[int, tuple[float, dict[tuple[int, int], int]]] = {}  # GPU -> (time, {(link, id): KiB})
+        self._pcie_last: dict[int, Reading | None] = {}  # GPU -> its last PCIe counters; None: snapshots
+        self._snapshot_at: dict[int, float] = {}  # GPU -> when its PCIe throughput was last snapshot
 
     def probe(self, index: int) -> None:
         """Which NVLinks are up on GPU ``index``; a PCIe card's NotSupported is said once, as "nvlink"."""
@@ -71,6 +81,7 @@ class Links:
         self._nvlinks[index] = links
         if links and (reading := self._read(index)) is not None:
             self._last[index] = reading  # the baseline: the first sample already has a rate
+        self._pcie_last[index] = self._read_pcie(index)
 
     def samples(self, index: int) -> list[Sample]:
         labels = make_labels(gpu=index)
@@ -79,14 +90,53 @@ class Links:
             value = self._session.call(index, field, function)
             if value is not None:
                 out.append(Sample(metric, float(value), labels))
-        for metric, field, counter in PCIE_THROUGHPUT:
-            kilobytes = self._session.call(index, field, "nvmlDeviceGetPcieThroughput", counter)
-            if kilobytes is not None:
-                out.append(Sample(metric, float(kilobytes) * KIB, labels))
         if index not in self._nvlinks:
             self.probe(index)  # open() could not (the GPU was skipped then): this tick reads the baseline
-        elif self._nvlinks[index]:
-            out.extend(self._nvlink_rates(index))
+        else:
+            out.extend(self._pcie_rates(index))
+            if self._nvlinks[index]:
+                out.extend(self._nvlink_rates(index))
+        return out
+
+    def _read_pcie(self, index: int) -> Reading | None:
+        """The PCIe byte counters, or None where the driver lacks them (older than r550, or this board)."""
+        ids = [counter for *_, counter in PCIE_THROUGHPUT]
+        try:
+            values = self._session.attempt(index, "nvmlDeviceGetFieldValues", ids)
+        except Unsupported:
+            return None
+        at = self._clock()
+        counters = {int(v.fieldId): int(v.value.ullVal) for v in values if v.nvmlReturn == NVML_SUCCESS}
+        return (at, counters) if len(counters) == len(ids) else None
+
+    def _pcie_rates(self, index: int) -> list[Sample]:
+        """Bytes per second since the last tick from the counters; else a throttled 20 ms snapshot."""
+        previous = self._pcie_last.get(index)
+        if previous is None:
+            return self._pcie_snapshot(index)
+        reading = self._read_pcie(index)
+        self._pcie_last[index] = reading
+        if reading is None:
+            return self._pcie_snapshot(index)  # the counters stopped answering: snapshots from now on
+        elapsed = reading[0] - previous[0]
+        out = []
+        for metric, _field, _util, counter in PCIE_THROUGHPUT:
+            before, now = previous[1][counter], reading[1][counter]
+            if elapsed > 0 and now >= before:  # smaller: wrapped or reset, no rate this tick
+                out.append(Sample(metric, (now - before) / elapsed, make_labels(gpu=index)))
+        return out
+
+    def _pcie_snapshot(self, index: int) -> list[Sample]:
+        now = self._clock()
+        last = self._snapshot_at.get(index)
+        if last is not None and now - last < PCIE_SNAPSHOT_EVERY_S:
+            return []
+        self._snapshot_at[index] = now
+        out = []
+        for metric, field, util, _counter in PCIE_THROUGHPUT:
+            kilobytes = self._session.call(index, field, "nvmlDeviceGetPcieThroughput", util)
+            if kilobytes is not None:
+                out.append(Sample(metric, float(kilobytes) * KIB, make_labels(gpu=index)))
         return out
 
     def _read(self, index: int) -> tuple[float, dict[tuple[int, int], int]] | None:

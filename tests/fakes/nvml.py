@@ -51,6 +51,9 @@ class FakeGpu:
     pcie_width_max: int = 16
     pcie_tx_kb: int = 1_200_000  # KB/s over NVML's 20 ms
     pcie_rx_kb: int = 800_000
+    # NVML_FI_DEV_PCIE_COUNT_TX/RX_BYTES (field id -> bytes so far); None: a driver without them (before r550),
+    # whose per-value nvmlReturn is NotSupported, so the collector falls back to nvmlDeviceGetPcieThroughput.
+    pcie_bytes: dict[int, int] | None = None
     nvlinks: int = 18  # 0: a PCIe card, nvmlDeviceGetNvLinkState raises NotSupported
     nvlink_down: set[int] = field(default_factory=set)  # links whose state is 0
     nvlink_kib: dict[tuple[int, int], int] = field(default_factory=dict)  # (link, field id) -> KiB counter
@@ -138,8 +141,8 @@ class FakeNvml:
             raise _error(real.NVML_ERROR_UNINITIALIZED)
         self.initialised = False
 
-    def _check(self, function: str) -> None:
-        self.calls[function] += 1
+    def _check(self, function: str, counted_as: str | None = None) -> None:
+        self.calls[counted_as or function] += 1
         if not self.initialised:
             raise _error(real.NVML_ERROR_UNINITIALIZED)
         if function in self.missing:
@@ -161,8 +164,8 @@ class FakeNvml:
             raise _error(real.NVML_ERROR_INVALID_ARGUMENT)
         return index  # the handle is the index: opaque to llamamon either way
 
-    def _gpu(self, function: str, handle: int) -> FakeGpu:
-        self._check(function)
+    def _gpu(self, function: str, handle: int, counted_as: str | None = None) -> FakeGpu:
+        self._check(function, counted_as)
         if handle == self.lost_index and self.lost_after is not None and self._ticks[handle] > self.lost_after:
             raise _error(real.NVML_ERROR_GPU_IS_LOST)
         return self.gpus[handle]
@@ -261,14 +264,26 @@ class FakeNvml:
         return real.NVML_FEATURE_DISABLED if link in gpu.nvlink_down else real.NVML_FEATURE_ENABLED
 
     def nvmlDeviceGetFieldValues(self, handle: int, fieldIds: list[Any]) -> Any:
-        """pynvml's return: a ctypes array of c_nvmlFieldValue_t, each with its own nvmlReturn."""
-        gpu = self._gpu("nvmlDeviceGetFieldValues", handle)
+        """pynvml's return: a ctypes array of c_nvmlFieldValue_t, each with its own nvmlReturn.
+
+        A query of the PCIe byte counters alone is counted as "nvmlDeviceGetFieldValues(PCIE_COUNT)", so that
+        tests count the NVLink queries and the PCIe ones apart.
+        """
+        pcie = (real.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, real.NVML_FI_DEV_PCIE_COUNT_RX_BYTES)
+        asked = {f[0] if isinstance(f, tuple) else f for f in fieldIds}
+        counted_as = "nvmlDeviceGetFieldValues(PCIE_COUNT)" if asked <= set(pcie) else None
+        gpu = self._gpu("nvmlDeviceGetFieldValues", handle, counted_as)
         values = (real.c_nvmlFieldValue_t * len(fieldIds))()
         for slot, field_id in enumerate(fieldIds):
             fid, scope = field_id if isinstance(field_id, tuple) else (field_id, 0)
             value = values[slot]
             value.fieldId, value.scopeId = fid, scope
             value.valueType = real.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+            if fid in pcie:
+                supported = gpu.pcie_bytes is not None
+                value.nvmlReturn = real.NVML_SUCCESS if supported else real.NVML_ERROR_NOT_SUPPORTED
+                value.value.ullVal = gpu.pcie_bytes.get(fid, 0) if gpu.pcie_bytes is not None else 0
+                continue
             known = fid in (real.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, real.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX)
             if not known or not 0 <= scope < gpu.nvlinks:
                 value.nvmlReturn = real.NVML_ERROR_NOT_SUPPORTED

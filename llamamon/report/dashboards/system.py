@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from llamamon import catalog
 from llamamon.report.dashboards.context import Context
+from llamamon.report.dashboards.gpus import gpu_panels
 from llamamon.report.dashboards.header import gpu_reason
 from llamamon.report.dashboards.hosts import host_grid_panel, per_host
 from llamamon.report.dashboards.model import Dashboard, Panel, Table, dashboard_for
@@ -35,6 +36,8 @@ def system_dashboard(ctx: Context) -> Dashboard:
         panel(ctx, "gpu-power", "GPU power", ["gpu_power"], note=_energy_note(ctx)),
         panel(ctx, "gpu-clock", "GPU clocks", ["gpu_sm_clock", "gpu_memory_clock"]),
         panel(ctx, "gpu-throttle", "GPU clock events (throttling)", ["gpu_clock_event"], ylim=(-0.05, 1.05)),
+        # A card per GPU for one or two hosts; a many-host job's GPUs are in the per-host grids above.
+        *(gpu_panels(ctx) if not per_host(ctx) else ()),
         panel(ctx, "disk-io", "Disk I/O", ["disk_read_throughput", "disk_write_throughput"]),
         panel(ctx, "disk-usage", "Disk usage", ["disk_usage"], ylim=(0, 1.02)),
         panel(ctx, "network", "Network", _network_metrics(ctx)),
