@@ -153,7 +153,7 @@ def _script_json(script: str, args: list[str], timeout: float) -> dict | str:
 
 
 def script_figures(quick: bool) -> list:
-    """Rows from bench/alerts.py and bench/report.py (their --json line: a list of figure dicts)."""
+    """Rows from bench/alerts.py, bench/report.py and bench/many_hosts.py (their --json line: a list of figure dicts)."""
     from bench.results import Figure, load1, unavailable
 
     figures = []
@@ -166,6 +166,11 @@ def script_figures(quick: bool) -> list:
             ["--days", days, "--keep", f"bench/out/alerts-{days}d"],
         ),
         ("report.py", "Report: `llamamon report --html` over the store", ["--days", days, "--keep"]),
+        (
+            "many_hosts.py",
+            "Many hosts: `report --group` and `alerts test --group` over a bucket",
+            ["--hosts", "8", "--ranks", "2", "--hours", "1"] if quick else ["--keep"],
+        ),
     ):
         before = load1()
         got = _script_json(script, args, timeout=900)
