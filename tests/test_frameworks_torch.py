@@ -61,7 +61,7 @@ def test_plain_pytorch_loop_with_training_monitor(tmp_path):
 
 def test_torchrun_two_ranks_gloo(tmp_path):
     # --tee 3 makes torchrun prefix each worker's lines ([default0]:), which the output parser turns into a
-    # rank label; llamamon.log labels each process from torchrun's RANK and LOCAL_RANK.
+    # rank label; llamamon.log labels each process from torchrun's RANK, LOCAL_RANK and GROUP_RANK (the node).
     command = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--tee", "3")
     _, run, rows = record_job(tmp_path, *command, *python_job("ddp_gloo.py", str(tmp_path))[1:])
     assert run["exit_code"] == 0
@@ -72,7 +72,7 @@ def test_torchrun_two_ranks_gloo(tmp_path):
     assert logged[0] != logged[1]  # each rank its own data: a label swap or a merge would show
 
     api = Counter(
-        (name, e["step"], value, labels_to_str(make_labels(rank=rank, local_rank=rank)))
+        (name, e["step"], value, labels_to_str(make_labels(rank=rank, local_rank=rank, node_rank=0)))
         for rank, entries in logged.items()
         for e in entries
         for name, value in e.items()
@@ -88,6 +88,7 @@ def test_torchrun_two_ranks_gloo(tmp_path):
     assert stored(rows, {"printed_loss"}) == printed
 
     steps = rows.filter(pl.col("metric") == "step").select("value", "labels").sort("labels").rows()
-    assert steps == [(8.0, '{"local_rank":"0","rank":"0"}'), (8.0, '{"local_rank":"1","rank":"1"}')]
+    ranked = ['{"local_rank":"0","node_rank":"0","rank":"0"}', '{"local_rank":"1","node_rank":"0","rank":"1"}']
+    assert steps == [(8.0, ranked[0]), (8.0, ranked[1])]
     # torchrun's agent and both workers were in the recorded process tree together
     assert rows.filter(pl.col("metric") == "process_tree_size")["value"].max() >= 3
