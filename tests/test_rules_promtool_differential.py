@@ -282,14 +282,18 @@ def test_generated_cases_agree_with_promtool(tmp_path: Path, seed: int) -> None:
     assert len(fired_rules) >= RULES_PER_FILE // 4, sorted(fired_rules)  # the scenario is not trivial
     on_buckets = {n for n in fired_rules if "inference_latency" in config["alerts"]["rules"][n]["condition"]}
     assert on_buckets, sorted(fired_rules)  # histogram quantiles/avg/count/sum are judged too
-    rules_by_name = config["alerts"]["rules"]
+    _assert_agree(seed, _cases(doc), truth, got, config["alerts"]["rules"])
+
+
+def _assert_agree(seed: int, cases: int, truth: dict, got: dict, rules: dict) -> None:
+    """Every (series, rule) promtool alerted on, llamamon alerted on at the same times, and no other."""
     disagreements = [
-        f"{key}: {rules_by_name[key[1]]}\n  promtool: {truth.get(key)}\n  llamamon: {got.get(key)}"
+        f"{key}: {rules[key[1]]}\n  promtool: {truth.get(key)}\n  llamamon: {got.get(key)}"
         for key in sorted(set(truth) | set(got))
         if truth.get(key, []) != got.get(key, [])
     ]
-    print(f"seed {seed}: {_cases(doc)} cases, {len(truth)} with alerts, {len(disagreements)} disagreements")
-    assert not disagreements, f"{len(disagreements)} of {_cases(doc)} cases disagree:\n" + "\n".join(disagreements[:15])
+    print(f"seed {seed}: {cases} cases, {len(truth)} with alerts, {len(disagreements)} disagreements")
+    assert not disagreements, f"{len(disagreements)} of {cases} cases disagree:\n" + "\n".join(disagreements[:15])
 
 
 # --- aggregations across series ------------------------------------------------------------------------
@@ -340,13 +344,7 @@ def test_generated_aggregations_agree_with_promtool(tmp_path: Path, seed: int) -
     assert len(truth) >= 50, sorted(truth)[:5]
     fired = {name for _, name, _ in truth}
     assert len(fired) >= RULES_PER_FILE // 4, sorted(fired)  # the scenario is not trivial
-    disagreements = [
-        f"{key}: {rules[key[1]]}\n  promtool: {truth.get(key)}\n  llamamon: {got.get(key)}"
-        for key in sorted(set(truth) | set(got))
-        if truth.get(key, []) != got.get(key, [])
-    ]
-    print(f"seed {seed}: {cases} cases, {len(truth)} with alerts, {len(disagreements)} disagreements")
-    assert not disagreements, f"{len(disagreements)} of {cases} cases disagree:\n" + "\n".join(disagreements[:15])
+    _assert_agree(seed, cases, truth, got, rules)
 
 
 def _judge(tmp_path: Path, promtool: str, config: dict, groups: list[dict]) -> tuple[dict, dict, int]:
