@@ -465,6 +465,57 @@ def test_windows_match_a_brute_force_reference(
                 assert got[k] == pytest.approx(want, nan_ok=True), (func, k)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    kinds=st.lists(st.sampled_from(["1s", "2s", "3s", "gaps", "nan"]), min_size=2, max_size=6),
+    lengths=st.lists(st.integers(1, 30), min_size=6, max_size=6),
+    width=st.integers(1, 12),
+    step=st.sampled_from([1, 2, 3]),
+)
+def test_a_series_windows_are_the_same_beside_other_series(
+    kinds: list[str], lengths: list[int], width: int, step: int
+) -> None:
+    # Windows over many series are computed in one pass over all of them (rolling ... over sid): no
+    # window may reach into the series before it, whatever each one's interval, gaps or NaN.
+    rows = []
+    for n, (kind, length) in enumerate(zip(kinds, lengths, strict=False)):
+        gap = {"1s": 1, "2s": 2, "3s": 3}.get(kind)
+        times = [i * gap for i in range(length)] if gap else [i * i // 3 + i for i in range(length)]
+        values = [float((i * 7 + n * 3) % 11) - 4 for i in range(length)]
+        if kind == "nan":
+            values[length // 2] = math.nan
+        rows += [(5 * n + t, "batch_queue_size", v, {"gpu": str(n)}) for t, v in zip(times, values, strict=True)]
+    g = grid(max(r[0] for r in rows) + width + 2, step)
+    for func in ("min(", "max(", "p50(", "quantile(0.25, "):
+        cond = f"{func}batch_queue_size, {width}s)"
+        tree = lang.parse(cond).tree
+        together = Compiler(prepare(frame(rows, run=""), ["batch_queue_size"]), g, LOOKBACK).eval(tree)
+        got = {(together.labels[sid]["gpu"], k): v for k, sid, v, _ok in together.df.iter_rows()}
+        alone = {}
+        for n in range(len(kinds)):
+            mine = [r for r in rows if r[3]["gpu"] == str(n)]
+            vec = Compiler(prepare(frame(mine, run=""), ["batch_queue_size"]), g, LOOKBACK).eval(tree)
+            alone.update({(str(n), k): v for k, _sid, v, _ok in vec.df.iter_rows()})
+        assert got.keys() == alone.keys(), cond
+        differ = [
+            key for key in got if not (got[key] == alone[key] or (got[key] != got[key] and alone[key] != alone[key]))
+        ]
+        assert not differ, (cond, differ[:5])
+
+
+_LABELS = st.dictionaries(st.sampled_from(["run", "host", "rank", "gpu"]), st.sampled_from(["0", "1"]), max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(left=st.lists(_LABELS, max_size=8), right=st.lists(_LABELS, max_size=8), exact=st.booleans())
+def test_series_pair_up_as_comparing_every_pair_does(left: list[dict], right: list[dict], exact: bool) -> None:
+    # matching finds partners by a hashed index; it must give agree()'s pairs, in the loop's order.
+    from llamamon.rules.promql import agree, matching
+
+    pairwise = [(i, j) for i, a in enumerate(left) for j, b in enumerate(right) if ((a == b) if exact else agree(a, b))]
+    assert list(matching(left, right, exact=exact)) == pairwise
+
+
 def test_rules_sharing_parts_give_the_alerts_they_give_alone() -> None:
     rows = series("memory_usage", [0.5, 0.95, 0.97, 0.99, 0.5, 0.93, 0.96, 0.5], step=10)
     rows += series("batch_queue_size", [10, 120, 160, 170, 20, 130, 150, 10], step=10)

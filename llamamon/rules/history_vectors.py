@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from llamamon.rules.promql import agree, pair_series
+from llamamon.rules.promql import matching, pair_series
 
 if TYPE_CHECKING:
     import polars as pl
@@ -123,7 +123,7 @@ def set_op(op: str, left: Vec, right: Vec) -> Vec:
     import polars as pl
 
     links = pl.DataFrame(
-        [(i, j) for i, a in enumerate(left.labels) for j, b in enumerate(right.labels) if agree(a, b)],
+        list(matching(left.labels, right.labels)),
         schema={"sid": pl.UInt32, "r_sid": pl.UInt32},
         orient="row",
     )
@@ -161,12 +161,13 @@ def set_op(op: str, left: Vec, right: Vec) -> Vec:
     out_labels = list(merged)
     lmap = [(int(a), int(o)) for a, o in zip(pairs["l_sid"], pairs["o_sid"], strict=True)]
     rmap = [(int(b), int(o)) for b, o in zip(pairs["r_sid"], pairs["o_sid"], strict=True)]
+    paired_l, paired_r = {a for a, _ in lmap}, {b for b, _ in rmap}
     for i, lab in enumerate(left.labels):
-        if not any(a == i for a, _ in lmap):
+        if i not in paired_l:
             lmap.append((i, len(out_labels)))
             out_labels.append(lab)
     for j, lab in enumerate(right.labels):
-        if not any(b == j for b, _ in rmap):
+        if j not in paired_r:
             rmap.append((j, len(out_labels)))
             out_labels.append(lab)
     schema = {"sid": pl.UInt32, "o_sid": pl.UInt32}
@@ -178,9 +179,16 @@ def set_op(op: str, left: Vec, right: Vec) -> Vec:
             right.df.join(rm, on="sid").with_columns(side=pl.lit(1, pl.Int8)),
         ]
     )
-    both = both.sort("k", "o_sid", pl.col("ok").not_(), "side").unique(
-        ["k", "o_sid"], keep="first", maintain_order=True
-    )
-    merged_ok = both.group_by("k", "o_sid").agg(pl.col("ok").any())
-    res = both.drop("ok").join(merged_ok, on=["k", "o_sid"]).select("k", pl.col("o_sid").alias("sid"), "value", "ok")
+    both = both.sort("k", "o_sid", pl.col("ok").not_(), "side")
+    if both["ok"].null_count():
+        # (a null flag sorts first but is no truth: the pair's flag is any of theirs)
+        first = both.unique(["k", "o_sid"], keep="first", maintain_order=True)
+        merged_ok = both.group_by("k", "o_sid").agg(pl.col("ok").any())
+        first = first.drop("ok").join(merged_ok, on=["k", "o_sid"], maintain_order="left")
+    else:
+        # Why the first row: sorted true before false, a pair's first row carries any of their flags;
+        # its rows are adjacent, so the first of each is where (k, o_sid) changes, no hashing.
+        new = (pl.col("k") != pl.col("k").shift(1)) | (pl.col("o_sid") != pl.col("o_sid").shift(1))
+        first = both.filter(new.fill_null(True))
+    res = first.select("k", pl.col("o_sid").alias("sid"), "value", "ok")
     return Vec(res, out_labels)

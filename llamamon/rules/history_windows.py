@@ -28,46 +28,24 @@ def rolling(node: Call, df: pl.DataFrame, g: Grid, w: int) -> pl.DataFrame:
     (ticks on sample times, as when the grid steps at the sampling rate), one rolling pass over the
     samples alone answers it. Other ticks (between irregular samples, after a series ends) roll over
     their samples merged with those ticks, as Prometheus sees them; only their span is merged.
+    Why each kind of pass once ``over`` all series: a polars call per series cost more than the data
+    (a group of 512 ranks has thousands of series); the windows, and so the values, are the same.
     """
     import numpy as np
     import polars as pl
 
-    roll = dict(by="t", window_size=f"{w}i", closed="both")
-    col, present = pl.col("value"), pl.col("value").is_not_null().cast(pl.Float64)
-
-    def window(suffix: str, **kw: Any) -> pl.Expr:
-        """The window's statistic by polars' rolling_<f><suffix> (``_by``: by time, "": by count)."""
-        if node.func in ("min", "max"):
-            e = getattr(col, f"rolling_{node.func}{suffix}")(**kw)
-        else:
-            order = [
-                getattr(col, f"rolling_quantile{suffix}")(quantile=node.q, interpolation=i, **kw)
-                for i in ("lower", "higher")
-            ]
-            e = _promql_quantile(*order, getattr(present, f"rolling_sum{suffix}")(**kw), node.q)
-        return e.cast(pl.Float64).alias("value")
-
-    expr = window("_by", **roll)
-
-    def fixed(size: int) -> pl.Expr:
-        return window("", window_size=size, min_samples=1)
-
-    frames = []
-    for part, t, (ks, ticks, hi, lo) in _spans(df, g, w):
+    frames: list[pl.DataFrame] = []  # series holding a non-finite value, per tick in Python
+    fixed: dict[int, list[tuple[Any, Any, int]]] = {}  # window length -> (rows of df, ticks, sid)
+    timed: list[tuple[Any, Any, int]] = []  # (rows of df, ticks, sid) read off a rolling pass by time
+    merged: list[tuple[int, int, Any, Any, int]] = []  # (first row, end row, tick times, ticks, sid)
+    for part, start, t, (ks, ticks, hi, lo) in _spans(df, g, w):
         keep = hi > lo
         if not keep.all():
             ks, ticks, hi, lo = ks[keep], ticks[keep], hi[keep], lo[keep]
+        sid = int(part["sid"][0])
         v = part["value"].to_numpy()
         if not np.isfinite(v).all():
-            # Why apart: PromQL skips NaN in min/max and sorts it first for quantiles, where polars'
-            # rolling windows propagate it; series with a non-finite value are rare, so per tick.
-            vals = v.tolist()
-            if node.func in ("min", "max"):
-                out = [window_extreme(node.func, vals[a:b]) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]
-            else:
-                out = [window_quantile(vals[a:b], node.q) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]
-            sid = pl.lit(part["sid"][0], pl.UInt32)
-            frames.append(pl.DataFrame({"k": ks, "value": out}).select("k", sid=sid, value="value", ok=pl.lit(True)))
+            frames.append(_nonfinite(node, v.tolist(), ks, hi, lo, sid))
             continue
         gaps = np.diff(t)
         regular = bool(gaps.size and gaps[0] > 0 and (gaps == gaps[0]).all())
@@ -76,28 +54,101 @@ def rolling(node: Call, df: pl.DataFrame, g: Grid, w: int) -> pl.DataFrame:
             good = np.maximum(hi - 1 - w // int(gaps[0]), 0) == lo
         else:
             good = np.searchsorted(t, t[hi - 1] - w, side="left") == lo
-        pieces = []
         if good.any():
-            # Why fixed where regular: at a constant interval d a time window is the last w // d + 1 samples,
-            # and polars' fixed-size rolling is several times cheaper than by time (same values, same order).
-            rolled = part.select(fixed(int(w // gaps[0]) + 1) if regular else expr).to_series()
-            pieces.append(pl.DataFrame({"k": ks[good], "value": rolled.gather(hi[good] - 1)}))
+            # Why fixed where regular: at a constant interval d a time window is the last w // d + 1
+            # samples, and polars' fixed-size rolling is several times cheaper than by time (same values).
+            into = fixed.setdefault(int(w // gaps[0]) + 1, []) if regular else timed
+            into.append((start + hi[good] - 1, ks[good], sid))
         if not good.all():
             bad = ~good
-            first, end = int(lo[bad].min()), int(hi[bad].max())
-            # Samples before ticks at equal times (merge keeps the left side first): a tick sees them.
-            both = (
-                part.slice(first, end - first)
-                .select("t", "value", k=pl.lit(None, pl.Int64))
-                .merge_sorted(
-                    pl.DataFrame({"t": ticks[bad], "value": None, "k": ks[bad]}).cast({"value": pl.Float64}),
-                    key="t",
-                )
-            )
-            pieces.append(both.select("k", expr).filter(pl.col("k").is_not_null()))
-        out = pieces[0] if len(pieces) == 1 else pl.concat(pieces).sort("k")
-        frames.append(out.select("k", sid=pl.lit(part["sid"][0], pl.UInt32), value="value", ok=pl.lit(True)))
-    return pl.concat(frames) if frames else empty_vec()
+            merged.append((start + int(lo[bad].min()), start + int(hi[bad].max()), ticks[bad], ks[bad], sid))
+    frames += [_read_off(node, df, rows, {"window_size": size, "min_samples": 1}) for size, rows in fixed.items()]
+    if timed:
+        frames.append(_read_off(node, df, timed, _by_time(w)))
+    if merged:
+        frames.append(_merged(node, df, merged, w))
+    if not frames:
+        return empty_vec()
+    return frames[0] if len(frames) == 1 else pl.concat(frames).sort("sid", "k")
+
+
+def _by_time(w: int) -> dict[str, Any]:
+    return {"window_size": f"{w}i", "closed": "both", "by": "t"}
+
+
+def _read_off(node: Call, df: pl.DataFrame, rows: list[tuple[Any, Any, int]], kw: dict[str, Any]) -> pl.DataFrame:
+    """Ticks answered by the window ending at a sample: one rolling pass over every series, gathered."""
+    import numpy as np
+
+    suffix = "_by" if "by" in kw else ""
+    rolled = df.select(_window_expr(node, suffix, **kw).over("sid")).to_series()
+    at = np.concatenate([r for r, _, _ in rows])
+    sids = np.concatenate([np.full(r.size, s, dtype=np.uint32) for r, _, s in rows])
+    return _vec(np.concatenate([k for _, k, _ in rows]), rolled.gather(at), sids)
+
+
+def _merged(node: Call, df: pl.DataFrame, spans: list[tuple[int, int, Any, Any, int]], w: int) -> pl.DataFrame:
+    """Ticks whose window is no sample's own: each series' span of samples merged with those ticks, rolled by time.
+
+    Why a stable sort of samples then ticks: at equal times a sample comes first, so a tick sees it
+    (as a merge keeping the left side first).
+    """
+    import numpy as np
+    import polars as pl
+
+    rows = np.concatenate([np.arange(a, b) for a, b, _, _, _ in spans])
+    samples = df.select("sid", "t", "value").gather(rows).with_columns(k=pl.lit(None, pl.Int64))
+    ticks = pl.DataFrame(
+        {
+            "sid": np.concatenate([np.full(k.size, s, dtype=np.uint32) for _, _, _, k, s in spans]),
+            "t": np.concatenate([t for _, _, t, _, _ in spans]),
+            "value": None,
+            "k": np.concatenate([k for _, _, _, k, _ in spans]),
+        }
+    ).cast(samples.schema)
+    both = pl.concat([samples, ticks]).sort("sid", "t", maintain_order=True)
+    out = both.select("k", "sid", _window_expr(node, "_by", **_by_time(w)).over("sid"))
+    return out.filter(pl.col("k").is_not_null()).select("k", "sid", "value", ok=pl.lit(True))
+
+
+def _window_expr(node: Call, suffix: str, **kw: Any) -> pl.Expr:
+    """The window's statistic by polars' rolling_<f><suffix> (``_by``: by time, "": by count)."""
+    import polars as pl
+
+    col, present = pl.col("value"), pl.col("value").is_not_null().cast(pl.Float64)
+    if node.func in ("min", "max"):
+        e = getattr(col, f"rolling_{node.func}{suffix}")(**kw)
+    else:
+        order = [
+            getattr(col, f"rolling_quantile{suffix}")(quantile=node.q, interpolation=i, **kw)
+            for i in ("lower", "higher")
+        ]
+        e = _promql_quantile(*order, getattr(present, f"rolling_sum{suffix}")(**kw), node.q)
+    return e.cast(pl.Float64).alias("value")
+
+
+def _nonfinite(node: Call, vals: list[float], ks: Any, hi: Any, lo: Any, sid: int) -> pl.DataFrame:
+    """A series holding a non-finite value, per tick in Python.
+
+    Why apart: PromQL skips NaN in min/max and sorts it first for quantiles, where polars' rolling
+    windows propagate it; series with a non-finite value are rare.
+    """
+    bounds = zip(lo.tolist(), hi.tolist(), strict=True)
+    if node.func in ("min", "max"):
+        out = [window_extreme(node.func, vals[a:b]) for a, b in bounds]
+    else:
+        out = [window_quantile(vals[a:b], node.q) for a, b in bounds]
+    return _vec(ks, out, sid)
+
+
+def _vec(ks: Any, values: Any, sid: Any) -> pl.DataFrame:
+    """(k, sid, value, ok) rows of one window function's answers (``sid``: one, or one per row)."""
+    import polars as pl
+
+    frame = pl.DataFrame({"k": ks, "value": values}).cast({"k": pl.Int64, "value": pl.Float64})
+    return frame.select(
+        "k", sid=pl.lit(sid, pl.UInt32) if isinstance(sid, int) else pl.Series(sid), value="value", ok=pl.lit(True)
+    )
 
 
 def by_search(f: str, df: pl.DataFrame, g: Grid, w: int) -> pl.DataFrame:
@@ -112,7 +163,7 @@ def by_search(f: str, df: pl.DataFrame, g: Grid, w: int) -> pl.DataFrame:
     import polars as pl
 
     frames = []
-    for part, t, (ks, ticks, hi, lo) in _spans(df, g, w):
+    for part, _, t, (ks, ticks, hi, lo) in _spans(df, g, w):
         n = hi - lo
         keep = n >= 2 if f in ("rate", "increase", "delta") else n > 0
         if not keep.all():
@@ -186,13 +237,16 @@ def extrapolate(out: pl.DataFrame, w: int, *, counter: bool, per_second: bool) -
     return out.lazy().with_columns(r=res * factor).collect()
 
 
-def _spans(df: pl.DataFrame, g: Grid, w: int) -> Iterator[tuple[pl.DataFrame, Any, tuple[Any, Any, Any, Any]]]:
-    """Per series of ``df`` (sorted by sid): its rows, their times and ``_tick_span`` of them, where a tick can see one."""
+def _spans(df: pl.DataFrame, g: Grid, w: int) -> Iterator[tuple[pl.DataFrame, int, Any, tuple[Any, Any, Any, Any]]]:
+    """Per series of ``df`` (sorted by sid): its rows, the first one's index in ``df``, their times and
+    ``_tick_span`` of them, where a tick can see one."""
+    start = 0
     for part in df.partition_by("sid", maintain_order=True):
         t = part["t"].to_numpy()
         span = _tick_span(t, g, w, int(part["run_end"][0]))
         if span is not None:
-            yield part, t, span
+            yield part, start, t, span
+        start += part.height
 
 
 def _window_sums(v: Any, prefix: Any, lo: Any, hi: Any) -> Any:
