@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,6 +136,7 @@ class Bucket:
         self.downloaded_bytes = 0
         self.downloaded_objects = 0
         self.uploaded_objects = 0
+        self._counting = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -219,8 +221,9 @@ class Bucket:
                 data = src.read()
         except (OSError, ValueError) as exc:
             raise self._failed(f"downloading {key}", exc) from None
-        self.downloaded_bytes += len(data)
-        self.downloaded_objects += 1
+        with self._counting:  # pulls download from several threads
+            self.downloaded_bytes += len(data)
+            self.downloaded_objects += 1
         return bytes(data)
 
     def delete(self, key: str) -> None:

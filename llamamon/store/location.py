@@ -27,6 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -47,6 +48,7 @@ from llamamon.store.layout import (
 log = logging.getLogger("llamamon.store")
 
 CACHE_ENV = "LLAMAMON_CACHE_DIR"
+DOWNLOADS_AT_ONCE = 8  # GETs in flight during a pull
 RUNS_LISTED_ONE_BY_ONE = 4  # above this many runs, a pull lists whole days of a group (location.pull)
 _RUN_SUFFIXES = (".json", ".job")  # run metadata, and what a job set with llamamon.init
 
@@ -256,6 +258,7 @@ class Location:
         listing, waiting files aside."""
         assert self.bucket is not None
         remote = {k: v for k, v in remote.items() if _travels(k) and (wanted is None or _run_of(k) in wanted)}
+        fetch: list[str] = []
         for key, (size, mtime) in remote.items():
             local = self.root / key
             entry = self.ledger.entries.get(key)
@@ -270,8 +273,14 @@ class Location:
             if st is not None and entry is None and st.st_size == size and not key.startswith(RUNS_DIR):
                 self.ledger.record(key, st, mtime)  # shipped, then killed before the ledger line
                 continue
-            atomic_write(local, self.bucket.get(key))
-            self.ledger.record(key, local.stat(), mtime)
+            fetch.append(key)
+        # Why a pool: an object store answers many GETs at once much faster than one after another (a
+        # 64-host job is hundreds of objects); files are written and noted here, in order, one at a time.
+        with ThreadPoolExecutor(max_workers=DOWNLOADS_AT_ONCE) as pool:
+            for key, data in zip(fetch, pool.map(self.bucket.get, fetch), strict=True):
+                local = self.root / key
+                atomic_write(local, data)
+                self.ledger.record(key, local.stat(), remote[key][1])
         self._drop_deleted(prefix, remote, wanted)
 
     def _drop_deleted(self, prefix: str, remote: dict[str, tuple[int, int]], wanted: set[str] | None) -> None:
