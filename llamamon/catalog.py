@@ -394,7 +394,7 @@ METRICS: tuple[Metric, ...] = (
     # inference, from the job or a scraped server
     _m("inference_latency", "milliseconds", "histogram", "inference", "End-to-end request latency."),
     _m("time_to_first_token", "milliseconds", "histogram", "inference", "Time to first token."),
-    _m("inter_token_latency", "milliseconds", "gauge", "inference", "Time per output token after the first."),
+    _m("inter_token_latency", "milliseconds", "histogram", "inference", "Time per output token after the first."),
     _m("batch_throughput", "per_second", "gauge", "inference", "Requests completed per second."),
     _m("token_throughput", "per_second", "gauge", "inference", "Output tokens generated per second."),
     _m(
@@ -413,7 +413,7 @@ METRICS: tuple[Metric, ...] = (
     _m(
         "request_time_per_output_token",
         "milliseconds",
-        "gauge",
+        "histogram",
         "inference",
         "Mean of each finished request's own time per output token (vLLM's per-request TPOT).",
     ),

@@ -56,7 +56,11 @@ def test_vllm_serving_old_and_new_names_is_stored_once_from_the_new(registry):
         assert [s.value for s in catalog_samples(samples, "kv_cache_usage")] == [0.25]
         # Both raw families are still stored under their own names.
         assert {"vllm_gpu_cache_usage_perc", "vllm_kv_cache_usage_perc"} <= {s.metric for s in samples}
-    assert [round(s.value, 6) for s in catalog_samples(second, "inter_token_latency")] == [20.0]
+    # Kept whole from the new name only (the old one's 80 ms observations would make the sum 0.32 s).
+    assert not catalog_samples(second, "inter_token_latency")
+    now = [s for s in second if s.time == clock.now]
+    assert [round(s.value, 6) for s in catalog_samples(now, "inter_token_latency_sum")] == [0.08]
+    assert [s.value for s in catalog_samples(now, "inter_token_latency_count")] == [4.0]
 
 
 def test_old_vllm_names_alone_still_map(registry):
@@ -70,7 +74,12 @@ def test_old_vllm_names_alone_still_map(registry):
     clock.now += 10
     second = collector.scrape()
     assert [s.value for s in catalog_samples(second, "kv_cache_usage")] == [0.5]
-    assert [round(s.value, 6) for s in catalog_samples(second, "inter_token_latency")] == [30.0]
+    now = [s for s in second if s.time == clock.now]
+    assert [round(s.value, 6) for s in catalog_samples(now, "inter_token_latency_sum")] == [0.03]
+    assert {dict(s.labels)["le"]: s.value for s in catalog_samples(now, "inter_token_latency_bucket")} == {
+        "0.1": 1.0,
+        "+Inf": 1.0,
+    }
 
 
 def test_tgi_failures_feed_error_rate(registry):

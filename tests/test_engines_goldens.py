@@ -33,11 +33,6 @@ def ratio(num: str, den: str, **labels: str) -> Expect:
     return lambda text: value(text, num, **labels) / value(text, den)
 
 
-def mean_ms(family: str) -> Expect:
-    """A histogram's mean per interval: the halves' sums over counts, which is the golden's own mean."""
-    return lambda text: value(text, f"{family}_sum") / value(text, f"{family}_count") * 1000.0
-
-
 def half(sample: str) -> Expect:
     """A kept histogram's count or sum since the run's first scrape."""
     return lambda text: value(text, sample) * 0.5
@@ -64,18 +59,22 @@ EXPECTED: dict[str, dict[str, Expect]] = {
     "vllm-0.6": {
         **VLLM_COMMON,
         "cache_hit_rate": const(0.4217),  # the V0 gauge
-        "inter_token_latency": mean_ms("vllm:time_per_output_token_seconds"),
+        "inter_token_latency_count": half("vllm:time_per_output_token_seconds_count"),
+        "inter_token_latency_sum": half("vllm:time_per_output_token_seconds_sum"),
     },
     "vllm-0.8": {
         **VLLM_COMMON,
         "cache_hit_rate": ratio("vllm:gpu_prefix_cache_hits_total", "vllm:gpu_prefix_cache_queries_total"),
-        "inter_token_latency": mean_ms("vllm:time_per_output_token_seconds"),
+        "inter_token_latency_count": half("vllm:time_per_output_token_seconds_count"),
+        "inter_token_latency_sum": half("vllm:time_per_output_token_seconds_sum"),
     },
     "vllm-v1": {
         **VLLM_COMMON,
         "cache_hit_rate": ratio("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"),
-        "inter_token_latency": mean_ms("vllm:inter_token_latency_seconds"),
-        "request_time_per_output_token": mean_ms("vllm:request_time_per_output_token_seconds"),
+        "inter_token_latency_count": half("vllm:inter_token_latency_seconds_count"),
+        "inter_token_latency_sum": half("vllm:inter_token_latency_seconds_sum"),
+        "request_time_per_output_token_count": half("vllm:request_time_per_output_token_seconds_count"),
+        "request_time_per_output_token_sum": half("vllm:request_time_per_output_token_seconds_sum"),
         "server_flops_per_gpu": rate("vllm:estimated_flops_per_gpu_total"),
         "server_read_bytes_per_gpu": rate("vllm:estimated_read_bytes_per_gpu_total"),
         "server_write_bytes_per_gpu": rate("vllm:estimated_write_bytes_per_gpu_total"),
@@ -87,7 +86,8 @@ EXPECTED: dict[str, dict[str, Expect]] = {
         "cache_hit_rate": const(0.38),
         "token_throughput": const(1843.6),
         "batch_throughput": rate("sglang:num_requests_total"),
-        "inter_token_latency": mean_ms("sglang:inter_token_latency_seconds"),
+        "inter_token_latency_count": half("sglang:inter_token_latency_seconds_count"),
+        "inter_token_latency_sum": half("sglang:inter_token_latency_seconds_sum"),
         "inference_latency_count": half("sglang:e2e_request_latency_seconds_count"),
         "inference_latency_sum": half("sglang:e2e_request_latency_seconds_sum"),
         "time_to_first_token_count": half("sglang:time_to_first_token_seconds_count"),
@@ -104,7 +104,8 @@ EXPECTED: dict[str, dict[str, Expect]] = {
         "batch_throughput": rate("tgi_request_success"),
         "error_rate": ratio("tgi_request_failure", "tgi_request_count"),
         "token_throughput": lambda text: value(text, "tgi_request_generated_tokens_sum") * 0.5 / ELAPSED,
-        "inter_token_latency": mean_ms("tgi_request_mean_time_per_token_duration"),
+        "inter_token_latency_count": half("tgi_request_mean_time_per_token_duration_count"),
+        "inter_token_latency_sum": half("tgi_request_mean_time_per_token_duration_sum"),
         "inference_latency_count": half("tgi_request_duration_count"),
         "inference_latency_sum": half("tgi_request_duration_sum"),
     },
@@ -112,7 +113,13 @@ EXPECTED: dict[str, dict[str, Expect]] = {
 # What each engine does not provide, so that a mapping gained by accident shows up here too.
 ABSENT = {
     "tgi": ("time_to_first_token_count", "cache_hit_rate", "kv_cache_usage"),
-    "llamacpp": ("kv_cache_usage", "cache_hit_rate", "inference_latency_count", "time_to_first_token_count"),
+    "llamacpp": (
+        "kv_cache_usage",
+        "cache_hit_rate",
+        "inference_latency_count",
+        "time_to_first_token_count",
+        "inter_token_latency_count",
+    ),
 }
 GOLDENS = sorted(EXPECTED)
 
@@ -148,7 +155,12 @@ def test_every_mapped_metric_comes_from_the_goldens_series(served):
 
 
 JOB = "import time; time.sleep(2.2)"
-PANELS = {"inference_latency": "Request latency", "time_to_first_token": "Time to first token"}
+PANELS = {
+    "inference_latency": "Request latency",
+    "time_to_first_token": "Time to first token",
+    "inter_token_latency": "Inter-token latency",
+    "request_time_per_output_token": "Time per output token, per request",
+}
 
 
 @pytest.mark.integration

@@ -86,7 +86,9 @@ def test_values_are_converted_to_base_units():
     )
     fams = families_of(snap)
     assert fams["llamamon_gpu_sm_clock_hertz"].points[0].value == 1.41e9
-    assert fams["llamamon_inter_token_latency_seconds"].points[0].value == 0.025
+    # A logged inter-token latency (ms) is an observation of the seconds histogram (no ms gauge is left).
+    itl = {p.name: p.value for p in fams["llamamon_inter_token_latency_seconds"].points if p.name[-4:] != "cket"}
+    assert itl == {"llamamon_inter_token_latency_seconds_sum": 0.025, "llamamon_inter_token_latency_seconds_count": 1.0}
     assert fams["llamamon_gpu_memory_used_bytes"].points[0].value == 2.0**30
     assert fams["llamamon_gpu_sm_clock_hertz"].points[0].labels == (("gpu", "0"), *sorted(RUN.items()))
 

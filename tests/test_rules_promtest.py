@@ -84,7 +84,7 @@ alerts:
       annotations:
         summary: "GPU {{ $labels.gpu }} {{ $value | humanizePercentage }}"
     slow:
-      condition: "p95(inter_token_latency, 5m) > 500ms"
+      condition: "p95(step_time, 5m) > 500ms"
       severity: warning
       annotations:
         summary: "p95 {{ $value | humanizeDuration }}"
@@ -117,7 +117,7 @@ CROSS_SERIES = [
     ('llamamon_gpu_utilization_ratio{gpu="1", host="box1"}', "0.1x10"),
     ('llamamon_gpu_process_memory_used_bytes{gpu="0", host="box1"}', "2e9x12"),
     ('llamamon_gpu_process_memory_used_bytes{gpu="1", host="box1"}', "2e9x2 0x9"),
-    ("llamamon_inter_token_latency_seconds", "0.1 0.2 0.7 0.9 0.8 0.1x8"),
+    ("llamamon_step_time_seconds", "0.1 0.2 0.7 0.9 0.8 0.1x8"),
     ("llamamon_gpu_energy_joules_total", "0+400x4 0+100x8"),
     ("llamamon_batch_queue_size", "5 10 20 30 60 10x6 _ 12"),
     ('llamamon_gpu_memory_used_bytes{gpu="0"}', "500 1234567 2e6 123456 3e9 2.5e9 _x3 1e7"),

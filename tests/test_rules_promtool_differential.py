@@ -33,7 +33,7 @@ METRICS = {
     # A metric the catalog labels gpu, as the inputs label every series (a host metric such as memory_usage
     # has no gpu label, so the export matches it on(host, run): test_prometheus_label_matching.py).
     "gpu_memory_usage": "llamamon_gpu_memory_usage_ratio",
-    "inter_token_latency": "llamamon_inter_token_latency_seconds",  # stored in ms: numbers are scaled
+    "step_time": "llamamon_step_time_seconds",  # thresholds in ms and s are scaled to the stored seconds
     "batch_queue_size": "llamamon_batch_queue_size",
     "loss": "llamamon_loss",
     "my_metric": "llamamon_my_metric",  # not in the catalog
@@ -43,7 +43,7 @@ METRICS = {
 }
 HISTOGRAM_BOUNDS = ("0.1", "0.25", "0.5", "1", "+Inf")
 HISTOGRAM_FUNCS = ("p50", "p90", "p95", "p99", "quantile", "avg", "count", "sum")
-GAUGES = ("gpu_memory_usage", "inter_token_latency", "batch_queue_size", "loss", "my_metric")
+GAUGES = ("gpu_memory_usage", "step_time", "batch_queue_size", "loss", "my_metric")
 WINDOW_FUNCS = ("avg", "min", "max", "sum", "count", "delta", "last", "p50", "p90", "p95", "p99", "quantile")
 WINDOWS = ("1m", "90s", "2m", "3m", "5m")
 LABELS = ({"gpu": "0"}, {"gpu": "1"})
@@ -54,7 +54,7 @@ RULES_PER_FILE = 40
 def _gauge_value(rng: random.Random, metric: str) -> str:
     if metric == "gpu_memory_usage":
         return str(round(rng.uniform(0, 1), 2))
-    if metric == "inter_token_latency":
+    if metric == "step_time":
         return str(round(rng.uniform(0.05, 0.9), 3))
     if metric == "loss":
         return rng.choice(["NaN", "+Inf", "-Inf"]) if rng.random() < 0.08 else str(round(rng.uniform(0, 3), 2))
@@ -120,7 +120,7 @@ def _threshold(rng: random.Random, metric: str, func: str | None) -> str:
         return str(rng.randint(0, 8)) if func == "rate" else str(rng.randint(0, 1500))
     if metric == "gpu_memory_usage":
         return rng.choice([f"{rng.randint(10, 95)}%", str(round(rng.uniform(0.1, 0.95), 2))])
-    if metric == "inter_token_latency":
+    if metric == "step_time":
         return rng.choice([f"{rng.randint(100, 800)}ms", str(rng.randint(100, 800)), "0.5s"])
     if metric == "loss":
         return str(round(rng.uniform(0, 3), 1))

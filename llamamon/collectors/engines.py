@@ -110,7 +110,6 @@ def resolved(families: Iterable[Family]) -> list[Resolved]:
         ({k: m for k, (m, _) in scrape.GAUGES.items()}, "gauge"),
         (scrape.COUNTER_RATES, "rate of the counter"),
         (scrape.HISTOGRAMS_KEPT, "histogram, kept whole: buckets, sum, count"),
-        (scrape.HISTOGRAM_MEANS, "mean of the histogram per interval"),
         (scrape.HISTOGRAM_SUM_RATES, "rate of the histogram's sum"),
     ]
     for table, how in tables:

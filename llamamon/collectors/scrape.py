@@ -78,9 +78,6 @@ HISTOGRAMS_KEPT: dict[str, str] = {
     "vllm:time_to_first_token_seconds": "time_to_first_token",
     "sglang:e2e_request_latency_seconds": "inference_latency",
     "sglang:time_to_first_token_seconds": "time_to_first_token",
-}
-# Histograms (seconds) -> mean in milliseconds per interval (delta sum / delta count).
-HISTOGRAM_MEANS: dict[str, str] = {
     "vllm:inter_token_latency_seconds": "inter_token_latency",
     "vllm:time_per_output_token_seconds": "inter_token_latency",  # older vLLM name
     "tgi_request_mean_time_per_token_duration": "inter_token_latency",
@@ -286,10 +283,7 @@ class ScrapeState:
         for (name, labels), cur in histograms.items():
             prev = self.histograms.get((name, labels)) or _Histogram({}, 0.0, 0.0)  # new series: from zero
             base = _Histogram({}, 0.0, 0.0) if _restarted(cur, prev) else prev
-            d_count = cur.count - base.count
             d_sum = cur.total - base.total
-            if name in HISTOGRAM_MEANS and d_count > 0:
-                out.append(Sample(HISTOGRAM_MEANS[name], d_sum / d_count * 1000.0, label(labels), now))
             if name in HISTOGRAM_SUM_RATES:
                 out.append(Sample(HISTOGRAM_SUM_RATES[name], d_sum / elapsed, label(labels), now))
         return out

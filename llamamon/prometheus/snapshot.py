@@ -22,7 +22,8 @@ from llamamon.prometheus.text import Family, Point, format_value, render
 from llamamon.samples import Labels, Row, Sample, make_labels
 from llamamon.severity import SEVERITIES
 
-# Seconds; spans a fast cached completion to a long generation (inference_latency, time_to_first_token).
+# Seconds; spans a fast cached completion to a long generation (inference_latency, time_to_first_token), and
+# a token's few milliseconds (inter_token_latency).
 DEFAULT_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 # Labels that would make one series per step or per request: dropped, the series merge (gauges keep the

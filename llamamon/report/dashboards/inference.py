@@ -22,6 +22,8 @@ def inference_dashboard(ctx: Context) -> Dashboard:
         _latency_panel(ctx, "latency", "inference_latency", "Request latency"),
         _histogram_panel(ctx, "latency-hist", "inference_latency", "Latency distribution"),
         _latency_panel(ctx, "ttft", "time_to_first_token", "Time to first token"),
+        _latency_panel(ctx, "itl", "inter_token_latency", "Inter-token latency"),
+        _latency_panel(ctx, "tpot", "request_time_per_output_token", "Time per output token, per request"),
         metric_panel(ctx, "requests", "Requests per second", ["batch_throughput"]),
         metric_panel(ctx, "tokens", "Tokens per second", ["token_throughput"]),
         metric_panel(ctx, "errors", "Error and timeout rate", ["error_rate", "timeout_rate"], ylim=(0, None)),
