@@ -31,6 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from llamamon.samples import labels_to_str, make_labels
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
 START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -53,9 +55,9 @@ def _table(times: np.ndarray, host: str, series: list[tuple[str, str, np.ndarray
             "metric": pa.array(metric, pa.string()),
             "value": pa.array(np.concatenate([v for _, _, v in series]), pa.float64()),
             "labels": pa.array(labels, pa.string()),
-            "step": pa.array(np.tile(steps, len(series)) if steps is not None else None, pa.int64())
-            if steps is not None
-            else pa.nulls(n * len(series), pa.int64()),
+            "step": pa.nulls(n * len(series), pa.int64())
+            if steps is None
+            else pa.array(np.tile(steps, len(series)), pa.int64()),
         }
     )
 
@@ -72,13 +74,12 @@ def write_run(root: Path, run: str, host: str, group: str, node: int, ranks: int
         n = len(times)
         system = [(m, "", np.clip(rng.normal(0.5, 0.1, n), 0, 1)) for m in SYSTEM]
         process = [(m, "", rng.normal(1e9, 1e7, n)) for m in PROCESS]
-        gpu = [(m, json.dumps({"gpu": str(g)}), rng.normal(0.9, 0.05, n)) for g in range(ranks) for m in GPU]
+        gpu = [(m, labels_to_str(make_labels(gpu=g)), rng.normal(0.9, 0.05, n)) for g in range(ranks) for m in GPU]
         training = []
         steps = []
         for local in range(ranks):
             rank = node * ranks + local
-            lbl = json.dumps({"local_rank": str(local), "node_rank": str(node), "rank": str(rank)}, sort_keys=True)
-            lbl = lbl.replace(", ", ",").replace(": ", ":")
+            lbl = labels_to_str(make_labels(local_rank=local, node_rank=node, rank=rank))
             base = 1.3 if local == slow_rank else 1.0
             step_time = rng.normal(base, 0.05, n)
             step = hour * 3600 + sec
