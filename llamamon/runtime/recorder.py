@@ -75,12 +75,10 @@ def record(options: RecordOptions, folder: FoldHelper | None = None) -> int:
         interval = options.interval if options.interval is not None else config.monitoring.update_frequency
         if not interval > 0:
             raise ConfigError(f"must be more than 0 seconds (got {interval})", path="--interval")
-        from llamamon.store.location import open_location
+        from llamamon.store.location import open_location, resolved
 
-        where = options.metrics_dir or config.monitoring.metrics_path
-        local = isinstance(where, Path) or "://" not in where
         # A bucket is not asked anything before the job starts: a problem with it is a warning, later.
-        location = open_location(Path(where).absolute() if local else where, sync=False)
+        location = open_location(resolved(options.metrics_dir or config.monitoring.metrics_path), sync=False)
         return Recorder(options, config, location, float(interval), route).run()
     finally:
         route.stop()  # done with it already, or the run ended early

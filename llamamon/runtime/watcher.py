@@ -75,14 +75,14 @@ class Snapshot:
 def watch(options: WatchOptions, on_tick: Callable[[Snapshot], None]) -> int:
     """Watch until stopped (SIGINT/SIGTERM) or, with ``once``, for one tick; returns the exit status."""
     from llamamon.config import load_config
-    from llamamon.store.location import open_location
+    from llamamon.store.location import open_location, resolved
     from llamamon.store.runs import list_runs
 
     config = load_config(options.config_path)
     interval = options.interval if options.interval is not None else config.monitoring.update_frequency
     if not interval > 0:
         raise ConfigError(f"must be more than 0 seconds (got {interval})", path="--interval")
-    location = open_location(_absolute(options.metrics_dir or config.monitoring.metrics_path))
+    location = open_location(resolved(options.metrics_dir or config.monitoring.metrics_path))
     location.pull(set())  # a bucket: its run metadata first, to resolve the runs asked for
     metrics_dir = location.root
     only = _resolve(metrics_dir, options.runs) if options.runs else None
@@ -98,10 +98,6 @@ def watch(options: WatchOptions, on_tick: Callable[[Snapshot], None]) -> int:
         config, metrics_dir, float(interval), only=only, gpu=options.gpu, on_tick=on_tick, refresh=refresh
     )
     return asyncio.run(watcher.main(once=options.once))
-
-
-def _absolute(where: str | Path) -> str | Path:
-    return where if isinstance(where, str) and "://" in where else Path(where).absolute()
 
 
 def _resolve(metrics_dir: Path, refs: Iterable[str]) -> set[str]:

@@ -309,6 +309,11 @@ def _travels(key: str) -> bool:
     return is_data_file(name) and key.startswith("group=") and ".." not in key.split("/")
 
 
+def resolved(path_or_url: str | os.PathLike[str]) -> str | Path:
+    """A folder made absolute (the recorder's job and watch may change directory), a bucket URL as it is."""
+    return path_or_url if is_bucket_url(path_or_url) else Path(path_or_url).absolute()  # type: ignore[return-value]
+
+
 def local_root(path_or_url: str | os.PathLike[str]) -> Path:
     """The folder a path or URL is read from on this machine, without touching the network: the path
     itself, or a bucket's mirror (for what runs inside a job and for the config check)."""
@@ -333,4 +338,4 @@ def open_location(path_or_url: str | os.PathLike[str], *, sync: bool = True) -> 
     return location
 
 
-__all__ = ["BucketError", "Location", "mirror_folder", "open_location"]
+__all__ = ["BucketError", "Location", "mirror_folder", "open_location", "resolved"]
