@@ -58,7 +58,7 @@ _PREFIXES = (("vllm:", "vLLM"), ("sglang:", "SGLang"), ("llamacpp:", "llama.cpp"
 
 def served_names(families: Iterable[Family]) -> set[str]:
     """Family names without a counter's ``_total`` (prometheus_client's family name for a counter)."""
-    return {f.name[: -len("_total")] if f.name.endswith("_total") else f.name for f in families}
+    return {scrape._base(f.name) for f in families}
 
 
 def engine_of(names: set[str]) -> str:

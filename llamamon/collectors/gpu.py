@@ -25,6 +25,7 @@ pids literally.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from llamamon.collectors.base import MetricsCollector, on_grid
 from llamamon.collectors.gpu_events import XidEvents
 from llamamon.collectors.gpu_gpm import Gpm
 from llamamon.collectors.gpu_links import Links
-from llamamon.samples import Sample, make_labels
+from llamamon.samples import Labels, Sample, make_labels
 
 # Clock-event ("throttle") reason bits, from nvml.h (nvmlClocksEventReason*; stable ABI, and older pynvml
 # releases name them nvmlClocksThrottleReason*). Label values are the snake_case of NVML's names.
@@ -70,6 +71,12 @@ def read_nspid(proc_root: Path, pid: int) -> tuple[int, ...]:
     except (OSError, ValueError):
         pass
     return (pid,)
+
+
+@functools.cache
+def _labels(index: int, name: str, value: str) -> Labels:
+    """``gpu=index`` plus one more label, built once: every tick asks for the same reasons, causes and kinds."""
+    return make_labels({"gpu": index, name: value})
 
 
 def _text(value: Any) -> str:
@@ -265,7 +272,7 @@ class GpuCollector(MetricsCollector):
                 index, f"ecc_{kind}", "nvmlDeviceGetTotalEccErrors", error_type, nvml.NVML_VOLATILE_ECC
             )
             if errors is not None:
-                out.append(Sample("gpu_ecc_errors", float(errors), make_labels(gpu=index, type=kind)))
+                out.append(Sample("gpu_ecc_errors", float(errors), _labels(index, "type", kind)))
         return out
 
     def _clock_events(self, index: int) -> list[Sample]:
@@ -282,11 +289,11 @@ class GpuCollector(MetricsCollector):
             return []
         mask = int(reasons)
         out = [
-            Sample("gpu_clock_event", 1.0 if mask & bit else 0.0, make_labels(gpu=index, reason=reason))
+            Sample("gpu_clock_event", 1.0 if mask & bit else 0.0, _labels(index, "reason", reason))
             for reason, bit in CLOCK_EVENT_REASONS
         ]
         out += [
-            Sample("gpu_throttled", 1.0 if mask & bits else 0.0, make_labels(gpu=index, cause=cause))
+            Sample("gpu_throttled", 1.0 if mask & bits else 0.0, _labels(index, "cause", cause))
             for cause, bits in THROTTLE_CAUSES
         ]
         return out

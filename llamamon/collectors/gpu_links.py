@@ -51,6 +51,8 @@ NVLINK_FIELDS: tuple[tuple[str, int], ...] = (
     ("gpu_nvlink_tx_throughput", FI_NVLINK_THROUGHPUT_DATA_TX),
     ("gpu_nvlink_rx_throughput", FI_NVLINK_THROUGHPUT_DATA_RX),
 )
+_NVLINK_METRIC: dict[int, str] = {field_id: metric for metric, field_id in NVLINK_FIELDS}
+_PCIE_COUNTER_IDS: list[int] = [counter for *_, counter in PCIE_THROUGHPUT]
 
 
 class Links:
@@ -60,6 +62,7 @@ class Links:
         self._session = session
         self._clock = clock
         self._nvlinks: dict[int, list[int]] = {}  # GPU -> its active links ([] for none)
+        self._nvlink_ids: dict[int, list[tuple[int, int]]] = {}  # GPU -> (field id, link) asked every tick
         self._last: dict[int, tuple[float, dict[tuple[int, int], int]]] = {}  # GPU -> (time, {(link, id): KiB})
         self._pcie_last: dict[int, Reading | None] = {}  # GPU -> its last PCIe counters; None: snapshots
         self._snapshot_at: dict[int, float] = {}  # GPU -> when its PCIe throughput was last snapshot
@@ -79,6 +82,7 @@ class Links:
         if not links and not self._session.dropped(index, "nvlink"):
             self._session.drop(index, "nvlink", "no NVLink is active on this GPU")
         self._nvlinks[index] = links
+        self._nvlink_ids[index] = [(field_id, link) for link in links for _, field_id in NVLINK_FIELDS]
         if links and (reading := self._read(index)) is not None:
             self._last[index] = reading  # the baseline: the first sample already has a rate
         self._pcie_last[index] = self._read_pcie(index)
@@ -100,14 +104,13 @@ class Links:
 
     def _read_pcie(self, index: int) -> Reading | None:
         """The PCIe byte counters, or None where the driver lacks them (older than r550, or this board)."""
-        ids = [counter for *_, counter in PCIE_THROUGHPUT]
         try:
-            values = self._session.attempt(index, "nvmlDeviceGetFieldValues", ids)
+            values = self._session.attempt(index, "nvmlDeviceGetFieldValues", _PCIE_COUNTER_IDS)
         except Unsupported:
             return None
         at = self._clock()
         counters = {int(v.fieldId): int(v.value.ullVal) for v in values if v.nvmlReturn == NVML_SUCCESS}
-        return (at, counters) if len(counters) == len(ids) else None
+        return (at, counters) if len(counters) == len(_PCIE_COUNTER_IDS) else None
 
     def _pcie_rates(self, index: int) -> list[Sample]:
         """Bytes per second since the last tick from the counters; else a throttled 20 ms snapshot."""
@@ -141,8 +144,7 @@ class Links:
 
     def _read(self, index: int) -> tuple[float, dict[tuple[int, int], int]] | None:
         """(when, every active link's data counters in KiB), or None once the query is unsupported."""
-        ids = [(field_id, link) for link in self._nvlinks[index] for _, field_id in NVLINK_FIELDS]
-        values = self._session.call(index, "nvlink_throughput", "nvmlDeviceGetFieldValues", ids)
+        values = self._session.call(index, "nvlink_throughput", "nvmlDeviceGetFieldValues", self._nvlink_ids[index])
         if values is None:
             return None
         at = self._clock()
@@ -177,8 +179,9 @@ class Links:
             # A smaller value is a counter reset (the driver reloaded): no rate this tick rather than a wrong one.
             if before is None or now < before:
                 continue
-            metric = next(name for name, fid in NVLINK_FIELDS if fid == field_id)
-            out.append(Sample(metric, (now - before) * KIB / elapsed, make_labels(gpu=index, link=link)))
+            out.append(
+                Sample(_NVLINK_METRIC[field_id], (now - before) * KIB / elapsed, make_labels(gpu=index, link=link))
+            )
         return out
 
     def _error_text(self, code: int) -> str:
