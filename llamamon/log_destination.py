@@ -15,13 +15,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llamamon.errors import RunNotFound
+from llamamon.errors import ConfigError, RunNotFound
 from llamamon.host import this_host
-from llamamon.launcher import NODE_RANK_ENV
+from llamamon.launcher import NODE_RANK_ENV, Launch, launch_from, ranks_from
 from llamamon.samples import NO_LABELS, Labels, Row, RunInfo, labels_to_str, make_labels, user_name
 
 if TYPE_CHECKING:
-    from llamamon.launcher import Launch
     from llamamon.store.journal import Journal
 
 logger = logging.getLogger("llamamon.api")
@@ -214,9 +213,6 @@ def rank_labels(env: Mapping[str, str]) -> Labels:
 def _launch() -> Launch:
     """The launcher's run group and ranks, as ``llamamon record`` takes them; a bad group name is warned
     about and left out (the job must not fail for its metadata)."""
-    from llamamon.errors import ConfigError
-    from llamamon.launcher import Launch, launch_from, ranks_from
-
     try:
         return launch_from(os.environ)
     except ConfigError as exc:

@@ -34,10 +34,9 @@ def check_command(config_path: str | None, metrics_dir: str | None, strict: bool
     from llamamon.config import load_config
     from llamamon.rules.builtin import known_metrics, rules_from_config
     from llamamon.rules.tree import duration_text
-
-    cfg = load_config(config_path)
     from llamamon.store.location import local_root  # a bucket: the names its mirror has seen
 
+    cfg = load_config(config_path)
     root = local_root(metrics_dir or cfg.metrics_path)
     asked: set[str] = set()
 

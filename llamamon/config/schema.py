@@ -266,7 +266,7 @@ def _monitoring(check: Checker, value: Any) -> Monitoring:
     return Monitoring(
         enabled=check.boolean(m["enabled"], "monitoring.enabled"),
         update_frequency=check.duration(m["update_frequency"], "monitoring.update_frequency", positive=True),
-        metrics_path=_metrics_path(check.string(m["metrics_path"], "monitoring.metrics_path")),
+        metrics_path=metrics_path_of(check.string(m["metrics_path"], "monitoring.metrics_path")),
         export_format=export_format,
         textfile_dir=Path(check.string(textfile, "monitoring.textfile_dir")) if textfile is not None else None,
         textfile_refresh=refresh,
@@ -295,7 +295,7 @@ def _monitoring(check: Checker, value: Any) -> Monitoring:
     )
 
 
-def _metrics_path(text: str) -> Path | str:
+def metrics_path_of(text: str) -> Path | str:
     """A URL (``s3://bucket/prefix``) stays a string: ``Path`` would fold its ``//``; the store checks it."""
     return text if "://" in text else Path(text)
 

@@ -26,9 +26,10 @@ class ReportSettings:
 def report_settings(config_path: str | None, metrics_dir: str | None) -> ReportSettings:
     """--config (or $LLAMAMON_CONFIG, ./monitoring.yaml, built-in defaults) and --metrics-dir, resolved once."""
     from llamamon.config import load_config
+    from llamamon.config.schema import metrics_path_of
 
     cfg = load_config(config_path)
     chosen = metrics_dir or os.environ.get("LLAMAMON_METRICS_DIR") or cfg.monitoring.metrics_path
     return ReportSettings(
-        chosen if isinstance(chosen, Path) or "://" in chosen else Path(chosen), thresholds_from_config(cfg), cfg
+        chosen if isinstance(chosen, Path) else metrics_path_of(chosen), thresholds_from_config(cfg), cfg
     )

@@ -135,7 +135,6 @@ class Bucket:
         self._fs: S3FileSystem | None = None
         self.downloaded_bytes = 0
         self.downloaded_objects = 0
-        self.uploaded_objects = 0
         self._counting = threading.Lock()
 
     @property
@@ -213,7 +212,6 @@ class Bucket:
                 out.write(data)
         except (OSError, ValueError) as exc:
             raise self._failed(f"uploading {key}", exc) from None
-        self.uploaded_objects += 1
 
     def get(self, key: str) -> bytes:
         try:
