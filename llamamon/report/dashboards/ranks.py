@@ -37,10 +37,10 @@ def straggler_view(ctx: Context) -> tuple[Panel | None, Table | None]:
     cond = STRAGGLER if ratio is None else Condition(slower=ratio - 1, most=STRAGGLER.most, columns=STRAGGLER.columns)
     rows = ctx.data.steps.rename({"mean": "value"})
     times = step_times(rows)
-    timings = rank_timings(times, cond)
+    cols = step_columns(times, cond)  # once, for the timings and the lines
+    timings = rank_timings(times, cond, cols)
     if not timings:
         return None, None
-    cols = step_columns(times, cond)
     hosts = {r.id: r.host for r in ctx.data.runs}
     if len(set(hosts.values())) < len(hosts):  # several runs on one host: the run tells them apart
         hosts = {r.id: ctx.run_labels.get(r.id, r.id) for r in ctx.data.runs}
