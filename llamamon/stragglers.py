@@ -123,12 +123,15 @@ def step_columns(times: pl.DataFrame, cond: Condition = STRAGGLER) -> pl.DataFra
     return per.join(kept, on=["job", "column"]).sort("job", "column", "rank", *RANK_KEY)
 
 
-def rank_timings(times: pl.DataFrame, cond: Condition = STRAGGLER) -> list[RankTiming]:
+def rank_timings(
+    times: pl.DataFrame, cond: Condition = STRAGGLER, cols: pl.DataFrame | None = None
+) -> list[RankTiming]:
     """Every rank's timing, slowest first (by its step time against its job's median); empty with fewer than
-    two ranks in a job."""
+    two ranks in a job. ``cols``: ``step_columns(times, cond)`` where the caller has them already (the view)."""
     import polars as pl
 
-    cols = step_columns(times, cond)
+    if cols is None:
+        cols = step_columns(times, cond)
     if not cols.height:
         return []
     slow = (pl.col("step_time") > pl.col("median") * (1 + cond.slower)).mean().alias("slow_share")

@@ -5,6 +5,7 @@ The numbers come from ``llamamon.stragglers``; this module only draws them.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from llamamon.report import charts
@@ -30,17 +31,17 @@ def straggler_view(ctx: Context) -> tuple[Panel | None, Table | None]:
     """The panel and table, or (None, None) where fewer than two ranks logged steps."""
     import polars as pl
 
-    from llamamon.stragglers import STRAGGLER, Condition, rank_timings, step_columns, step_times
+    from llamamon.stragglers import STRAGGLER, rank_timings, step_columns, step_times
 
     # One limit for the view and the training_straggler rule: monitoring.thresholds.training.straggler_ratio.
     ratio = ctx.data.thresholds.straggler_ratio
-    cond = STRAGGLER if ratio is None else Condition(slower=ratio - 1, most=STRAGGLER.most, columns=STRAGGLER.columns)
+    cond = STRAGGLER if ratio is None else replace(STRAGGLER, slower=ratio - 1)
     rows = ctx.data.steps.rename({"mean": "value"})
     times = step_times(rows)
-    timings = rank_timings(times, cond)
+    cols = step_columns(times, cond)  # once, for the timings and the lines
+    timings = rank_timings(times, cond, cols)
     if not timings:
         return None, None
-    cols = step_columns(times, cond)
     hosts = {r.id: r.host for r in ctx.data.runs}
     if len(set(hosts.values())) < len(hosts):  # several runs on one host: the run tells them apart
         hosts = {r.id: ctx.run_labels.get(r.id, r.id) for r in ctx.data.runs}

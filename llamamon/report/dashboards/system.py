@@ -25,7 +25,8 @@ def system_dashboard(ctx: Context) -> Dashboard:
     gpu_util = threshold_lines(th.gpu_utilization_min, "utilization_min", pct)
     gpu_mem = threshold_lines(th.gpu_memory_max, "memory_max", pct)
     # A job on many hosts: one small chart per host, not one line per host on one chart.
-    panel = host_grid_panel if per_host(ctx) else metric_panel
+    grid = per_host(ctx)
+    panel = host_grid_panel if grid else metric_panel
     cache = sorted(m for m in ctx.data.metrics() if "cache" in m and _in_system(m))
     candidates = [
         panel(ctx, "cpu", "CPU", ["cpu_usage"], ylim=(0, 1.02)),
@@ -37,7 +38,7 @@ def system_dashboard(ctx: Context) -> Dashboard:
         panel(ctx, "gpu-clock", "GPU clocks", ["gpu_sm_clock", "gpu_memory_clock"]),
         panel(ctx, "gpu-throttle", "GPU clock events (throttling)", ["gpu_clock_event"], ylim=(-0.05, 1.05)),
         # A card per GPU for one or two hosts; a many-host job's GPUs are in the per-host grids above.
-        *(gpu_panels(ctx) if not per_host(ctx) else ()),
+        *(gpu_panels(ctx) if not grid else ()),
         panel(ctx, "disk-io", "Disk I/O", ["disk_read_throughput", "disk_write_throughput"]),
         panel(ctx, "disk-usage", "Disk usage", ["disk_usage"], ylim=(0, 1.02)),
         panel(ctx, "network", "Network", _network_metrics(ctx)),
@@ -45,7 +46,7 @@ def system_dashboard(ctx: Context) -> Dashboard:
         panel(ctx, "proc-rss", "Process tree memory (RSS)", ["process_memory_rss"]),
         panel(ctx, "proc-gpu", "Process tree GPU memory", ["gpu_process_memory_used"]),
         panel(ctx, "proc-io", "Process tree disk I/O", ["process_io_read_throughput", "process_io_write_throughput"]),
-        *(panels_by_unit(ctx, "cache", "Cache", cache) if not per_host(ctx) else _host_cache_panels(ctx, cache)),
+        *(_host_cache_panels(ctx, cache) if grid else panels_by_unit(ctx, "cache", "Cache", cache)),
     ]
     d.panels = [p for p in candidates if p is not None]
     if not has_metrics(ctx, "gpu_utilization", "gpu_memory_usage", "gpu_power"):
