@@ -10,8 +10,9 @@ from ``monitoring.thresholds.training.straggler_ratio``, 1.25, as the ``training
 rank above and below the median from column to column; a slow node, a throttled GPU or a rank with more
 data-loading work stays above it. Runs whose rank numbers repeat are separate jobs (``with_jobs``).
 
-The report and the straggler rule read the same numbers from here: a leaf module (it imports no layer),
-so ``rules`` may use it as ``report`` does.
+The report reads its straggler view from here. The ``training_straggler`` rule judges ranks in the rule
+language instead (a rank's step rate against the median rank's, live and offline alike) with the same
+limit, ``straggler_ratio``. A leaf module: it imports no layer.
 """
 
 from __future__ import annotations
