@@ -23,10 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def suites() -> dict[str, Callable[[bool], list]]:
-    from bench import other_scripts, read_speed, recorder_cost, startup, storage
+    from bench import other_scripts, read_speed, recorder_cost, recorder_weight, startup, storage
 
     return {
         "recorder": recorder_cost.run,
+        "weight": recorder_weight.run,
         "logging": other_scripts.logging_cost,
         "storage": storage.run,
         "read": read_speed.run,
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["recorder", "logging", "storage", "read", "startup", "scripts"],
+        choices=["recorder", "weight", "logging", "storage", "read", "startup", "scripts"],
         help="run only this benchmark (repeatable)",
     )
     parser.add_argument(

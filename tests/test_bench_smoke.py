@@ -20,7 +20,7 @@ def test_bench_help_lists_every_benchmark():
     )
     assert done.returncode == 0, done.stderr
     assert "usage: python -m bench" in done.stdout
-    for name in ("recorder", "logging", "storage", "read", "startup", "scripts"):
+    for name in ("recorder", "weight", "logging", "storage", "read", "startup", "scripts"):
         assert name in done.stdout
 
 
@@ -35,4 +35,6 @@ def test_bench_suites_import():
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[0] == str(sorted(["recorder", "logging", "storage", "read", "startup", "scripts"]))
+    assert done.stdout.split("\n")[0] == str(
+        sorted(["recorder", "weight", "logging", "storage", "read", "startup", "scripts"])
+    )
