@@ -62,21 +62,23 @@ def busy_argv(stop: Path) -> list[str]:
 # -- the floor: a bare psutil loop (run as `python bench/recorder_cost.py --floor PID INTERVAL LOG DIR`) --
 
 
+def tree(root: int) -> list[int]:
+    """``root`` and its descendants, found the way llamamon's process-tree collector finds them."""
+    order, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        order.append(pid)
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                    stack.extend(int(c) for c in fh.read().split())
+        except OSError:
+            pass
+    return order
+
+
 def floor_loop(root: int, interval: float, log: str, metrics_dir: str) -> None:
     procs: dict[int, psutil.Process] = {}
-
-    def tree() -> list[int]:
-        order, stack = [], [root]
-        while stack:
-            pid = stack.pop()
-            order.append(pid)
-            try:
-                for tid in os.listdir(f"/proc/{pid}/task"):
-                    with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
-                        stack.extend(int(c) for c in fh.read().split())
-            except OSError:
-                pass
-        return order
 
     psutil.cpu_percent(interval=None)
     start = time.monotonic()
@@ -91,7 +93,7 @@ def floor_loop(root: int, interval: float, log: str, metrics_dir: str) -> None:
             psutil.net_io_counters(pernic=True)
             psutil.getloadavg()
             rss = 0
-            for pid in tree():
+            for pid in tree(root):
                 try:
                     proc = procs.get(pid) or procs.setdefault(pid, psutil.Process(pid))
                     with proc.oneshot():

@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.recorder_cost import tree
+
 REPO = Path(__file__).resolve().parents[1]
 POLL_S = 0.02
 # What a job logging 1,000 points/s looks like: ten metrics every 10 ms, until killed.
@@ -97,20 +99,6 @@ def _role(pid: int, root: int) -> str | None:
     return "keeper"
 
 
-def _descendants(root: int) -> list[int]:
-    order, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        order.append(pid)
-        try:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
-                    stack.extend(int(c) for c in fh.read().split())
-        except OSError:
-            pass
-    return order
-
-
 def watched(argv: list[str], env: dict[str, str], cwd: Path) -> dict:
     """Run ``argv`` to its end; its all-in CPU and wall seconds, and each process's peak memory (KiB)."""
     start = time.perf_counter()
@@ -121,7 +109,7 @@ def watched(argv: list[str], env: dict[str, str], cwd: Path) -> dict:
     usage = None
     while usage is None:
         pss = 0
-        for pid in _descendants(proc.pid):
+        for pid in tree(proc.pid):
             if pid not in roles:
                 roles[pid] = _role(pid, proc.pid)
             if roles[pid] is None:
@@ -191,7 +179,7 @@ def flat_memory(minutes: float) -> dict:
                     samples.append((elapsed, rss))
                 time.sleep(10.0)
         finally:
-            for pid in _descendants(proc.pid)[1:]:
+            for pid in tree(proc.pid)[1:]:
                 with contextlib.suppress(OSError):
                     if b"llamamon.log(" in Path(f"/proc/{pid}/cmdline").read_bytes():
                         os.kill(pid, 15)  # end the job; record then ends as it does after any job
