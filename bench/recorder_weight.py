@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from bench.recorder_cost import tree
+from bench.startup import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 POLL_S = 0.02
@@ -55,15 +56,10 @@ IMPORTS = (
 )
 
 
-def child_env(tmp: str) -> dict[str, str]:
-    from bench.startup import child_env as startup_env
-
-    return startup_env(tmp)
-
-
-def _status_kib(pid: int, field: str) -> int | None:
+def _proc_kib(pid: int, file: str, field: str) -> int | None:
+    """One ``field: N kB`` line of ``/proc/PID/<file>`` (None once the process is gone)."""
     try:
-        with open(f"/proc/{pid}/status") as fh:
+        with open(f"/proc/{pid}/{file}") as fh:
             for line in fh:
                 if line.startswith(field):
                     return int(line.split()[1])
@@ -72,19 +68,8 @@ def _status_kib(pid: int, field: str) -> int | None:
     return None
 
 
-def _pss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
 def _role(pid: int, root: int) -> str | None:
-    """``main``, ``fold helper``, ``keeper`` or a helper's command; None for the job."""
+    """``main``, ``fold helper`` or ``keeper``; None for the job (or a process already gone)."""
     if pid == root:
         return "main"
     try:
@@ -114,10 +99,10 @@ def watched(argv: list[str], env: dict[str, str], cwd: Path) -> dict:
                 roles[pid] = _role(pid, proc.pid)
             if roles[pid] is None:
                 continue
-            hwm = _status_kib(pid, "VmHWM:")
+            hwm = _proc_kib(pid, "status", "VmHWM:")
             if hwm is not None:
                 peaks[pid] = max(peaks.get(pid, 0), hwm)
-            pss += _pss_kib(pid)
+            pss += _proc_kib(pid, "smaps_rollup", "Pss:") or 0
         pss_peak = max(pss_peak, pss)
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid == 0:
@@ -125,9 +110,8 @@ def watched(argv: list[str], env: dict[str, str], cwd: Path) -> dict:
             time.sleep(POLL_S)
     proc.returncode = os.waitstatus_to_exitcode(status)
     by_role: dict[str, int] = {}
-    for pid, kib in peaks.items():
-        role = roles[pid] or "?"
-        by_role[role] = max(by_role.get(role, 0), kib)
+    for pid, kib in peaks.items():  # peaks holds only pids with a role
+        by_role[roles[pid]] = max(by_role.get(roles[pid], 0), kib)
     return {
         "wall_s": time.perf_counter() - start,
         "cpu_s": usage.ru_utime + usage.ru_stime,
@@ -173,11 +157,11 @@ def flat_memory(minutes: float) -> dict:
         samples: list[tuple[float, int]] = []
         start = time.monotonic()
         try:
-            while (elapsed := time.monotonic() - start) < minutes * 60:
-                rss = _status_kib(proc.pid, "VmRSS:")
-                if rss:  # 0 or None before the interpreter is up
-                    samples.append((elapsed, rss))
-                time.sleep(10.0)
+            while time.monotonic() - start < minutes * 60:
+                time.sleep(10.0)  # first sample at 10 s: at 0 s the process may not have exec'd python yet
+                rss = _proc_kib(proc.pid, "status", "VmRSS:")
+                if rss is not None:
+                    samples.append((time.monotonic() - start, rss))
         finally:
             for pid in tree(proc.pid)[1:]:
                 with contextlib.suppress(OSError):

@@ -10,9 +10,10 @@ command (user+sys, its whole process tree) is kept next to the wall time: it mov
 with its bytecode cached as after ``pip install`` (which compiles every module): this environment sets
 PYTHONDONTWRITEBYTECODE, which would charge every run for compiling llamamon from source, so the children
 run without it and with PYTHONPYCACHEPREFIX in a temporary folder (the checkout stays clean).
-Targets (issue 20): ``--help`` < 100 ms; ``record -- true`` <= 200 ms wall and <= 200 ms CPU. ``--profile`` prints where ``record -- true``
-spends its time: in-process timers around the recorder's phases (imports, store opening, collectors,
-ticks, the final flush) and what is left outside ``main()`` (interpreter start-up and shutdown).
+Targets (issue 20): ``--help`` < 100 ms; ``record -- true`` < 200 ms wall and <= 200 ms CPU.
+``--profile`` prints where ``record -- true`` spends its time: in-process timers around the recorder's
+phases (imports, store opening, collectors, ticks, the final flush) and what is left outside ``main()``
+(interpreter start-up and shutdown).
 """
 
 from __future__ import annotations
@@ -191,7 +192,8 @@ def run(quick: bool = False, repeat: int | None = None) -> list:
     ms = {name: median([w for w, _ in runs]) * 1e3 for name, runs in data.items()}
     cpu_ms = {name: median([c for _, c in runs]) * 1e3 for name, runs in data.items()}
     figures = []
-    for name, limit in (("llamamon --help", 100.0), ("llamamon record -- true", 200.0)):
+    # (command, wall limit ms, CPU limit ms or None)
+    for name, limit, cpu_limit in (("llamamon --help", 100.0, None), ("llamamon record -- true", 200.0, 200.0)):
         ratios = {
             base: median_ratio([(a[0], b[0]) for a, b in zip(data[name], data[base], strict=True)])
             for base in ("python -c pass", "python -c 'import click'")
@@ -206,8 +208,8 @@ def run(quick: bool = False, repeat: int | None = None) -> list:
                     "python -c 'import click'": ms["python -c 'import click'"],
                 },
                 ratios=ratios,
-                target=f"< {limit:.0f} ms" + (" wall and CPU" if "record" in name else ""),
-                met=ms[name] < limit and ("record" not in name or cpu_ms[name] <= limit),
+                target=f"< {limit:.0f} ms" + (f" wall and <= {cpu_limit:.0f} ms CPU" if cpu_limit else ""),
+                met=ms[name] < limit and (cpu_limit is None or cpu_ms[name] <= cpu_limit),
                 runs=repeat,
                 load=load,
                 note=f"CPU time (user+sys, median): {name} {cpu_ms[name]:.0f} ms; "
