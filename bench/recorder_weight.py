@@ -1,4 +1,4 @@
-"""Recorder weight: what a user pays per job, all in (start-up, imports, helpers, the fold), beside psrecord.
+"""Recorder weight: what a user pays per job, all in (start-up, imports, the keeper, Parquet), beside psrecord.
 
     python -m bench.recorder_weight [--quick] [--repeat 5] [--flat-minutes 30]
 
@@ -7,10 +7,11 @@ Three figures, issue 20's targets:
 * **CPU of a 10 s recording at 0.1 s, all in**: ``llamamon record -q --no-gpu --interval 0.1 -- sleep 10``
   against ``psrecord --interval 0.1 --include-children 'sleep 10'``, alternating, one ratio per round.
   The CPU is ``wait4``'s rusage of the monitor: its own user+sys plus every descendant it reaped (the job,
-  llamamon's keeper and fold helper). ``sleep`` itself costs ~1 ms, the same for both.
+  llamamon's output keeper). ``sleep`` itself costs ~1 ms, the same for both.
 * **Peak memory of every recorder process**: the monitor's process tree is polled every 20 ms; each
   process's peak is its ``VmHWM`` (the kernel's own high-water mark, so a peak between polls still counts),
-  each process named by its role (``main``; ``fold helper``, the one that maps pyarrow; ``keeper``); the
+  each process named by its role (``main``; ``keeper``; ``pyarrow child``, a Python child that maps pyarrow,
+  which record no longer has: it would show a regression); the
   job (``sleep``) is not counted. "Summed" adds the per-process peaks, an upper bound: forked children share
   pages with ``main`` until they write them. The peak sum of PSS (``/proc/PID/smaps_rollup``, shared pages
   split between sharers) is printed beside it.
@@ -69,7 +70,7 @@ def _proc_kib(pid: int, file: str, field: str) -> int | None:
 
 
 def _role(pid: int, root: int) -> str | None:
-    """``main``, ``fold helper`` or ``keeper``; None for the job (or a process already gone)."""
+    """``main``, ``keeper`` or ``pyarrow child``; None for the job (or a process already gone)."""
     if pid == root:
         return "main"
     try:
@@ -80,7 +81,7 @@ def _role(pid: int, root: int) -> str | None:
     if not Path(exe).name.startswith("python"):
         return None  # the recorded job (sleep)
     if "pyarrow" in maps:
-        return "fold helper"
+        return "pyarrow child"
     return "keeper"
 
 

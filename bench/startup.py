@@ -30,9 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 # Runs `llamamon record -q -- true` in-process with timers around the recorder's phases; prints one JSON
-# list of (phase, wall ms, process CPU ms) at each boundary, at exit. argv: metrics folder. (The recorder
-# is imported before main() here, so the fold helper is forked ~90 ms later than in the real command and
-# the fold waits longer for its pyarrow import than it does there.)
+# list of (phase, wall ms, process CPU ms) at each boundary, at exit. argv: metrics folder.
 PHASES = r"""
 import json, sys, time
 T0w, T0c = time.perf_counter(), time.process_time()
@@ -56,9 +54,9 @@ def wrap(owner, name, label, is_async=False):
 wrap(recorder.Recorder, "__init__", "Recorder(): open_store, run metadata")
 wrap(recorder.Recorder, "_open_collectors", "open collectors (psutil, NVML probe)", True)
 wrap(recorder.Recorder, "_tick", "tick", True)
-wrap(writer.StoreWriter, "flush", "final flush (pyarrow import + Parquet)")
+wrap(writer.StoreWriter, "flush", "final flush (store.flush_file)")
 from llamamon.runtime import parquet_route
-wrap(parquet_route.FoldHelper, "fold", "fold the journal into Parquet (the helper; waits for its pyarrow import)")
+wrap(parquet_route.ParquetRoute, "finish", "run's end: fold job journals, compact when cheap")
 def report():  # main() ends the process itself (after the exit handlers), as the real command does
     stamp("main() returned")
     print(json.dumps(marks), flush=True)
@@ -124,13 +122,9 @@ GAPS = {
         "> open collectors (psutil, NVML probe)",
     ): "spawn the job and the keeper, write_run, start the sampler thread",
     ("< tick", "> tick"): "stop requested (the job is done)",
-    ("< final flush (pyarrow import + Parquet)", "main() returned"): "join the sampler, end the child, write_run",
-    ("< tick", "> fold the journal into Parquet (the helper; waits for its pyarrow import)"): (
-        "final alert evaluation, hand the journal off, join the sampler"
-    ),
-    ("< fold the journal into Parquet (the helper; waits for its pyarrow import)", "main() returned"): (
-        "end the child, write_run"
-    ),
+    ("< tick", "> final flush (store.flush_file)"): "final alert evaluation, close the collectors",
+    ("< final flush (store.flush_file)", "> run's end: fold job journals, compact when cheap"): "join the sampler",
+    ("< run's end: fold job journals, compact when cheap", "main() returned"): "end the child, write_run",
 }
 
 

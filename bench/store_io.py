@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from llamamon.catalog import quantize, resolution_of
 from llamamon.runtime.ticker import TickStamps
 from llamamon.samples import Row, labels_to_str, make_labels
-from llamamon.store import parquet
+from llamamon.store import flush_file, parquet
 from llamamon.store.compaction import compact
 from llamamon.store.reader import scan
 from llamamon.store.retention import store_stats
@@ -145,6 +145,17 @@ def parquet_bytes(table: pa.Table, **options) -> int:
     return buf.tell()
 
 
+def flush_file_bytes(table: pa.Table) -> int:
+    """The size of the file a flush (``store.flush_file``) writes for these rows, already sorted."""
+    d = table.to_pydict()
+    micros = table.column("time").cast(pa.int64()).to_pylist()
+    entries = [
+        flush_file.Entry(m, lab, us, v, s)
+        for m, lab, us, v, s in zip(d["metric"], d["labels"], micros, d["value"], d["step"], strict=True)
+    ]
+    return len(flush_file.encode(entries, d["host"][0]))
+
+
 def csv_bytes(table: pa.Table) -> int:
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -158,7 +169,6 @@ def csv_bytes(table: pa.Table) -> int:
 
 def size_report(seconds: int) -> None:
     print(f"== size: {seconds} s at 1 Hz x 16 metrics = {seconds * 16:,} samples, one compacted file ==")
-    ours = parquet.WRITE_OPTIONS
     compacted = parquet.COMPACT_OPTIONS
     encodings = {"time": "DELTA_BINARY_PACKED", "step": "DELTA_BINARY_PACKED"}
     for profile in ("noisy", "steady"):
@@ -167,7 +177,7 @@ def size_report(seconds: int) -> None:
             n = table.num_rows
             srt = parquet.sort_table(table)
             variants = [
-                ("CSV, long schema (baseline)", None, None),
+                ("CSV, long schema (baseline)", table, csv_bytes),
                 ("pyarrow defaults (snappy, dictionary), tick order", table, {}),
                 ("zstd 9 + dictionary everywhere, sorted", srt, {"compression": "zstd", "compression_level": 9}),
                 ("llamamon compacted, but tick order (unsorted)", table, compacted),
@@ -186,7 +196,11 @@ def size_report(seconds: int) -> None:
                     },
                 ),
                 ("llamamon compacted, but zstd 9", srt, {**compacted, "compression_level": 9}),
-                ("llamamon flush-file options (default 20k-row pages)", srt, ours),
+                (
+                    "llamamon flush file (store.flush_file: PLAIN numbers, dictionary strings, gzip)",
+                    srt,
+                    flush_file_bytes,
+                ),
                 (
                     f"llamamon compacted (sorted, DELTA time, BSS value, zstd {parquet.COMPACT_ZSTD_LEVEL}, 1 page)",
                     srt,
@@ -197,7 +211,7 @@ def size_report(seconds: int) -> None:
             print(f"-- profile {profile}, {stamps}")
             base = None
             for label, tbl, options in variants:
-                size = csv_bytes(table) if tbl is None else parquet_bytes(tbl, **options)
+                size = options(tbl) if callable(options) else parquet_bytes(tbl, **options)
                 base = base or size
                 print(f"  {label:<72} {size:>12,} B {size / n:7.3f} B/sample {base / size:6.1f}x < CSV")
     print()

@@ -1,45 +1,41 @@
-"""record's exit: a short run's Parquet is written by the forked fold helper (record never loads pyarrow),
-a helper that dies is replaced by an in-process fold, a long run stops it, it never outlives record, and
-a run whose partitions hold several files is compacted as it ends (by the helper or in-process)."""
+"""record's Parquet: flushes and folds while the job runs never load pyarrow (store.flush_file writes them),
+a short run never loads it at all, and a run whose partitions hold several files is compacted as it ends,
+the only place record imports pyarrow."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import psutil
 
 from llamamon.store import journal
 from llamamon.store.reader import scan
-from tests.conftest import llamamon_env, run_python
+from tests.conftest import run_python
 
-# Runs `llamamon record` as the console script does (main() is the process), with FoldHelper's calls
-# noted; prints them, and whether this process imported pyarrow, as one JSON line at exit.
+# Runs `llamamon record` as the console script does (main() is the process). An import hook notes when
+# pyarrow is first imported: before the run's end (ParquetRoute.finish), during it, or never; printed as
+# one JSON line at exit.
 RECORD = """
 import atexit, json, os, sys
 from llamamon.runtime import parquet_route
-calls = []
-real_fold, real_stop = parquet_route.FoldHelper.fold, parquet_route.FoldHelper.stop
-def fold(self, *args):
-    calls.append("fold")
-    if os.environ.get("KILL_HELPER"):
-        os.kill(self.pid, 9)
-    return real_fold(self, *args)
-def stop(self):
-    if not self._done:
-        calls.append("stop")
-    return real_stop(self)
-parquet_route.FoldHelper.fold, parquet_route.FoldHelper.stop = fold, stop
+seen = {{"pyarrow": None}}
+phase = ["running"]
+class Note:
+    def find_spec(self, name, path=None, target=None):
+        if name == "pyarrow" and seen["pyarrow"] is None:
+            seen["pyarrow"] = phase[0]
+        return None
+sys.meta_path.insert(0, Note())
+real_finish = parquet_route.ParquetRoute.finish
+def finish(self, *args):
+    phase[0] = "finish"
+    return real_finish(self, *args)
+parquet_route.ParquetRoute.finish = finish
 parquet_route.FLUSH_INTERVAL_S = float(os.environ.get("FLUSH_S", "30"))
 parquet_route.COMPACT_AT_EXIT_FILES = int(os.environ.get("COMPACT_FILES", str(parquet_route.COMPACT_AT_EXIT_FILES)))
-atexit.register(lambda: print(json.dumps({{"calls": calls, "pyarrow": "pyarrow" in sys.modules}}), flush=True))
+atexit.register(lambda: print(json.dumps(seen), flush=True))
 sys.argv = ["llamamon", "record", "-q", "--interval", "0.2", "--metrics-dir", "m", "--", *{command!r}]
 import llamamon.cli
 llamamon.cli.main()
@@ -55,62 +51,13 @@ def record(tmp_path: Path, command: list[str], **env: str) -> tuple[dict, subpro
 JOB = [sys.executable, "-c", "import llamamon, time\nfor i in range(5): llamamon.log(loss=1.0 / (i + 1), step=i)"]
 
 
-def test_a_short_run_is_folded_by_the_helper_and_record_never_loads_pyarrow(tmp_path: Path):
+def test_a_short_run_is_written_as_parquet_without_pyarrow(tmp_path: Path):
     seen, _ = record(tmp_path, JOB)
-    assert seen == {"calls": ["fold"], "pyarrow": False}
+    assert seen == {"pyarrow": None}
     assert journal.segment_paths(tmp_path / "m") == []  # everything is in Parquet
     frame = scan(tmp_path / "m").collect()
     assert sorted(frame.filter(frame["metric"] == "loss")["value"].to_list()) == [0.2, 0.25, 1 / 3, 0.5, 1.0]
-    assert frame.filter(frame["group"] == "system").height > 0  # the recorder's own rows, folded by the helper
-
-
-def test_a_helper_that_died_is_replaced_by_an_in_process_fold(tmp_path: Path):
-    seen, _ = record(tmp_path, JOB, KILL_HELPER="1")
-    assert seen == {"calls": ["fold"], "pyarrow": True}
-    assert journal.segment_paths(tmp_path / "m") == []
-    frame = scan(tmp_path / "m").collect()
-    assert frame.filter(frame["metric"] == "loss").height == 5
-    assert frame.filter(frame["group"] == "system").height > 0
-
-
-def test_a_run_that_flushed_parquet_itself_stops_the_helper(tmp_path: Path):
-    seen, _ = record(tmp_path, [sys.executable, "-c", "import time; time.sleep(2)"], FLUSH_S="0.5")
-    assert seen == {"calls": ["stop"], "pyarrow": True}  # stopped mid-run, at the first check after a flush
-    assert journal.segment_paths(tmp_path / "m") == []
-    assert scan(tmp_path / "m", groups=["system"]).collect().height > 0
-
-
-def test_the_helper_ends_with_record_when_record_is_killed(tmp_path: Path):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llamamon", "record", "-q", "--metrics-dir", "m", "--", "sleep", "30"],
-        cwd=tmp_path,
-        env=llamamon_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    me = psutil.Process(proc.pid)
-    family: list[psutil.Process] = []
-    try:
-        deadline = time.monotonic() + 30
-        helper = None
-        while helper is None and time.monotonic() < deadline:
-            family = me.children(recursive=True)
-            # The helper is record forked: the same command line, in a session of its own.
-            helper = next((c for c in family if c.cmdline() == me.cmdline() and os.getsid(c.pid) == c.pid), None)
-            time.sleep(0.05)
-        assert helper is not None, "no fold helper under record"
-        while not journal.segment_paths(tmp_path / "m") and time.monotonic() < deadline:
-            time.sleep(0.05)  # record has sampled: there is a journal for someone to fold
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        helper.wait(timeout=30)  # its end of the pipe closed: it exits, folding nothing
-    finally:
-        for member in [me, *family]:
-            with contextlib.suppress(psutil.Error):
-                member.kill()
-        proc.wait(timeout=10)
-    assert journal.segment_paths(tmp_path / "m")  # the journal waits for the next llamamon command
+    assert frame.filter(frame["group"] == "system").height > 0  # the recorder's own rows
 
 
 def data_files(root: Path) -> dict[str, list[str]]:
@@ -128,7 +75,7 @@ def test_a_run_of_several_flushes_is_compacted_as_it_ends(tmp_path: Path):
         "import llamamon, time\nfor i in range(20): llamamon.log(loss=1.0, step=i); time.sleep(0.1)",
     ]
     seen, _ = record(tmp_path, job, FLUSH_S="0.3")
-    assert seen["calls"] == ["stop"]  # flushes loaded pyarrow here: record compacted in-process
+    assert seen == {"pyarrow": "finish"}  # the flushes did without it; compaction at the end loaded it
     files = data_files(tmp_path / "m")
     assert files["system"]
     assert all(len(names) == 1 and names[0].startswith("compact-") for names in files.values())
@@ -137,7 +84,7 @@ def test_a_run_of_several_flushes_is_compacted_as_it_ends(tmp_path: Path):
     assert frame.filter(frame["metric"] == "cpu_usage").height >= 5  # every tick's sample, once
 
 
-def test_the_helper_compacts_a_short_run_whose_partition_holds_several_files(tmp_path: Path):
+def test_a_short_run_whose_partition_holds_several_files_is_compacted_as_it_ends(tmp_path: Path):
     # The job and a child it forks log into journal segments of their own: two files in the training partition.
     job = [
         sys.executable,
@@ -147,7 +94,7 @@ def test_the_helper_compacts_a_short_run_whose_partition_holds_several_files(tmp
         "os.waitpid(pid, 0)",
     ]
     seen, _ = record(tmp_path, job)
-    assert seen == {"calls": ["fold"], "pyarrow": False}
+    assert seen == {"pyarrow": "finish"}
     files = data_files(tmp_path / "m")
     assert len(files["training"]) == 1
     assert files["training"][0].startswith("compact-")
@@ -159,7 +106,8 @@ def test_a_run_too_big_to_compact_cheaply_is_left_for_llamamon_compact(tmp_path:
     from llamamon.store.compaction import compact_ended_run
 
     job = [sys.executable, "-c", "import time; time.sleep(1.5)"]
-    record(tmp_path, job, FLUSH_S="0.3", COMPACT_FILES="2")
+    seen, _ = record(tmp_path, job, FLUSH_S="0.3", COMPACT_FILES="2")
+    assert seen == {"pyarrow": None}  # nothing merged at the end: pyarrow never needed
     files = data_files(tmp_path / "m")
     assert len(files["system"]) > 2  # several flush files, not compacted: over the bound
     run = (tmp_path / "m" / "runs").glob("*.json").__next__().stem

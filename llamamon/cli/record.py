@@ -68,11 +68,8 @@ def record_command(
       srun llamamon record -- python train.py          (one run per node, grouped by $SLURM_JOB_ID)
     """
     from llamamon.cli import setup_logging
-    from llamamon.runtime.parquet_route import FoldHelper
 
     setup_logging(verbose, quiet)
-    # First, before any thread: it imports pyarrow on another core while the rest starts (parquet_route.py).
-    folder = FoldHelper.start()
     # Deferred: the recorder pulls in asyncio, psutil and the store; `llamamon --help` must not pay for it.
     from llamamon.runtime.recorder import RecordOptions, record
 
@@ -89,4 +86,4 @@ def record_command(
         scrape=list(scrape),
         group=group,
     )
-    ctx.exit(record(options, folder))
+    ctx.exit(record(options))

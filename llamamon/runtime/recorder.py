@@ -3,10 +3,10 @@
 Threads: the main thread runs the child (its I/O pass-through and signal forwarding, see child.py) so the
 job's output never waits for a sample; a sampler thread runs an asyncio loop with the collectors on the
 ticker and appends rows to the store writer (which journals them at once and writes Parquet on the
-sampler thread, so pyarrow's import and conversion never stall the job's output either). The metric lines
+sampler thread, so a flush never stalls the job's output either). The metric lines
 parsed from the job's output are journaled by the same loop on their own schedule (job_output.py), so a
-``kill -9`` of ``record`` loses well under an interval of them however long the collectors take. Which
-process turns the journal into Parquet, and when, is the ``ParquetRoute``'s decision (parquet_route.py).
+``kill -9`` of ``record`` loses well under an interval of them however long the collectors take. How the
+journal becomes Parquet, and when, is the ``ParquetRoute``'s decision (parquet_route.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from llamamon.collectors.session import CollectorSession
     from llamamon.config import Config
     from llamamon.runtime.job_output import JobOutput
-    from llamamon.runtime.parquet_route import FoldHelper, ParquetRoute
+    from llamamon.runtime.parquet_route import ParquetRoute
     from llamamon.samples import Row
     from llamamon.store.location import Location
     from llamamon.store.writer import StoreWriter
@@ -55,33 +55,24 @@ class RecordOptions:
     group: str | None = None  # --group; else the launcher's environment says (llamamon.launcher)
 
 
-def record(options: RecordOptions, folder: FoldHelper | None = None) -> int:
-    """Run the command while recording it; returns the exit code llamamon should exit with.
-
-    ``folder``: a fold helper started for this run (parquet_route.py), which this ends in every case.
-    """
+def record(options: RecordOptions) -> int:
+    """Run the command while recording it; returns the exit code llamamon should exit with."""
+    from llamamon.config import load_config
     from llamamon.runtime.parquet_route import ParquetRoute
 
-    route = ParquetRoute(folder)
-    try:
-        from llamamon.config import load_config
+    config = load_config(options.config_path)
+    if not config.monitoring.enabled:
+        log.info("monitoring.enabled is false in %s: running the command without recording", config.source)
+        with Child(options.command) as child:
+            return child.wait().exit_code
+    interval = options.interval if options.interval is not None else config.monitoring.update_frequency
+    if not interval > 0:
+        raise ConfigError(f"must be more than 0 seconds (got {interval})", path="--interval")
+    from llamamon.store.location import open_location, resolved
 
-        config = load_config(options.config_path)
-        if not config.monitoring.enabled:
-            log.info("monitoring.enabled is false in %s: running the command without recording", config.source)
-            route.stop()  # now, not after a job that may run for days
-            with Child(options.command) as child:
-                return child.wait().exit_code
-        interval = options.interval if options.interval is not None else config.monitoring.update_frequency
-        if not interval > 0:
-            raise ConfigError(f"must be more than 0 seconds (got {interval})", path="--interval")
-        from llamamon.store.location import open_location, resolved
-
-        # A bucket is not asked anything before the job starts: a problem with it is a warning, later.
-        location = open_location(resolved(options.metrics_dir or config.monitoring.metrics_path), sync=False)
-        return Recorder(options, config, location, float(interval), route).run()
-    finally:
-        route.stop()  # done with it already, or the run ended early
+    # A bucket is not asked anything before the job starts: a problem with it is a warning, later.
+    location = open_location(resolved(options.metrics_dir or config.monitoring.metrics_path), sync=False)
+    return Recorder(options, config, location, float(interval), ParquetRoute()).run()
 
 
 class Recorder:

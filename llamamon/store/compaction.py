@@ -131,7 +131,7 @@ def _compact_partition(root: Path, folder: Path, files: list[Path], result: Comp
     names = [f.name for f in files]
     intent = write_intent(root, token, folder, new_name, names)
     before = sum(f.stat().st_size for f in files)
-    new_path = parquet.write_table(folder / new_name, table, replaces=names, **parquet.COMPACT_OPTIONS)
+    new_path = parquet.write_table(folder / new_name, table, replaces=names)
     remove_files(folder, names)
     intent.unlink(missing_ok=True)
     result.partitions += 1

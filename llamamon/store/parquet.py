@@ -1,9 +1,11 @@
-"""Parquet files of the store: the only module that imports pyarrow at top level.
+"""Parquet files of the store as pyarrow reads them and compaction writes them: the only module that imports
+pyarrow at top level.
 
-Only ever imported from inside functions (writer flush, journal fold, reader, compaction), never on
-the ``llamamon --help`` or ``import llamamon`` path.
+Only ever imported from inside functions (reader, compaction), never on the ``llamamon --help`` or ``import
+llamamon`` path, nor by ``llamamon record`` until its run ends: the flush files a run writes as it goes are
+``store.flush_file``'s (standard library only, same schema), which compaction rewrites with the encodings here.
 
-Encodings (each compared with its alternatives by ``python bench/store_io.py``; what the store ends up
+Encodings of compacted files (each compared with its alternatives by ``python bench/store_io.py``; what the store ends up
 with, bytes per sample by column, is in bench/RESULTS.md, row "Storage after compaction, one day at 1 Hz
 x 16 series"): rows sorted by (metric, labels, time) make every column run-friendly;
 ``host``/``metric``/``labels`` are dictionary-encoded; ``time`` and ``step`` use DELTA_BINARY_PACKED (a
@@ -12,8 +14,8 @@ store values on power-of-two grids (catalog resolutions), so a value's low manti
 its byte streams compress (with decimal-rounded values PLAIN was the smaller; dictionary-encoded values
 are larger than either). BYTE_STREAM_SPLIT on the int64 ``time`` column would be smaller still, but
 readers only learned it in 2024 (DuckDB only in 2026), so the store keeps DELTA there: any DuckDB,
-polars or pandas reads it. Compacted files use zstd level 19 (more CPU than level 9, spent once per
-file, for a smaller one) and a single page per column (see COMPACT_OPTIONS).
+polars or pandas reads it. zstd level 19 (more CPU than level 9, spent once per file, for a smaller one)
+and a single page per column (see COMPACT_OPTIONS).
 
 No ``ARROW:schema`` footer entry is written: it repeats the schema (and every metadata key, base64'd)
 in every file, and the Parquet types alone read back as the same Arrow schema.
@@ -33,9 +35,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llamamon.fsutil import atomic_write
-from llamamon.samples import Row, labels_to_str
-from llamamon.store.layout import utc_date
-from llamamon.store.segment_reader import ColumnBlock
 
 SCHEMA = pa.schema(
     [
@@ -53,24 +52,18 @@ REPLACES_KEY = b"llamamon.replaces"  # plain JSON list: files written before the
 # names per partition, and names that share their writer's prefix compress to a few bytes each (the
 # footer's bytes per replaced file: bench/RESULTS.md, notes of "Storage after compaction ...").
 REPLACES_Z_KEY = b"llamamon.replaces.z"
-ZSTD_LEVEL = 9
 COMPACT_ZSTD_LEVEL = 19
 
-WRITE_OPTIONS: dict[str, Any] = {
+# Compacted files, which pyarrow writes (flush files are store.flush_file's): one row group and one page per
+# column. pyarrow's default pages (20,000 rows) split a day's time column so zstd never sees that every series
+# repeats the same (jittered) timestamps; one page lets it (``python bench/store_io.py``). Reads here are
+# whole-partition scans, so page-level skipping is not lost.
+COMPACT_OPTIONS: dict[str, Any] = {
     "compression": "zstd",
-    "compression_level": ZSTD_LEVEL,
+    "compression_level": COMPACT_ZSTD_LEVEL,
     "use_dictionary": ["host", "metric", "labels"],
     "column_encoding": {"time": "DELTA_BINARY_PACKED", "value": "BYTE_STREAM_SPLIT", "step": "DELTA_BINARY_PACKED"},
     "write_statistics": ["time", "metric"],
-}
-
-# Compacted files: one row group and one page per column. pyarrow's default pages (20,000 rows) split a
-# day's time column so zstd never sees that every series repeats the same (jittered) timestamps; one
-# page lets it (``python bench/store_io.py``: "llamamon flush-file options" against "llamamon
-# compacted"). Reads here are whole-partition scans, so page-level skipping is not lost.
-COMPACT_OPTIONS: dict[str, Any] = {
-    **WRITE_OPTIONS,
-    "compression_level": COMPACT_ZSTD_LEVEL,
     "data_page_size": 256 << 20,
     "row_group_size": 1 << 26,
 }
@@ -82,86 +75,19 @@ class CorruptFile(Exception):
     """A file the readers must skip: not Parquet, truncated, or not in the store's schema."""
 
 
-def rows_to_table(rows: Sequence[Row], host: str) -> pa.Table:
-    """Rows (one partition's) as a table in the store schema, sorted for compression and range reads.
-
-    Sorted in Python, in the order of SORT_KEYS (str order is UTF-8 byte order, as pyarrow's): a flush
-    is a few thousand rows at most, and leaving pyarrow.compute unimported (it is also what
-    ``Array.cast`` pulls in) keeps its import off the end of every short ``llamamon record`` (whose
-    phases are in bench/RESULTS.md, notes of "Start-up: `llamamon record -- true` wall time").
-    """
-    keyed = sorted(((r.metric, labels_to_str(r.labels), round(r.time * 1_000_000), r) for r in rows), key=_key)
-    return pa.table(
-        {
-            "time": pa.array([k[2] for k in keyed], SCHEMA.field("time").type),
-            "host": pa.array([host] * len(keyed), pa.string()),
-            "metric": pa.array([k[0] for k in keyed], pa.string()),
-            "value": pa.array([k[3].value for k in keyed], pa.float64()),
-            "labels": pa.array([k[1] for k in keyed], pa.string()),
-            "step": pa.array([k[3].step for k in keyed], pa.int64()),
-        },
-        schema=SCHEMA,
-    )
-
-
-def block_tables(block: ColumnBlock, host: str) -> dict[tuple[str, str], pa.Table]:
-    """A column block (all rows storable) as unsorted tables in the store schema, per (group, date).
-
-    Column operations from the block's packed arrays: no Row object per value, however many points a
-    job logged.
-    """
-    import numpy as np  # pyarrow's own dependency
-
-    codes = np.frombuffer(block.codes, dtype=np.dtype(block.codes.typecode)).astype(np.intp)
-    micros = np.round(np.frombuffer(block.times, dtype=np.float64) * 1_000_000).astype(np.int64)
-    values = np.frombuffer(block.values, dtype=np.float64)
-    steps = np.frombuffer(block.steps, dtype=np.int64) if block.steps is not None else None
-    groups = sorted({group for group, _ in block.series})
-    group_of_code = np.array([groups.index(group) for group, _ in block.series], dtype=np.intp)[codes]
-    metric_of_code = np.array([metric for _, metric in block.series], dtype=object)
-    days = micros // 86_400_000_000
-    out = {}
-    for g, group in enumerate(groups):
-        in_group = group_of_code == g
-        for day in np.unique(days[in_group]):
-            take = np.flatnonzero(in_group & (days == day))
-            n = len(take)
-            step = None if steps is None else steps[take]
-            out[(group, utc_date(int(day) * 86_400.0))] = pa.table(
-                {
-                    "time": pa.array(micros[take], SCHEMA.field("time").type),
-                    "host": pa.repeat(pa.scalar(host, pa.string()), n),
-                    "metric": pa.array(metric_of_code[codes[take]], pa.string()),
-                    "value": pa.array(values[take], pa.float64()),
-                    "labels": pa.repeat(pa.scalar(block.labels, pa.string()), n),
-                    "step": pa.array(step, pa.int64(), mask=step < 0) if step is not None else pa.nulls(n, pa.int64()),
-                },
-                schema=SCHEMA,
-            )
-    return out
-
-
-def _key(item: tuple[str, str, int, Row]) -> tuple[str, str, int]:
-    return item[0], item[1], item[2]
-
-
 def sort_table(table: pa.Table) -> pa.Table:
     import pyarrow.compute as pc  # compaction only; see rows_to_table
 
     return table.take(pc.sort_indices(table, sort_keys=SORT_KEYS))
 
 
-def merge_tables(tables: Sequence[pa.Table]) -> pa.Table:
-    """Tables of one partition as one, sorted as the store sorts (compaction, a fold with column blocks)."""
-    return sort_table(pa.concat_tables(tables))
-
-
-def write_table(path: Path, table: pa.Table, replaces: Sequence[str] = (), **options: Any) -> Path:
-    """Write a whole file atomically; ``replaces`` lists the sibling files this one supersedes (compaction)."""
+def write_table(path: Path, table: pa.Table, replaces: Sequence[str] = ()) -> Path:
+    """Write a whole file atomically with COMPACT_OPTIONS; ``replaces`` lists the sibling files this one
+    supersedes."""
     if not table.schema.equals(SCHEMA):  # Table.cast imports pyarrow.compute even when there is nothing to do
         table = table.cast(SCHEMA)
     table = table.replace_schema_metadata(None)
-    settings = {**WRITE_OPTIONS, **options}
+    settings = dict(COMPACT_OPTIONS)
     row_group_size = settings.pop("row_group_size", None)
 
     def write(fh: Any) -> None:

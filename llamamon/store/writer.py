@@ -16,14 +16,16 @@ import logging
 import os
 import threading
 import time
+from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from operator import itemgetter
 from pathlib import Path
-from typing import Any
 
 from llamamon.errors import StoreError
-from llamamon.samples import Row
-from llamamon.store import journal
+from llamamon.samples import Row, labels_to_str
+from llamamon.store import flush_file, journal
+from llamamon.store.flush_file import Entry
 from llamamon.store.layout import data_file, journal_dir, utc_date
 from llamamon.store.segment_reader import ColumnBlock, read_segment_blocks
 
@@ -39,32 +41,45 @@ def write_partitions(
     blocks: Sequence[ColumnBlock] = (),
 ) -> list[Path]:
     """Write ``rows`` (and the journal's column ``blocks``) as ``<stem>.parquet`` in each (group, date)
-    partition they touch; skip files already there."""
-    from llamamon.store import parquet  # heavy: pyarrow only when rows are really written
-
-    by_partition: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    partition they touch, sorted by (metric, labels, time); skip files already there."""
+    by_partition: dict[tuple[str, str], list[Entry]] = defaultdict(list)
     dates: dict[int, str] = {}  # UTC day number -> date= value: one strftime per day, not per row
     for row in rows:
         day = int(row.time // 86_400)
         date = dates.get(day)
         if date is None:
             date = dates[day] = utc_date(row.time)
-        by_partition[(row.group, date)].append(row)
-    tables: dict[tuple[str, str], list[Any]] = defaultdict(list)
+        entry = Entry(row.metric, labels_to_str(row.labels), round(row.time * 1_000_000), row.value, row.step)
+        by_partition[(row.group, date)].append(entry)
     for block in blocks:
-        for key, table in parquet.block_tables(block, host).items():
-            tables[key].append(table)
+        _add_block(by_partition, dates, block)
     written = []
-    for group, date in sorted({*by_partition, *tables}):
+    for group, date in sorted(by_partition):
         path = data_file(metrics_dir, group, date, run_id, stem)
         if path.exists():
             continue  # written by an earlier flush or fold of this very segment
-        table = parquet.rows_to_table(by_partition.get((group, date), []), host)
-        if (group, date) in tables:
-            table = parquet.merge_tables([table, *tables[(group, date)]])
-        parquet.write_table(path, table)
+        entries = by_partition[(group, date)]
+        entries.sort(key=_SORT_KEY)  # stable: rows of equal keys keep the journal's order
+        flush_file.write(path, entries, host)
         written.append(path)
     return written
+
+
+_SORT_KEY = itemgetter(0, 1, 2)  # Entry's (metric, labels, micros): the store's sort order
+
+
+def _add_block(by_partition: dict[tuple[str, str], list[Entry]], dates: dict[int, str], block: ColumnBlock) -> None:
+    """A column block's rows as entries, straight from its packed arrays (no Row, no labels parsing)."""
+    series, labels = block.series, block.labels
+    steps = block.steps if block.steps is not None else array("q", [-1]) * len(block.times)
+    for code, seconds, value, step in zip(block.codes, block.times, block.values, steps, strict=True):
+        micros = round(seconds * 1_000_000)
+        day = micros // 86_400_000_000
+        date = dates.get(day)
+        if date is None:
+            date = dates[day] = utc_date(day * 86_400.0)
+        group, metric = series[code]
+        by_partition[(group, date)].append(Entry(metric, labels, micros, value, None if step < 0 else step))
 
 
 def fold_segment(metrics_dir: Path, segment: journal.Segment) -> int:
@@ -169,14 +184,12 @@ class StoreWriter:
             self.rows_written += len(rows)
             return len(rows)
 
-    def close(self, write_parquet: bool = True) -> None:
-        """Flush and stop. ``write_parquet=False`` leaves the unflushed rows in their journal segment,
-        unlocked, for a fold elsewhere (``record``'s fold helper): as after a crash, but on purpose."""
+    def close(self) -> None:
+        """Flush and stop."""
         if self._closed:
             return
         try:
-            if write_parquet:
-                self.flush()
+            self.flush()
         finally:
             with self._lock:
                 self._closed = True
