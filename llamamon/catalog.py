@@ -415,7 +415,8 @@ METRICS: tuple[Metric, ...] = (
         "milliseconds",
         "histogram",
         "inference",
-        "Mean of each finished request's own time per output token (vLLM's per-request TPOT).",
+        "Mean of each finished request's own time per output token (vLLM's per-request TPOT; TGI's mean time "
+        "per token, whose inference time includes the prefill).",
     ),
     _m(
         "server_flops_per_gpu",

@@ -104,15 +104,16 @@ EXPECTED: dict[str, dict[str, Expect]] = {
         "batch_throughput": rate("tgi_request_success"),
         "error_rate": ratio("tgi_request_failure", "tgi_request_count"),
         "token_throughput": lambda text: value(text, "tgi_request_generated_tokens_sum") * 0.5 / ELAPSED,
-        "inter_token_latency_count": half("tgi_request_mean_time_per_token_duration_count"),
-        "inter_token_latency_sum": half("tgi_request_mean_time_per_token_duration_sum"),
+        # TGI's per-request mean (inference time / generated tokens), not an inter-token latency.
+        "request_time_per_output_token_count": half("tgi_request_mean_time_per_token_duration_count"),
+        "request_time_per_output_token_sum": half("tgi_request_mean_time_per_token_duration_sum"),
         "inference_latency_count": half("tgi_request_duration_count"),
         "inference_latency_sum": half("tgi_request_duration_sum"),
     },
 }
 # What each engine does not provide, so that a mapping gained by accident shows up here too.
 ABSENT = {
-    "tgi": ("time_to_first_token_count", "cache_hit_rate", "kv_cache_usage"),
+    "tgi": ("time_to_first_token_count", "cache_hit_rate", "kv_cache_usage", "inter_token_latency_count"),
     "llamacpp": (
         "kv_cache_usage",
         "cache_hit_rate",

@@ -115,7 +115,7 @@ def resolved(families: Iterable[Family]) -> list[Resolved]:
     for table, how in tables:
         out += [Resolved(m, s, how) for s, m in table.items() if s in names and s not in superseded]
     for metric, pairs in scrape.COUNTER_RATIOS.items():
-        pair = next(((h, q) for h, q in pairs if q in names and h in names), None)
+        pair = scrape.ratio_pair(pairs, names)
         if pair is not None:
             out.append(Resolved(metric, f"{pair[0]} / {pair[1]}", "ratio of the counters' increases"))
     for total, failures in scrape.ERROR_RATIOS.items():

@@ -80,14 +80,16 @@ HISTOGRAMS_KEPT: dict[str, str] = {
     "sglang:time_to_first_token_seconds": "time_to_first_token",
     "vllm:inter_token_latency_seconds": "inter_token_latency",
     "vllm:time_per_output_token_seconds": "inter_token_latency",  # older vLLM name
-    "tgi_request_mean_time_per_token_duration": "inter_token_latency",
     "sglang:inter_token_latency_seconds": "inter_token_latency",
     "vllm:request_time_per_output_token_seconds": "request_time_per_output_token",
+    # One observation per request: its inference time (prefill included) / its generated tokens, so a
+    # per-request mean like vLLM's, not an inter-token latency (router/src/server.rs, TGI 3.x).
+    "tgi_request_mean_time_per_token_duration": "request_time_per_output_token",
 }
 # Histograms whose _sum counts things -> rate of the sum.
 HISTOGRAM_SUM_RATES: dict[str, str] = {"tgi_request_generated_tokens": "token_throughput"}
-# (hits, queries) counter pairs -> ratio of their increases; the first pair the server serves wins (vLLM
-# 0.9-0.10 serve both names; 0.8 only the gpu_ ones).
+# (hits, queries) counter pairs -> ratio of their increases; the first pair the server serves both counters
+# of wins (vLLM 0.9-0.10 serve both names; 0.8 only the gpu_ ones): ``ratio_pair``, for record and doctor alike.
 COUNTER_RATIOS: dict[str, tuple[tuple[str, str], ...]] = {
     "cache_hit_rate": (
         ("vllm:prefix_cache_hits", "vllm:prefix_cache_queries"),
@@ -104,6 +106,12 @@ RENAMED: dict[str, str] = {
     "vllm:time_per_output_token_seconds": "vllm:inter_token_latency_seconds",
 }
 SUMMED_LABELS = frozenset({"finished_reason", "err"})  # folded together when mapping onto the catalog
+
+
+def ratio_pair(pairs: Sequence[tuple[str, str]], served: Iterable[str]) -> tuple[str, str] | None:
+    """The first (hits, queries) pair both of whose counters are served, or None."""
+    names = set(served)
+    return next(((h, q) for h, q in pairs if h in names and q in names), None)
 
 
 def _base(name: str) -> str:
@@ -223,8 +231,10 @@ class ScrapeState:
                 errors = failed[(name, labels)] if failures is None else increases.get((failures, labels), 0.0)
                 out.append(Sample("error_rate", min(errors / inc, 1.0), label(labels), now))
         for metric, pairs in COUNTER_RATIOS.items():
-            names = {name for name, _ in increases}
-            hits, queries = next(((h, q) for h, q in pairs if q in names), pairs[0])
+            pair = ratio_pair(pairs, (name for name, _ in increases))
+            if pair is None:
+                continue
+            hits, queries = pair
             for (name, labels), asked in increases.items():
                 if name == queries and asked > 0 and (hits, labels) in increases:
                     out.append(Sample(metric, increases[(hits, labels)] / asked, label(labels), now))
