@@ -85,12 +85,20 @@ def _row_group(out: bytearray, entries: Sequence[Entry], host: str, ordinal: int
     present = array("q", [s for s in steps if s is not None])
     metrics = [e.metric for e in entries]
     columns = [
-        _plain_column(out, "time", _INT64, _le(micros), n, _stats(micros, 0)),
+        _plain_column(out, "time", _INT64, _le(micros), n, _stats(micros)),
         _dictionary_column(out, "host", [host] * n, None),
         _dictionary_column(out, "metric", metrics, (min(metrics), max(metrics)) if metrics else None),
         _plain_column(out, "value", _DOUBLE, _le(values), n, None),
         _dictionary_column(out, "labels", [e.labels for e in entries], None),
-        _plain_column(out, "step", _INT64, _def_levels(steps) + _le(present), n, None, nulls=n - len(present)),
+        _plain_column(
+            out,
+            "step",
+            _INT64,
+            _def_levels(steps) + _le(present),
+            n,
+            _struct((3, _T_I64, n - len(present))),
+            levels=True,
+        ),
     ]
     sizes = [size for _chunk, size, _compressed in columns]
     return _struct(
@@ -104,13 +112,11 @@ def _row_group(out: bytearray, entries: Sequence[Entry], host: str, ordinal: int
 
 
 def _plain_column(
-    out: bytearray, name: str, ptype: int, data: bytes, n: int, stats: bytes | None, nulls: int | None = None
+    out: bytearray, name: str, ptype: int, data: bytes, n: int, stats: bytes | None, levels: bool = False
 ) -> tuple[bytes, int, int]:
     offset = len(out)
     size, compressed = _page(out, _DATA_PAGE, data, (5, _T_STRUCT, _data_page_header(n, _PLAIN)))
-    encodings = [_PLAIN] if nulls is None else [_PLAIN, _RLE]
-    if nulls is not None:
-        stats = _struct((3, _T_I64, nulls))
+    encodings = [_PLAIN, _RLE] if levels else [_PLAIN]  # RLE: the definition levels of a nullable column
     return _chunk(name, ptype, encodings, n, size, compressed, offset, None, stats), size, compressed
 
 
@@ -205,11 +211,11 @@ def _rle_runs(values: list[int], width: int) -> bytes:
     return bytes(out)
 
 
-def _stats(numbers: array, nulls: int) -> bytes | None:  # type: ignore[type-arg]
+def _stats(numbers: array) -> bytes | None:  # type: ignore[type-arg]
     if not numbers:
         return None
     low, high = struct.pack("<q", min(numbers)), struct.pack("<q", max(numbers))
-    return _struct((3, _T_I64, nulls), (5, _T_BINARY, high), (6, _T_BINARY, low))
+    return _struct((3, _T_I64, 0), (5, _T_BINARY, high), (6, _T_BINARY, low))
 
 
 def _le(numbers: array) -> bytes:  # type: ignore[type-arg]
