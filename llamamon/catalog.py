@@ -402,7 +402,7 @@ METRICS: tuple[Metric, ...] = (
         "ratio",
         "gauge",
         "inference",
-        "Share of prompt tokens found in the prefix cache, 0..1 (vLLM: hits / queries in tokens; SGLang's gauge).",
+        "Share of prompt tokens found in the prefix cache, 0..1 (vLLM: hits / queries in tokens; SGLang's gauge; llama.cpp: reused / all).",
     ),
     _m("error_rate", "ratio", "gauge", "inference", "Share of requests that failed, 0..1."),
     _m("timeout_rate", "ratio", "gauge", "inference", "Share of requests over the configured timeout, 0..1."),

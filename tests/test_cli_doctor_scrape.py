@@ -124,3 +124,15 @@ def test_metrics_switched_off_is_told_the_flag(serve, tmp_path):
     code, _, err = doctor("ftp://example.invalid/metrics", tmp_path)
     assert code == 2
     assert err == "Error: --scrape: not an http(s) URL: 'ftp://example.invalid/metrics'\n"
+
+
+def test_current_llamacpp_resolves_its_prompt_cache_share(serve, tmp_path):
+    code, out, _ = doctor(serve(golden("llamacpp")), tmp_path)
+    assert code == 0
+    line = next(x for x in out.splitlines() if "cache_hit_rate" in x)
+    assert "<- llamacpp:prompt_tokens_cached / (llamacpp:prompt_tokens_cached + llamacpp:prompt_tokens)" in line
+    # A build before #26920 serves prompt_tokens_total alone: no share to give.
+    older = "\n".join(x for x in golden("llamacpp").splitlines() if "prompt_tokens_cached" not in x) + "\n"
+    code, out, _ = doctor(serve(older), tmp_path)
+    assert code == 0
+    assert "cache_hit_rate" not in out

@@ -97,6 +97,11 @@ EXPECTED: dict[str, dict[str, Expect]] = {
         "requests_running": const(3),
         "batch_queue_size": const(1),
         "token_throughput": rate("llamacpp:tokens_predicted_total"),
+        # reused / (reused + processed) prompt tokens: the counters count the two apart
+        "cache_hit_rate": lambda text: (
+            value(text, "llamacpp:prompt_tokens_cached_total")
+            / (value(text, "llamacpp:prompt_tokens_cached_total") + value(text, "llamacpp:prompt_tokens_total"))
+        ),
     },
     "tgi": {
         "requests_running": const(16),
@@ -116,7 +121,6 @@ ABSENT = {
     "tgi": ("time_to_first_token_count", "cache_hit_rate", "kv_cache_usage", "inter_token_latency_count"),
     "llamacpp": (
         "kv_cache_usage",
-        "cache_hit_rate",
         "inference_latency_count",
         "time_to_first_token_count",
         "inter_token_latency_count",

@@ -117,7 +117,9 @@ def resolved(families: Iterable[Family]) -> list[Resolved]:
     for metric, pairs in scrape.COUNTER_RATIOS.items():
         pair = scrape.ratio_pair(pairs, names)
         if pair is not None:
-            out.append(Resolved(metric, f"{pair[0]} / {pair[1]}", "ratio of the counters' increases"))
+            hits, queries = pair
+            over = queries[0] if len(queries) == 1 else f"({' + '.join(queries)})"
+            out.append(Resolved(metric, f"{hits} / {over}", "ratio of the counters' increases"))
     for total, failures in scrape.ERROR_RATIOS.items():
         if total in names and (failures is None or failures in names):
             source = f"{failures} / {total}" if failures else f"{total}{{finished_reason=abort}} / {total}"

@@ -88,12 +88,14 @@ HISTOGRAMS_KEPT: dict[str, str] = {
 }
 # Histograms whose _sum counts things -> rate of the sum.
 HISTOGRAM_SUM_RATES: dict[str, str] = {"tgi_request_generated_tokens": "token_throughput"}
-# (hits, queries) counter pairs -> ratio of their increases; the first pair the server serves both counters
-# of wins (vLLM 0.9-0.10 serve both names; 0.8 only the gpu_ ones): ``ratio_pair``, for record and doctor alike.
-COUNTER_RATIOS: dict[str, tuple[tuple[str, str], ...]] = {
+# (hits, counters whose sum is the queries) -> hits' increase over the sum of theirs; the first pair the server
+# serves every counter of wins (vLLM 0.9-0.10 serve both names; 0.8 only the gpu_ ones): ``ratio_pair``, for
+# record and doctor alike. llama.cpp counts the prompt tokens it reused and those it processed apart.
+COUNTER_RATIOS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "cache_hit_rate": (
-        ("vllm:prefix_cache_hits", "vllm:prefix_cache_queries"),
-        ("vllm:gpu_prefix_cache_hits", "vllm:gpu_prefix_cache_queries"),  # deprecated in 0.9
+        ("vllm:prefix_cache_hits", ("vllm:prefix_cache_queries",)),
+        ("vllm:gpu_prefix_cache_hits", ("vllm:gpu_prefix_cache_queries",)),  # deprecated in 0.9
+        ("llamacpp:prompt_tokens_cached", ("llamacpp:prompt_tokens_cached", "llamacpp:prompt_tokens")),  # #26920
     ),
 }
 # All-requests counter -> the counter of the failed ones among them; None: the requests counter's own
@@ -108,10 +110,12 @@ RENAMED: dict[str, str] = {
 SUMMED_LABELS = frozenset({"finished_reason", "err"})  # folded together when mapping onto the catalog
 
 
-def ratio_pair(pairs: Sequence[tuple[str, str]], served: Iterable[str]) -> tuple[str, str] | None:
-    """The first (hits, queries) pair both of whose counters are served, or None."""
+def ratio_pair(
+    pairs: Sequence[tuple[str, tuple[str, ...]]], served: Iterable[str]
+) -> tuple[str, tuple[str, ...]] | None:
+    """The first (hits, queries) pair all of whose counters are served, or None."""
     names = set(served)
-    return next(((h, q) for h, q in pairs if h in names and q in names), None)
+    return next(((h, q) for h, q in pairs if h in names and names.issuperset(q)), None)
 
 
 def _base(name: str) -> str:
@@ -235,9 +239,12 @@ class ScrapeState:
             if pair is None:
                 continue
             hits, queries = pair
-            for (name, labels), asked in increases.items():
-                if name == queries and asked > 0 and (hits, labels) in increases:
-                    out.append(Sample(metric, increases[(hits, labels)] / asked, label(labels), now))
+            for (name, labels), found in increases.items():
+                if name != hits or any((q, labels) not in increases for q in queries):
+                    continue
+                asked = sum(increases[(q, labels)] for q in queries)
+                if asked > 0:
+                    out.append(Sample(metric, found / asked, label(labels), now))
         return out
 
     def _kept(
