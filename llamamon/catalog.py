@@ -8,7 +8,6 @@ unit. Nothing else in llamamon may spell a metric's unit or help text.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import math
 import re
@@ -522,7 +521,9 @@ def canonical(name: str, aliases: dict[str, str] | None = None) -> str:
 
 
 def suggest(name: str, known: list[str] | tuple[str, ...] | None = None) -> str | None:
-    """Closest known metric name, for "did you mean" messages."""
+    """Closest known metric name, for "did you mean" messages (difflib loaded on this error path only)."""
+    import difflib
+
     pool = list(known) if known is not None else [*BY_NAME, *ALIASES]
     found = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
     return found[0] if found else None

@@ -6,7 +6,7 @@ once (``llamamon.cli.main``) into that line on stderr and the class's exit code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
 
@@ -87,3 +87,14 @@ class RunNotFound(StoreError):
 
 class ChannelError(LlamamonError):
     """A notification channel could not deliver (after its retries)."""
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """`` (did you mean "x"?)`` for the choice closest to a mistyped ``value``, or "".
+
+    difflib is imported here, on the error path only: loading it costs every command ~2 ms.
+    """
+    import difflib
+
+    close = difflib.get_close_matches(value, list(choices), n=1)
+    return f' (did you mean "{close[0]}"?)' if close else ""

@@ -9,7 +9,11 @@ from llamamon.cli import cli
 
 
 def _all_commands(group: click.Group, prefix: tuple[str, ...] = ()):
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, f"llamamon {' '.join((*prefix, name))} does not load"
+        assert command.name == name
         yield (*prefix, name), command
         if isinstance(command, click.Group):
             yield from _all_commands(command, (*prefix, name))
@@ -33,5 +37,11 @@ def test_help_runs(runner, path, command):
 def test_top_level_help(runner):
     result = runner.invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for name in cli.commands:
+    for name in cli.list_commands(click.Context(cli)):
         assert name in result.output
+
+
+def test_an_unknown_command_is_a_usage_error(runner):
+    result = runner.invoke(cli, ["recrod"])
+    assert result.exit_code == 2
+    assert "No such command 'recrod'" in result.output

@@ -6,13 +6,12 @@ echoed for secret keys, so a malformed webhook URL cannot leak through its own e
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from llamamon.errors import ConfigError
+from llamamon.errors import ConfigError, did_you_mean
 from llamamon.masking import is_secret_key
 from llamamon.units import parse_duration
 
@@ -137,6 +136,5 @@ class OptionReader:
     def finish(self) -> None:
         for key in self.options:
             if key not in self._known:
-                close = difflib.get_close_matches(str(key), self._known, n=1)
-                hint = f' (did you mean "{close[0]}"?)' if close else f" (known: {', '.join(sorted(self._known))})"
+                hint = did_you_mean(str(key), self._known) or f" (known: {', '.join(sorted(self._known))})"
                 raise self.error(str(key), f"unknown option{hint}")

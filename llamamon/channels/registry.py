@@ -7,7 +7,6 @@ is configured (the email module stays unimported, and with it aiosmtplib, until 
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -16,7 +15,7 @@ from typing import Any, Protocol
 from llamamon.channels.base import Channel, Delivery
 from llamamon.channels.options import OptionReader
 from llamamon.config.loader import UnsetVariable
-from llamamon.errors import ConfigError
+from llamamon.errors import ConfigError, did_you_mean
 from llamamon.samples import AlertEvent
 
 log = logging.getLogger("llamamon.channels")
@@ -45,8 +44,7 @@ def build_channel(name: str, type: str | None, options: Mapping[str, Any]) -> Ch
     explicit = type or declared
     kind = str(explicit or name)
     if kind not in CHANNEL_TYPES:
-        close = difflib.get_close_matches(kind, list(CHANNEL_TYPES), n=1)
-        hint = f' (did you mean "{close[0]}"?)' if close else ""
+        hint = did_you_mean(kind, CHANNEL_TYPES)
         known = ", ".join(CHANNEL_TYPES)
         if explicit:
             raise ConfigError(

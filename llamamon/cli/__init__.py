@@ -14,19 +14,36 @@ import click
 from llamamon import __version__
 from llamamon.errors import LlamamonError
 
-# (module, attribute) of every command; each module stays light at import time.
-COMMANDS: tuple[tuple[str, str], ...] = (
-    ("llamamon.cli.init", "init_command"),
-    ("llamamon.cli.record", "record_command"),
-    ("llamamon.cli.runs", "runs_command"),
-    ("llamamon.cli.alerts", "alerts_command"),
-    ("llamamon.cli.compact", "compact_command"),
-    ("llamamon.cli.gc", "gc_command"),
-    ("llamamon.cli.doctor", "doctor_command"),
-    ("llamamon.cli.watch", "watch_command"),
-    ("llamamon.cli.export", "export_command"),
-    ("llamamon.cli.report", "report_command"),
-)
+# name -> (module, attribute) of every command; each module stays light at import time.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("llamamon.cli.init", "init_command"),
+    "record": ("llamamon.cli.record", "record_command"),
+    "runs": ("llamamon.cli.runs", "runs_command"),
+    "alerts": ("llamamon.cli.alerts", "alerts_command"),
+    "compact": ("llamamon.cli.compact", "compact_command"),
+    "gc": ("llamamon.cli.gc", "gc_command"),
+    "doctor": ("llamamon.cli.doctor", "doctor_command"),
+    "watch": ("llamamon.cli.watch", "watch_command"),
+    "export": ("llamamon.cli.export", "export_command"),
+    "report": ("llamamon.cli.report", "report_command"),
+}
+
+
+class _Commands(click.Group):
+    """The top-level group, importing only the command that runs.
+
+    Why: building every command's options at start-up costs ~10 ms that `llamamon record` pays once per
+    job; only ``--help`` needs them all.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[cmd_name]
+        return getattr(importlib.import_module(module), attr)
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
@@ -50,15 +67,11 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     root.propagate = False
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="llamamon")
 def cli() -> None:
     """Record, alert on and report the metrics of ML training and inference jobs."""
     setup_logging()
-
-
-for _module, _attr in COMMANDS:
-    cli.add_command(getattr(importlib.import_module(_module), _attr))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,12 +6,11 @@ raises them together at the end, up to a bound); no Config is ever built from a 
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any
 
 from llamamon.config.loader import RawConfig
-from llamamon.errors import ConfigError
+from llamamon.errors import ConfigError, did_you_mean
 from llamamon.units import parse_duration
 
 
@@ -47,8 +46,7 @@ class Checker:
             return value
         for key in value:
             if key not in allowed:
-                hint = difflib.get_close_matches(key, allowed, n=1)
-                extra = f' (did you mean "{hint[0]}"?)' if hint else f" (known: {', '.join(allowed)})"
+                extra = did_you_mean(key, allowed) or f" (known: {', '.join(allowed)})"
                 self.report(f"{path}.{key}" if path else key, f"unknown key{extra}")
         return {key: item for key, item in value.items() if key in allowed}
 
@@ -98,8 +96,7 @@ class Checker:
 
     def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str:
         if value not in choices:
-            hint = difflib.get_close_matches(str(value), choices, n=1)
-            extra = f' (did you mean "{hint[0]}"?)' if hint else ""
+            extra = did_you_mean(str(value), choices)
             return self.bad(path, f"must be one of {', '.join(choices)}{extra} (got {show(value)})", choices[0])
         return value
 

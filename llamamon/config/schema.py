@@ -7,7 +7,6 @@ through ``Config.error(path, message)`` so the line number is never lost.
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 from llamamon.config.checker import Checker, line_of, show
 from llamamon.config.loader import RawConfig, UnsetVariable
-from llamamon.errors import ConfigError, raise_errors
+from llamamon.errors import ConfigError, did_you_mean, raise_errors
 from llamamon.severity import SEVERITIES
 
 CHANNEL_TYPES = ("slack", "email", "webhook", "alertmanager")
@@ -318,8 +317,7 @@ def _alerts(check: Checker, value: Any) -> Alerts:
         rule_channels = check.string_list(r.get("channels"), f"{path}.channels")
         for i, ch in enumerate(rule_channels):
             if ch not in channels:
-                hint = difflib.get_close_matches(ch, list(channels), n=1)
-                extra = f' (did you mean "{hint[0]}"?)' if hint else ""
+                extra = did_you_mean(ch, channels)
                 check.report(f"{path}.channels[{i}]", f"no channel named {ch!r} in alerts.channels{extra}")
         rules[name] = RuleConfig(
             name=name,

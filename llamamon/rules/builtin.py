@@ -34,13 +34,12 @@ training_straggler       ``quantile without (rank, local_rank, host, run, instan
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from llamamon import catalog
-from llamamon.errors import ConfigError, RuleError, raise_errors
+from llamamon.errors import ConfigError, RuleError, did_you_mean, raise_errors
 from llamamon.rules import lang, template, tree
 from llamamon.rules.model import Rule
 
@@ -210,8 +209,7 @@ def builtin_rules(cfg: Config) -> list[Rule]:
     """The built-in rules switched on in ``cfg`` with its thresholds filled in."""
     for name in cfg.alerts.builtin:
         if name not in BUILTIN_NAMES:
-            hint = difflib.get_close_matches(name, BUILTIN_NAMES, n=1)
-            extra = f' (did you mean "{hint[0]}"?)' if hint else f" (known: {', '.join(BUILTIN_NAMES)})"
+            extra = did_you_mean(name, BUILTIN_NAMES) or f" (known: {', '.join(BUILTIN_NAMES)})"
             raise cfg.error(f"alerts.builtin.{name}", f"no built-in rule of that name{extra}")
     rules: list[Rule] = []
     for b in BUILTINS:
