@@ -162,14 +162,21 @@ def by_search(f: str, df: pl.DataFrame, g: Grid, w: int) -> pl.DataFrame:
     import numpy as np
     import polars as pl
 
-    frames = []
-    for part, _, t, (ks, ticks, hi, lo) in _spans(df, g, w):
+    cols: dict[str, list[Any]] = {"k": [], "t": [], "n": [], "sid": []}
+    edges = f not in ("count", "sum", "avg")
+    at: list[tuple[Any, Any]] = []  # per series: rows of df of each window's first and last sample
+    counter = f in ("rate", "increase") and "c" not in df.columns
+    resets = np.zeros(df.height) if counter else None  # per series' own running sums, in df's rows
+    for part, start, t, (ks, ticks, hi, lo) in _spans(df, g, w):
         n = hi - lo
-        keep = n >= 2 if f in ("rate", "increase", "delta") else n > 0
+        keep = n >= 2 if edges else n > 0
         if not keep.all():
             ks, ticks, hi, lo, n = ks[keep], ticks[keep], hi[keep], lo[keep], n[keep]
-        cols: dict[str, Any] = {"k": ks, "t": ticks, "hi": hi, "lo": lo, "n": n}
-        if f in ("count", "sum", "avg"):
+        cols["k"].append(ks)
+        cols["t"].append(ticks)
+        cols["n"].append(n)
+        cols["sid"].append(np.full(ks.size, part["sid"][0], dtype=np.uint32))
+        if not edges:
             v = part["value"].to_numpy()
             finite = np.isfinite(v)
             v0 = v if finite.all() else np.where(finite, v, 0.0)
@@ -190,22 +197,29 @@ def by_search(f: str, df: pl.DataFrame, g: Grid, w: int) -> pl.DataFrame:
                     np.nan,
                     np.where(has_pinf, np.inf, np.where(has_ninf, -np.inf, total)),
                 )
-            cols["r"] = {"count": n.astype(np.float64), "sum": total, "avg": total / n}[f]
+            cols.setdefault("r", []).append({"count": n.astype(np.float64), "sum": total, "avg": total / n}[f])
         else:
-            # Why gather: first and last sample of each window by position, no join back onto the samples.
-            # (polars' gather, not numpy's: it keeps a null value null.)
-            v, last = part["value"], hi - 1
-            cols.update(t0=t[lo], v0=v.gather(lo), t1=t[last], v1=v.gather(last))
-            if f in ("rate", "increase"):
-                c = part["c"] if "c" in part.columns else pl.Series(_resets(v.to_numpy()))
-                cols.update(c0=c.gather(lo), c1=c.gather(last))
-        frame = pl.DataFrame(cols).with_columns(sid=pl.lit(part["sid"][0], pl.UInt32))
-        frames.append(frame)
-    if not frames:
+            cols.setdefault("t0", []).append(t[lo])
+            cols.setdefault("t1", []).append(t[hi - 1])
+            at.append((start + lo, start + hi - 1))
+            if resets is not None:
+                resets[start : start + part.height] = _resets(part["value"].to_numpy())
+    if not cols["k"]:
         schema = {"k": pl.Int64, "t": pl.Int64, "sid": pl.UInt32, "n": pl.Int64, "r": pl.Float64}
-        edges = {f"{a}{b}": pl.Float64 if a != "t" else pl.Int64 for a in "tvc" for b in "01"}
-        return pl.DataFrame(schema={**schema, **edges})
-    return pl.concat(frames, how="diagonal_relaxed")
+        edge_types = {f"{a}{b}": pl.Float64 if a != "t" else pl.Int64 for a in "tvc" for b in "01"}
+        return pl.DataFrame(schema={**schema, **edge_types})
+    out = pl.DataFrame({name: np.concatenate(parts) for name, parts in cols.items()})
+    if not edges:
+        return out
+    # Why gather once, from all series: first and last sample of each window by row, no join back onto
+    # the samples and no frame per series (polars' gather, not numpy's: it keeps a null value null).
+    first, last = (pl.Series(np.concatenate([a[i] for a in at])) for i in (0, 1))
+    v = df["value"]
+    out = out.with_columns(v0=v.gather(first), v1=v.gather(last))
+    if f in ("rate", "increase"):
+        c = df["c"] if resets is None else pl.Series(resets)
+        out = out.with_columns(c0=c.gather(first), c1=c.gather(last))
+    return out
 
 
 def extrapolate(out: pl.DataFrame, w: int, *, counter: bool, per_second: bool) -> pl.DataFrame:
