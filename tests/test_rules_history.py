@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from rules_reference import step_all, step_over
 
 from llamamon.config import load_config
-from llamamon.rules import history, lang
+from llamamon.rules import history, history_windows, lang
 from llamamon.rules.builtin import BUILTIN_NAMES, builtin_rules
 from llamamon.rules.history_compiler import Compiler
 from llamamon.rules.history_input import Grid, prepare
@@ -433,6 +433,12 @@ def _window_reference(func: str, samples: list[tuple[int, float]], tick: int, wi
     return ordered[lo] * (1 - frac) + ordered[min(lo + 1, len(ordered) - 1)] * frac
 
 
+# How many ticks a series may have answered one by one instead of merged into a rolling pass: always
+# merged (0), as shipped, always one by one. Each way must give the reference's windows.
+FEW = (0, history_windows.FEW_TICKS, 10**9)
+
+
+@pytest.mark.parametrize("few", FEW)
 @settings(max_examples=60, deadline=None)
 @given(
     gaps=st.lists(st.sampled_from([0, 1, 1, 1, 2, 7]), min_size=1, max_size=40),
@@ -442,8 +448,14 @@ def _window_reference(func: str, samples: list[tuple[int, float]], tick: int, wi
     regular=st.booleans(),
 )
 def test_windows_match_a_brute_force_reference(
-    gaps: list[int], values: list[float], width: int, step: int, regular: bool
+    few: int, gaps: list[int], values: list[float], width: int, step: int, regular: bool
 ) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(history_windows, "FEW_TICKS", few)
+        _windows_match_the_reference(gaps, values, width, step, regular)
+
+
+def _windows_match_the_reference(gaps: list[int], values: list[float], width: int, step: int, regular: bool) -> None:
     # regular: one sample a second (windows read off each sample's own rolling window, fixed-size);
     # otherwise duplicates, gaps and ticks between samples (the merged path for those ticks).
     times = list(range(len(gaps))) if regular else [sum(gaps[: i + 1]) for i in range(len(gaps))]
@@ -476,7 +488,18 @@ def test_a_series_windows_are_the_same_beside_other_series(
     kinds: list[str], lengths: list[int], width: int, step: int
 ) -> None:
     # Windows over many series are computed in one pass over all of them (rolling ... over sid): no
-    # window may reach into the series before it, whatever each one's interval, gaps or NaN.
+    # window may reach into the series before it, whatever each one's interval, gaps or NaN. And the
+    # ticks answered one by one give the very floats the merged rolling pass gives.
+    for few in FEW:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(history_windows, "FEW_TICKS", few)
+            got = _windows_beside_other_series(kinds, lengths, width, step)
+        if few == 0:
+            merged = got
+        assert got == merged, few
+
+
+def _windows_beside_other_series(kinds: list[str], lengths: list[int], width: int, step: int) -> dict:
     rows = []
     for n, (kind, length) in enumerate(zip(kinds, lengths, strict=False)):
         gap = {"1s": 1, "2s": 2, "3s": 3}.get(kind)
@@ -486,6 +509,7 @@ def test_a_series_windows_are_the_same_beside_other_series(
             values[length // 2] = math.nan
         rows += [(5 * n + t, "batch_queue_size", v, {"gpu": str(n)}) for t, v in zip(times, values, strict=True)]
     g = grid(max(r[0] for r in rows) + width + 2, step)
+    out = {}
     for func in ("min(", "max(", "p50(", "quantile(0.25, "):
         cond = f"{func}batch_queue_size, {width}s)"
         tree = lang.parse(cond).tree
@@ -501,6 +525,8 @@ def test_a_series_windows_are_the_same_beside_other_series(
             key for key in got if not (got[key] == alone[key] or (got[key] != got[key] and alone[key] != alone[key]))
         ]
         assert not differ, (cond, differ[:5])
+        out[cond] = {key: repr(v) for key, v in got.items()}  # repr: NaN equal to NaN, -0.0 apart from 0.0
+    return out
 
 
 _LABELS = st.dictionaries(st.sampled_from(["run", "host", "rank", "gpu"]), st.sampled_from(["0", "1"]), max_size=4)

@@ -17,6 +17,10 @@ from llamamon.rules.history_vectors import empty_vec
 from llamamon.rules.promql import SHORT_WINDOW, US, window_extreme, window_quantile
 from llamamon.rules.tree import Call
 
+# A series with at most this many ticks whose window is no sample's own has them answered per tick in
+# Python rather than by a rolling pass over the series merged with them (``rolling``).
+FEW_TICKS = 8
+
 if TYPE_CHECKING:
     import polars as pl
 
@@ -27,14 +31,16 @@ def rolling(node: Call, df: pl.DataFrame, g: Grid, w: int) -> pl.DataFrame:
     Why: where a tick's window holds exactly the samples of the window ending at its last sample
     (ticks on sample times, as when the grid steps at the sampling rate), one rolling pass over the
     samples alone answers it. Other ticks (between irregular samples, after a series ends) roll over
-    their samples merged with those ticks, as Prometheus sees them; only their span is merged.
+    their samples merged with those ticks, as Prometheus sees them; only their span is merged, and a
+    series with no more than FEW_TICKS of them has them computed one by one (``_per_tick``).
     Why each kind of pass once ``over`` all series: a polars call per series cost more than the data
     (a group of 512 ranks has thousands of series); the windows, and so the values, are the same.
     """
     import numpy as np
     import polars as pl
 
-    frames: list[pl.DataFrame] = []  # series holding a non-finite value, per tick in Python
+    frames: list[pl.DataFrame] = []
+    in_python: list[tuple[Any, list[float], int]] = []  # (ticks, their values, sid) answered per tick
     fixed: dict[int, list[tuple[Any, Any, int]]] = {}  # window length -> (rows of df, ticks, sid)
     timed: list[tuple[Any, Any, int]] = []  # (rows of df, ticks, sid) read off a rolling pass by time
     merged: list[tuple[int, int, Any, Any, int]] = []  # (first row, end row, tick times, ticks, sid)
@@ -45,7 +51,7 @@ def rolling(node: Call, df: pl.DataFrame, g: Grid, w: int) -> pl.DataFrame:
         sid = int(part["sid"][0])
         v = part["value"].to_numpy()
         if not np.isfinite(v).all():
-            frames.append(_nonfinite(node, v.tolist(), ks, hi, lo, sid))
+            in_python.append((ks, _per_tick(node, v, hi, lo), sid))
             continue
         gaps = np.diff(t)
         regular = bool(gaps.size and gaps[0] > 0 and (gaps == gaps[0]).all())
@@ -61,12 +67,19 @@ def rolling(node: Call, df: pl.DataFrame, g: Grid, w: int) -> pl.DataFrame:
             into.append((start + hi[good] - 1, ks[good], sid))
         if not good.all():
             bad = ~good
-            merged.append((start + int(lo[bad].min()), start + int(hi[bad].max()), ticks[bad], ks[bad], sid))
+            if np.count_nonzero(bad) <= FEW_TICKS:
+                in_python.append((ks[bad], _per_tick(node, v, hi[bad], lo[bad]), sid))
+            else:
+                merged.append((start + int(lo[bad].min()), start + int(hi[bad].max()), ticks[bad], ks[bad], sid))
     frames += [_read_off(node, df, rows, {"window_size": size, "min_samples": 1}) for size, rows in fixed.items()]
     if timed:
         frames.append(_read_off(node, df, timed, _by_time(w)))
     if merged:
         frames.append(_merged(node, df, merged, w))
+    if in_python:
+        ks = np.concatenate([k for k, _, _ in in_python])
+        sids = np.concatenate([np.full(k.size, s, dtype=np.uint32) for k, _, s in in_python])
+        frames.append(_vec(ks, [x for _, values, _ in in_python for x in values], sids))
     if not frames:
         return empty_vec()
     return frames[0] if len(frames) == 1 else pl.concat(frames).sort("sid", "k")
@@ -127,18 +140,20 @@ def _window_expr(node: Call, suffix: str, **kw: Any) -> pl.Expr:
     return e.cast(pl.Float64).alias("value")
 
 
-def _nonfinite(node: Call, vals: list[float], ks: Any, hi: Any, lo: Any, sid: int) -> pl.DataFrame:
-    """A series holding a non-finite value, per tick in Python.
+def _per_tick(node: Call, v: Any, hi: Any, lo: Any) -> list[float]:
+    """The window's statistic for each tick's samples ``v[lo:hi]``, in Python, as the live evaluator computes it.
 
-    Why apart: PromQL skips NaN in min/max and sorts it first for quantiles, where polars' rolling
-    windows propagate it; series with a non-finite value are rare.
+    Why: PromQL skips NaN in min/max and sorts it first for quantiles, where polars' rolling windows
+    propagate it, so a series holding a non-finite value comes here (rare). So do the few ticks of a
+    series whose window is no sample's own (the tick at a run's end, after its last sample): sorting a
+    few windows costs far less than rolling the whole series merged with them.
     """
-    bounds = zip(lo.tolist(), hi.tolist(), strict=True)
+    a, b = int(lo.min()), int(hi.max())
+    vals = v[a:b].tolist()
+    bounds = zip((lo - a).tolist(), (hi - a).tolist(), strict=True)
     if node.func in ("min", "max"):
-        out = [window_extreme(node.func, vals[a:b]) for a, b in bounds]
-    else:
-        out = [window_quantile(vals[a:b], node.q) for a, b in bounds]
-    return _vec(ks, out, sid)
+        return [window_extreme(node.func, vals[i:j]) for i, j in bounds]
+    return [window_quantile(vals[i:j], node.q) for i, j in bounds]
 
 
 def _vec(ks: Any, values: Any, sid: Any) -> pl.DataFrame:
