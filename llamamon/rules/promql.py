@@ -254,7 +254,10 @@ def window_extreme(f: str, values: Iterable[float]) -> float:
 
 def window_quantile(values: Iterable[float], q: float) -> float:
     """PromQL's quantile_over_time: NaN sorts first, ``lo * (1 - w) + hi * w`` (so inf * 0 gives NaN)."""
-    vals = sorted(values, key=lambda v: (v == v, v if v == v else 0.0))
+    values = list(values)
+    # NaN first, in the order given, then the numbers sorted (a stable sort, as a sort on (is number, number)).
+    vals = [v for v in values if v != v]
+    vals += sorted(v for v in values if v == v)
     rank = q * (len(vals) - 1)
     lo = math.floor(rank)
     hi = min(len(vals) - 1, lo + 1)
