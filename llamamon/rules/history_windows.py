@@ -44,12 +44,10 @@ def rolling(node: Call, df: pl.DataFrame, g: Grid, w: int) -> pl.DataFrame:
     fixed: dict[int, list[tuple[Any, Any, int]]] = {}  # window length -> (rows of df, ticks, sid)
     timed: list[tuple[Any, Any, int]] = []  # (rows of df, ticks, sid) read off a rolling pass by time
     merged: list[tuple[int, int, Any, Any, int]] = []  # (first row, end row, tick times, ticks, sid)
-    for part, start, t, (ks, ticks, hi, lo) in _spans(df, g, w):
+    for sid, start, t, v, (ks, ticks, hi, lo) in _spans(df, g, w):
         keep = hi > lo
         if not keep.all():
             ks, ticks, hi, lo = ks[keep], ticks[keep], hi[keep], lo[keep]
-        sid = int(part["sid"][0])
-        v = part["value"].to_numpy()
         if not np.isfinite(v).all():
             in_python.append((ks, _per_tick(node, v, hi, lo), sid))
             continue
@@ -182,7 +180,8 @@ def by_search(f: str, df: pl.DataFrame, g: Grid, w: int) -> pl.DataFrame:
     at: list[tuple[Any, Any]] = []  # per series: rows of df of each window's first and last sample
     counter = f in ("rate", "increase") and "c" not in df.columns
     resets = np.zeros(df.height) if counter else None  # per series' own running sums, in df's rows
-    for part, start, t, (ks, ticks, hi, lo) in _spans(df, g, w):
+    nulls = df["value"].is_null().to_numpy() if df["value"].null_count() else None
+    for sid, start, t, v, (ks, ticks, hi, lo) in _spans(df, g, w):
         n = hi - lo
         keep = n >= 2 if edges else n > 0
         if not keep.all():
@@ -190,14 +189,13 @@ def by_search(f: str, df: pl.DataFrame, g: Grid, w: int) -> pl.DataFrame:
         cols["k"].append(ks)
         cols["t"].append(ticks)
         cols["n"].append(n)
-        cols["sid"].append(np.full(ks.size, part["sid"][0], dtype=np.uint32))
+        cols["sid"].append(np.full(ks.size, sid, dtype=np.uint32))
         if not edges:
-            v = part["value"].to_numpy()
             finite = np.isfinite(v)
             v0 = v if finite.all() else np.where(finite, v, 0.0)
             total = _window_sums(v0, _prefix(v0), lo, hi)
             if not finite.all():
-                null = part["value"].is_null().to_numpy()
+                null = nulls[start : start + v.size] if nulls is not None else np.zeros(v.size, dtype=bool)
                 flags = (np.isnan(v) & ~null, v == np.inf, v == -np.inf)
                 nan, pinf, ninf = (_prefix(x.astype(np.float64)) for x in flags)
                 # Why: a null value (never in the store, possible in a hand-made frame) leaves polars'
@@ -218,7 +216,7 @@ def by_search(f: str, df: pl.DataFrame, g: Grid, w: int) -> pl.DataFrame:
             cols.setdefault("t1", []).append(t[hi - 1])
             at.append((start + lo, start + hi - 1))
             if resets is not None:
-                resets[start : start + part.height] = _resets(part["value"].to_numpy())
+                resets[start : start + v.size] = _resets(v)
     if not cols["k"]:
         schema = {"k": pl.Int64, "t": pl.Int64, "sid": pl.UInt32, "n": pl.Int64, "r": pl.Float64}
         edge_types = {f"{a}{b}": pl.Float64 if a != "t" else pl.Int64 for a in "tvc" for b in "01"}
@@ -266,16 +264,35 @@ def extrapolate(out: pl.DataFrame, w: int, *, counter: bool, per_second: bool) -
     return out.lazy().with_columns(r=res * factor).collect()
 
 
-def _spans(df: pl.DataFrame, g: Grid, w: int) -> Iterator[tuple[pl.DataFrame, int, Any, tuple[Any, Any, Any, Any]]]:
-    """Per series of ``df`` (sorted by sid): its rows, the first one's index in ``df``, their times and
-    ``_tick_span`` of them, where a tick can see one."""
-    start = 0
-    for part in df.partition_by("sid", maintain_order=True):
-        t = part["t"].to_numpy()
-        span = _tick_span(t, g, w, int(part["run_end"][0]))
-        if span is not None:
-            yield part, start, t, span
-        start += part.height
+def _spans(df: pl.DataFrame, g: Grid, w: int) -> Iterator[tuple[int, int, Any, Any, tuple[Any, Any, Any, Any]]]:
+    """Per series of ``df`` (sorted by sid) where a tick can see one of its samples: its sid, its first
+    row's index in ``df``, its times and values (null as NaN), and (tick indices, tick times, hi, lo) of
+    the ticks whose window [tick - w, tick] can hold one of them, up to its run's end (``hi``/``lo`` as
+    ``_window_bounds`` gives them).
+
+    Why the grid searches once over all rows: a search (or a polars frame) per series cost more than
+    the data where a group of ranks has thousands of series; each series is then slices of the arrays.
+    """
+    import numpy as np
+
+    if df.height == 0:
+        return
+    t_all = df["t"].to_numpy()
+    v_all = df["value"].to_numpy()
+    sid_all = df["sid"].to_numpy()
+    starts = np.flatnonzero(np.concatenate(([True], sid_all[1:] != sid_all[:-1])))
+    ends = np.append(starts[1:], df.height)
+    first = g.first_at_or_after(t_all)  # first tick at or after each sample: in that tick's window from then on
+    gone = g.through(t_all + w)  # ticks whose window still reaches back to each sample
+    run_end = df["run_end"].to_numpy()[starts]
+    k0s = first[starts]
+    k1s = np.minimum(g.n, g.through(np.minimum(t_all[ends - 1] + w, run_end))) - 1
+    for a, b, k0, k1 in zip(starts.tolist(), ends.tolist(), k0s.tolist(), k1s.tolist(), strict=True):
+        if k1 < k0:
+            continue
+        ks = np.arange(k0, k1 + 1, dtype=np.int64)
+        hi, lo = _window_bounds(first[a:b], gone[a:b], k0, ks.size)
+        yield int(sid_all[a]), a, t_all[a:b], v_all[a:b], (ks, g.times(ks), hi, lo)
 
 
 def _window_sums(v: Any, prefix: Any, lo: Any, hi: Any) -> Any:
@@ -316,38 +333,18 @@ def _promql_quantile(lower: pl.Expr, higher: pl.Expr, count: pl.Expr, q: float) 
     return lower * (1 - weight) + higher * weight
 
 
-def _tick_span(t: Any, g: Grid, w: int, run_end: int) -> tuple[Any, Any, Any, Any] | None:
-    """(tick indices, tick times, hi, lo) of the ticks whose window [tick - w, tick] can hold one of the
-    sorted sample times ``t``, up to the run's end (None when no tick can); ``lo``/``hi`` as
-    ``_window_bounds`` gives them.
-    """
-    import numpy as np
-
-    k0 = int(g.first_at_or_after(t[:1])[0])
-    k1 = min(g.n, int(g.through(np.array([min(int(t[-1]) + w, run_end)]))[0])) - 1
-    if k1 < k0:
-        return None
-    ks = np.arange(k0, k1 + 1, dtype=np.int64)
-    hi, lo = _window_bounds(t, g, k0, ks.size, w)
-    return ks, g.times(ks), hi, lo
-
-
-def _window_bounds(t: Any, g: Grid, k0: int, m: int, w: int) -> tuple[Any, Any]:
+def _window_bounds(first: Any, gone: Any, k0: int, m: int) -> tuple[Any, Any]:
     """For ticks k0 .. k0+m-1: the first sample inside [tick - w, tick] and the one past it (searchsorted's
-    ``lo`` and ``hi`` on the sorted times ``t``), counted off the grid in one pass.
+    ``lo`` and ``hi`` on the series' sorted times), from each sample's first tick at or after it
+    (``first``) and the number of ticks whose window still reaches back to it (``gone``, its time + w).
 
-    Why: the first tick at or after each sample (and after each sample's time + w) is a division on the
-    regular grid (a search among explicit ticks), and the counts per tick are a bincount and a running
-    sum: a few linear passes instead of two binary searches per tick.
+    Why: on the grid those are a division each (a search among explicit ticks), and the counts per tick
+    are a bincount and a running sum: a few linear passes instead of two binary searches per tick.
     """
     import numpy as np
 
-    first = g.first_at_or_after(t)  # first tick at or after the sample: in that tick's window from then on
-    first -= k0
-    np.clip(first, 0, m, out=first)
-    gone = g.through(t + w)  # ticks whose window still reaches back to the sample, counted from 0
-    gone -= k0
-    np.clip(gone, 0, m, out=gone)
+    first = np.clip(first - k0, 0, m)
+    gone = np.clip(gone - k0, 0, m)
     hi = np.cumsum(np.bincount(first, minlength=m + 1)[:m])
     lo = np.cumsum(np.bincount(gone, minlength=m + 1)[:m])
     return hi, lo
