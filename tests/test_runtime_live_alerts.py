@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import llamamon_env
 
 from llamamon.config import load_config
@@ -292,3 +293,33 @@ def test_a_run_end_resolves_what_keep_firing_for_would_keep(tmp_path, metrics_di
     assert live.evaluate(marker + 60)[1] == []  # nothing of the finished run comes back
     (offline,) = replayed(tmp_path, cfg, rows, T0 + 4.5)
     assert offline.resolved_at == T0 + 4.5  # `alerts test` and the report agree: resolved at the run's end
+
+
+def test_each_series_is_kept_only_as_long_as_the_windows_over_its_metric(tmp_path, metrics_dir):
+    # A 30-minute window over loss must not keep 35 minutes of memory_usage at 0.1 s: an instant
+    # comparison looks back 5 minutes only (the recorder's memory would grow for 35 minutes otherwise).
+    rule = """    loss_trend:
+      condition: avg(loss, 30m) > 5
+    memory:
+      condition: memory_usage > 0.99
+    slow:
+      condition: p95(inference_latency, 10m) > 1000ms
+"""
+    live = LiveAlerts(config(tmp_path, rule), metrics_dir)
+    span = {"memory_usage": 305.0, "loss": 35 * 60 + 5.0, "inference_latency_bucket": 15 * 60 + 5.0}
+    assert {m: live._windows.get(m, live._short_window) for m in span} == span
+    assert live.window == 35 * 60 + 5.0  # still what watch and the follower load at start
+    for i in range(0, 40 * 60, 5):
+        live.add(
+            [
+                Row(T0 + i, "system", "memory_usage", 0.5, (), None),
+                Row(T0 + i, "training", "loss", 1.0, (), i),
+                Row(T0 + i, "inference", "inference_latency_bucket", float(i), make_labels(le="+Inf"), None),
+            ],
+            RUN,
+            "box",
+        )
+    now = T0 + 40 * 60 - 5
+    assert live.evaluate(now) == ([], [])
+    kept = {key[2]: (now - buf.times[0] / 1e6) for key, buf in live._series.items()}
+    assert kept == {m: pytest.approx(s // 5 * 5, abs=5) for m, s in span.items()}

@@ -80,6 +80,32 @@ def trailing_window(rules: Sequence[Rule]) -> float:
     return LOOKBACK + longest + MARGIN_S
 
 
+def metric_windows(rules: Sequence[Rule]) -> dict[str, float]:
+    """Per canonical metric (a histogram's part series too) a range window reads: seconds of history its
+    series need, lookback + the longest such window + margin; any other metric needs lookback + margin.
+
+    Why per metric: the longest window (30 minutes of loss for ``train_loss_plateau``) would otherwise
+    keep 35 minutes of every series a rule reads, memory_usage at 0.1 s included, for nothing: an
+    instant comparison looks back only LOOKBACK. A window over anything but a plain selector keeps
+    every selector under it for the longest window of all.
+    """
+    from llamamon.rules.promql import LOOKBACK
+    from llamamon.rules.tree import Call, Selector, subtrees
+
+    everything = trailing_window(rules) - LOOKBACK - MARGIN_S
+    longest: dict[str, float] = {}
+    for rule in rules:
+        for node in subtrees(rule.condition.tree):
+            if not (isinstance(node, Call) and node.window and node.args):
+                continue
+            arg = node.args[0]
+            window = node.window if isinstance(arg, Selector) else everything
+            for sel in (n for n in subtrees(arg) if isinstance(n, Selector)):
+                for name in (sel.metric, *catalog.histogram_parts(sel.metric)):
+                    longest[name] = max(longest.get(name, 0.0), window)
+    return {name: LOOKBACK + window + MARGIN_S for name, window in longest.items()}
+
+
 class LiveAlerts:
     """Rules stepped over a trailing in-memory window; notifications through the shared ledger.
 
@@ -109,6 +135,8 @@ class LiveAlerts:
         self.by_name = {r.name: r for r in self.rules}
         self.aliases = dict(getattr(config, "aliases", None) or {})
         self.window = trailing_window(self.rules)
+        self._windows = metric_windows(self.rules)
+        self._short_window = trailing_window([])  # what a metric no range window reads is kept for
         self.raw_metrics = stored_names(needed_metrics(self.rules), self.aliases)
         self._held_metrics = {
             m for m in self.raw_metrics if catalog.group_of(catalog.canonical(m, self.aliases)) == "training"
@@ -251,7 +279,12 @@ class LiveAlerts:
     def _trim(self, now: float) -> None:
         """Drop what fell out of the window (under the lock); what evals_since_best counts is folded first."""
         cutoff = round((now - self.window) * US)
-        cuts = {key: bisect_left(buf.times, cutoff) for key, buf in self._series.items()}
+        cuts = {
+            key: bisect_left(
+                buf.times, round((now - self._windows.get(self._canonical(key[2]), self._short_window)) * US)
+            )
+            for key, buf in self._series.items()
+        }
         # Why: training metrics (loss ...) hold their last value until the next one or the run's end, however
         # old; so the newest row of each series stays, unless it is a staleness marker.
         for key, k in cuts.items():
