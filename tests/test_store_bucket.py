@@ -19,6 +19,8 @@ from conftest import run_llamamon
 from loopback import wait_until
 from s3_server import SECRET_KEY, MotoServer, TcpProxy, s3_env
 
+from llamamon.units import format_bytes
+
 pytestmark = pytest.mark.slow
 
 BUCKET = "llamamon-test"
@@ -225,13 +227,17 @@ def test_server_unreachable_during_a_run_every_row_arrives_once(tmp_path, moto):
 
 
 def _objects(moto: MotoServer, under: str) -> list[str]:
+    return [key for key in _object_sizes(moto) if key.startswith(under)]
+
+
+def _object_sizes(moto: MotoServer) -> dict[str, int]:
+    """{key under the store's prefix: size} of every object in the bucket."""
     from pyarrow import fs
 
     s3 = fs.S3FileSystem(endpoint_override=moto.endpoint, scheme="http", access_key="x", secret_key="y")
     base = f"{BUCKET}/team/metrics/"
     selector = fs.FileSelector(base, recursive=True, allow_not_found=True)
-    keys = [i.path[len(base) :] for i in s3.get_file_info(selector) if i.type == fs.FileType.File]
-    return [key for key in keys if key.startswith(under)]
+    return {i.path[len(base) :]: i.size for i in s3.get_file_info(selector) if i.type == fs.FileType.File}
 
 
 def test_compact_and_gc_delete_only_the_objects_they_removed(tmp_path, moto):
@@ -262,10 +268,23 @@ def test_compact_and_gc_delete_only_the_objects_they_removed(tmp_path, moto):
     next(mirror.glob("group=*/date=*/run=*/*.parquet")).unlink()
     assert llamamon(tmp_path, moto.port, "ops", "gc", "--keep", "30d").returncode == 0
     assert bucket_rows(tmp_path, moto.port, "after-gc") == before
-    # gc past the run's end: its objects and metadata leave the bucket too.
-    assert llamamon(tmp_path, moto.port, "ops", "gc", "--keep", "1d").returncode == 0
+    # gc past the run's end, from a machine that never read the bucket: it decides from the listing and the
+    # runs' metadata, so it downloads no data object. A dry run says what would go and deletes nothing.
+    gc_only = tmp_path / "gc-only" / "buckets" / BUCKET / "team" / "metrics"
+    dry = llamamon(tmp_path, moto.port, "gc-only", "gc", "--keep", "1d", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    size = sum(s for k, s in _object_sizes(moto).items() if k.startswith(("group=", f"runs/{run}.json")))
+    assert f"would free {format_bytes(size)}" in dry.stdout.decode()
+    assert len(_objects(moto, "group=")) == 2
+    result = llamamon(tmp_path, moto.port, "gc-only", "gc", "--keep", "1d")
+    assert result.returncode == 0, result.stderr
     assert _objects(moto, "group=") == []
     assert _objects(moto, "runs/") == []
+    assert [p for p in gc_only.rglob("*") if p.is_file() and "group=" in str(p)] == []
+    # The machine that had read the run no longer lists it.
+    listed = llamamon(tmp_path, moto.port, "ops", "runs", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == []
 
 
 # -- bad input --------------------------------------------------------------------------------------

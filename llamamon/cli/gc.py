@@ -32,7 +32,7 @@ def gc_command(config_path: str | None, metrics_dir: str | None, keep: str | Non
     """
     from llamamon.config import load_config
     from llamamon.store.location import open_location
-    from llamamon.store.retention import gc
+    from llamamon.store.retention import gc, gc_listed
     from llamamon.units import format_bytes, format_duration, parse_duration
 
     cfg = load_config(config_path)
@@ -45,9 +45,16 @@ def gc_command(config_path: str | None, metrics_dir: str | None, keep: str | Non
     else:
         # Why: monitoring.yaml's default is to keep everything; deleting data needs an explicit horizon.
         raise ConfigError("no retention set: pass --keep (e.g. --keep 30d) or set monitoring.retention", path="--keep")
-    location.pull()  # a bucket's every run: gc removes what it finds expired, locally then remotely
-    with location.tracking():
+    if location.bucket is None:
         freed = gc(location.root, seconds, dry_run=dry_run)
+    else:
+        # Only the runs' metadata is pulled: which objects go is decided from the bucket's listing, so gc
+        # downloads no data; what it removes from the mirror (run metadata) leaves the bucket on the way out.
+        location.pull(runs=set())
+        with location.tracking():
+            freed, expired = gc_listed(location.root, location.data_listing(), seconds, dry_run=dry_run)
+            if not dry_run:
+                location.delete(expired)
     click.echo(
         f"{'would free' if dry_run else 'freed'} {format_bytes(freed)} (keeping the last {format_duration(seconds)})"
     )

@@ -202,6 +202,27 @@ class Location:
             self.bucket.delete(key)
             self.ledger.forget(key)
 
+    def data_listing(self) -> dict[str, int]:
+        """{key: size} of every data object in the bucket, from one listing per group (nothing downloaded)."""
+        assert self.bucket is not None
+        found: dict[str, int] = {}
+        for group in GROUPS:
+            found.update({k: size for k, (size, _) in self.bucket.listing(f"group={group}/").items() if _travels(k)})
+        return found
+
+    def delete(self, keys: list[str]) -> None:
+        """Delete these data objects from the bucket, and their copies (and emptied folders) from the mirror."""
+        assert self.bucket is not None
+        for key in keys:
+            self.bucket.delete(key)
+            self.ledger.forget(key)
+            path = self.root / key
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            with contextlib.suppress(OSError):  # a folder still holding anything stays, and so do its parents
+                for folder in list(path.parents)[:3]:  # run=, date=, group=
+                    folder.rmdir()
+
     # -- pulling ----------------------------------------------------------------------------------
 
     def pull(self, runs: set[str] | None = None) -> None:

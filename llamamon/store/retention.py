@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -23,6 +24,7 @@ from llamamon.store.layout import (
     is_data_file,
     iter_partitions,
     job_fields_file,
+    parse_partition,
     run_file,
     runs_dir,
 )
@@ -133,8 +135,7 @@ def _gc(root: Path, keep_seconds: float, dry_run: bool, now: float | None) -> in
     remaining: set[str] = set()
     verb = "would delete" if dry_run else "deleted"
     for _group, date, run, folder in iter_partitions(root):
-        end = _day_end(date)
-        if run in recording or end is None or end > cutoff:
+        if not _expired(date, run, cutoff, recording):
             remaining.add(run)
             continue
         size, _names = _folder_size(folder)
@@ -145,6 +146,51 @@ def _gc(root: Path, keep_seconds: float, dry_run: bool, now: float | None) -> in
             _prune_empty(folder.parent, stop=root)
     freed += _gc_run_metadata(root, cutoff, recording | remaining, dry_run, verb)
     return freed
+
+
+def _expired(date: str, run: str, cutoff: float, recording: set[str]) -> bool:
+    """A partition goes once its whole UTC day is older than the cutoff, unless its run is being recorded."""
+    end = _day_end(date)
+    return run not in recording and end is not None and end <= cutoff
+
+
+def gc_listed(
+    metrics_dir: str | os.PathLike[str],
+    sizes: Mapping[str, int],
+    keep_seconds: float,
+    dry_run: bool = False,
+    now: float | None = None,
+) -> tuple[int, list[str]]:
+    """gc of a bucket from its listing (data object key -> size) and the run metadata in its mirror
+    ``metrics_dir``: (bytes freed, keys of the expired partitions' objects, for the caller to delete).
+
+    Why from the listing: deciding needs only each object's partition, so a machine that runs gc on a
+    bucket downloads no data. Run metadata left without a partition goes from the mirror here, as ``gc``.
+    """
+    root = Path(metrics_dir)
+    with compaction_lock(root) as held:
+        if not held:
+            raise StoreError(f"another compaction or gc is running on {root}; try again when it is done")
+        cutoff = (time.time() if now is None else now) - keep_seconds
+        recording = _recording(root)
+        verb = "would delete" if dry_run else "deleted"
+        expired: dict[str, list[str]] = {}
+        remaining: set[str] = set()
+        freed = 0
+        for key, size in sorted(sizes.items()):
+            where = parse_partition(Path(key))
+            if where is None:
+                continue
+            group, date, run = where
+            if not _expired(date, run, cutoff, recording):
+                remaining.add(run)
+                continue
+            expired.setdefault(f"group={group}/date={date}/run={run}", []).append(key)
+            freed += size
+        for folder, keys in expired.items():
+            log.info("%s %s (%d bytes)", verb, folder, sum(sizes[k] for k in keys))
+        freed += _gc_run_metadata(root, cutoff, recording | remaining, dry_run, verb)
+        return freed, [key for keys in expired.values() for key in keys]
 
 
 def _gc_run_metadata(root: Path, cutoff: float, keep: set[str], dry_run: bool, verb: str) -> int:
