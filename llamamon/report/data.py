@@ -246,7 +246,7 @@ def load_report_data(
     hist_metrics = [m.name for m in catalog.METRICS if m.kind == "histogram"]
     raw_latency = charted.filter(pl.col("metric").is_in(hist_metrics) & ~pl.col("labels").str.contains('"quantile"'))
     queries = [
-        tables.by_step(charted.filter(pl.col("group") == "training"), buckets),
+        tables.by_step(charted.filter(pl.col("group") == "training"), names, buckets),
         tables.latency_quantiles(raw_latency, bounds, max(buckets // 8, 20)),
         tables.histogram(raw_latency, data.summary),
         tables.validation(lf.filter(pl.col("group").is_in(["training", "custom"]))),
