@@ -103,3 +103,30 @@ def test_four_ranks_keep_one_loss_line_each(tmp_path):
     assert not any("median" in t for t in legend)
     assert [t for t in legend if t.startswith("local_rank=")] == [f"local_rank={r}, rank={r}" for r in range(4)]
     assert "With 4 ranks" not in text(html)
+
+
+def test_a_jobs_ranks_get_a_summary_row_each_with_their_run_and_shared_series_stay_side_by_side(tmp_path):
+    metrics = tmp_path / ".metrics"
+    infos = []
+    for node in range(3):
+        run = f"20261118T000000Z-node-{node}-000{node}"
+        info = run_info(run, T0, T0 + 60, host=f"node-{node}", run_group="job")
+        save_run(metrics, info)
+        infos.append(info)
+        rows = [Row(T0 + s, "system", "cpu_usage", 0.5, step=None) for s in range(60)]
+        for local in range(2):
+            labels = make_labels(rank=node * 2 + local, local_rank=local, node_rank=node)
+            rows += [Row(T0 + s, "training", "loss", 1.0 + node, labels, step=s) for s in range(60)]
+        write_rows(metrics, rows, run=run, host=f"node-{node}")
+    html = render_report(metrics, infos, tmp_path / "r.html")
+    html = html.read_text()
+    training = html[
+        html.index("<h3>Training summary</h3>") : html.index("</table>", html.index("<h3>Training summary"))
+    ]
+    assert 'class="group"' not in training
+    assert re.findall(r'<th scope="col">([^<]*)</th>', training)[:3] == ["run", "metric", "labels"]
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>loss</td><td>([^<]*)</td>", training)
+    assert [labels.split("rank=")[-1] for _, labels in rows] == ["0", "1", "2", "3", "4", "5"]  # in rank order
+    assert len({run for run, _ in rows}) == 3
+    system = html[html.index("<h3>System summary</h3>") :]
+    assert system[: system.index("</table>")].count('class="group"') == 3  # cpu_usage of every node side by side
