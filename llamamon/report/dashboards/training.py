@@ -179,7 +179,10 @@ def _loss_panel(ctx: Context, named: Named = ()) -> Panel | None:
         note += " and the median's debiased moving average"
     elif smoothed:
         note += " and its debiased moving average, weighted by the number of points (as TensorBoard smooths)"
-    note += "; validation loss dashed, in its run's colour." if val else "."
+    if val:
+        note += "; validation loss dashed." if ranks else "; validation loss dashed, in its run's colour."
+    else:
+        note += "."
     if ranks:
         note += BAND_NOTE.format(n=ranks)
     if any(ln.marks is not None for ln in lines):
