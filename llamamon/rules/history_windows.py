@@ -9,6 +9,7 @@ counter functions, the window edges ``extrapolate`` turns into rates.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ def rolling(node: Call, df: pl.DataFrame, g: Grid, w: int) -> pl.DataFrame:
     fixed: dict[int, list[tuple[Any, Any, int]]] = {}  # window length -> (rows of df, ticks, sid)
     timed: list[tuple[Any, Any, int]] = []  # (rows of df, ticks, sid) read off a rolling pass by time
     merged: list[tuple[int, int, Any, Any, int]] = []  # (first row, end row, tick times, ticks, sid)
+    few: list[tuple[Any, Any, int]] = []  # (ticks, values, sid) computed tick by tick
     for part, start, t, (ks, ticks, hi, lo) in _spans(df, g, w):
         keep = hi > lo
         if not keep.all():
@@ -62,7 +64,7 @@ def rolling(node: Call, df: pl.DataFrame, g: Grid, w: int) -> pl.DataFrame:
         if not good.all():
             bad = ~good
             if int(bad.sum()) <= PER_TICK_AT_MOST:
-                frames.append(_per_tick(node, v.tolist(), ks[bad], hi[bad], lo[bad], sid))
+                few.append((ks[bad], _finite_windows(node, v, lo[bad], hi[bad]), sid))
             else:
                 merged.append((start + int(lo[bad].min()), start + int(hi[bad].max()), ticks[bad], ks[bad], sid))
     frames += [_read_off(node, df, rows, {"window_size": size, "min_samples": 1}) for size, rows in fixed.items()]
@@ -70,12 +72,15 @@ def rolling(node: Call, df: pl.DataFrame, g: Grid, w: int) -> pl.DataFrame:
         frames.append(_read_off(node, df, timed, _by_time(w)))
     if merged:
         frames.append(_merged(node, df, merged, w))
+    if few:
+        sids = np.concatenate([np.full(k.size, s, dtype=np.uint32) for k, _, s in few])
+        frames.append(_vec(np.concatenate([k for k, _, _ in few]), np.concatenate([x for _, x, _ in few]), sids))
     if not frames:
         return empty_vec()
     return frames[0] if len(frames) == 1 else pl.concat(frames).sort("sid", "k")
 
 
-PER_TICK_AT_MOST = 8  # ticks of a series computed one by one, not by a merged rolling pass
+PER_TICK_AT_MOST = 8  # a series' ticks whose windows are computed one by one, not by a merged rolling pass
 
 
 def _by_time(w: int) -> dict[str, Any]:
@@ -133,14 +138,35 @@ def _window_expr(node: Call, suffix: str, **kw: Any) -> pl.Expr:
     return e.cast(pl.Float64).alias("value")
 
 
-def _per_tick(node: Call, vals: list[float], ks: Any, hi: Any, lo: Any, sid: int) -> pl.DataFrame:
-    """The windows v[lo:hi] of these ticks of one series, each in Python as PromQL computes it.
+def _finite_windows(node: Call, v: Any, lo: Any, hi: Any) -> Any:
+    """min/max/quantile of v[lo:hi] per tick, for a series of finite values and a few ticks (``PER_TICK_AT_MOST``).
 
-    For a series holding a non-finite value: PromQL skips NaN in min/max and sorts it first for quantiles,
-    where polars' rolling windows propagate it; such series are rare. For the few ticks of a series whose
-    window is no sample's own (``PER_TICK_AT_MOST``, its run's end): merging and rolling every sample of
-    their span cost far more (a 30-minute window of 512 ranks' losses at 1 s is 900,000 rows rolled to
-    read 512 values); on finite values both give the same floats.
+    Why: the ticks of a series whose window is no sample's own are mostly one, at its run's end; merging and
+    rolling every sample of their span cost far more (a 30-minute window of 512 ranks' losses at 1 s was
+    900,000 rows rolled to read 512 values). The quantile is PromQL's ``lo * (1 - w) + hi * w`` of the
+    sorted window, the floats ``_promql_quantile`` gives from polars' order statistics.
+    """
+    import numpy as np
+
+    out = np.empty(lo.size, dtype=np.float64)
+    for i, (a, b) in enumerate(zip(lo.tolist(), hi.tolist(), strict=True)):
+        window = v[a:b]
+        if node.func in ("min", "max"):
+            out[i] = window.min() if node.func == "min" else window.max()
+            continue
+        ordered = np.sort(window)
+        rank = (ordered.size - 1) * node.q
+        low = math.floor(rank)
+        weight = rank - low
+        out[i] = float(ordered[low]) * (1 - weight) + float(ordered[min(ordered.size - 1, low + 1)]) * weight
+    return out
+
+
+def _per_tick(node: Call, vals: list[float], ks: Any, hi: Any, lo: Any, sid: int) -> pl.DataFrame:
+    """A series holding a non-finite value, per tick in Python.
+
+    Why apart: PromQL skips NaN in min/max and sorts it first for quantiles, where polars' rolling
+    windows propagate it; series with a non-finite value are rare.
     """
     bounds = zip(lo.tolist(), hi.tolist(), strict=True)
     if node.func in ("min", "max"):
