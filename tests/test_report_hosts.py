@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+import pytest
 from report_store import T0, run_info, save_run, system_rows, write_rows
 from test_report_panels import panels, svg_texts
 
 from llamamon.report.config import report_settings
 from llamamon.report.render import render_report
-from llamamon.report.small_multiples import columns_for
+from llamamon.report.small_multiples import columns_for, decimate
 from llamamon.samples import Row
 
 
@@ -82,3 +84,17 @@ def test_an_alert_on_one_hosts_run_shades_that_hosts_cell_only(tmp_path):
     _alt, svg = panels(html.read_text())["cpu"]
     shaded = re.findall(r"fill: #d55e00; opacity: 0\.18", svg, flags=re.I)
     assert len(shaded) == 1  # one cell, node-01's; the three others and the lines are not critical-red
+
+
+def test_a_cells_line_keeps_each_pixel_columns_low_and_high_and_its_gaps():
+    x = np.linspace(0.0, 1.0, 10_000)
+    y = np.sin(x * 20)
+    y[4321] = 9.0  # a one-sample spike
+    y[7000] = np.nan  # a gap: two stretches
+    parts = decimate(x, y, 100)
+    assert len(parts) == 2
+    assert all(len(p) <= 2 * 100 for p in parts)
+    points = np.concatenate(parts)
+    assert 9.0 in points[:, 1]
+    assert np.all(np.diff(points[:, 0]) > 0)  # still in x order
+    assert points[:, 1].min() == pytest.approx(np.nanmin(y), abs=1e-6)

@@ -229,9 +229,10 @@ def load_report_data(
     data.summary = summary.drop("key")
     if replay is not None:
         if since is None:
-            # The alert rules read the same samples: from memory, joined back to their names.
-            samples = partial(_samples_of, compact, names)
-            data.alerts = _sorted(replay(samples, set(summary["metric"].to_list()), run_ends(runs)))
+            # The alert rules read the same samples: from memory, joined back to their names. No name keeps the
+            # function (and so the samples) once the rules are done: ``del compact`` below must free them.
+            recorded = set(summary["metric"].to_list())
+            data.alerts = _sorted(replay(partial(_samples_of, compact, names), recorded, run_ends(runs)))
         else:
             data.alerts = _replay_stored(replay, metrics_dir, runs, since)
     if not summary.height:
@@ -245,7 +246,7 @@ def load_report_data(
     hist_metrics = [m.name for m in catalog.METRICS if m.kind == "histogram"]
     raw_latency = charted.filter(pl.col("metric").is_in(hist_metrics) & ~pl.col("labels").str.contains('"quantile"'))
     queries = [
-        tables.by_step(charted.filter(pl.col("group") == "training"), buckets),
+        tables.by_step(charted.filter(pl.col("group") == "training"), names, buckets),
         tables.latency_quantiles(raw_latency, bounds, max(buckets // 8, 20)),
         tables.histogram(raw_latency, data.summary),
         tables.validation(lf.filter(pl.col("group").is_in(["training", "custom"]))),

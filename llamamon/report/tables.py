@@ -127,10 +127,13 @@ def summarize(compact: pl.DataFrame, names: pl.DataFrame, buckets: int = BUCKETS
         .select(*schemas()["summary"], "key")
         .cast(schemas()["summary"])  # type: ignore[arg-type]
     )
+    # Why the series' order as a number: sorting millions of columns by three strings took three times as
+    # long as sorting the few thousand series by them and the columns by (that ordinal, bucket).
+    order = names.select("key", "run", "metric", "labels").sort("run", "metric", "labels").with_row_index("order")
     series = (
         cols.with_columns(_mean(pl.col("sum"), pl.col("count")))
-        .join(names.select("key", "run", "metric", "labels"), on="key", how="inner")
-        .sort("run", "metric", "labels", "bucket")
+        .join(order, on="key", how="inner")
+        .sort("order", "bucket")
         .select(list(schemas()["series"]))
         .cast(schemas()["series"])  # type: ignore[arg-type]
     )
@@ -178,24 +181,23 @@ def _columns(compact: pl.DataFrame, names: pl.DataFrame, buckets: int) -> pl.Laz
     )
 
 
-def by_step(lf: pl.LazyFrame, buckets: int) -> pl.LazyFrame:
-    """Training metrics against step, cut into columns (the smoothed line is drawn from them: report.smoothing)."""
+def by_step(lf: pl.LazyFrame, names: pl.DataFrame, buckets: int) -> pl.LazyFrame:
+    """Training metrics against step, cut into columns (the smoothed line is drawn from them: report.smoothing).
+
+    ``lf`` has the ``key`` of ``series_key``, ``names`` its strings (``series_names``). Why by key, and the
+    step range of each series as a join instead of a sort and windows over run, metric and labels: those
+    needed every training row with its three strings in memory at once (512 ranks' were a gigabyte); the
+    range is a small grouping, and joining it back and grouping streams.
+    """
     import polars as pl
 
-    keys = ["run", "metric", "labels"]
-    ranged = (
-        lf.filter(pl.col("step").is_not_null())
-        .sort(*keys, "step", "time")
-        .with_columns(
-            pl.col("step").min().over(keys).alias("s0"),
-            pl.col("step").max().over(keys).alias("s1"),
-        )
-        .with_columns(((pl.col("step") - pl.col("s0")) * buckets // (pl.col("s1") - pl.col("s0") + 1)).alias("b"))
-    )
+    stepped = lf.filter(pl.col("step").is_not_null()).select("key", "step", "time", "value")
+    ranges = stepped.group_by("key").agg(pl.col("step").min().alias("s0"), pl.col("step").max().alias("s1"))
+    column = (pl.col("step") - pl.col("s0")) * buckets // (pl.col("s1") - pl.col("s0") + 1)
     v = _fv()
     return (
-        _with_finite(ranged)
-        .group_by(*keys, "b")
+        _with_finite(stepped.join(ranges, on="key", how="inner").with_columns(column.alias("b")))
+        .group_by("key", "b")
         .agg(
             pl.col("step").max().alias("step"),
             pl.col("time").max().alias("time"),
@@ -204,8 +206,10 @@ def by_step(lf: pl.LazyFrame, buckets: int) -> pl.LazyFrame:
             v.max().alias("max"),
             _nonfinite(),
         )
-        .drop("b")
-        .sort(*keys, "step")
+        .join(names.lazy().select("key", "run", "metric", "labels"), on="key", how="inner")
+        .drop("b", "key")
+        .sort("run", "metric", "labels", "step")
+        .select(list(schemas()["steps"]))
         .cast(schemas()["steps"])  # type: ignore[arg-type]
     )
 

@@ -13,6 +13,7 @@ from llamamon.report.dashboards.context import Context
 from llamamon.report.dashboards.model import Panel
 from llamamon.report.dashboards.values import axis_label, charts_unit_label, display_unit, format_value, unit_of
 from llamamon.report.data import label_dict
+from llamamon.report.rank_bands import MAX_LINES, time_band
 
 
 def series_lines(
@@ -100,9 +101,12 @@ def metric_panel(
     present = [m for m in metrics if m in ctx.data.metrics()]
     if not present:
         return None
-    lines = series_lines(ctx, present)
+    lines, banded = _many_series(ctx, present)
+    lines = lines or series_lines(ctx, present)
     if not lines:
         return None
+    if banded:
+        note = " ".join(bit for bit in (note, BAND_NOTE.format(n=banded)) if bit)
     unit = unit_of(present[0]) if unit is None else unit
     if ylabel is None:
         ylabel = axis_label(present[0]) if len(present) == 1 else (charts_unit_label(unit) or present[0])
@@ -112,6 +116,34 @@ def metric_panel(
     chart.spans = ctx.spans_for(present)
     alt = f"{title}: {', '.join(present)} over time"
     return chart_panel(ctx, pid, chart, alt, note)
+
+
+BAND_NOTE = (
+    "{n} series: their median with the p10–p90 band, and dotted the lowest and highest value of any of them"
+    " (the System dashboard's per-host charts show which host)."
+)
+
+
+def _many_series(ctx: Context, metrics: Sequence[str]) -> tuple[list[Line], int]:
+    """One metric of more than MAX_LINES series (a job's 512 GPUs): its band lines and how many series, else none.
+
+    x is computed for all rows at once (time since each run's start for several runs), not per series.
+    """
+    import polars as pl
+
+    if len(metrics) != 1:
+        return [], 0
+    df = ctx.data.series.filter(pl.col("metric") == metrics[0])
+    n = df.select("run", "labels").n_unique() if df.height else 0
+    if n <= MAX_LINES:
+        return [], 0
+    if not ctx.multi:
+        return time_band(df, df["time"].to_numpy(), n), n
+    first = min(b[0] for b in ctx.bounds.values())
+    starts = pl.DataFrame({"run": list(ctx.bounds), "t0": [b[0] for b in ctx.bounds.values()]})
+    t0 = df.select("run").join(starts, on="run", how="left", maintain_order="left")["t0"].fill_null(first)
+    seconds = df["time"].dt.epoch("us").cast(pl.Float64) / 1e6
+    return time_band(df, ((seconds - t0) / ctx.elapsed_div).to_numpy(), n), n
 
 
 def panels_by_unit(ctx: Context, pid: str, title: str, metrics: Sequence[str]) -> list[Panel | None]:

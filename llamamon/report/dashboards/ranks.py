@@ -15,20 +15,25 @@ from llamamon.report.dashboards.model import Dashboard, Panel, Table
 from llamamon.report.dashboards.panels import chart_panel
 from llamamon.report.dashboards.values import axis_label, format_value
 from llamamon.report.data import label_dict
+from llamamon.report.rank_bands import MAX_LINES, Named
 
 if TYPE_CHECKING:
     import polars as pl
 
     from llamamon.stragglers import RankTiming
 
-MAX_LINES = 16  # ranks drawn one line each; beyond, the median and p10–p90 band and the slowest ranks only
 SLOWEST_LINES = 4
 TABLE_ROWS = 8
 SLOWEST_RANKS = "Slowest ranks"
 
 
-def straggler_view(ctx: Context) -> tuple[Panel | None, Table | None]:
-    """The panel and table, or (None, None) where fewer than two ranks logged steps."""
+def straggler_view(ctx: Context) -> tuple[Panel | None, Table | None, Named]:
+    """The panel, the table and the slowest ranks it draws (run, rank, name), or (None, None, []) where fewer
+    than two ranks logged steps.
+
+    Why the slowest ranks are returned: the other per-rank charts of many ranks draw the same ranks under the
+    same names beside their median, from the timings computed here once.
+    """
     import polars as pl
 
     from llamamon.stragglers import STRAGGLER, rank_timings, step_columns, step_times
@@ -41,12 +46,13 @@ def straggler_view(ctx: Context) -> tuple[Panel | None, Table | None]:
     cols = step_columns(times, cond)  # once, for the timings and the lines
     timings = rank_timings(times, cond, cols)
     if not timings:
-        return None, None
+        return None, None, []
     hosts = {r.id: r.host for r in ctx.data.runs}
     if len(set(hosts.values())) < len(hosts):  # several runs on one host: the run tells them apart
         hosts = {r.id: ctx.run_labels.get(r.id, r.id) for r in ctx.data.runs}
     named = {(t.run, t.labels): _rank_name(t, hosts) for t in timings}
     chart = Chart("Step time per rank", Axis(axis_label("step_time"), "seconds"), x_mode="step")
+    slowest = _slowest(timings)
     chart.lines = _lines(cols, timings, named)
     cut = _warmup_cut(chart.lines)
     if cut is not None:
@@ -63,7 +69,13 @@ def straggler_view(ctx: Context) -> tuple[Panel | None, Table | None]:
     if cut is not None:
         note += f" The axis stops at {format_value(cut, 'seconds')}: slower steps (warm-up, evaluation) go above it."
     panel = chart_panel(ctx, "stragglers", chart, "Step time per rank (straggler view)", note)
-    return panel, _table(timings, named, len(stragglers))
+    drawn = [(t.run, t.rank, named[t.run, t.labels]) for t in slowest]
+    return panel, _table(timings, named, len(stragglers)), drawn
+
+
+def _slowest(timings: list[RankTiming]) -> list[RankTiming]:
+    """The ranks drawn on their own beside the median of many: every straggler, and at least the slowest few."""
+    return timings[: max(SLOWEST_LINES, sum(t.straggler for t in timings))]
 
 
 def _warmup_cut(lines: list[Line]) -> float | None:
@@ -111,8 +123,7 @@ def _lines(cols: pl.DataFrame, timings: list[RankTiming], named: dict[tuple[str,
         x = part["step"].to_numpy().astype(float)
         y, lo, hi = (part[c].to_numpy() for c in ("median", "p10", "p90"))
         bands.append(Line(label, x, y, lo, hi, colour=charts.MUTED, width=1.8))
-    slowest = timings[: max(SLOWEST_LINES, sum(t.straggler for t in timings))]
-    return bands + [rank_line(i, t) for i, t in enumerate(slowest)]
+    return bands + [rank_line(i, t) for i, t in enumerate(_slowest(timings))]
 
 
 def _table(timings: list[RankTiming], named: dict[tuple[str, str], str], stragglers: int) -> Table:

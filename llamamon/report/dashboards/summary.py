@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from llamamon import catalog
 from llamamon.report.dashboards.context import Context
@@ -11,7 +12,11 @@ from llamamon.report.dashboards.values import format_value, unit_of
 from llamamon.report.data import label_text
 from llamamon.stragglers import rank_expr
 
+if TYPE_CHECKING:
+    import polars as pl
+
 STATS = ("min", "mean", "p95", "max", "last")
+LONG_FROM_RUNS = 3  # as the per-host grids: from three runs on a job's own label sets get a row each
 
 
 def summary_table(ctx: Context, groups: Sequence[str], title: str, exclude: Sequence[str] = ()) -> Table:
@@ -27,6 +32,8 @@ def summary_table(ctx: Context, groups: Sequence[str], title: str, exclude: Sequ
         (r, m, lbl): rec
         for r, m, lbl, rec in zip(s["run"], s["metric"], s["labels"], s.iter_rows(named=True), strict=False)
     }
+    if len(runs) >= LONG_FROM_RUNS and s.height == keys.height:
+        return _one_row_each(ctx, s, keys, title)
     rows = []
     for metric, labels in keys.iter_rows():
         unit = unit_of(metric)
@@ -37,12 +44,31 @@ def summary_table(ctx: Context, groups: Sequence[str], title: str, exclude: Sequ
         rows.append(row)
     cols = ["metric", "labels"] + list(STATS) * max(len(runs), 1)
     header = [(ctx.run_labels.get(r, r), len(STATS)) for r in runs] if ctx.multi else []
-    note = ""
+    return Table(title, cols, rows, header, _nonfinite_note(s))
+
+
+def _one_row_each(ctx: Context, s: pl.DataFrame, keys: pl.DataFrame, title: str) -> Table:
+    """Each label set in a row of its own with its run named, where no label set is in two runs (a job's ranks).
+
+    Why: side by side, 64 nodes' 512 ranks were a table of 320 columns in which each row had 5 cells filled,
+    seven megabytes of dashes that took seconds to write; one row per rank says the same.
+    """
+    rows = []
+    for rec in keys.join(s, on=["metric", "labels"], how="left", maintain_order="left").iter_rows(named=True):
+        unit = unit_of(rec["metric"])
+        run = ctx.run_labels.get(rec["run"], rec["run"])
+        rows.append([run, rec["metric"], label_text(rec["labels"]), *(format_value(rec[k], unit) for k in STATS)])
+    return Table(title, ["run", "metric", "labels", *STATS], rows, note=_nonfinite_note(s))
+
+
+def _nonfinite_note(s: pl.DataFrame) -> str:
+    import polars as pl
+
     bad = s.filter(pl.col("nonfinite") > 0)
-    if bad.height:
-        names = ", ".join(sorted(set(bad["metric"].to_list())))
-        note = f"NaN or infinite values were left out of the statistics for: {names}."
-    return Table(title, cols, rows, header, note)
+    if not bad.height:
+        return ""
+    names = ", ".join(sorted(set(bad["metric"].to_list())))
+    return f"NaN or infinite values were left out of the statistics for: {names}."
 
 
 # llamamon's own metrics (notification_failures, ...) are stored with the job's custom ones, but are not the job's.

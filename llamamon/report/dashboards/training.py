@@ -15,6 +15,7 @@ from llamamon.report.dashboards.ranks import straggler_view
 from llamamon.report.dashboards.summary import summary_table
 from llamamon.report.dashboards.values import axis_label, format_value, unit_of
 from llamamon.report.data import label_dict
+from llamamon.report.rank_bands import MAX_LINES, Named, ranked_series, step_band
 
 
 def training_dashboard(ctx: Context) -> Dashboard:
@@ -23,13 +24,14 @@ def training_dashboard(ctx: Context) -> Dashboard:
         return d
     th = ctx.data.thresholds
     panels: list[Panel | None] = []
-    panels.append(_loss_panel(ctx))
+    # First: with many ranks the per-step charts draw the ranks it names slowest beside their median.
+    stragglers, slowest, named = straggler_view(ctx)
+    panels.append(_loss_panel(ctx, named))
     lr_th = threshold_lines(th.learning_rate_min, "learning_rate_min")
-    panels.append(_step_panel(ctx, "lr", "Learning rate", "learning_rate", log=True, thresholds=lr_th))
-    panels.append(_step_panel(ctx, "grad-norm", "Gradient norm", "grad_norm"))
-    stragglers, slowest = straggler_view(ctx)
+    panels.append(_step_panel(ctx, "lr", "Learning rate", "learning_rate", named, log=True, thresholds=lr_th))
+    panels.append(_step_panel(ctx, "grad-norm", "Gradient norm", "grad_norm", named))
     # With several ranks the straggler view draws step time per rank; the plain step-time chart would repeat it.
-    panels.append(stragglers or _step_panel(ctx, "step-time", "Step time", "step_time"))
+    panels.append(stragglers or _step_panel(ctx, "step-time", "Step time", "step_time", named))
     tp = ["steps_per_second", "samples_per_second", "tokens_per_second"]
     for metric in tp:
         panels.append(metric_panel(ctx, f"tp-{metric}", f"Throughput: {metric.replace('_', ' ')}", [metric]))
@@ -53,19 +55,34 @@ def training_dashboard(ctx: Context) -> Dashboard:
 
 
 StepKey = tuple[str, str]  # (run, labels) of one curve against step
+BAND_NOTE = (
+    " With {n} ranks: the median across ranks with its p10–p90 band (grey), and the slowest ranks of the"
+    " straggler view in colour."
+)
 
 
-def _step_lines(ctx: Context, metric: str, *, smooth: bool) -> tuple[list[Line], list[StepKey]]:
+def _banded(ctx: Context, metric: str) -> int:
+    """The ranks of ``metric`` where there are more than MAX_LINES of them (drawn as a band), else 0."""
+    import polars as pl
+
+    n = ranked_series(ctx.data.steps.filter(pl.col("metric") == metric))
+    return n if n > MAX_LINES else 0
+
+
+def _step_lines(ctx: Context, metric: str, *, smooth: bool, named: Named = ()) -> tuple[list[Line], list[StepKey]]:
     """Per curve a raw line (band: min-max per column) and, with ``smooth``, its smoothed line; and the curves' keys.
 
     The smoothed line (``report.smoothing``) is left out where its weight is 0 (too few points): it would
     only repeat the raw one. Every line of a curve has the curve's colour; the keys come in colour order.
+    Over MAX_LINES ranks: the median of ranks, its band and the ``named`` ranks instead (``rank_bands``), no keys.
     """
     import polars as pl
 
     from llamamon.report.smoothing import debiased_ema, smoothing_weight
 
     df = ctx.data.steps.filter(pl.col("metric") == metric)
+    if _banded(ctx, metric):
+        return step_band(df, named, smooth=smooth), []
     lines: list[Line] = []
     keys: list[StepKey] = []
     groups = list(df.group_by("run", "labels", maintain_order=True).__iter__())
@@ -133,7 +150,7 @@ def _step_spans(ctx: Context, metric: str, rules: Sequence[str]) -> list[Span]:
     return merge_span_arrays(np.concatenate(x0)[order], np.concatenate(x1)[order], rows.label[idx], rows.severity[idx])
 
 
-def _loss_panel(ctx: Context) -> Panel | None:
+def _loss_panel(ctx: Context, named: Named = ()) -> Panel | None:
     import polars as pl
 
     metrics = ctx.data.metrics()
@@ -143,19 +160,31 @@ def _loss_panel(ctx: Context) -> Panel | None:
     stepped = ctx.data.steps.filter(pl.col("metric").is_in(["loss", "validation_loss"])).height > 0
     if not stepped:
         return _time_loss_panel(ctx)
-    lines, keys = _step_lines(ctx, "loss", smooth=True)
-    val, val_keys = _step_lines(ctx, "validation_loss", smooth=False)
+    lines, keys = _step_lines(ctx, "loss", smooth=True, named=named)
+    val, val_keys = _step_lines(ctx, "validation_loss", smooth=False, named=named)
+    ranks = _banded(ctx, "loss")
     smoothed = any(ln.label.endswith(" (smoothed)") for ln in lines)
     chart = Chart("Loss by step", Axis("loss"), x_mode="step")
-    chart.key = _loss_legend(lines, keys, val, val_keys, ctx.multi)
+    if ranks or _banded(ctx, "validation_loss"):
+        for v in val:  # the legend names every line already: validation is told apart by its dashes
+            v.style, v.label = "o--", f"validation loss · {v.label}"
+    else:
+        chart.key = _loss_legend(lines, keys, val, val_keys, ctx.multi)
     chart.lines = lines + val
     chart.thresholds = threshold_lines(th.validation_loss_max, "validation_loss_max")
     chart.spans = _step_spans(ctx, "loss", ("plateau", "nan")) + _step_spans(ctx, "validation_loss", ())
     chart.height = 3.4
-    note = "Loss per step (band: min–max per column)"
-    if smoothed:
+    note = "Loss per step" + ("" if ranks else " (band: min–max per column)")
+    if smoothed and ranks:
+        note += " and the median's debiased moving average"
+    elif smoothed:
         note += " and its debiased moving average, weighted by the number of points (as TensorBoard smooths)"
-    note += "; validation loss dashed, in its run's colour." if val else "."
+    if val:
+        note += "; validation loss dashed." if ranks else "; validation loss dashed, in its run's colour."
+    else:
+        note += "."
+    if ranks:
+        note += BAND_NOTE.format(n=ranks)
     if any(ln.marks is not None for ln in lines):
         note += " Red crosses mark steps where loss was NaN or infinite."
     return chart_panel(ctx, "loss", chart, "Training and validation loss by step", note)
@@ -216,7 +245,14 @@ def _loss_legend(
 
 
 def _step_panel(
-    ctx: Context, pid: str, title: str, metric: str, *, log: bool = False, thresholds: Sequence[HLine] = ()
+    ctx: Context,
+    pid: str,
+    title: str,
+    metric: str,
+    named: Named = (),
+    *,
+    log: bool = False,
+    thresholds: Sequence[HLine] = (),
 ) -> Panel | None:
     import polars as pl
 
@@ -224,12 +260,14 @@ def _step_panel(
         return None
     if ctx.data.steps.filter(pl.col("metric") == metric).height == 0:
         return metric_panel(ctx, pid, title, [metric], log=log, thresholds=thresholds)
-    lines, _ = _step_lines(ctx, metric, smooth=False)
+    lines, _ = _step_lines(ctx, metric, smooth=False, named=named)
     chart = Chart(title, Axis(axis_label(metric), unit_of(metric), log=log), x_mode="step")
     chart.lines = lines
     chart.thresholds = list(thresholds)
     chart.spans = _step_spans(ctx, metric, ())
-    return chart_panel(ctx, pid, chart, f"{title} by step")
+    ranks = _banded(ctx, metric)
+    note = f"{title} by step." + BAND_NOTE.format(n=ranks) if ranks else ""
+    return chart_panel(ctx, pid, chart, f"{title} by step", note)
 
 
 def _validation_table(ctx: Context) -> Table:
