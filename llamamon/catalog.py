@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from llamamon.errors import closest
+
 Kind = Literal["gauge", "counter", "histogram"]
 Group = Literal["system", "process", "gpu", "training", "inference", "custom", "run"]
 
@@ -521,12 +523,8 @@ def canonical(name: str, aliases: dict[str, str] | None = None) -> str:
 
 
 def suggest(name: str, known: list[str] | tuple[str, ...] | None = None) -> str | None:
-    """Closest known metric name, for "did you mean" messages (difflib loaded on this error path only)."""
-    import difflib
-
-    pool = list(known) if known is not None else [*BY_NAME, *ALIASES]
-    found = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
-    return found[0] if found else None
+    """Closest known metric name, for "did you mean" messages."""
+    return closest(name, known if known is not None else [*BY_NAME, *ALIASES])
 
 
 # What a validation pass reports besides its loss (the HF Trainer's compute_metrics results come back as

@@ -89,12 +89,18 @@ class ChannelError(LlamamonError):
     """A notification channel could not deliver (after its retries)."""
 
 
-def did_you_mean(value: str, choices: Iterable[str]) -> str:
-    """`` (did you mean "x"?)`` for the choice closest to a mistyped ``value``, or "".
+def closest(value: str, choices: Iterable[str]) -> str | None:
+    """The choice closest to a mistyped ``value`` (difflib's default cutoff), or None.
 
     difflib is imported here, on the error path only: loading it costs every command ~2 ms.
     """
     import difflib
 
     close = difflib.get_close_matches(value, list(choices), n=1)
-    return f' (did you mean "{close[0]}"?)' if close else ""
+    return close[0] if close else None
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """`` (did you mean "x"?)`` for the choice closest to a mistyped ``value``, or ""."""
+    close = closest(value, choices)
+    return f' (did you mean "{close}"?)' if close else ""

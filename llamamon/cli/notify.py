@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from llamamon.cli.options import config_option, json_option, verbosity_options
-from llamamon.errors import ChannelError, ConfigError
+from llamamon.errors import ChannelError, ConfigError, closest
 
 
 @click.command("notify-test")
@@ -31,7 +31,6 @@ def notify_test_command(
     """
     # Why here: the channel modules (and asyncio) stay off the `llamamon --help` path.
     import asyncio
-    import difflib
     import json
 
     from llamamon.channels.dispatch import Dispatcher, make_test_notification
@@ -47,8 +46,8 @@ def notify_test_command(
         raise ConfigError("no channels configured under alerts.channels", file=where)
     for name in channel_names:
         if name not in channels:
-            close = difflib.get_close_matches(name, list(channels), n=1)
-            hint = f'did you mean "{close[0]}"? ' if close else ""
+            close = closest(name, channels)
+            hint = f'did you mean "{close}"? ' if close else ""
             raise ConfigError(
                 f"no channel named {name!r} in {where} ({hint}configured: {', '.join(channels)})", path="--channel"
             )
