@@ -7,11 +7,12 @@ a run still being recorded. Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -122,18 +123,27 @@ def gc(
     root = Path(metrics_dir)
     if not root.is_dir():
         return 0
+    with _gc_pass(root, keep_seconds, now) as (cutoff, recording):
+        return _gc(root, cutoff, recording, dry_run)
+
+
+@contextlib.contextmanager
+def _gc_pass(root: Path, keep_seconds: float, now: float | None) -> Iterator[tuple[float, set[str]]]:
+    """Under the compaction lock (one gc or compaction at a time): the cutoff and the runs being recorded."""
     with compaction_lock(root) as held:
         if not held:
             raise StoreError(f"another compaction or gc is running on {root}; try again when it is done")
-        return _gc(root, keep_seconds, dry_run, now)
+        yield (time.time() if now is None else now) - keep_seconds, _recording(root)
 
 
-def _gc(root: Path, keep_seconds: float, dry_run: bool, now: float | None) -> int:
-    cutoff = (time.time() if now is None else now) - keep_seconds
-    recording = _recording(root)
+def _verb(dry_run: bool) -> str:
+    return "would delete" if dry_run else "deleted"
+
+
+def _gc(root: Path, cutoff: float, recording: set[str], dry_run: bool) -> int:
     freed = 0
     remaining: set[str] = set()
-    verb = "would delete" if dry_run else "deleted"
+    verb = _verb(dry_run)
     for _group, date, run, folder in iter_partitions(root):
         if not _expired(date, run, cutoff, recording):
             remaining.add(run)
@@ -168,12 +178,8 @@ def gc_listed(
     bucket downloads no data. Run metadata left without a partition goes from the mirror here, as ``gc``.
     """
     root = Path(metrics_dir)
-    with compaction_lock(root) as held:
-        if not held:
-            raise StoreError(f"another compaction or gc is running on {root}; try again when it is done")
-        cutoff = (time.time() if now is None else now) - keep_seconds
-        recording = _recording(root)
-        verb = "would delete" if dry_run else "deleted"
+    with _gc_pass(root, keep_seconds, now) as (cutoff, recording):
+        verb = _verb(dry_run)
         expired: dict[str, list[str]] = {}
         remaining: set[str] = set()
         freed = 0
