@@ -307,7 +307,7 @@ def test_each_series_is_kept_only_as_long_as_the_windows_over_its_metric(tmp_pat
 """
     live = LiveAlerts(config(tmp_path, rule), metrics_dir)
     span = {"memory_usage": 305.0, "loss": 35 * 60 + 5.0, "inference_latency_bucket": 15 * 60 + 5.0}
-    assert {m: live._windows.get(m, live._short_window) for m in span} == span
+    assert {m: live.kept_for(m) for m in span} == span
     assert live.window == 35 * 60 + 5.0  # still what watch and the follower load at start
     for i in range(0, 40 * 60, 5):
         live.add(

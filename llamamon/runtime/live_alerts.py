@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from llamamon import catalog
 from llamamon.fsutil import atomic_write
 from llamamon.rules.instant import Best, Series, fold_best, step_at
-from llamamon.rules.promql import US, series_labels
+from llamamon.rules.promql import LOOKBACK, US, series_labels
 from llamamon.samples import AlertEvent, Row, Sample, labels_to_str
 from llamamon.store.follower import Entry
 from llamamon.store.layout import alert_states_file
@@ -42,6 +42,7 @@ log = logging.getLogger("llamamon.alerts")
 
 DRAIN_TIMEOUT_S = 5.0
 MARGIN_S = 5.0
+INSTANT_WINDOW = LOOKBACK + MARGIN_S  # kept of a metric no range window reads
 
 # A stored series: (run, host, metric as recorded, labels)
 Key = tuple[str, str, str, str]
@@ -73,26 +74,27 @@ def trailing_window(rules: Sequence[Rule]) -> float:
 
     ``for`` and ``keep_firing_for`` need no history: AlertStates carries them from tick to tick.
     """
-    from llamamon.rules.promql import LOOKBACK
+    return LOOKBACK + _longest_window(rules) + MARGIN_S
+
+
+def _longest_window(rules: Sequence[Rule]) -> float:
     from llamamon.rules.tree import Call, subtrees
 
-    longest = max((n.window for r in rules for n in subtrees(r.condition.tree) if isinstance(n, Call)), default=0.0)
-    return LOOKBACK + longest + MARGIN_S
+    return max((n.window for r in rules for n in subtrees(r.condition.tree) if isinstance(n, Call)), default=0.0)
 
 
 def metric_windows(rules: Sequence[Rule]) -> dict[str, float]:
     """Per canonical metric (a histogram's part series too) a range window reads: seconds of history its
-    series need, lookback + the longest such window + margin; any other metric needs lookback + margin.
+    series need, lookback + the longest such window + margin (any other metric: ``kept_for``'s default).
 
     Why per metric: the longest window (30 minutes of loss for ``train_loss_plateau``) would otherwise
     keep 35 minutes of every series a rule reads, memory_usage at 0.1 s included, for nothing: an
     instant comparison looks back only LOOKBACK. A window over anything but a plain selector keeps
     every selector under it for the longest window of all.
     """
-    from llamamon.rules.promql import LOOKBACK
     from llamamon.rules.tree import Call, Selector, subtrees
 
-    everything = trailing_window(rules) - LOOKBACK - MARGIN_S
+    everything = _longest_window(rules)
     longest: dict[str, float] = {}
     for rule in rules:
         for node in subtrees(rule.condition.tree):
@@ -136,7 +138,6 @@ class LiveAlerts:
         self.aliases = dict(getattr(config, "aliases", None) or {})
         self.window = trailing_window(self.rules)
         self._windows = metric_windows(self.rules)
-        self._short_window = trailing_window([])  # what a metric no range window reads is kept for
         self.raw_metrics = stored_names(needed_metrics(self.rules), self.aliases)
         self._held_metrics = {
             m for m in self.raw_metrics if catalog.group_of(catalog.canonical(m, self.aliases)) == "training"
@@ -280,10 +281,7 @@ class LiveAlerts:
         """Drop what fell out of the window (under the lock); what evals_since_best counts is folded first."""
         cutoff = round((now - self.window) * US)
         cuts = {
-            key: bisect_left(
-                buf.times, round((now - self._windows.get(self._canonical(key[2]), self._short_window)) * US)
-            )
-            for key, buf in self._series.items()
+            key: bisect_left(buf.times, round((now - self.kept_for(key[2])) * US)) for key, buf in self._series.items()
         }
         # Why: training metrics (loss ...) hold their last value until the next one or the run's end, however
         # old; so the newest row of each series stays, unless it is a staleness marker.
@@ -326,6 +324,11 @@ class LiveAlerts:
             del self._ended[run]
         for run in [r for r, t in self._seen.items() if t < cutoff and r not in self._ended]:
             del self._seen[run]
+
+    def kept_for(self, metric: str) -> float:
+        """Seconds of history the window keeps of a stored metric: what the range windows over it need, or the
+        lookback of an instant comparison (``metric_windows``)."""
+        return self._windows.get(self._canonical(metric), INSTANT_WINDOW)
 
     def _group(self, key: Key) -> Group:
         return key[0], key[1], self._canonical(key[2]), key[3]
