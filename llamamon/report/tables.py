@@ -127,17 +127,23 @@ def summarize(compact: pl.DataFrame, names: pl.DataFrame, buckets: int = BUCKETS
         .select(*schemas()["summary"], "key")
         .cast(schemas()["summary"])  # type: ignore[arg-type]
     )
-    # Why the series' order as a number: sorting millions of columns by three strings took three times as
-    # long as sorting the few thousand series by them and the columns by (that ordinal, bucket).
-    order = names.select("key", "run", "metric", "labels").sort("run", "metric", "labels").with_row_index("order")
     series = (
         cols.with_columns(_mean(pl.col("sum"), pl.col("count")))
-        .join(order, on="key", how="inner")
+        .join(_series_order(names), on="key", how="inner")
         .sort("order", "bucket")
         .select(list(schemas()["series"]))
         .cast(schemas()["series"])  # type: ignore[arg-type]
     )
     return summary, series
+
+
+def _series_order(names: pl.DataFrame) -> pl.DataFrame:
+    """key, run, metric, labels and ``order``: each series' place in (run, metric, labels) order.
+
+    Why the order as a number: sorting millions of columns by three strings took three times as long as
+    sorting the few thousand series by them and the columns by (that ordinal, bucket or step).
+    """
+    return names.select("key", "run", "metric", "labels").sort("run", "metric", "labels").with_row_index("order")
 
 
 def _mean(total: pl.Expr, count: pl.Expr) -> pl.Expr:
@@ -206,9 +212,8 @@ def by_step(lf: pl.LazyFrame, names: pl.DataFrame, buckets: int) -> pl.LazyFrame
             v.max().alias("max"),
             _nonfinite(),
         )
-        .join(names.lazy().select("key", "run", "metric", "labels"), on="key", how="inner")
-        .drop("b", "key")
-        .sort("run", "metric", "labels", "step")
+        .join(_series_order(names).lazy(), on="key", how="inner")
+        .sort("order", "step")
         .select(list(schemas()["steps"]))
         .cast(schemas()["steps"])  # type: ignore[arg-type]
     )

@@ -61,16 +61,9 @@ BAND_NOTE = (
 )
 
 
-def _banded(ctx: Context, metric: str) -> int:
-    """The ranks of ``metric`` where there are more than MAX_LINES of them (drawn as a band), else 0."""
-    import polars as pl
-
-    n = ranked_series(ctx.data.steps.filter(pl.col("metric") == metric))
-    return n if n > MAX_LINES else 0
-
-
-def _step_lines(ctx: Context, metric: str, *, smooth: bool, named: Named = ()) -> tuple[list[Line], list[StepKey]]:
-    """Per curve a raw line (band: min-max per column) and, with ``smooth``, its smoothed line; and the curves' keys.
+def _step_lines(ctx: Context, metric: str, *, smooth: bool, named: Named = ()) -> tuple[list[Line], list[StepKey], int]:
+    """Per curve a raw line (band: min-max per column) and, with ``smooth``, its smoothed line; the curves' keys;
+    and how many ranks were drawn as a band (0: none).
 
     The smoothed line (``report.smoothing``) is left out where its weight is 0 (too few points): it would
     only repeat the raw one. Every line of a curve has the curve's colour; the keys come in colour order.
@@ -81,8 +74,9 @@ def _step_lines(ctx: Context, metric: str, *, smooth: bool, named: Named = ()) -
     from llamamon.report.smoothing import debiased_ema, smoothing_weight
 
     df = ctx.data.steps.filter(pl.col("metric") == metric)
-    if _banded(ctx, metric):
-        return step_band(df, named, smooth=smooth), []
+    ranks = ranked_series(df)
+    if ranks > MAX_LINES:
+        return step_band(df, named, smooth=smooth), [], ranks
     lines: list[Line] = []
     keys: list[StepKey] = []
     groups = list(df.group_by("run", "labels", maintain_order=True).__iter__())
@@ -110,7 +104,7 @@ def _step_lines(ctx: Context, metric: str, *, smooth: bool, named: Named = ()) -
         if weight:
             lines.append(Line(f"{name or metric} (smoothed)", steps, debiased_ema(mean, weight), colour=c, width=2.0))
         keys.append((run, labels))
-    return lines, keys
+    return lines, keys, 0
 
 
 def _time_to_step(ctx: Context, metric: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -160,12 +154,11 @@ def _loss_panel(ctx: Context, named: Named = ()) -> Panel | None:
     stepped = ctx.data.steps.filter(pl.col("metric").is_in(["loss", "validation_loss"])).height > 0
     if not stepped:
         return _time_loss_panel(ctx)
-    lines, keys = _step_lines(ctx, "loss", smooth=True, named=named)
-    val, val_keys = _step_lines(ctx, "validation_loss", smooth=False, named=named)
-    ranks = _banded(ctx, "loss")
+    lines, keys, ranks = _step_lines(ctx, "loss", smooth=True, named=named)
+    val, val_keys, val_ranks = _step_lines(ctx, "validation_loss", smooth=False, named=named)
     smoothed = any(ln.label.endswith(" (smoothed)") for ln in lines)
     chart = Chart("Loss by step", Axis("loss"), x_mode="step")
-    if ranks or _banded(ctx, "validation_loss"):
+    if ranks or val_ranks:
         for v in val:  # the legend names every line already: validation is told apart by its dashes
             v.style, v.label = "o--", f"validation loss · {v.label}"
     else:
@@ -260,12 +253,11 @@ def _step_panel(
         return None
     if ctx.data.steps.filter(pl.col("metric") == metric).height == 0:
         return metric_panel(ctx, pid, title, [metric], log=log, thresholds=thresholds)
-    lines, _ = _step_lines(ctx, metric, smooth=False, named=named)
+    lines, _, ranks = _step_lines(ctx, metric, smooth=False, named=named)
     chart = Chart(title, Axis(axis_label(metric), unit_of(metric), log=log), x_mode="step")
     chart.lines = lines
     chart.thresholds = list(thresholds)
     chart.spans = _step_spans(ctx, metric, ())
-    ranks = _banded(ctx, metric)
     note = f"{title} by step." + BAND_NOTE.format(n=ranks) if ranks else ""
     return chart_panel(ctx, pid, chart, f"{title} by step", note)
 
