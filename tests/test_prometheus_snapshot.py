@@ -244,6 +244,8 @@ def test_labels_are_sanitised_low_cardinality_and_never_clash():
         ("2nd_loss", "llamamon_2nd_loss"),
         ("!!!", "llamamon_unnamed"),
         ("vllm:num_requests", "llamamon_vllm_num_requests"),
+        ("count_total", "llamamon_counts_total"),  # a counter's own name does not end as a histogram part
+        ("count_total_total", "llamamon_counts_total"),
     ],
 )
 def test_derived_names(name, expected):

@@ -133,6 +133,10 @@ def derived_name(name: str) -> str:
     # A leading letter keeps sanitize_name from adding its "m_" digit guard: after "llamamon_" none is needed.
     clean = catalog.sanitize_name("x" + name)[1:]
     tokens = [t for t in clean.split("_") if t] or ["unnamed"]
+    # The name's own end, before a counter's _total: it must not read as a histogram's part either.
+    end = len(tokens) - 1
+    while end > 0 and tokens[end] == "total":
+        end -= 1
     out = []
     for i, token in enumerate(tokens):
         if token in _ABBREVIATIONS:
@@ -141,7 +145,7 @@ def derived_name(name: str) -> str:
             token = _TYPE_WORDS[token]
         elif _non_base_unit(token):
             token = token[:-1] if token.endswith("s") else token + "s"
-        elif i == len(tokens) - 1 and token in _RESERVED_SUFFIXES and token != "total":
+        elif i == end and token in _RESERVED_SUFFIXES and token != "total":
             token = _RESERVED_SUFFIXES[token]
         out.append(token)
     while out[-2:] == ["total", "total"]:  # a counter ends in one _total
