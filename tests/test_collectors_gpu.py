@@ -69,6 +69,46 @@ def test_library_missing_turns_the_collector_off_with_a_reason():
     assert fake.calls == {"nvmlInit": 1}
 
 
+def _library_loads(name: str) -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL(name)
+    except OSError:
+        return False
+    return True
+
+
+def test_a_missing_library_is_found_without_importing_pynvml():
+    """The real binding is never imported where the library it would load is not there."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the library is looked up first only where pynvml loads one fixed name (Linux)")
+    code = (
+        "import sys; from llamamon.collectors import _nvml; _nvml.LINUX_LIBRARY = 'libllamamon-absent.so.1'\n"
+        "try:\n    _nvml.import_nvml()\nexcept _nvml.NvmlUnavailable as e:\n    print(e.reason)\n"
+        "print('pynvml' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=llamamon_env()
+    ).stdout.splitlines()
+    assert out == ["NVML library not found (no NVIDIA driver on this machine)", "False"]
+
+
+def test_the_early_answer_is_the_one_real_pynvml_gives_for_the_same_library():
+    """Differential: where this machine has no NVML library, real pynvml's nvmlInit says the same thing."""
+    from llamamon.collectors import _nvml
+
+    if not sys.platform.startswith("linux") or _library_loads(_nvml.LINUX_LIBRARY):
+        pytest.skip("this machine loads libnvidia-ml.so.1: the early answer is not taken here")
+    import pynvml
+
+    with pytest.raises(pynvml.NVMLError) as real:
+        pynvml.nvmlInit()
+    with pytest.raises(_nvml.NvmlUnavailable) as early:
+        _nvml.import_nvml()
+    assert early.value.reason == _nvml.unavailable_reason(real.value, pynvml)
+
+
 @pytest.mark.parametrize(
     ("code", "words"),
     [

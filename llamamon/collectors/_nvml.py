@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -69,7 +70,21 @@ class DeviceSkipped(Exception):
         self.error = error
 
 
+# What pynvml's _LoadNvmlLibrary opens on Linux, and nothing else. Asked first: on a machine without the
+# driver that one failed dlopen is the whole answer, and the binding's ~12 ms of ctypes declarations
+# (most of a GPU-less `record`'s NVML cost) is never paid. Where it loads, pynvml gets the same library.
+LINUX_LIBRARY = "libnvidia-ml.so.1"
+
+
 def import_nvml() -> Any:
+    """The pynvml module; NvmlUnavailable where it or the library it loads is missing."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(LINUX_LIBRARY)
+        except OSError:
+            raise NvmlUnavailable(_UNAVAILABLE_REASONS["NVMLError_LibraryNotFound"]) from None
     try:
         return importlib.import_module("pynvml")
     except ImportError as exc:
