@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from llamamon import units
@@ -188,6 +187,8 @@ def go_float(v: float) -> str:
         return "+Inf" if v > 0 else "-Inf"
     if v == 0:
         return "-0" if math.copysign(1, v) < 0 else "0"
+    from decimal import Decimal  # only when a value is written out: `record` starts without it
+
     sign, digits, exp = Decimal(repr(v)).normalize().as_tuple()
     ds = "".join(map(str, digits))
     x = len(ds) - 1 + int(exp)  # decimal exponent of the first digit
