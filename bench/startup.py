@@ -1,15 +1,18 @@
 """Start-up: wall time of ``llamamon --help`` and ``llamamon record -- true`` against bare Python, same run.
 
-    python -m bench.startup [--quick] [--repeat 10]
+    python -m bench.startup [--quick] [--repeat 10] [--python PATH]
 
-Rounds interleave the four commands (``python -c pass``, ``python -c "import click"``, ``llamamon --help``,
-``llamamon record -- true``) so a burst of load from neighbours stretches all of them alike; each
+Rounds interleave the five commands (``python -c pass``, ``python -c "import click"``, ``python -c "import
+click, asyncio, psutil, yaml"`` (the libraries ``record`` needs, the floor under llamamon's own code),
+``llamamon --help``, ``llamamon record -- true``) so a burst of load from neighbours stretches all of them alike; each
 figure is the median over rounds, each ratio the median of per-round ratios. The CPU time of each
 command (user+sys, its whole process tree) is kept next to the wall time: it moves much less with load.
 ``llamamon`` runs as ``python -m llamamon`` from this checkout, in an empty folder (default config),
 with its bytecode cached as after ``pip install`` (which compiles every module): this environment sets
 PYTHONDONTWRITEBYTECODE, which would charge every run for compiling llamamon from source, so the children
 run without it and with PYTHONPYCACHEPREFIX in a temporary folder (the checkout stays clean).
+``--python`` times another interpreter (a venv with this checkout installed), e.g. to see what a newer
+CPython's faster imports and class creation change.
 Targets (issue 20): ``--help`` < 100 ms; ``record -- true`` < 200 ms wall and <= 200 ms CPU.
 ``--profile`` prints where ``record -- true`` spends its time: in-process timers around the recorder's
 phases (imports, store opening, collectors, ticks, the final flush) and what is left outside ``main()``
@@ -70,11 +73,15 @@ except SystemExit:
 """
 
 
-def commands(folder: Path) -> dict[str, list[str]]:
-    py = sys.executable
+# The libraries `record` cannot start without, imported and nothing else: the floor under llamamon's own code.
+DEPENDENCIES = "python -c 'import click, asyncio, psutil, yaml'"
+
+
+def commands(folder: Path, py: str) -> dict[str, list[str]]:
     return {
         "python -c pass": [py, "-c", "pass"],
         "python -c 'import click'": [py, "-c", "import click"],
+        DEPENDENCIES: [py, "-c", "import click, asyncio, psutil, yaml"],
         "llamamon --help": [py, "-m", "llamamon", "--help"],
         "llamamon record -- true": [py, "-m", "llamamon", "record", "--metrics-dir", str(folder / "m"), "--", "true"],
     }
@@ -98,10 +105,10 @@ def child_env(tmp: str) -> dict[str, str]:
     return env
 
 
-def measure(repeat: int) -> dict[str, list[tuple[float, float]]]:
+def measure(repeat: int, py: str) -> dict[str, list[tuple[float, float]]]:
     with tempfile.TemporaryDirectory(prefix="llamamon-bench-") as tmp:
         env = child_env(tmp)
-        cmds = commands(Path(tmp))
+        cmds = commands(Path(tmp), py)
         for argv in cmds.values():  # warm the page cache and __pycache__ once, unmeasured
             timed(argv, env, Path(tmp))
         out: dict[str, list[tuple[float, float]]] = {name: [] for name in cmds}
@@ -128,7 +135,7 @@ GAPS = {
 }
 
 
-def phases(repeat: int) -> list[tuple[str, float, float]]:
+def phases(repeat: int, py: str = sys.executable) -> list[tuple[str, float, float]]:
     """Median (wall ms, CPU ms) spent in each phase of `record -- true`, plus the process around it."""
     import json
     import statistics
@@ -136,12 +143,12 @@ def phases(repeat: int) -> list[tuple[str, float, float]]:
     runs = []
     with tempfile.TemporaryDirectory(prefix="llamamon-bench-") as tmp:
         env = child_env(tmp)
-        subprocess.run([sys.executable, "-c", PHASES, str(Path(tmp) / "warm")], env=env, cwd=tmp, capture_output=True)
+        subprocess.run([py, "-c", PHASES, str(Path(tmp) / "warm")], env=env, cwd=tmp, capture_output=True)
         for k in range(repeat):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
             done = subprocess.run(
-                [sys.executable, "-c", PHASES, str(Path(tmp) / f"m{k}")],
+                [py, "-c", PHASES, str(Path(tmp) / f"m{k}")],
                 env=env,
                 cwd=tmp,
                 capture_output=True,
@@ -175,14 +182,14 @@ def phases(repeat: int) -> list[tuple[str, float, float]]:
     return out
 
 
-def run(quick: bool = False, repeat: int | None = None) -> list:
+def run(quick: bool = False, repeat: int | None = None, py: str = sys.executable) -> list:
     from bench.results import Figure, load1, median, median_ratio
 
     repeat = repeat or (3 if quick else 10)
     before = load1()
-    data = measure(repeat)
+    data = measure(repeat, py)
     load = (before, load1())
-    profile = phases(3 if quick else 5)
+    profile = phases(3 if quick else 5, py)
     ms = {name: median([w for w, _ in runs]) * 1e3 for name, runs in data.items()}
     cpu_ms = {name: median([c for _, c in runs]) * 1e3 for name, runs in data.items()}
     figures = []
@@ -190,17 +197,14 @@ def run(quick: bool = False, repeat: int | None = None) -> list:
     for name, limit, cpu_limit in (("llamamon --help", 100.0, None), ("llamamon record -- true", 200.0, 200.0)):
         ratios = {
             base: median_ratio([(a[0], b[0]) for a, b in zip(data[name], data[base], strict=True)])
-            for base in ("python -c pass", "python -c 'import click'")
+            for base in ("python -c pass", "python -c 'import click'", DEPENDENCIES)
         }
         figures.append(
             Figure(
                 name=f"Start-up: `{name}` wall time",
                 unit="ms",
                 llamamon=ms[name],
-                peers={
-                    "python -c pass": ms["python -c pass"],
-                    "python -c 'import click'": ms["python -c 'import click'"],
-                },
+                peers={base: ms[base] for base in ("python -c pass", "python -c 'import click'", DEPENDENCIES)},
                 ratios=ratios,
                 target=f"< {limit:.0f} ms" + (f" wall and <= {cpu_limit:.0f} ms CPU" if cpu_limit else ""),
                 met=ms[name] < limit and (cpu_limit is None or cpu_ms[name] <= cpu_limit),
@@ -229,12 +233,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeat", type=int, default=None)
     parser.add_argument("--profile", action="store_true", help="only the phases of `record -- true`")
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the interpreter the timed commands run on (one with llamamon installed)",
+    )
     args = parser.parse_args()
     if args.profile:
-        for label, wall, cpu in phases(args.repeat or 5):
+        for label, wall, cpu in phases(args.repeat or 5, args.python):
             print(f"{label:<70} {wall:7.0f} ms wall {cpu:7.0f} ms CPU")
         return
-    for fig in run(args.quick, args.repeat):
+    for fig in run(args.quick, args.repeat, args.python):
         print(f"{fig.name}: {fig.llamamon:.0f} ms; {fig.peers}; ratios {fig.ratios}; met {fig.met}; {fig.note}")
 
 
