@@ -43,18 +43,16 @@ def evaluate_recorded(
     from llamamon.store.reader import metric_names, scan
     from llamamon.store.runs import resolve_runs, run_ends
 
-    cfg = load_config(config_path)
-    location = open_location(metrics_dir or cfg.metrics_path)
-    location.pull(set())
-    root = location.root
     if all_runs and (run_ids or latest or since or group):
         raise ConfigError("--all cannot be combined with --run, --latest, --since or --group", path="alerts test")
-    runs = resolve_runs(root, run_ids, latest, since, group=group)
+    cfg = load_config(config_path)
+    location = open_location(metrics_dir or cfg.metrics_path)
+    runs = location.pull_chosen(lambda root: resolve_runs(root, run_ids, latest, since, group=group))
+    root = location.root
     if not runs:
         click.echo(f"llamamon: no runs recorded in {location.shown}", err=True)
         return [], rules_from_config(cfg), []
     ids = [r.id for r in runs]
-    location.pull(set(ids))
     frame = scan(root, runs=ids)
     recorded = partial(metric_names, root, runs=ids)
     rules = [r for r in rules_from_config(cfg, recorded=recorded, recorded_where=str(root)) if r.enabled]

@@ -61,11 +61,10 @@ def _one_run(
     if run_ref is not None and latest:
         raise ConfigError("give --run or --latest, not both", path="--latest")
     location = open_location(metrics_dir or load_config(config_path).monitoring.metrics_path)
-    location.pull(set())
-    folder = location.root
-    (run,) = resolve_runs(folder, [run_ref] if run_ref is not None else [], latest=run_ref is None)
-    location.pull({run.id})
-    return folder, run
+    (run,) = location.pull_chosen(
+        lambda root: resolve_runs(root, [run_ref] if run_ref is not None else [], latest=run_ref is None)
+    )
+    return location.root, run
 
 
 def _write(output: str, text: str) -> None:

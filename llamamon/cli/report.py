@@ -83,10 +83,8 @@ def report_command(
     settings = report_settings(config_path, metrics_dir)
     since_s = parse_duration(since, path="--since") if since else None
     location = open_location(settings.metrics_dir)
-    location.pull(set())  # a bucket's run metadata first, then the partitions of the runs chosen only
     settings.metrics_dir = location.root
-    runs = resolve_runs(location.root, run_ids, latest=latest, since=since_s, group=group)
-    location.pull({run.id for run in runs})
+    runs = location.pull_chosen(lambda root: resolve_runs(root, run_ids, latest=latest, since=since_s, group=group))
     suffix = ".html" if fmt == "html" else ".md"
     out = Path(output) if output else Path("llamamon-report" + suffix)
     stages = len(dashboards) + 2

@@ -26,11 +26,12 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llamamon.catalog import GROUPS
 from llamamon.fsutil import atomic_write
@@ -44,6 +45,9 @@ from llamamon.store.layout import (
     runs_dir,
     shipped_ledger,
 )
+
+if TYPE_CHECKING:
+    from llamamon.store.runs import RunInfo
 
 log = logging.getLogger("llamamon.store")
 
@@ -229,7 +233,28 @@ class Location:
         """Bring the mirror up to date: every run's metadata, then the data of ``runs`` (None: all runs)."""
         if self.bucket is None:
             return
+        self._pull_metadata()
+        self._pull_data(runs)
+
+    def pull_chosen(self, choose: Callable[[Path], Sequence[RunInfo]]) -> list[RunInfo]:
+        """The runs ``choose`` picks from the run metadata under ``root``, with their data pulled.
+
+        Why one step: a bucket's metadata comes down first and the chosen runs' partitions after it, so a
+        command on one run or one group never downloads another's data.
+        """
+        if self.bucket is not None:
+            self._pull_metadata()
+        runs = list(choose(self.root))
+        if self.bucket is not None and runs:
+            self._pull_data({run.id for run in runs})
+        return runs
+
+    def _pull_metadata(self) -> None:
+        assert self.bucket is not None
         self._sync(f"{RUNS_DIR}/", self.bucket.listing(f"{RUNS_DIR}/"))
+
+    def _pull_data(self, runs: set[str] | None) -> None:
+        assert self.bucket is not None
         if runs is None:
             listings: dict[str, set[str] | None] = {f"group={group}/": None for group in GROUPS}
         else:
