@@ -339,29 +339,36 @@ def test_malformed_urls_are_config_errors(tmp_path, url, words):
     assert "pw@" not in result.stderr.decode()
 
 
+# moto authorizes HEAD requests as actions of their own, s3:HeadBucket and s3:HeadObject; AWS authorizes them as
+# s3:ListBucket and s3:GetObject, which List* and Get* already allow. Still no Put or Delete of any kind.
+READ_ONLY = ["s3:Get*", "s3:List*", "s3:HeadBucket", "s3:HeadObject"]
+
+
 @pytest.fixture
 def moto_with_auth(tmp_path: Path):
-    """A moto server enforcing IAM after 4 setup calls: a bucket and a user allowed to read it only."""
-    server = MotoServer(tmp_path, auth_after=4)
+    """A moto server enforcing IAM after its setup calls: a bucket, a user allowed to read it only, and a user
+    allowed everything (who records what the reader then reads); yields (server, reader, writer), each user
+    as (access key id, secret)."""
+    server = MotoServer(tmp_path, auth_after=7)  # the seven calls below
     import boto3
 
     session = boto3.session.Session(aws_access_key_id="setup", aws_secret_access_key="setup", region_name="us-east-1")
     endpoint = f"http://{server.endpoint}"
     session.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
     iam = session.client("iam", endpoint_url=endpoint)
-    iam.create_user(UserName="reader")
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": ["s3:Get*", "s3:List*"], "Resource": "*"}],
-    }
-    iam.put_user_policy(UserName="reader", PolicyName="read", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName="reader")["AccessKey"]
-    yield server, key["AccessKeyId"], key["SecretAccessKey"]
+    users = []
+    for name, actions in (("reader", READ_ONLY), ("writer", ["s3:*"])):
+        iam.create_user(UserName=name)
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
+        iam.put_user_policy(UserName=name, PolicyName=name, PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        users.append((key["AccessKeyId"], key["SecretAccessKey"]))
+    yield server, *users
     server.stop()
 
 
 def test_wrong_credentials_and_denied_writes_are_one_line(tmp_path, moto_with_auth):
-    server, key_id, secret = moto_with_auth
+    server, (key_id, secret), _ = moto_with_auth
     unknown = s3_env(
         server.port, tmp_path / "c", AWS_ACCESS_KEY_ID="AKIAUNKNOWNKEY000000", AWS_SECRET_ACCESS_KEY=secret
     )
@@ -371,8 +378,7 @@ def test_wrong_credentials_and_denied_writes_are_one_line(tmp_path, moto_with_au
     _one_line(run_llamamon("runs", cwd=tmp_path, env=wrong), URL, "credentials were rejected (wrong secret key)")
     assert secret not in result.stderr.decode()
 
-    # The user may read but not write: record's uploads are refused, the job is not affected. (moto 5.2.1
-    # also refuses this user's signed listings, so a reading command cannot be shown succeeding here.)
+    # The user may read but not write: record's uploads are refused, the job is not affected.
     reader = s3_env(server.port, tmp_path / "c", AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret)
     rec = run_llamamon(
         "record", "--metrics-dir", URL, "--no-gpu", "--", sys.executable, "-c", "exit(5)", cwd=tmp_path, env=reader
@@ -382,3 +388,44 @@ def test_wrong_credentials_and_denied_writes_are_one_line(tmp_path, moto_with_au
     assert f"{URL}: uploading" in err
     assert "access denied" in err
     assert secret not in err
+
+
+def test_read_only_credentials_are_enough_for_every_reading_command(tmp_path, moto_with_auth):
+    """runs, report, alerts test and export need only Get and List on the bucket (a CI job's read-only key):
+    a reading command writes nothing there."""
+    server, (reader_id, reader_secret), (writer_id, writer_secret) = moto_with_auth
+    writer = s3_env(
+        server.port, tmp_path / "w", AWS_ACCESS_KEY_ID=writer_id, AWS_SECRET_ACCESS_KEY=writer_secret,
+        LLAMAMON_HOST="node-a",
+    )  # fmt: skip
+    rec = run_llamamon(
+        "record", "--metrics-dir", URL, "--interval", "0.2", "--no-gpu", "--", *JOB, cwd=tmp_path, env=writer,
+        timeout=90,
+    )  # fmt: skip
+    assert rec.returncode == 0, rec.stderr
+    assert "uploading" not in rec.stderr.decode()
+
+    reader = s3_env(server.port, tmp_path / "r", AWS_ACCESS_KEY_ID=reader_id, AWS_SECRET_ACCESS_KEY=reader_secret)
+    results = []
+    listed = run_llamamon("runs", "--json", cwd=tmp_path, env=reader)
+    results.append(listed)
+    assert listed.returncode == 0, listed.stderr
+    (run,) = json.loads(listed.stdout)
+    assert run["host"] == "node-a"
+    report = run_llamamon("report", "--run", run["id"], "-o", "r.html", cwd=tmp_path, env=reader)
+    results.append(report)
+    assert report.returncode == 0, report.stderr
+    assert "loss" in (tmp_path / "r.html").read_text(encoding="utf-8")
+    gate = run_llamamon("alerts", "test", "--run", run["id"], "--json", cwd=tmp_path, env=reader)
+    results.append(gate)
+    assert gate.returncode in (0, 1), gate.stderr  # 1: an alert fired, which a gate may say; not a crash
+    assert isinstance(json.loads(gate.stdout), (list, dict))
+    exported = run_llamamon("export", "prometheus", "--run", run["id"], "-o", "run.prom", cwd=tmp_path, env=reader)
+    results.append(exported)
+    assert exported.returncode == 0, exported.stderr
+    assert "llamamon_" in (tmp_path / "run.prom").read_text(encoding="utf-8")
+    for result in results:
+        out = check_clean(result) + result.stdout.decode()
+        assert reader_secret not in out
+        assert "access denied" not in out
+        assert "uploading" not in out
