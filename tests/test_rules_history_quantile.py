@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from llamamon.rules import history_windows, lang
 from llamamon.rules.history_compiler import Compiler
 from llamamon.rules.history_input import Grid, prepare
-from llamamon.rules.promql import LOOKBACK, US
+from llamamon.rules.promql import LOOKBACK, US, window_quantile
 from llamamon.rules.tree import Call
 
 # Whole (size - 1) * q for some sizes and not others: 0.5 at odd sizes, 0.25 at 1, 5, 9 ..., 0.1 where
@@ -88,6 +88,27 @@ def test_a_fixed_window_quantile_rolls_higher_only_where_some_rank_is_not_whole(
             got = history_windows._fixed_quantile(df, at, size, 0.25).tolist()
         assert passes == want, size
         assert [repr(v) for v in got] == [repr(v) for v in _three_passes(df, at, size, 0.25)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.sampled_from([*VALUES, math.inf, -math.inf]), min_size=1, max_size=40),
+    cuts=st.lists(st.tuples(st.integers(0, 39), st.integers(1, 40)), min_size=1, max_size=6),
+    q=st.sampled_from(QS),
+    nan=st.booleans(),
+)
+def test_ticks_answered_one_by_one_are_window_quantiles_floats(
+    values: list[float], cuts: list[tuple[int, int]], q: float, nan: bool
+) -> None:
+    # numpy's sort where no NaN is in the span, Python's otherwise: the live evaluator's floats either way.
+    if nan:
+        values = [*values[:-1], math.nan]
+    v = np.array(values)
+    lo = np.array([min(start, len(values) - 1) for start, _ in cuts])
+    hi = np.minimum(lo + np.array([length for _, length in cuts]), len(values))  # windows v[lo:hi], none empty
+    got = history_windows._per_tick(Call("quantile", (), 0, q=q), v, hi, lo)
+    want = [window_quantile(values[i:j], q) for i, j in zip(lo.tolist(), hi.tolist(), strict=True)]
+    assert [repr(x) for x in got] == [repr(x) for x in want]
 
 
 def _reference(samples: list[float], q: float) -> float:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from llamamon.rules.history_input import Grid
 from llamamon.rules.history_vectors import empty_vec
-from llamamon.rules.promql import SHORT_WINDOW, US, window_extreme, window_quantile
+from llamamon.rules.promql import SHORT_WINDOW, US, ranked_quantile, window_extreme, window_quantile
 from llamamon.rules.tree import Call
 
 # A series with at most this many ticks whose window is no sample's own has them answered per tick in
@@ -187,9 +187,16 @@ def _per_tick(node: Call, v: Any, hi: Any, lo: Any) -> list[float]:
     series whose window is no sample's own (the tick at a run's end, after its last sample): sorting a
     few windows costs far less than rolling the whole series merged with them.
     """
+    import numpy as np
+
     a, b = int(lo.min()), int(hi.max())
-    vals = v[a:b].tolist()
     bounds = zip((lo - a).tolist(), (hi - a).tolist(), strict=True)
+    if node.func not in ("min", "max") and not np.isnan(v[a:b]).any():
+        # Why numpy's stable sort where no NaN is to be put first: the order ``sorted`` gives (equal
+        # numbers, 0.0 and -0.0, keep theirs) at a fraction of the cost of sorting a long window's floats.
+        span = v[a:b]
+        return [ranked_quantile(np.sort(span[i:j], kind="stable"), node.q) for i, j in bounds]
+    vals = v[a:b].tolist()
     if node.func in ("min", "max"):
         return [window_extreme(node.func, vals[i:j]) for i, j in bounds]
     return [window_quantile(vals[i:j], node.q) for i, j in bounds]

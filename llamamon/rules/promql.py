@@ -258,11 +258,16 @@ def window_quantile(values: Iterable[float], q: float) -> float:
     # NaN first, in the order given, then the numbers sorted (a stable sort, as a sort on (is number, number)).
     vals = [v for v in values if v != v]
     vals += sorted(v for v in values if v == v)
-    rank = q * (len(vals) - 1)
+    return ranked_quantile(vals, q)
+
+
+def ranked_quantile(ordered: Any, q: float) -> float:
+    """``window_quantile`` of values already in its order (a list, or a numpy array sorted as ``sorted``)."""
+    rank = q * (len(ordered) - 1)
     lo = math.floor(rank)
-    hi = min(len(vals) - 1, lo + 1)
+    hi = min(len(ordered) - 1, lo + 1)
     weight = rank - lo
-    return vals[lo] * (1 - weight) + vals[hi] * weight
+    return float(ordered[lo]) * (1 - weight) + float(ordered[hi]) * weight
 
 
 def divide(a: float, b: float) -> float:
