@@ -315,11 +315,14 @@ def extrapolate(out: pl.DataFrame, w: int, *, counter: bool, per_second: bool) -
 def _spans(df: pl.DataFrame, g: Grid, w: int) -> Iterator[tuple[int, int, Any, Any, tuple[Any, Any, Any, Any]]]:
     """Per series of ``df`` (sorted by sid) where a tick can see one of its samples: its sid, its first
     row's index in ``df``, its times and values (null as NaN), and (tick indices, tick times, hi, lo) of
-    the ticks whose window [tick - w, tick] can hold one of them, up to its run's end (``hi``/``lo`` as
-    ``_window_bounds`` gives them).
+    the ticks whose window [tick - w, tick] can hold one of them, up to its run's end: ``lo`` and ``hi``
+    are each window's first sample and the one past it (``t[lo:hi]`` is inside).
 
-    Why the grid searches once over all rows: a search (or a polars frame) per series cost more than
-    the data where a group of ranks has thousands of series; each series is then slices of the arrays.
+    Why each series' ticks searched among its samples: a tick's window is two binary searches into the
+    series' sorted times, and there are fewer ticks than samples (a tick every 10 s, a sample a second),
+    where mapping every sample onto the grid costs a search of the ticks per sample once run ends or
+    samples add ticks of their own. Why one loop of numpy slices: a polars frame per series cost more
+    than the data where a group of ranks has thousands of series.
     """
     import numpy as np
 
@@ -330,17 +333,18 @@ def _spans(df: pl.DataFrame, g: Grid, w: int) -> Iterator[tuple[int, int, Any, A
     sid_all = df["sid"].to_numpy()
     starts = np.flatnonzero(np.concatenate(([True], sid_all[1:] != sid_all[:-1])))
     ends = np.append(starts[1:], df.height)
-    first = g.first_at_or_after(t_all)  # first tick at or after each sample: in that tick's window from then on
-    gone = g.through(t_all + w)  # ticks whose window still reaches back to each sample
     run_end = df["run_end"].to_numpy()[starts]
-    k0s = first[starts]
+    k0s = g.first_at_or_after(t_all[starts])  # the first tick that sees a series' first sample
     k1s = np.minimum(g.n, g.through(np.minimum(t_all[ends - 1] + w, run_end))) - 1
     for a, b, k0, k1 in zip(starts.tolist(), ends.tolist(), k0s.tolist(), k1s.tolist(), strict=True):
         if k1 < k0:
             continue
         ks = np.arange(k0, k1 + 1, dtype=np.int64)
-        hi, lo = _window_bounds(first[a:b], gone[a:b], k0, ks.size)
-        yield int(sid_all[a]), a, t_all[a:b], v_all[a:b], (ks, g.times(ks), hi, lo)
+        ticks = g.times(ks)
+        t = t_all[a:b]
+        hi = np.searchsorted(t, ticks, side="right")
+        lo = np.searchsorted(t, ticks - w, side="left")
+        yield int(sid_all[a]), a, t, v_all[a:b], (ks, ticks, hi, lo)
 
 
 def _window_sums(v: Any, prefix: Any, lo: Any, hi: Any) -> Any:
@@ -379,23 +383,6 @@ def _promql_quantile(lower: pl.Expr, higher: pl.Expr, count: pl.Expr, q: float) 
     rank = (count - 1) * q
     weight = rank - rank.floor()
     return lower * (1 - weight) + higher * weight
-
-
-def _window_bounds(first: Any, gone: Any, k0: int, m: int) -> tuple[Any, Any]:
-    """For ticks k0 .. k0+m-1: the first sample inside [tick - w, tick] and the one past it (searchsorted's
-    ``lo`` and ``hi`` on the series' sorted times), from each sample's first tick at or after it
-    (``first``) and the number of ticks whose window still reaches back to it (``gone``, its time + w).
-
-    Why: on the grid those are a division each (a search among explicit ticks), and the counts per tick
-    are a bincount and a running sum: a few linear passes instead of two binary searches per tick.
-    """
-    import numpy as np
-
-    first = np.clip(first - k0, 0, m)
-    gone = np.clip(gone - k0, 0, m)
-    hi = np.cumsum(np.bincount(first, minlength=m + 1)[:m])
-    lo = np.cumsum(np.bincount(gone, minlength=m + 1)[:m])
-    return hi, lo
 
 
 def _resets(v: Any) -> Any:
