@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from llamamon.rules import history_windows, lang
 from llamamon.rules.history_compiler import Compiler
 from llamamon.rules.history_input import Grid, prepare
-from llamamon.rules.promql import LOOKBACK, US, window_quantile
+from llamamon.rules.promql import LOOKBACK, US, group_quantiles, window_quantile
 from llamamon.rules.tree import Call
 
 # Whole (size - 1) * q for some sizes and not others: 0.5 at odd sizes, 0.25 at 1, 5, 9 ..., 0.1 where
@@ -109,6 +109,23 @@ def test_ticks_answered_one_by_one_are_window_quantiles_floats(
     got = history_windows._per_tick(Call("quantile", (), 0, q=q), v, hi, lo)
     want = [window_quantile(values[i:j], q) for i, j in zip(lo.tolist(), hi.tolist(), strict=True)]
     assert [repr(x) for x in got] == [repr(x) for x in want]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    groups=st.lists(
+        st.lists(st.sampled_from([*VALUES, math.inf, -math.inf, math.nan]), min_size=1, max_size=9),
+        min_size=1,
+        max_size=8,
+    ),
+    q=st.sampled_from(QS),
+)
+@example(groups=[[0.0, -0.0, 1.0], [-0.0, 0.0, 0.0, 2.5], [math.nan, 1.0, math.nan]], q=0.5)
+def test_an_aggregations_quantiles_at_once_are_window_quantiles_floats(groups: list[list[float]], q: float) -> None:
+    # (the straggler rule's median rank of each node at each tick: many small groups)
+    flat = np.array([v for vs in groups for v in vs])
+    got = group_quantiles(flat, np.array([len(vs) for vs in groups]), q).tolist()
+    assert [repr(v) for v in got] == [repr(window_quantile(vs, q)) for vs in groups]
 
 
 def _reference(samples: list[float], q: float) -> float:
