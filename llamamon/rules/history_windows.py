@@ -238,7 +238,9 @@ def by_search(f: str, df: pl.DataFrame, g: Grid, w: int) -> pl.DataFrame:
         cols["t"].append(ticks)
         cols["n"].append(n)
         cols["sid"].append(np.full(ks.size, sid, dtype=np.uint32))
-        if not edges:
+        if f == "count":  # (how many samples: no sums)
+            cols.setdefault("r", []).append(n.astype(np.float64))
+        elif not edges:
             finite = np.isfinite(v)
             v0 = v if finite.all() else np.where(finite, v, 0.0)
             total = _window_sums(v0, _prefix(v0), lo, hi)
@@ -258,7 +260,7 @@ def by_search(f: str, df: pl.DataFrame, g: Grid, w: int) -> pl.DataFrame:
                     np.nan,
                     np.where(has_pinf, np.inf, np.where(has_ninf, -np.inf, total)),
                 )
-            cols.setdefault("r", []).append({"count": n.astype(np.float64), "sum": total, "avg": total / n}[f])
+            cols.setdefault("r", []).append(total if f == "sum" else total / n)
         else:
             cols.setdefault("t0", []).append(t[lo])
             cols.setdefault("t1", []).append(t[hi - 1])
