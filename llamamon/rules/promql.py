@@ -276,10 +276,11 @@ def group_quantiles(values: Any, lengths: Any, q: float) -> Any:
     first = np.cumsum(lengths) - lengths
     rank = q * (lengths - 1).astype(np.float64)
     lo = np.floor(rank)
-    hi = np.minimum(lengths - 1, lo.astype(np.int64) + 1)
     weight = rank - lo
+    lo_at = first + lo.astype(np.int64)
+    hi_at = first + np.minimum(lengths - 1, lo.astype(np.int64) + 1)
     with np.errstate(invalid="ignore"):  # (inf * 0 is NaN, as in Python)
-        return ordered[first + lo.astype(np.int64)] * (1 - weight) + ordered[first + hi] * weight
+        return ordered[lo_at] * (1 - weight) + ordered[hi_at] * weight
 
 
 def ranked_quantile(ordered: Any, q: float) -> float:
