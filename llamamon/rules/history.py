@@ -149,9 +149,14 @@ def evaluation_grids(rules: Sequence[Rule], samples: Samples, step_s: float) -> 
     for metrics, group in by_metrics.items():
         grid = base
         if metrics:
-            parts = [p for p, name in zip(samples.parts, samples.metric, strict=True) if name in metrics]
-            times = [p.filter(~p["stale"])["t"].to_numpy() for p in parts]
-            grid = base.with_times(np.concatenate(times)) if times else base
+            # Why each distinct array of times once: a job's series share them (its ranks log the same
+            # steps, a host samples all its metrics at one tick), so millions of times are a few thousand.
+            times: dict[bytes, Any] = {}
+            for p, name in zip(samples.parts, samples.metric, strict=True):
+                if name in metrics:
+                    t = (p.filter(~p["stale"]) if p["stale"].any() else p)["t"].to_numpy()
+                    times.setdefault(t.tobytes(), t)
+            grid = base.with_times(np.concatenate(list(times.values()))) if times else base
         grids.setdefault(id(grid), (grid, []))[1].extend(group)
     return list(grids.values())
 

@@ -17,7 +17,7 @@ from llamamon.rules import histogram
 from llamamon.rules.history_input import Grid, Samples
 from llamamon.rules.history_vectors import Vec, compare, concat, empty_vec, pairs_frame, set_op
 from llamamon.rules.history_windows import by_search, extrapolate, rolling
-from llamamon.rules.promql import US, NodeDispatch, aggregate_groups, aggregate_value, matches
+from llamamon.rules.promql import US, NodeDispatch, aggregate_groups, aggregate_value, group_quantiles, matches
 from llamamon.rules.tree import COMPARISONS, Aggregate, Call, Node, Number, Selector, Unary, subtrees
 
 if TYPE_CHECKING:
@@ -246,8 +246,10 @@ class Compiler(NodeDispatch[Vec]):
 
         Why one Python call per (tick, group), not polars' aggregations: the live evaluator computes the
         same function over the same lists, so both agree to the bit (NaN, infinities, summation order);
-        an aggregation has ticks x groups cells, far fewer than its input rows.
+        an aggregation has ticks x groups cells, far fewer than its input rows. Quantiles, the many small
+        groups of the straggler rule, go by ``group_quantiles``: the same floats, sorted by numpy.
         """
+        import numpy as np
         import polars as pl
 
         arg = self.eval(node.arg)
@@ -259,7 +261,12 @@ class Compiler(NodeDispatch[Vec]):
             return Vec(empty_vec(), groups)
         g = pl.Series(member, dtype=pl.UInt32).gather(held["sid"])
         per = held.with_columns(g=g).sort("k", "sid").group_by("g", "k", maintain_order=True).agg("value")
-        values = [aggregate_value(node.op, node.q, vs) for vs in per["value"].to_list()]
+        flat = per["value"].explode()
+        if node.op == "quantile" and not flat.null_count():
+            lengths = per["value"].list.len().to_numpy().astype(np.int64)
+            values = group_quantiles(flat.to_numpy(), lengths, node.q)
+        else:
+            values = [aggregate_value(node.op, node.q, vs) for vs in per["value"].to_list()]
         out = per.select("k", pl.col("g").alias("sid"), value=pl.Series(values, dtype=pl.Float64), ok=pl.lit(True))
         return Vec(out.sort("sid", "k"), groups)
 

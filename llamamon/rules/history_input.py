@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import polars as pl
 
 END = 2**62  # (us) the end of a series that belongs to no run
+# At most this many ticks off a grid's regular ones are searched apart from them (``Grid.regular``).
+FEW_EXTRA = 16
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -30,12 +32,16 @@ class Grid:
 
     Why both: the regular grid is a division away from any time, which keeps a history of millions of
     samples cheap; the explicit ticks let a rule see a sample that falls between two regular ticks.
+    Explicit ticks that are the ``regular`` grid's plus a few ``extra`` (a run's end) still place a time
+    by a division, and a search among those few; evenly spaced ones are a regular grid again.
     """
 
     start: int
     step: int
     n: int
     ticks: Any = None  # sorted int64 numpy array of tick times, or None for the regular grid
+    regular: Grid | None = None  # with ticks: the regular grid among them, where the others are few
+    extra: Any = None  # with regular: the sorted ticks off it
 
     @classmethod
     def covering(cls, first_us: int, last_us: int, step_s: float) -> Grid:
@@ -49,9 +55,7 @@ class Grid:
 
         times = np.asarray(times, dtype=np.int64)
         if self.ticks is None:
-            off = times[
-                ((times - self.start) % self.step != 0) | (times < self.start) | (times > self.time(self.n - 1))
-            ]
+            off = self._off(times)
             if not off.size:
                 return self
             ticks = np.union1d(self.start + self.step * np.arange(self.n, dtype=np.int64), off)
@@ -59,7 +63,19 @@ class Grid:
             ticks = np.union1d(self.ticks, times)
             if ticks.size == self.n:
                 return self
-        return Grid(int(ticks[0]), self.step, int(ticks.size), ticks)
+        gaps = np.diff(ticks)
+        if gaps.size and (gaps == gaps[0]).all():
+            return Grid(int(ticks[0]), int(gaps[0]), int(ticks.size))
+        regular = self if self.ticks is None else self.regular
+        extra = regular._off(ticks) if regular is not None else None
+        if extra is None or extra.size > FEW_EXTRA:
+            return Grid(int(ticks[0]), self.step, int(ticks.size), ticks)
+        return Grid(int(ticks[0]), self.step, int(ticks.size), ticks, regular, extra)
+
+    def _off(self, times: Any) -> Any:
+        """Those of the times that are no tick of this regular grid."""
+        start, last = self.start, self.time(self.n - 1)
+        return times[((times - start) % self.step != 0) | (times < start) | (times > last)]
 
     def time(self, k: int) -> int:
         return self.start + k * self.step if self.ticks is None else int(self.ticks[k])
@@ -72,8 +88,10 @@ class Grid:
         """Per time in the int64 array ``t``: the index of the first tick at or after it (n where none)."""
         import numpy as np
 
+        if self.regular is not None:
+            return self.regular.first_at_or_after(t) + np.searchsorted(self.extra, t, side="left")
         if self.ticks is not None:
-            return np.searchsorted(self.ticks, t, side="left").astype(np.int64)
+            return np.searchsorted(self.ticks, t, side="left").astype(np.int64, copy=False)
         k = t - self.start
         k += self.step - 1
         k //= self.step
@@ -83,8 +101,10 @@ class Grid:
         """Per time in the int64 array ``t``: how many ticks are at or before it (0..n)."""
         import numpy as np
 
+        if self.regular is not None:
+            return self.regular.through(t) + np.searchsorted(self.extra, t, side="right")
         if self.ticks is not None:
-            return np.searchsorted(self.ticks, t, side="right").astype(np.int64)
+            return np.searchsorted(self.ticks, t, side="right").astype(np.int64, copy=False)
         k = t - self.start
         k //= self.step
         k += 1

@@ -156,6 +156,10 @@ def set_op(op: str, left: Vec, right: Vec) -> Vec:
         ok = pl.col("ok") & (pl.col("r_any") if op == "and" else ~pl.col("r_any").fill_null(False))
         return Vec(j.select("k", "sid", "value", ok.alias("ok")), left.labels)
     # or: matched series merge into one output series; unmatched ones pass through.
+    if not right.labels or not left.labels:
+        alone = _distinct(right if not left.labels else left)
+        if alone is not None:
+            return alone
     # Why exact for or: "a or b" lists both sides' series; only identical label sets are one alert.
     pairs, merged = pairs_frame(left.labels, right.labels, exact=True)
     out_labels = list(merged)
@@ -192,3 +196,21 @@ def set_op(op: str, left: Vec, right: Vec) -> Vec:
         first = both.filter(new.fill_null(True))
     res = first.select("k", pl.col("o_sid").alias("sid"), "value", "ok")
     return Vec(res, out_labels)
+
+
+def _distinct(vec: Vec) -> Vec | None:
+    """``vec or`` a vector of no series: ``vec`` itself where each (sid, k) is one row with a flag, else None.
+
+    Why: the merge sorts both sides' rows to keep one per (tick, series); with nothing on the other side
+    (``not isfinite(loss) or not isfinite(validation_loss)`` of a run without validation) that was a sort
+    of every row, to give back the same rows. A null flag is left to the merge (its ``any`` makes it false).
+    """
+    import numpy as np
+
+    df = vec.df
+    if df["ok"].null_count() or not packable(df):
+        return None
+    key = df.select(pack()).to_series().to_numpy()
+    if not (np.diff(key) > 0).all():
+        return None
+    return Vec(df.select("k", "sid", "value", "ok"), vec.labels)

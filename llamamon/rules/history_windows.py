@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from llamamon.rules.history_input import Grid
 from llamamon.rules.history_vectors import empty_vec
-from llamamon.rules.promql import SHORT_WINDOW, US, window_extreme, window_quantile
+from llamamon.rules.promql import SHORT_WINDOW, US, ranked_quantile, window_extreme, window_quantile
 from llamamon.rules.tree import Call
 
 # A series with at most this many ticks whose window is no sample's own has them answered per tick in
@@ -88,14 +88,55 @@ def _by_time(w: int) -> dict[str, Any]:
 
 
 def _read_off(node: Call, df: pl.DataFrame, rows: list[tuple[Any, Any, int]], kw: dict[str, Any]) -> pl.DataFrame:
-    """Ticks answered by the window ending at a sample: one rolling pass over every series, gathered."""
+    """Ticks answered by the window ending at a sample: rolling passes over every series, gathered."""
     import numpy as np
 
     suffix = "_by" if "by" in kw else ""
-    rolled = df.select(_window_expr(node, suffix, **kw).over("sid")).to_series()
     at = np.concatenate([r for r, _, _ in rows])
     sids = np.concatenate([np.full(r.size, s, dtype=np.uint32) for r, _, s in rows])
-    return _vec(np.concatenate([k for _, k, _ in rows]), rolled.gather(at), sids)
+    ks = np.concatenate([k for _, k, _ in rows])
+    if not suffix and node.func not in ("min", "max") and not df["value"].null_count():
+        return _vec(ks, _fixed_quantile(df, at, kw["window_size"], node.q), sids)
+    rolled = df.select(_window_expr(node, suffix, **kw).over("sid")).to_series()
+    return _vec(ks, rolled.gather(at), sids)
+
+
+def _fixed_quantile(df: pl.DataFrame, at: Any, size: int, q: float) -> Any:
+    """``_window_expr``'s quantile over the last ``size`` samples at the rows ``at`` of ``df`` (no null values).
+
+    Why not its three rolling passes: a window's count is its row's place in its series (at most
+    ``size``), and where the rank ``(count - 1) * q`` is whole, polars' "higher" order statistic is its
+    "lower" one (both round that very float), so PromQL's interpolation needs only the lower pass there.
+    That holds for every full window when ``(size - 1) * q`` is whole (a median of an odd count, the 25th
+    percentile of 1801 samples); the other windows are rolled "higher" as well, over the first samples of
+    each series alone where they are all not yet full (a window there is a prefix of its series).
+    """
+    import numpy as np
+
+    sid = df["sid"].to_numpy()
+    starts = np.flatnonzero(np.concatenate(([True], sid[1:] != sid[:-1])))
+    place = np.arange(df.height) - np.repeat(starts, np.diff(np.append(starts, df.height)))  # in its series
+    count = np.minimum(place[at] + 1, size).astype(np.float64)
+    rank = (count - 1) * q
+    weight = rank - np.floor(rank)
+    lower = _rolled_quantile(df, q, size, "lower").gather(at).to_numpy()
+    higher = lower.copy()
+    need = np.flatnonzero(weight != 0)
+    if need.size and (count[need] == size).any():
+        higher[need] = _rolled_quantile(df, q, size, "higher").gather(at[need]).to_numpy()
+    elif need.size:
+        heads = np.flatnonzero(place < size - 1)  # each series' first size - 1 rows
+        firsts = df.select("sid", "value").gather(heads)
+        higher[need] = _rolled_quantile(firsts, q, size, "higher").gather(np.searchsorted(heads, at[need])).to_numpy()
+    return lower * (1 - weight) + higher * weight
+
+
+def _rolled_quantile(df: pl.DataFrame, q: float, size: int, interpolation: str) -> pl.Series:
+    """One order statistic of each row's window of the last ``size`` samples of its series."""
+    import polars as pl
+
+    e = pl.col("value").rolling_quantile(quantile=q, interpolation=interpolation, window_size=size, min_samples=1)
+    return df.select(e.over("sid")).to_series()
 
 
 def _merged(node: Call, df: pl.DataFrame, spans: list[tuple[int, int, Any, Any, int]], w: int) -> pl.DataFrame:
@@ -146,9 +187,16 @@ def _per_tick(node: Call, v: Any, hi: Any, lo: Any) -> list[float]:
     series whose window is no sample's own (the tick at a run's end, after its last sample): sorting a
     few windows costs far less than rolling the whole series merged with them.
     """
+    import numpy as np
+
     a, b = int(lo.min()), int(hi.max())
-    vals = v[a:b].tolist()
     bounds = zip((lo - a).tolist(), (hi - a).tolist(), strict=True)
+    if node.func not in ("min", "max") and not np.isnan(v[a:b]).any():
+        # Why numpy's stable sort where no NaN is to be put first: the order ``sorted`` gives (equal
+        # numbers, 0.0 and -0.0, keep theirs) at a fraction of the cost of sorting a long window's floats.
+        span = v[a:b]
+        return [ranked_quantile(np.sort(span[i:j], kind="stable"), node.q) for i, j in bounds]
+    vals = v[a:b].tolist()
     if node.func in ("min", "max"):
         return [window_extreme(node.func, vals[i:j]) for i, j in bounds]
     return [window_quantile(vals[i:j], node.q) for i, j in bounds]
@@ -190,7 +238,9 @@ def by_search(f: str, df: pl.DataFrame, g: Grid, w: int) -> pl.DataFrame:
         cols["t"].append(ticks)
         cols["n"].append(n)
         cols["sid"].append(np.full(ks.size, sid, dtype=np.uint32))
-        if not edges:
+        if f == "count":  # (how many samples: no sums)
+            cols.setdefault("r", []).append(n.astype(np.float64))
+        elif not edges:
             finite = np.isfinite(v)
             v0 = v if finite.all() else np.where(finite, v, 0.0)
             total = _window_sums(v0, _prefix(v0), lo, hi)
@@ -210,7 +260,7 @@ def by_search(f: str, df: pl.DataFrame, g: Grid, w: int) -> pl.DataFrame:
                     np.nan,
                     np.where(has_pinf, np.inf, np.where(has_ninf, -np.inf, total)),
                 )
-            cols.setdefault("r", []).append({"count": n.astype(np.float64), "sum": total, "avg": total / n}[f])
+            cols.setdefault("r", []).append(total if f == "sum" else total / n)
         else:
             cols.setdefault("t0", []).append(t[lo])
             cols.setdefault("t1", []).append(t[hi - 1])
@@ -267,11 +317,14 @@ def extrapolate(out: pl.DataFrame, w: int, *, counter: bool, per_second: bool) -
 def _spans(df: pl.DataFrame, g: Grid, w: int) -> Iterator[tuple[int, int, Any, Any, tuple[Any, Any, Any, Any]]]:
     """Per series of ``df`` (sorted by sid) where a tick can see one of its samples: its sid, its first
     row's index in ``df``, its times and values (null as NaN), and (tick indices, tick times, hi, lo) of
-    the ticks whose window [tick - w, tick] can hold one of them, up to its run's end (``hi``/``lo`` as
-    ``_window_bounds`` gives them).
+    the ticks whose window [tick - w, tick] can hold one of them, up to its run's end: ``lo`` and ``hi``
+    are each window's first sample and the one past it (``t[lo:hi]`` is inside).
 
-    Why the grid searches once over all rows: a search (or a polars frame) per series cost more than
-    the data where a group of ranks has thousands of series; each series is then slices of the arrays.
+    Why each series' ticks searched among its samples: a tick's window is two binary searches into the
+    series' sorted times, and there are fewer ticks than samples (a tick every 10 s, a sample a second),
+    where mapping every sample onto the grid costs a search of the ticks per sample once run ends or
+    samples add ticks of their own. Why one loop of numpy slices: a polars frame per series cost more
+    than the data where a group of ranks has thousands of series.
     """
     import numpy as np
 
@@ -282,17 +335,18 @@ def _spans(df: pl.DataFrame, g: Grid, w: int) -> Iterator[tuple[int, int, Any, A
     sid_all = df["sid"].to_numpy()
     starts = np.flatnonzero(np.concatenate(([True], sid_all[1:] != sid_all[:-1])))
     ends = np.append(starts[1:], df.height)
-    first = g.first_at_or_after(t_all)  # first tick at or after each sample: in that tick's window from then on
-    gone = g.through(t_all + w)  # ticks whose window still reaches back to each sample
     run_end = df["run_end"].to_numpy()[starts]
-    k0s = first[starts]
+    k0s = g.first_at_or_after(t_all[starts])  # the first tick that sees a series' first sample
     k1s = np.minimum(g.n, g.through(np.minimum(t_all[ends - 1] + w, run_end))) - 1
     for a, b, k0, k1 in zip(starts.tolist(), ends.tolist(), k0s.tolist(), k1s.tolist(), strict=True):
         if k1 < k0:
             continue
         ks = np.arange(k0, k1 + 1, dtype=np.int64)
-        hi, lo = _window_bounds(first[a:b], gone[a:b], k0, ks.size)
-        yield int(sid_all[a]), a, t_all[a:b], v_all[a:b], (ks, g.times(ks), hi, lo)
+        ticks = g.times(ks)
+        t = t_all[a:b]
+        hi = np.searchsorted(t, ticks, side="right")
+        lo = np.searchsorted(t, ticks - w, side="left")
+        yield int(sid_all[a]), a, t, v_all[a:b], (ks, ticks, hi, lo)
 
 
 def _window_sums(v: Any, prefix: Any, lo: Any, hi: Any) -> Any:
@@ -331,23 +385,6 @@ def _promql_quantile(lower: pl.Expr, higher: pl.Expr, count: pl.Expr, q: float) 
     rank = (count - 1) * q
     weight = rank - rank.floor()
     return lower * (1 - weight) + higher * weight
-
-
-def _window_bounds(first: Any, gone: Any, k0: int, m: int) -> tuple[Any, Any]:
-    """For ticks k0 .. k0+m-1: the first sample inside [tick - w, tick] and the one past it (searchsorted's
-    ``lo`` and ``hi`` on the series' sorted times), from each sample's first tick at or after it
-    (``first``) and the number of ticks whose window still reaches back to it (``gone``, its time + w).
-
-    Why: on the grid those are a division each (a search among explicit ticks), and the counts per tick
-    are a bincount and a running sum: a few linear passes instead of two binary searches per tick.
-    """
-    import numpy as np
-
-    first = np.clip(first - k0, 0, m)
-    gone = np.clip(gone - k0, 0, m)
-    hi = np.cumsum(np.bincount(first, minlength=m + 1)[:m])
-    lo = np.cumsum(np.bincount(gone, minlength=m + 1)[:m])
-    return hi, lo
 
 
 def _resets(v: Any) -> Any:
