@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 from report_store import save_run, write_rows
 
+from llamamon.report import tables
 from llamamon.report.data import (
     AlertSpan,
     Thresholds,
@@ -111,6 +112,20 @@ def test_validation_table_pivots_metrics_by_step(metrics_dir):
     v = data.validation
     assert v["step"].to_list() == [100, 200, 300]
     assert set(v.columns) == {"run", "step", "validation_loss", "validation_accuracy"}
+
+
+def test_tables_of_metrics_no_run_recorded_are_empty_and_keep_their_schemas(metrics_dir):
+    rows = [Row(T0 + i, "system", "cpu_usage", 0.5, step=i) for i in range(100)]
+    write_rows(metrics_dir, rows, run=RUN)
+    data = load_report_data(metrics_dir, [_run(metrics_dir)])
+    assert data.summary.height == 1  # what was recorded is read ...
+    schema = tables.schemas()
+    assert data.quantiles.height == data.histogram.height == 0  # ... the latency queries never ran
+    assert dict(data.quantiles.schema) == schema["quantiles"]
+    assert dict(data.histogram.schema) == schema["histogram"]
+    assert data.validation.columns == ["run", "step"]
+    assert data.latency is not None
+    assert data.latency.height == 0
 
 
 def test_corrupt_file_is_skipped_by_name(metrics_dir):
