@@ -17,9 +17,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 from conftest import llamamon_env, run_llamamon
+from polars.testing import assert_frame_equal
 from report_store import T0, run_info, save_run, write_rows
 from test_report_panels import panels, svg_texts
 
+from llamamon.report.dashboards.ranks import _timed_rows
 from llamamon.report.render import render_report
 from llamamon.samples import Row, make_labels
 from llamamon.stragglers import rank_timings, step_times
@@ -222,6 +224,16 @@ def test_step_time_is_derived_from_the_step_counter_and_logged_step_time_wins():
     balanced = rank_timings(mixed)
     assert len(balanced) == 2
     assert not any(t.straggler for t in balanced)
+
+
+def test_the_view_hands_step_times_only_the_rows_it_reads_and_gets_the_same_times():
+    logs, counts = '{"rank":"0"}', '{"rank":"1"}'  # rank 0 logs step_time beside loss; rank 1 only a step counter
+    rows = [(logs, "step_time", s, 2.0) for s in range(50)] + [(logs, "loss", s, 1.0 / (s + 1)) for s in range(50)]
+    rows += [(counts, "step", s, float(s)) for s in range(50)] + [(counts, "loss", s, 0.5) for s in range(50)]
+    full = frame(rows)
+    cut = _timed_rows(full)
+    assert cut.height == 50 + 100  # rank 0's loss rows are left out, all of rank 1's kept
+    assert_frame_equal(step_times(cut), step_times(full))
 
 
 def test_one_rank_or_none_has_no_timings():
