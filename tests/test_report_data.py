@@ -63,6 +63,18 @@ def test_series_is_reduced_to_buckets_and_keeps_a_one_sample_spike(metrics_dir):
     assert series["n"].sum() == n
 
 
+def test_two_runs_columns_are_numbered_from_each_runs_start_and_stay_int64(metrics_dir):
+    # Two runs of different lengths: each run's samples are cut into its own columns 0 .. buckets - 1.
+    other = "20260923T000000Z-host-0002"
+    write_rows(metrics_dir, [Row(T0 + i, "system", "cpu_usage", 0.5) for i in range(1000)], run=RUN)
+    write_rows(metrics_dir, [Row(T0 + 9 * i, "system", "cpu_usage", 0.5) for i in range(200)], run=other)
+    runs = [_run(metrics_dir), _run(metrics_dir, other, end=T0 + 1800)]
+    data = load_report_data(metrics_dir, runs, buckets=50)
+    assert data.series.schema["bucket"] == pl.Int64
+    for run in (RUN, other):
+        assert data.series.filter(pl.col("run") == run)["bucket"].to_list() == list(range(50))
+
+
 def test_training_by_step_marks_nan_and_smooths_the_columns(metrics_dir):
     from llamamon.report.smoothing import debiased_ema, smoothing_weight
 
