@@ -99,6 +99,17 @@ def test_energy_integrates_power_and_ignores_gaps(metrics_dir):
     assert data.energy["wh"].to_list() == [pytest.approx(150.0)]
 
 
+def test_energy_pairs_each_gpus_samples_with_its_own_previous_one(metrics_dir):
+    # Two GPUs' samples interleaved in time (as a recorder writes them): 100 W and 300 W for an hour each.
+    rows = []
+    for i in range(3601):
+        rows.append(Row(T0 + i, "gpu", "gpu_power", 100.0, make_labels(gpu="0")))
+        rows.append(Row(T0 + i + 0.5, "gpu", "gpu_power", 300.0, make_labels(gpu="1")))
+    write_rows(metrics_dir, rows, run=RUN)
+    data = load_report_data(metrics_dir, [_run(metrics_dir)])
+    assert data.energy["wh"].to_list() == [pytest.approx(100.0), pytest.approx(300.0)]
+
+
 def test_latency_quantiles_and_histogram_from_raw_samples(metrics_dir):
     rng = np.random.default_rng(2)
     lat = rng.lognormal(np.log(100), 0.3, 5000)

@@ -282,12 +282,15 @@ def energy(compact: pl.DataFrame, summary: pl.DataFrame) -> pl.LazyFrame:
     import polars as pl
 
     power = summary.filter(pl.col("metric") == "gpu_power").select("key", "run", "labels")
-    dt = pl.col("time").diff().dt.total_microseconds().over("key") / 1e6
+    # Why the previous row where the key is the same, not windows over the key: sorted by (key, time), that is
+    # the GPU's previous sample, and two windows over millions of rows cost a group_by each.
+    same = pl.col("key") == pl.col("key").shift(1)
+    dt = pl.when(same).then(pl.col("time").diff().dt.total_microseconds() / 1e6)
     return (
         compact.lazy()
         .filter(pl.col("key").is_in(power["key"].implode()) & pl.col("value").is_finite())
         .sort("key", "time")
-        .with_columns(dt.alias("dt"), pl.col("value").shift(1).over("key").alias("prev"))
+        .with_columns(dt.alias("dt"), pl.col("value").shift(1).alias("prev"))
         .filter(pl.col("dt").is_not_null() & (pl.col("dt") <= MAX_GAP_S))
         .group_by("key")
         .agg((((pl.col("value") + pl.col("prev")) / 2 * pl.col("dt")).sum() / 3600.0).alias("wh"))
