@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 from report_store import save_run, write_rows
 
+from llamamon.report import tables
 from llamamon.report.data import (
     AlertSpan,
     Thresholds,
@@ -62,6 +63,18 @@ def test_series_is_reduced_to_buckets_and_keeps_a_one_sample_spike(metrics_dir):
     assert series["n"].sum() == n
 
 
+def test_two_runs_columns_are_numbered_from_each_runs_start_and_stay_int64(metrics_dir):
+    # Two runs of different lengths: each run's samples are cut into its own columns 0 .. buckets - 1.
+    other = "20260923T000000Z-host-0002"
+    write_rows(metrics_dir, [Row(T0 + i, "system", "cpu_usage", 0.5) for i in range(1000)], run=RUN)
+    write_rows(metrics_dir, [Row(T0 + 9 * i, "system", "cpu_usage", 0.5) for i in range(200)], run=other)
+    runs = [_run(metrics_dir), _run(metrics_dir, other, end=T0 + 1800)]
+    data = load_report_data(metrics_dir, runs, buckets=50)
+    assert data.series.schema["bucket"] == pl.Int64
+    for run in (RUN, other):
+        assert data.series.filter(pl.col("run") == run)["bucket"].to_list() == list(range(50))
+
+
 def test_training_by_step_marks_nan_and_smooths_the_columns(metrics_dir):
     from llamamon.report.smoothing import debiased_ema, smoothing_weight
 
@@ -84,6 +97,17 @@ def test_energy_integrates_power_and_ignores_gaps(metrics_dir):
     write_rows(metrics_dir, rows, run=RUN)
     data = load_report_data(metrics_dir, [_run(metrics_dir)])
     assert data.energy["wh"].to_list() == [pytest.approx(150.0)]
+
+
+def test_energy_pairs_each_gpus_samples_with_its_own_previous_one(metrics_dir):
+    # Two GPUs' samples interleaved in time (as a recorder writes them): 100 W and 300 W for an hour each.
+    rows = []
+    for i in range(3601):
+        rows.append(Row(T0 + i, "gpu", "gpu_power", 100.0, make_labels(gpu="0")))
+        rows.append(Row(T0 + i + 0.5, "gpu", "gpu_power", 300.0, make_labels(gpu="1")))
+    write_rows(metrics_dir, rows, run=RUN)
+    data = load_report_data(metrics_dir, [_run(metrics_dir)])
+    assert data.energy["wh"].to_list() == [pytest.approx(100.0), pytest.approx(300.0)]
 
 
 def test_latency_quantiles_and_histogram_from_raw_samples(metrics_dir):
@@ -111,6 +135,20 @@ def test_validation_table_pivots_metrics_by_step(metrics_dir):
     v = data.validation
     assert v["step"].to_list() == [100, 200, 300]
     assert set(v.columns) == {"run", "step", "validation_loss", "validation_accuracy"}
+
+
+def test_tables_of_metrics_no_run_recorded_are_empty_and_keep_their_schemas(metrics_dir):
+    rows = [Row(T0 + i, "system", "cpu_usage", 0.5, step=i) for i in range(100)]
+    write_rows(metrics_dir, rows, run=RUN)
+    data = load_report_data(metrics_dir, [_run(metrics_dir)])
+    assert data.summary.height == 1  # what was recorded is read ...
+    schema = tables.schemas()
+    assert data.quantiles.height == data.histogram.height == 0  # ... the latency queries never ran
+    assert dict(data.quantiles.schema) == schema["quantiles"]
+    assert dict(data.histogram.schema) == schema["histogram"]
+    assert data.validation.columns == ["run", "step"]
+    assert data.latency is not None
+    assert data.latency.height == 0
 
 
 def test_corrupt_file_is_skipped_by_name(metrics_dir):

@@ -7,12 +7,15 @@ import re
 
 import numpy as np
 import pytest
+from matplotlib.collections import LineCollection
+from matplotlib.colors import to_rgba
 from report_store import T0, run_info, save_run, system_rows, write_rows
 from test_report_panels import panels, svg_texts
 
+from llamamon.report.charts import Axis, Line, colour
 from llamamon.report.config import report_settings
 from llamamon.report.render import render_report
-from llamamon.report.small_multiples import columns_for, decimate
+from llamamon.report.small_multiples import Grid, columns_for, decimate, render_grid
 from llamamon.samples import Row
 
 
@@ -98,3 +101,22 @@ def test_a_cells_line_keeps_each_pixel_columns_low_and_high_and_its_gaps():
     assert 9.0 in points[:, 1]
     assert np.all(np.diff(points[:, 0]) > 0)  # still in x order
     assert points[:, 1].min() == pytest.approx(np.nanmin(y), abs=1e-6)
+
+
+def test_a_grids_lines_are_one_path_per_place_in_the_cell_and_colour_with_their_gaps_kept():
+    x = np.linspace(0.0, 600.0, 61)
+    gappy = np.sin(x / 60)
+    gappy[30] = np.nan  # a stretch each side of it
+    cells = [
+        (f"node-{n:02d}", [Line("", x, gappy + n, colour=colour(0)), Line("", x, np.cos(x / 60), colour=colour(1))])
+        for n in range(6)
+    ]
+    fig = render_grid(Grid("CPU", Axis("cpu"), cells))
+    (ax,) = fig.axes
+    grid, frame, data = (c for c in ax.collections if isinstance(c, LineCollection))
+    assert len(grid.get_paths()) == len(frame.get_paths()) == 1  # every cell's grid lines, one path
+    first, second = (p.vertices for p in data.get_paths())  # the cells' first lines, then their second lines
+    assert [tuple(c) for c in data.get_colors()] == [to_rgba(colour(0)), to_rgba(colour(1))]
+    assert np.isnan(first[:, 1]).sum() == 6 * 2 - 1  # 12 stretches (a gap in each cell's line), NaN apart
+    assert np.isnan(second[:, 1]).sum() == 6 - 1
+    assert len(first) - 11 == 6 * 60  # every point still drawn: 61 a line, less its gap

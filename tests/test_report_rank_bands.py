@@ -14,7 +14,7 @@ import pytest
 from report_store import T0, run_info, save_run, write_rows
 from test_report_panels import panels, svg_texts
 
-from llamamon.report.rank_bands import band_columns, time_band
+from llamamon.report.rank_bands import band_columns, step_band, time_band
 from llamamon.report.render import render_report
 from llamamon.samples import Row, make_labels
 
@@ -64,6 +64,29 @@ def test_the_band_is_the_median_and_p10_p90_of_the_ranks_per_column():
     assert cols["min"].to_list() == [-1.0] * 10
     assert cols["max"].to_list() == [20.0] * 10
     assert cols["nonfinite"].to_list() == [0, 0, 0, 0, 1, 0, 0, 0, 0, 0]
+
+
+def test_a_named_rank_is_drawn_from_its_first_label_set_in_step_order():
+    # 20 ranks; rank 3 logged two label sets (its two GPUs), gpu=1's rows first and its steps out of order.
+    labels = [f'{{"rank":"{r}"}}' for r in range(20) for _ in range(10)]
+    labels[30:40] = ['{"gpu":"1","rank":"3"}'] * 10
+    rows = pl.DataFrame(
+        {
+            "run": [RUN] * 210,
+            "labels": labels + ['{"gpu":"0","rank":"3"}'] * 10,
+            "step": [s for _ in range(20) for s in reversed(range(10))] + list(range(10)),
+            "mean": [float(r) for r in range(20) for _ in range(10)] + [-1.0] * 10,
+            "min": [0.0] * 210,
+            "max": [0.0] * 210,
+            "nonfinite": [0] * 210,
+        }
+    )
+    lines = step_band(rows, [(RUN, 3, "node-a · rank 3"), (RUN, 7, "node-a · rank 7"), (RUN, 99, "gone")], smooth=False)
+    named = {ln.label: ln for ln in lines[1:]}
+    assert list(named) == ["node-a · rank 3", "node-a · rank 7"]  # in the given order; a rank not there is left out
+    assert named["node-a · rank 3"].x.tolist() == [float(s) for s in range(10)]
+    assert named["node-a · rank 3"].y.tolist() == [3.0] * 10  # gpu=1's rows, the first label set, not gpu=0's
+    assert named["node-a · rank 7"].y.tolist() == [7.0] * 10
 
 
 def test_over_time_the_band_keeps_the_lowest_and_highest_series():

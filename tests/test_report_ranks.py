@@ -17,9 +17,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 from conftest import llamamon_env, run_llamamon
+from polars.testing import assert_frame_equal
 from report_store import T0, run_info, save_run, write_rows
 from test_report_panels import panels, svg_texts
 
+from llamamon.report.dashboards.ranks import _timed_rows
+from llamamon.report.ranks import run_figures
 from llamamon.report.render import render_report
 from llamamon.samples import Row, make_labels
 from llamamon.stragglers import rank_timings, step_times
@@ -222,6 +225,42 @@ def test_step_time_is_derived_from_the_step_counter_and_logged_step_time_wins():
     balanced = rank_timings(mixed)
     assert len(balanced) == 2
     assert not any(t.straggler for t in balanced)
+
+
+def test_the_view_hands_step_times_only_the_rows_it_reads_and_gets_the_same_times():
+    logs, counts = '{"rank":"0"}', '{"rank":"1"}'  # rank 0 logs step_time beside loss; rank 1 only a step counter
+    rows = [(logs, "step_time", s, 2.0) for s in range(50)] + [(logs, "loss", s, 1.0 / (s + 1)) for s in range(50)]
+    rows += [(counts, "step", s, float(s)) for s in range(50)] + [(counts, "loss", s, 0.5) for s in range(50)]
+    full = frame(rows)
+    cut = _timed_rows(full)
+    assert cut.height == 50 + 100  # rank 0's loss rows are left out, all of rank 1's kept
+    assert_frame_equal(step_times(cut), step_times(full))
+
+
+def test_each_runs_figure_is_its_lowest_ranks_with_the_ranks_range_in_one_grouping():
+    rows = pl.DataFrame(
+        {
+            "run": ["a", "a", "a", "b", "b", "c", "c"],
+            "labels": [
+                '{"gpu":"0","rank":"1"}',
+                '{"gpu":"1","rank":"1"}',  # rank 1's second GPU: the two combined as one process's
+                '{"rank":"0"}',
+                '{"rank":"3"}',  # one rank only: the run's figure as one process's
+                '{"gpu":"0"}',
+                '{"gpu":"0"}',  # no rank at all
+                '{"gpu":"1"}',
+            ],
+            "max": [5.0, 7.0, 2.0, 4.0, 6.0, 1.0, 3.0],
+            "mean": [5.0, 7.0, 2.0, 4.0, 6.0, 1.0, 3.0],
+        }
+    )
+    peak = {r["run"]: r for r in run_figures(rows, "max").iter_rows(named=True)}
+    assert peak["a"] == {"run": "a", "value": 2.0, "rank": 0, "lo": 2.0, "hi": 7.0}  # rank 0's; rank 1's max is 7
+    assert peak["b"] == {"run": "b", "value": 6.0, "rank": None, "lo": None, "hi": None}
+    assert peak["c"] == {"run": "c", "value": 3.0, "rank": None, "lo": None, "hi": None}
+    mean = run_figures(rows, "mean")
+    assert mean["run"].to_list() == ["a", "b", "c"]  # in the rows' order
+    assert mean.filter(pl.col("run") == "a")["hi"].to_list() == [6.0]  # rank 1's GPUs averaged
 
 
 def test_one_rank_or_none_has_no_timings():

@@ -242,16 +242,24 @@ def load_report_data(
     del compact
 
     bounds = summary.group_by("run").agg(pl.col("first_time").min().alias("t0"), pl.col("last_time").max().alias("t1"))
+    # Why each query only over metrics the summary lists (none at all without one): every query is a pass over
+    # the files' metric column, and most jobs record no histogram, no validation metric and no stored buckets.
+    recorded = set(summary["metric"].to_list())
     charted = lf.filter(pl.col("group").is_in(sorted(wanted_groups)))
-    hist_metrics = [m.name for m in catalog.METRICS if m.kind == "histogram"]
-    raw_latency = charted.filter(pl.col("metric").is_in(hist_metrics) & ~pl.col("labels").str.contains('"quantile"'))
+    hist_metrics = sorted(m.name for m in catalog.METRICS if m.kind == "histogram" and m.name in recorded)
+    raw_latency = _only_if(
+        charted.filter(pl.col("metric").is_in(hist_metrics) & ~pl.col("labels").str.contains('"quantile"')),
+        bool(hist_metrics),
+    )
+    evaluated = any(m.startswith(("validation_", "eval_")) for m in recorded)
+    stored_buckets = sorted(recorded.intersection(buckets_of.bucket_metrics()))
     queries = [
         tables.by_step(charted.filter(pl.col("group") == "training"), names, buckets),
         tables.latency_quantiles(raw_latency, bounds, max(buckets // 8, 20)),
         tables.histogram(raw_latency, data.summary),
-        tables.validation(lf.filter(pl.col("group").is_in(["training", "custom"]))),
+        tables.validation(_only_if(lf.filter(pl.col("group").is_in(["training", "custom"])), evaluated)),
     ]
-    queries.append(charted.filter(pl.col("metric").is_in(buckets_of.bucket_metrics())))
+    queries.append(_only_if(charted.filter(pl.col("metric").is_in(stored_buckets)), bool(stored_buckets)))
     (data.steps, data.quantiles, data.histogram, validation, scraped) = pl.collect_all(queries, engine="streaming")
     over_time, data.latency, bars = buckets_of.tables(
         scraped.select("run", "metric", "labels", "time", "value"), bounds, max(buckets // 8, 20)
@@ -265,6 +273,13 @@ def load_report_data(
     data.energy = energy
     data.validation = tables.pivot_validation(validation)
     return data
+
+
+def _only_if(frame: pl.LazyFrame, needed: bool) -> pl.LazyFrame:
+    """``frame``, or an empty frame of its schema that reads nothing where its rows are known to be none."""
+    import polars as pl
+
+    return frame if needed else pl.LazyFrame(schema=frame.collect_schema())
 
 
 def _samples_of(compact: pl.DataFrame, names: pl.DataFrame, metrics: set[str] | None) -> pl.LazyFrame:

@@ -120,7 +120,10 @@ def _named_lines(rows: pl.DataFrame, named: Named) -> list[Line]:
     picks = pl.DataFrame(
         {"run": [n[0] for n in named], "rank": [n[1] for n in named]}, schema_overrides={"rank": pl.Int64}
     )
-    mine = rows.with_columns(rank_expr()).join(picks, on=["run", "rank"], how="semi")
+    # Why the rank of each label set, not of each row: reading it parses the labels' JSON, and 512 ranks' columns
+    # are hundreds of thousands of rows of a few hundred label sets.
+    sets = rows.select("run", "labels").unique().with_columns(rank_expr()).join(picks, on=["run", "rank"], how="semi")
+    mine = rows.join(sets, on=["run", "labels"], how="inner", maintain_order="left")
     out = []
     for i, (run, rank, name) in enumerate(named):
         part = mine.filter((pl.col("run") == run) & (pl.col("rank") == rank))

@@ -23,7 +23,6 @@ from llamamon.samples import RunInfo
 
 if TYPE_CHECKING:
     import jinja2
-    import polars as pl
     from matplotlib.figure import Figure
 
 
@@ -149,47 +148,40 @@ def key_figures(data: ReportData) -> list[tuple[str, list[str]]]:
 
     from llamamon.report import gpu_figures
     from llamamon.report.dashboards.values import format_value, unit_of
+    from llamamon.report.ranks import run_figures
 
     s = data.summary
-    # Why split once: a filter of the summary per run and figure was a second of a 64-run report.
-    wanted = s.filter(pl.col("metric").is_in([m for m, _, _ in KEY_FIGURES]))
-    by = wanted.partition_by("run", "metric", as_dict=True) if wanted.height else {}
-    none = s.clear()
     out = []
     for metric, stat, what in KEY_FIGURES:
+        rows = s.filter(pl.col("metric") == metric)
+        figures = {rec["run"]: rec for rec in run_figures(rows, stat).iter_rows(named=True)} if rows.height else {}
         cells = []
         for run in data.runs:
-            rows = by.get((run.id, metric), none)
             scraped = _scraped(data, run.id, metric, stat)
             if scraped is not None:
                 # A scraped histogram's figure is of the run's requests, from its buckets.
                 cells.append(format_value(scraped, unit_of(metric)))
                 continue
-            if not rows.height:
-                cells.append("–")
-                continue
-            cells.append(_figure_text(rows, stat, unit_of(metric)))
+            figure = figures.get(run.id)
+            cells.append("–" if figure is None else _figure_text(figure, unit_of(metric)))
         if any(c != "–" for c in cells):
             out.append((what, cells))
     out.extend(gpu_figures.key_figure_rows(data))
     return out
 
 
-def _figure_text(rows: pl.DataFrame, stat: str, unit: str) -> str:
-    """A run's figure as text; per rank, the lowest rank's and the ranks' range:
+def _figure_text(figure: dict[str, Any], unit: str) -> str:
+    """A run's figure (a ``ranks.run_figures`` row) as text; per rank, the lowest rank's and the ranks' range:
     ``0.3339 (rank 0); ranks 0.3339–0.3439``."""
     from llamamon.report.dashboards.values import format_value
-    from llamamon.report.ranks import run_figure
 
-    value, ranks = run_figure(rows, stat)
-    text = format_value(value, unit)
-    if not ranks.height:
+    text = format_value(figure["value"], unit)
+    if figure["rank"] is None:
         return text
-    values = ranks["value"]
-    lo, hi = format_value(values.min(), unit), format_value(values.max(), unit)  # type: ignore[arg-type]
+    lo, hi = format_value(figure["lo"], unit), format_value(figure["hi"], unit)
     if lo == hi:
         return f"{text} (all ranks)"
-    return f"{text} (rank {ranks['rank'][0]}); ranks {lo}–{hi}"
+    return f"{text} (rank {figure['rank']}); ranks {lo}–{hi}"
 
 
 def _scraped(data: ReportData, run: str, metric: str, stat: str) -> float | None:

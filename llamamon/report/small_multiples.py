@@ -188,21 +188,33 @@ class _Pieces:
 
     grid: list[np.ndarray] = field(default_factory=list)
     frame: list[np.ndarray] = field(default_factory=list)
-    lines: list[tuple[np.ndarray, np.ndarray, tuple[float, float, float, float], str]] = field(default_factory=list)
+    # (the line's place among its cell's lines, x, y, colour, style)
+    lines: list[tuple[int, np.ndarray, np.ndarray, tuple[float, float, float, float], str]] = field(
+        default_factory=list
+    )
     thresholds: list[tuple[np.ndarray, str]] = field(default_factory=list)
 
     def add_to(self, ax: matplotlib.axes.Axes, pixels: int) -> None:
-        """The collections, each added without recomputing the axis's data limits (the grid sets its own)."""
-        ax.add_collection(LineCollection(self.grid, colors=GRID, linewidths=0.5, zorder=0), autolim=False)
-        ax.add_collection(LineCollection(self.frame, colors=MUTED, linewidths=0.6, zorder=1), autolim=False)
-        segments, colours, styles = [], [], []
-        for xs, ys, rgba, style in self.lines:
-            for part in decimate(xs, ys, pixels):
-                segments.append(part)
-                colours.append(rgba)
-                styles.append(style)
-        if segments:
-            data = LineCollection(segments, colors=colours, linestyles=styles, linewidths=0.9, zorder=2)
+        """The collections, each added without recomputing the axis's data limits (the grid sets its own).
+
+        Why the stretches of one colour and style are one path, broken by NaN (which starts a new stroke): the
+        SVG writer's cost is per path, and 512 GPUs' lines were thousands of paths. Cells never overlap, so the
+        lines are joined by their place in their cell and drawn in that order: each cell's drawing order stays.
+        """
+        ax.add_collection(LineCollection([_joined(self.grid)], colors=GRID, linewidths=0.5, zorder=0), autolim=False)
+        ax.add_collection(LineCollection([_joined(self.frame)], colors=MUTED, linewidths=0.6, zorder=1), autolim=False)
+        paths: dict[tuple[int, tuple[float, float, float, float], str], list[np.ndarray]] = {}
+        for place, xs, ys, rgba, style in sorted(self.lines, key=lambda line: line[0]):
+            paths.setdefault((place, rgba, style), []).extend(decimate(xs, ys, pixels))
+        paths = {kind: parts for kind, parts in paths.items() if parts}
+        if paths:
+            data = LineCollection(
+                [_joined(parts) for parts in paths.values()],
+                colors=[rgba for _, rgba, _ in paths],
+                linestyles=[style for _, _, style in paths],
+                linewidths=0.9,
+                zorder=2,
+            )
             ax.add_collection(data, autolim=False)
         if self.thresholds:
             ax.add_collection(
@@ -215,6 +227,12 @@ class _Pieces:
                 ),
                 autolim=False,
             )
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """(n, 2) point arrays as one, a NaN row between two: one path of separate strokes."""
+    gap = np.full((1, 2), np.nan)
+    return np.concatenate([p for part in parts for p in (gap, part)][1:]) if parts else np.zeros((0, 2))
 
 
 def _cell_pixels(ncols: int) -> int:
@@ -263,8 +281,8 @@ def _draw_cell(
         a, b = place.x(i, np.asarray([span.start, span.end], dtype=float))
         shade = SEVERITY_COLOURS.get(span.severity, "#999999")
         ax.add_patch(Rectangle((a, y0), max(b - a, 0.004), 1.0, color=shade, alpha=0.18, linewidth=0, zorder=0))
-    for (xs, ys), line in zip(lines, grid.cells[i][1], strict=True):
-        pieces.lines.append((place.x(i, xs), place.y(i, ys), to_rgba(line.colour, line.alpha), line.style))
+    for j, ((xs, ys), line) in enumerate(zip(lines, grid.cells[i][1], strict=True)):
+        pieces.lines.append((j, place.x(i, xs), place.y(i, ys), to_rgba(line.colour, line.alpha), line.style))
     if grid.thresholds:
         ys = place.y(i, np.asarray([th.value / scale for th in grid.thresholds], dtype=float))
         for th, y in zip(grid.thresholds, ys, strict=True):
