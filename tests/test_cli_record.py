@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import llamamon_env, require_binary, run_llamamon
+from tests.fakes import nvml as fake_nvml
 from tests.terminal_io import read_all, read_until
 
 PY = sys.executable
@@ -260,7 +261,7 @@ def test_no_gpu_does_not_import_pynvml(tmp_path):
     spy.mkdir()
     marker = tmp_path / "pynvml-imported"
     (spy / "pynvml.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise ImportError('spy')\n")
-    env = llamamon_env()
+    env = llamamon_env(LD_LIBRARY_PATH=fake_nvml.library_stand_in(tmp_path / "lib"))
     env["PYTHONPATH"] = os.pathsep.join([str(spy), env["PYTHONPATH"]])
     without = run_llamamon("record", "--no-gpu", "--metrics-dir", "m", "--", PY, "-c", "pass", cwd=tmp_path, env=env)
     assert without.returncode == 0

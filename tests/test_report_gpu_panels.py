@@ -10,6 +10,7 @@ import json
 import math
 
 from conftest import REPO, llamamon_env, run_llamamon
+from fakes import nvml as fake_nvml
 from report_store import T0, run_info, save_run, system_rows, write_rows
 from test_report_panels import panels, svg_texts
 
@@ -133,7 +134,7 @@ def test_a_recorded_eight_gpu_run_gets_eight_cards(tmp_path):
     spy = tmp_path / "spy"
     spy.mkdir()
     (spy / "pynvml.py").write_text(SPY.format(tests=str(REPO / "tests")))
-    env = llamamon_env()
+    env = llamamon_env(LD_LIBRARY_PATH=fake_nvml.library_stand_in(tmp_path / "lib"))
     env["PYTHONPATH"] = f"{spy}:{env['PYTHONPATH']}"
     args = ["record", "--interval", "0.5", "--no-alerts", "--metrics-dir", "m", "--name", "eight"]
     done = run_llamamon(*args, "--", "python3", "-c", "import time; time.sleep(3)", cwd=tmp_path, env=env)

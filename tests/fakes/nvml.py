@@ -455,3 +455,16 @@ def old_driver(n: int = 1) -> FakeNvml:
         driver_version="515.105.01",
         missing={"nvmlGpmQueryDeviceSupport", "nvmlGpmSampleAlloc", "nvmlGpmSampleGet", "nvmlGpmMetricsGet"},
     )
+
+
+def library_stand_in(folder: Path) -> str:
+    """A folder for LD_LIBRARY_PATH holding a ``libnvidia-ml.so.1`` that loads: a link to this process's C library.
+
+    Why: on Linux the recorder dlopens the driver's library before it imports pynvml (no driver, no import),
+    so a test that puts a fake ``pynvml`` on a recorder's path gives it this too, as a GPU machine would have.
+    """
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        libc = next(line.split()[-1] for line in maps if "/libc.so" in line or "/libc-" in line)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "libnvidia-ml.so.1").symlink_to(libc)
+    return str(folder)
