@@ -227,11 +227,11 @@ def load_report_data(
     )
     summary, series = tables.summarize(compact, names, buckets)
     data.summary = summary.drop("key")
+    recorded = set(summary["metric"].to_list())
     if replay is not None:
         if since is None:
             # The alert rules read the same samples: from memory, joined back to their names. No name keeps the
             # function (and so the samples) once the rules are done: ``del compact`` below must free them.
-            recorded = set(summary["metric"].to_list())
             data.alerts = _sorted(replay(partial(_samples_of, compact, names), recorded, run_ends(runs)))
         else:
             data.alerts = _replay_stored(replay, metrics_dir, runs, since)
@@ -244,7 +244,6 @@ def load_report_data(
     bounds = summary.group_by("run").agg(pl.col("first_time").min().alias("t0"), pl.col("last_time").max().alias("t1"))
     # Why each query only over metrics the summary lists (none at all without one): every query is a pass over
     # the files' metric column, and most jobs record no histogram, no validation metric and no stored buckets.
-    recorded = set(summary["metric"].to_list())
     charted = lf.filter(pl.col("group").is_in(sorted(wanted_groups)))
     hist_metrics = sorted(m.name for m in catalog.METRICS if m.kind == "histogram" and m.name in recorded)
     raw_latency = _only_if(

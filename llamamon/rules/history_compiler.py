@@ -261,8 +261,8 @@ class Compiler(NodeDispatch[Vec]):
             return Vec(empty_vec(), groups)
         g = pl.Series(member, dtype=pl.UInt32).gather(held["sid"])
         per = held.with_columns(g=g).sort("k", "sid").group_by("g", "k", maintain_order=True).agg("value")
-        flat = per["value"].explode()
-        if node.op == "quantile" and not flat.null_count():
+        flat = per["value"].explode() if node.op == "quantile" else None
+        if flat is not None and not flat.null_count():
             lengths = per["value"].list.len().to_numpy().astype(np.int64)
             values = group_quantiles(flat.to_numpy(), lengths, node.q)
         else:

@@ -113,8 +113,7 @@ def _fixed_quantile(df: pl.DataFrame, at: Any, size: int, q: float) -> Any:
     """
     import numpy as np
 
-    sid = df["sid"].to_numpy()
-    starts = np.flatnonzero(np.concatenate(([True], sid[1:] != sid[:-1])))
+    starts = _series_starts(df["sid"].to_numpy())
     place = np.arange(df.height) - np.repeat(starts, np.diff(np.append(starts, df.height)))  # in its series
     count = np.minimum(place[at] + 1, size).astype(np.float64)
     rank = (count - 1) * q
@@ -333,7 +332,7 @@ def _spans(df: pl.DataFrame, g: Grid, w: int) -> Iterator[tuple[int, int, Any, A
     t_all = df["t"].to_numpy()
     v_all = df["value"].to_numpy()
     sid_all = df["sid"].to_numpy()
-    starts = np.flatnonzero(np.concatenate(([True], sid_all[1:] != sid_all[:-1])))
+    starts = _series_starts(sid_all)
     ends = np.append(starts[1:], df.height)
     run_end = df["run_end"].to_numpy()[starts]
     k0s = g.first_at_or_after(t_all[starts])  # the first tick that sees a series' first sample
@@ -347,6 +346,13 @@ def _spans(df: pl.DataFrame, g: Grid, w: int) -> Iterator[tuple[int, int, Any, A
         hi = np.searchsorted(t, ticks, side="right")
         lo = np.searchsorted(t, ticks - w, side="left")
         yield int(sid_all[a]), a, t, v_all[a:b], (ks, ticks, hi, lo)
+
+
+def _series_starts(sid: Any) -> Any:
+    """The row where each series starts, in a sid column sorted by sid (numpy)."""
+    import numpy as np
+
+    return np.flatnonzero(np.concatenate(([True], sid[1:] != sid[:-1])))
 
 
 def _window_sums(v: Any, prefix: Any, lo: Any, hi: Any) -> Any:
